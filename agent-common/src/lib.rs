@@ -1,0 +1,267 @@
+//! Types shared by the cellwatch eBPF programs and the agent: the one `no_std` place
+//! where the kernel/user layout of every map key and value is defined.
+//!
+//! Every type is `#[repr(C)]`, `Copy`, has no implicit padding (padding is spelled out
+//! as `_pad` fields that are always zero) and carries a compile-time size assert, so the
+//! two sides can never disagree about a layout.
+#![no_std]
+
+/// Layout version of the maps below. Bumped whenever a key or value changes shape, so an
+/// agent that finds maps from an older version knows it cannot read them as they are.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Cell id of a peer that is in no cell (`external` in metrics).
+pub const CELL_EXTERNAL: u32 = 0;
+/// Cell id written into the cell tries for `ignore_cidrs`: connections touching such an
+/// address are not tracked at all.
+pub const CELL_IGNORED: u32 = u32::MAX;
+/// Largest number of cells a config may hold (ids 1..=MAX_CELLS).
+pub const MAX_CELLS: u32 = 4096;
+
+/// Map capacities fixed at build time (the connection table's is set at load time).
+pub const PAIR_STATS_CAPACITY: u32 = 16384;
+pub const CELLS_V4_CAPACITY: u32 = 262_144;
+pub const CELLS_V6_CAPACITY: u32 = 262_144;
+pub const POLICY_CAPACITY: u32 = 65536;
+/// Default connection-table capacity, as compiled into the object.
+pub const CONNS_DEFAULT_CAPACITY: u32 = 131_072;
+
+/// This node holds the client socket (the side that called connect).
+pub const DIR_EGRESS: u8 = 0;
+/// This node holds the server socket (the side that accepted).
+pub const DIR_INGRESS: u8 = 1;
+
+pub const VERDICT_ALLOWED: u8 = 0;
+pub const VERDICT_VIOLATION: u8 = 1;
+
+/// Failure reasons, index into [`PairStats::failed`].
+pub const FAIL_REFUSED: usize = 0;
+pub const FAIL_RESET: usize = 1;
+pub const FAIL_TIMEOUT: usize = 2;
+pub const FAIL_OTHER: usize = 3;
+pub const FAIL_REASONS: usize = 4;
+
+/// Number of log2 histogram buckets. Bucket `i` counts values `v` (in microseconds) with
+/// `v < 2^i` that did not fit bucket `i - 1`, i.e. `le = 2^i µs`; the last bucket is
+/// everything above `2^(HIST_BUCKETS-2)` µs (Prometheus' `+Inf`).
+pub const HIST_BUCKETS: usize = 28;
+
+/// `external` policy for a peer in no cell (config `external:`).
+pub const EXTERNAL_ALLOW: u32 = 0;
+pub const EXTERNAL_VIOLATION: u32 = 1;
+pub const EXTERNAL_IGNORE: u32 = 2;
+
+/// Bits of [`CellInfo::flags`].
+pub const CELL_FLAG_GLOBAL: u32 = 1;
+
+/// Indices into the `SETTINGS` array map.
+pub const SETTING_EXTERNAL: u32 = 0;
+/// Byte offset of `sock_cookie` in the `tcp:tcp_receive_reset` record (0 = unknown).
+pub const SETTING_RST_COOKIE_OFFSET: u32 = 1;
+pub const SETTINGS_LEN: u32 = 4;
+
+/// Indices into the per-CPU `COUNTERS` array: bookkeeping of the kernel side.
+/// A connection not tracked because the connection table was full.
+pub const CTR_CONN_TABLE_FULL: u32 = 0;
+/// A pair-statistics update dropped because the pair table was full.
+pub const CTR_STATS_TABLE_FULL: u32 = 1;
+/// Connections stored in / removed from the connection table (entries = difference).
+pub const CTR_CONN_TRACKED: u32 = 2;
+pub const CTR_CONN_FORGOTTEN: u32 = 3;
+pub const COUNTERS_LEN: u32 = 8;
+
+/// Key of the per-cell-pair statistics map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PairKey {
+    /// Cell id of the client (the side that called connect).
+    pub src_cell: u32,
+    /// Cell id of the server.
+    pub dst_cell: u32,
+    /// [`DIR_EGRESS`] or [`DIR_INGRESS`].
+    pub direction: u8,
+    /// [`VERDICT_ALLOWED`] or [`VERDICT_VIOLATION`].
+    pub verdict: u8,
+    pub _pad: [u8; 6],
+}
+
+/// Counters and histograms of one cell pair, one copy per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PairStats {
+    /// Connections that reached ESTABLISHED.
+    pub opened: u64,
+    /// Established connections that reached CLOSE.
+    pub closed: u64,
+    /// Connections judged `violation` when first seen (connect for egress,
+    /// established for ingress), whether or not they then succeeded.
+    pub violations: u64,
+    /// Connects refused by enforce mode.
+    pub denied: u64,
+    /// Client connects that never reached ESTABLISHED, by reason.
+    pub failed: [u64; FAIL_REASONS],
+    /// Payload bytes this node's socket sent and the peer acknowledged (SYN and FIN,
+    /// which take a sequence number each, are not counted).
+    pub bytes_sent: u64,
+    /// Payload bytes this node's socket received.
+    pub bytes_received: u64,
+    pub retransmits: u64,
+    /// Sum of connect latencies in nanoseconds (egress only).
+    pub latency_sum_ns: u64,
+    /// Connect latency histogram (log2 µs buckets).
+    pub latency_hist: [u64; HIST_BUCKETS],
+    /// Sum of smoothed RTTs in microseconds.
+    pub rtt_sum_us: u64,
+    /// Smoothed RTT histogram (log2 µs buckets), one sample per closed connection.
+    pub rtt_hist: [u64; HIST_BUCKETS],
+}
+
+impl PairStats {
+    pub const ZERO: Self = Self {
+        opened: 0,
+        closed: 0,
+        violations: 0,
+        denied: 0,
+        failed: [0; FAIL_REASONS],
+        bytes_sent: 0,
+        bytes_received: 0,
+        retransmits: 0,
+        latency_sum_ns: 0,
+        latency_hist: [0; HIST_BUCKETS],
+        rtt_sum_us: 0,
+        rtt_hist: [0; HIST_BUCKETS],
+    };
+
+    /// Adds `o` into `self`: per-CPU copies summed into one (userspace only).
+    pub fn merge(&mut self, o: &Self) {
+        self.opened += o.opened;
+        self.closed += o.closed;
+        self.violations += o.violations;
+        self.denied += o.denied;
+        self.bytes_sent += o.bytes_sent;
+        self.bytes_received += o.bytes_received;
+        self.retransmits += o.retransmits;
+        self.latency_sum_ns += o.latency_sum_ns;
+        self.rtt_sum_us += o.rtt_sum_us;
+        for (a, b) in self.failed.iter_mut().zip(o.failed) {
+            *a += b;
+        }
+        for (a, b) in self.latency_hist.iter_mut().zip(o.latency_hist) {
+            *a += b;
+        }
+        for (a, b) in self.rtt_hist.iter_mut().zip(o.rtt_hist) {
+            *a += b;
+        }
+    }
+}
+
+/// Bits of [`ConnState::flags`].
+pub const CONN_ESTABLISHED: u8 = 1;
+/// A RST arrived for this connection.
+pub const CONN_RST_SEEN: u8 = 2;
+/// This socket sent its FIN (it took one sequence number).
+pub const CONN_FIN_SENT: u8 = 4;
+/// The peer's FIN arrived (it advanced the receive sequence by one).
+pub const CONN_FIN_RCVD: u8 = 8;
+
+/// What the kernel keeps about one live connection, keyed by socket cookie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnState {
+    /// `bpf_ktime_get_ns` at connect (egress) or at established (ingress).
+    pub start_ns: u64,
+    /// `bpf_ktime_get_ns` at established; 0 while connecting.
+    pub established_ns: u64,
+    pub src_cell: u32,
+    pub dst_cell: u32,
+    pub direction: u8,
+    pub verdict: u8,
+    pub flags: u8,
+    pub _pad0: u8,
+    /// AF_INET or AF_INET6 (as seen by the socket; v4-mapped stays AF_INET6).
+    pub family: u16,
+    pub _pad1: u16,
+    /// Local and remote address, network byte order; IPv4 in the first 4 bytes.
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// `bytes_acked` / `bytes_received` at established: the handshake's share (the SYN),
+    /// subtracted at close so only payload is counted.
+    pub base_acked: u32,
+    pub base_received: u32,
+    pub _pad2: u32,
+}
+
+/// What the agent knows about one cell id (array map indexed by id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CellInfo {
+    /// [`CELL_FLAG_GLOBAL`], …
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// Key of the allow-rule map: a flow from `src_cell` to `dst_cell` on `port`
+/// (0 = every port) is allowed when the key is present.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyKey {
+    pub src_cell: u32,
+    pub dst_cell: u32,
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
+const _: () = assert!(core::mem::size_of::<PairKey>() == 16);
+const _: () =
+    assert!(core::mem::size_of::<PairStats>() == (9 + FAIL_REASONS + 2 * HIST_BUCKETS) * 8);
+const _: () = assert!(core::mem::size_of::<ConnState>() == 80);
+const _: () = assert!(core::mem::size_of::<CellInfo>() == 8);
+const _: () = assert!(core::mem::size_of::<PolicyKey>() == 16);
+
+/// Histogram bucket of a value in microseconds: the smallest `i` with `v < 2^i`, i.e.
+/// `le = 2^i` µs, clamped to the last (+Inf) bucket. Shared by kernel and tests so the
+/// bucket maths exist once.
+#[inline(always)]
+pub const fn hist_bucket(v_us: u64) -> usize {
+    // v < 2^i  <=>  i > log2(v)  <=>  i = 64 - leading_zeros(v) for v > 0; v = 0 -> bucket 0.
+    let i = (64 - v_us.leading_zeros()) as usize;
+    if i >= HIST_BUCKETS { HIST_BUCKETS - 1 } else { i }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    //! `aya::Pod` for every type that crosses into a map, on the userspace side only.
+    use super::*;
+
+    // SAFETY: all of these are #[repr(C)], Copy, made only of integers and integer
+    // arrays, with every padding byte an explicit field (see the size asserts above).
+    unsafe impl aya::Pod for PairKey {}
+    unsafe impl aya::Pod for PairStats {}
+    unsafe impl aya::Pod for ConnState {}
+    unsafe impl aya::Pod for CellInfo {}
+    unsafe impl aya::Pod for PolicyKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_log2_upper_bounds() {
+        assert_eq!(hist_bucket(0), 0);
+        assert_eq!(hist_bucket(1), 1); // 1 < 2^1
+        assert_eq!(hist_bucket(2), 2);
+        assert_eq!(hist_bucket(3), 2);
+        assert_eq!(hist_bucket(4), 3);
+        assert_eq!(hist_bucket(1023), 10);
+        assert_eq!(hist_bucket(1024), 11);
+        assert_eq!(hist_bucket(u64::MAX), HIST_BUCKETS - 1);
+        for v in [1u64, 7, 100, 5000, 1 << 20] {
+            let i = hist_bucket(v);
+            assert!(v < (1u64 << i), "{v} must be below le=2^{i}");
+            assert!(i == 0 || v >= (1u64 << (i - 1)), "{v} belongs in a lower bucket");
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! cellwatch's kernel programs: the life of every TCP connection on the node, named by
+//! cell at both ends and aggregated per cell pair.
+//!
+//! - [`sockops`]: the connection's life (connect, established, close) from `sock_ops`.
+//! - [`resets`]: the `tcp:tcp_receive_reset` tracepoint, telling refused from timed out.
+//! - [`cells`]: address -> cell and the verdict of a (client cell, server cell, port).
+//! - [`stats`]: per-CPU aggregation per cell pair.
+//! - [`maps`]: every map, in one place.
+#![no_std]
+#![no_main]
+// Atomic adds on map values: core exposes no 64-bit RMW atomics for the BPF target.
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "atomic_xadd is the BPF atomic add")]
+
+mod cells;
+mod ctx;
+mod maps;
+mod resets;
+mod sockops;
+mod stats;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier proves there is no reachable panic; this is never called.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

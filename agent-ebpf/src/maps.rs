@@ -1,0 +1,48 @@
+//! Every map the programs share with the agent. Names are the contract with the loader
+//! in `agent/src/kernel/`; sizes marked "set by the agent" are overridden at load time.
+use agent_common::{CellInfo, ConnState, PairKey, PairStats, PolicyKey};
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
+};
+
+/// Live connections by socket cookie (size set by the agent).
+#[map]
+pub(crate) static CONNS: HashMap<u64, ConnState> =
+    HashMap::with_max_entries(agent_common::CONNS_DEFAULT_CAPACITY, 0);
+
+/// Counters and histograms per (src cell, dst cell, direction, verdict), per CPU.
+/// Entries are allocated on first use so idle pairs cost nothing.
+#[map]
+pub(crate) static PAIR_STATS: PerCpuHashMap<PairKey, PairStats> =
+    PerCpuHashMap::with_max_entries(agent_common::PAIR_STATS_CAPACITY, BPF_F_NO_PREALLOC);
+
+/// IPv4 prefix -> cell id.
+#[map]
+pub(crate) static CELLS_V4: LpmTrie<[u8; 4], u32> =
+    LpmTrie::with_max_entries(agent_common::CELLS_V4_CAPACITY, 0);
+
+/// IPv6 prefix -> cell id.
+#[map]
+pub(crate) static CELLS_V6: LpmTrie<[u8; 16], u32> =
+    LpmTrie::with_max_entries(agent_common::CELLS_V6_CAPACITY, 0);
+
+/// Per cell id: flags such as global.
+#[map]
+pub(crate) static CELL_INFO: Array<CellInfo> =
+    Array::with_max_entries(agent_common::MAX_CELLS + 1, 0);
+
+/// Allow rules: present = allowed.
+#[map]
+pub(crate) static POLICY: HashMap<PolicyKey, u8> =
+    HashMap::with_max_entries(agent_common::POLICY_CAPACITY, 0);
+
+/// Scalar settings (`SETTING_*` indices).
+#[map]
+pub(crate) static SETTINGS: Array<u32> = Array::with_max_entries(agent_common::SETTINGS_LEN, 0);
+
+/// Bookkeeping counters (`CTR_*` indices), per CPU.
+#[map]
+pub(crate) static COUNTERS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(agent_common::COUNTERS_LEN, 0);

@@ -1,0 +1,27 @@
+//! `tcp:tcp_receive_reset`: marks the connection so its close is counted as refused
+//! (RST in answer to a SYN) or reset (RST after established). The tracepoint carries the
+//! socket cookie, the key `sock_ops` uses; its offset is read by the agent from tracefs.
+use agent_common::{CONN_RST_SEEN, SETTING_RST_COOKIE_OFFSET};
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+
+use crate::maps::{CONNS, SETTINGS};
+
+#[tracepoint]
+fn cellwatch_rst(ctx: TracePointContext) -> u32 {
+    try_rst(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_rst(ctx: &TracePointContext) {
+    let Some(off) = SETTINGS.get(SETTING_RST_COOKIE_OFFSET).copied() else { return };
+    if off == 0 {
+        return;
+    }
+    // SAFETY: read_at is a bounds-checked probe read of the tracepoint record.
+    let Ok(cookie) = (unsafe { ctx.read_at::<u64>(off as usize) }) else { return };
+    if let Some(conn) = CONNS.get_ptr_mut(cookie) {
+        // SAFETY: `conn` points to a live entry of CONNS.
+        unsafe { (*conn).flags |= CONN_RST_SEEN };
+    }
+}

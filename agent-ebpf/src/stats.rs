@@ -1,0 +1,48 @@
+//! Per-CPU aggregation per cell pair. Every update is an atomic add: a program running
+//! in process context can be interrupted by one in softirq on the same CPU, and a plain
+//! read-modify-write would then lose a count.
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use agent_common::{CTR_STATS_TABLE_FULL, PairKey, PairStats, hist_bucket};
+use aya_ebpf::bindings::BPF_NOEXIST;
+
+use crate::maps::{COUNTERS, PAIR_STATS};
+
+/// The statistics slot of `key` on this CPU, created on first use; `None` (and an error
+/// counted) only when the pair table is full.
+#[inline(always)]
+pub(crate) fn slot(key: &PairKey) -> Option<*mut PairStats> {
+    if let Some(p) = PAIR_STATS.get_ptr_mut(key) {
+        return Some(p);
+    }
+    // Another CPU may win the race to create it; NOEXIST then fails and the lookup finds it.
+    let _ = PAIR_STATS.insert(key, &PairStats::ZERO, u64::from(BPF_NOEXIST));
+    let p = PAIR_STATS.get_ptr_mut(key);
+    if p.is_none() {
+        count(CTR_STATS_TABLE_FULL);
+    }
+    p
+}
+
+#[inline(always)]
+pub(crate) fn add(field: *mut u64, v: u64) {
+    // SAFETY: `field` points into a map value that stays valid for this program run, and
+    // u64 fields of map values are 8-byte aligned. This lowers to BPF's `lock xadd`.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, v) };
+}
+
+/// Counts one observation of `v_us` microseconds into a log2 histogram.
+#[inline(always)]
+pub(crate) fn observe(hist: *mut [u64; agent_common::HIST_BUCKETS], v_us: u64) {
+    let i = hist_bucket(v_us);
+    // SAFETY: `i` < HIST_BUCKETS by construction of hist_bucket; `hist` points into a map value.
+    let cell = unsafe { (hist as *mut u64).add(i) };
+    add(cell, 1);
+}
+
+#[inline(always)]
+pub(crate) fn count(index: u32) {
+    if let Some(p) = COUNTERS.get_ptr_mut(index) {
+        add(p, 1);
+    }
+}

@@ -1,0 +1,62 @@
+//! The command line: `run`, `check-config` and `uninstall`.
+#![forbid(unsafe_code)]
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::logging::LogFormat;
+
+/// Default pin directory of programs and maps.
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/cellwatch";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cellwatch",
+    version,
+    about = "Per-cell TCP telemetry and cross-cell leakage detection, from eBPF",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent: attach the eBPF programs and serve /metrics.
+    Run(RunArgs),
+    /// Check a config file: exit 0 with a summary, or 2 with FILE:LINE:COL per problem.
+    CheckConfig {
+        /// The YAML cell map to check.
+        file: PathBuf,
+    },
+    /// Detach every program cellwatch pinned and remove its pinned maps and links.
+    Uninstall {
+        /// Where the agent pins its programs and maps.
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// YAML cell map; without it the embedded default (no cells, loopback ignored) is used.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address of the HTTP endpoints (/metrics, /healthz, /readyz).
+    #[arg(long, default_value = "127.0.0.1:9473")]
+    pub listen: SocketAddr,
+    /// Where the agent pins its programs and maps.
+    #[arg(long, default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+    /// The cgroup v2 root to attach to (default: found in /proc/self/mounts).
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
+    /// Live connections the kernel tracks at once; more are counted as lost.
+    #[arg(long, default_value_t = 131_072, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    pub conn_capacity: u32,
+}

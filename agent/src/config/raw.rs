@@ -1,0 +1,69 @@
+//! The YAML shape of the config, spanned, before any meaning is checked.
+use serde::Deserialize;
+use serde_saphyr::{Options, Spanned};
+
+use super::Problem;
+
+pub(super) type S<T> = Spanned<T>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) cells: Vec<RawCell>,
+    #[serde(default)]
+    pub(super) allow: Vec<RawAllow>,
+    #[serde(default)]
+    pub(super) external: Option<S<String>>,
+    #[serde(default)]
+    pub(super) ignore_cidrs: Option<Vec<S<String>>>,
+    #[serde(default)]
+    pub(super) mode: Option<S<String>>,
+    #[serde(default)]
+    pub(super) enforce_cells: Option<Vec<S<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCell {
+    pub(super) name: S<String>,
+    #[serde(default)]
+    pub(super) global: bool,
+    #[serde(default)]
+    pub(super) cidrs: Vec<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAllow {
+    pub(super) from: S<String>,
+    pub(super) to: S<String>,
+    #[serde(default)]
+    pub(super) ports: Option<Vec<S<i64>>>,
+}
+
+/// Parses YAML into the raw shape. Syntax and shape errors (a typo'd key, a string
+/// where a list belongs) stop parsing, so they come one at a time, located.
+pub(super) fn parse(text: &str) -> Result<RawConfig, Problem> {
+    if text.trim().is_empty() {
+        return Err(Problem {
+            line: 1,
+            column: 1,
+            message: "the config is empty: it needs at least a `cells:` list".to_owned(),
+        });
+    }
+    serde_saphyr::from_str_with_options(text, Options::default()).map_err(|e| {
+        let (line, column) = e.location().map_or((1, 1), |l| (l.line().max(1), l.column().max(1)));
+        Problem { line, column, message: first_line(&e.to_string()) }
+    })
+}
+
+/// serde-saphyr renders a snippet after the message; the message is its first line,
+/// without a location prefix we print ourselves.
+fn first_line(s: &str) -> String {
+    let line = s.lines().next().unwrap_or("invalid YAML").trim();
+    let line = line.strip_prefix("error: ").unwrap_or(line);
+    match line.rsplit_once(" at line ") {
+        Some((msg, _)) => msg.to_owned(),
+        None => line.to_owned(),
+    }
+}

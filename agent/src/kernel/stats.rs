@@ -1,0 +1,59 @@
+//! Reads the per-cell-pair statistics and bookkeeping counters, summing per-CPU copies.
+use agent_common::{
+    COUNTERS_LEN, CTR_CONN_FORGOTTEN, CTR_CONN_TRACKED, PairKey, PairStats,
+};
+
+use super::loader::{KernelError, Maps, map_err};
+
+/// Everything a scrape needs from the kernel, read in one pass.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    /// Per (src, dst, direction, verdict), summed over CPUs, sorted by key.
+    pub pairs: Vec<(PairKey, PairStats)>,
+    /// `CTR_*` counters summed over CPUs.
+    pub counters: [u64; COUNTERS_LEN as usize],
+    pub fill: Vec<MapFill>,
+}
+
+/// Entries and capacity of one kernel map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapFill {
+    pub map: &'static str,
+    pub entries: u64,
+    pub capacity: u64,
+}
+
+pub(super) fn read(m: &Maps) -> Result<Snapshot, KernelError> {
+    let mut pairs = Vec::new();
+    for item in m.pair_stats.iter() {
+        let (key, per_cpu) = item.map_err(map_err("PAIR_STATS"))?;
+        let mut sum = PairStats::ZERO;
+        for v in per_cpu.iter() {
+            sum.merge(v);
+        }
+        pairs.push((key, sum));
+    }
+    pairs.sort_unstable_by_key(|(k, _)| *k);
+
+    let mut counters = [0u64; COUNTERS_LEN as usize];
+    for (i, slot) in counters.iter_mut().enumerate() {
+        let per_cpu = m.counters.get(&(i as u32), 0).map_err(map_err("COUNTERS"))?;
+        *slot = per_cpu.iter().sum();
+    }
+    let live = counters[CTR_CONN_TRACKED as usize].saturating_sub(counters[CTR_CONN_FORGOTTEN as usize]);
+
+    let c = &m.current;
+    let (v4, v6) = c.prefixes.iter().fold((0u64, 0u64), |(a, b), (n, _)| match n {
+        ipnet::IpNet::V4(_) => (a + 1, b),
+        ipnet::IpNet::V6(_) => (a, b + 1),
+    });
+    let cap = m.capacity;
+    let fill = vec![
+        MapFill { map: "conns", entries: live, capacity: cap.conns.into() },
+        MapFill { map: "pair_stats", entries: pairs.len() as u64, capacity: cap.pair_stats.into() },
+        MapFill { map: "cells_v4", entries: v4, capacity: cap.cells_v4.into() },
+        MapFill { map: "cells_v6", entries: v6, capacity: cap.cells_v6.into() },
+        MapFill { map: "policy", entries: c.allow.len() as u64, capacity: cap.policy.into() },
+    ];
+    Ok(Snapshot { pairs, counters, fill })
+}

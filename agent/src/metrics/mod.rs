@@ -1,0 +1,53 @@
+//! The Prometheus view: kernel snapshots rendered as the metrics of the contract, plus
+//! the agent's own metrics (build info, config reloads).
+#![forbid(unsafe_code)]
+
+mod families;
+
+use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+pub use families::{families, bucket_bounds};
+
+use crate::kernel::Snapshot;
+use crate::policy::CellIds;
+
+/// Metrics the agent keeps itself, as opposed to those read from the kernel.
+pub struct AgentMetrics {
+    registry: Registry,
+    pub config_reloads: IntCounterVec,
+}
+
+impl AgentMetrics {
+    pub fn new(version: &str, kernel: &str) -> Self {
+        let registry = Registry::new();
+        let build = IntGaugeVec::new(
+            Opts::new("cellwatch_build_info", "cellwatch version and the kernel it runs on; always 1"),
+            &["version", "kernel"],
+        )
+        .expect("static metric definition");
+        build.with_label_values(&[version, kernel]).set(1);
+        let config_reloads = IntCounterVec::new(
+            Opts::new("cellwatch_config_reloads_total", "Config reloads, by result"),
+            &["result"],
+        )
+        .expect("static metric definition");
+        for r in ["success", "error"] {
+            config_reloads.with_label_values(&[r]);
+        }
+        registry.register(Box::new(build)).expect("unique metric");
+        registry.register(Box::new(config_reloads.clone())).expect("unique metric");
+        Self { registry, config_reloads }
+    }
+
+    /// The whole exposition: kernel families followed by the agent's own.
+    pub fn render(&self, snap: &Snapshot, ids: &CellIds) -> String {
+        let mut fams = families(snap, ids);
+        fams.extend(self.registry.gather());
+        let mut buf = Vec::with_capacity(64 * 1024);
+        // Encoding into a Vec cannot fail for well-formed families.
+        if let Err(e) = TextEncoder::new().encode(&fams, &mut buf) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

@@ -1,0 +1,157 @@
+//! From a validated config to what the kernel needs: stable cell ids, prefix -> id
+//! entries and allow-rule keys. Also the same verdict in plain Rust, the reference the
+//! kernel's decision is tested against.
+#![forbid(unsafe_code)]
+
+use std::{collections::HashMap, net::IpAddr};
+
+use agent_common::{
+    CELL_EXTERNAL, CELL_FLAG_GLOBAL, CELL_IGNORED, CellInfo, EXTERNAL_ALLOW, EXTERNAL_IGNORE,
+    EXTERNAL_VIOLATION, MAX_CELLS, PolicyKey,
+};
+use ipnet::IpNet;
+
+use crate::config::{Config, External, canonical};
+
+/// Label value of a peer in no cell.
+pub const EXTERNAL_LABEL: &str = "external";
+
+/// Cell name <-> kernel id. Ids are handed out once per name and kept for the life of
+/// the agent, so a reload that keeps a name keeps its id and its counters' labels, and
+/// counts made under a removed cell still render with its name.
+#[derive(Debug, Default)]
+pub struct CellIds {
+    by_name: HashMap<String, u32>,
+    names: HashMap<u32, String>,
+    next: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("more than {MAX_CELLS} distinct cell names were used since the agent started; restart it to renumber")]
+pub struct IdsExhausted;
+
+impl CellIds {
+    /// The id of `name`, assigning the next free one if it is new.
+    pub fn id(&mut self, name: &str) -> Result<u32, IdsExhausted> {
+        if let Some(id) = self.by_name.get(name) {
+            return Ok(*id);
+        }
+        if self.next >= MAX_CELLS {
+            return Err(IdsExhausted);
+        }
+        self.next += 1;
+        self.by_name.insert(name.to_owned(), self.next);
+        self.names.insert(self.next, name.to_owned());
+        Ok(self.next)
+    }
+
+    /// The label of a kernel cell id.
+    pub fn name(&self, id: u32) -> &str {
+        match id {
+            CELL_EXTERNAL => EXTERNAL_LABEL,
+            _ => self.names.get(&id).map_or("unknown", String::as_str),
+        }
+    }
+}
+
+/// The contents of the kernel's cell and policy maps for one config.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Compiled {
+    /// Prefix -> cell id, ignored ranges included (as [`CELL_IGNORED`]).
+    pub prefixes: Vec<(IpNet, u32)>,
+    /// Per cell id, its flags.
+    pub info: Vec<(u32, CellInfo)>,
+    /// Allow-rule keys (port 0 = every port).
+    pub allow: Vec<PolicyKey>,
+    /// `SETTING_EXTERNAL` value.
+    pub external: u32,
+}
+
+pub fn compile(cfg: &Config, ids: &mut CellIds) -> Result<Compiled, IdsExhausted> {
+    let mut out = Compiled {
+        external: match cfg.external {
+            External::Allow => EXTERNAL_ALLOW,
+            External::Violation => EXTERNAL_VIOLATION,
+            External::Ignore => EXTERNAL_IGNORE,
+        },
+        ..Compiled::default()
+    };
+    for cell in &cfg.cells {
+        let id = ids.id(&cell.name)?;
+        let flags = if cell.global { CELL_FLAG_GLOBAL } else { 0 };
+        out.info.push((id, CellInfo { flags, _pad: 0 }));
+        out.prefixes.extend(cell.cidrs.iter().map(|n| (*n, id)));
+    }
+    out.prefixes.extend(cfg.ignore_cidrs.iter().map(|n| (*n, CELL_IGNORED)));
+    for rule in &cfg.allow {
+        let (src_cell, dst_cell) = (ids.id(&rule.from)?, ids.id(&rule.to)?);
+        let key = |port| PolicyKey { src_cell, dst_cell, port, _pad: [0; 6] };
+        if rule.ports.is_empty() {
+            out.allow.push(key(0));
+        } else {
+            out.allow.extend(rule.ports.iter().map(|p| key(*p)));
+        }
+    }
+    out.allow.sort_unstable();
+    out.allow.dedup();
+    Ok(out)
+}
+
+/// Where an address falls: a cell, no cell, or an ignored range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place<'a> {
+    Cell(&'a str),
+    External,
+    Ignored,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed,
+    Violation,
+}
+
+/// The reference lookup: longest prefix over cells and ignored ranges together, as the
+/// kernel's trie holds them.
+pub fn place(cfg: &Config, addr: IpAddr) -> Place<'_> {
+    let addr = canonical(addr);
+    let cells = cfg
+        .cells
+        .iter()
+        .flat_map(|c| c.cidrs.iter().map(move |n| (n, Place::Cell(c.name.as_str()))));
+    let ignored = cfg.ignore_cidrs.iter().map(|n| (n, Place::Ignored));
+    // Validation guarantees no prefix is in two places, so the longest match is unique.
+    cells
+        .chain(ignored)
+        .filter(|(n, _)| n.contains(&addr))
+        .max_by_key(|(n, _)| n.prefix_len())
+        .map_or(Place::External, |(_, p)| p)
+}
+
+/// The reference verdict of a connection from `client` to `server` on server `port`;
+/// `None` when the connection is not tracked.
+pub fn verdict(cfg: &Config, client: IpAddr, server: IpAddr, port: u16) -> Option<Verdict> {
+    let (src, dst) = (place(cfg, client), place(cfg, server));
+    match (src, dst) {
+        (Place::Ignored, _) | (_, Place::Ignored) => None,
+        (Place::External, Place::External) => Some(Verdict::Allowed),
+        (Place::External, _) | (_, Place::External) => match cfg.external {
+            External::Allow => Some(Verdict::Allowed),
+            External::Violation => Some(Verdict::Violation),
+            External::Ignore => None,
+        },
+        (Place::Cell(a), Place::Cell(b)) => {
+            let global = |n: &str| cfg.cells.iter().any(|c| c.name == n && c.global);
+            let allowed = a == b
+                || global(a)
+                || global(b)
+                || cfg.allow.iter().any(|r| {
+                    r.from == a && r.to == b && (r.ports.is_empty() || r.ports.contains(&port))
+                });
+            Some(if allowed { Verdict::Allowed } else { Verdict::Violation })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

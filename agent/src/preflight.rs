@@ -1,0 +1,261 @@
+//! Start-up checks of the node: privilege, BTF, tracefs, cgroup v2 and bpffs. Each
+//! missing piece is either fixed (a filesystem mounted) or reported as one sentence that
+//! says what is missing and what to do, before anything is loaded.
+#![forbid(unsafe_code)]
+
+use std::{
+    fmt, fs, io,
+    path::{Path, PathBuf},
+};
+
+use tracing::{debug, info};
+
+use crate::sys;
+
+/// Capabilities the agent needs on kernels >= 5.8, by bit number.
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+pub const REQUIRED_CAPS: [(u32, &str); 3] =
+    [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON"), (CAP_NET_ADMIN, "CAP_NET_ADMIN")];
+
+const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+pub const TRACEFS_PATH: &str = "/sys/kernel/tracing";
+const BPFFS_ROOT: &str = "/sys/fs/bpf";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    #[error(
+        "cellwatch is missing {missing} and cannot load or attach eBPF programs without it; run \
+         it as root or grant CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN"
+    )]
+    MissingCapabilities { missing: CapList },
+    #[error(
+        "this kernel exposes no BTF ({BTF_PATH} is missing); cellwatch supports kernels built \
+         with CONFIG_DEBUG_INFO_BTF=y, as every major distribution's 5.10+ kernel is"
+    )]
+    NoBtf,
+    #[error(
+        "tracefs is not mounted at {TRACEFS_PATH} and cellwatch could not mount it ({source}); \
+         mount it with `mount -t tracefs tracefs {TRACEFS_PATH}`"
+    )]
+    NoTracefs { source: io::Error },
+    #[error(
+        "no cgroup v2 hierarchy is mounted, and cellwatch attaches its connection tracker to \
+         the cgroup v2 root; mount one with `mount -t cgroup2 none /sys/fs/cgroup/unified` or \
+         pass --cgroup"
+    )]
+    NoCgroup2,
+    #[error("--cgroup {path} is not a cgroup v2 directory")]
+    NotCgroup2 { path: PathBuf },
+    #[error(
+        "{dir} is not on a bpf filesystem and cellwatch could not mount one at {root} \
+         ({source}); mount it with `mount -t bpf bpf {root}`"
+    )]
+    NoBpffs { dir: PathBuf, root: PathBuf, source: io::Error },
+    #[error("--bpffs {dir} is not under a bpf filesystem; use a directory below {BPFFS_ROOT}")]
+    BpffsOutside { dir: PathBuf },
+}
+
+/// Names of missing capabilities, rendered as "CAP_BPF and CAP_PERFMON".
+#[derive(Debug)]
+pub struct CapList(pub Vec<&'static str>);
+
+impl fmt::Display for CapList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        for (i, c) in self.0.iter().enumerate() {
+            let sep = match (i, n - i) {
+                (0, _) => "",
+                (_, 1) => " and ",
+                _ => ", ",
+            };
+            write!(f, "{sep}{c}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What the node offers, once the checks passed.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub cgroup_root: PathBuf,
+    pub kernel: String,
+}
+
+/// Runs every check, mounting tracefs and bpffs when missing.
+pub fn check(cgroup: Option<&Path>, bpffs: &Path) -> Result<Node, PreflightError> {
+    check_capabilities(effective_caps())?;
+    if !Path::new(BTF_PATH).exists() {
+        return Err(PreflightError::NoBtf);
+    }
+    let mounts = Mounts::read();
+    ensure_tracefs(&mounts)?;
+    let cgroup_root = match cgroup {
+        Some(p) if mounts.fstype_at(p) == Some("cgroup2") => p.to_owned(),
+        Some(p) => return Err(PreflightError::NotCgroup2 { path: p.to_owned() }),
+        None => mounts.cgroup2_root().ok_or(PreflightError::NoCgroup2)?,
+    };
+    ensure_bpffs(&mounts, bpffs)?;
+    if let Err(e) = sys::raise_memlock() {
+        debug!(error = %e, "could not raise RLIMIT_MEMLOCK (only needed before Linux 5.11)");
+    }
+    Ok(Node { cgroup_root, kernel: sys::kernel_release() })
+}
+
+/// Effective capability bits of this process (0 when unreadable).
+pub fn effective_caps() -> u64 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+/// CAP_SYS_ADMIN alone also suffices (it is what kernels before 5.8 ask for).
+pub fn check_capabilities(caps: u64) -> Result<(), PreflightError> {
+    let has = |bit: u32| caps & (1u64 << bit) != 0;
+    if has(CAP_SYS_ADMIN) && has(CAP_NET_ADMIN) {
+        return Ok(());
+    }
+    let missing: Vec<_> =
+        REQUIRED_CAPS.iter().filter(|(bit, _)| !has(*bit)).map(|(_, n)| *n).collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(PreflightError::MissingCapabilities { missing: CapList(missing) })
+    }
+}
+
+fn ensure_tracefs(mounts: &Mounts) -> Result<(), PreflightError> {
+    let path = Path::new(TRACEFS_PATH);
+    if mounts.fstype_at(path) == Some("tracefs") {
+        return Ok(());
+    }
+    sys::mount("tracefs", path).map_err(|source| PreflightError::NoTracefs { source })?;
+    info!(path = TRACEFS_PATH, "mounted tracefs");
+    Ok(())
+}
+
+fn ensure_bpffs(mounts: &Mounts, dir: &Path) -> Result<(), PreflightError> {
+    if mounts.covering(dir).is_some_and(|m| m.fstype == "bpf") {
+        return Ok(());
+    }
+    let root = Path::new(BPFFS_ROOT);
+    if !dir.starts_with(root) {
+        return Err(PreflightError::BpffsOutside { dir: dir.to_owned() });
+    }
+    sys::mount("bpf", root).map_err(|source| PreflightError::NoBpffs {
+        dir: dir.to_owned(),
+        root: root.to_owned(),
+        source,
+    })?;
+    info!(path = BPFFS_ROOT, "mounted the bpf filesystem");
+    Ok(())
+}
+
+/// One line of /proc/self/mounts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub point: PathBuf,
+    pub fstype: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Mounts(pub Vec<Mount>);
+
+impl Mounts {
+    pub fn read() -> Self {
+        Self::parse(&fs::read_to_string("/proc/self/mounts").unwrap_or_default())
+    }
+
+    pub fn parse(text: &str) -> Self {
+        Self(
+            text.lines()
+                .filter_map(|l| {
+                    let mut f = l.split_whitespace();
+                    let (_dev, point, fstype) = (f.next()?, f.next()?, f.next()?);
+                    Some(Mount { point: unescape(point).into(), fstype: fstype.to_owned() })
+                })
+                .collect(),
+        )
+    }
+
+    /// Type of the filesystem mounted exactly at `p` (the last mount there wins).
+    pub fn fstype_at(&self, p: &Path) -> Option<&str> {
+        self.0.iter().rev().find(|m| m.point == p).map(|m| m.fstype.as_str())
+    }
+
+    /// The mount that holds `p`: the longest mount point that is a prefix of it.
+    pub fn covering(&self, p: &Path) -> Option<&Mount> {
+        self.0.iter().rev().filter(|m| p.starts_with(&m.point)).max_by_key(|m| m.point.as_os_str().len())
+    }
+
+    /// The cgroup v2 root: `/sys/fs/cgroup` on unified hosts, else the first cgroup2
+    /// mount (`/sys/fs/cgroup/unified` on hybrid hosts).
+    pub fn cgroup2_root(&self) -> Option<PathBuf> {
+        let unified = Path::new("/sys/fs/cgroup");
+        if self.fstype_at(unified) == Some("cgroup2") {
+            return Some(unified.to_owned());
+        }
+        self.0.iter().find(|m| m.fstype == "cgroup2").map(|m| m.point.clone())
+    }
+}
+
+/// /proc/mounts escapes space, tab, newline and backslash as octal.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_caps_are_named() {
+        let err = check_capabilities(1 << CAP_NET_ADMIN).unwrap_err().to_string();
+        assert!(err.starts_with("cellwatch is missing CAP_BPF and CAP_PERFMON and"), "{err}");
+        let all = (1 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_NET_ADMIN);
+        assert!(check_capabilities(all).is_ok());
+        assert!(check_capabilities((1 << CAP_SYS_ADMIN) | (1 << CAP_NET_ADMIN)).is_ok());
+        let none = check_capabilities(0).unwrap_err().to_string();
+        assert!(none.contains("missing CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN"), "{none}");
+    }
+
+    #[test]
+    fn cgroup2_root_found_on_hybrid_and_unified_hosts() {
+        let hybrid = Mounts::parse(
+            "tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n\
+             cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n",
+        );
+        assert_eq!(hybrid.cgroup2_root(), Some("/sys/fs/cgroup/unified".into()));
+        let unified = Mounts::parse("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n");
+        assert_eq!(unified.cgroup2_root(), Some("/sys/fs/cgroup".into()));
+        assert_eq!(Mounts::parse("proc /proc proc rw 0 0\n").cgroup2_root(), None);
+    }
+
+    #[test]
+    fn covering_mount_is_the_longest_prefix() {
+        let m = Mounts::parse("/dev/vda / ext4 rw 0 0\nbpf /sys/fs/bpf bpf rw 0 0\n");
+        assert_eq!(m.covering(Path::new("/sys/fs/bpf/cellwatch")).map(|m| m.fstype.as_str()), Some("bpf"));
+        assert_eq!(m.covering(Path::new("/tmp/x")).map(|m| m.fstype.as_str()), Some("ext4"));
+        let esc = Mounts::parse("x /mnt/a\\040b tmpfs rw 0 0\n");
+        assert_eq!(esc.0[0].point, PathBuf::from("/mnt/a b"));
+    }
+}
