@@ -18,5 +18,5 @@ pub mod metrics;
 pub mod policy;
 pub mod preflight;
 pub mod run;
-pub mod uninstall;
 mod sys;
+pub mod uninstall;

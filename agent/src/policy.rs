@@ -27,7 +27,9 @@ pub struct CellIds {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("more than {MAX_CELLS} distinct cell names were used since the agent started; restart it to renumber")]
+#[error(
+    "more than {MAX_CELLS} distinct cell names were used since the agent started; restart it to renumber"
+)]
 pub struct IdsExhausted;
 
 impl CellIds {

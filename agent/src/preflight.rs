@@ -27,8 +27,8 @@ const BPFFS_ROOT: &str = "/sys/fs/bpf";
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
     #[error(
-        "cellwatch is missing {missing} and cannot load or attach eBPF programs without it; run \
-         it as root or grant CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN"
+        "this process lacks {missing}, which cellwatch needs to load and attach its eBPF \
+         programs; run it as root or grant CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN"
     )]
     MissingCapabilities { missing: CapList },
     #[error(
@@ -192,7 +192,11 @@ impl Mounts {
 
     /// The mount that holds `p`: the longest mount point that is a prefix of it.
     pub fn covering(&self, p: &Path) -> Option<&Mount> {
-        self.0.iter().rev().filter(|m| p.starts_with(&m.point)).max_by_key(|m| m.point.as_os_str().len())
+        self.0
+            .iter()
+            .rev()
+            .filter(|m| p.starts_with(&m.point))
+            .max_by_key(|m| m.point.as_os_str().len())
     }
 
     /// The cgroup v2 root: `/sys/fs/cgroup` on unified hosts, else the first cgroup2
@@ -212,7 +216,10 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -230,12 +237,12 @@ mod tests {
     #[test]
     fn missing_caps_are_named() {
         let err = check_capabilities(1 << CAP_NET_ADMIN).unwrap_err().to_string();
-        assert!(err.starts_with("cellwatch is missing CAP_BPF and CAP_PERFMON and"), "{err}");
+        assert!(err.starts_with("this process lacks CAP_BPF and CAP_PERFMON, which"), "{err}");
         let all = (1 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_NET_ADMIN);
         assert!(check_capabilities(all).is_ok());
         assert!(check_capabilities((1 << CAP_SYS_ADMIN) | (1 << CAP_NET_ADMIN)).is_ok());
         let none = check_capabilities(0).unwrap_err().to_string();
-        assert!(none.contains("missing CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN"), "{none}");
+        assert!(none.contains("lacks CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN,"), "{none}");
     }
 
     #[test]
@@ -253,7 +260,10 @@ mod tests {
     #[test]
     fn covering_mount_is_the_longest_prefix() {
         let m = Mounts::parse("/dev/vda / ext4 rw 0 0\nbpf /sys/fs/bpf bpf rw 0 0\n");
-        assert_eq!(m.covering(Path::new("/sys/fs/bpf/cellwatch")).map(|m| m.fstype.as_str()), Some("bpf"));
+        assert_eq!(
+            m.covering(Path::new("/sys/fs/bpf/cellwatch")).map(|m| m.fstype.as_str()),
+            Some("bpf")
+        );
         assert_eq!(m.covering(Path::new("/tmp/x")).map(|m| m.fstype.as_str()), Some("ext4"));
         let esc = Mounts::parse("x /mnt/a\\040b tmpfs rw 0 0\n");
         assert_eq!(esc.0[0].point, PathBuf::from("/mnt/a b"));

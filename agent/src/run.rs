@@ -38,7 +38,9 @@ pub enum RunError {
     Kernel(#[from] KernelError),
     #[error(transparent)]
     Ids(#[from] IdsExhausted),
-    #[error("{addr} is already in use; stop what listens there or choose another address with --listen")]
+    #[error(
+        "{addr} is already in use; stop what listens there or choose another address with --listen"
+    )]
     PortInUse { addr: SocketAddr },
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: io::Error },
@@ -60,7 +62,7 @@ impl Endpoints for Agent {
     fn metrics(&self) -> Result<String, String> {
         let snap = self.maps.snapshot().map_err(|e| format!("reading kernel maps failed: {e}"))?;
         let ids = self.ids.read().unwrap_or_else(|p| p.into_inner());
-        Ok(self.metrics.render(&snap, &ids))
+        self.metrics.render(&snap, &ids).map_err(|e| format!("encoding metrics failed: {e}"))
     }
 }
 
@@ -121,7 +123,8 @@ async fn serve(args: &RunArgs, config: Config, node: preflight::Node) -> Result<
 
     let mut ids = CellIds::default();
     let compiled = compile(&config, &mut ids)?;
-    let opts = LoadOptions { cgroup_root: node.cgroup_root.clone(), conn_capacity: args.conn_capacity };
+    let opts =
+        LoadOptions { cgroup_root: node.cgroup_root.clone(), conn_capacity: args.conn_capacity };
     let kernel = Kernel::load(&opts, &compiled)?;
 
     let agent = Arc::new(Agent {

@@ -1,1 +1,356 @@
+//! Harness for the privileged integration tests: start the real `cellwatch` binary,
+//! drive bounded loopback TCP traffic, scrape its endpoints, and always clean up.
+//!
+//! Every test takes its own 127.x.0.0/16 ranges, so tests running side by side (each
+//! with its own agent) never count each other's connections.
+#![forbid(unsafe_code)]
 
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+/// How long an agent may take to become ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The agent binary under test: `$CELLWATCH_BIN`, else `target/debug/cellwatch`.
+/// Panics (never skips) when it is missing.
+pub fn agent_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CELLWATCH_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/cellwatch");
+    assert!(
+        p.exists(),
+        "the cellwatch binary is not built at {}: run `cargo xtask test` (or `cargo build -p agent`)",
+        p.display()
+    );
+    p
+}
+
+/// A unique scratch directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "cellwatch-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        Self(p)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).expect("write temp file");
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A free loopback TCP port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+}
+
+/// A running agent. Dropping it stops it (SIGTERM, then SIGKILL after 10 s).
+pub struct Agent {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: TempDir,
+    stderr: PathBuf,
+}
+
+/// How to start an agent.
+#[derive(Default)]
+pub struct Start<'a> {
+    /// Config YAML; `None` runs on the embedded default.
+    pub config: Option<&'a str>,
+    /// Commands the agent is run under, e.g. `["unshare", "-m", "sh", "-c", "...; exec \"$0\" \"$@\""]`.
+    pub wrapper: &'a [&'a str],
+    pub args: &'a [&'a str],
+}
+
+impl Agent {
+    /// Starts an agent and waits until `/readyz` answers 200; panics with its stderr if
+    /// it exits or does not get ready in time.
+    pub fn start(s: Start<'_>) -> Self {
+        let mut a = Self::spawn(s);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok((200, _)) = http_get(a.port, "/readyz") {
+                return a;
+            }
+            if let Some(status) = a.try_wait() {
+                panic!("agent exited with {status} before it was ready:\n{}", a.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent not ready after {READY_TIMEOUT:?}:\n{}",
+                a.stderr()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts an agent without waiting for it.
+    pub fn spawn(s: Start<'_>) -> Self {
+        let dir = TempDir::new("agent");
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let stderr = dir.0.join("stderr.log");
+        let mut argv: Vec<String> = s.wrapper.iter().map(|s| (*s).to_owned()).collect();
+        argv.push(agent_bin().display().to_string());
+        argv.extend(["run".into(), "--listen".into(), listen]);
+        if let Some(cfg) = s.config {
+            argv.push("--config".into());
+            argv.push(dir.write("cells.yaml", cfg).display().to_string());
+        }
+        argv.extend(s.args.iter().map(|s| (*s).to_owned()));
+        let child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {argv:?}: {e}"));
+        Self { child: Some(child), port, dir, stderr }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Sends a signal to the agent.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status();
+        assert!(ok.is_ok_and(|s| s.success()), "kill -{sig} {} failed", self.pid());
+    }
+
+    /// Waits for the agent to exit, at most `limit`.
+    pub fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(s) = self.try_wait() {
+                self.child = None;
+                return Some(s);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        self.wait(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("agent ignored SIGTERM:\n{}", self.stderr()))
+    }
+
+    /// Scrapes `/metrics`.
+    pub fn metrics(&self) -> Metrics {
+        let (status, body) = http_get(self.port, "/metrics").expect("scrape");
+        assert_eq!(status, 200, "/metrics answered {status}: {body}");
+        Metrics::parse(&body)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs the agent binary to completion (for commands that end by themselves).
+pub fn cellwatch(wrapper: &[&str], args: &[&str]) -> (ExitStatus, String, String) {
+    let mut argv: Vec<String> = wrapper.iter().map(|s| (*s).to_owned()).collect();
+    argv.push(agent_bin().display().to_string());
+    argv.extend(args.iter().map(|s| (*s).to_owned()));
+    let out = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {argv:?}: {e}"));
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A minimal HTTP/1.0 GET on loopback: (status, body).
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(2),
+    )?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let status = raw.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A parsed Prometheus exposition: `name{labels}` -> value, labels sorted by name.
+#[derive(Debug, Default)]
+pub struct Metrics(pub BTreeMap<String, f64>);
+
+impl Metrics {
+    pub fn parse(text: &str) -> Self {
+        let mut m = BTreeMap::new();
+        for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+            let Some((series, value)) = line.rsplit_once(' ') else { continue };
+            let Ok(v) = value.parse::<f64>() else { continue };
+            m.insert(canonical(series), v);
+        }
+        Self(m)
+    }
+
+    /// The value of `name` with exactly these labels (0 when absent, as for a counter
+    /// not yet created).
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let mut l: Vec<_> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        l.sort();
+        let key = if l.is_empty() { name.to_owned() } else { format!("{name}{{{}}}", l.join(",")) };
+        self.0.get(&key).copied().unwrap_or(0.0)
+    }
+}
+
+fn canonical(series: &str) -> String {
+    let Some((name, rest)) = series.split_once('{') else { return series.to_owned() };
+    let inner = rest.trim_end_matches('}');
+    let mut labels: Vec<&str> = split_labels(inner);
+    labels.sort_unstable();
+    format!("{name}{{{}}}", labels.join(","))
+}
+
+fn split_labels(s: &str) -> Vec<&str> {
+    let (mut out, mut start, mut quoted) = (Vec::new(), 0, false);
+    let b = s.as_bytes();
+    for i in 0..b.len() {
+        match b[i] {
+            b'"' if i == 0 || b[i - 1] != b'\\' => quoted = !quoted,
+            b',' if !quoted => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if start < s.len() {
+        out.push(&s[start..]);
+    }
+    out
+}
+
+/// `127.a.b.c`.
+pub fn lo(a: u8, b: u8, c: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, a, b, c))
+}
+
+/// A loopback server that, for each of `n` connections, reads `req` bytes and answers
+/// `resp` bytes, then closes. Bounded: it stops after `n` connections or `limit`.
+pub struct Server {
+    pub addr: SocketAddr,
+    handle: Option<thread::JoinHandle<usize>>,
+}
+
+impl Server {
+    pub fn start(ip: IpAddr, n: usize, req: usize, resp: usize) -> Self {
+        let l = TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("bind {ip}: {e}"));
+        let addr = l.local_addr().expect("local addr");
+        l.set_nonblocking(true).expect("nonblocking");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let handle = thread::spawn(move || {
+            let mut served = 0;
+            while served < n && Instant::now() < deadline {
+                match l.accept() {
+                    Ok((mut s, _)) => {
+                        s.set_nonblocking(false).ok();
+                        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+                        let mut buf = vec![0u8; req];
+                        if s.read_exact(&mut buf).is_ok() {
+                            let _ = s.write_all(&vec![b'r'; resp]);
+                            // Wait for the client's close so the client closes first.
+                            let _ = s.read(&mut [0u8; 1]);
+                        }
+                        served += 1;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(_) => break,
+                }
+            }
+            served
+        });
+        Self { addr, handle: Some(handle) }
+    }
+
+    /// Waits for the server thread; returns how many connections it served.
+    pub fn join(mut self) -> usize {
+        self.handle.take().map_or(0, |h| h.join().unwrap_or(0))
+    }
+}
+
+/// `n` sequential client connections from `from` (port chosen by the kernel) to `to`:
+/// send `req` bytes, read `resp` bytes, close. Returns how many completed.
+pub fn clients(from: IpAddr, to: SocketAddr, n: usize, req: usize, resp: usize) -> usize {
+    let mut done = 0;
+    for _ in 0..n {
+        let Ok(mut s) = connect_from(from, to) else { continue };
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        if s.write_all(&vec![b'q'; req]).is_err() {
+            continue;
+        }
+        let mut buf = vec![0u8; resp];
+        if s.read_exact(&mut buf).is_ok() {
+            done += 1;
+        }
+    }
+    done
+}
+
+/// Connects from a chosen local address (std cannot bind before connect).
+pub fn connect_from(from: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let domain = if to.is_ipv6() { socket2::Domain::IPV6 } else { socket2::Domain::IPV4 };
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    s.bind(&SocketAddr::new(from, 0).into())?;
+    s.connect_timeout(&to.into(), Duration::from_secs(5))?;
+    Ok(s.into())
+}

@@ -11,7 +11,6 @@ mod validate;
 
 use std::{fmt, net::IpAddr, path::Path};
 
-
 pub use ipnet::IpNet;
 
 /// The embedded default: no cells, loopback ignored, audit mode. Every peer is then
@@ -152,7 +151,6 @@ impl Config {
     pub fn prefix_count(&self) -> usize {
         self.cells.iter().map(|c| c.cidrs.len()).sum()
     }
-
 }
 
 /// v4-mapped IPv6 addresses resolve as IPv4, as in the kernel.

@@ -62,8 +62,19 @@ pub(super) fn parse(text: &str) -> Result<RawConfig, Problem> {
 fn first_line(s: &str) -> String {
     let line = s.lines().next().unwrap_or("invalid YAML").trim();
     let line = line.strip_prefix("error: ").unwrap_or(line);
+    let line = strip_location_prefix(line);
     match line.rsplit_once(" at line ") {
         Some((msg, _)) => msg.to_owned(),
         None => line.to_owned(),
     }
+}
+
+/// Drops a leading `line N column M: `, which we print as `FILE:N:M:` already.
+fn strip_location_prefix(s: &str) -> &str {
+    let Some(rest) = s.strip_prefix("line ") else { return s };
+    let Some((coords, msg)) = rest.split_once(": ") else { return s };
+    let is_coords = coords
+        .split_once(" column ")
+        .is_some_and(|(l, c)| l.parse::<u64>().is_ok() && c.parse::<u64>().is_ok());
+    if is_coords { msg } else { s }
 }

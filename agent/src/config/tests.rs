@@ -1,1 +1,148 @@
+use super::*;
 
+fn problems(yaml: &str) -> Vec<String> {
+    match Config::parse("c.yaml", yaml) {
+        Ok(c) => panic!("expected problems, got {c:?}"),
+        Err(e) => e.to_string().lines().map(str::to_owned).collect(),
+    }
+}
+
+const GOOD: &str = "\
+cells:
+  - name: global
+    global: true
+    cidrs: [\"10.0.0.0/16\"]
+  - name: cell-1
+    cidrs: [\"10.1.0.0/16\", \"fd00:1::/48\"]
+  - name: cell-2
+    cidrs: [\"10.2.0.0/16\"]
+allow:
+  - { from: cell-1, to: cell-2, ports: [5432] }
+external: violation
+mode: enforce
+enforce_cells: [cell-1]
+";
+
+#[test]
+fn the_contract_example_parses() {
+    let c = Config::parse("c.yaml", GOOD).unwrap();
+    assert_eq!(c.cells.len(), 3);
+    assert!(c.cells[0].global);
+    assert_eq!(c.prefix_count(), 4);
+    assert_eq!(
+        c.allow,
+        vec![AllowRule { from: "cell-1".into(), to: "cell-2".into(), ports: vec![5432] }]
+    );
+    assert_eq!(c.external, External::Violation);
+    assert_eq!(c.mode, Mode::Enforce);
+    assert_eq!(c.enforce_cells, Some(vec!["cell-1".to_owned()]));
+    // ignore_cidrs absent: the loopback default applies.
+    assert_eq!(c.ignore_cidrs.len(), 2);
+}
+
+#[test]
+fn embedded_default_is_valid_and_empty() {
+    let c = Config::embedded_default();
+    assert!(c.cells.is_empty());
+    assert_eq!(c.mode, Mode::Audit);
+    assert_eq!(c.external, External::Allow);
+    assert_eq!(
+        c.ignore_cidrs,
+        vec!["127.0.0.0/8".parse::<IpNet>().unwrap(), "::1/128".parse().unwrap()]
+    );
+}
+
+#[test]
+fn empty_ignore_list_watches_loopback() {
+    let c = Config::parse("c.yaml", "cells: []\nignore_cidrs: []\n").unwrap();
+    assert!(c.ignore_cidrs.is_empty());
+}
+
+/// One bad input per problem class, each with the location it must point at.
+#[test]
+fn each_problem_class_is_reported_located() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("duplicate", "cells:\n  - name: a\n  - name: a\n", "c.yaml:3:11: duplicate cell name `a`"),
+        (
+            "same prefix",
+            "cells:\n  - name: a\n    cidrs: [10.0.0.0/8]\n  - name: b\n    cidrs: [10.0.0.0/8]\n",
+            "c.yaml:5:13: prefix 10.0.0.0/8 is in two cells: `a` and `b`",
+        ),
+        (
+            "unknown cell in allow",
+            "cells:\n  - name: a\nallow:\n  - { from: a, to: zz }\n",
+            "c.yaml:4:20: allow rule names unknown cell `zz`",
+        ),
+        (
+            "invalid cidr",
+            "cells:\n  - name: a\n    cidrs: [10.0.0.0/33]\n",
+            "c.yaml:3:13: invalid CIDR `10.0.0.0/33`",
+        ),
+        (
+            "host bits",
+            "cells:\n  - name: a\n    cidrs: [10.1.2.3/16]\n",
+            "c.yaml:3:13: prefix 10.1.2.3/16 has host bits set: did you mean 10.1.0.0/16?",
+        ),
+        (
+            "port out of range",
+            "cells:\n  - name: a\n  - name: b\nallow:\n  - { from: a, to: b, ports: [70000] }\n",
+            "c.yaml:5:31: port 70000 is out of range (1-65535)",
+        ),
+        ("bad name", "cells:\n  - name: Cell_1\n", "c.yaml:2:11: invalid cell name `Cell_1`"),
+        (
+            "reserved name",
+            "cells:\n  - name: external\n",
+            "c.yaml:2:11: the cell name `external` is reserved",
+        ),
+        ("unknown mode", "cells: []\nmode: block\n", "c.yaml:2:7: unknown `mode` value `block`"),
+        (
+            "unknown external",
+            "cells: []\nexternal: deny\n",
+            "c.yaml:2:11: unknown `external` value `deny`",
+        ),
+        ("unknown key", "cells: []\nmodes: audit\n", "c.yaml:2:1: unknown field `modes`"),
+        ("empty", "", "c.yaml:1:1: the config is empty"),
+        ("not yaml", "cells: [\n", "c.yaml:"),
+        ("missing cells", "mode: audit\n", "c.yaml:1:1: missing field `cells`"),
+        (
+            "unknown enforce cell",
+            "cells:\n  - name: a\nenforce_cells: [b]\n",
+            "c.yaml:3:17: `enforce_cells` names unknown cell `b`",
+        ),
+    ];
+    for (what, yaml, want) in cases {
+        let got = problems(yaml);
+        assert!(
+            got.iter().any(|l| l.starts_with(want)),
+            "{what}: expected a line starting {want:?}, got {got:?}"
+        );
+    }
+}
+
+#[test]
+fn every_problem_is_reported_not_only_the_first() {
+    let yaml = "cells:\n  - name: A\n    cidrs: [nope, 10.0.0.0/8]\n  - name: b\n    cidrs: [10.0.0.0/8]\nmode: x\n";
+    let got = problems(yaml);
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert!(got[0].starts_with("c.yaml:2:11: invalid cell name `A`"));
+    assert!(got[1].starts_with("c.yaml:3:13: invalid CIDR `nope`"));
+    assert!(got[2].starts_with("c.yaml:5:13: prefix 10.0.0.0/8 is in two cells"));
+    assert!(got[3].starts_with("c.yaml:6:7: unknown `mode` value `x`"));
+}
+
+#[test]
+fn binary_garbage_is_a_located_error_not_a_panic() {
+    let dir = std::env::temp_dir().join(format!("cw-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("garbage.yaml");
+    let bytes: Vec<u8> =
+        (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    std::fs::write(&path, &bytes).unwrap();
+    let err = Config::load(&path).unwrap_err().to_string();
+    assert!(err.starts_with(&format!("{}:", path.display())), "{err}");
+    let big = dir.join("big.yaml");
+    std::fs::write(&big, vec![b'#'; (MAX_CONFIG_BYTES + 1) as usize]).unwrap();
+    let err = Config::load(&big).unwrap_err().to_string();
+    assert!(err.contains("more than the"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -96,7 +96,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             "violation" => External::Violation,
             "ignore" => External::Ignore,
             other => {
-                p.at(s, format!("unknown `external` value `{other}`: use allow, violation or ignore"));
+                p.at(
+                    s,
+                    format!("unknown `external` value `{other}`: use allow, violation or ignore"),
+                );
                 External::default()
             }
         },
@@ -185,7 +188,12 @@ fn cidr(p: &mut Problems, s: &S<String>) -> Option<IpNet> {
             None
         }
         Err(_) => {
-            p.at(s, format!("invalid CIDR `{text}`: expected a prefix such as 10.1.0.0/16 or fd00::/48"));
+            p.at(
+                s,
+                format!(
+                    "invalid CIDR `{text}`: expected a prefix such as 10.1.0.0/16 or fd00::/48"
+                ),
+            );
             None
         }
     }

@@ -105,7 +105,9 @@ pub(super) fn load(opts: &LoadOptions, initial: &Compiled) -> Result<Kernel, Ker
     if let Some(off) = rst_cookie_offset() {
         maps.settings.set(SETTING_RST_COOKIE_OFFSET, off, 0).map_err(map_err("SETTINGS"))?;
     } else {
-        warn!("tcp:tcp_receive_reset has no sock_cookie field here: refused connects are counted as `other`");
+        warn!(
+            "tcp:tcp_receive_reset has no sock_cookie field here: refused connects are counted as `other`"
+        );
     }
     cellmap::apply(&mut maps, initial)?;
 
@@ -218,7 +220,8 @@ fn spawn_log_forwarder(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
     let fd = logger.as_raw_fd();
     // SAFETY: the logger owns its ring buffer's fd and keeps it open for as long as the
     // AsyncFd (which owns the logger) exists; nothing else closes or replaces it.
-    let registered = unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+    let registered =
+        unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
     let mut afd = match registered {
         Ok(a) => a,
         Err(e) => {

@@ -1,7 +1,5 @@
 //! Reads the per-cell-pair statistics and bookkeeping counters, summing per-CPU copies.
-use agent_common::{
-    COUNTERS_LEN, CTR_CONN_FORGOTTEN, CTR_CONN_TRACKED, PairKey, PairStats,
-};
+use agent_common::{COUNTERS_LEN, CTR_CONN_FORGOTTEN, CTR_CONN_TRACKED, PairKey, PairStats};
 
 use super::loader::{KernelError, Maps, map_err};
 
@@ -40,7 +38,8 @@ pub(super) fn read(m: &Maps) -> Result<Snapshot, KernelError> {
         let per_cpu = m.counters.get(&(i as u32), 0).map_err(map_err("COUNTERS"))?;
         *slot = per_cpu.iter().sum();
     }
-    let live = counters[CTR_CONN_TRACKED as usize].saturating_sub(counters[CTR_CONN_FORGOTTEN as usize]);
+    let live =
+        counters[CTR_CONN_TRACKED as usize].saturating_sub(counters[CTR_CONN_FORGOTTEN as usize]);
 
     let c = &m.current;
     let (v4, v6) = c.prefixes.iter().fold((0u64, 0u64), |(a, b), (n, _)| match n {

@@ -152,8 +152,11 @@ pub fn families(snap: &Snapshot, ids: &CellIds) -> Vec<MetricFamily> {
         "Established TCP connections that closed",
         PAIR_DIR_VERDICT,
     );
-    let mut active =
-        Fam::<u64>::new("cellwatch_connections_active", "Established TCP connections now open", PAIR_DIR);
+    let mut active = Fam::<u64>::new(
+        "cellwatch_connections_active",
+        "Established TCP connections now open",
+        PAIR_DIR,
+    );
     let mut failed = Fam::<u64>::new(
         "cellwatch_connections_failed_total",
         "Connections that failed, by reason (refused, reset, timeout, other)",
@@ -174,8 +177,11 @@ pub fn families(snap: &Snapshot, ids: &CellIds) -> Vec<MetricFamily> {
         "Bytes this node's sockets sent (and the peer acknowledged)",
         PAIR_DIR,
     );
-    let mut received =
-        Fam::<u64>::new("cellwatch_bytes_received_total", "Bytes this node's sockets received", PAIR_DIR);
+    let mut received = Fam::<u64>::new(
+        "cellwatch_bytes_received_total",
+        "Bytes this node's sockets received",
+        PAIR_DIR,
+    );
     let mut retrans =
         Fam::<u64>::new("cellwatch_retransmits_total", "TCP segments retransmitted", PAIR_DIR);
     let mut latency = Fam::<Hist>::new(

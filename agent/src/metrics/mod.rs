@@ -6,7 +6,7 @@ mod families;
 
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
-pub use families::{families, bucket_bounds};
+pub use families::{bucket_bounds, families};
 
 use crate::kernel::Snapshot;
 use crate::policy::CellIds;
@@ -21,7 +21,10 @@ impl AgentMetrics {
     pub fn new(version: &str, kernel: &str) -> Self {
         let registry = Registry::new();
         let build = IntGaugeVec::new(
-            Opts::new("cellwatch_build_info", "cellwatch version and the kernel it runs on; always 1"),
+            Opts::new(
+                "cellwatch_build_info",
+                "cellwatch version and the kernel it runs on; always 1",
+            ),
             &["version", "kernel"],
         )
         .expect("static metric definition");
@@ -39,15 +42,14 @@ impl AgentMetrics {
         Self { registry, config_reloads }
     }
 
-    /// The whole exposition: kernel families followed by the agent's own.
-    pub fn render(&self, snap: &Snapshot, ids: &CellIds) -> String {
+    /// The whole exposition: kernel families followed by the agent's own. A family with
+    /// no samples yet (no traffic) is left out, as the text format requires.
+    pub fn render(&self, snap: &Snapshot, ids: &CellIds) -> Result<String, prometheus::Error> {
         let mut fams = families(snap, ids);
         fams.extend(self.registry.gather());
+        fams.retain(|f| !f.get_metric().is_empty());
         let mut buf = Vec::with_capacity(64 * 1024);
-        // Encoding into a Vec cannot fail for well-formed families.
-        if let Err(e) = TextEncoder::new().encode(&fams, &mut buf) {
-            tracing::error!(error = %e, "encoding metrics failed");
-        }
-        String::from_utf8(buf).unwrap_or_default()
+        TextEncoder::new().encode(&fams, &mut buf)?;
+        String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))
     }
 }

@@ -1,0 +1,161 @@
+//! The whole loop on real traffic: real programs loaded, real loopback TCP, counted
+//! exactly, exported through /metrics.
+use std::time::{Duration, Instant};
+
+use cellwatch_tests::{Agent, Metrics, Server, Start, clients, lo};
+
+/// Two cells on loopback ranges of their own; loopback is watched (`ignore_cidrs: []`).
+const CELLS: &str = r#"
+cells:
+  - name: cell-a
+    cidrs: ["127.31.0.0/16"]
+  - name: cell-b
+    cidrs: ["127.32.0.0/16"]
+ignore_cidrs: []
+"#;
+
+const N: usize = 200;
+const SAME: usize = 50;
+const REQ: usize = 300;
+const RESP: usize = 1200;
+
+fn pair(
+    src: &'static str,
+    dst: &'static str,
+    dir: &'static str,
+    verdict: &'static str,
+) -> Vec<(&'static str, &'static str)> {
+    vec![("src_cell", src), ("dst_cell", dst), ("direction", dir), ("verdict", verdict)]
+}
+
+/// Polls until `f` holds on a scrape, or 10 s pass; returns the last scrape.
+fn settle(agent: &Agent, f: impl Fn(&Metrics) -> bool) -> Metrics {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = agent.metrics();
+        if f(&m) || Instant::now() > deadline {
+            return m;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn counts_exactly_the_connections_made() {
+    let agent = Agent::start(Start { config: Some(CELLS), ..Start::default() });
+    let before = agent.metrics();
+    let opened = "cellwatch_connections_opened_total";
+    assert_eq!(before.get(opened, &pair("cell-a", "cell-b", "egress", "violation")), 0.0);
+
+    // N cross-cell connections (a -> b, a violation) and SAME same-cell ones (b -> b).
+    let server = Server::start(lo(32, 0, 1), N + SAME, REQ, RESP);
+    assert_eq!(clients(lo(31, 0, 1), server.addr, N, REQ, RESP), N, "cross-cell round trips");
+    assert_eq!(clients(lo(32, 0, 2), server.addr, SAME, REQ, RESP), SAME, "same-cell round trips");
+    assert_eq!(server.join(), N + SAME);
+
+    let closed = "cellwatch_connections_closed_total";
+    let m = settle(&agent, |m| {
+        m.get(closed, &pair("cell-a", "cell-b", "ingress", "violation")) >= N as f64
+            && m.get(closed, &pair("cell-a", "cell-b", "egress", "violation")) >= N as f64
+            && m.get(closed, &pair("cell-b", "cell-b", "ingress", "allowed")) >= SAME as f64
+    });
+    let n = N as f64;
+    for dir in ["egress", "ingress"] {
+        assert_eq!(m.get(opened, &pair("cell-a", "cell-b", dir, "violation")), n, "opened {dir}");
+        assert_eq!(m.get(closed, &pair("cell-a", "cell-b", dir, "violation")), n, "closed {dir}");
+        assert_eq!(
+            m.get(opened, &pair("cell-a", "cell-b", dir, "allowed")),
+            0.0,
+            "no allowed a->b {dir}"
+        );
+        assert_eq!(
+            m.get(opened, &pair("cell-b", "cell-b", dir, "allowed")),
+            SAME as f64,
+            "same cell {dir}"
+        );
+        let pd = [("src_cell", "cell-a"), ("dst_cell", "cell-b"), ("direction", dir)];
+        assert_eq!(m.get("cellwatch_boundary_violations_total", &pd), n, "violations {dir}");
+        assert_eq!(m.get("cellwatch_connections_active", &pd), 0.0, "active {dir}");
+    }
+    let pd = |dir| [("src_cell", "cell-a"), ("dst_cell", "cell-b"), ("direction", dir)];
+    assert_eq!(m.get("cellwatch_bytes_sent_total", &pd("egress")), (N * REQ) as f64);
+    assert_eq!(m.get("cellwatch_bytes_received_total", &pd("egress")), (N * RESP) as f64);
+    assert_eq!(m.get("cellwatch_bytes_sent_total", &pd("ingress")), (N * RESP) as f64);
+    assert_eq!(m.get("cellwatch_bytes_received_total", &pd("ingress")), (N * REQ) as f64);
+    let p = [("src_cell", "cell-a"), ("dst_cell", "cell-b")];
+    assert_eq!(m.get("cellwatch_connect_latency_seconds_count", &p), n);
+    assert_eq!(m.get("cellwatch_rtt_seconds_count", &pd("egress")), n);
+    assert_eq!(
+        m.get(
+            "cellwatch_connections_failed_total",
+            &[("src_cell", "cell-a"), ("dst_cell", "cell-b"), ("reason", "refused")]
+        ),
+        0.0
+    );
+    // No same-cell connection is a violation.
+    assert_eq!(
+        m.get(
+            "cellwatch_boundary_violations_total",
+            &[("src_cell", "cell-b"), ("dst_cell", "cell-b"), ("direction", "egress")]
+        ),
+        0.0
+    );
+}
+
+#[test]
+fn refused_connects_are_failures_not_openings() {
+    let agent = Agent::start(Start {
+        config: Some(&CELLS.replace("127.31.", "127.33.").replace("127.32.", "127.34.")),
+        ..Start::default()
+    });
+    // A port nobody listens on: each connect gets a RST.
+    let closed = std::net::TcpListener::bind((lo(34, 0, 1), 0)).unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    const K: usize = 25;
+    let mut refused = 0;
+    for _ in 0..K {
+        match cellwatch_tests::connect_from(lo(33, 0, 1), addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => refused += 1,
+            other => panic!("expected a refused connect, got {other:?}"),
+        }
+    }
+    assert_eq!(refused, K);
+    let key = [("src_cell", "cell-a"), ("dst_cell", "cell-b"), ("reason", "refused")];
+    let m = settle(&agent, |m| m.get("cellwatch_connections_failed_total", &key) >= K as f64);
+    assert_eq!(m.get("cellwatch_connections_failed_total", &key), K as f64);
+    assert_eq!(
+        m.get(
+            "cellwatch_connections_opened_total",
+            &pair("cell-a", "cell-b", "egress", "violation")
+        ),
+        0.0
+    );
+    // Each attempt crossed the boundary, even though none got through.
+    let pd = [("src_cell", "cell-a"), ("dst_cell", "cell-b"), ("direction", "egress")];
+    assert_eq!(m.get("cellwatch_boundary_violations_total", &pd), K as f64);
+}
+
+#[test]
+fn a_held_connection_is_active_until_closed() {
+    let agent = Agent::start(Start {
+        config: Some(&CELLS.replace("127.31.", "127.35.").replace("127.32.", "127.36.")),
+        ..Start::default()
+    });
+    let l = std::net::TcpListener::bind((lo(36, 0, 1), 0)).unwrap();
+    let c = cellwatch_tests::connect_from(lo(35, 0, 1), l.local_addr().unwrap()).unwrap();
+    let (s, _) = l.accept().unwrap();
+    let active = |dir| [("src_cell", "cell-a"), ("dst_cell", "cell-b"), ("direction", dir)];
+    let m = settle(&agent, |m| m.get("cellwatch_connections_active", &active("ingress")) >= 1.0);
+    assert_eq!(m.get("cellwatch_connections_active", &active("egress")), 1.0);
+    assert_eq!(m.get("cellwatch_connections_active", &active("ingress")), 1.0);
+    assert!(m.get("cellwatch_map_entries", &[("map", "conns")]) >= 2.0);
+    drop(c);
+    drop(s);
+    let m = settle(&agent, |m| {
+        m.get("cellwatch_connections_active", &active("egress")) == 0.0
+            && m.get("cellwatch_connections_active", &active("ingress")) == 0.0
+    });
+    assert_eq!(m.get("cellwatch_connections_active", &active("egress")), 0.0);
+    assert_eq!(m.get("cellwatch_connections_active", &active("ingress")), 0.0);
+}

@@ -1,0 +1,239 @@
+//! Start-up on a node that lacks something: each case is made real in a private mount
+//! namespace (`unshare -m`), so the host is never touched. Each ends either in an
+//! automatic remedy or in one clear sentence and a non-zero exit, never a panic.
+use std::{process::Command, time::Duration};
+
+use cellwatch_tests::{Agent, Start, TempDir, cellwatch, free_port, http_get};
+
+/// `unshare -m` then a shell snippet, then exec of the agent with its arguments.
+fn in_mount_ns(script: &str) -> Vec<String> {
+    vec![
+        "unshare".into(),
+        "-m".into(),
+        "--propagation".into(),
+        "private".into(),
+        "sh".into(),
+        "-c".into(),
+        format!("{script} && exec \"$0\" \"$@\""),
+    ]
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Runs `cellwatch run` under `wrapper` and expects it to fail by itself.
+fn run_fails(wrapper: &[&str]) -> (i32, String) {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut a = Agent::spawn(Start { wrapper, args: &[], config: None });
+    let _ = &listen;
+    let status = a
+        .wait(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("agent did not exit:\n{}", a.stderr()));
+    (status.code().unwrap_or(-1), a.stderr())
+}
+
+/// One sentence on one line, prefixed `cellwatch: `, and no panic or backtrace.
+fn assert_one_sentence(stderr: &str) -> &str {
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("cellwatch: "), "last line is not the error sentence: {stderr}");
+    last
+}
+
+#[test]
+fn without_privilege_it_names_the_missing_capabilities() {
+    let wrapper = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+    ];
+    let (code, stderr) = run_fails(&wrapper);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "exactly one line expected: {stderr}");
+    let line = assert_one_sentence(&stderr);
+    for cap in ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"] {
+        assert!(line.contains(cap), "{line}");
+    }
+}
+
+#[test]
+fn without_btf_it_says_so() {
+    let w = in_mount_ns("mount -t tmpfs none /sys/kernel/btf");
+    let (code, stderr) = run_fails(&refs(&w));
+    assert_eq!(code, 1, "{stderr}");
+    let line = assert_one_sentence(&stderr);
+    assert!(line.contains("no BTF") && line.contains("CONFIG_DEBUG_INFO_BTF"), "{line}");
+}
+
+#[test]
+fn an_unmounted_tracefs_is_mounted() {
+    let w = in_mount_ns(
+        "(umount /sys/kernel/tracing 2>/dev/null; true) && ! mountpoint -q /sys/kernel/tracing",
+    );
+    let mut agent = Agent::start(Start { wrapper: &refs(&w), ..Start::default() });
+    assert!(agent.stderr().contains("mounted tracefs"), "{}", agent.stderr());
+    assert!(agent.stop().success());
+}
+
+#[test]
+fn tracefs_that_cannot_be_mounted_is_one_sentence() {
+    // Root without CAP_SYS_ADMIN: may load eBPF, may not mount.
+    let w = in_mount_ns(
+        "(umount /sys/kernel/tracing 2>/dev/null; true) && exec setpriv --bounding-set=-sys_admin --inh-caps=-sys_admin \"$0\" \"$@\" ; false",
+    );
+    let (code, stderr) = run_fails(&refs(&w));
+    assert_eq!(code, 1, "{stderr}");
+    let line = assert_one_sentence(&stderr);
+    assert!(line.contains("tracefs is not mounted at /sys/kernel/tracing"), "{line}");
+    assert!(line.contains("mount -t tracefs"), "{line}");
+}
+
+#[test]
+fn without_cgroup2_it_says_so() {
+    let w = in_mount_ns(
+        "for m in $(awk '$3==\"cgroup2\"{print $2}' /proc/self/mounts); do umount \"$m\"; done; true",
+    );
+    let (code, stderr) = run_fails(&refs(&w));
+    assert_eq!(code, 1, "{stderr}");
+    let line = assert_one_sentence(&stderr);
+    assert!(line.contains("no cgroup v2 hierarchy is mounted"), "{line}");
+}
+
+#[test]
+fn an_unmounted_bpffs_is_mounted() {
+    let w = in_mount_ns("(umount /sys/fs/bpf 2>/dev/null; true) && ! mountpoint -q /sys/fs/bpf");
+    let mut agent = Agent::start(Start { wrapper: &refs(&w), ..Start::default() });
+    assert!(agent.stderr().contains("mounted the bpf filesystem"), "{}", agent.stderr());
+    assert!(agent.stop().success());
+}
+
+#[test]
+fn a_port_in_use_is_one_sentence() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (status, _, stderr) = cellwatch(&[], &["run", "--listen", &addr]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let line = assert_one_sentence(&stderr);
+    assert!(line.contains(&format!("{addr} is already in use")), "{line}");
+}
+
+/// Ids of the eBPF programs process `pid` holds, from its fdinfo.
+fn prog_ids_of(pid: u32) -> Vec<u32> {
+    let mut ids = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("fdinfo").flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        ids.extend(
+            text.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:"))
+                .filter_map(|v| v.trim().parse::<u32>().ok()),
+        );
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// The cgroup v2 root, as the agent finds it.
+fn cgroup2_root() -> String {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let roots: Vec<&str> = mounts
+        .lines()
+        .filter(|l| l.split_whitespace().nth(2) == Some("cgroup2"))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    roots
+        .iter()
+        .find(|r| **r == "/sys/fs/cgroup")
+        .or(roots.first())
+        .expect("a cgroup2 mount")
+        .to_string()
+}
+
+fn bpftool(args: &[&str]) -> (bool, String) {
+    let out =
+        Command::new("bpftool").args(args).output().expect("bpftool (run `cargo xtask setup`)");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn sigterm_detaches_and_exits_zero() {
+    let mut agent = Agent::start(Start::default());
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(http_get(agent.port, path).unwrap().0, 200, "{path}");
+    }
+    assert_eq!(http_get(agent.port, "/nope").unwrap().0, 404);
+    let ids = prog_ids_of(agent.pid());
+    let (_, attached) = bpftool(&["cgroup", "show", &cgroup2_root()]);
+    let sockops: Vec<u32> = ids
+        .iter()
+        .copied()
+        .filter(|id| {
+            attached.lines().any(|l| {
+                l.split_whitespace().next() == Some(&id.to_string()) && l.contains("sock_ops")
+            })
+        })
+        .collect();
+    assert_eq!(
+        sockops.len(),
+        1,
+        "one sock_ops program of the agent on the cgroup root: {ids:?}\n{attached}"
+    );
+    let m = agent.metrics();
+    assert_eq!(m.0.keys().filter(|k| k.starts_with("cellwatch_build_info{")).count(), 1);
+    let status = agent.stop();
+    assert!(status.success(), "exit status {status}:\n{}", agent.stderr());
+    for id in ids {
+        let (loaded, _) = bpftool(&["prog", "show", "id", &id.to_string()]);
+        assert!(!loaded, "program {id} still loaded after the agent exited");
+    }
+    let (_, attached) = bpftool(&["cgroup", "show", &cgroup2_root()]);
+    assert!(
+        !attached.lines().any(|l| l.split_whitespace().next() == Some(&sockops[0].to_string())),
+        "{attached}"
+    );
+}
+
+#[test]
+fn uninstall_with_nothing_pinned_exits_zero() {
+    let dir = format!("/sys/fs/bpf/cellwatch-test-{}", std::process::id());
+    let (status, out, err) = cellwatch(&[], &["uninstall", "--bpffs", &dir]);
+    assert!(status.success(), "{err}");
+    assert!(out.contains("nothing to uninstall"), "{out}");
+}
+
+#[test]
+fn check_config_summarises_or_locates() {
+    let dir = TempDir::new("check");
+    let good = dir.write(
+        "good.yaml",
+        "cells:\n  - name: global\n    global: true\n    cidrs: [10.0.0.0/16]\n  - name: c1\n    cidrs: [10.1.0.0/16, \"fd00:1::/48\"]\nallow:\n  - { from: c1, to: global, ports: [443] }\n",
+    );
+    let (status, out, err) = cellwatch(&[], &["check-config", good.to_str().unwrap()]);
+    assert!(status.success(), "{err}");
+    assert!(
+        out.contains("ok: 2 cells (global: global), 3 prefixes (2 IPv4, 1 IPv6), 1 allow rules"),
+        "{out}"
+    );
+    let bad = dir.write("bad.yaml", "cells:\n  - name: c1\n    cidrs: [10.1.0.0/16]\n  - name: c2\n    cidrs: [10.1.0.0/16]\nmode: loud\n");
+    let (status, _, err) = cellwatch(&[], &["check-config", bad.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(2), "{err}");
+    let p = bad.display();
+    assert!(err.contains(&format!("{p}:5:13: prefix 10.1.0.0/16 is in two cells")), "{err}");
+    assert!(err.contains(&format!("{p}:6:7: unknown `mode` value `loud`")), "{err}");
+    assert!(!err.contains("panicked"));
+}
+
+#[test]
+fn a_bad_config_stops_run_before_loading() {
+    let dir = TempDir::new("badrun");
+    let bad = dir.write("bad.yaml", "cells:\n  - name: Bad_Name\n");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (status, _, err) =
+        cellwatch(&[], &["run", "--config", bad.to_str().unwrap(), "--listen", &listen]);
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains(":2:11: invalid cell name `Bad_Name`"), "{err}");
+}
