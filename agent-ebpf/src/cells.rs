@@ -39,16 +39,18 @@ pub(crate) fn verdict(src: u32, dst: u32, port: u16) -> Option<u8> {
     if src == CELL_IGNORED || dst == CELL_IGNORED {
         return None;
     }
-    if src == dst {
-        return Some(VERDICT_ALLOWED);
-    }
     if src == CELL_EXTERNAL || dst == CELL_EXTERNAL {
         let mode = SETTINGS.get(SETTING_EXTERNAL).copied().unwrap_or(0);
         return match mode {
             EXTERNAL_IGNORE => None,
+            // Neither end in a cell: no boundary is crossed.
+            _ if src == dst => Some(VERDICT_ALLOWED),
             EXTERNAL_VIOLATION => Some(VERDICT_VIOLATION),
             _ => Some(VERDICT_ALLOWED),
         };
+    }
+    if src == dst {
+        return Some(VERDICT_ALLOWED);
     }
     if is_global(src) || is_global(dst) || allowed(src, dst, port) || allowed(src, dst, 0) {
         return Some(VERDICT_ALLOWED);
@@ -65,5 +67,5 @@ fn is_global(cell: u32) -> bool {
 fn allowed(src: u32, dst: u32, port: u16) -> bool {
     let key = PolicyKey { src_cell: src, dst_cell: dst, port, _pad: [0; 6] };
     // SAFETY: the value is a u8 we only test for presence.
-    unsafe { POLICY.get(&key).is_some() }
+    unsafe { POLICY.get(key).is_some() }
 }

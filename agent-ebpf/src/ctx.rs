@@ -12,6 +12,11 @@ impl<'a> Ops<'a> {
         Self(ctx)
     }
 
+    /// The context itself, for helpers such as aya-log that take it whole.
+    pub(crate) fn ctx(&self) -> &SockOpsContext {
+        self.0
+    }
+
     fn raw(&self) -> *const bpf_sock_ops {
         self.0.ops
     }

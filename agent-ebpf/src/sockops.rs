@@ -19,6 +19,8 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 
+use aya_log_ebpf::warn;
+
 use crate::{
     cells::{cell_of, verdict},
     ctx::Ops,
@@ -157,7 +159,7 @@ fn on_close(ops: &Ops<'_>, old: u32) {
         conn.flags |= CONN_FIN_RCVD;
     }
     if CONNS.remove(cookie).is_ok() {
-        count(CTR_CONN_FORGOTTEN);
+        let _ = count(CTR_CONN_FORGOTTEN);
     }
     let Some(s) = slot(&pair_key(&conn)) else { return };
     let rst = conn.flags & CONN_RST_SEEN != 0;
@@ -244,14 +246,23 @@ fn new_conn(
 #[inline(always)]
 fn track(ops: &Ops<'_>, conn: &ConnState) -> bool {
     if CONNS.insert(ops.cookie(), conn, u64::from(BPF_NOEXIST)).is_err() {
-        count(CTR_CONN_TABLE_FULL);
+        // Log on the 1st, 2nd, 4th, 8th... drop per CPU: overload cannot flood the log;
+        // the exact count is cellwatch_events_lost_total{source="conn_table_full"}.
+        let before = count(CTR_CONN_TABLE_FULL);
+        if before.is_power_of_two() || before == 0 {
+            warn!(
+                ops.ctx(),
+                "connection table full: {} connections not tracked on this CPU",
+                before + 1
+            );
+        }
         return false;
     }
     if !ops.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG) {
         let _ = CONNS.remove(ops.cookie());
         return false;
     }
-    count(CTR_CONN_TRACKED);
+    let _ = count(CTR_CONN_TRACKED);
     true
 }
 

@@ -16,10 +16,15 @@ pub(crate) fn slot(key: &PairKey) -> Option<*mut PairStats> {
         return Some(p);
     }
     // Another CPU may win the race to create it; NOEXIST then fails and the lookup finds it.
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value, the 480-byte zero would be copied onto the 512-byte BPF stack; \
+                  borrowed, it is read from .rodata"
+    )]
     let _ = PAIR_STATS.insert(key, &PairStats::ZERO, u64::from(BPF_NOEXIST));
     let p = PAIR_STATS.get_ptr_mut(key);
     if p.is_none() {
-        count(CTR_STATS_TABLE_FULL);
+        let _ = count(CTR_STATS_TABLE_FULL);
     }
     p
 }
@@ -40,9 +45,16 @@ pub(crate) fn observe(hist: *mut [u64; agent_common::HIST_BUCKETS], v_us: u64) {
     add(cell, 1);
 }
 
+/// Counts one event of `index`; returns this CPU's count before it.
 #[inline(always)]
-pub(crate) fn count(index: u32) {
-    if let Some(p) = COUNTERS.get_ptr_mut(index) {
-        add(p, 1);
+pub(crate) fn count(index: u32) -> u64 {
+    match COUNTERS.get_ptr_mut(index) {
+        Some(p) => {
+            // SAFETY: `p` points to this CPU's slot of a per-CPU array entry.
+            let before = unsafe { core::ptr::read_volatile(p) };
+            add(p, 1);
+            before
+        }
+        None => 0,
     }
 }

@@ -136,7 +136,11 @@ pub fn verdict(cfg: &Config, client: IpAddr, server: IpAddr, port: u16) -> Optio
     let (src, dst) = (place(cfg, client), place(cfg, server));
     match (src, dst) {
         (Place::Ignored, _) | (_, Place::Ignored) => None,
-        (Place::External, Place::External) => Some(Verdict::Allowed),
+        (Place::External, Place::External) => match cfg.external {
+            External::Ignore => None,
+            // Neither end in a cell: no boundary is crossed.
+            External::Allow | External::Violation => Some(Verdict::Allowed),
+        },
         (Place::External, _) | (_, Place::External) => match cfg.external {
             External::Allow => Some(Verdict::Allowed),
             External::Violation => Some(Verdict::Violation),

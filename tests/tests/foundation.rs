@@ -159,3 +159,67 @@ fn a_held_connection_is_active_until_closed() {
     assert_eq!(m.get("cellwatch_connections_active", &active("egress")), 0.0);
     assert_eq!(m.get("cellwatch_connections_active", &active("ingress")), 0.0);
 }
+
+/// Overflowing a small connection table: the loss is counted exactly, and the kernel's
+/// aya-log warning reaches the agent's (JSON) log through the tracing bridge.
+#[test]
+fn a_full_connection_table_is_counted_and_logged() {
+    const CAPACITY: usize = 1024;
+    const HELD: usize = 540; // 2 sockets each: 1080 inserts into 1024 slots
+    ensure_open_files(2 * HELD + 256);
+    let cfg =
+        CELLS.replace("127.31.", "127.37.").replace("127.32.", "127.38.") + "external: ignore\n";
+    let agent = Agent::start(Start {
+        config: Some(&cfg),
+        args: &["--conn-capacity", &CAPACITY.to_string(), "--log-format", "json"],
+        ..Start::default()
+    });
+    let l = std::net::TcpListener::bind((lo(38, 0, 1), 0)).unwrap();
+    let mut held = Vec::with_capacity(2 * HELD);
+    for _ in 0..HELD {
+        held.push(cellwatch_tests::connect_from(lo(37, 0, 1), l.local_addr().unwrap()).unwrap());
+        held.push(l.accept().unwrap().0);
+    }
+    let lost_key = [("source", "conn_table_full")];
+    let want = (2 * HELD).saturating_sub(CAPACITY) as f64;
+    let m = settle(&agent, |m| m.get("cellwatch_events_lost_total", &lost_key) >= want);
+    assert_eq!(m.get("cellwatch_events_lost_total", &lost_key), want);
+    assert_eq!(m.get("cellwatch_map_entries", &[("map", "conns")]), CAPACITY as f64);
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !agent.stderr().contains("connection table full") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = agent.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("connection table full"))
+        .unwrap_or_else(|| panic!("no kernel log record:\n{log}"));
+    assert!(
+        line.starts_with('{') && line.contains("\"level\":\"WARN\""),
+        "not a JSON warning: {line}"
+    );
+}
+
+/// Raises the soft open-file limit to the hard one if `need` is above it; fails loudly
+/// when even the hard limit is too low.
+fn ensure_open_files(need: usize) {
+    let limits = || -> (usize, usize) {
+        let text = std::fs::read_to_string("/proc/self/limits").unwrap();
+        let line = text.lines().find(|l| l.starts_with("Max open files")).unwrap();
+        let v: Vec<usize> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+        (v[0], v[1])
+    };
+    let (soft, hard) = limits();
+    if soft < need {
+        let pid = std::process::id().to_string();
+        let _ = std::process::Command::new("prlimit")
+            .args(["--pid", &pid, &format!("--nofile={hard}:{hard}")])
+            .status();
+    }
+    let (soft, _) = limits();
+    assert!(
+        soft >= need,
+        "this test holds {need} sockets but the open-file limit is {soft} (hard {hard})"
+    );
+}

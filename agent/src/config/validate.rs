@@ -31,10 +31,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     let mut p = Problems::default();
 
     let max_cells = agent_common::MAX_CELLS as usize;
-    if raw.cells.len() > max_cells {
-        if let Some(c) = raw.cells.get(max_cells) {
-            p.at(&c.name, format!("too many cells: at most {max_cells} are supported"));
-        }
+    if let Some(c) = raw.cells.get(max_cells) {
+        p.at(&c.name, format!("too many cells: at most {max_cells} are supported"));
     }
 
     // Cells: names, then prefixes (unique across all cells).

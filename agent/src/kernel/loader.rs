@@ -194,7 +194,7 @@ fn rst_cookie_offset() -> Option<u32> {
     field_offset(&text, "sock_cookie")
 }
 
-/// Parses `field:__u64 sock_cookie;	offset:64;	size:8;` lines of a tracefs format file.
+/// Parses `field:__u64 sock_cookie; offset:64; size:8;` lines of a tracefs format file.
 pub(super) fn field_offset(format: &str, field: &str) -> Option<u32> {
     format.lines().find_map(|l| {
         let decl = l.trim().strip_prefix("field:")?.split(';').next()?;

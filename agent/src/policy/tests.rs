@@ -58,8 +58,15 @@ fn verdict_table() {
     assert_eq!(verdict(&v, ip("10.1.0.1"), ip("192.0.2.1"), 80), Some(V));
     assert_eq!(verdict(&v, ip("192.0.2.1"), ip("10.1.0.1"), 80), Some(V));
     assert_eq!(verdict(&v, ip("10.0.0.1"), ip("192.0.2.1"), 80), Some(V), "external beats global");
+    assert_eq!(verdict(&v, ip("192.0.2.1"), ip("198.51.100.1"), 80), Some(A), "no cell crossed");
     let i = cfg("ignore");
     assert_eq!(verdict(&i, ip("10.1.0.1"), ip("192.0.2.1"), 80), None);
+    assert_eq!(
+        verdict(&i, ip("192.0.2.1"), ip("198.51.100.1"), 80),
+        None,
+        "both external, ignored"
+    );
+    assert_eq!(verdict(&i, ip("10.1.0.1"), ip("10.1.0.2"), 80), Some(A), "cells still tracked");
 }
 
 #[test]
