@@ -121,6 +121,11 @@ async fn serve(args: &RunArgs, config: Config, node: preflight::Node) -> Result<
     let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
 
+    if config.mode == crate::config::Mode::Enforce {
+        warn!(
+            "mode: enforce is not implemented in this version: connections are flagged, not refused"
+        );
+    }
     let mut ids = CellIds::default();
     let compiled = compile(&config, &mut ids)?;
     let opts =

@@ -14,6 +14,11 @@ cells:
 ignore_cidrs: []
 "#;
 
+/// The same two cells on other ranges, so tests running side by side stay apart.
+fn cells(a: u8, b: u8) -> String {
+    CELLS.replace("127.31.", &format!("127.{a}.")).replace("127.32.", &format!("127.{b}."))
+}
+
 const N: usize = 200;
 const SAME: usize = 50;
 const REQ: usize = 300;
@@ -104,10 +109,7 @@ fn counts_exactly_the_connections_made() {
 
 #[test]
 fn refused_connects_are_failures_not_openings() {
-    let agent = Agent::start(Start {
-        config: Some(&CELLS.replace("127.31.", "127.33.").replace("127.32.", "127.34.")),
-        ..Start::default()
-    });
+    let agent = Agent::start(Start { config: Some(&cells(33, 34)), ..Start::default() });
     // A port nobody listens on: each connect gets a RST.
     let closed = std::net::TcpListener::bind((lo(34, 0, 1), 0)).unwrap();
     let addr = closed.local_addr().unwrap();
@@ -138,10 +140,7 @@ fn refused_connects_are_failures_not_openings() {
 
 #[test]
 fn a_held_connection_is_active_until_closed() {
-    let agent = Agent::start(Start {
-        config: Some(&CELLS.replace("127.31.", "127.35.").replace("127.32.", "127.36.")),
-        ..Start::default()
-    });
+    let agent = Agent::start(Start { config: Some(&cells(35, 36)), ..Start::default() });
     let l = std::net::TcpListener::bind((lo(36, 0, 1), 0)).unwrap();
     let c = cellwatch_tests::connect_from(lo(35, 0, 1), l.local_addr().unwrap()).unwrap();
     let (s, _) = l.accept().unwrap();

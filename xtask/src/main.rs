@@ -1,1 +1,51 @@
-fn main() {}
+//! `cargo xtask`: the project's own tasks, so a fresh machine needs one command each.
+//!
+//! - `setup`: install what building and testing cellwatch needs, skipping what is there;
+//! - `test`: every check CI runs (format, lints, unit tests, privileged integration
+//!   tests, licences and sources);
+//! - `ci`: `setup` then `test`;
+//! - `run`: `setup`, build, and run the agent (arguments after `--` go to `cellwatch run`).
+
+mod setup;
+mod tasks;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "cellwatch project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the eBPF toolchain and test tools (idempotent).
+    Setup,
+    /// Run every check: fmt, clippy (host and eBPF), unit and privileged tests, cargo deny.
+    Test,
+    /// Setup, then test: what `.ci/run` calls.
+    Ci,
+    /// Setup, build in release mode, and run the agent.
+    Run {
+        /// Arguments for `cellwatch run`, e.g. `-- --config cells.yaml`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::all(),
+        Task::Test => tasks::test(),
+        Task::Ci => {
+            setup::all()?;
+            tasks::test()
+        }
+        Task::Run { args } => {
+            setup::all()?;
+            tasks::run(&args)
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Idempotent installation of what the eBPF build and the tests need. Each step says
+//! what it checks, and either that it is already there or what it installs.
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::tasks::{ok, step};
+
+/// Debian packages: LLVM 22 for bpf-linker (it must match the nightly's LLVM), and the
+/// tools the privileged tests drive.
+const DEBIAN: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "bpftool",
+    "iproute2",
+    "util-linux",
+];
+const BPF_LINKER: &str = "0.13.0";
+const CARGO_DENY: &str = "0.20.2";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+pub(crate) fn all() -> Result<()> {
+    nightly()?;
+    debian()?;
+    cargo_tool(
+        "bpf-linker",
+        &["bpf-linker", "--version"],
+        BPF_LINKER,
+        &["--no-default-features", "--features", "llvm-22"],
+    )?;
+    cargo_tool("cargo-deny", &["cargo", "deny", "--version"], CARGO_DENY, &[])?;
+    println!("setup: everything is in place");
+    Ok(())
+}
+
+fn output(cmd: &[&str]) -> Option<String> {
+    let out = Command::new(cmd[0]).args(&cmd[1..]).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The eBPF crate builds with the machine's nightly and its `rust-src` (build-std);
+/// its lints need the nightly's clippy.
+fn nightly() -> Result<()> {
+    step("nightly toolchain");
+    let toolchains = output(&["rustup", "toolchain", "list"]).context("rustup is not on PATH")?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        bail!(
+            "the nightly toolchain is missing: install it with `rustup toolchain install nightly`"
+        );
+    }
+    ok("present");
+    let installed =
+        output(&["rustup", "component", "list", "--toolchain", "nightly", "--installed"])
+            .unwrap_or_default();
+    for component in ["rust-src", "clippy"] {
+        step(&format!("nightly component {component}"));
+        if installed.lines().any(|l| l.starts_with(component)) {
+            ok("already installed");
+        } else {
+            run(&["rustup", "component", "add", component, "--toolchain", "nightly"])?;
+            ok("installed");
+        }
+    }
+    Ok(())
+}
+
+fn debian() -> Result<()> {
+    step(&format!("Debian packages ({})", DEBIAN.join(", ")));
+    let missing: Vec<&str> = DEBIAN
+        .iter()
+        .copied()
+        .filter(|p| {
+            output(&["dpkg-query", "-W", "-f=${Status}", p])
+                .is_none_or(|s| !s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        ok("already installed");
+        return Ok(());
+    }
+    println!("    installing {}", missing.join(" "));
+    run(&["apt-get", "update", "-qq"])?;
+    let mut cmd = vec!["apt-get", "install", "-y", "-qq", "--no-install-recommends"];
+    cmd.extend(&missing);
+    run_env(&cmd, &[("DEBIAN_FRONTEND", "noninteractive")])?;
+    ok("installed");
+    Ok(())
+}
+
+/// A tool installed with `cargo install NAME --version V --locked`.
+fn cargo_tool(name: &str, probe: &[&str], version: &str, extra: &[&str]) -> Result<()> {
+    step(&format!("{name} {version}"));
+    if let Some(v) = output(probe) {
+        ok(&format!("already installed ({})", v.trim()));
+        return Ok(());
+    }
+    println!("    building {name} {version} from crates.io (a few minutes)");
+    let mut cmd = vec!["cargo", "install", name, "--version", version, "--locked"];
+    cmd.extend(extra);
+    run_env(&cmd, &[("LLVM_PREFIX", LLVM_PREFIX)])?;
+    ok("installed");
+    Ok(())
+}
+
+pub(crate) fn run(cmd: &[&str]) -> Result<()> {
+    run_env(cmd, &[])
+}
+
+pub(crate) fn run_env(cmd: &[&str], env: &[(&str, &str)]) -> Result<()> {
+    let status = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .envs(env.iter().copied())
+        .status()
+        .with_context(|| format!("cannot start `{}`", cmd.join(" ")))?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", cmd.join(" "));
+    }
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! `test` and `run`: the checks CI runs, in the order that fails fastest.
+use std::{path::PathBuf, time::Instant};
+
+use anyhow::{Result, bail};
+
+use crate::setup::run_env;
+
+pub(crate) fn step(what: &str) {
+    println!("==> {what}");
+}
+
+pub(crate) fn ok(what: &str) {
+    println!("    {what}");
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|v| v.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+pub(crate) fn test() -> Result<()> {
+    let started = Instant::now();
+    std::env::set_current_dir(root())?;
+    let timed = |what: &str, f: &dyn Fn() -> Result<()>| -> Result<()> {
+        step(what);
+        let t = Instant::now();
+        f()?;
+        ok(&format!("passed in {:.1}s", t.elapsed().as_secs_f64()));
+        Ok(())
+    };
+    timed("cargo fmt --check", &|| crate::setup::run(&["cargo", "fmt", "--all", "--check"]))?;
+    timed("clippy, userspace crates", &|| {
+        crate::setup::run(&[
+            "cargo",
+            "clippy",
+            "--locked",
+            "--workspace",
+            "--exclude",
+            "agent-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])
+    })?;
+    timed("clippy, eBPF crate (nightly, bpfel)", &|| {
+        crate::setup::run(&[
+            "cargo",
+            "+nightly",
+            "clippy",
+            "--locked",
+            "-p",
+            "agent-ebpf",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ])
+    })?;
+    timed("cargo deny (licences, bans, sources)", &|| {
+        crate::setup::run(&["cargo", "deny", "--locked", "check", "licenses", "bans", "sources"])
+    })?;
+    timed("unit tests", &|| {
+        crate::setup::run(&[
+            "cargo",
+            "test",
+            "--locked",
+            "--workspace",
+            "--exclude",
+            "agent-ebpf",
+            "--exclude",
+            "cellwatch-tests",
+        ])
+    })?;
+    timed("build the agent", &|| {
+        crate::setup::run(&["cargo", "build", "--locked", "-p", "agent"])
+    })?;
+    if !is_root() {
+        bail!(
+            "the privileged integration tests load eBPF programs and need root; run `cargo xtask test` as root"
+        );
+    }
+    let bin = root().join("target/debug/cellwatch");
+    timed("privileged integration tests (real eBPF, real TCP)", &|| {
+        run_env(
+            &["cargo", "test", "--locked", "-p", "cellwatch-tests"],
+            &[("CELLWATCH_BIN", bin.to_str().unwrap_or_default())],
+        )
+    })?;
+    println!("all checks passed in {:.0}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+pub(crate) fn run_agent_args(args: &[String]) -> Vec<String> {
+    let mut v = vec!["run".to_owned()];
+    v.extend(args.iter().cloned());
+    v
+}
+
+pub(crate) fn run(args: &[String]) -> Result<()> {
+    std::env::set_current_dir(root())?;
+    step("build the agent (release)");
+    crate::setup::run(&["cargo", "build", "--locked", "--release", "-p", "agent"])?;
+    let bin = root().join("target/release/cellwatch");
+    let args = run_agent_args(args);
+    step(&format!("cellwatch {}", args.join(" ")));
+    let mut cmd: Vec<&str> = vec![bin.to_str().unwrap_or("cellwatch")];
+    cmd.extend(args.iter().map(String::as_str));
+    crate::setup::run(&cmd)
+}
