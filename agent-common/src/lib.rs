@@ -55,10 +55,15 @@ pub const EXTERNAL_IGNORE: u32 = 2;
 pub const CELL_FLAG_GLOBAL: u32 = 1;
 
 /// Indices into the `SETTINGS` array map.
-pub const SETTING_EXTERNAL: u32 = 0;
+/// Which of the two cell-map sets (0 = A, 1 = B) the programs read. The agent fills the
+/// other set completely, then flips this one word: no connection is ever judged against
+/// a half-written map.
+pub const SETTING_GENERATION: u32 = 0;
 /// Byte offset of `sock_cookie` in the `tcp:tcp_receive_reset` record (0 = unknown).
 pub const SETTING_RST_COOKIE_OFFSET: u32 = 1;
-pub const SETTINGS_LEN: u32 = 4;
+/// `EXTERNAL_*` mode of set A; set B's is at the next index.
+pub const SETTING_EXTERNAL: u32 = 2;
+pub const SETTINGS_LEN: u32 = 8;
 
 /// Indices into the per-CPU `COUNTERS` array: bookkeeping of the kernel side.
 /// A connection not tracked because the connection table was full.

@@ -1,24 +1,83 @@
 //! Address -> cell, and the verdict of a connection. One decision for audit and enforce.
+//!
+//! The cell map exists twice (sets A and B). A [`View`] reads the generation once and
+//! then looks only in that set, so one verdict never mixes two configs.
 use agent_common::{
     CELL_EXTERNAL, CELL_FLAG_GLOBAL, CELL_IGNORED, EXTERNAL_IGNORE, EXTERNAL_VIOLATION, PolicyKey,
-    SETTING_EXTERNAL, VERDICT_ALLOWED, VERDICT_VIOLATION,
+    SETTING_EXTERNAL, SETTING_GENERATION, VERDICT_ALLOWED, VERDICT_VIOLATION,
 };
 use aya_ebpf::maps::lpm_trie::Key;
 
-use crate::maps::{CELL_INFO, CELLS_V4, CELLS_V6, POLICY, SETTINGS};
+use crate::maps::{
+    CELL_INFO_A, CELL_INFO_B, CELLS_V4_A, CELLS_V4_B, CELLS_V6_A, CELLS_V6_B, POLICY_A, POLICY_B,
+    SETTINGS,
+};
 
-/// Cell of an address: IPv4 in the first 4 bytes when `v6` is false. A v4-mapped IPv6
-/// address (`::ffff:a.b.c.d`) resolves as the IPv4 address.
-#[inline(always)]
-pub(crate) fn cell_of(addr: &[u8; 16], v6: bool) -> u32 {
-    let v4 = if v6 { v4_mapped(addr) } else { Some([addr[0], addr[1], addr[2], addr[3]]) };
-    let found = match v4 {
-        Some(a) => CELLS_V4.get(Key::new(32, a)),
-        None => CELLS_V6.get(Key::new(128, *addr)),
-    };
-    match found {
-        Some(id) => *id,
-        None => CELL_EXTERNAL,
+/// One consistent set of cell maps: the one in force when the view was taken.
+pub(crate) struct View {
+    b: bool,
+}
+
+impl View {
+    #[inline(always)]
+    pub(crate) fn current() -> Self {
+        Self { b: SETTINGS.get(SETTING_GENERATION).is_some_and(|g| *g & 1 == 1) }
+    }
+
+    /// Cell of an address: IPv4 in the first 4 bytes when `v6` is false. A v4-mapped
+    /// IPv6 address (`::ffff:a.b.c.d`) resolves as the IPv4 address.
+    #[inline(always)]
+    pub(crate) fn cell_of(&self, addr: &[u8; 16], v6: bool) -> u32 {
+        let v4 = if v6 { v4_mapped(addr) } else { Some([addr[0], addr[1], addr[2], addr[3]]) };
+        let found = match (v4, self.b) {
+            (Some(a), false) => CELLS_V4_A.get(Key::new(32, a)),
+            (Some(a), true) => CELLS_V4_B.get(Key::new(32, a)),
+            (None, false) => CELLS_V6_A.get(Key::new(128, *addr)),
+            (None, true) => CELLS_V6_B.get(Key::new(128, *addr)),
+        };
+        found.copied().unwrap_or(CELL_EXTERNAL)
+    }
+
+    /// Verdict of a connection from `src` (client cell) to `dst` (server cell) on the
+    /// server `port`, or `None` when it is not to be tracked (ignored range, or
+    /// `external: ignore`).
+    #[inline(always)]
+    pub(crate) fn verdict(&self, src: u32, dst: u32, port: u16) -> Option<u8> {
+        if src == CELL_IGNORED || dst == CELL_IGNORED {
+            return None;
+        }
+        if src == CELL_EXTERNAL || dst == CELL_EXTERNAL {
+            let mode = SETTINGS.get(SETTING_EXTERNAL + u32::from(self.b)).copied().unwrap_or(0);
+            return match mode {
+                EXTERNAL_IGNORE => None,
+                // Neither end in a cell: no boundary is crossed.
+                _ if src == dst => Some(VERDICT_ALLOWED),
+                EXTERNAL_VIOLATION => Some(VERDICT_VIOLATION),
+                _ => Some(VERDICT_ALLOWED),
+            };
+        }
+        if src == dst
+            || self.is_global(src)
+            || self.is_global(dst)
+            || self.allowed(src, dst, port)
+            || self.allowed(src, dst, 0)
+        {
+            return Some(VERDICT_ALLOWED);
+        }
+        Some(VERDICT_VIOLATION)
+    }
+
+    #[inline(always)]
+    fn is_global(&self, cell: u32) -> bool {
+        let info = if self.b { CELL_INFO_B.get(cell) } else { CELL_INFO_A.get(cell) };
+        info.is_some_and(|i| i.flags & CELL_FLAG_GLOBAL != 0)
+    }
+
+    #[inline(always)]
+    fn allowed(&self, src: u32, dst: u32, port: u16) -> bool {
+        let key = PolicyKey { src_cell: src, dst_cell: dst, port, _pad: [0; 6] };
+        // SAFETY: the value is a u8 we only test for presence.
+        unsafe { if self.b { POLICY_B.get(key).is_some() } else { POLICY_A.get(key).is_some() } }
     }
 }
 
@@ -30,42 +89,4 @@ fn v4_mapped(a: &[u8; 16]) -> Option<[u8; 4]> {
     } else {
         None
     }
-}
-
-/// Verdict of a connection from `src` (client cell) to `dst` (server cell) on the server
-/// `port`, or `None` when it is not to be tracked (ignored range, or `external: ignore`).
-#[inline(always)]
-pub(crate) fn verdict(src: u32, dst: u32, port: u16) -> Option<u8> {
-    if src == CELL_IGNORED || dst == CELL_IGNORED {
-        return None;
-    }
-    if src == CELL_EXTERNAL || dst == CELL_EXTERNAL {
-        let mode = SETTINGS.get(SETTING_EXTERNAL).copied().unwrap_or(0);
-        return match mode {
-            EXTERNAL_IGNORE => None,
-            // Neither end in a cell: no boundary is crossed.
-            _ if src == dst => Some(VERDICT_ALLOWED),
-            EXTERNAL_VIOLATION => Some(VERDICT_VIOLATION),
-            _ => Some(VERDICT_ALLOWED),
-        };
-    }
-    if src == dst {
-        return Some(VERDICT_ALLOWED);
-    }
-    if is_global(src) || is_global(dst) || allowed(src, dst, port) || allowed(src, dst, 0) {
-        return Some(VERDICT_ALLOWED);
-    }
-    Some(VERDICT_VIOLATION)
-}
-
-#[inline(always)]
-fn is_global(cell: u32) -> bool {
-    CELL_INFO.get(cell).is_some_and(|i| i.flags & CELL_FLAG_GLOBAL != 0)
-}
-
-#[inline(always)]
-fn allowed(src: u32, dst: u32, port: u16) -> bool {
-    let key = PolicyKey { src_cell: src, dst_cell: dst, port, _pad: [0; 6] };
-    // SAFETY: the value is a u8 we only test for presence.
-    unsafe { POLICY.get(key).is_some() }
 }

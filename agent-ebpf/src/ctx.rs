@@ -45,11 +45,37 @@ impl<'a> Ops<'a> {
 
     /// Local address: IPv4 in the first 4 bytes, network order.
     pub(crate) fn local_addr(&self, v6: bool) -> [u8; 16] {
-        if v6 { words_to_bytes(self.0.local_ip6()) } else { v4_to_bytes(self.0.local_ip4()) }
+        // SAFETY: plain context field loads (see `load`).
+        unsafe {
+            if v6 {
+                let p = &raw const (*self.raw()).local_ip6;
+                words_to_bytes([
+                    load(p.cast()),
+                    load(p.cast::<u32>().add(1)),
+                    load(p.cast::<u32>().add(2)),
+                    load(p.cast::<u32>().add(3)),
+                ])
+            } else {
+                v4_to_bytes(load(&raw const (*self.raw()).local_ip4))
+            }
+        }
     }
 
     pub(crate) fn remote_addr(&self, v6: bool) -> [u8; 16] {
-        if v6 { words_to_bytes(self.0.remote_ip6()) } else { v4_to_bytes(self.0.remote_ip4()) }
+        // SAFETY: plain context field loads (see `load`).
+        unsafe {
+            if v6 {
+                let p = &raw const (*self.raw()).remote_ip6;
+                words_to_bytes([
+                    load(p.cast()),
+                    load(p.cast::<u32>().add(1)),
+                    load(p.cast::<u32>().add(2)),
+                    load(p.cast::<u32>().add(3)),
+                ])
+            } else {
+                v4_to_bytes(load(&raw const (*self.raw()).remote_ip4))
+            }
+        }
     }
 
     /// Local port, host order (the kernel stores it in host order here).
@@ -89,6 +115,19 @@ impl<'a> Ops<'a> {
         // SAFETY: plain context field load.
         unsafe { (*self.raw()).total_retrans }
     }
+}
+
+/// One context field load. Volatile, so LLVM never merges two field reads into one load
+/// through an adjusted context pointer (`ctx + (v6 ? 48 : 28)`), which the verifier
+/// refuses ("dereference of modified ctx ptr"): every context access must be a constant
+/// offset from the context itself.
+///
+/// # Safety
+/// `p` must point to a field of the live `bpf_sock_ops` context.
+#[inline(always)]
+unsafe fn load(p: *const u32) -> u32 {
+    // SAFETY: per the function's contract.
+    unsafe { core::ptr::read_volatile(p) }
 }
 
 fn v4_to_bytes(ip: u32) -> [u8; 16] {

@@ -18,24 +18,43 @@ pub(crate) static CONNS: HashMap<u64, ConnState> =
 pub(crate) static PAIR_STATS: PerCpuHashMap<PairKey, PairStats> =
     PerCpuHashMap::with_max_entries(agent_common::PAIR_STATS_CAPACITY, BPF_F_NO_PREALLOC);
 
-/// IPv4 prefix -> cell id.
+// The cell map comes in two sets, A and B; `SETTINGS[SETTING_GENERATION]` says which
+// one the programs read (see `cells.rs`).
+
+/// IPv4 prefix -> cell id, set A.
 #[map]
-pub(crate) static CELLS_V4: LpmTrie<[u8; 4], u32> =
+pub(crate) static CELLS_V4_A: LpmTrie<[u8; 4], u32> =
+    LpmTrie::with_max_entries(agent_common::CELLS_V4_CAPACITY, 0);
+/// IPv4 prefix -> cell id, set B.
+#[map]
+pub(crate) static CELLS_V4_B: LpmTrie<[u8; 4], u32> =
     LpmTrie::with_max_entries(agent_common::CELLS_V4_CAPACITY, 0);
 
-/// IPv6 prefix -> cell id.
+/// IPv6 prefix -> cell id, set A.
 #[map]
-pub(crate) static CELLS_V6: LpmTrie<[u8; 16], u32> =
+pub(crate) static CELLS_V6_A: LpmTrie<[u8; 16], u32> =
+    LpmTrie::with_max_entries(agent_common::CELLS_V6_CAPACITY, 0);
+/// IPv6 prefix -> cell id, set B.
+#[map]
+pub(crate) static CELLS_V6_B: LpmTrie<[u8; 16], u32> =
     LpmTrie::with_max_entries(agent_common::CELLS_V6_CAPACITY, 0);
 
-/// Per cell id: flags such as global.
+/// Per cell id: flags such as global, set A.
 #[map]
-pub(crate) static CELL_INFO: Array<CellInfo> =
+pub(crate) static CELL_INFO_A: Array<CellInfo> =
+    Array::with_max_entries(agent_common::MAX_CELLS + 1, 0);
+/// Per cell id: flags such as global, set B.
+#[map]
+pub(crate) static CELL_INFO_B: Array<CellInfo> =
     Array::with_max_entries(agent_common::MAX_CELLS + 1, 0);
 
-/// Allow rules: present = allowed.
+/// Allow rules (present = allowed), set A.
 #[map]
-pub(crate) static POLICY: HashMap<PolicyKey, u8> =
+pub(crate) static POLICY_A: HashMap<PolicyKey, u8> =
+    HashMap::with_max_entries(agent_common::POLICY_CAPACITY, 0);
+/// Allow rules (present = allowed), set B.
+#[map]
+pub(crate) static POLICY_B: HashMap<PolicyKey, u8> =
     HashMap::with_max_entries(agent_common::POLICY_CAPACITY, 0);
 
 /// Scalar settings (`SETTING_*` indices).

@@ -22,7 +22,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 
 use crate::{
-    cells::{cell_of, verdict},
+    cells::View,
     ctx::Ops,
     maps::CONNS,
     stats::{add, count, observe, slot},
@@ -65,9 +65,10 @@ fn ends(ops: &Ops<'_>) -> Ends {
 #[inline(always)]
 fn on_connect(ops: &Ops<'_>) {
     let e = ends(ops);
-    let (src, dst) = (cell_of(&e.local, e.v6), cell_of(&e.remote, e.v6));
+    let view = View::current();
+    let (src, dst) = (view.cell_of(&e.local, e.v6), view.cell_of(&e.remote, e.v6));
     let port = ops.remote_port();
-    let Some(v) = verdict(src, dst, port) else { return };
+    let Some(v) = view.verdict(src, dst, port) else { return };
     let conn = new_conn(ops, &e, src, dst, DIR_EGRESS, v, 0);
     if !track(ops, &conn) {
         return;
@@ -111,9 +112,10 @@ fn on_active_established(ops: &Ops<'_>) {
 #[inline(always)]
 fn on_passive_established(ops: &Ops<'_>) {
     let e = ends(ops);
-    let (src, dst) = (cell_of(&e.remote, e.v6), cell_of(&e.local, e.v6));
+    let view = View::current();
+    let (src, dst) = (view.cell_of(&e.remote, e.v6), view.cell_of(&e.local, e.v6));
     let port = ops.local_port();
-    let Some(v) = verdict(src, dst, port) else { return };
+    let Some(v) = view.verdict(src, dst, port) else { return };
     let conn = new_conn(ops, &e, src, dst, DIR_INGRESS, v, CONN_ESTABLISHED);
     if !track(ops, &conn) {
         return;

@@ -17,6 +17,7 @@ pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod preflight;
+pub mod reload;
 pub mod run;
 mod sys;
 pub mod uninstall;

@@ -57,7 +57,7 @@ impl CellIds {
 }
 
 /// The contents of the kernel's cell and policy maps for one config.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Compiled {
     /// Prefix -> cell id, ignored ranges included (as [`CELL_IGNORED`]).
     pub prefixes: Vec<(IpNet, u32)>,

@@ -136,8 +136,11 @@ fn ensure_tracefs(mounts: &Mounts) -> Result<(), PreflightError> {
     if mounts.fstype_at(path) == Some("tracefs") {
         return Ok(());
     }
-    sys::mount("tracefs", path).map_err(|source| PreflightError::NoTracefs { source })?;
-    info!(path = TRACEFS_PATH, "mounted tracefs");
+    match mount_once("tracefs", path) {
+        Ok(true) => info!(path = TRACEFS_PATH, "mounted tracefs"),
+        Ok(false) => debug!(path = TRACEFS_PATH, "tracefs was mounted meanwhile"),
+        Err(source) => return Err(PreflightError::NoTracefs { source }),
+    }
     Ok(())
 }
 
@@ -149,13 +152,31 @@ fn ensure_bpffs(mounts: &Mounts, dir: &Path) -> Result<(), PreflightError> {
     if !dir.starts_with(root) {
         return Err(PreflightError::BpffsOutside { dir: dir.to_owned() });
     }
-    sys::mount("bpf", root).map_err(|source| PreflightError::NoBpffs {
-        dir: dir.to_owned(),
-        root: root.to_owned(),
-        source,
-    })?;
-    info!(path = BPFFS_ROOT, "mounted the bpf filesystem");
+    match mount_once("bpf", root) {
+        Ok(true) => info!(path = BPFFS_ROOT, "mounted the bpf filesystem"),
+        Ok(false) => debug!(path = BPFFS_ROOT, "the bpf filesystem was mounted meanwhile"),
+        Err(source) => {
+            return Err(PreflightError::NoBpffs {
+                dir: dir.to_owned(),
+                root: root.to_owned(),
+                source,
+            });
+        }
+    }
     Ok(())
+}
+
+/// Mounts `fstype` at `target` unless another process (a second agent starting at the
+/// same moment) just did: true if this call mounted it, false if it was already there.
+fn mount_once(fstype: &str, target: &Path) -> io::Result<bool> {
+    match sys::mount(fstype, target) {
+        Ok(()) => Ok(true),
+        Err(e) if Mounts::read().fstype_at(target) == Some(fstype) => {
+            debug!(error = %e, fstype, "mount raced with another; it is there now");
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// One line of /proc/self/mounts.

@@ -5,7 +5,6 @@
 use std::{
     io,
     net::SocketAddr,
-    path::PathBuf,
     sync::{
         Arc, RwLock,
         atomic::{AtomicBool, Ordering},
@@ -16,7 +15,7 @@ use tokio::{
     net::TcpListener,
     signal::unix::{SignalKind, signal},
 };
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::{
     cli::RunArgs,
@@ -26,6 +25,7 @@ use crate::{
     metrics::AgentMetrics,
     policy::{CellIds, IdsExhausted, compile},
     preflight::{self, PreflightError},
+    reload::{Reloader, Trigger},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -50,12 +50,11 @@ pub enum RunError {
     Signals(io::Error),
 }
 
-/// The running agent, as the HTTP endpoints and the reload path see it.
+/// The running agent, as the HTTP endpoints see it.
 struct Agent {
     maps: MapsHandle,
-    ids: RwLock<CellIds>,
+    ids: Arc<RwLock<CellIds>>,
     metrics: AgentMetrics,
-    config_path: Option<PathBuf>,
 }
 
 impl Endpoints for Agent {
@@ -66,49 +65,40 @@ impl Endpoints for Agent {
     }
 }
 
-impl Agent {
-    /// Re-reads the config file and swaps it in; a failure keeps the running config.
-    fn reload(&self) {
-        let Some(path) = &self.config_path else {
-            info!("SIGHUP: running on the embedded default config; nothing to reload");
-            return;
-        };
-        let result = Config::load(path).map_err(|e| e.to_string()).and_then(|cfg| {
-            let mut ids = self.ids.write().unwrap_or_else(|p| p.into_inner());
-            let compiled = compile(&cfg, &mut ids).map_err(|e| e.to_string())?;
-            self.maps.apply(&compiled).map_err(|e| e.to_string())?;
-            Ok(cfg)
-        });
-        match result {
-            Ok(cfg) => {
-                self.metrics.config_reloads.with_label_values(&["success"]).inc();
-                info!(cells = cfg.cells.len(), prefixes = cfg.prefix_count(), "config reloaded");
-            }
-            Err(e) => {
-                self.metrics.config_reloads.with_label_values(&["error"]).inc();
-                for line in e.lines() {
-                    error!(problem = line, "config reload failed; the running config stays");
-                }
-            }
-        }
-    }
-}
-
 pub fn run(args: &RunArgs) -> Result<(), RunError> {
-    let config = match &args.config {
-        Some(p) => Config::load(p)?,
-        None => Config::embedded_default(),
+    let started = std::time::Instant::now();
+    let (config, source) = match &args.config {
+        Some(p) => {
+            let bytes = std::fs::read(p)
+                .map_err(|source| ConfigError::Read { path: p.display().to_string(), source })?;
+            (Config::from_bytes(&p.display().to_string(), &bytes)?, bytes)
+        }
+        None => (Config::embedded_default(), Vec::new()),
     };
+    let parsed_ms = started.elapsed().as_secs_f64() * 1e3;
     let node = preflight::check(args.cgroup.as_deref(), &args.bpffs)?;
+    // Logged only once the node checks passed: a run that cannot start prints nothing
+    // but its one sentence.
+    info!(
+        cells = config.cells.len(),
+        prefixes = config.prefix_count(),
+        elapsed_ms = parsed_ms,
+        "config parsed and validated"
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(RunError::Runtime)?;
-    rt.block_on(serve(args, config, node))
+    rt.block_on(serve(args, config, &source, node))
 }
 
-async fn serve(args: &RunArgs, config: Config, node: preflight::Node) -> Result<(), RunError> {
+async fn serve(
+    args: &RunArgs,
+    config: Config,
+    source: &[u8],
+    node: preflight::Node,
+) -> Result<(), RunError> {
     // Bind first: a taken port fails before anything touches the kernel.
     let listener = TcpListener::bind(args.listen).await.map_err(|source| {
         if source.kind() == io::ErrorKind::AddrInUse {
@@ -132,12 +122,20 @@ async fn serve(args: &RunArgs, config: Config, node: preflight::Node) -> Result<
         LoadOptions { cgroup_root: node.cgroup_root.clone(), conn_capacity: args.conn_capacity };
     let kernel = Kernel::load(&opts, &compiled)?;
 
-    let agent = Arc::new(Agent {
-        maps: kernel.maps(),
-        ids: RwLock::new(ids),
-        metrics: AgentMetrics::new(env!("CARGO_PKG_VERSION"), &node.kernel),
-        config_path: args.config.clone(),
+    let ids = Arc::new(RwLock::new(ids));
+    let metrics = AgentMetrics::new(env!("CARGO_PKG_VERSION"), &node.kernel);
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<Trigger>(4);
+    let reloader = args.config.as_ref().map(|path| {
+        let r = Reloader::new(
+            path.clone(),
+            source,
+            kernel.maps(),
+            ids.clone(),
+            metrics.config_reloads.clone(),
+        );
+        (Arc::new(r), Reloader::spawn_watch(path, reload_tx.clone()))
     });
+    let agent = Arc::new(Agent { maps: kernel.maps(), ids, metrics });
     let ready = Arc::new(AtomicBool::new(true));
     let server = Arc::new(Server { endpoints: agent.clone(), ready: ready.clone() });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -156,12 +154,16 @@ async fn serve(args: &RunArgs, config: Config, node: preflight::Node) -> Result<
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
-            _ = sighup.recv() => {
-                let a = agent.clone();
-                if let Err(e) = tokio::task::spawn_blocking(move || a.reload()).await {
-                    warn!(error = %e, "config reload task failed");
+            _ = sighup.recv() => { let _ = reload_tx.try_send(Trigger::Signal); }
+            Some(trigger) = reload_rx.recv() => match &reloader {
+                Some((r, _)) => {
+                    let r = r.clone();
+                    if let Err(e) = tokio::task::spawn_blocking(move || r.reload(trigger)).await {
+                        warn!(error = %e, "config reload task failed");
+                    }
                 }
-            }
+                None => info!("running on the embedded default config; nothing to reload"),
+            },
         }
     }
 

@@ -131,6 +131,11 @@ impl Agent {
         Self { child: Some(child), port, dir, stderr }
     }
 
+    /// The config file the agent was started with (when `Start::config` was given).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.0.join("cells.yaml")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
@@ -353,4 +358,65 @@ pub fn connect_from(from: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> 
     s.bind(&SocketAddr::new(from, 0).into())?;
     s.connect_timeout(&to.into(), Duration::from_secs(5))?;
     Ok(s.into())
+}
+
+/// A small deterministic PRNG (xorshift64*), so a failing property test can be replayed
+/// from the seed it prints.
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded from `$CELLWATCH_SEED` when set, else from the clock; prints the seed.
+    pub fn from_env(test: &str) -> Self {
+        let seed = std::env::var("CELLWATCH_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            });
+        eprintln!("{test}: CELLWATCH_SEED={seed}");
+        Self(seed.max(1))
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+}
+
+/// Writes `text` to `path` atomically (a temp file renamed over it), as config tools do.
+pub fn write_atomic(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write temp config");
+    std::fs::rename(&tmp, path).expect("rename config");
+}
+
+/// Waits until `cellwatch_config_reloads_total{result}` reaches `n`; panics after 10 s.
+pub fn await_reloads(agent: &Agent, result: &str, n: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = agent.metrics().get("cellwatch_config_reloads_total", &[("result", result)]);
+        if got >= n {
+            assert_eq!(got, n, "more {result} reloads than expected");
+            return;
+        }
+        assert!(Instant::now() < deadline, "reloads {result}: {got}, want {n}\n{}", agent.stderr());
+        thread::sleep(Duration::from_millis(10));
+    }
 }

@@ -6,6 +6,8 @@
 //! - `ci`: `setup` then `test`;
 //! - `run`: `setup`, build, and run the agent (arguments after `--` go to `cellwatch run`).
 
+mod bench;
+mod benchfile;
 mod setup;
 mod tasks;
 
@@ -27,12 +29,23 @@ enum Task {
     Test,
     /// Setup, then test: what `.ci/run` calls.
     Ci,
+    /// Run a benchmark and record it in BENCHMARKS.md.
+    Bench {
+        #[command(subcommand)]
+        which: Bench,
+    },
     /// Setup, build in release mode, and run the agent.
     Run {
         /// Arguments for `cellwatch run`, e.g. `-- --config cells.yaml`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Config load at 1,000 cells and 100,000 prefixes: parse, validate, write to the kernel.
+    ConfigLoad,
 }
 
 fn main() -> Result<()> {
@@ -43,6 +56,7 @@ fn main() -> Result<()> {
             setup::all()?;
             tasks::test()
         }
+        Task::Bench { which: Bench::ConfigLoad } => bench::config_load(),
         Task::Run { args } => {
             setup::all()?;
             tasks::run(&args)

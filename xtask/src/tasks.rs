@@ -13,7 +13,7 @@ pub(crate) fn ok(what: &str) {
     println!("    {what}");
 }
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 

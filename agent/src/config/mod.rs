@@ -83,7 +83,7 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: the config file is {size} bytes, more than the {max} a cell map can need")]
+    #[error("{path}:1:1: the config file is {size} bytes, more than the {max} a cell map can need")]
     TooLarge { path: String, size: u64, max: u64 },
     #[error("{}", render_problems(path, problems))]
     Invalid { path: String, problems: Vec<Problem> },
@@ -131,11 +131,23 @@ impl Config {
             });
         }
         let bytes = std::fs::read(path).map_err(read_err)?;
-        let text = String::from_utf8(bytes).map_err(|e| ConfigError::Invalid {
-            path: shown.clone(),
-            problems: vec![not_text(&e)],
+        Self::from_bytes(&shown, &bytes)
+    }
+
+    /// Parses and validates a config file's content; `path` only names it in messages.
+    pub fn from_bytes(path: &str, bytes: &[u8]) -> Result<Self, ConfigError> {
+        if bytes.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge {
+                path: path.to_owned(),
+                size: bytes.len() as u64,
+                max: MAX_CONFIG_BYTES,
+            });
+        }
+        let text = std::str::from_utf8(bytes).map_err(|e| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems: vec![not_text(bytes, &e)],
         })?;
-        Self::parse(&shown, &text)
+        Self::parse(path, text)
     }
 
     /// The embedded default config.
@@ -161,8 +173,8 @@ pub fn canonical(addr: IpAddr) -> IpAddr {
     }
 }
 
-fn not_text(e: &std::string::FromUtf8Error) -> Problem {
-    let upto = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+fn not_text(bytes: &[u8], e: &std::str::Utf8Error) -> Problem {
+    let upto = &bytes[..e.valid_up_to()];
     let line = upto.iter().filter(|b| **b == b'\n').count() as u64 + 1;
     let column = upto.iter().rev().take_while(|b| **b != b'\n').count() as u64 + 1;
     Problem { line, column, message: "not a text file: invalid UTF-8 here".to_owned() }

@@ -1,78 +1,112 @@
-//! Writes a compiled config into the cell tries, cell flags, allow rules and settings,
-//! touching only what changed since the last write.
-use std::collections::{HashMap, HashSet};
+//! Writes a compiled config into the kernel's cell maps, atomically as the programs see
+//! it: the inactive set (A or B) is brought to the new config, then one settings word
+//! flips the programs over to it. Only what differs from what that set held is written.
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
 
-use agent_common::{CellInfo, SETTING_EXTERNAL};
-use aya::maps::lpm_trie::Key;
+use agent_common::{CellInfo, PolicyKey, SETTING_EXTERNAL, SETTING_GENERATION};
+use aya::maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, lpm_trie::Key};
 use ipnet::IpNet;
 
 use super::loader::{KernelError, Maps, map_err};
 use crate::policy::Compiled;
 
+/// How long after a flip the now-inactive set is left alone. A program that read the
+/// generation just before the flip finishes within microseconds; this is ample.
+const GRACE: Duration = Duration::from_millis(20);
+
+/// One complete cell map: both tries, the cell flags and the allow rules.
+pub(super) struct CellSet {
+    pub(super) v4: LpmTrie<MapData, [u8; 4], u32>,
+    pub(super) v6: LpmTrie<MapData, [u8; 16], u32>,
+    pub(super) info: Array<MapData, CellInfo>,
+    pub(super) policy: BpfHashMap<MapData, PolicyKey, u8>,
+    /// What this set holds now.
+    pub(super) holds: Compiled,
+}
+
+/// Which set the programs read, and since when.
+pub(super) struct Generation {
+    pub(super) active: usize,
+    pub(super) since: Instant,
+}
+
 pub(super) fn apply(m: &mut Maps, next: &Compiled) -> Result<(), KernelError> {
-    // Add and overwrite first, then remove what is gone: a lookup in between sees the
-    // new entry or the old one, never a hole where the address falls to `external`.
-    for (net, id) in &next.prefixes {
-        put_prefix(m, *net, *id)?;
+    let target = 1 - m.generation.active;
+    let waited = m.generation.since.elapsed();
+    if waited < GRACE {
+        std::thread::sleep(GRACE - waited);
     }
-    let keep: HashSet<IpNet> = next.prefixes.iter().map(|(n, _)| *n).collect();
-    let stale: Vec<IpNet> =
-        m.current.prefixes.iter().map(|(n, _)| *n).filter(|n| !keep.contains(n)).collect();
-    for net in stale {
-        drop_prefix(m, net)?;
-    }
-
-    let info: HashMap<u32, CellInfo> = next.info.iter().copied().collect();
-    for (id, i) in &next.info {
-        m.cell_info.set(*id, i, 0).map_err(map_err("CELL_INFO"))?;
-    }
-    let gone: Vec<u32> =
-        m.current.info.iter().map(|(id, _)| *id).filter(|id| !info.contains_key(id)).collect();
-    for id in gone {
-        m.cell_info.set(id, CellInfo::default(), 0).map_err(map_err("CELL_INFO"))?;
-    }
-
-    for k in &next.allow {
-        m.policy.insert(k, 1, 0).map_err(map_err("POLICY"))?;
-    }
-    let allow: HashSet<_> = next.allow.iter().collect();
-    let revoked: Vec<_> = m.current.allow.iter().filter(|k| !allow.contains(k)).copied().collect();
-    for k in revoked {
-        m.policy.remove(&k).map_err(map_err("POLICY"))?;
-    }
-
-    m.settings.set(SETTING_EXTERNAL, next.external, 0).map_err(map_err("SETTINGS"))?;
-    m.current = Compiled {
-        prefixes: next.prefixes.clone(),
-        info: next.info.clone(),
-        allow: next.allow.clone(),
-        external: next.external,
-    };
+    write_set(&mut m.sets[target], next)?;
+    let ext = SETTING_EXTERNAL + target as u32;
+    m.settings.set(ext, next.external, 0).map_err(map_err("SETTINGS"))?;
+    m.settings.set(SETTING_GENERATION, target as u32, 0).map_err(map_err("SETTINGS"))?;
+    m.generation = Generation { active: target, since: Instant::now() };
     Ok(())
 }
 
-fn put_prefix(m: &mut Maps, net: IpNet, id: u32) -> Result<(), KernelError> {
-    let len = u32::from(net.prefix_len());
-    match net {
-        IpNet::V4(n) => m
-            .cells_v4
-            .insert(&Key::new(len, n.network().octets()), id, 0)
-            .map_err(map_err("CELLS_V4")),
-        IpNet::V6(n) => m
-            .cells_v6
-            .insert(&Key::new(len, n.network().octets()), id, 0)
-            .map_err(map_err("CELLS_V6")),
+fn write_set(set: &mut CellSet, next: &Compiled) -> Result<(), KernelError> {
+    let keep: HashSet<IpNet> = next.prefixes.iter().map(|(n, _)| *n).collect();
+    let stale: Vec<IpNet> =
+        set.holds.prefixes.iter().map(|(n, _)| *n).filter(|n| !keep.contains(n)).collect();
+    for net in stale {
+        drop_prefix(set, net)?;
     }
+    let had: HashMap<IpNet, u32> = set.holds.prefixes.iter().copied().collect();
+    for (net, id) in &next.prefixes {
+        if had.get(net) != Some(id) {
+            put_prefix(set, *net, *id)?;
+        }
+    }
+
+    let info: HashMap<u32, CellInfo> = next.info.iter().copied().collect();
+    let gone: Vec<u32> =
+        set.holds.info.iter().map(|(id, _)| *id).filter(|id| !info.contains_key(id)).collect();
+    for id in gone {
+        set.info.set(id, CellInfo::default(), 0).map_err(map_err("CELL_INFO"))?;
+    }
+    let had: HashMap<u32, CellInfo> = set.holds.info.iter().copied().collect();
+    for (id, i) in &next.info {
+        if had.get(id) != Some(i) {
+            set.info.set(*id, i, 0).map_err(map_err("CELL_INFO"))?;
+        }
+    }
+
+    let allow: HashSet<_> = next.allow.iter().collect();
+    let revoked: Vec<_> = set.holds.allow.iter().filter(|k| !allow.contains(k)).copied().collect();
+    for k in revoked {
+        set.policy.remove(&k).map_err(map_err("POLICY"))?;
+    }
+    let had: HashSet<_> = set.holds.allow.iter().copied().collect();
+    for k in next.allow.iter().filter(|k| !had.contains(k)) {
+        set.policy.insert(k, 1, 0).map_err(map_err("POLICY"))?;
+    }
+    set.holds = next.clone();
+    Ok(())
 }
 
-fn drop_prefix(m: &mut Maps, net: IpNet) -> Result<(), KernelError> {
+fn put_prefix(set: &mut CellSet, net: IpNet, id: u32) -> Result<(), KernelError> {
     let len = u32::from(net.prefix_len());
     match net {
         IpNet::V4(n) => {
-            m.cells_v4.remove(&Key::new(len, n.network().octets())).map_err(map_err("CELLS_V4"))
+            set.v4.insert(&Key::new(len, n.network().octets()), id, 0).map_err(map_err("CELLS_V4"))
         }
         IpNet::V6(n) => {
-            m.cells_v6.remove(&Key::new(len, n.network().octets())).map_err(map_err("CELLS_V6"))
+            set.v6.insert(&Key::new(len, n.network().octets()), id, 0).map_err(map_err("CELLS_V6"))
+        }
+    }
+}
+
+fn drop_prefix(set: &mut CellSet, net: IpNet) -> Result<(), KernelError> {
+    let len = u32::from(net.prefix_len());
+    match net {
+        IpNet::V4(n) => {
+            set.v4.remove(&Key::new(len, n.network().octets())).map_err(map_err("CELLS_V4"))
+        }
+        IpNet::V6(n) => {
+            set.v6.remove(&Key::new(len, n.network().octets())).map_err(map_err("CELLS_V6"))
         }
     }
 }

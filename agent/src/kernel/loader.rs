@@ -1,20 +1,23 @@
 //! Loading the embedded eBPF object and attaching its programs: `sock_ops` on the cgroup
 //! v2 root, `tcp:tcp_receive_reset` as a tracepoint.
-use std::{fs::File, os::fd::AsRawFd, path::PathBuf};
+use std::{fs::File, os::fd::AsRawFd, path::PathBuf, time::Instant};
 
 use agent_common::{
-    CELLS_V4_CAPACITY, CELLS_V6_CAPACITY, CellInfo, PAIR_STATS_CAPACITY, POLICY_CAPACITY, PairKey,
-    PairStats, PolicyKey, SETTING_RST_COOKIE_OFFSET,
+    CELLS_V4_CAPACITY, CELLS_V6_CAPACITY, PAIR_STATS_CAPACITY, POLICY_CAPACITY, PairKey, PairStats,
+    SETTING_RST_COOKIE_OFFSET,
 };
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap},
     programs::{CgroupAttachMode, ProgramError, SockOps, TracePoint},
 };
 use tokio::io::unix::AsyncFd;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use super::{Kernel, cellmap};
+use super::{
+    Kernel,
+    cellmap::{self, CellSet, Generation},
+};
 use crate::{policy::Compiled, preflight::TRACEFS_PATH};
 
 /// The eBPF object, built from `agent-ebpf` by this crate's build script.
@@ -36,6 +39,11 @@ pub struct LoadOptions {
 pub enum KernelError {
     #[error("the kernel refused cellwatch's eBPF object: {0}")]
     Load(#[source] aya::EbpfError),
+    #[error(
+        "the kernel's verifier refused the eBPF program {name} ({reason}); the full verifier \
+         log is in the agent's log"
+    )]
+    Verifier { name: &'static str, reason: String },
     #[error("the kernel refused the eBPF program {name}: {source}")]
     Program {
         name: &'static str,
@@ -72,14 +80,18 @@ pub(super) fn map_err(name: &'static str) -> impl FnOnce(MapError) -> KernelErro
 pub(super) struct Maps {
     pub(super) pair_stats: PerCpuHashMap<MapData, PairKey, PairStats>,
     pub(super) counters: PerCpuArray<MapData, u64>,
-    pub(super) cells_v4: LpmTrie<MapData, [u8; 4], u32>,
-    pub(super) cells_v6: LpmTrie<MapData, [u8; 16], u32>,
-    pub(super) cell_info: Array<MapData, CellInfo>,
-    pub(super) policy: HashMap<MapData, PolicyKey, u8>,
     pub(super) settings: Array<MapData, u32>,
-    /// What the cell maps hold now, so an update writes only the difference.
-    pub(super) current: Compiled,
+    /// The two cell-map sets, A and B.
+    pub(super) sets: [CellSet; 2],
+    pub(super) generation: Generation,
     pub(super) capacity: Capacity,
+}
+
+impl Maps {
+    /// The config the programs read now.
+    pub(super) fn active(&self) -> &Compiled {
+        &self.sets[self.generation.active].holds
+    }
 }
 
 /// Map sizes as loaded.
@@ -109,7 +121,14 @@ pub(super) fn load(opts: &LoadOptions, initial: &Compiled) -> Result<Kernel, Ker
             "tcp:tcp_receive_reset has no sock_cookie field here: refused connects are counted as `other`"
         );
     }
+    let started = Instant::now();
     cellmap::apply(&mut maps, initial)?;
+    info!(
+        prefixes = initial.prefixes.len(),
+        allow_rules = initial.allow.len(),
+        elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+        "cell map written"
+    );
 
     attach_sockops(&mut ebpf, opts)?;
     attach_rst(&mut ebpf)?;
@@ -122,35 +141,48 @@ pub(super) fn load(opts: &LoadOptions, initial: &Compiled) -> Result<Kernel, Ker
     })
 }
 
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(KernelError::Missing(name))?;
+    T::try_from(map).map_err(map_err(name))
+}
+
+/// One cell-map set from its maps' names: IPv4 trie, IPv6 trie, cell flags, allow rules.
+fn cell_set(
+    ebpf: &mut Ebpf,
+    [v4, v6, info, policy]: [&'static str; 4],
+) -> Result<CellSet, KernelError> {
+    Ok(CellSet {
+        v4: take(ebpf, v4)?,
+        v6: take(ebpf, v6)?,
+        info: take(ebpf, info)?,
+        policy: take(ebpf, policy)?,
+        holds: Compiled::default(),
+    })
+}
+
 fn take_maps(ebpf: &mut Ebpf, opts: &LoadOptions) -> Result<Maps, KernelError> {
-    fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
-    where
-        T: TryFrom<aya::maps::Map, Error = MapError>,
-    {
-        let map = ebpf.take_map(name).ok_or(KernelError::Missing(name))?;
-        T::try_from(map).map_err(map_err(name))
-    }
-    let pair_stats: PerCpuHashMap<MapData, PairKey, PairStats> = take(ebpf, "PAIR_STATS")?;
-    let cells_v4: LpmTrie<MapData, [u8; 4], u32> = take(ebpf, "CELLS_V4")?;
-    let cells_v6: LpmTrie<MapData, [u8; 16], u32> = take(ebpf, "CELLS_V6")?;
-    let policy: HashMap<MapData, PolicyKey, u8> = take(ebpf, "POLICY")?;
-    let capacity = Capacity {
-        conns: opts.conn_capacity,
-        pair_stats: PAIR_STATS_CAPACITY,
-        cells_v4: CELLS_V4_CAPACITY,
-        cells_v6: CELLS_V6_CAPACITY,
-        policy: POLICY_CAPACITY,
-    };
+    let sets = [
+        cell_set(ebpf, ["CELLS_V4_A", "CELLS_V6_A", "CELL_INFO_A", "POLICY_A"])?,
+        cell_set(ebpf, ["CELLS_V4_B", "CELLS_V6_B", "CELL_INFO_B", "POLICY_B"])?,
+    ];
     Ok(Maps {
-        pair_stats,
+        pair_stats: take(ebpf, "PAIR_STATS")?,
         counters: take(ebpf, "COUNTERS")?,
-        cells_v4,
-        cells_v6,
-        cell_info: take(ebpf, "CELL_INFO")?,
-        policy,
         settings: take(ebpf, "SETTINGS")?,
-        current: Compiled::default(),
-        capacity,
+        sets,
+        // Generation 0 (set A, empty) is what a freshly loaded object reads: every
+        // peer external and allowed. The first apply fills set B and flips to it.
+        generation: Generation { active: 0, since: Instant::now() },
+        capacity: Capacity {
+            conns: opts.conn_capacity,
+            pair_stats: PAIR_STATS_CAPACITY,
+            cells_v4: CELLS_V4_CAPACITY,
+            cells_v6: CELLS_V6_CAPACITY,
+            policy: POLICY_CAPACITY,
+        },
     })
 }
 
@@ -160,7 +192,7 @@ fn attach_sockops(ebpf: &mut Ebpf, opts: &LoadOptions) -> Result<(), KernelError
         .ok_or(KernelError::Missing(SOCKOPS))?
         .try_into()
         .map_err(|source| KernelError::Program { name: SOCKOPS, source })?;
-    prog.load().map_err(|source| KernelError::Program { name: SOCKOPS, source })?;
+    prog.load().map_err(|e| refused(SOCKOPS, e))?;
     let cgroup = File::open(&opts.cgroup_root)
         .map_err(|source| KernelError::Cgroup { path: opts.cgroup_root.clone(), source })?;
     // On kernels >= 5.7 aya attaches with a bpf_link, which always coexists with other
@@ -179,12 +211,43 @@ fn attach_rst(ebpf: &mut Ebpf) -> Result<(), KernelError> {
         .ok_or(KernelError::Missing(RST))?
         .try_into()
         .map_err(|source| KernelError::Program { name: RST, source })?;
-    prog.load().map_err(|source| KernelError::Program { name: RST, source })?;
+    prog.load().map_err(|e| refused(RST, e))?;
     prog.attach(RST_CATEGORY, RST_EVENT).map_err(|source| KernelError::Attach {
         what: format!("the tracepoint {RST_CATEGORY}:{RST_EVENT}"),
         source,
     })?;
     Ok(())
+}
+
+/// A failed program load. A verifier rejection is logged in full (it is what a kernel
+/// developer needs) and summed up by the verifier's own reason.
+fn refused(name: &'static str, e: ProgramError) -> KernelError {
+    match e {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            let log = verifier_log.to_string();
+            error!(program = name, error = %io_error, verifier_log = %log, "the verifier refused a program");
+            KernelError::Verifier {
+                name,
+                reason: verifier_reason(&log).unwrap_or_else(|| io_error.to_string()),
+            }
+        }
+        source => KernelError::Program { name, source },
+    }
+}
+
+/// The verifier's verdict: the last line that is neither an instruction nor a statistic.
+pub(super) fn verifier_reason(log: &str) -> Option<String> {
+    log.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .filter(|l| !l.starts_with(';') && !l.starts_with(|c: char| c.is_ascii_digit()))
+        .filter(|l| {
+            !["verification time", "processed ", "stack depth", "func#", "R1"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .last()
+        .map(str::to_owned)
 }
 
 /// Offset of `sock_cookie` in the tcp_receive_reset record, from tracefs.
@@ -249,5 +312,16 @@ mod tests {
         assert_eq!(super::field_offset(fmt, "sock_cookie"), Some(64));
         assert_eq!(super::field_offset(fmt, "skaddr"), Some(8));
         assert_eq!(super::field_offset(fmt, "cookie"), None);
+    }
+
+    #[test]
+    fn the_verifier_reason_is_its_last_verdict_line() {
+        let log = "0: R1=ctx() R10=fp0\n; if v6 { x } @ ctx.rs:48\n389: (61) r8 = *(u32 *)(r2 +0)\n\
+                   dereference of modified ctx ptr R2 off=28 disallowed\nverification time 564 usec\n\
+                   stack depth 328+0+0\nprocessed 230 insns (limit 1000000)\n";
+        assert_eq!(
+            super::verifier_reason(log).as_deref(),
+            Some("dereference of modified ctx ptr R2 off=28 disallowed")
+        );
     }
 }

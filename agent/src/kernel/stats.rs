@@ -41,7 +41,7 @@ pub(super) fn read(m: &Maps) -> Result<Snapshot, KernelError> {
     let live =
         counters[CTR_CONN_TRACKED as usize].saturating_sub(counters[CTR_CONN_FORGOTTEN as usize]);
 
-    let c = &m.current;
+    let c = m.active();
     let (v4, v6) = c.prefixes.iter().fold((0u64, 0u64), |(a, b), (n, _)| match n {
         ipnet::IpNet::V4(_) => (a + 1, b),
         ipnet::IpNet::V6(_) => (a, b + 1),

@@ -1,0 +1,393 @@
+//! The cell map in the kernel: verdicts checked against the plain-Rust reference over
+//! random configs and real connections, and reloads (signal, file change, ConfigMap
+//! symlink swap, bad file, deleted file) under live traffic.
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use agent::{
+    config::Config,
+    policy::{self, Place, Verdict},
+};
+use cellwatch_tests::{Agent, Metrics, Rng, Start, await_reloads, connect_from, lo, write_atomic};
+
+/// Listeners that accept and drop connections in the background until dropped.
+struct Sink {
+    addrs: Vec<SocketAddr>,
+    stop: Arc<AtomicBool>,
+    accepted: Arc<AtomicUsize>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Sink {
+    fn start(ips: &[IpAddr]) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let mut addrs = Vec::new();
+        let mut threads = Vec::new();
+        for ip in ips {
+            let l = TcpListener::bind((*ip, 0)).unwrap_or_else(|e| panic!("bind {ip}: {e}"));
+            l.set_nonblocking(true).unwrap();
+            addrs.push(l.local_addr().unwrap());
+            let (stop, accepted) = (stop.clone(), accepted.clone());
+            let deadline = Instant::now() + Duration::from_secs(120);
+            threads.push(thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    match l.accept() {
+                        Ok(_) => {
+                            accepted.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => thread::sleep(Duration::from_millis(1)),
+                    }
+                }
+            }));
+        }
+        Self { addrs, stop, accepted, threads }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Series of `cellwatch_connections_opened_total` as (src, dst, direction, verdict).
+type Key = (String, String, String, String);
+
+fn opened(m: &Metrics) -> BTreeMap<Key, f64> {
+    let mut out = BTreeMap::new();
+    for (series, v) in &m.0 {
+        let Some(rest) = series.strip_prefix("cellwatch_connections_opened_total{") else {
+            continue;
+        };
+        let mut l = BTreeMap::new();
+        for kv in rest.trim_end_matches('}').split(',') {
+            if let Some((k, v)) = kv.split_once('=') {
+                l.insert(k, v.trim_matches('"').to_owned());
+            }
+        }
+        let key = (
+            l["src_cell"].clone(),
+            l["dst_cell"].clone(),
+            l["direction"].clone(),
+            l["verdict"].clone(),
+        );
+        out.insert(key, *v);
+    }
+    out
+}
+
+fn delta(after: &BTreeMap<Key, f64>, before: &BTreeMap<Key, f64>) -> BTreeMap<Key, f64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v != 0.0)
+        .collect()
+}
+
+/// The property test's address universe: 127.200.0.0/13, used by no other test.
+fn in_universe(rng: &mut Rng) -> Ipv4Addr {
+    Ipv4Addr::new(127, 200 + rng.below(8) as u8, rng.below(4) as u8, 1 + rng.below(6) as u8)
+}
+
+fn name(p: Place<'_>) -> Option<String> {
+    match p {
+        Place::Cell(n) => Some(n.to_owned()),
+        Place::External => Some("external".to_owned()),
+        Place::Ignored => None,
+    }
+}
+
+/// A random config over the addresses in play: nested prefixes, globals, allow rules
+/// (some on the listeners' ports), every external mode, sometimes an ignored range.
+fn random_config(rng: &mut Rng, addrs: &[Ipv4Addr], ports: &[u16]) -> String {
+    let cells = 2 + rng.below(5) as usize;
+    let mut used = std::collections::HashSet::new();
+    let mut y = String::from("cells:\n");
+    for c in 0..cells {
+        y += &format!("  - name: c{c}\n");
+        if rng.chance(25) {
+            y += "    global: true\n";
+        }
+        y += "    cidrs: [";
+        for _ in 0..1 + rng.below(3) {
+            let a = u32::from(*rng.pick(addrs));
+            let len = 13 + rng.below(20) as u32; // /13 .. /32
+            let net = Ipv4Addr::from(a & (u32::MAX << (32 - len)));
+            if used.insert((net, len)) {
+                y += &format!("\"{net}/{len}\", ");
+            }
+        }
+        y += "]\n";
+    }
+    let mut rules = Vec::new();
+    for _ in 0..rng.below(4) {
+        let (f, t) = (rng.below(cells as u64), rng.below(cells as u64));
+        rules.push(if rng.chance(50) {
+            format!("  - {{ from: c{f}, to: c{t}, ports: [{}] }}\n", rng.pick(ports))
+        } else {
+            format!("  - {{ from: c{f}, to: c{t} }}\n")
+        });
+    }
+    y += if rules.is_empty() { "allow: []\n" } else { "allow:\n" };
+    y += &rules.concat();
+    y += &format!("external: {}\n", rng.pick(&["allow", "violation", "ignore"]));
+    let mut ignore = vec!["\"127.0.0.0/16\"".to_owned()];
+    if rng.chance(30) {
+        let a = u32::from(*rng.pick(addrs));
+        let len = 24 + rng.below(9) as u32;
+        let net = Ipv4Addr::from(a & (u32::MAX << (32 - len)));
+        if !used.contains(&(net, len)) {
+            ignore.push(format!("\"{net}/{len}\""));
+        }
+    }
+    y += &format!("ignore_cidrs: [{}]\n", ignore.join(", "));
+    y
+}
+
+#[test]
+fn kernel_verdicts_match_the_reference() {
+    const ROUNDS: usize = 6;
+    const CONNS: usize = 150;
+    let mut rng = Rng::from_env("kernel_verdicts_match_the_reference");
+    let servers: Vec<Ipv4Addr> = (0..10).map(|_| in_universe(&mut rng)).collect();
+    let clients: Vec<Ipv4Addr> = (0..30).map(|_| in_universe(&mut rng)).collect();
+    let mut server_ips: Vec<IpAddr> = servers.iter().map(|a| IpAddr::V4(*a)).collect();
+    server_ips.sort();
+    server_ips.dedup();
+    let sink = Sink::start(&server_ips);
+    let ports: Vec<u16> = sink.addrs.iter().map(SocketAddr::port).collect();
+    let all: Vec<Ipv4Addr> = servers.iter().chain(&clients).copied().collect();
+
+    let first = random_config(&mut rng, &all, &ports);
+    let agent = Agent::start(Start { config: Some(&first), ..Start::default() });
+    let mut yaml = first;
+    for round in 0..ROUNDS {
+        if round > 0 {
+            yaml = random_config(&mut rng, &all, &ports);
+            write_atomic(&agent.config_path(), &yaml);
+            await_reloads(&agent, "success", round as f64);
+        }
+        let cfg = Config::parse("round.yaml", &yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        let before = opened(&agent.metrics());
+        let accepted_before = sink.accepted.load(Ordering::Relaxed);
+        let mut want: BTreeMap<Key, f64> = BTreeMap::new();
+        for _ in 0..CONNS {
+            let client = *rng.pick(&clients);
+            let server = *rng.pick(&sink.addrs);
+            let mapped = rng.chance(30);
+            let (from, to) = if mapped {
+                let m = |a: Ipv4Addr| IpAddr::V6(a.to_ipv6_mapped());
+                let IpAddr::V4(s) = server.ip() else { unreachable!() };
+                (m(client), SocketAddr::new(m(s), server.port()))
+            } else {
+                (IpAddr::V4(client), server)
+            };
+            let c =
+                connect_from(from, to).unwrap_or_else(|e| panic!("connect {from} -> {to}: {e}"));
+            drop(c);
+            let v = policy::verdict(&cfg, from, to.ip(), to.port());
+            let (Some(v), Some(src), Some(dst)) =
+                (v, name(policy::place(&cfg, from)), name(policy::place(&cfg, to.ip())))
+            else {
+                continue;
+            };
+            let v = if v == Verdict::Violation { "violation" } else { "allowed" };
+            for dir in ["egress", "ingress"] {
+                *want.entry((src.clone(), dst.clone(), dir.into(), v.into())).or_default() += 1.0;
+            }
+        }
+        // Connections between two peers in no cell include other tests' traffic: left out.
+        want.retain(|k, _| !(k.0 == "external" && k.1 == "external"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let got = loop {
+            let mut got = delta(&opened(&agent.metrics()), &before);
+            got.retain(|k, _| !(k.0 == "external" && k.1 == "external"));
+            if got == want || Instant::now() > deadline {
+                break got;
+            }
+            thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(got, want, "round {round}: kernel vs reference\nconfig:\n{yaml}");
+        assert!(sink.accepted.load(Ordering::Relaxed) >= accepted_before);
+    }
+}
+
+const BLUE: &str = "cells:\n  - name: blue-a\n    cidrs: [127.210.0.0/16]\n  - name: blue-b\n    cidrs: [127.211.0.0/16]\nignore_cidrs: []\nexternal: ignore\n";
+const GREEN: &str = "cells:\n  - name: green-a\n    cidrs: [127.210.0.0/16]\n  - name: green-b\n    cidrs: [127.211.0.0/16]\nignore_cidrs: []\nexternal: ignore\n";
+
+/// Connections from cell `a` to cell `b` in a loop until stopped (bounded by count and
+/// time); returns how many were established.
+fn churn(stop: Arc<AtomicBool>, from: IpAddr, to: SocketAddr) -> thread::JoinHandle<usize> {
+    thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut n = 0;
+        while !stop.load(Ordering::Relaxed) && n < 50_000 && Instant::now() < deadline {
+            if connect_from(from, to).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    })
+}
+
+#[test]
+fn a_hundred_reloads_under_traffic_keep_counts_exact_and_cells_consistent() {
+    const RELOADS: usize = 100;
+    let agent = Agent::start(Start { config: Some(BLUE), ..Start::default() });
+    let sink = Sink::start(&[lo(211, 0, 1)]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = churn(stop.clone(), lo(210, 0, 1), sink.addrs[0]);
+    for i in 1..=RELOADS {
+        write_atomic(&agent.config_path(), if i % 2 == 1 { GREEN } else { BLUE });
+        await_reloads(&agent, "success", i as f64);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let made = traffic.join().unwrap() as f64;
+    assert!(made > RELOADS as f64, "too little traffic ({made}) to overlap the reloads");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (got, m) = loop {
+        let m = agent.metrics();
+        let got = opened(&m);
+        let sum =
+            |dir: &str| -> f64 { got.iter().filter(|(k, _)| k.2 == dir).map(|(_, v)| v).sum() };
+        if (sum("egress") == made && sum("ingress") == made) || Instant::now() > deadline {
+            break (got, m);
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    for ((src, dst, dir, verdict), n) in &got {
+        let consistent =
+            (src == "blue-a" && dst == "blue-b") || (src == "green-a" && dst == "green-b");
+        assert!(
+            consistent,
+            "{n} connections judged against a mix of configs: {src} -> {dst} ({dir}, {verdict})"
+        );
+    }
+    for dir in ["egress", "ingress"] {
+        let total: f64 = got.iter().filter(|(k, _)| k.2 == dir).map(|(_, v)| v).sum();
+        assert_eq!(total, made, "{dir}: every connection counted once");
+        let both: f64 = ["blue", "green"]
+            .iter()
+            .map(|c| {
+                let l = [
+                    ("src_cell", format!("{c}-a")),
+                    ("dst_cell", format!("{c}-b")),
+                    ("direction", dir.to_owned()),
+                    ("verdict", "violation".to_owned()),
+                ];
+                let l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                m.get("cellwatch_connections_opened_total", &l)
+            })
+            .sum();
+        assert_eq!(both, made, "{dir}");
+    }
+    let closed: f64 =
+        m.0.iter()
+            .filter(|(k, _)| k.starts_with("cellwatch_connections_closed_total{"))
+            .map(|(_, v)| v)
+            .sum();
+    assert!(closed <= 2.0 * made, "closed {closed} > opened {}", 2.0 * made);
+    assert_eq!(m.get("cellwatch_config_reloads_total", &[("result", "error")]), 0.0);
+}
+
+/// Judges one connection from 127.212.0.1 to 127.213.0.1 and returns the scrape after.
+fn probe(agent: &Agent, sink: &Sink) -> Metrics {
+    let before = opened(&agent.metrics());
+    drop(connect_from(lo(212, 0, 1), sink.addrs[0]).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = agent.metrics();
+        if delta(&opened(&m), &before).values().sum::<f64>() >= 2.0 || Instant::now() > deadline {
+            return m;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn egress(m: &Metrics, src: &str, dst: &str) -> f64 {
+    m.get(
+        "cellwatch_connections_opened_total",
+        &[("src_cell", src), ("dst_cell", dst), ("direction", "egress"), ("verdict", "violation")],
+    )
+}
+
+const RED: &str = "cells:\n  - name: red-a\n    cidrs: [127.212.0.0/16]\n  - name: red-b\n    cidrs: [127.213.0.0/16]\nignore_cidrs: []\nexternal: ignore\n";
+
+#[test]
+fn bad_and_deleted_configs_keep_the_running_one() {
+    let agent = Agent::start(Start { config: Some(RED), ..Start::default() });
+    let sink = Sink::start(&[lo(213, 0, 1)]);
+    assert_eq!(egress(&probe(&agent, &sink), "red-a", "red-b"), 1.0);
+
+    // Bad YAML on SIGHUP: counted, logged, and the old config still judges.
+    std::fs::write(agent.config_path(), "cells: [\n").unwrap();
+    agent.signal("HUP");
+    await_reloads(&agent, "error", 1.0);
+    assert_eq!(egress(&probe(&agent, &sink), "red-a", "red-b"), 2.0);
+    assert!(
+        agent.stderr().contains("config reload failed; the running config stays"),
+        "{}",
+        agent.stderr()
+    );
+
+    // A good file again: picked up by the directory watch.
+    write_atomic(&agent.config_path(), &RED.replace("red-", "rose-"));
+    await_reloads(&agent, "success", 1.0);
+    assert_eq!(egress(&probe(&agent, &sink), "rose-a", "rose-b"), 1.0);
+
+    // Deleted: a warning, an error counted, and the last config stays.
+    std::fs::remove_file(agent.config_path()).unwrap();
+    await_reloads(&agent, "error", 2.0);
+    assert!(
+        agent.stderr().contains("the config file is gone; the running config stays"),
+        "{}",
+        agent.stderr()
+    );
+    assert_eq!(egress(&probe(&agent, &sink), "rose-a", "rose-b"), 2.0);
+}
+
+#[test]
+fn a_configmap_symlink_swap_is_picked_up_once() {
+    use std::os::unix::fs::symlink;
+    let dir = cellwatch_tests::TempDir::new("configmap");
+    let version = |n: u32, yaml: &str| {
+        let d = dir.0.join(format!("..2026_11_25_{n}"));
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("cells.yaml"), yaml).unwrap();
+        d
+    };
+    // The kubelet's layout: cells.yaml -> ..data/cells.yaml, ..data -> ..<timestamp>.
+    let v1 = version(1, &RED.replace("212", "214").replace("213", "215"));
+    symlink(v1.file_name().unwrap(), dir.0.join("..data")).unwrap();
+    symlink("..data/cells.yaml", dir.0.join("cells.yaml")).unwrap();
+    let path = dir.0.join("cells.yaml");
+    let agent =
+        Agent::start(Start { args: &["--config", path.to_str().unwrap()], ..Start::default() });
+
+    let v2 = version(2, &RED.replace("212", "214").replace("213", "215").replace("red-", "ruby-"));
+    symlink(v2.file_name().unwrap(), dir.0.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.0.join("..data_tmp"), dir.0.join("..data")).unwrap();
+    std::fs::remove_dir_all(&v1).unwrap();
+    await_reloads(&agent, "success", 1.0);
+    thread::sleep(Duration::from_millis(800));
+    await_reloads(&agent, "success", 1.0); // still exactly one
+    let sink = Sink::start(&[lo(215, 0, 1)]);
+    drop(connect_from(lo(214, 0, 1), sink.addrs[0]).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while egress(&agent.metrics(), "ruby-a", "ruby-b") < 1.0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(egress(&agent.metrics(), "ruby-a", "ruby-b"), 1.0);
+}
