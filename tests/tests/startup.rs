@@ -237,3 +237,26 @@ fn a_bad_config_stops_run_before_loading() {
     assert_eq!(status.code(), Some(2), "{err}");
     assert!(err.contains(":2:11: invalid cell name `Bad_Name`"), "{err}");
 }
+
+#[test]
+fn a_50_mb_config_is_refused_located() {
+    let dir = TempDir::new("huge");
+    let path = dir.0.join("huge.yaml");
+    let line = "  - name: cell\n    cidrs: [10.0.0.0/8]\n";
+    let mut text = String::from("cells:\n");
+    while text.len() < 50 * 1024 * 1024 {
+        text.push_str(line);
+    }
+    std::fs::write(&path, &text).unwrap();
+    let (status, _, err) = cellwatch(&[], &["check-config", path.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "cellwatch: {}:1:1: the config file is {} bytes",
+            path.display(),
+            text.len()
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"));
+}

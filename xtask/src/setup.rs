@@ -19,6 +19,7 @@ const DEBIAN: &[&str] = &[
 ];
 const BPF_LINKER: &str = "0.13.0";
 const CARGO_DENY: &str = "0.20.2";
+const CARGO_FUZZ: &str = "0.13.2";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 pub(crate) fn all() -> Result<()> {
@@ -31,6 +32,7 @@ pub(crate) fn all() -> Result<()> {
         &["--no-default-features", "--features", "llvm-22"],
     )?;
     cargo_tool("cargo-deny", &["cargo", "deny", "--version"], CARGO_DENY, &[])?;
+    cargo_tool("cargo-fuzz", &["cargo", "fuzz", "--version"], CARGO_FUZZ, &[])?;
     println!("setup: everything is in place");
     Ok(())
 }

@@ -101,7 +101,36 @@ pub(crate) fn test() -> Result<()> {
             &[("CELLWATCH_BIN", bin.to_str().unwrap_or_default())],
         )
     })?;
+    timed(&format!("fuzz the config parser ({FUZZ_SECONDS} s)"), &|| fuzz("config"))?;
     println!("all checks passed in {:.0}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// How long CI fuzzes each target.
+const FUZZ_SECONDS: u32 = 60;
+
+/// Runs a cargo-fuzz target for a bounded time from the corpus kept in the repo; new
+/// inputs go to a scratch directory so the kept corpus only grows on purpose.
+fn fuzz(target: &str) -> Result<()> {
+    let scratch =
+        std::env::temp_dir().join(format!("cellwatch-fuzz-{target}-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let kept = format!("fuzz/corpus/{target}");
+    let time = format!("-max_total_time={FUZZ_SECONDS}");
+    let out = std::process::Command::new("cargo")
+        .args(["+nightly", "fuzz", "run", target])
+        .arg(&scratch)
+        .args([kept.as_str(), "--", time.as_str(), "-rss_limit_mb=2048", "-print_final_stats=1"])
+        .output()?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        println!("{text}");
+        bail!("fuzz target {target} failed; the input is under fuzz/artifacts/{target}/");
+    }
+    let runs = text.lines().find(|l| l.starts_with("stat::number_of_executed_units")).unwrap_or("");
+    ok(&format!("{target}: no crash; {}", runs.trim()));
     Ok(())
 }
 

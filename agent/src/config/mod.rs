@@ -99,13 +99,22 @@ impl ConfigError {
     }
 }
 
+/// One line per problem, whatever the file held: control characters in a message (a
+/// value with a newline or CR in it) are escaped, never printed raw.
 fn render_problems(path: &str, problems: &[Problem]) -> String {
     let mut out = String::new();
     for (i, p) in problems.iter().enumerate() {
         if i > 0 {
             out.push('\n');
         }
-        out.push_str(&format!("{path}:{}:{}: {}", p.line, p.column, p.message));
+        out.push_str(&format!("{path}:{}:{}: ", p.line, p.column));
+        for c in p.message.chars() {
+            if c.is_control() {
+                out.extend(c.escape_default());
+            } else {
+                out.push(c);
+            }
+        }
     }
     out
 }

@@ -43,7 +43,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         let name = rc.name.value.clone();
         check_name(&mut p, &rc.name);
         if names.insert(name.clone(), ()).is_some() {
-            p.at(&rc.name, format!("duplicate cell name `{name}`"));
+            p.at(&rc.name, format!("duplicate cell name `{}`", shown(&name)));
         }
         let mut cidrs = Vec::with_capacity(rc.cidrs.len());
         for c in &rc.cidrs {
@@ -69,7 +69,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     for r in &raw.allow {
         for end in [&r.from, &r.to] {
             if !known(&end.value) {
-                p.at(end, format!("allow rule names unknown cell `{}`", end.value));
+                p.at(end, format!("allow rule names unknown cell `{}`", shown(&end.value)));
             }
         }
         let mut ports = Vec::new();
@@ -108,7 +108,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             "audit" => Mode::Audit,
             "enforce" => Mode::Enforce,
             other => {
-                p.at(s, format!("unknown `mode` value `{other}`: use audit or enforce"));
+                p.at(s, format!("unknown `mode` value `{}`: use audit or enforce", shown(other)));
                 Mode::default()
             }
         },
@@ -136,7 +136,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             .filter(|s| {
                 let ok = known(&s.value);
                 if !ok {
-                    p.at(*s, format!("`enforce_cells` names unknown cell `{}`", s.value));
+                    p.at(*s, format!("`enforce_cells` names unknown cell `{}`", shown(&s.value)));
                 }
                 ok
             })
@@ -149,6 +149,15 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     } else {
         p.0.sort_by_key(|x| (x.line, x.column));
         Err(p.0)
+    }
+}
+
+/// A user value as quoted in a message: at most 64 characters.
+fn shown(v: &str) -> String {
+    const MAX: usize = 64;
+    match v.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}…", &v[..i]),
+        None => v.to_owned(),
     }
 }
 
@@ -167,8 +176,9 @@ fn check_name(p: &mut Problems, s: &S<String>) {
         p.at(
             s,
             format!(
-                "invalid cell name `{n}`: use at most {NAME_MAX} lower-case letters, digits \
-                 and `-`, starting and ending with a letter or digit"
+                "invalid cell name `{}`: use at most {NAME_MAX} lower-case letters, digits \
+                 and `-`, starting and ending with a letter or digit",
+                shown(n)
             ),
         );
     } else if n == EXTERNAL_NAME {
@@ -182,7 +192,10 @@ fn cidr(p: &mut Problems, s: &S<String>) -> Option<IpNet> {
     match text.parse::<IpNet>() {
         Ok(net) if net.trunc() == net => Some(net),
         Ok(net) => {
-            p.at(s, format!("prefix {text} has host bits set: did you mean {}?", net.trunc()));
+            p.at(
+                s,
+                format!("prefix {} has host bits set: did you mean {}?", shown(text), net.trunc()),
+            );
             None
         }
         Err(_) => {

@@ -238,6 +238,7 @@ fn refused(name: &'static str, e: ProgramError) -> KernelError {
 /// The verifier's verdict: the last line that is neither an instruction nor a statistic.
 pub(super) fn verifier_reason(log: &str) -> Option<String> {
     log.lines()
+        .rev()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .filter(|l| !l.starts_with(';') && !l.starts_with(|c: char| c.is_ascii_digit()))
@@ -246,8 +247,8 @@ pub(super) fn verifier_reason(log: &str) -> Option<String> {
                 .iter()
                 .any(|p| l.starts_with(p))
         })
-        .last()
         .map(str::to_owned)
+        .next()
 }
 
 /// Offset of `sock_cookie` in the tcp_receive_reset record, from tracefs.
