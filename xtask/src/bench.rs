@@ -58,8 +58,9 @@ pub(crate) fn config_load() -> Result<()> {
          | `check-config` (read, parse, validate) | {} |\n\
          | agent start to ready, this config | {} |\n\
          | agent start to ready, embedded default | {} |\n\
-         | of which: both cell-map sets written (the agent's log) | {} |\n\
-         | ratio of start-to-ready medians, big / default | {:.2} |\n",
+         | of which: the cell map written into the kernel (one set; the agent's log) | {} |\n\
+         | ratio of start-to-ready medians, big / default | {:.2} |\n\n\
+         Target (issue 3): 1,000 cells and 100,000 prefixes load in under a second.\n",
         stats(&check),
         stats(&with_big),
         stats(&with_default),

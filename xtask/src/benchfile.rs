@@ -13,10 +13,10 @@ pub(crate) fn update(name: &str, section: &str) -> Result<()> {
             .to_owned()
     });
     let (begin, end) = (format!("<!-- bench:{name} -->"), format!("<!-- /bench:{name} -->"));
-    let block = format!("{begin}\n{}\n_Machine: {}._\n{end}", section.trim_end(), machine());
+    let block = format!("{begin}\n{}\n\n_Machine: {}._\n{end}", section.trim_end(), machine());
     let new = match (text.find(&begin), text.find(&end)) {
         (Some(a), Some(b)) if a < b => format!("{}{block}{}", &text[..a], &text[b + end.len()..]),
-        _ => format!("{}\n{block}\n", text.trim_end()),
+        _ => format!("{}\n\n{block}\n", text.trim_end()),
     };
     std::fs::write(path, new)?;
     Ok(())
