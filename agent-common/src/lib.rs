@@ -23,6 +23,10 @@ pub const PAIR_STATS_CAPACITY: u32 = 16384;
 pub const CELLS_V4_CAPACITY: u32 = 262_144;
 pub const CELLS_V6_CAPACITY: u32 = 262_144;
 pub const POLICY_CAPACITY: u32 = 65536;
+/// Cell pairs (and directions) whose event rate is tracked at once.
+pub const EVENT_RATE_CAPACITY: u32 = 16384;
+/// Default ring buffer for violation events (bytes; a power of two, page multiple).
+pub const EVENTS_DEFAULT_BYTES: u32 = 256 * 1024;
 /// Default connection-table capacity, as compiled into the object.
 pub const CONNS_DEFAULT_CAPACITY: u32 = 131_072;
 
@@ -63,6 +67,10 @@ pub const SETTING_GENERATION: u32 = 0;
 pub const SETTING_RST_COOKIE_OFFSET: u32 = 1;
 /// `EXTERNAL_*` mode of set A; set B's is at the next index.
 pub const SETTING_EXTERNAL: u32 = 2;
+/// Violation events allowed per cell pair and direction per second (0 = none).
+pub const SETTING_EVENT_RATE: u32 = 4;
+/// Byte offset of `sock_cookie` in the `tcp:tcp_destroy_sock` record (0 = unknown).
+pub const SETTING_DESTROY_COOKIE_OFFSET: u32 = 5;
 pub const SETTINGS_LEN: u32 = 8;
 
 /// Indices into the per-CPU `COUNTERS` array: bookkeeping of the kernel side.
@@ -73,6 +81,11 @@ pub const CTR_STATS_TABLE_FULL: u32 = 1;
 /// Connections stored in / removed from the connection table (entries = difference).
 pub const CTR_CONN_TRACKED: u32 = 2;
 pub const CTR_CONN_FORGOTTEN: u32 = 3;
+/// Violation events: sent, dropped by the per-pair rate limit, dropped because the ring
+/// buffer was full. sent + rate_limited + ringbuf_full = violations seen.
+pub const CTR_EVENTS_SENT: u32 = 4;
+pub const CTR_EVENTS_RATE_LIMITED: u32 = 5;
+pub const CTR_EVENTS_RINGBUF_FULL: u32 = 6;
 pub const COUNTERS_LEN: u32 = 8;
 
 /// Key of the per-cell-pair statistics map.
@@ -168,6 +181,9 @@ pub const CONN_RST_SEEN: u8 = 2;
 pub const CONN_FIN_SENT: u8 = 4;
 /// The peer's FIN arrived (it advanced the receive sequence by one).
 pub const CONN_FIN_RCVD: u8 = 8;
+/// Put in the table by the agent for a connection older than the agent; its end is seen
+/// by `tcp:tcp_destroy_sock` (sock_ops was never asked for its state changes).
+pub const CONN_SEEDED: u8 = 16;
 
 /// What the kernel keeps about one live connection, keyed by socket cookie.
 #[repr(C)]
@@ -198,6 +214,53 @@ pub struct ConnState {
     pub _pad2: u32,
 }
 
+/// The process that called connect, recorded by `fentry/tcp_connect` per socket cookie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub cgroup_id: u64,
+    /// Thread-group id (the process id users know).
+    pub pid: u32,
+    pub _pad: u32,
+    pub comm: [u8; 16],
+}
+
+/// [`ViolationEvent::kind`]: a connection judged `violation`.
+pub const EVENT_VIOLATION: u8 = 1;
+
+/// One violation, sent through the ring buffer. `src` is always the client.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ViolationEvent {
+    /// `bpf_ktime_get_ns` when it was seen.
+    pub ts_ns: u64,
+    pub cookie: u64,
+    /// cgroup of the connecting process (egress), 0 when unknown.
+    pub cgroup_id: u64,
+    /// Process id (egress), 0 when unknown.
+    pub pid: u32,
+    pub src_cell: u32,
+    pub dst_cell: u32,
+    pub family: u16,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub direction: u8,
+    pub kind: u8,
+    pub _pad: u32,
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    pub comm: [u8; 16],
+}
+
+/// Per cell pair and direction: the current one-second window of the event rate limit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateState {
+    pub window_start_ns: u64,
+    pub count: u32,
+    pub _pad: u32,
+}
+
 /// What the agent knows about one cell id (array map indexed by id).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -223,6 +286,9 @@ const _: () =
     assert!(core::mem::size_of::<PairStats>() == (9 + FAIL_REASONS + 2 * HIST_BUCKETS) * 8);
 const _: () = assert!(core::mem::size_of::<ConnState>() == 80);
 const _: () = assert!(core::mem::size_of::<CellInfo>() == 8);
+const _: () = assert!(core::mem::size_of::<Owner>() == 32);
+const _: () = assert!(core::mem::size_of::<ViolationEvent>() == 96);
+const _: () = assert!(core::mem::size_of::<RateState>() == 16);
 const _: () = assert!(core::mem::size_of::<PolicyKey>() == 16);
 
 /// Histogram bucket of a value in microseconds: the smallest `i` with `v < 2^i`, i.e.
@@ -247,6 +313,9 @@ mod user {
     unsafe impl aya::Pod for ConnState {}
     unsafe impl aya::Pod for CellInfo {}
     unsafe impl aya::Pod for PolicyKey {}
+    unsafe impl aya::Pod for Owner {}
+    unsafe impl aya::Pod for ViolationEvent {}
+    unsafe impl aya::Pod for RateState {}
 }
 
 #[cfg(test)]

@@ -2,7 +2,10 @@
 //! cell at both ends and aggregated per cell pair.
 //!
 //! - [`sockops`]: the connection's life (connect, established, close) from `sock_ops`.
+//! - [`owner`]: cgroup `connect4`/`connect6`, the process behind each connect.
+//! - [`events`]: violation events through the ring buffer, rate-limited.
 //! - [`resets`]: the `tcp:tcp_receive_reset` tracepoint, telling refused from timed out.
+//! - [`destroy`]: `tcp:tcp_destroy_sock`, the end of connections older than the agent.
 //! - [`cells`]: address -> cell and the verdict of a (client cell, server cell, port).
 //! - [`stats`]: per-CPU aggregation per cell pair.
 //! - [`maps`]: every map, in one place.
@@ -14,7 +17,10 @@
 
 mod cells;
 mod ctx;
+mod destroy;
+mod events;
 mod maps;
+mod owner;
 mod resets;
 mod sockops;
 mod stats;

@@ -1,10 +1,10 @@
 //! Every map the programs share with the agent. Names are the contract with the loader
 //! in `agent/src/kernel/`; sizes marked "set by the agent" are overridden at load time.
-use agent_common::{CellInfo, ConnState, PairKey, PairStats, PolicyKey};
+use agent_common::{CellInfo, ConnState, Owner, PairKey, PairStats, PolicyKey, RateState};
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 
 /// Live connections by socket cookie (size set by the agent).
@@ -56,6 +56,26 @@ pub(crate) static POLICY_A: HashMap<PolicyKey, u8> =
 #[map]
 pub(crate) static POLICY_B: HashMap<PolicyKey, u8> =
     HashMap::with_max_entries(agent_common::POLICY_CAPACITY, 0);
+
+/// Who called connect, per socket cookie (size set by the agent, as CONNS).
+#[map]
+pub(crate) static OWNERS: LruHashMap<u64, Owner> =
+    LruHashMap::with_max_entries(agent_common::CONNS_DEFAULT_CAPACITY, 0);
+
+/// Violation events for the agent (size set by the agent).
+#[map]
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(agent_common::EVENTS_DEFAULT_BYTES, 0);
+
+/// Rate limit of violation events per cell pair and direction.
+#[map]
+pub(crate) static EVENT_RATE: LruHashMap<PairKey, RateState> =
+    LruHashMap::with_max_entries(agent_common::EVENT_RATE_CAPACITY, 0);
+
+/// Connections older than the agent, found when it started: opened and violations per
+/// pair. Written by the agent only (the programs never see their opening).
+#[map]
+pub(crate) static SEED_OPENED: HashMap<PairKey, [u64; 2]> =
+    HashMap::with_max_entries(agent_common::PAIR_STATS_CAPACITY, 0);
 
 /// Scalar settings (`SETTING_*` indices).
 #[map]

@@ -24,7 +24,8 @@ use aya_log_ebpf::warn;
 use crate::{
     cells::View,
     ctx::Ops,
-    maps::CONNS,
+    events,
+    maps::{CONNS, OWNERS},
     stats::{add, count, observe, slot},
 };
 
@@ -73,11 +74,13 @@ fn on_connect(ops: &Ops<'_>) {
     if !track(ops, &conn) {
         return;
     }
-    if v == VERDICT_VIOLATION
-        && let Some(s) = slot(&pair_key(&conn))
-    {
-        // SAFETY: `s` points to this CPU's value of a live map entry.
-        add(unsafe { &raw mut (*s).violations }, 1);
+    if v == VERDICT_VIOLATION {
+        let key = pair_key(&conn);
+        if let Some(s) = slot(&key) {
+            // SAFETY: `s` points to this CPU's value of a live map entry.
+            add(unsafe { &raw mut (*s).violations }, 1);
+        }
+        events::violation(&conn, &key, ops.cookie());
     }
 }
 
@@ -120,7 +123,8 @@ fn on_passive_established(ops: &Ops<'_>) {
     if !track(ops, &conn) {
         return;
     }
-    if let Some(s) = slot(&pair_key(&conn)) {
+    let key = pair_key(&conn);
+    if let Some(s) = slot(&key) {
         // SAFETY: `s` points to this CPU's value of a live map entry.
         unsafe {
             add(&raw mut (*s).opened, 1);
@@ -128,6 +132,9 @@ fn on_passive_established(ops: &Ops<'_>) {
                 add(&raw mut (*s).violations, 1);
             }
         }
+    }
+    if v == VERDICT_VIOLATION {
+        events::violation(&conn, &key, ops.cookie());
     }
 }
 
@@ -163,6 +170,7 @@ fn on_close(ops: &Ops<'_>, old: u32) {
     if CONNS.remove(cookie).is_ok() {
         let _ = count(CTR_CONN_FORGOTTEN);
     }
+    let _ = OWNERS.remove(cookie);
     let Some(s) = slot(&pair_key(&conn)) else { return };
     let rst = conn.flags & CONN_RST_SEEN != 0;
     if conn.flags & CONN_ESTABLISHED != 0 {
@@ -269,7 +277,7 @@ fn track(ops: &Ops<'_>, conn: &ConnState) -> bool {
 }
 
 #[inline(always)]
-fn pair_key(c: &ConnState) -> PairKey {
+pub(crate) fn pair_key(c: &ConnState) -> PairKey {
     PairKey {
         src_cell: c.src_cell,
         dst_cell: c.dst_cell,

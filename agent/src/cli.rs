@@ -59,4 +59,20 @@ pub struct RunArgs {
     /// Live connections the kernel tracks at once; more are counted as lost.
     #[arg(long, default_value_t = 131_072, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
     pub conn_capacity: u32,
+    /// Violation events (logged, and served at /violations) per cell pair and direction
+    /// per second; more are counted as lost. Counters are exact either way.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub violation_event_rate: u32,
+    /// Ring buffer for violation events, in KiB: a power of two, 4 to 65536.
+    #[arg(long, default_value_t = 256, value_parser = pow2_kib)]
+    pub events_buffer_kib: u32,
+}
+
+fn pow2_kib(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if n.is_power_of_two() && (4..=65536).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("{n} is not a power of two from 4 to 65536"))
+    }
 }

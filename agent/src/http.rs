@@ -1,4 +1,5 @@
-//! The HTTP endpoints: `/metrics`, `/healthz`, `/readyz`. Hardened for a node agent:
+//! The HTTP endpoints: `/metrics`, `/healthz`, `/readyz`, `/connections` and
+//! `/violations` (JSON). Hardened for a node agent:
 //! bounded connections, header size and read-time limits, and a graceful drain with a
 //! time limit on shutdown.
 #![forbid(unsafe_code)]
@@ -23,6 +24,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet};
 use tracing::{debug, warn};
 
+use crate::query::{self, Query};
+
 /// Most concurrent client connections; more wait in the accept queue.
 const MAX_CONNECTIONS: usize = 128;
 /// A client must send its request headers within this time (slowloris guard).
@@ -36,7 +39,15 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub trait Endpoints: Send + Sync + 'static {
     /// The Prometheus text exposition, or a sentence saying why it is unavailable.
     fn metrics(&self) -> Result<String, String>;
+    /// Live connections as JSON.
+    fn connections(&self, q: &Query) -> Result<String, String>;
+    /// Recent violations as JSON.
+    fn violations(&self, q: &Query) -> Result<String, String>;
 }
+
+/// What each JSON endpoint accepts.
+const CONNECTIONS_PARAMS: &[&str] = &["cell", "verdict", "limit"];
+const VIOLATIONS_PARAMS: &[&str] = &["limit"];
 
 pub struct Server<E> {
     pub endpoints: Arc<E>,
@@ -81,11 +92,47 @@ impl<E: Endpoints> Server<E> {
                     Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "metrics rendering failed\n"),
                 }
             }
+            "/connections" => {
+                self.json(req.uri().query(), CONNECTIONS_PARAMS, |e, q| e.connections(q)).await
+            }
+            "/violations" => {
+                self.json(req.uri().query(), VIOLATIONS_PARAMS, |e, q| e.violations(q)).await
+            }
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" if self.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
             "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
-            _ => text(StatusCode::NOT_FOUND, "not found; try /metrics, /healthz or /readyz\n"),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found; try /metrics, /healthz, /readyz, /connections or /violations\n",
+            ),
         })
+    }
+
+    /// A JSON endpoint: the query checked first (400 with a sentence), then the answer
+    /// built off the async threads.
+    async fn json(
+        &self,
+        raw: Option<&str>,
+        allowed: &'static [&'static str],
+        f: fn(&E, &Query) -> Result<String, String>,
+    ) -> Resp {
+        let q = match query::parse(raw, allowed) {
+            Ok(q) => q,
+            Err(why) => return text(StatusCode::BAD_REQUEST, format!("{why}\n")),
+        };
+        let e = self.endpoints.clone();
+        match tokio::task::spawn_blocking(move || f(&e, &q)).await {
+            Ok(Ok(body)) => {
+                let mut r = text(StatusCode::OK, body);
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("application/json"),
+                );
+                r
+            }
+            Ok(Err(why)) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{why}\n")),
+            Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "the request failed\n"),
+        }
     }
 
     /// Serves until `shutdown` resolves, then drains for at most [`DRAIN_TIMEOUT`].

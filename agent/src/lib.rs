@@ -7,17 +7,27 @@
 //!   renders them, [`http`] serves them, and [`run`] ties it together.
 //!
 //! The rest: [`config`] (the cell map file), [`policy`] (config -> kernel maps, and the
-//! reference verdict), [`preflight`] (node checks), [`cli`] (commands).
+//! reference verdict), [`reload`] (SIGHUP and file changes), [`preflight`] (node
+//! checks), [`violations`] (kernel events), [`connections`] and [`seed`] (the live
+//! table, with [`sockdiag`], [`procs`] and [`cgroups`] for detail), [`cli`] (commands).
 
+pub mod cgroups;
 pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod http;
 pub mod kernel;
 pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod preflight;
+pub mod procs;
+pub mod query;
 pub mod reload;
 pub mod run;
+pub mod seed;
+pub mod sockdiag;
 mod sys;
 pub mod uninstall;
+pub mod violations;

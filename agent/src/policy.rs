@@ -47,6 +47,14 @@ impl CellIds {
         Ok(self.next)
     }
 
+    /// The id of a known name, without assigning one.
+    pub fn lookup(&self, name: &str) -> Option<u32> {
+        if name == EXTERNAL_LABEL {
+            return Some(CELL_EXTERNAL);
+        }
+        self.by_name.get(name).copied()
+    }
+
     /// The label of a kernel cell id.
     pub fn name(&self, id: u32) -> &str {
         match id {

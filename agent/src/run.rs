@@ -18,14 +18,19 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
+    cgroups::Resolver,
     cli::RunArgs,
     config::{Config, ConfigError},
+    connections,
     http::{Endpoints, Server},
     kernel::{Kernel, KernelError, LoadOptions, MapsHandle},
     metrics::AgentMetrics,
     policy::{CellIds, IdsExhausted, compile},
     preflight::{self, PreflightError},
+    query::Query,
     reload::{Reloader, Trigger},
+    seed,
+    violations::{self, Recent},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +60,8 @@ struct Agent {
     maps: MapsHandle,
     ids: Arc<RwLock<CellIds>>,
     metrics: AgentMetrics,
+    cgroups: Arc<Resolver>,
+    recent: Arc<Recent>,
 }
 
 impl Endpoints for Agent {
@@ -62,6 +69,16 @@ impl Endpoints for Agent {
         let snap = self.maps.snapshot().map_err(|e| format!("reading kernel maps failed: {e}"))?;
         let ids = self.ids.read().unwrap_or_else(|p| p.into_inner());
         self.metrics.render(&snap, &ids).map_err(|e| format!("encoding metrics failed: {e}"))
+    }
+
+    fn connections(&self, q: &Query) -> Result<String, String> {
+        let ids = self.ids.read().unwrap_or_else(|p| p.into_inner());
+        let list = connections::list(&self.maps, &ids, &self.cgroups, q)?;
+        serde_json::to_string(&list).map_err(|e| e.to_string())
+    }
+
+    fn violations(&self, q: &Query) -> Result<String, String> {
+        serde_json::to_string(&self.recent.latest(q.limit)).map_err(|e| e.to_string())
     }
 }
 
@@ -118,9 +135,14 @@ async fn serve(
     }
     let mut ids = CellIds::default();
     let compiled = compile(&config, &mut ids)?;
-    let opts =
-        LoadOptions { cgroup_root: node.cgroup_root.clone(), conn_capacity: args.conn_capacity };
-    let kernel = Kernel::load(&opts, &compiled)?;
+    let opts = LoadOptions {
+        cgroup_root: node.cgroup_root.clone(),
+        conn_capacity: args.conn_capacity,
+        events_bytes: args.events_buffer_kib * 1024,
+        event_rate: args.violation_event_rate,
+    };
+    let mut kernel = Kernel::load(&opts, &compiled)?;
+    seed::seed(&kernel.maps(), &config, &mut ids);
 
     let ids = Arc::new(RwLock::new(ids));
     let metrics = AgentMetrics::new(env!("CARGO_PKG_VERSION"), &node.kernel);
@@ -135,7 +157,19 @@ async fn serve(
         );
         (Arc::new(r), Reloader::spawn_watch(path, reload_tx.clone()))
     });
-    let agent = Arc::new(Agent { maps: kernel.maps(), ids, metrics });
+    let cgroups = Arc::new(Resolver::new(node.cgroup_root.clone()));
+    let recent = Arc::new(Recent::default());
+    let stop_drain = Arc::new(AtomicBool::new(false));
+    let drain = kernel.take_events().map(|ring| {
+        violations::spawn_drain(
+            ring,
+            ids.clone(),
+            cgroups.clone(),
+            recent.clone(),
+            stop_drain.clone(),
+        )
+    });
+    let agent = Arc::new(Agent { maps: kernel.maps(), ids, metrics, cgroups, recent });
     let ready = Arc::new(AtomicBool::new(true));
     let server = Arc::new(Server { endpoints: agent.clone(), ready: ready.clone() });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -171,6 +205,10 @@ async fn serve(
     let _ = stop_tx.send(());
     if let Err(e) = http.await {
         warn!(error = %e, "HTTP server task failed");
+    }
+    stop_drain.store(true, Ordering::Release);
+    if let Some(d) = drain {
+        let _ = d.join();
     }
     drop(kernel);
     info!("eBPF programs detached; cellwatch stopped");

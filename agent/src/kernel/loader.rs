@@ -3,13 +3,14 @@
 use std::{fs::File, os::fd::AsRawFd, path::PathBuf, time::Instant};
 
 use agent_common::{
-    CELLS_V4_CAPACITY, CELLS_V6_CAPACITY, PAIR_STATS_CAPACITY, POLICY_CAPACITY, PairKey, PairStats,
+    CELLS_V4_CAPACITY, CELLS_V6_CAPACITY, ConnState, Owner, PAIR_STATS_CAPACITY, POLICY_CAPACITY,
+    PairKey, PairStats, SETTING_DESTROY_COOKIE_OFFSET, SETTING_EVENT_RATE,
     SETTING_RST_COOKIE_OFFSET,
 };
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap},
-    programs::{CgroupAttachMode, ProgramError, SockOps, TracePoint},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, SockOps, TracePoint},
 };
 use tokio::io::unix::AsyncFd;
 use tracing::{debug, error, info, warn};
@@ -24,15 +25,23 @@ use crate::{policy::Compiled, preflight::TRACEFS_PATH};
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cellwatch"));
 
 const SOCKOPS: &str = "cellwatch_sockops";
+const CONNECT4: &str = "cellwatch_connect4";
+const CONNECT6: &str = "cellwatch_connect6";
 const RST: &str = "cellwatch_rst";
-const RST_CATEGORY: &str = "tcp";
+const DESTROY: &str = "cellwatch_destroy";
+const TCP: &str = "tcp";
 const RST_EVENT: &str = "tcp_receive_reset";
+const DESTROY_EVENT: &str = "tcp_destroy_sock";
 
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub cgroup_root: PathBuf,
     /// Capacity of the live-connection table.
     pub conn_capacity: u32,
+    /// Size of the violation-event ring buffer, bytes (a power of two, page multiple).
+    pub events_bytes: u32,
+    /// Violation events per cell pair and direction per second.
+    pub event_rate: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +88,9 @@ pub(super) fn map_err(name: &'static str) -> impl FnOnce(MapError) -> KernelErro
 /// Typed handles on the maps userspace reads and writes.
 pub(super) struct Maps {
     pub(super) pair_stats: PerCpuHashMap<MapData, PairKey, PairStats>,
+    pub(super) conns: HashMap<MapData, u64, ConnState>,
+    pub(super) owners: HashMap<MapData, u64, Owner>,
+    pub(super) seed_opened: HashMap<MapData, PairKey, [u64; 2]>,
     pub(super) counters: PerCpuArray<MapData, u64>,
     pub(super) settings: Array<MapData, u32>,
     /// The two cell-map sets, A and B.
@@ -107,19 +119,33 @@ pub(super) struct Capacity {
 pub(super) fn load(opts: &LoadOptions, initial: &Compiled) -> Result<Kernel, KernelError> {
     let mut ebpf = EbpfLoader::new()
         .map_max_entries("CONNS", opts.conn_capacity)
+        .map_max_entries("OWNERS", opts.conn_capacity)
+        .map_max_entries("EVENTS", opts.events_bytes)
         .load(EBPF_OBJECT)
         .map_err(KernelError::Load)?;
     let log_task = spawn_log_forwarder(&mut ebpf);
 
     let mut maps = take_maps(&mut ebpf, opts)?;
+    let events = take(&mut ebpf, "EVENTS")?;
     // Settings and the cell map go in before anything is attached, so the very first
     // connection is judged against the full config.
-    if let Some(off) = rst_cookie_offset() {
-        maps.settings.set(SETTING_RST_COOKIE_OFFSET, off, 0).map_err(map_err("SETTINGS"))?;
-    } else {
-        warn!(
-            "tcp:tcp_receive_reset has no sock_cookie field here: refused connects are counted as `other`"
-        );
+    let settings = &mut maps.settings;
+    settings.set(SETTING_EVENT_RATE, opts.event_rate, 0).map_err(map_err("SETTINGS"))?;
+    match cookie_offset(RST_EVENT) {
+        Some(off) => {
+            settings.set(SETTING_RST_COOKIE_OFFSET, off, 0).map_err(map_err("SETTINGS"))?
+        }
+        None => warn!(
+            "tcp:{RST_EVENT} has no sock_cookie field here: refused connects are counted as `other`"
+        ),
+    }
+    match cookie_offset(DESTROY_EVENT) {
+        Some(off) => {
+            settings.set(SETTING_DESTROY_COOKIE_OFFSET, off, 0).map_err(map_err("SETTINGS"))?
+        }
+        None => warn!(
+            "tcp:{DESTROY_EVENT} has no sock_cookie field here: connections older than the agent are not seen closing"
+        ),
     }
     let started = Instant::now();
     cellmap::apply(&mut maps, initial)?;
@@ -130,18 +156,26 @@ pub(super) fn load(opts: &LoadOptions, initial: &Compiled) -> Result<Kernel, Ker
         "cell map written"
     );
 
-    attach_sockops(&mut ebpf, opts)?;
-    attach_rst(&mut ebpf)?;
+    // The connect hooks go first, so sock_ops finds the owner of every connect it sees.
+    let cgroup = File::open(&opts.cgroup_root)
+        .map_err(|source| KernelError::Cgroup { path: opts.cgroup_root.clone(), source })?;
+    for name in [CONNECT4, CONNECT6] {
+        attach_connect(&mut ebpf, name, &cgroup, opts)?;
+    }
+    attach_sockops(&mut ebpf, &cgroup, opts)?;
+    attach_tracepoint(&mut ebpf, RST, RST_EVENT)?;
+    attach_tracepoint(&mut ebpf, DESTROY, DESTROY_EVENT)?;
     info!(cgroup = %opts.cgroup_root.display(), "eBPF programs attached");
 
     Ok(Kernel {
         _programs: ebpf,
         maps: std::sync::Arc::new(std::sync::Mutex::new(maps)),
+        events: Some(events),
         _log_task: log_task,
     })
 }
 
-fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
+pub(super) fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
 {
@@ -170,6 +204,9 @@ fn take_maps(ebpf: &mut Ebpf, opts: &LoadOptions) -> Result<Maps, KernelError> {
     ];
     Ok(Maps {
         pair_stats: take(ebpf, "PAIR_STATS")?,
+        conns: take(ebpf, "CONNS")?,
+        owners: take(ebpf, "OWNERS")?,
+        seed_opened: take(ebpf, "SEED_OPENED")?,
         counters: take(ebpf, "COUNTERS")?,
         settings: take(ebpf, "SETTINGS")?,
         sets,
@@ -186,34 +223,52 @@ fn take_maps(ebpf: &mut Ebpf, opts: &LoadOptions) -> Result<Maps, KernelError> {
     })
 }
 
-fn attach_sockops(ebpf: &mut Ebpf, opts: &LoadOptions) -> Result<(), KernelError> {
+fn attach_sockops(ebpf: &mut Ebpf, cgroup: &File, opts: &LoadOptions) -> Result<(), KernelError> {
     let prog: &mut SockOps = ebpf
         .program_mut(SOCKOPS)
         .ok_or(KernelError::Missing(SOCKOPS))?
         .try_into()
         .map_err(|source| KernelError::Program { name: SOCKOPS, source })?;
     prog.load().map_err(|e| refused(SOCKOPS, e))?;
-    let cgroup = File::open(&opts.cgroup_root)
-        .map_err(|source| KernelError::Cgroup { path: opts.cgroup_root.clone(), source })?;
     // On kernels >= 5.7 aya attaches with a bpf_link, which always coexists with other
     // tools' programs on the cgroup, and the kernel refuses any attach flag for it
     // (EINVAL), so the mode must be the flag-less `Single`.
-    prog.attach(&cgroup, CgroupAttachMode::Single).map_err(|source| KernelError::Attach {
+    prog.attach(cgroup, CgroupAttachMode::Single).map_err(|source| KernelError::Attach {
         what: format!("sock_ops to {}", opts.cgroup_root.display()),
         source,
     })?;
     Ok(())
 }
 
-fn attach_rst(ebpf: &mut Ebpf) -> Result<(), KernelError> {
+fn attach_tracepoint(ebpf: &mut Ebpf, name: &'static str, event: &str) -> Result<(), KernelError> {
     let prog: &mut TracePoint = ebpf
-        .program_mut(RST)
-        .ok_or(KernelError::Missing(RST))?
+        .program_mut(name)
+        .ok_or(KernelError::Missing(name))?
         .try_into()
-        .map_err(|source| KernelError::Program { name: RST, source })?;
-    prog.load().map_err(|e| refused(RST, e))?;
-    prog.attach(RST_CATEGORY, RST_EVENT).map_err(|source| KernelError::Attach {
-        what: format!("the tracepoint {RST_CATEGORY}:{RST_EVENT}"),
+        .map_err(|source| KernelError::Program { name, source })?;
+    prog.load().map_err(|e| refused(name, e))?;
+    prog.attach(TCP, event).map_err(|source| KernelError::Attach {
+        what: format!("the tracepoint {TCP}:{event}"),
+        source,
+    })?;
+    Ok(())
+}
+
+/// A cgroup `connect4`/`connect6` program on the cgroup v2 root.
+fn attach_connect(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    cgroup: &File,
+    opts: &LoadOptions,
+) -> Result<(), KernelError> {
+    let prog: &mut CgroupSockAddr = ebpf
+        .program_mut(name)
+        .ok_or(KernelError::Missing(name))?
+        .try_into()
+        .map_err(|source| KernelError::Program { name, source })?;
+    prog.load().map_err(|e| refused(name, e))?;
+    prog.attach(cgroup, CgroupAttachMode::Single).map_err(|source| KernelError::Attach {
+        what: format!("{name} to {}", opts.cgroup_root.display()),
         source,
     })?;
     Ok(())
@@ -251,9 +306,9 @@ pub(super) fn verifier_reason(log: &str) -> Option<String> {
         .next()
 }
 
-/// Offset of `sock_cookie` in the tcp_receive_reset record, from tracefs.
-fn rst_cookie_offset() -> Option<u32> {
-    let path = format!("{TRACEFS_PATH}/events/{RST_CATEGORY}/{RST_EVENT}/format");
+/// Offset of `sock_cookie` in a tcp tracepoint's record, from tracefs.
+fn cookie_offset(event: &str) -> Option<u32> {
+    let path = format!("{TRACEFS_PATH}/events/{TCP}/{event}/format");
     let text = std::fs::read_to_string(path).ok()?;
     field_offset(&text, "sock_cookie")
 }

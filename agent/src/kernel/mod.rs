@@ -3,11 +3,13 @@
 //! Every other module talks to the kernel through [`Kernel`].
 
 mod cellmap;
+mod conns;
 mod loader;
 mod stats;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+pub use conns::LiveConn;
 pub use loader::{KernelError, LoadOptions};
 pub use stats::{MapFill, Snapshot};
 
@@ -19,6 +21,8 @@ pub struct Kernel {
     /// Owns the programs and their links; kept for their lifetime.
     _programs: aya::Ebpf,
     maps: Arc<Mutex<loader::Maps>>,
+    /// The violation-event ring buffer, until [`Kernel::take_events`] hands it out.
+    events: Option<aya::maps::RingBuf<aya::maps::MapData>>,
     /// Forwards `aya-log` records from the kernel into `tracing`.
     _log_task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -37,6 +41,11 @@ impl Kernel {
     pub fn maps(&self) -> MapsHandle {
         MapsHandle(self.maps.clone())
     }
+
+    /// The violation-event ring buffer, for the one task that drains it.
+    pub fn take_events(&mut self) -> Option<aya::maps::RingBuf<aya::maps::MapData>> {
+        self.events.take()
+    }
 }
 
 impl MapsHandle {
@@ -54,5 +63,35 @@ impl MapsHandle {
     /// Replaces the cell and policy maps' contents with `c`.
     pub fn apply(&self, c: &Compiled) -> Result<(), KernelError> {
         cellmap::apply(&mut self.lock(), c)
+    }
+
+    /// Live connections `keep` selects, at most `limit`.
+    pub fn live(
+        &self,
+        limit: usize,
+        keep: &dyn Fn(&agent_common::ConnState) -> bool,
+    ) -> Result<Vec<LiveConn>, KernelError> {
+        conns::live(&self.lock(), limit, keep)
+    }
+
+    /// Adds a connection older than the agent; false if the kernel already tracks it.
+    pub fn seed(
+        &self,
+        cookie: u64,
+        state: &agent_common::ConnState,
+        key: &agent_common::PairKey,
+        violation: bool,
+    ) -> Result<bool, KernelError> {
+        conns::seed(&mut self.lock(), cookie, state, key, violation)
+    }
+
+    /// Takes back a seeded connection that closed unseen; true if it was still there.
+    pub fn unseed(
+        &self,
+        cookie: u64,
+        key: &agent_common::PairKey,
+        violation: bool,
+    ) -> Result<bool, KernelError> {
+        conns::unseed(&mut self.lock(), cookie, key, violation)
     }
 }

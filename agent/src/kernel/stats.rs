@@ -31,6 +31,24 @@ pub(super) fn read(m: &Maps) -> Result<Snapshot, KernelError> {
         }
         pairs.push((key, sum));
     }
+    // Connections older than the agent: their opening was counted by the agent.
+    let mut seeded = 0u64;
+    for item in m.seed_opened.iter() {
+        let (key, [opened, violations]) = item.map_err(map_err("SEED_OPENED"))?;
+        seeded += opened;
+        match pairs.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, s)) => {
+                s.opened += opened;
+                s.violations += violations;
+            }
+            None => {
+                let mut s = PairStats::ZERO;
+                s.opened = opened;
+                s.violations = violations;
+                pairs.push((key, s));
+            }
+        }
+    }
     pairs.sort_unstable_by_key(|(k, _)| *k);
 
     let mut counters = [0u64; COUNTERS_LEN as usize];
@@ -38,8 +56,8 @@ pub(super) fn read(m: &Maps) -> Result<Snapshot, KernelError> {
         let per_cpu = m.counters.get(&(i as u32), 0).map_err(map_err("COUNTERS"))?;
         *slot = per_cpu.iter().sum();
     }
-    let live =
-        counters[CTR_CONN_TRACKED as usize].saturating_sub(counters[CTR_CONN_FORGOTTEN as usize]);
+    let live = (counters[CTR_CONN_TRACKED as usize] + seeded)
+        .saturating_sub(counters[CTR_CONN_FORGOTTEN as usize]);
 
     let c = m.active();
     let (v4, v6) = c.prefixes.iter().fold((0u64, 0u64), |(a, b), (n, _)| match n {

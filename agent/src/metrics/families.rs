@@ -3,8 +3,9 @@
 use std::collections::BTreeMap;
 
 use agent_common::{
-    CTR_CONN_TABLE_FULL, CTR_STATS_TABLE_FULL, DIR_EGRESS, FAIL_OTHER, FAIL_REFUSED, FAIL_RESET,
-    FAIL_TIMEOUT, HIST_BUCKETS, PairStats, VERDICT_VIOLATION,
+    CTR_CONN_TABLE_FULL, CTR_EVENTS_RATE_LIMITED, CTR_EVENTS_RINGBUF_FULL, CTR_EVENTS_SENT,
+    CTR_STATS_TABLE_FULL, DIR_EGRESS, FAIL_OTHER, FAIL_REFUSED, FAIL_RESET, FAIL_TIMEOUT,
+    HIST_BUCKETS, PairStats, VERDICT_VIOLATION,
 };
 use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
@@ -223,6 +224,15 @@ pub fn families(snap: &Snapshot, ids: &CellIds) -> Vec<MetricFamily> {
     );
     *lost.at(vec!["conn_table_full".into()]) = snap.counters[CTR_CONN_TABLE_FULL as usize];
     *lost.at(vec!["pair_table_full".into()]) = snap.counters[CTR_STATS_TABLE_FULL as usize];
+    *lost.at(vec!["violation_rate_limit".into()]) = snap.counters[CTR_EVENTS_RATE_LIMITED as usize];
+    *lost.at(vec!["violation_ringbuf_full".into()]) =
+        snap.counters[CTR_EVENTS_RINGBUF_FULL as usize];
+    let mut delivered = Fam::<u64>::new(
+        "cellwatch_events_total",
+        "Kernel events delivered to the agent, by source",
+        &["source"],
+    );
+    *delivered.at(vec!["violation".into()]) = snap.counters[CTR_EVENTS_SENT as usize];
     let mut entries =
         Fam::<u64>::new("cellwatch_map_entries", "Entries in each kernel map", &["map"]);
     let mut capacity =
@@ -246,6 +256,7 @@ pub fn families(snap: &Snapshot, ids: &CellIds) -> Vec<MetricFamily> {
         histogram(latency),
         histogram(rtt),
         scalar(lost, COUNTER),
+        scalar(delivered, COUNTER),
         scalar(entries, GAUGE),
         scalar(capacity, GAUGE),
     ]

@@ -1,0 +1,139 @@
+//! Connections older than the agent: found with a `sock_diag` dump once the programs
+//! are attached, judged by the same rules, and put in the kernel's table so they count
+//! as active and are seen closing (by `tcp:tcp_destroy_sock`).
+//!
+//! Limits: only this network namespace's sockets are dumped, and a seeded connection's
+//! bytes and RTT are not counted at its close (the tracepoint carries neither).
+#![forbid(unsafe_code)]
+
+use std::{collections::HashSet, net::SocketAddr};
+
+use agent_common::{
+    CONN_ESTABLISHED, CONN_SEEDED, ConnState, DIR_EGRESS, DIR_INGRESS, PairKey, VERDICT_ALLOWED,
+    VERDICT_VIOLATION,
+};
+use netlink_packet_sock_diag::inet::StateFlags;
+use tracing::{info, warn};
+
+use crate::{
+    config::Config,
+    kernel::MapsHandle,
+    policy::{self, CellIds, Place, Verdict},
+    sockdiag::{self, TCP_LISTEN, TcpSocket},
+};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+/// What seeding found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Seeded {
+    pub added: usize,
+    pub already_tracked: usize,
+    pub closed_meanwhile: usize,
+}
+
+/// A seeded connection's pair key and verdict, to take it back if needed.
+struct Planted {
+    cookie: u64,
+    key: PairKey,
+    violation: bool,
+}
+
+pub fn seed(maps: &MapsHandle, cfg: &Config, ids: &mut CellIds) -> Seeded {
+    let mut report = Seeded::default();
+    let sockets = match sockdiag::dump(StateFlags::ESTABLISHED | StateFlags::LISTEN) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot list existing connections; only new ones are counted");
+            return report;
+        }
+    };
+    let listening: HashSet<u16> =
+        sockets.iter().filter(|s| s.state == TCP_LISTEN).map(|s| s.local.port()).collect();
+    let mut planted = Vec::new();
+    for s in sockets.iter().filter(|s| s.state != TCP_LISTEN) {
+        let Some((state, key, violation)) = judge(cfg, ids, s, &listening) else { continue };
+        match maps.seed(s.cookie, &state, &key, violation) {
+            Ok(true) => {
+                report.added += 1;
+                planted.push(Planted { cookie: s.cookie, key, violation });
+            }
+            Ok(false) => report.already_tracked += 1,
+            Err(e) => warn!(error = %e, "cannot add an existing connection"),
+        }
+    }
+    // Take back what closed between the dump and its seeding: it would never be seen closing.
+    if let Ok(now) = sockdiag::dump(StateFlags::all()) {
+        let alive: HashSet<u64> = now.iter().map(|s| s.cookie).collect();
+        for p in planted.iter().filter(|p| !alive.contains(&p.cookie)) {
+            if maps.unseed(p.cookie, &p.key, p.violation).unwrap_or(false) {
+                report.closed_meanwhile += 1;
+            }
+        }
+    }
+    info!(
+        added = report.added,
+        already_tracked = report.already_tracked,
+        closed_meanwhile = report.closed_meanwhile,
+        "connections older than the agent counted"
+    );
+    report
+}
+
+/// The table entry of an existing socket, or `None` when it is not tracked. The side
+/// whose local port is listening is the server.
+fn judge(
+    cfg: &Config,
+    ids: &mut CellIds,
+    s: &TcpSocket,
+    listening: &HashSet<u16>,
+) -> Option<(ConnState, PairKey, bool)> {
+    let server_side = listening.contains(&s.local.port());
+    let (client, server): (SocketAddr, SocketAddr) =
+        if server_side { (s.remote, s.local) } else { (s.local, s.remote) };
+    let verdict = policy::verdict(cfg, client.ip(), server.ip(), server.port())?;
+    let id = |ids: &mut CellIds, p: Place<'_>| match p {
+        Place::Cell(n) => ids.id(n).ok(),
+        Place::External => Some(agent_common::CELL_EXTERNAL),
+        Place::Ignored => None,
+    };
+    let src = id(ids, policy::place(cfg, client.ip()))?;
+    let dst = id(ids, policy::place(cfg, server.ip()))?;
+    let violation = verdict == Verdict::Violation;
+    let direction = if server_side { DIR_INGRESS } else { DIR_EGRESS };
+    let v6 = s.local.is_ipv6();
+    let raw = |a: SocketAddr| -> [u8; 16] {
+        match a.ip() {
+            std::net::IpAddr::V4(v4) => {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&v4.octets());
+                b
+            }
+            std::net::IpAddr::V6(v6) => v6.octets(),
+        }
+    };
+    let now = crate::sys::monotonic_ns();
+    let state = ConnState {
+        start_ns: now,
+        established_ns: now,
+        src_cell: src,
+        dst_cell: dst,
+        direction,
+        verdict: if violation { VERDICT_VIOLATION } else { VERDICT_ALLOWED },
+        flags: CONN_ESTABLISHED | CONN_SEEDED,
+        _pad0: 0,
+        family: if v6 { AF_INET6 } else { AF_INET },
+        _pad1: 0,
+        local_addr: raw(s.local),
+        remote_addr: raw(s.remote),
+        local_port: s.local.port(),
+        remote_port: s.remote.port(),
+        base_acked: s.bytes_acked.unwrap_or(0) as u32,
+        base_received: s.bytes_received.unwrap_or(0) as u32,
+        _pad2: 0,
+    };
+    let key =
+        PairKey { src_cell: src, dst_cell: dst, direction, verdict: state.verdict, _pad: [0; 6] };
+    Some((state, key, violation))
+}
