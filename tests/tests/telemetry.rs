@@ -1,0 +1,404 @@
+//! Connection telemetry on real traffic between three cells: exact counts per pair,
+//! direction and verdict; bytes; connect latency and RTT against the test's own
+//! measurements; failures; `/connections` and `/violations`; IPv6; a connection older
+//! than the agent; and a violation storm larger than the ring buffer.
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, Ipv6Addr, TcpListener, TcpStream},
+    time::{Duration, Instant},
+};
+
+use cellwatch_tests::{Agent, Metrics, Server, Start, clients, connect_from, http_get, lo};
+use serde_json::Value;
+
+/// A global cell, two ordinary ones and an allow rule (green may call blue).
+const CELLS: &str = r#"
+cells:
+  - name: shared
+    global: true
+    cidrs: ["127.50.0.0/16"]
+  - name: blue
+    cidrs: ["127.51.0.0/16", "::1/128"]
+  - name: green
+    cidrs: ["127.52.0.0/16"]
+allow:
+  - { from: green, to: blue }
+ignore_cidrs: []
+external: ignore
+"#;
+
+fn pdv<'a>(src: &'a str, dst: &'a str, dir: &'a str, verdict: &'a str) -> [(&'a str, &'a str); 4] {
+    [("src_cell", src), ("dst_cell", dst), ("direction", dir), ("verdict", verdict)]
+}
+
+fn pd<'a>(src: &'a str, dst: &'a str, dir: &'a str) -> [(&'a str, &'a str); 3] {
+    [("src_cell", src), ("dst_cell", dst), ("direction", dir)]
+}
+
+/// Scrapes until `f` holds or 10 s pass.
+fn settle(agent: &Agent, f: impl Fn(&Metrics) -> bool) -> Metrics {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = agent.metrics();
+        if f(&m) || Instant::now() > deadline {
+            return m;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn json(agent: &Agent, path: &str) -> Value {
+    let (status, body) = http_get(agent.port, path).unwrap();
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+}
+
+#[test]
+fn three_cells_exact_per_pair_direction_and_verdict() {
+    let agent = Agent::start(Start { config: Some(CELLS), ..Start::default() });
+    // (client, server, connections, request bytes, response bytes, src, dst, verdict)
+    let flows = [
+        (lo(51, 0, 1), lo(52, 0, 1), 60, 100, 1000, "blue", "green", "violation"),
+        (lo(52, 0, 2), lo(51, 0, 2), 40, 200, 700, "green", "blue", "allowed"),
+        (lo(51, 0, 3), lo(50, 0, 3), 30, 300, 50, "blue", "shared", "allowed"),
+        (lo(50, 0, 4), lo(52, 0, 4), 20, 400, 5000, "shared", "green", "allowed"),
+        (lo(51, 0, 5), lo(51, 0, 6), 10, 500, 60, "blue", "blue", "allowed"),
+    ];
+    for (client, server, n, req, resp, ..) in flows {
+        let s = Server::start(server, n, req, resp);
+        assert_eq!(clients(client, s.addr, n, req, resp), n);
+        assert_eq!(s.join(), n);
+    }
+    let closed = "cellwatch_connections_closed_total";
+    let m = settle(&agent, |m| {
+        flows.iter().all(|f| {
+            m.get(closed, &pdv(f.5, f.6, "ingress", f.7)) >= f.2 as f64
+                && m.get(closed, &pdv(f.5, f.6, "egress", f.7)) >= f.2 as f64
+        })
+    });
+    for (_, _, n, req, resp, src, dst, verdict) in flows {
+        let n = n as f64;
+        let other = if verdict == "violation" { "allowed" } else { "violation" };
+        for dir in ["egress", "ingress"] {
+            let what = format!("{src}->{dst} {dir}");
+            assert_eq!(
+                m.get("cellwatch_connections_opened_total", &pdv(src, dst, dir, verdict)),
+                n,
+                "opened {what}"
+            );
+            assert_eq!(m.get(closed, &pdv(src, dst, dir, verdict)), n, "closed {what}");
+            assert_eq!(
+                m.get("cellwatch_connections_opened_total", &pdv(src, dst, dir, other)),
+                0.0,
+                "{what} as {other}"
+            );
+            let violations = if verdict == "violation" { n } else { 0.0 };
+            assert_eq!(
+                m.get("cellwatch_boundary_violations_total", &pd(src, dst, dir)),
+                violations,
+                "violations {what}"
+            );
+            assert_eq!(
+                m.get("cellwatch_connections_active", &pd(src, dst, dir)),
+                0.0,
+                "active {what}"
+            );
+            assert_eq!(
+                m.get("cellwatch_rtt_seconds_count", &pd(src, dst, dir)),
+                n,
+                "rtt samples {what}"
+            );
+        }
+        let (c, s) = (n * req as f64, n * resp as f64);
+        assert_eq!(
+            m.get("cellwatch_bytes_sent_total", &pd(src, dst, "egress")),
+            c,
+            "{src}->{dst} client sent"
+        );
+        assert_eq!(
+            m.get("cellwatch_bytes_received_total", &pd(src, dst, "egress")),
+            s,
+            "{src}->{dst} client received"
+        );
+        assert_eq!(
+            m.get("cellwatch_bytes_sent_total", &pd(src, dst, "ingress")),
+            s,
+            "{src}->{dst} server sent"
+        );
+        assert_eq!(
+            m.get("cellwatch_bytes_received_total", &pd(src, dst, "ingress")),
+            c,
+            "{src}->{dst} server received"
+        );
+        let p = [("src_cell", src), ("dst_cell", dst)];
+        assert_eq!(
+            m.get("cellwatch_connect_latency_seconds_count", &p),
+            n,
+            "latency samples {src}->{dst}"
+        );
+        assert_eq!(
+            m.get(
+                "cellwatch_connect_latency_seconds_bucket",
+                &[("src_cell", src), ("dst_cell", dst), ("le", "+Inf")]
+            ),
+            n
+        );
+    }
+    // Violation events: one per violating connection per side, none for the others. They
+    // are drained every 100 ms, so wait for them too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        let v = json(&agent, "/violations?limit=1000");
+        if v.as_array().unwrap().len() >= 120 || Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let events = v.as_array().unwrap();
+    assert_eq!(events.len(), 120, "60 violating connections, seen from both sides");
+    assert!(events.iter().all(|e| e["src"]["cell"] == "blue" && e["dst"]["cell"] == "green"));
+    let egress: Vec<&Value> = events.iter().filter(|e| e["direction"] == "egress").collect();
+    assert_eq!(egress.len(), 60);
+    let me = std::process::id();
+    assert!(egress.iter().all(|e| e["pid"] == me), "egress events carry the connecting pid {me}");
+    assert_eq!(m.get("cellwatch_events_total", &[("source", "violation")]), 120.0);
+}
+
+#[test]
+fn a_held_connection_is_listed_with_its_process() {
+    let agent =
+        Agent::start(Start { config: Some(&CELLS.replace("127.5", "127.6")), ..Start::default() });
+    let l = TcpListener::bind((lo(62, 0, 1), 0)).unwrap();
+    let mut c = connect_from(lo(61, 0, 1), l.local_addr().unwrap()).unwrap();
+    let (mut s, _) = l.accept().unwrap();
+    c.write_all(&[7u8; 1234]).unwrap();
+    let mut buf = [0u8; 1234];
+    s.read_exact(&mut buf).unwrap();
+    s.write_all(&[9u8; 77]).unwrap();
+    c.read_exact(&mut [0u8; 77]).unwrap();
+
+    let m = settle(&agent, |m| {
+        m.get("cellwatch_connections_active", &pd("blue", "green", "ingress")) == 1.0
+    });
+    assert_eq!(m.get("cellwatch_connections_active", &pd("blue", "green", "egress")), 1.0);
+    assert_eq!(m.get("cellwatch_connections_active", &pd("blue", "green", "ingress")), 1.0);
+
+    let conns = json(&agent, "/connections?cell=green&verdict=violation&limit=10");
+    let conns = conns.as_array().unwrap();
+    assert_eq!(conns.len(), 2, "both sides of the one connection: {conns:?}");
+    // The client's comm is the connecting thread's (the kernel records the task); the
+    // server's is found through /proc and is the process's.
+    let thread = std::fs::read_to_string("/proc/thread-self/comm").unwrap().trim().to_owned();
+    let process = std::fs::read_to_string("/proc/self/comm").unwrap().trim().to_owned();
+    let me = std::process::id();
+    for c in conns {
+        assert_eq!(c["src"]["cell"], "blue");
+        assert_eq!(c["dst"]["cell"], "green");
+        assert_eq!(c["src"]["addr"], "127.61.0.1");
+        assert_eq!(c["dst"]["port"], l.local_addr().unwrap().port());
+        assert_eq!(c["verdict"], "violation");
+        assert_eq!(c["pid"], me, "{c}");
+        let comm = if c["direction"] == "egress" { &thread } else { &process };
+        assert_eq!(c["comm"], comm.as_str(), "{c}");
+        assert!(c["srtt_us"].as_u64().is_some(), "{c}");
+        assert!(c["age_seconds"].as_f64().unwrap() >= 0.0);
+    }
+    let egress = conns.iter().find(|c| c["direction"] == "egress").unwrap();
+    assert_eq!(
+        (egress["bytes_sent"].as_u64(), egress["bytes_received"].as_u64()),
+        (Some(1234), Some(77))
+    );
+    let ingress = conns.iter().find(|c| c["direction"] == "ingress").unwrap();
+    assert_eq!(
+        (ingress["bytes_sent"].as_u64(), ingress["bytes_received"].as_u64()),
+        (Some(77), Some(1234))
+    );
+    // Filters: an allowed-only view of green has neither; a bad parameter is a 400.
+    assert_eq!(
+        json(&agent, "/connections?cell=green&verdict=allowed").as_array().unwrap().len(),
+        0
+    );
+    let (status, body) = http_get(agent.port, "/connections?verdict=maybe").unwrap();
+    assert_eq!((status, body.trim()), (400, "`verdict` must be allowed or violation, not `maybe`"));
+    let (status, _) = http_get(agent.port, "/connections?limit=0").unwrap();
+    assert_eq!(status, 400);
+    drop((c, s));
+    let m = settle(&agent, |m| {
+        m.get("cellwatch_connections_active", &pd("blue", "green", "ingress")) == 0.0
+    });
+    assert_eq!(m.get("cellwatch_connections_active", &pd("blue", "green", "egress")), 0.0);
+}
+
+#[test]
+fn ipv6_on_loopback_is_counted() {
+    let agent =
+        Agent::start(Start { config: Some(&CELLS.replace("127.5", "127.7")), ..Start::default() });
+    const N: usize = 25;
+    let s = Server::start(IpAddr::V6(Ipv6Addr::LOCALHOST), N, 10, 20);
+    assert_eq!(clients(IpAddr::V6(Ipv6Addr::LOCALHOST), s.addr, N, 10, 20), N);
+    assert_eq!(s.join(), N);
+    let m = settle(&agent, |m| {
+        m.get("cellwatch_connections_closed_total", &pdv("blue", "blue", "ingress", "allowed"))
+            >= N as f64
+    });
+    for dir in ["egress", "ingress"] {
+        assert_eq!(
+            m.get("cellwatch_connections_opened_total", &pdv("blue", "blue", dir, "allowed")),
+            N as f64,
+            "{dir}"
+        );
+        assert_eq!(
+            m.get("cellwatch_connections_closed_total", &pdv("blue", "blue", dir, "allowed")),
+            N as f64,
+            "{dir}"
+        );
+    }
+    assert_eq!(m.get("cellwatch_bytes_sent_total", &pd("blue", "blue", "egress")), (N * 10) as f64);
+    assert_eq!(
+        m.get("cellwatch_bytes_received_total", &pd("blue", "blue", "egress")),
+        (N * 20) as f64
+    );
+}
+
+#[test]
+fn a_connection_older_than_the_agent_is_seen() {
+    let l = TcpListener::bind((lo(82, 0, 1), 0)).unwrap();
+    let c = connect_from(lo(81, 0, 1), l.local_addr().unwrap()).unwrap();
+    let (s, _) = l.accept().unwrap();
+    let agent =
+        Agent::start(Start { config: Some(&CELLS.replace("127.5", "127.8")), ..Start::default() });
+    let m = agent.metrics();
+    for dir in ["egress", "ingress"] {
+        assert_eq!(m.get("cellwatch_connections_active", &pd("blue", "green", dir)), 1.0, "{dir}");
+        assert_eq!(
+            m.get("cellwatch_boundary_violations_total", &pd("blue", "green", dir)),
+            1.0,
+            "{dir}"
+        );
+    }
+    let conns = json(&agent, "/connections?cell=blue");
+    let conns = conns.as_array().unwrap();
+    assert_eq!(conns.len(), 2, "{conns:?}");
+    assert!(conns.iter().all(|c| c["seeded"] == true && c["verdict"] == "violation"));
+    assert!(
+        conns.iter().any(|c| c["direction"] == "ingress")
+            && conns.iter().any(|c| c["direction"] == "egress")
+    );
+    drop((c, s));
+    let m = settle(&agent, |m| {
+        m.get("cellwatch_connections_closed_total", &pdv("blue", "green", "ingress", "violation"))
+            >= 1.0
+            && m.get(
+                "cellwatch_connections_closed_total",
+                &pdv("blue", "green", "egress", "violation"),
+            ) >= 1.0
+    });
+    for dir in ["egress", "ingress"] {
+        assert_eq!(
+            m.get("cellwatch_connections_closed_total", &pdv("blue", "green", dir, "violation")),
+            1.0,
+            "{dir}"
+        );
+        assert_eq!(m.get("cellwatch_connections_active", &pd("blue", "green", dir)), 0.0, "{dir}");
+    }
+    assert_eq!(
+        m.get("cellwatch_map_entries", &[("map", "conns")]),
+        0.0,
+        "the table is empty again"
+    );
+}
+
+/// Stated tolerance: the kernel's connect latency is the handshake inside the test's own
+/// connect() call, so it is positive and at most what the test measured; the kernel's
+/// RTT at close is within a factor of 3 (plus 50 µs) of the srtt the test read with
+/// TCP_INFO just before closing (the closing ACKs can move it).
+#[test]
+fn latency_and_rtt_agree_with_the_tests_own_measurements() {
+    let agent =
+        Agent::start(Start { config: Some(&CELLS.replace("127.5", "127.9")), ..Start::default() });
+    const N: usize = 50;
+    let l = TcpListener::bind((lo(92, 0, 1), 0)).unwrap();
+    let addr = l.local_addr().unwrap();
+    let acceptor = std::thread::spawn(move || {
+        for _ in 0..N {
+            if let Ok((mut s, _)) = l.accept() {
+                let _ = s.write_all(b"x");
+                let _ = s.read(&mut [0u8; 1]);
+            }
+        }
+    });
+    let (mut connect_total, mut rtt_total) = (0.0, 0.0);
+    for _ in 0..N {
+        let t = Instant::now();
+        let mut c: TcpStream = connect_from(lo(91, 0, 1), addr).unwrap();
+        connect_total += t.elapsed().as_secs_f64();
+        c.read_exact(&mut [0u8; 1]).unwrap();
+        rtt_total += tcp_info_rtt_us(&c) as f64 * 1e-6;
+    }
+    acceptor.join().unwrap();
+    let p = [("src_cell", "blue"), ("dst_cell", "green")];
+    let m = settle(&agent, |m| {
+        m.get("cellwatch_rtt_seconds_count", &pd("blue", "green", "egress")) >= N as f64
+    });
+    let k_lat = m.get("cellwatch_connect_latency_seconds_sum", &p)
+        / m.get("cellwatch_connect_latency_seconds_count", &p);
+    let t_lat = connect_total / N as f64;
+    eprintln!(
+        "connect latency: kernel mean {:.1} µs, test mean {:.1} µs",
+        k_lat * 1e6,
+        t_lat * 1e6
+    );
+    assert!(k_lat > 0.0 && k_lat <= t_lat, "kernel {k_lat} vs test {t_lat}");
+    let e = pd("blue", "green", "egress");
+    let k_rtt = m.get("cellwatch_rtt_seconds_sum", &e) / m.get("cellwatch_rtt_seconds_count", &e);
+    let t_rtt = rtt_total / N as f64;
+    eprintln!("smoothed RTT: kernel mean {:.1} µs, test mean {:.1} µs", k_rtt * 1e6, t_rtt * 1e6);
+    assert!(
+        k_rtt <= 3.0 * t_rtt + 50e-6 && t_rtt <= 3.0 * k_rtt + 50e-6,
+        "kernel {k_rtt} vs test {t_rtt}"
+    );
+}
+
+/// `tcpi_rtt` (µs) of a socket, from `ss`'s view of it: the test has no unsafe code, so
+/// it reads its own socket's tcp_info through the same netlink the agent uses.
+fn tcp_info_rtt_us(c: &TcpStream) -> u32 {
+    let local = c.local_addr().unwrap();
+    let out = std::process::Command::new("ss")
+        .args(["-tin", "src", &local.to_string()])
+        .output()
+        .expect("ss (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rtt =
+        text.split_whitespace().find_map(|w| w.strip_prefix("rtt:")).expect("an rtt in ss output");
+    let ms: f64 = rtt.split('/').next().unwrap().parse().unwrap();
+    (ms * 1000.0).round() as u32
+}
+
+#[test]
+fn a_violation_storm_beyond_the_ring_buffer_keeps_counts_exact() {
+    const STORM: usize = 3000;
+    let agent = Agent::start(Start {
+        config: Some(&CELLS.replace("127.5", "127.10")),
+        args: &["--events-buffer-kib", "4", "--violation-event-rate", "1000000"],
+        ..Start::default()
+    });
+    let s = Server::start(lo(102, 0, 1), STORM, 1, 1);
+    assert_eq!(clients(lo(101, 0, 1), s.addr, STORM, 1, 1), STORM);
+    assert_eq!(s.join(), STORM);
+    let want = 2.0 * STORM as f64;
+    let m = settle(&agent, |m| {
+        m.get("cellwatch_connections_closed_total", &pdv("blue", "green", "ingress", "violation"))
+            >= STORM as f64
+    });
+    let v = |dir| m.get("cellwatch_boundary_violations_total", &pd("blue", "green", dir));
+    assert_eq!(v("egress") + v("ingress"), want, "violations are exact");
+    let sent = m.get("cellwatch_events_total", &[("source", "violation")]);
+    let full = m.get("cellwatch_events_lost_total", &[("source", "violation_ringbuf_full")]);
+    let limited = m.get("cellwatch_events_lost_total", &[("source", "violation_rate_limit")]);
+    eprintln!(
+        "storm of {want}: {sent} events delivered, {full} lost to a full ring, {limited} rate-limited"
+    );
+    assert_eq!(sent + full + limited, want, "every violation is delivered or counted lost");
+    assert!(full > 0.0, "a 4 KiB ring must overflow under a storm of {want} events");
+    assert_eq!(limited, 0.0);
+}
