@@ -1,4 +1,4 @@
-//! The command line: `run`, `check-config` and `uninstall`.
+//! The command line: `run`, `demo`, `check-config` and `uninstall`.
 #![forbid(unsafe_code)]
 
 use std::{net::SocketAddr, path::PathBuf};
@@ -9,6 +9,12 @@ use crate::logging::LogFormat;
 
 /// Default pin directory of programs and maps.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/cellwatch";
+/// Default address of the HTTP endpoints.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9473";
+/// Default number of live connections tracked in the kernel.
+pub const DEFAULT_CONN_CAPACITY: u32 = 131_072;
+/// Default size of the violation ring buffer, in KiB.
+pub const DEFAULT_EVENTS_BUFFER_KIB: u32 = 256;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,6 +35,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent: attach the eBPF programs and serve /metrics.
     Run(RunArgs),
+    /// Run the agent on an embedded demo cell map over loopback with sample traffic,
+    /// leakage included, printing a per-pair table; stops by itself or on Ctrl-C.
+    Demo(DemoArgs),
     /// Check a config file: exit 0 with a summary, or 2 with FILE:LINE:COL per problem.
     CheckConfig {
         /// The YAML cell map to check.
@@ -48,7 +57,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Address of the HTTP endpoints (/metrics, /healthz, /readyz).
-    #[arg(long, default_value = "127.0.0.1:9473")]
+    #[arg(long, default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
     /// Where the agent pins its programs and maps.
     #[arg(long, default_value = DEFAULT_BPFFS)]
@@ -57,15 +66,31 @@ pub struct RunArgs {
     #[arg(long)]
     pub cgroup: Option<PathBuf>,
     /// Live connections the kernel tracks at once; more are counted as lost.
-    #[arg(long, default_value_t = 131_072, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    #[arg(long, default_value_t = DEFAULT_CONN_CAPACITY, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
     pub conn_capacity: u32,
     /// Violation events (logged, and served at /violations) per cell pair and direction
     /// per second; more are counted as lost. Counters are exact either way.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub violation_event_rate: u32,
     /// Ring buffer for violation events, in KiB: a power of two, 4 to 65536.
-    #[arg(long, default_value_t = 256, value_parser = pow2_kib)]
+    #[arg(long, default_value_t = DEFAULT_EVENTS_BUFFER_KIB, value_parser = pow2_kib)]
     pub events_buffer_kib: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// How long the demo runs, in seconds.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub duration: u64,
+    /// Address of the HTTP endpoints (/metrics, /connections, /violations).
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Where the agent pins its programs and maps.
+    #[arg(long, default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+    /// The cgroup v2 root to attach to (default: found in /proc/self/mounts).
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
 }
 
 fn pow2_kib(s: &str) -> Result<u32, String> {

@@ -9,13 +9,16 @@
 //! The rest: [`config`] (the cell map file), [`policy`] (config -> kernel maps, and the
 //! reference verdict), [`reload`] (SIGHUP and file changes), [`preflight`] (node
 //! checks), [`violations`] (kernel events), [`connections`] and [`seed`] (the live
-//! table, with [`sockdiag`], [`procs`] and [`cgroups`] for detail), [`cli`] (commands).
+//! table, with [`sockdiag`], [`procs`] and [`cgroups`] for detail), [`demo`] (sample
+//! traffic and a live table, reading `/metrics` back with [`promtext`]), [`cli`]
+//! (commands).
 
 pub mod cgroups;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod connections;
+pub mod demo;
 pub mod http;
 pub mod kernel;
 pub mod logging;
@@ -23,6 +26,7 @@ pub mod metrics;
 pub mod policy;
 pub mod preflight;
 pub mod procs;
+pub mod promtext;
 pub mod query;
 pub mod reload;
 pub mod run;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use agent::{
     cli::{Cli, Command},
     config::Config,
-    logging,
+    demo, logging,
     run::{self, RunError},
     uninstall,
 };
@@ -49,6 +49,7 @@ fn sentence(e: &anyhow::Error) -> String {
 fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run(args) => run::run(&args)?,
+        Command::Demo(args) => demo::demo(&args)?,
         Command::CheckConfig { file } => {
             let cfg = Config::load(&file)?;
             println!("{}: ok: {}", file.display(), summary(&cfg));

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 use std::{
+    future::Future,
     io,
     net::SocketAddr,
     sync::{
@@ -53,6 +54,9 @@ pub enum RunError {
     Runtime(io::Error),
     #[error("cannot install the signal handlers: {0}")]
     Signals(io::Error),
+    /// What ran beside the agent (the demo) failed; the agent stopped cleanly.
+    #[error("{0}")]
+    Session(String),
 }
 
 /// The running agent, as the HTTP endpoints see it.
@@ -93,6 +97,22 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
         None => (Config::embedded_default(), Vec::new()),
     };
     let parsed_ms = started.elapsed().as_secs_f64() * 1e3;
+    start(args, config, &source, parsed_ms, |_| std::future::pending())
+}
+
+/// Checks the node, loads the programs and serves until SIGINT/SIGTERM or until the
+/// future `session` makes from the bound address ends; then stops cleanly either way.
+pub(crate) fn start<F, Fut>(
+    args: &RunArgs,
+    config: Config,
+    source: &[u8],
+    parsed_ms: f64,
+    session: F,
+) -> Result<(), RunError>
+where
+    F: FnOnce(SocketAddr) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
     let node = preflight::check(args.cgroup.as_deref(), &args.bpffs)?;
     // Logged only once the node checks passed: a run that cannot start prints nothing
     // but its one sentence.
@@ -107,15 +127,20 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
         .enable_all()
         .build()
         .map_err(RunError::Runtime)?;
-    rt.block_on(serve(args, config, &source, node))
+    rt.block_on(serve(args, config, source, node, session))
 }
 
-async fn serve(
+async fn serve<F, Fut>(
     args: &RunArgs,
     config: Config,
     source: &[u8],
     node: preflight::Node,
-) -> Result<(), RunError> {
+    session: F,
+) -> Result<(), RunError>
+where
+    F: FnOnce(SocketAddr) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
     // Bind first: a taken port fails before anything touches the kernel.
     let listener = TcpListener::bind(args.listen).await.map_err(|source| {
         if source.kind() == io::ErrorKind::AddrInUse {
@@ -173,21 +198,24 @@ async fn serve(
     let ready = Arc::new(AtomicBool::new(true));
     let server = Arc::new(Server { endpoints: agent.clone(), ready: ready.clone() });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let bound = listener.local_addr().unwrap_or(args.listen);
     let http = tokio::spawn(server.serve(listener, async {
         let _ = stop_rx.await;
     }));
     info!(
-        listen = %args.listen,
+        listen = %bound,
         cells = config.cells.len(),
         prefixes = config.prefix_count(),
         mode = %config.mode,
         "cellwatch is running"
     );
 
-    loop {
+    let mut session = Box::pin(session(bound));
+    let outcome = loop {
         tokio::select! {
-            _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
-            _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
+            _ = sigterm.recv() => { info!("SIGTERM: stopping"); break Ok(()); }
+            _ = sigint.recv() => { info!("SIGINT: stopping"); break Ok(()); }
+            done = &mut session => break done.map_err(RunError::Session),
             _ = sighup.recv() => { let _ = reload_tx.try_send(Trigger::Signal); }
             Some(trigger) = reload_rx.recv() => match &reloader {
                 Some((r, _)) => {
@@ -196,11 +224,13 @@ async fn serve(
                         warn!(error = %e, "config reload task failed");
                     }
                 }
-                None => info!("running on the embedded default config; nothing to reload"),
+                None => info!("running on an embedded config; nothing to reload"),
             },
         }
-    }
+    };
 
+    // Whatever ran beside the agent stops first, so nothing of it outlives the programs.
+    drop(session);
     ready.store(false, Ordering::Release);
     let _ = stop_tx.send(());
     if let Err(e) = http.await {
@@ -212,5 +242,5 @@ async fn serve(
     }
     drop(kernel);
     info!("eBPF programs detached; cellwatch stopped");
-    Ok(())
+    outcome
 }

@@ -237,50 +237,39 @@ pub struct Metrics(pub BTreeMap<String, f64>);
 
 impl Metrics {
     pub fn parse(text: &str) -> Self {
-        let mut m = BTreeMap::new();
-        for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
-            let Some((series, value)) = line.rsplit_once(' ') else { continue };
-            let Ok(v) = value.parse::<f64>() else { continue };
-            m.insert(canonical(series), v);
-        }
-        Self(m)
+        let samples = agent::promtext::parse(text);
+        Self(samples.into_iter().map(|s| (key(&s.name, s.labels.iter()), s.value)).collect())
     }
 
     /// The value of `name` with exactly these labels (0 when absent, as for a counter
     /// not yet created).
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let mut l: Vec<_> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-        l.sort();
-        let key = if l.is_empty() { name.to_owned() } else { format!("{name}{{{}}}", l.join(",")) };
-        self.0.get(&key).copied().unwrap_or(0.0)
+        let sorted: BTreeMap<&str, &str> = labels.iter().copied().collect();
+        self.0.get(&key(name, sorted.iter())).copied().unwrap_or(0.0)
     }
 }
 
-fn canonical(series: &str) -> String {
-    let Some((name, rest)) = series.split_once('{') else { return series.to_owned() };
-    let inner = rest.trim_end_matches('}');
-    let mut labels: Vec<&str> = split_labels(inner);
-    labels.sort_unstable();
-    format!("{name}{{{}}}", labels.join(","))
+/// `name{k="v",...}` with the labels in the order given (sorted by name by the callers).
+fn key<K: AsRef<str>, V: AsRef<str>>(name: &str, labels: impl Iterator<Item = (K, V)>) -> String {
+    let l: Vec<String> =
+        labels.map(|(k, v)| format!("{}=\"{}\"", k.as_ref(), v.as_ref())).collect();
+    if l.is_empty() { name.to_owned() } else { format!("{name}{{{}}}", l.join(",")) }
 }
 
-fn split_labels(s: &str) -> Vec<&str> {
-    let (mut out, mut start, mut quoted) = (Vec::new(), 0, false);
-    let b = s.as_bytes();
-    for i in 0..b.len() {
-        match b[i] {
-            b'"' if i == 0 || b[i - 1] != b'\\' => quoted = !quoted,
-            b',' if !quoted => {
-                out.push(&s[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
+/// The ids of the BPF programs process `pid` holds open (from its fdinfo).
+pub fn prog_ids_of(pid: u32) -> Vec<u32> {
+    let mut ids = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("fdinfo").flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        ids.extend(
+            text.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:"))
+                .filter_map(|v| v.trim().parse::<u32>().ok()),
+        );
     }
-    if start < s.len() {
-        out.push(&s[start..]);
-    }
-    out
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 /// `127.a.b.c`.

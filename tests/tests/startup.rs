@@ -3,7 +3,7 @@
 //! automatic remedy or in one clear sentence and a non-zero exit, never a panic.
 use std::{process::Command, time::Duration};
 
-use cellwatch_tests::{Agent, Start, TempDir, cellwatch, free_port, http_get};
+use cellwatch_tests::{Agent, Start, TempDir, cellwatch, free_port, http_get, prog_ids_of};
 
 /// `unshare -m` then a shell snippet, then exec of the agent with its arguments.
 fn in_mount_ns(script: &str) -> Vec<String> {
@@ -122,21 +122,6 @@ fn a_port_in_use_is_one_sentence() {
 }
 
 /// Ids of the eBPF programs process `pid` holds, from its fdinfo.
-fn prog_ids_of(pid: u32) -> Vec<u32> {
-    let mut ids = Vec::new();
-    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("fdinfo").flatten() {
-        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-        ids.extend(
-            text.lines()
-                .filter_map(|l| l.strip_prefix("prog_id:"))
-                .filter_map(|v| v.trim().parse::<u32>().ok()),
-        );
-    }
-    ids.sort_unstable();
-    ids.dedup();
-    ids
-}
-
 /// The cgroup v2 root, as the agent finds it.
 fn cgroup2_root() -> String {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();

@@ -5,6 +5,7 @@
 //!   tests, licences and sources);
 //! - `ci`: `setup` then `test`;
 //! - `run`: `setup`, build, and run the agent (arguments after `--` go to `cellwatch run`).
+//! - `demo`: the same for `cellwatch demo`.
 
 mod bench;
 mod benchfile;
@@ -40,6 +41,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Setup, build in release mode, and run `cellwatch demo` (sample traffic, leaks included).
+    Demo {
+        /// Arguments for `cellwatch demo`, e.g. `-- --duration 60`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -59,7 +66,11 @@ fn main() -> Result<()> {
         Task::Bench { which: Bench::ConfigLoad } => bench::config_load(),
         Task::Run { args } => {
             setup::all()?;
-            tasks::run(&args)
+            tasks::run("run", &args)
+        }
+        Task::Demo { args } => {
+            setup::all()?;
+            tasks::run("demo", &args)
         }
     }
 }

@@ -134,18 +134,19 @@ fn fuzz(target: &str) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn run_agent_args(args: &[String]) -> Vec<String> {
-    let mut v = vec!["run".to_owned()];
+pub(crate) fn run_agent_args(command: &str, args: &[String]) -> Vec<String> {
+    let mut v = vec![command.to_owned()];
     v.extend(args.iter().cloned());
     v
 }
 
-pub(crate) fn run(args: &[String]) -> Result<()> {
+/// Builds the agent in release mode and runs `cellwatch COMMAND ARGS...`.
+pub(crate) fn run(command: &str, args: &[String]) -> Result<()> {
     std::env::set_current_dir(root())?;
     step("build the agent (release)");
     crate::setup::run(&["cargo", "build", "--locked", "--release", "-p", "agent"])?;
     let bin = root().join("target/release/cellwatch");
-    let args = run_agent_args(args);
+    let args = run_agent_args(command, args);
     step(&format!("cellwatch {}", args.join(" ")));
     let mut cmd: Vec<&str> = vec![bin.to_str().unwrap_or("cellwatch")];
     cmd.extend(args.iter().map(String::as_str));
