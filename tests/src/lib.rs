@@ -272,6 +272,22 @@ pub fn prog_ids_of(pid: u32) -> Vec<u32> {
     ids
 }
 
+/// The cgroup v2 root, as the agent finds it.
+pub fn cgroup2_root() -> String {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let roots: Vec<&str> = mounts
+        .lines()
+        .filter(|l| l.split_whitespace().nth(2) == Some("cgroup2"))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    roots
+        .iter()
+        .find(|r| **r == "/sys/fs/cgroup")
+        .or(roots.first())
+        .expect("a cgroup2 mount")
+        .to_string()
+}
+
 /// `127.a.b.c`.
 pub fn lo(a: u8, b: u8, c: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, a, b, c))

@@ -3,7 +3,9 @@
 //! automatic remedy or in one clear sentence and a non-zero exit, never a panic.
 use std::{process::Command, time::Duration};
 
-use cellwatch_tests::{Agent, Start, TempDir, cellwatch, free_port, http_get, prog_ids_of};
+use cellwatch_tests::{
+    Agent, Start, TempDir, cellwatch, cgroup2_root, free_port, http_get, prog_ids_of,
+};
 
 /// `unshare -m` then a shell snippet, then exec of the agent with its arguments.
 fn in_mount_ns(script: &str) -> Vec<String> {
@@ -122,22 +124,6 @@ fn a_port_in_use_is_one_sentence() {
 }
 
 /// Ids of the eBPF programs process `pid` holds, from its fdinfo.
-/// The cgroup v2 root, as the agent finds it.
-fn cgroup2_root() -> String {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    let roots: Vec<&str> = mounts
-        .lines()
-        .filter(|l| l.split_whitespace().nth(2) == Some("cgroup2"))
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .collect();
-    roots
-        .iter()
-        .find(|r| **r == "/sys/fs/cgroup")
-        .or(roots.first())
-        .expect("a cgroup2 mount")
-        .to_string()
-}
-
 fn bpftool(args: &[&str]) -> (bool, String) {
     let out =
         Command::new("bpftool").args(args).output().expect("bpftool (run `cargo xtask setup`)");

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use crate::tasks::{ok, step};
 
 /// Debian packages: LLVM 22 for bpf-linker (it must match the nightly's LLVM), and the
-/// tools the privileged tests drive.
+/// tools the privileged tests drive (Prometheus and promtool among them).
 const DEBIAN: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -16,11 +16,14 @@ const DEBIAN: &[&str] = &[
     "bpftool",
     "iproute2",
     "util-linux",
+    "prometheus",
 ];
 const BPF_LINKER: &str = "0.13.0";
 const CARGO_DENY: &str = "0.20.2";
 const CARGO_FUZZ: &str = "0.13.2";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+/// Validates rendered manifests offline against the Kubernetes schemas it ships.
+const KUBERNETES_VALIDATE: &str = "1.37.0";
 
 pub(crate) fn all() -> Result<()> {
     nightly()?;
@@ -33,6 +36,8 @@ pub(crate) fn all() -> Result<()> {
     )?;
     cargo_tool("cargo-deny", &["cargo", "deny", "--version"], CARGO_DENY, &[])?;
     cargo_tool("cargo-fuzz", &["cargo", "fuzz", "--version"], CARGO_FUZZ, &[])?;
+    kubernetes_validate()?;
+    kubectl()?;
     println!("setup: everything is in place");
     Ok(())
 }
@@ -89,6 +94,34 @@ fn debian() -> Result<()> {
     run_env(&cmd, &[("DEBIAN_FRONTEND", "noninteractive")])?;
     ok("installed");
     Ok(())
+}
+
+fn kubernetes_validate() -> Result<()> {
+    step(&format!("kubernetes-validate {KUBERNETES_VALIDATE} (PyPI)"));
+    if let Some(v) = output(&["kubernetes-validate", "--version"]) {
+        ok(&format!("already installed ({})", v.trim()));
+        return Ok(());
+    }
+    let pkg = format!("kubernetes-validate=={KUBERNETES_VALIDATE}");
+    run(&["python3", "-m", "pip", "install", "--quiet", "--root-user-action=ignore", &pkg])?;
+    ok("installed");
+    Ok(())
+}
+
+/// `kubectl kustomize` renders deploy/kustomize. This machine kind ships kubectl (with
+/// the Google Cloud CLI); Debian's own `kubernetes-client` is too old for the base.
+fn kubectl() -> Result<()> {
+    step("kubectl with kustomize");
+    match output(&["kubectl", "version", "--client"]) {
+        Some(v) if v.contains("Kustomize Version: v5") => {
+            ok(&format!("present ({})", v.lines().next().unwrap_or("").trim()));
+            Ok(())
+        }
+        _ => bail!(
+            "kubectl with kustomize v5 (kubectl 1.27 or newer) is needed to render \
+             deploy/kustomize; install it from https://kubernetes.io/releases/download/"
+        ),
+    }
 }
 
 /// A tool installed with `cargo install NAME --version V --locked`.

@@ -1,5 +1,5 @@
 //! The Prometheus view: kernel snapshots rendered as the metrics of the contract, plus
-//! the agent's own metrics (build info, config reloads).
+//! the agent's own metrics (build info, config reloads, process CPU and memory).
 #![forbid(unsafe_code)]
 
 mod families;
@@ -39,6 +39,11 @@ impl AgentMetrics {
         }
         registry.register(Box::new(build)).expect("unique metric");
         registry.register(Box::new(config_reloads.clone())).expect("unique metric");
+        // process_cpu_seconds_total, process_resident_memory_bytes, open fds: the agent's
+        // own cost, for the agent-health dashboard.
+        registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("unique metric");
         Self { registry, config_reloads }
     }
 

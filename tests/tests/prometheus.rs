@@ -1,0 +1,291 @@
+//! End to end with a real Prometheus (Debian's `prometheus` package) scraping a real agent on
+//! loopback: cross-cell traffic flows, then every dashboard panel query (template variables
+//! filled in) and every rule expression goes through the Prometheus HTTP API. Each is
+//! accepted, each panel returns data, and `CrossCellLeakage` fires for the leaking pair.
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use cellwatch_tests::{Agent, Server, Start, TempDir, clients, connect_from, free_port, lo};
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A Prometheus server with its own config and storage, stopped and removed on drop.
+struct Prometheus {
+    child: Child,
+    port: u16,
+    dir: TempDir,
+}
+
+impl Prometheus {
+    fn start(agent_port: u16) -> Self {
+        let dir = TempDir::new("prometheus");
+        let rules = repo().join("deploy/prometheus/cellwatch-rules.yaml");
+        let config = dir.write(
+            "prometheus.yml",
+            &format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n\
+                 scrape_configs:\n  - job_name: cellwatch\n    static_configs:\n      - targets: \
+                 [\"127.0.0.1:{agent_port}\"]\n",
+                rules.canonicalize().expect("rule file").display()
+            ),
+        );
+        let port = free_port();
+        let log = std::fs::File::create(dir.0.join("prometheus.log")).expect("log file");
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.0.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("prometheus is needed (run `cargo xtask setup`): {e}"));
+        let p = Self { child, port, dir };
+        p.wait_for("ready", Duration::from_secs(30), || {
+            http(p.port, "GET", "/-/ready", "").is_ok_and(|(s, _)| s == 200)
+        });
+        p
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("prometheus.log")).unwrap_or_default()
+    }
+
+    fn wait_for(&self, what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+        let deadline = Instant::now() + limit;
+        while !ok() {
+            assert!(
+                Instant::now() < deadline,
+                "prometheus: not {what} in {limit:?}:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// An instant query: (accepted, result).
+    fn query(&self, q: &str) -> (bool, Vec<Value>) {
+        let (status, body) =
+            http(self.port, "POST", "/api/v1/query", &format!("query={}", encode(q)))
+                .expect("query");
+        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        let accepted = status == 200 && v["status"] == "success";
+        (accepted, v["data"]["result"].as_array().cloned().unwrap_or_default())
+    }
+
+    fn alerts(&self) -> Vec<Value> {
+        let (_, body) = http(self.port, "GET", "/api/v1/alerts", "").expect("alerts");
+        let v: Value = serde_json::from_str(&body).expect("alerts JSON");
+        v["data"]["alerts"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.0 request on loopback: (status, body).
+fn http(port: u16, method: &str, path: &str, form: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {}\r\n\r\n{form}",
+        form.len()
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let status = raw.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((status, raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()))
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Grafana's variables as a dashboard would fill them: every cell and node ("All"), and
+/// intervals that suit a one-second scrape.
+fn fill(expr: &str) -> String {
+    let filled = expr
+        .replace("$__rate_interval", "1m")
+        .replace("$__range", "5m")
+        .replace("$__interval", "15s")
+        .replace("$src_cell", ".*")
+        .replace("$dst_cell", ".*")
+        .replace("$instance", ".*");
+    assert!(!filled.contains('$'), "a variable is left unfilled in: {filled}");
+    filled
+}
+
+/// (dashboard, panel title, filled query) of every panel target.
+fn panel_queries() -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for name in ["cell-overview", "cross-cell-leakage", "agent-health"] {
+        let path = repo().join(format!("dashboards/{name}.json"));
+        let d: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("dashboard"))
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let vars: Vec<&str> = d["templating"]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v["name"].as_str())
+            .collect();
+        assert!(vars.contains(&"datasource"), "{name}: no datasource variable");
+        for p in d["panels"].as_array().unwrap() {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                let expr = t["expr"].as_str().expect("expr");
+                out.push((
+                    name.to_owned(),
+                    p["title"].as_str().unwrap_or("").to_owned(),
+                    fill(expr),
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn rule_exprs() -> Vec<(String, String)> {
+    let text =
+        std::fs::read_to_string(repo().join("deploy/prometheus/cellwatch-rules.yaml")).unwrap();
+    let v: Value = serde_saphyr::from_str(&text).expect("rule file");
+    v["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap().iter())
+        .map(|r| {
+            let name = r["alert"].as_str().or(r["record"].as_str()).unwrap().to_owned();
+            (name, r["expr"].as_str().unwrap().to_owned())
+        })
+        .collect()
+}
+
+const CONFIG: &str = "cells:\n  - { name: global, global: true, cidrs: [127.120.0.0/16] }\n  \
+                      - { name: cell-a, cidrs: [127.121.0.0/16] }\n  - { name: cell-b, cidrs: [127.122.0.0/16] }\n\
+                      ignore_cidrs: [127.0.0.0/16]\n";
+
+/// One round of traffic: a leak (cell-a -> cell-b), in-cell and global calls, refused
+/// connects. Returns how many leaked.
+fn traffic_round() -> usize {
+    const N: usize = 20;
+    let b = Server::start(lo(122, 0, 1), 2 * N, 100, 300);
+    let g = Server::start(lo(120, 0, 1), N, 50, 50);
+    let leaked = clients(lo(121, 0, 2), b.addr, N, 100, 300);
+    assert_eq!(clients(lo(122, 0, 2), b.addr, N, 100, 300), N);
+    assert_eq!(clients(lo(121, 0, 3), g.addr, N, 50, 50), N);
+    let closed = SocketAddr::new(lo(122, 0, 9), free_port());
+    for _ in 0..5 {
+        assert!(connect_from(lo(121, 0, 4), closed).is_err(), "nothing listens at {closed}");
+    }
+    assert_eq!(b.join() + g.join(), 3 * N);
+    leaked
+}
+
+#[test]
+fn dashboards_and_rules_work_against_a_real_prometheus() {
+    let agent = Agent::start(Start { config: Some(CONFIG), ..Default::default() });
+    let prom = Prometheus::start(agent.port);
+    prom.wait_for("scraping the agent", Duration::from_secs(30), || {
+        prom.query("up{job=\"cellwatch\"} == 1").1.len() == 1
+    });
+
+    // Two rounds, with a scrape between: counters that rate() and increase() can see move.
+    assert_eq!(traffic_round(), 20);
+    prom.wait_for("seeing the leak", Duration::from_secs(30), || {
+        !prom.query("cellwatch_boundary_violations_total{direction=\"egress\"}").1.is_empty()
+    });
+    assert_eq!(traffic_round(), 20);
+    // One connection stays open for the active-connections panel.
+    let held_srv = Server::start(lo(122, 0, 5), 1, 1, 1);
+    let held = connect_from(lo(122, 0, 6), held_srv.addr).expect("held connection");
+    prom.wait_for("seeing the second round", Duration::from_secs(30), || {
+        prom.query(
+            "cellwatch_boundary_violations_total{direction=\"egress\",src_cell=\"cell-a\"} >= 40",
+        )
+        .1
+        .len()
+            == 1
+            && prom.query("cellwatch_connections_active{direction=\"egress\"} >= 1").1.len() == 1
+    });
+    // Exact, as Prometheus stored it.
+    let (_, v) = prom.query("cellwatch_connections_opened_total{direction=\"egress\",src_cell=\"cell-a\",dst_cell=\"cell-b\",verdict=\"violation\"}");
+    assert_eq!(v[0]["value"][1], "40", "{v:?}");
+    let (_, v) = prom.query("cellwatch_connections_failed_total{src_cell=\"cell-a\",dst_cell=\"cell-b\",reason=\"refused\"}");
+    assert_eq!(v[0]["value"][1], "10", "{v:?}");
+
+    let mut empty = Vec::new();
+    let queries = panel_queries();
+    assert!(queries.len() >= 20, "{} panel queries", queries.len());
+    for (dash, title, q) in &queries {
+        let (accepted, result) = prom.query(q);
+        assert!(accepted, "{dash} / {title}: Prometheus rejected {q}");
+        if result.is_empty() {
+            empty.push(format!("{dash} / {title}: {q}"));
+        }
+    }
+    assert!(empty.is_empty(), "panels without data:\n{}", empty.join("\n"));
+
+    let rules = rule_exprs();
+    assert_eq!(rules.len(), 18);
+    for (name, expr) in &rules {
+        assert!(prom.query(expr).0, "{name}: Prometheus rejected {expr}");
+    }
+    let (_, leak) = prom.query("cellwatch:boundary_violations:increase5m");
+    assert!(
+        leak.iter()
+            .any(|s| s["metric"]["src_cell"] == "cell-a" && s["metric"]["dst_cell"] == "cell-b"),
+        "{leak:?}"
+    );
+    // Counted once: the ingress side of the same connections is not added.
+    let (_, active) =
+        prom.query("cellwatch:connections_active{src_cell=\"cell-b\",dst_cell=\"cell-b\"}");
+    assert_eq!(active[0]["value"][1], "1", "{active:?}");
+
+    prom.wait_for("firing CrossCellLeakage", Duration::from_secs(60), || {
+        prom.alerts().iter().any(|a| {
+            a["labels"]["alertname"] == "CrossCellLeakage"
+                && a["state"] == "firing"
+                && a["labels"]["src_cell"] == "cell-a"
+                && a["labels"]["dst_cell"] == "cell-b"
+        })
+    });
+    let wrong: Vec<Value> = prom
+        .alerts()
+        .into_iter()
+        .filter(|a| {
+            a["labels"]["alertname"] == "CrossCellLeakage" && a["labels"]["src_cell"] != "cell-a"
+        })
+        .collect();
+    assert!(wrong.is_empty(), "only cell-a -> cell-b leaks: {wrong:?}");
+    drop(held);
+    held_srv.join();
+}
