@@ -25,6 +25,8 @@ pub const CELLS_V6_CAPACITY: u32 = 262_144;
 pub const POLICY_CAPACITY: u32 = 65536;
 /// Cell pairs (and directions) whose event rate is tracked at once.
 pub const EVENT_RATE_CAPACITY: u32 = 16384;
+/// Network namespaces whose source address the programs remember (for enforce mode).
+pub const NETNS_CAPACITY: u32 = 16384;
 /// Default ring buffer for violation events (bytes; a power of two, page multiple).
 pub const EVENTS_DEFAULT_BYTES: u32 = 256 * 1024;
 /// Default connection-table capacity, as compiled into the object.
@@ -57,6 +59,9 @@ pub const EXTERNAL_IGNORE: u32 = 2;
 
 /// Bits of [`CellInfo::flags`].
 pub const CELL_FLAG_GLOBAL: u32 = 1;
+/// Enforce mode refuses this cell's cross-cell connects (set only under `mode: enforce`,
+/// for the cells in `enforce_cells`, or all when it is absent).
+pub const CELL_FLAG_ENFORCE: u32 = 2;
 
 /// Indices into the `SETTINGS` array map.
 /// Which of the two cell-map sets (0 = A, 1 = B) the programs read. The agent fills the
@@ -71,6 +76,8 @@ pub const SETTING_EXTERNAL: u32 = 2;
 pub const SETTING_EVENT_RATE: u32 = 4;
 /// Byte offset of `sock_cookie` in the `tcp:tcp_destroy_sock` record (0 = unknown).
 pub const SETTING_DESTROY_COOKIE_OFFSET: u32 = 5;
+/// 1 when set A's config is `mode: enforce`; set B's is at the next index.
+pub const SETTING_ENFORCE: u32 = 6;
 pub const SETTINGS_LEN: u32 = 8;
 
 /// Indices into the per-CPU `COUNTERS` array: bookkeeping of the kernel side.
@@ -86,6 +93,9 @@ pub const CTR_CONN_FORGOTTEN: u32 = 3;
 pub const CTR_EVENTS_SENT: u32 = 4;
 pub const CTR_EVENTS_RATE_LIMITED: u32 = 5;
 pub const CTR_EVENTS_RINGBUF_FULL: u32 = 6;
+/// A connect that enforce mode could not judge, and so let through: an unbound socket in
+/// a network namespace whose source address is not known yet, or not unique.
+pub const CTR_ENFORCE_UNRESOLVED: u32 = 7;
 pub const COUNTERS_LEN: u32 = 8;
 
 /// Key of the per-cell-pair statistics map.
@@ -227,6 +237,29 @@ pub struct Owner {
 
 /// [`ViolationEvent::kind`]: a connection judged `violation`.
 pub const EVENT_VIOLATION: u8 = 1;
+/// [`ViolationEvent::kind`]: a connect refused by enforce mode.
+pub const EVENT_DENIED: u8 = 2;
+
+/// Key of the learned source address of a network namespace, per address family.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetnsKey {
+    pub netns_cookie: u64,
+    /// 2 (IPv4, v4-mapped included) or 10 (IPv6).
+    pub family: u32,
+    pub _pad: u32,
+}
+
+/// The source address a network namespace's TCP sockets use, learned from its
+/// connections; `ambiguous` once two different ones were seen (a node's own namespace).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetnsAddr {
+    /// IPv4 in the first 4 bytes.
+    pub addr: [u8; 16],
+    pub ambiguous: u32,
+    pub _pad: u32,
+}
 
 /// One violation, sent through the ring buffer. `src` is always the client.
 #[repr(C)]
@@ -290,6 +323,8 @@ const _: () = assert!(core::mem::size_of::<Owner>() == 32);
 const _: () = assert!(core::mem::size_of::<ViolationEvent>() == 96);
 const _: () = assert!(core::mem::size_of::<RateState>() == 16);
 const _: () = assert!(core::mem::size_of::<PolicyKey>() == 16);
+const _: () = assert!(core::mem::size_of::<NetnsKey>() == 16);
+const _: () = assert!(core::mem::size_of::<NetnsAddr>() == 24);
 
 /// Histogram bucket of a value in microseconds: the smallest `i` with `v < 2^i`, i.e.
 /// `le = 2^i` µs, clamped to the last (+Inf) bucket. Shared by kernel and tests so the
@@ -316,6 +351,8 @@ mod user {
     unsafe impl aya::Pod for Owner {}
     unsafe impl aya::Pod for ViolationEvent {}
     unsafe impl aya::Pod for RateState {}
+    unsafe impl aya::Pod for NetnsKey {}
+    unsafe impl aya::Pod for NetnsAddr {}
 }
 
 #[cfg(test)]

@@ -3,8 +3,9 @@
 //! The cell map exists twice (sets A and B). A [`View`] reads the generation once and
 //! then looks only in that set, so one verdict never mixes two configs.
 use agent_common::{
-    CELL_EXTERNAL, CELL_FLAG_GLOBAL, CELL_IGNORED, EXTERNAL_IGNORE, EXTERNAL_VIOLATION, PolicyKey,
-    SETTING_EXTERNAL, SETTING_GENERATION, VERDICT_ALLOWED, VERDICT_VIOLATION,
+    CELL_EXTERNAL, CELL_FLAG_ENFORCE, CELL_FLAG_GLOBAL, CELL_IGNORED, EXTERNAL_IGNORE,
+    EXTERNAL_VIOLATION, PolicyKey, SETTING_ENFORCE, SETTING_EXTERNAL, SETTING_GENERATION,
+    VERDICT_ALLOWED, VERDICT_VIOLATION,
 };
 use aya_ebpf::maps::lpm_trie::Key;
 
@@ -67,10 +68,27 @@ impl View {
         Some(VERDICT_VIOLATION)
     }
 
+    /// Whether this config is `mode: enforce` at all.
     #[inline(always)]
-    fn is_global(&self, cell: u32) -> bool {
+    pub(crate) fn enforcing(&self) -> bool {
+        SETTINGS.get(SETTING_ENFORCE + u32::from(self.b)).is_some_and(|m| *m == 1)
+    }
+
+    /// Whether enforce mode refuses cross-cell connects made from `cell`.
+    #[inline(always)]
+    pub(crate) fn enforced(&self, cell: u32) -> bool {
+        self.has_flag(cell, CELL_FLAG_ENFORCE)
+    }
+
+    #[inline(always)]
+    pub(crate) fn is_global(&self, cell: u32) -> bool {
+        self.has_flag(cell, CELL_FLAG_GLOBAL)
+    }
+
+    #[inline(always)]
+    fn has_flag(&self, cell: u32, flag: u32) -> bool {
         let info = if self.b { CELL_INFO_B.get(cell) } else { CELL_INFO_A.get(cell) };
-        info.is_some_and(|i| i.flags & CELL_FLAG_GLOBAL != 0)
+        info.is_some_and(|i| i.flags & flag != 0)
     }
 
     #[inline(always)]
@@ -82,7 +100,7 @@ impl View {
 }
 
 #[inline(always)]
-fn v4_mapped(a: &[u8; 16]) -> Option<[u8; 4]> {
+pub(crate) fn v4_mapped(a: &[u8; 16]) -> Option<[u8; 4]> {
     let prefix = a[0] | a[1] | a[2] | a[3] | a[4] | a[5] | a[6] | a[7] | a[8] | a[9];
     if prefix == 0 && a[10] == 0xff && a[11] == 0xff {
         Some([a[12], a[13], a[14], a[15]])

@@ -1,6 +1,10 @@
-//! Small accessors over the raw `bpf_sock_ops` context: every unsafe read sits here.
+//! Small accessors over the raw `bpf_sock_ops` and `bpf_sock_addr` contexts: every
+//! unsafe read sits here.
 use aya_ebpf::{
-    bindings::bpf_sock_ops, helpers::generated::bpf_get_socket_cookie, programs::SockOpsContext,
+    EbpfContext,
+    bindings::{bpf_sock_addr, bpf_sock_ops},
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    programs::{SockAddrContext, SockOpsContext},
 };
 
 /// Read-only view of the fields cellwatch uses. Each is a plain context load that the
@@ -36,6 +40,12 @@ impl<'a> Ops<'a> {
     pub(crate) fn cookie(&self) -> u64 {
         // SAFETY: sock_ops contexts are valid arguments of bpf_get_socket_cookie.
         unsafe { bpf_get_socket_cookie(self.0.ops.cast()) }
+    }
+
+    /// The socket's network namespace.
+    pub(crate) fn netns_cookie(&self) -> u64 {
+        // SAFETY: sock_ops contexts are valid arguments of bpf_get_netns_cookie.
+        unsafe { bpf_get_netns_cookie(self.0.ops.cast()) }
     }
 
     pub(crate) fn set_cb_flags(&self, flags: u32) -> bool {
@@ -117,13 +127,92 @@ impl<'a> Ops<'a> {
     }
 }
 
+/// Read-only view of a `connect()` as the cgroup `connect4`/`connect6` hooks see it.
+pub(crate) struct Connect<'a>(&'a SockAddrContext);
+
+impl<'a> Connect<'a> {
+    pub(crate) fn new(ctx: &'a SockAddrContext) -> Self {
+        Self(ctx)
+    }
+
+    fn raw(&self) -> *const bpf_sock_addr {
+        self.0.sock_addr
+    }
+
+    /// SOCK_STREAM, SOCK_DGRAM, ...
+    pub(crate) fn sock_type(&self) -> u32 {
+        // SAFETY: plain context field load.
+        unsafe { load(&raw const (*self.raw()).type_) }
+    }
+
+    pub(crate) fn cookie(&self) -> u64 {
+        // SAFETY: sock_addr contexts are valid arguments of bpf_get_socket_cookie.
+        unsafe { bpf_get_socket_cookie(self.0.as_ptr()) }
+    }
+
+    pub(crate) fn netns_cookie(&self) -> u64 {
+        // SAFETY: sock_addr contexts are valid arguments of bpf_get_netns_cookie.
+        unsafe { bpf_get_netns_cookie(self.0.as_ptr()) }
+    }
+
+    /// The address connected to: IPv4 in the first 4 bytes for `connect4`.
+    pub(crate) fn dst_addr(&self, v6: bool) -> [u8; 16] {
+        // SAFETY: plain context field loads.
+        unsafe {
+            if v6 {
+                let p = &raw const (*self.raw()).user_ip6;
+                words_to_bytes([
+                    load(p.cast()),
+                    load(p.cast::<u32>().add(1)),
+                    load(p.cast::<u32>().add(2)),
+                    load(p.cast::<u32>().add(3)),
+                ])
+            } else {
+                v4_to_bytes(load(&raw const (*self.raw()).user_ip4))
+            }
+        }
+    }
+
+    /// The port connected to, host order (the context holds it in network order in the
+    /// low 16 bits).
+    pub(crate) fn dst_port(&self) -> u16 {
+        // SAFETY: plain context field load.
+        u16::from_be(unsafe { load(&raw const (*self.raw()).user_port) } as u16)
+    }
+
+    /// The source address when the socket was bound before `connect()`; `None` when the
+    /// kernel will choose it (unbound, or bound to the wildcard address).
+    pub(crate) fn bound_src(&self, v6: bool) -> Option<[u8; 16]> {
+        // SAFETY: `sk` of a sock_addr context is a valid socket pointer for the run (the
+        // verifier types it PTR_TO_SOCKET); its address fields are plain loads.
+        let addr = unsafe {
+            let sk = (*self.raw()).__bindgen_anon_1.sk;
+            if sk.is_null() {
+                return None;
+            }
+            if v6 {
+                let p = &raw const (*sk).src_ip6;
+                words_to_bytes([
+                    load(p.cast()),
+                    load(p.cast::<u32>().add(1)),
+                    load(p.cast::<u32>().add(2)),
+                    load(p.cast::<u32>().add(3)),
+                ])
+            } else {
+                v4_to_bytes(load(&raw const (*sk).src_ip4))
+            }
+        };
+        addr.iter().any(|b| *b != 0).then_some(addr)
+    }
+}
+
 /// One context field load. Volatile, so LLVM never merges two field reads into one load
 /// through an adjusted context pointer (`ctx + (v6 ? 48 : 28)`), which the verifier
 /// refuses ("dereference of modified ctx ptr"): every context access must be a constant
 /// offset from the context itself.
 ///
 /// # Safety
-/// `p` must point to a field of the live `bpf_sock_ops` context.
+/// `p` must point to a field of a live program context or of a socket it gives.
 #[inline(always)]
 unsafe fn load(p: *const u32) -> u32 {
     // SAFETY: per the function's contract.

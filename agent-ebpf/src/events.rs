@@ -14,9 +14,49 @@ use crate::{
 
 const WINDOW_NS: u64 = 1_000_000_000;
 
+/// What an event says of a connection: both ends, client first, and their cells.
+pub(crate) struct Flow {
+    pub(crate) family: u16,
+    pub(crate) src_addr: [u8; 16],
+    pub(crate) src_port: u16,
+    pub(crate) dst_addr: [u8; 16],
+    pub(crate) dst_port: u16,
+    pub(crate) src_cell: u32,
+    pub(crate) dst_cell: u32,
+    pub(crate) direction: u8,
+}
+
+impl Flow {
+    #[inline(always)]
+    fn of(conn: &ConnState) -> Self {
+        let egress = conn.direction == DIR_EGRESS;
+        let (src_addr, src_port, dst_addr, dst_port) = if egress {
+            (conn.local_addr, conn.local_port, conn.remote_addr, conn.remote_port)
+        } else {
+            (conn.remote_addr, conn.remote_port, conn.local_addr, conn.local_port)
+        };
+        Self {
+            family: conn.family,
+            src_addr,
+            src_port,
+            dst_addr,
+            dst_port,
+            src_cell: conn.src_cell,
+            dst_cell: conn.dst_cell,
+            direction: conn.direction,
+        }
+    }
+}
+
 /// Sends the event of a violating connection, unless its pair is over its rate.
 #[inline(always)]
 pub(crate) fn violation(conn: &ConnState, key: &PairKey, cookie: u64) {
+    send(&Flow::of(conn), key, cookie, EVENT_VIOLATION);
+}
+
+/// Sends an event of `kind` (`EVENT_*`), unless its pair is over its rate.
+#[inline(always)]
+pub(crate) fn send(flow: &Flow, key: &PairKey, cookie: u64, kind: u8) {
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if !within_rate(key, now) {
@@ -29,27 +69,21 @@ pub(crate) fn violation(conn: &ConnState, key: &PairKey, cookie: u64) {
     };
     // SAFETY: the value is copied out at once.
     let owner = unsafe { OWNERS.get(cookie) }.copied();
-    let egress = conn.direction == DIR_EGRESS;
-    let (src_addr, src_port, dst_addr, dst_port) = if egress {
-        (conn.local_addr, conn.local_port, conn.remote_addr, conn.remote_port)
-    } else {
-        (conn.remote_addr, conn.remote_port, conn.local_addr, conn.local_port)
-    };
     entry.write(ViolationEvent {
         ts_ns: now,
         cookie,
         cgroup_id: owner.map_or(0, |o| o.cgroup_id),
         pid: owner.map_or(0, |o| o.pid),
-        src_cell: conn.src_cell,
-        dst_cell: conn.dst_cell,
-        family: conn.family,
-        src_port,
-        dst_port,
-        direction: conn.direction,
-        kind: EVENT_VIOLATION,
+        src_cell: flow.src_cell,
+        dst_cell: flow.dst_cell,
+        family: flow.family,
+        src_port: flow.src_port,
+        dst_port: flow.dst_port,
+        direction: flow.direction,
+        kind,
         _pad: 0,
-        src_addr,
-        dst_addr,
+        src_addr: flow.src_addr,
+        dst_addr: flow.dst_addr,
         comm: owner.map_or([0; 16], |o| o.comm),
     });
     entry.submit(0);

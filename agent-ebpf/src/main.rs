@@ -16,11 +16,12 @@
 #![expect(internal_features, reason = "atomic_xadd is the BPF atomic add")]
 
 mod cells;
+mod connect;
 mod ctx;
 mod destroy;
 mod events;
 mod maps;
-mod owner;
+mod netns;
 mod resets;
 mod sockops;
 mod stats;

@@ -1,6 +1,8 @@
 //! Every map the programs share with the agent. Names are the contract with the loader
 //! in `agent/src/kernel/`; sizes marked "set by the agent" are overridden at load time.
-use agent_common::{CellInfo, ConnState, Owner, PairKey, PairStats, PolicyKey, RateState};
+use agent_common::{
+    CellInfo, ConnState, NetnsAddr, NetnsKey, Owner, PairKey, PairStats, PolicyKey, RateState,
+};
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
@@ -61,6 +63,11 @@ pub(crate) static POLICY_B: HashMap<PolicyKey, u8> =
 #[map]
 pub(crate) static OWNERS: LruHashMap<u64, Owner> =
     LruHashMap::with_max_entries(agent_common::CONNS_DEFAULT_CAPACITY, 0);
+
+/// The source address each network namespace's sockets use (see `netns.rs`).
+#[map]
+pub(crate) static NETNS_ADDR: LruHashMap<NetnsKey, NetnsAddr> =
+    LruHashMap::with_max_entries(agent_common::NETNS_CAPACITY, 0);
 
 /// Violation events for the agent (size set by the agent).
 #[map]

@@ -26,6 +26,7 @@ use crate::{
     ctx::Ops,
     events,
     maps::{CONNS, OWNERS},
+    netns,
     stats::{add, count, observe, slot},
 };
 
@@ -62,11 +63,13 @@ fn ends(ops: &Ops<'_>) -> Ends {
     Ends { v6, local: ops.local_addr(v6), remote: ops.remote_addr(v6) }
 }
 
-/// Client side: the SYN is about to leave. Decide cells and verdict, remember the start.
+/// Client side: the SYN is about to leave. Decide cells and verdict, remember the start,
+/// and note the namespace's source address for enforce mode.
 #[inline(always)]
 fn on_connect(ops: &Ops<'_>) {
     let e = ends(ops);
     let view = View::current();
+    netns::learn(&view, ops.netns_cookie(), &e.local, e.v6);
     let (src, dst) = (view.cell_of(&e.local, e.v6), view.cell_of(&e.remote, e.v6));
     let port = ops.remote_port();
     let Some(v) = view.verdict(src, dst, port) else { return };
@@ -116,6 +119,7 @@ fn on_active_established(ops: &Ops<'_>) {
 fn on_passive_established(ops: &Ops<'_>) {
     let e = ends(ops);
     let view = View::current();
+    netns::learn(&view, ops.netns_cookie(), &e.local, e.v6);
     let (src, dst) = (view.cell_of(&e.remote, e.v6), view.cell_of(&e.local, e.v6));
     let port = ops.local_port();
     let Some(v) = view.verdict(src, dst, port) else { return };

@@ -6,12 +6,12 @@
 use std::{collections::HashMap, net::IpAddr};
 
 use agent_common::{
-    CELL_EXTERNAL, CELL_FLAG_GLOBAL, CELL_IGNORED, CellInfo, EXTERNAL_ALLOW, EXTERNAL_IGNORE,
-    EXTERNAL_VIOLATION, MAX_CELLS, PolicyKey,
+    CELL_EXTERNAL, CELL_FLAG_ENFORCE, CELL_FLAG_GLOBAL, CELL_IGNORED, CellInfo, EXTERNAL_ALLOW,
+    EXTERNAL_IGNORE, EXTERNAL_VIOLATION, MAX_CELLS, PolicyKey,
 };
 use ipnet::IpNet;
 
-use crate::config::{Config, External, canonical};
+use crate::config::{Config, External, Mode, canonical};
 
 /// Label value of a peer in no cell.
 pub const EXTERNAL_LABEL: &str = "external";
@@ -75,6 +75,8 @@ pub struct Compiled {
     pub allow: Vec<PolicyKey>,
     /// `SETTING_EXTERNAL` value.
     pub external: u32,
+    /// `SETTING_ENFORCE` value: 1 under `mode: enforce`.
+    pub enforce: u32,
 }
 
 pub fn compile(cfg: &Config, ids: &mut CellIds) -> Result<Compiled, IdsExhausted> {
@@ -84,11 +86,15 @@ pub fn compile(cfg: &Config, ids: &mut CellIds) -> Result<Compiled, IdsExhausted
             External::Violation => EXTERNAL_VIOLATION,
             External::Ignore => EXTERNAL_IGNORE,
         },
+        enforce: u32::from(cfg.mode == Mode::Enforce),
         ..Compiled::default()
     };
     for cell in &cfg.cells {
         let id = ids.id(&cell.name)?;
-        let flags = if cell.global { CELL_FLAG_GLOBAL } else { 0 };
+        let mut flags = if cell.global { CELL_FLAG_GLOBAL } else { 0 };
+        if enforced(cfg, &cell.name) {
+            flags |= CELL_FLAG_ENFORCE;
+        }
         out.info.push((id, CellInfo { flags, _pad: 0 }));
         out.prefixes.extend(cell.cidrs.iter().map(|n| (*n, id)));
     }
@@ -105,6 +111,30 @@ pub fn compile(cfg: &Config, ids: &mut CellIds) -> Result<Compiled, IdsExhausted
     out.allow.sort_unstable();
     out.allow.dedup();
     Ok(out)
+}
+
+/// Whether enforce mode refuses cross-cell connects made from cell `name`.
+pub fn enforced(cfg: &Config, name: &str) -> bool {
+    cfg.mode == Mode::Enforce
+        && cfg.enforce_cells.as_ref().is_none_or(|cells| cells.iter().any(|c| c == name))
+}
+
+/// What enforce mode refuses under `cfg`, in words for the log.
+pub fn enforce_summary(cfg: &Config) -> String {
+    if cfg.mode != Mode::Enforce {
+        return "off (audit: cross-cell connects are flagged, not refused)".to_owned();
+    }
+    // A global cell's connects are never violations: naming it would mislead.
+    let cells: Vec<&str> = cfg
+        .cells
+        .iter()
+        .filter(|c| !c.global && enforced(cfg, &c.name))
+        .map(|c| c.name.as_str())
+        .collect();
+    match cells.len() {
+        0 => "on, for no cell".to_owned(),
+        _ => format!("on: cross-cell connects from {} are refused", cells.join(", ")),
+    }
 }
 
 /// Where an address falls: a cell, no cell, or an ignored range.

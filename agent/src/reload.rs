@@ -103,6 +103,7 @@ impl Reloader {
                     ?trigger,
                     cells = cfg.cells.len(),
                     prefixes = cfg.prefix_count(),
+                    enforce = %crate::policy::enforce_summary(&cfg),
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "config reloaded"
                 );

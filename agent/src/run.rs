@@ -153,11 +153,6 @@ where
     let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
 
-    if config.mode == crate::config::Mode::Enforce {
-        warn!(
-            "mode: enforce is not implemented in this version: connections are flagged, not refused"
-        );
-    }
     let mut ids = CellIds::default();
     let compiled = compile(&config, &mut ids)?;
     let opts = LoadOptions {
@@ -207,6 +202,7 @@ where
         cells = config.cells.len(),
         prefixes = config.prefix_count(),
         mode = %config.mode,
+        enforce = %crate::policy::enforce_summary(&config),
         "cellwatch is running"
     );
 

@@ -48,6 +48,8 @@ pub struct Violation {
     pub container_id: Option<String>,
     pub pod_uid: Option<String>,
     pub cookie: u64,
+    /// Refused by enforce mode (the connect failed with EPERM); false when only flagged.
+    pub denied: bool,
 }
 
 /// A ring-buffer record that is not a `ViolationEvent`.
@@ -153,6 +155,7 @@ pub fn view(e: &ViolationEvent, ids: &CellIds, cgroups: &Resolver) -> Violation 
         container_id: w.container_id,
         pod_uid: w.pod_uid,
         cookie: e.cookie,
+        denied: e.kind == agent_common::EVENT_DENIED,
     }
 }
 
@@ -184,7 +187,13 @@ pub fn spawn_drain(
                             comm = v.comm.as_deref(),
                             container_id = v.container_id.as_deref(),
                             pod_uid = v.pod_uid.as_deref(),
-                            "cross-cell connection against policy"
+                            denied = v.denied,
+                            "{}",
+                            if v.denied {
+                                "cross-cell connect refused (enforce mode)"
+                            } else {
+                                "cross-cell connection against policy"
+                            }
                         );
                         recent.push(v);
                     }
@@ -240,6 +249,7 @@ mod tests {
             container_id: None,
             pod_uid: None,
             cookie: 0,
+            denied: false,
         };
         for p in 0..(RECENT as u16 + 10) {
             r.push(v(p));

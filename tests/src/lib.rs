@@ -288,6 +288,24 @@ pub fn cgroup2_root() -> String {
         .to_string()
 }
 
+/// Scrapes until `f` holds or 10 s pass.
+pub fn settle(agent: &Agent, f: impl Fn(&Metrics) -> bool) -> Metrics {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = agent.metrics();
+        if f(&m) || Instant::now() > deadline {
+            return m;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn json(agent: &Agent, path: &str) -> serde_json::Value {
+    let (status, body) = http_get(agent.port, path).unwrap();
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+}
+
 /// `127.a.b.c`.
 pub fn lo(a: u8, b: u8, c: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, a, b, c))

@@ -259,16 +259,21 @@ fn dashboards_and_rules_work_against_a_real_prometheus() {
     for (name, expr) in &rules {
         assert!(prom.query(expr).0, "{name}: Prometheus rejected {expr}");
     }
-    let (_, leak) = prom.query("cellwatch:boundary_violations:increase5m");
-    assert!(
+    // Recording rules run on their own one-second clock: wait for them to catch up.
+    prom.wait_for("recording the leak", Duration::from_secs(30), || {
+        let (_, leak) = prom.query("cellwatch:boundary_violations:increase5m");
         leak.iter()
-            .any(|s| s["metric"]["src_cell"] == "cell-a" && s["metric"]["dst_cell"] == "cell-b"),
-        "{leak:?}"
-    );
-    // Counted once: the ingress side of the same connections is not added.
-    let (_, active) =
-        prom.query("cellwatch:connections_active{src_cell=\"cell-b\",dst_cell=\"cell-b\"}");
-    assert_eq!(active[0]["value"][1], "1", "{active:?}");
+            .any(|s| s["metric"]["src_cell"] == "cell-a" && s["metric"]["dst_cell"] == "cell-b")
+    });
+    // Counted once: the ingress side of the held connection is not added.
+    prom.wait_for("recording one active connection", Duration::from_secs(30), || {
+        let (_, active) =
+            prom.query("cellwatch:connections_active{src_cell=\"cell-b\",dst_cell=\"cell-b\"}");
+        active.len() == 1 && active[0]["value"][1] == "1"
+    });
+    let (_, both) =
+        prom.query("sum(cellwatch_connections_active{src_cell=\"cell-b\",dst_cell=\"cell-b\"})");
+    assert_eq!(both[0]["value"][1], "2", "the agent sees it from both sides: {both:?}");
 
     prom.wait_for("firing CrossCellLeakage", Duration::from_secs(60), || {
         prom.alerts().iter().any(|a| {

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cellwatch_tests::{Agent, Metrics, Server, Start, clients, connect_from, http_get, lo};
+use cellwatch_tests::{Agent, Server, Start, clients, connect_from, http_get, json, lo, settle};
 use serde_json::Value;
 
 /// A global cell, two ordinary ones and an allow rule (green may call blue).
@@ -33,24 +33,6 @@ fn pdv<'a>(src: &'a str, dst: &'a str, dir: &'a str, verdict: &'a str) -> [(&'a 
 
 fn pd<'a>(src: &'a str, dst: &'a str, dir: &'a str) -> [(&'a str, &'a str); 3] {
     [("src_cell", src), ("dst_cell", dst), ("direction", dir)]
-}
-
-/// Scrapes until `f` holds or 10 s pass.
-fn settle(agent: &Agent, f: impl Fn(&Metrics) -> bool) -> Metrics {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let m = agent.metrics();
-        if f(&m) || Instant::now() > deadline {
-            return m;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn json(agent: &Agent, path: &str) -> Value {
-    let (status, body) = http_get(agent.port, path).unwrap();
-    assert_eq!(status, 200, "{path}: {body}");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
 }
 
 #[test]

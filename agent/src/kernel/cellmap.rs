@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::{CellInfo, PolicyKey, SETTING_EXTERNAL, SETTING_GENERATION};
+use agent_common::{CellInfo, PolicyKey, SETTING_ENFORCE, SETTING_EXTERNAL, SETTING_GENERATION};
 use aya::maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, lpm_trie::Key};
 use ipnet::IpNet;
 
@@ -42,6 +42,8 @@ pub(super) fn apply(m: &mut Maps, next: &Compiled) -> Result<(), KernelError> {
     write_set(&mut m.sets[target], next)?;
     let ext = SETTING_EXTERNAL + target as u32;
     m.settings.set(ext, next.external, 0).map_err(map_err("SETTINGS"))?;
+    let enforce = SETTING_ENFORCE + target as u32;
+    m.settings.set(enforce, next.enforce, 0).map_err(map_err("SETTINGS"))?;
     m.settings.set(SETTING_GENERATION, target as u32, 0).map_err(map_err("SETTINGS"))?;
     m.generation = Generation { active: target, since: Instant::now() };
     Ok(())

@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 
 use agent_common::{
-    CTR_CONN_TABLE_FULL, CTR_EVENTS_RATE_LIMITED, CTR_EVENTS_RINGBUF_FULL, CTR_EVENTS_SENT,
-    CTR_STATS_TABLE_FULL, DIR_EGRESS, FAIL_OTHER, FAIL_REFUSED, FAIL_RESET, FAIL_TIMEOUT,
-    HIST_BUCKETS, PairStats, VERDICT_VIOLATION,
+    CTR_CONN_TABLE_FULL, CTR_ENFORCE_UNRESOLVED, CTR_EVENTS_RATE_LIMITED, CTR_EVENTS_RINGBUF_FULL,
+    CTR_EVENTS_SENT, CTR_STATS_TABLE_FULL, DIR_EGRESS, FAIL_OTHER, FAIL_REFUSED, FAIL_RESET,
+    FAIL_TIMEOUT, HIST_BUCKETS, PairStats, VERDICT_VIOLATION,
 };
 use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
@@ -233,6 +233,13 @@ pub fn families(snap: &Snapshot, ids: &CellIds) -> Vec<MetricFamily> {
         &["source"],
     );
     *delivered.at(vec!["violation".into()]) = snap.counters[CTR_EVENTS_SENT as usize];
+    let mut unresolved = Fam::<u64>::new(
+        "cellwatch_enforce_unresolved_total",
+        "Connects enforce mode let through unjudged: an unbound socket in a network namespace \
+         whose source address is not yet known, or not unique",
+        &[],
+    );
+    *unresolved.at(vec![]) = snap.counters[CTR_ENFORCE_UNRESOLVED as usize];
     let mut entries =
         Fam::<u64>::new("cellwatch_map_entries", "Entries in each kernel map", &["map"]);
     let mut capacity =
@@ -257,6 +264,7 @@ pub fn families(snap: &Snapshot, ids: &CellIds) -> Vec<MetricFamily> {
         histogram(rtt),
         scalar(lost, COUNTER),
         scalar(delivered, COUNTER),
+        scalar(unresolved, COUNTER),
         scalar(entries, GAUGE),
         scalar(capacity, GAUGE),
     ]

@@ -88,3 +88,33 @@ fn ids_are_stable_across_recompiles() {
     assert_eq!(a.allow.len(), 2);
     assert!(a.allow.iter().any(|k| k.port == 0));
 }
+
+#[test]
+fn enforce_flags_follow_mode_and_enforce_cells() {
+    let text = |mode: &str, extra: &str| {
+        format!(
+            "cells:\n  - {{ name: g, global: true }}\n  - {{ name: a }}\n  - {{ name: b }}\nmode: {mode}\n{extra}"
+        )
+    };
+    let flags = |yaml: &str| {
+        let cfg = Config::parse("t.yaml", yaml).unwrap();
+        let mut ids = CellIds::default();
+        let c = compile(&cfg, &mut ids).unwrap();
+        let mut f = |name: &str| {
+            let id = ids.id(name).unwrap();
+            c.info.iter().find(|(i, _)| *i == id).unwrap().1.flags & CELL_FLAG_ENFORCE != 0
+        };
+        (c.enforce, f("a"), f("b"), enforce_summary(&cfg))
+    };
+    let (on, a, b, said) = flags(&text("audit", ""));
+    assert_eq!((on, a, b), (0, false, false));
+    assert!(said.starts_with("off"), "{said}");
+    let (on, a, b, said) = flags(&text("enforce", ""));
+    assert_eq!((on, a, b), (1, true, true));
+    assert!(said.ends_with("from a, b are refused"), "{said}");
+    let (on, a, b, said) = flags(&text("enforce", "enforce_cells: [b]\n"));
+    assert_eq!((on, a, b), (1, false, true));
+    assert!(said.ends_with("from b are refused"), "{said}");
+    let (_, a, b, said) = flags(&text("enforce", "enforce_cells: []\n"));
+    assert_eq!((a, b, said.as_str()), (false, false, "on, for no cell"));
+}

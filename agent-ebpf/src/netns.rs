@@ -1,0 +1,62 @@
+//! Which source address a network namespace's TCP sockets use, learned from their
+//! connections (`sock_ops`), so that enforce mode can judge a `connect()` on an unbound
+//! socket before the kernel picks its source. A pod's namespace has one address per
+//! family; a node's own has many and is marked ambiguous, and its unbound sockets are then
+//! not judged (counted as unresolved).
+use agent_common::{CELL_IGNORED, NetnsAddr, NetnsKey};
+
+use crate::{cells::View, maps::NETNS_ADDR};
+
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+
+/// The key of `addr` (IPv4 in the first 4 bytes when `v6` is false): v4-mapped IPv6
+/// addresses are IPv4.
+#[inline(always)]
+fn key(netns_cookie: u64, addr: &[u8; 16], v6: bool) -> (NetnsKey, [u8; 16]) {
+    let (family, a) = match (v6, crate::cells::v4_mapped(addr)) {
+        (true, None) => (AF_INET6, *addr),
+        (true, Some(v4)) => {
+            (AF_INET, [v4[0], v4[1], v4[2], v4[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+        }
+        (false, _) => (AF_INET, *addr),
+    };
+    (NetnsKey { netns_cookie, family, _pad: 0 }, a)
+}
+
+/// Notes that a socket of `netns_cookie` has local address `addr`. Ignored ranges
+/// (loopback) say nothing about the namespace's address and are skipped.
+///
+/// A function of its own (a BPF-to-BPF call): inlined, its locals would push the
+/// `sock_ops` program past the 512-byte stack.
+#[inline(never)]
+pub(crate) fn learn(view: &View, netns_cookie: u64, addr: &[u8; 16], v6: bool) {
+    if view.cell_of(addr, v6) == CELL_IGNORED {
+        return;
+    }
+    let (k, a) = key(netns_cookie, addr, v6);
+    match NETNS_ADDR.get_ptr_mut(k) {
+        Some(known) => {
+            // SAFETY: `known` points to a live entry; a racing writer can only set the
+            // same address or mark it ambiguous, both of which are safe outcomes.
+            unsafe {
+                if (*known).ambiguous == 0 && (*known).addr != a {
+                    (*known).ambiguous = 1;
+                }
+            }
+        }
+        None => {
+            let _ = NETNS_ADDR.insert(k, NetnsAddr { addr: a, ambiguous: 0, _pad: 0 }, 0);
+        }
+    }
+}
+
+/// The address an unbound socket of `netns_cookie` connecting to `dst` will use, when
+/// it is known and unique, and whether it is IPv6.
+#[inline(always)]
+pub(crate) fn source_for(netns_cookie: u64, dst: &[u8; 16], v6: bool) -> Option<([u8; 16], bool)> {
+    let (k, _) = key(netns_cookie, dst, v6);
+    // SAFETY: the value is copied out at once.
+    let known = unsafe { NETNS_ADDR.get(k) }.copied()?;
+    (known.ambiguous == 0).then_some((known.addr, k.family == AF_INET6))
+}

@@ -1,0 +1,299 @@
+//! Enforce mode on real loopback and network-namespace traffic: cross-cell connects fail
+//! with EPERM and are counted exactly, everything allowed still connects, `enforce_cells`
+//! limits the refusal, a reload to audit stops it, nothing is refused once the agent is
+//! gone, audit's dry-run count equals what enforce then refuses, and an unbound socket in
+//! a pod-like namespace is judged by the namespace's address.
+use std::{
+    net::{IpAddr, SocketAddr, TcpListener},
+    process::Command,
+};
+
+use cellwatch_tests::{
+    Agent, Metrics, Rng, Server, Start, TempDir, await_reloads, cellwatch, clients, connect_from,
+    json, lo, settle, write_atomic,
+};
+
+const EPERM: i32 = 1;
+
+/// Connects from `from` to `to`: Ok(true) connected, Ok(false) refused with EPERM.
+fn try_connect(from: IpAddr, to: SocketAddr) -> bool {
+    match connect_from(from, to) {
+        Ok(_) => true,
+        Err(e) if e.raw_os_error() == Some(EPERM) => false,
+        Err(e) => panic!("connect {from} -> {to}: {e} (neither connected nor EPERM)"),
+    }
+}
+
+fn denied(m: &Metrics, src: &str, dst: &str) -> f64 {
+    m.get("cellwatch_connections_denied_total", &[("src_cell", src), ("dst_cell", dst)])
+}
+
+fn violations(m: &Metrics, src: &str, dst: &str) -> f64 {
+    m.get(
+        "cellwatch_boundary_violations_total",
+        &[("src_cell", src), ("dst_cell", dst), ("direction", "egress")],
+    )
+}
+
+fn opened(m: &Metrics, src: &str, dst: &str, verdict: &str) -> f64 {
+    m.get(
+        "cellwatch_connections_opened_total",
+        &[("src_cell", src), ("dst_cell", dst), ("direction", "egress"), ("verdict", verdict)],
+    )
+}
+
+#[test]
+fn cross_cell_connects_fail_with_eperm_and_are_counted_exactly() {
+    const K: usize = 25;
+    const N: usize = 10;
+    let in_cell = Server::start(lo(141, 0, 1), N, 10, 10);
+    let global = Server::start(lo(140, 0, 1), N, 10, 10);
+    let by_rule = Server::start(lo(143, 0, 1), N, 10, 10);
+    // A server in cell-b for the refused connects: none of them may reach it.
+    let b = TcpListener::bind((lo(142, 0, 1), 0)).unwrap();
+    let config = format!(
+        "cells:\n  - {{ name: global, global: true, cidrs: [127.140.0.0/16] }}\n  \
+         - {{ name: cell-a, cidrs: [127.141.0.0/16] }}\n  - {{ name: cell-b, cidrs: [127.142.0.0/16] }}\n  \
+         - {{ name: cell-c, cidrs: [127.143.0.0/16] }}\n\
+         allow:\n  - {{ from: cell-a, to: cell-c, ports: [{}] }}\n\
+         ignore_cidrs: [127.0.0.0/16]\nmode: enforce\n",
+        by_rule.addr.port()
+    );
+    let agent = Agent::start(Start { config: Some(&config), ..Start::default() });
+
+    let a = lo(141, 0, 2);
+    let refused = (0..K).filter(|_| !try_connect(a, b.local_addr().unwrap())).count();
+    assert_eq!(refused, K, "every cross-cell connect fails with EPERM");
+    // Another port of the ruled pair is not covered by the rule.
+    let other_port = SocketAddr::new(lo(143, 0, 1), b.local_addr().unwrap().port());
+    assert!(!try_connect(a, other_port), "the allow rule covers its port only");
+    b.set_nonblocking(true).unwrap();
+    assert!(b.accept().is_err(), "a refused connect reached the server");
+
+    assert_eq!(clients(a, in_cell.addr, N, 10, 10), N);
+    assert_eq!(clients(a, global.addr, N, 10, 10), N);
+    assert_eq!(clients(a, by_rule.addr, N, 10, 10), N);
+    assert_eq!(in_cell.join() + global.join() + by_rule.join(), 3 * N);
+
+    let m = settle(&agent, |m| opened(m, "cell-a", "cell-c", "allowed") >= N as f64);
+    assert_eq!(denied(&m, "cell-a", "cell-b"), K as f64);
+    assert_eq!(denied(&m, "cell-a", "cell-c"), 1.0);
+    assert_eq!(violations(&m, "cell-a", "cell-b"), K as f64, "a refused leak is still a leak");
+    assert_eq!(opened(&m, "cell-a", "cell-b", "violation"), 0.0);
+    assert_eq!(opened(&m, "cell-a", "cell-a", "allowed"), N as f64);
+    assert_eq!(opened(&m, "cell-a", "global", "allowed"), N as f64);
+    assert_eq!(opened(&m, "cell-a", "cell-c", "allowed"), N as f64);
+    assert_eq!(m.get("cellwatch_enforce_unresolved_total", &[]), 0.0);
+
+    // Events reach /violations through the agent's ring-buffer drain: poll for them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let refusals = loop {
+        let v = json(&agent, "/violations?limit=1000");
+        let r: Vec<serde_json::Value> =
+            v.as_array().unwrap().iter().filter(|e| e["denied"] == true).cloned().collect();
+        if r.len() > K || std::time::Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(refusals.len(), K + 1, "{refusals:?}");
+    let me = std::process::id();
+    assert!(refusals.iter().all(|e| e["pid"] == me && e["comm"].is_string()), "{refusals:?}");
+    assert!(refusals.iter().all(|e| e["src"]["cell"] == "cell-a"));
+    assert!(agent.stderr().contains("cross-cell connect refused (enforce mode)"));
+    assert!(
+        agent.stderr().contains("cross-cell connects from cell-a, cell-b, cell-c are refused"),
+        "{}",
+        agent.stderr()
+    );
+}
+
+fn two_cells(mode: &str, extra: &str) -> String {
+    format!(
+        "cells:\n  - {{ name: cell-a, cidrs: [127.144.0.0/16] }}\n  - {{ name: cell-b, cidrs: \
+         [127.145.0.0/16] }}\nignore_cidrs: [127.0.0.0/16]\nmode: {mode}\n{extra}"
+    )
+}
+
+#[test]
+fn enforce_cells_limits_it_a_reload_to_audit_stops_it_and_nothing_outlives_the_agent() {
+    const N: usize = 8;
+    let (a, b) = (lo(144, 0, 2), lo(145, 0, 2));
+    let a_srv = TcpListener::bind((lo(144, 0, 1), 0)).unwrap();
+    let b_srv = TcpListener::bind((lo(145, 0, 1), 0)).unwrap();
+    let (to_a, to_b) = (a_srv.local_addr().unwrap(), b_srv.local_addr().unwrap());
+    let mut agent = Agent::start(Start {
+        config: Some(&two_cells("enforce", "enforce_cells: [cell-a]\n")),
+        ..Start::default()
+    });
+    assert_eq!((0..N).filter(|_| try_connect(a, to_b)).count(), 0, "cell-a is enforced");
+    assert_eq!((0..N).filter(|_| try_connect(b, to_a)).count(), N, "cell-b is not");
+    let m = settle(&agent, |m| violations(m, "cell-b", "cell-a") >= N as f64);
+    assert_eq!((denied(&m, "cell-a", "cell-b"), denied(&m, "cell-b", "cell-a")), (N as f64, 0.0));
+    assert_eq!(violations(&m, "cell-b", "cell-a"), N as f64, "flagged, not refused");
+
+    write_atomic(&agent.config_path(), &two_cells("audit", "enforce_cells: [cell-a]\n"));
+    await_reloads(&agent, "success", 1.0);
+    assert_eq!((0..N).filter(|_| try_connect(a, to_b)).count(), N, "audit refuses nothing");
+    write_atomic(&agent.config_path(), &two_cells("enforce", ""));
+    await_reloads(&agent, "success", 2.0);
+    assert_eq!((0..N).filter(|_| try_connect(b, to_a)).count(), 0, "every cell is enforced now");
+    let m = agent.metrics();
+    assert_eq!(
+        (denied(&m, "cell-a", "cell-b"), denied(&m, "cell-b", "cell-a")),
+        (N as f64, N as f64)
+    );
+
+    assert!(agent.stop().success(), "{}", agent.stderr());
+    let dir = TempDir::new("uninstall");
+    let (status, _, err) = cellwatch(&[], &["uninstall", "--bpffs", dir.0.to_str().unwrap()]);
+    assert!(status.success(), "{err}");
+    assert_eq!(
+        (0..N).filter(|_| try_connect(a, to_b)).count(),
+        N,
+        "nothing is refused without the agent"
+    );
+}
+
+#[test]
+fn the_audit_dry_run_counts_exactly_what_enforce_then_refuses() {
+    // Cells x, y, z and a global one; enforce applies to x and y only.
+    let cells = ["g", "x", "y", "z"];
+    let servers: Vec<TcpListener> =
+        (0..4).map(|i| TcpListener::bind((lo(150 + i, 0, 1), 0)).unwrap()).collect();
+    let config = |mode: &str| {
+        format!(
+            "cells:\n  - {{ name: g, global: true, cidrs: [127.150.0.0/16] }}\n  \
+             - {{ name: x, cidrs: [127.151.0.0/16] }}\n  - {{ name: y, cidrs: [127.152.0.0/16] }}\n  \
+             - {{ name: z, cidrs: [127.153.0.0/16] }}\nallow:\n  - {{ from: x, to: y }}\n\
+             ignore_cidrs: [127.0.0.0/16]\nmode: {mode}\nenforce_cells: [x, y]\n"
+        )
+    };
+    let mut rng = Rng::from_env("dry-run");
+    let plan: Vec<(usize, usize)> =
+        (0..90).map(|_| (rng.below(4) as usize, rng.below(4) as usize)).collect();
+    let run = || -> usize {
+        let refused = plan
+            .iter()
+            .filter(|(from, to)| {
+                let src = lo(150 + *from as u8, 0, 2);
+                !try_connect(src, servers[*to].local_addr().unwrap())
+            })
+            .count();
+        // Drain the accept queues so the backlog never fills.
+        for s in &servers {
+            s.set_nonblocking(true).unwrap();
+            while s.accept().is_ok() {}
+        }
+        refused
+    };
+    let sum = |m: &Metrics, f: &dyn Fn(&Metrics, &str, &str) -> f64| -> f64 {
+        ["x", "y"]
+            .iter()
+            .flat_map(|s| cells.iter().map(move |d| (*s, *d)))
+            .map(|(s, d)| f(m, s, d))
+            .sum()
+    };
+
+    let mut audit = Agent::start(Start { config: Some(&config("audit")), ..Start::default() });
+    assert_eq!(run(), 0, "audit refuses nothing");
+    let m = settle(&audit, |_| false);
+    let dry_run = sum(&m, &violations);
+    assert!(dry_run > 0.0, "the plan has enforced leaks");
+    assert!(audit.stop().success());
+
+    let enforce = Agent::start(Start { config: Some(&config("enforce")), ..Start::default() });
+    let refused = run();
+    let m = enforce.metrics();
+    assert_eq!(refused as f64, dry_run, "enforce refused what the dry run counted");
+    assert_eq!(sum(&m, &denied), dry_run);
+    // z is not enforced: its leaks still connect.
+    let z_leaks = plan.iter().filter(|(f, t)| *f == 3 && *t != 0 && *t != 3).count();
+    assert_eq!(
+        m.get(
+            "cellwatch_boundary_violations_total",
+            &[("src_cell", "z"), ("dst_cell", "x"), ("direction", "egress")]
+        ) + m.get(
+            "cellwatch_boundary_violations_total",
+            &[("src_cell", "z"), ("dst_cell", "y"), ("direction", "egress")]
+        ),
+        z_leaks as f64
+    );
+}
+
+/// A network namespace with one veth pair, removed on drop: a stand-in for a pod.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(tag: &str) -> Self {
+        let name = format!("cw{tag}{}", std::process::id() % 100_000);
+        let host = format!("{name}h");
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let ns = Self { name };
+        for cmd in [
+            format!("ip netns add {}", ns.name),
+            format!("ip link add {host} type veth peer name {}n", ns.name),
+            format!("ip link set {}n netns {}", ns.name, ns.name),
+            format!("ip addr add 10.251.0.1/24 dev {host}"),
+            format!("ip addr add 10.251.0.3/24 dev {host}"),
+            format!("ip link set {host} up"),
+            format!("ip -n {0} addr add 10.251.0.2/24 dev {0}n", ns.name),
+            format!("ip -n {0} link set {0}n up", ns.name),
+            format!("ip -n {} link set lo up", ns.name),
+        ] {
+            let ok = Command::new("sh").args(["-c", &cmd]).status();
+            assert!(
+                ok.is_ok_and(|s| s.success()),
+                "`{cmd}` failed (iproute2 is installed by setup)"
+            );
+        }
+        ns
+    }
+
+    /// An unbound TCP connect from inside the namespace (bash's /dev/tcp): Ok(true)
+    /// connected, Ok(false) refused with EPERM.
+    fn connect(&self, to: SocketAddr) -> bool {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, "timeout", "5", "bash", "-c"])
+            .arg(format!("exec 3<>/dev/tcp/{}/{}", to.ip(), to.port()))
+            .output()
+            .expect("ip netns exec");
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            return true;
+        }
+        assert!(err.contains("Operation not permitted"), "connect to {to} failed otherwise: {err}");
+        false
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes the veth pair with it.
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+#[test]
+fn an_unbound_socket_in_a_pod_namespace_is_judged_by_the_namespace_address() {
+    let ns = Netns::new("enf");
+    let global = TcpListener::bind("10.251.0.1:0").unwrap();
+    let other = TcpListener::bind("10.251.0.3:0").unwrap();
+    let config = "cells:\n  - { name: global, global: true, cidrs: [10.251.0.1/32] }\n  \
+                  - { name: pod-cell, cidrs: [10.251.0.2/32] }\n  - { name: other, cidrs: [10.251.0.3/32] }\n\
+                  mode: enforce\n";
+    let agent = Agent::start(Start { config: Some(config), ..Start::default() });
+    // The namespace has made no connection yet: its address is unknown, so the first
+    // unbound connect is let through, and counted as unresolved. It teaches the address.
+    assert!(ns.connect(other.local_addr().unwrap()), "unknown source: fail open");
+    assert!(ns.connect(global.local_addr().unwrap()));
+    let refused = (0..3).filter(|_| !ns.connect(other.local_addr().unwrap())).count();
+    assert_eq!(refused, 3, "once known, the namespace's leaks are refused");
+    let m = settle(&agent, |m| denied(m, "pod-cell", "other") >= 3.0);
+    assert_eq!(denied(&m, "pod-cell", "other"), 3.0);
+    assert_eq!(m.get("cellwatch_enforce_unresolved_total", &[]), 1.0);
+    assert_eq!(opened(&m, "pod-cell", "other", "violation"), 1.0);
+    assert_eq!(opened(&m, "pod-cell", "global", "allowed"), 1.0);
+}
