@@ -59,12 +59,7 @@ impl<'a> Ops<'a> {
         unsafe {
             if v6 {
                 let p = &raw const (*self.raw()).local_ip6;
-                words_to_bytes([
-                    load(p.cast()),
-                    load(p.cast::<u32>().add(1)),
-                    load(p.cast::<u32>().add(2)),
-                    load(p.cast::<u32>().add(3)),
-                ])
+                load_ip6(p.cast())
             } else {
                 v4_to_bytes(load(&raw const (*self.raw()).local_ip4))
             }
@@ -76,12 +71,7 @@ impl<'a> Ops<'a> {
         unsafe {
             if v6 {
                 let p = &raw const (*self.raw()).remote_ip6;
-                words_to_bytes([
-                    load(p.cast()),
-                    load(p.cast::<u32>().add(1)),
-                    load(p.cast::<u32>().add(2)),
-                    load(p.cast::<u32>().add(3)),
-                ])
+                load_ip6(p.cast())
             } else {
                 v4_to_bytes(load(&raw const (*self.raw()).remote_ip4))
             }
@@ -161,12 +151,7 @@ impl<'a> Connect<'a> {
         unsafe {
             if v6 {
                 let p = &raw const (*self.raw()).user_ip6;
-                words_to_bytes([
-                    load(p.cast()),
-                    load(p.cast::<u32>().add(1)),
-                    load(p.cast::<u32>().add(2)),
-                    load(p.cast::<u32>().add(3)),
-                ])
+                load_ip6(p.cast())
             } else {
                 v4_to_bytes(load(&raw const (*self.raw()).user_ip4))
             }
@@ -192,12 +177,7 @@ impl<'a> Connect<'a> {
             }
             if v6 {
                 let p = &raw const (*sk).src_ip6;
-                words_to_bytes([
-                    load(p.cast()),
-                    load(p.cast::<u32>().add(1)),
-                    load(p.cast::<u32>().add(2)),
-                    load(p.cast::<u32>().add(3)),
-                ])
+                load_ip6(p.cast())
             } else {
                 v4_to_bytes(load(&raw const (*sk).src_ip4))
             }
@@ -217,6 +197,16 @@ impl<'a> Connect<'a> {
 unsafe fn load(p: *const u32) -> u32 {
     // SAFETY: per the function's contract.
     unsafe { core::ptr::read_volatile(p) }
+}
+
+/// An IPv6 address as four context words, each one load (see [`load`]).
+///
+/// # Safety
+/// `p` must point to a four-word address field of a live program context or its socket.
+#[inline(always)]
+unsafe fn load_ip6(p: *const u32) -> [u8; 16] {
+    // SAFETY: per the function's contract.
+    unsafe { words_to_bytes([load(p), load(p.add(1)), load(p.add(2)), load(p.add(3))]) }
 }
 
 fn v4_to_bytes(ip: u32) -> [u8; 16] {

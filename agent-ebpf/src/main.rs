@@ -2,7 +2,9 @@
 //! cell at both ends and aggregated per cell pair.
 //!
 //! - [`sockops`]: the connection's life (connect, established, close) from `sock_ops`.
-//! - [`owner`]: cgroup `connect4`/`connect6`, the process behind each connect.
+//! - [`connect`]: cgroup `connect4`/`connect6`: the process behind each connect, and
+//!   enforce mode's refusal of cross-cell connects.
+//! - [`netns`]: each network namespace's source address, for enforce on unbound sockets.
 //! - [`events`]: violation events through the ring buffer, rate-limited.
 //! - [`resets`]: the `tcp:tcp_receive_reset` tracepoint, telling refused from timed out.
 //! - [`destroy`]: `tcp:tcp_destroy_sock`, the end of connections older than the agent.

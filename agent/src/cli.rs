@@ -51,20 +51,28 @@ pub enum Command {
     },
 }
 
+/// Where the agent serves and what it attaches to: shared by `run` and `demo`.
 #[derive(Debug, Clone, Args)]
-pub struct RunArgs {
-    /// YAML cell map; without it the embedded default (no cells, loopback ignored) is used.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Address of the HTTP endpoints (/metrics, /healthz, /readyz).
+pub struct NodeArgs {
+    /// Address of the HTTP endpoints (/metrics, /healthz, /readyz, /connections, /violations).
     #[arg(long, default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
-    /// Where the agent pins its programs and maps.
+    /// bpffs directory for pinned programs and maps (this version pins nothing yet: `run`
+    /// detaches everything on exit).
     #[arg(long, default_value = DEFAULT_BPFFS)]
     pub bpffs: PathBuf,
     /// The cgroup v2 root to attach to (default: found in /proc/self/mounts).
     #[arg(long)]
     pub cgroup: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// YAML cell map; without it the embedded default (no cells, loopback ignored) is used.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub node: NodeArgs,
     /// Live connections the kernel tracks at once; more are counted as lost.
     #[arg(long, default_value_t = DEFAULT_CONN_CAPACITY, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
     pub conn_capacity: u32,
@@ -82,15 +90,8 @@ pub struct DemoArgs {
     /// How long the demo runs, in seconds.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub duration: u64,
-    /// Address of the HTTP endpoints (/metrics, /connections, /violations).
-    #[arg(long, default_value = DEFAULT_LISTEN)]
-    pub listen: SocketAddr,
-    /// Where the agent pins its programs and maps.
-    #[arg(long, default_value = DEFAULT_BPFFS)]
-    pub bpffs: PathBuf,
-    /// The cgroup v2 root to attach to (default: found in /proc/self/mounts).
-    #[arg(long)]
-    pub cgroup: Option<PathBuf>,
+    #[command(flatten)]
+    pub node: NodeArgs,
 }
 
 fn pow2_kib(s: &str) -> Result<u32, String> {

@@ -113,7 +113,7 @@ where
     F: FnOnce(SocketAddr) -> Fut,
     Fut: Future<Output = Result<(), String>>,
 {
-    let node = preflight::check(args.cgroup.as_deref(), &args.bpffs)?;
+    let node = preflight::check(args.node.cgroup.as_deref(), &args.node.bpffs)?;
     // Logged only once the node checks passed: a run that cannot start prints nothing
     // but its one sentence.
     info!(
@@ -142,11 +142,11 @@ where
     Fut: Future<Output = Result<(), String>>,
 {
     // Bind first: a taken port fails before anything touches the kernel.
-    let listener = TcpListener::bind(args.listen).await.map_err(|source| {
+    let listener = TcpListener::bind(args.node.listen).await.map_err(|source| {
         if source.kind() == io::ErrorKind::AddrInUse {
-            RunError::PortInUse { addr: args.listen }
+            RunError::PortInUse { addr: args.node.listen }
         } else {
-            RunError::Listen { addr: args.listen, source }
+            RunError::Listen { addr: args.node.listen, source }
         }
     })?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
@@ -193,7 +193,7 @@ where
     let ready = Arc::new(AtomicBool::new(true));
     let server = Arc::new(Server { endpoints: agent.clone(), ready: ready.clone() });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let bound = listener.local_addr().unwrap_or(args.listen);
+    let bound = listener.local_addr().unwrap_or(args.node.listen);
     let http = tokio::spawn(server.serve(listener, async {
         let _ = stop_rx.await;
     }));

@@ -2,7 +2,7 @@
 //! exactly, exported through /metrics.
 use std::time::{Duration, Instant};
 
-use cellwatch_tests::{Agent, Metrics, Server, Start, clients, lo};
+use cellwatch_tests::{Agent, Server, Start, clients, lo, settle};
 
 /// Two cells on loopback ranges of their own; loopback is watched (`ignore_cidrs: []`).
 const CELLS: &str = r#"
@@ -31,18 +31,6 @@ fn pair(
     verdict: &'static str,
 ) -> Vec<(&'static str, &'static str)> {
     vec![("src_cell", src), ("dst_cell", dst), ("direction", dir), ("verdict", verdict)]
-}
-
-/// Polls until `f` holds on a scrape, or 10 s pass; returns the last scrape.
-fn settle(agent: &Agent, f: impl Fn(&Metrics) -> bool) -> Metrics {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let m = agent.metrics();
-        if f(&m) || Instant::now() > deadline {
-            return m;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

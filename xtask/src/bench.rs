@@ -152,7 +152,7 @@ fn start_to_ready(bin: &Path, config: Option<&Path>, dir: &Path) -> Result<(f64,
     Ok((ready, ms))
 }
 
-fn ready(port: u16) -> bool {
+pub(crate) fn ready(port: u16) -> bool {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     if s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").is_err() {
@@ -163,7 +163,7 @@ fn ready(port: u16) -> bool {
     buf.starts_with("HTTP/1.1 200") || buf.starts_with("HTTP/1.0 200")
 }
 
-fn stop(child: &mut Child) {
+pub(crate) fn stop(child: &mut Child) {
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {

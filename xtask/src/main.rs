@@ -9,6 +9,7 @@
 
 mod bench;
 mod benchfile;
+mod churn;
 mod setup;
 mod tasks;
 
@@ -53,6 +54,12 @@ enum Task {
 enum Bench {
     /// Config load at 1,000 cells and 100,000 prefixes: parse, validate, write to the kernel.
     ConfigLoad,
+    /// Connection churn between two cells: no agent, audit, enforce, and tcplife.
+    Churn {
+        /// One short run of each variant, nothing recorded (what CI runs).
+        #[arg(long)]
+        smoke: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -64,6 +71,7 @@ fn main() -> Result<()> {
             tasks::test()
         }
         Task::Bench { which: Bench::ConfigLoad } => bench::config_load(),
+        Task::Bench { which: Bench::Churn { smoke } } => churn::churn(smoke),
         Task::Run { args } => {
             setup::all()?;
             tasks::run("run", &args)

@@ -7,7 +7,8 @@ use anyhow::{Context, Result, bail};
 use crate::tasks::{ok, step};
 
 /// Debian packages: LLVM 22 for bpf-linker (it must match the nightly's LLVM), and the
-/// tools the privileged tests drive (Prometheus and promtool among them).
+/// tools the privileged tests and benchmarks drive (Prometheus and promtool, and
+/// tcplife from libbpf-tools as the peer in the churn benchmark).
 const DEBIAN: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -17,6 +18,7 @@ const DEBIAN: &[&str] = &[
     "iproute2",
     "util-linux",
     "prometheus",
+    "libbpf-tools",
 ];
 const BPF_LINKER: &str = "0.13.0";
 const CARGO_DENY: &str = "0.20.2";

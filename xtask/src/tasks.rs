@@ -101,6 +101,7 @@ pub(crate) fn test() -> Result<()> {
             &[("CELLWATCH_BIN", bin.to_str().unwrap_or_default())],
         )
     })?;
+    timed("benchmark smoke run (churn; timings not checked)", &|| crate::churn::churn(true))?;
     timed(&format!("fuzz the config parser ({FUZZ_SECONDS} s)"), &|| fuzz("config"))?;
     println!("all checks passed in {:.0}s", started.elapsed().as_secs_f64());
     Ok(())

@@ -38,9 +38,7 @@ pub fn demo(args: &DemoArgs) -> Result<(), RunError> {
     let parsed_ms = started.elapsed().as_secs_f64() * 1e3;
     let run_args = RunArgs {
         config: None,
-        listen: args.listen,
-        bpffs: args.bpffs.clone(),
-        cgroup: args.cgroup.clone(),
+        node: args.node.clone(),
         conn_capacity: crate::cli::DEFAULT_CONN_CAPACITY,
         // A few violation log lines a second per pair keep the log readable.
         violation_event_rate: 2,
