@@ -19,7 +19,10 @@ pub const CELL_IGNORED: u32 = u32::MAX;
 pub const MAX_CELLS: u32 = 4096;
 
 /// Map capacities fixed at build time (the connection table's is set at load time).
-pub const PAIR_STATS_CAPACITY: u32 = 16384;
+/// Pair keys are (src, dst, direction, verdict): 100 cells with every pair active in both
+/// directions take 20,000. The map allocates per entry (no preallocation), so the
+/// capacity costs nothing until used.
+pub const PAIR_STATS_CAPACITY: u32 = 65_536;
 pub const CELLS_V4_CAPACITY: u32 = 262_144;
 pub const CELLS_V6_CAPACITY: u32 = 262_144;
 pub const POLICY_CAPACITY: u32 = 65536;

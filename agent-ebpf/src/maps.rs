@@ -82,7 +82,7 @@ pub(crate) static EVENT_RATE: LruHashMap<PairKey, RateState> =
 /// pair. Written by the agent only (the programs never see their opening).
 #[map]
 pub(crate) static SEED_OPENED: HashMap<PairKey, [u64; 2]> =
-    HashMap::with_max_entries(agent_common::PAIR_STATS_CAPACITY, 0);
+    HashMap::with_max_entries(agent_common::PAIR_STATS_CAPACITY, BPF_F_NO_PREALLOC);
 
 /// Scalar settings (`SETTING_*` indices).
 #[map]

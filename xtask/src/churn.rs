@@ -6,7 +6,7 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
         Arc,
@@ -25,14 +25,14 @@ use crate::{
 
 /// Client (cell-a) and server (cell-b) addresses; a rule allows cell-a -> cell-b, so every
 /// connection takes the whole verdict path, in enforce mode too, and is allowed.
-const CLIENT: Ipv4Addr = Ipv4Addr::new(127, 171, 0, 2);
-const SERVER: Ipv4Addr = Ipv4Addr::new(127, 172, 0, 1);
+pub(crate) const CLIENT: Ipv4Addr = Ipv4Addr::new(127, 171, 0, 2);
+pub(crate) const SERVER: Ipv4Addr = Ipv4Addr::new(127, 172, 0, 1);
 const CONFIG: &str = "cells:\n  - { name: global, global: true, cidrs: [127.170.0.0/16] }\n  \
                       - { name: cell-a, cidrs: [127.171.0.0/16] }\n  - { name: cell-b, cidrs: [127.172.0.0/16] }\n\
                       allow:\n  - { from: cell-a, to: cell-b }\nignore_cidrs: [127.0.0.0/16]\n";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Variant {
+pub(crate) enum Variant {
     None,
     Audit,
     Enforce,
@@ -40,7 +40,7 @@ enum Variant {
 }
 
 impl Variant {
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::None => "no agent",
             Self::Audit => "cellwatch, audit",
@@ -51,16 +51,14 @@ impl Variant {
 }
 
 /// What runs beside the load, started before and stopped after the timed part.
-struct Beside {
+pub(crate) struct Beside {
     child: Option<Child>,
 }
 
-/// `smoke`: one short run of each variant, nothing written (CI keeps the code working).
-pub(crate) fn churn(smoke: bool) -> Result<()> {
-    let (runs, conns) = if smoke { (1, 300) } else { (7, 10_000) };
+/// Builds the agent, writes the audit and enforce configs into a scratch directory, and
+/// finds tcplife. A smoke run uses the debug build the tests already made.
+pub(crate) fn prepare(smoke: bool, name: &str) -> Result<(PathBuf, PathBuf, PathBuf)> {
     std::env::set_current_dir(root())?;
-    // The smoke run only checks that the benchmark works: the debug build the tests
-    // already made will do.
     let profile = if smoke { "debug" } else { "release" };
     step(&format!("build the agent ({profile})"));
     let mut build = vec!["cargo", "build", "--locked", "-p", "agent"];
@@ -69,15 +67,22 @@ pub(crate) fn churn(smoke: bool) -> Result<()> {
     }
     crate::setup::run(&build)?;
     let bin = root().join(format!("target/{profile}/cellwatch"));
-    let dir = std::env::temp_dir().join(format!("cellwatch-churn-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("cellwatch-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     for (mode, file) in [("audit", "audit.yaml"), ("enforce", "enforce.yaml")] {
         std::fs::write(dir.join(file), format!("{CONFIG}mode: {mode}\n"))?;
     }
-    let tcplife = Path::new("/usr/sbin/tcplife");
+    let tcplife = PathBuf::from("/usr/sbin/tcplife");
     if !tcplife.exists() {
         bail!("tcplife is missing: run `cargo xtask setup` (Debian's libbpf-tools)");
     }
+    Ok((bin, dir, tcplife))
+}
+
+/// `smoke`: one short run of each variant, nothing written (CI keeps the code working).
+pub(crate) fn churn(smoke: bool) -> Result<()> {
+    let (runs, conns) = if smoke { (1, 300) } else { (7, 10_000) };
+    let (bin, dir, tcplife) = prepare(smoke, "churn")?;
     let _stats = BpfStats::enable()?;
 
     let variants = [Variant::None, Variant::Audit, Variant::Enforce, Variant::Tcplife];
@@ -85,8 +90,11 @@ pub(crate) fn churn(smoke: bool) -> Result<()> {
     let mut costs: Vec<Vec<ProgCost>> = vec![Vec::new(); variants.len()];
     step(&format!("churn: {conns} connections per run, {runs} runs of each variant, interleaved"));
     for run in 0..runs {
-        for (i, v) in variants.iter().enumerate() {
-            let beside = start_beside(*v, &bin, &dir, tcplife)?;
+        // Each run starts with a different variant, so no variant always follows the same one.
+        for k in 0..variants.len() {
+            let i = (k + run) % variants.len();
+            let v = &variants[i];
+            let beside = start_beside(*v, &bin, &dir, &tcplife)?;
             let before = beside.prog_costs()?;
             let rate = load(conns)?;
             let after = beside.prog_costs()?;
@@ -144,7 +152,7 @@ pub(crate) fn churn(smoke: bool) -> Result<()> {
         "### Connection churn between two cells\n\n\
          `cargo xtask bench churn`: {conns} loopback connections per run from cell-a to cell-b \
          (allowed by a rule, so the whole verdict path runs): connect, 32 bytes each way, close. \
-         One client thread, {runs} runs of each variant, interleaved; median [min, max].\n\n{table}\n\
+         One client thread, {runs} runs of each variant, interleaved (each round starts with the next variant); median [min, max].\n\n{table}\n\
          Kernel cost per program, from `kernel.bpf_stats_enabled` over the same runs (all \
          connections on the machine during the run count, both ends of each of ours among them):\n\n{per_prog}\n\
          Target (issue 6): 0.98 of no-agent throughput or more, and 60 ns or less per program run.\n\n\
@@ -165,11 +173,11 @@ pub(crate) fn churn(smoke: bool) -> Result<()> {
     Ok(())
 }
 
-fn min_max(v: &[f64]) -> (f64, f64) {
+pub(crate) fn min_max(v: &[f64]) -> (f64, f64) {
     (v.iter().copied().fold(f64::INFINITY, f64::min), v.iter().copied().fold(0.0, f64::max))
 }
 
-fn start_beside(v: Variant, bin: &Path, dir: &Path, tcplife: &Path) -> Result<Beside> {
+pub(crate) fn start_beside(v: Variant, bin: &Path, dir: &Path, tcplife: &Path) -> Result<Beside> {
     let child = match v {
         Variant::None => None,
         Variant::Audit | Variant::Enforce => {
@@ -203,23 +211,35 @@ fn start_beside(v: Variant, bin: &Path, dir: &Path, tcplife: &Path) -> Result<Be
 }
 
 impl Beside {
-    fn prog_costs(&self) -> Result<Vec<(String, u64, u64)>> {
+    pub(crate) fn prog_costs(&self) -> Result<Vec<(String, u64, u64)>> {
         let Some(c) = &self.child else { return Ok(Vec::new()) };
-        prog_stats(&prog_ids(c.id()))
+        prog_stats(&fd_ids(c.id(), "prog_id:"))
     }
 
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         if let Some(c) = self.child.as_mut() {
             stop(c);
         }
     }
 }
 
-fn start_agent(bin: &Path, config: &Path, dir: &Path) -> Result<Child> {
+pub(crate) fn start_agent(bin: &Path, config: &Path, dir: &Path) -> Result<Child> {
+    Ok(start_agent_with(bin, config, dir, &[])?.0)
+}
+
+/// Starts `cellwatch run` with extra arguments and waits until it is ready; the child and
+/// its HTTP port.
+pub(crate) fn start_agent_with(
+    bin: &Path,
+    config: &Path,
+    dir: &Path,
+    extra: &[&str],
+) -> Result<(Child, u16)> {
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let mut child = Command::new(bin)
         .args(["run", "--listen", &format!("127.0.0.1:{port}"), "--config"])
         .arg(config)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("agent.log"))?)
@@ -235,7 +255,7 @@ fn start_agent(bin: &Path, config: &Path, dir: &Path) -> Result<Child> {
         }
         thread::sleep(Duration::from_millis(5));
     }
-    Ok(child)
+    Ok((child, port))
 }
 
 /// `conns` sequential connections from CLIENT to a server at SERVER; connections/s.
@@ -280,7 +300,7 @@ fn load(conns: usize) -> Result<f64> {
     Ok(rate)
 }
 
-fn connect_from(to: SocketAddr) -> Result<TcpStream> {
+pub(crate) fn connect_from(to: SocketAddr) -> Result<TcpStream> {
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
     s.bind(&SocketAddr::new(CLIENT.into(), 0).into())?;
     s.connect_timeout(&to.into(), Duration::from_secs(5))?;
@@ -289,14 +309,14 @@ fn connect_from(to: SocketAddr) -> Result<TcpStream> {
     Ok(s)
 }
 
-/// The ids of the BPF programs a process holds (from its fdinfo).
-fn prog_ids(pid: u32) -> Vec<u32> {
+/// The ids of the BPF objects (`prog_id:`, `map_id:`) a process holds (from its fdinfo).
+pub(crate) fn fd_ids(pid: u32, key: &str) -> Vec<u32> {
     let mut ids = Vec::new();
     for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).into_iter().flatten().flatten() {
         let text = std::fs::read_to_string(e.path()).unwrap_or_default();
         ids.extend(
             text.lines()
-                .filter_map(|l| l.strip_prefix("prog_id:"))
+                .filter_map(|l| l.strip_prefix(key))
                 .filter_map(|v| v.trim().parse::<u32>().ok()),
         );
     }

@@ -9,7 +9,9 @@
 
 mod bench;
 mod benchfile;
+mod bulk;
 mod churn;
+mod scale;
 mod setup;
 mod tasks;
 
@@ -36,6 +38,16 @@ enum Task {
         #[command(subcommand)]
         which: Bench,
     },
+    /// (Used by `bench scale`.) Hold connections open until stdin closes.
+    #[command(hide = true)]
+    Hold {
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        helper: u8,
+        #[arg(long)]
+        targets: String,
+    },
     /// Setup, build in release mode, and run the agent.
     Run {
         /// Arguments for `cellwatch run`, e.g. `-- --config cells.yaml`.
@@ -54,6 +66,18 @@ enum Task {
 enum Bench {
     /// Config load at 1,000 cells and 100,000 prefixes: parse, validate, write to the kernel.
     ConfigLoad,
+    /// One connection moving several GiB: no agent, audit, enforce, and tcplife.
+    Bulk {
+        /// One short run of each variant, nothing recorded (what CI runs).
+        #[arg(long)]
+        smoke: bool,
+    },
+    /// 10, 100 and 1,000 cells, and 50,000 connections held: render time, memory.
+    Scale {
+        /// A small run, nothing recorded (what CI runs).
+        #[arg(long)]
+        smoke: bool,
+    },
     /// Connection churn between two cells: no agent, audit, enforce, and tcplife.
     Churn {
         /// One short run of each variant, nothing recorded (what CI runs).
@@ -72,6 +96,9 @@ fn main() -> Result<()> {
         }
         Task::Bench { which: Bench::ConfigLoad } => bench::config_load(),
         Task::Bench { which: Bench::Churn { smoke } } => churn::churn(smoke),
+        Task::Bench { which: Bench::Bulk { smoke } } => bulk::bulk(smoke),
+        Task::Bench { which: Bench::Scale { smoke } } => scale::scale(smoke),
+        Task::Hold { count, helper, targets } => scale::hold(count, helper, &targets),
         Task::Run { args } => {
             setup::all()?;
             tasks::run("run", &args)

@@ -101,7 +101,15 @@ pub(crate) fn test() -> Result<()> {
             &[("CELLWATCH_BIN", bin.to_str().unwrap_or_default())],
         )
     })?;
-    timed("benchmark smoke run (churn; timings not checked)", &|| crate::churn::churn(true))?;
+    timed(
+        "benchmarks: build the microbenchmarks, smoke-run the rest (timings not checked)",
+        &|| {
+            crate::setup::run(&["cargo", "bench", "--locked", "-p", "agent", "--no-run"])?;
+            crate::churn::churn(true)?;
+            crate::bulk::bulk(true)?;
+            crate::scale::scale(true)
+        },
+    )?;
     timed(&format!("fuzz the config parser ({FUZZ_SECONDS} s)"), &|| fuzz("config"))?;
     println!("all checks passed in {:.0}s", started.elapsed().as_secs_f64());
     Ok(())

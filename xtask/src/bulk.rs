@@ -1,0 +1,103 @@
+//! `cargo xtask bench bulk`: one loopback connection between two cells moving several GiB,
+//! with no agent, with cellwatch (audit and enforce) and with tcplife, interleaved. The
+//! agent does no per-packet or per-ACK work, so this should cost it nothing measurable.
+use std::{
+    io::{Read, Write},
+    net::TcpListener,
+    thread,
+    time::Instant,
+};
+
+use anyhow::{Result, bail};
+
+use crate::{
+    bench::median,
+    churn::{SERVER, Variant, connect_from, min_max, prepare, start_beside},
+    tasks::{ok, step},
+};
+
+const CHUNK: usize = 1 << 20;
+
+pub(crate) fn bulk(smoke: bool) -> Result<()> {
+    let (runs, gib) = if smoke { (1, 0.0625) } else { (5, 4.0) };
+    let bytes = (gib * (1u64 << 30) as f64) as u64;
+    let (bin, dir, tcplife) = prepare(smoke, "bulk")?;
+    let variants = [Variant::None, Variant::Audit, Variant::Enforce, Variant::Tcplife];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    step(&format!("bulk: {gib} GiB over one connection, {runs} runs of each variant, interleaved"));
+    for run in 0..runs {
+        // Each run starts with a different variant, so no variant always follows the same one.
+        for k in 0..variants.len() {
+            let i = (k + run) % variants.len();
+            let v = &variants[i];
+            let beside = start_beside(*v, &bin, &dir, &tcplife)?;
+            let rate = transfer(bytes);
+            beside.stop();
+            let rate = rate?;
+            ok(&format!("run {}: {:<24} {:>6.2} GiB/s", run + 1, v.label(), rate));
+            rates[i].push(rate);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    if smoke {
+        ok("smoke run done (nothing recorded)");
+        return Ok(());
+    }
+    let base = median(&rates[0]);
+    let mut table =
+        String::from("| variant | GiB/s, median [min, max] | ratio to no agent |\n|---|---|---|\n");
+    for (i, v) in variants.iter().enumerate() {
+        let (min, max) = min_max(&rates[i]);
+        table.push_str(&format!(
+            "| {} | {:.2} [{:.2}, {:.2}] | {:.3} |\n",
+            v.label(),
+            median(&rates[i]),
+            min,
+            max,
+            median(&rates[i]) / base
+        ));
+    }
+    let section = format!(
+        "### Bulk throughput over one connection\n\n\
+         `cargo xtask bench bulk`: {gib} GiB from cell-a to cell-b over one loopback connection, \
+         1 MiB writes, {runs} runs of each variant, interleaved (each round starts with the next variant); median [min, max].\n\n{table}\n\
+         Target (issue 6): 0.99 of no-agent throughput or more. None of cellwatch's programs \
+         runs per packet or per ACK; a difference here is the machine's noise.\n"
+    );
+    crate::benchfile::update("bulk", &section)?;
+    ok("BENCHMARKS.md updated");
+    Ok(())
+}
+
+/// Sends `bytes` over one connection; GiB/s as the receiver saw them arrive.
+fn transfer(bytes: u64) -> Result<f64> {
+    let listener = TcpListener::bind((SERVER, 0))?;
+    let to = listener.local_addr()?;
+    let server = thread::spawn(move || -> Result<u64> {
+        let (mut s, _) = listener.accept()?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut got = 0u64;
+        loop {
+            match s.read(&mut buf)? {
+                0 => return Ok(got),
+                n => got += n as u64,
+            }
+        }
+    });
+    let mut c = connect_from(to)?;
+    let chunk = vec![0x5au8; CHUNK];
+    let t = Instant::now();
+    let mut sent = 0u64;
+    while sent < bytes {
+        let n = CHUNK.min((bytes - sent) as usize);
+        c.write_all(&chunk[..n])?;
+        sent += n as u64;
+    }
+    c.shutdown(std::net::Shutdown::Write)?;
+    let got = server.join().map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+    let secs = t.elapsed().as_secs_f64();
+    if got != bytes {
+        bail!("sent {bytes} bytes, received {got}");
+    }
+    Ok(bytes as f64 / secs / (1u64 << 30) as f64)
+}
