@@ -48,7 +48,7 @@ fn snapshot(cells: usize) -> (Snapshot, CellIds) {
 }
 
 fn readout(c: &mut Criterion) {
-    // Two CPUs' copies of 2,000 pairs (10 cells... x 100), merged as the map readout does.
+    // Two CPUs' copies of 2,000 pair keys, merged into one value each as the readout does.
     let per_cpu = vec![[PairStats::ZERO; 2]; 2_000];
     c.bench_function("readout: merge 2 CPUs x 2,000 pairs", |b| {
         b.iter(|| {

@@ -11,6 +11,7 @@ mod bench;
 mod benchfile;
 mod bulk;
 mod churn;
+mod micro;
 mod scale;
 mod setup;
 mod tasks;
@@ -72,6 +73,8 @@ enum Bench {
         #[arg(long)]
         smoke: bool,
     },
+    /// Criterion microbenchmarks of the hot paths, recorded.
+    Micro,
     /// 10, 100 and 1,000 cells, and 50,000 connections held: render time, memory.
     Scale {
         /// A small run, nothing recorded (what CI runs).
@@ -98,6 +101,7 @@ fn main() -> Result<()> {
         Task::Bench { which: Bench::Churn { smoke } } => churn::churn(smoke),
         Task::Bench { which: Bench::Bulk { smoke } } => bulk::bulk(smoke),
         Task::Bench { which: Bench::Scale { smoke } } => scale::scale(smoke),
+        Task::Bench { which: Bench::Micro } => micro::micro(),
         Task::Hold { count, helper, targets } => scale::hold(count, helper, &targets),
         Task::Run { args } => {
             setup::all()?;

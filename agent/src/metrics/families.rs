@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 
 use agent_common::{
-    CTR_CONN_TABLE_FULL, CTR_ENFORCE_UNRESOLVED, CTR_EVENTS_RATE_LIMITED, CTR_EVENTS_RINGBUF_FULL,
-    CTR_EVENTS_SENT, CTR_STATS_TABLE_FULL, DIR_EGRESS, FAIL_OTHER, FAIL_REFUSED, FAIL_RESET,
-    FAIL_TIMEOUT, HIST_BUCKETS, PairStats, VERDICT_VIOLATION,
+    CELL_EXTERNAL, CTR_CONN_TABLE_FULL, CTR_ENFORCE_UNRESOLVED, CTR_EVENTS_RATE_LIMITED,
+    CTR_EVENTS_RINGBUF_FULL, CTR_EVENTS_SENT, CTR_STATS_TABLE_FULL, DIR_EGRESS, FAIL_OTHER,
+    FAIL_REFUSED, FAIL_RESET, FAIL_TIMEOUT, HIST_BUCKETS, PairStats, VERDICT_VIOLATION,
 };
 use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
@@ -192,7 +192,8 @@ pub fn families(snap: &Snapshot, ids: &CellIds) -> Vec<MetricFamily> {
     );
     let mut rtt = Fam::<Hist>::new(
         "cellwatch_rtt_seconds",
-        "Smoothed RTT of each connection, taken at close",
+        "Smoothed RTT of each connection, taken at close, on the client's side (and on the \
+         server's when the client is in no cell)",
         PAIR_DIR,
     );
 
@@ -208,7 +209,12 @@ pub fn families(snap: &Snapshot, ids: &CellIds) -> Vec<MetricFamily> {
         *sent.at(pd.clone()) += s.bytes_sent;
         *received.at(pd.clone()) += s.bytes_received;
         *retrans.at(pd.clone()) += s.retransmits;
-        add_hist(rtt.at(pd.clone()), &s.rtt_hist, s.rtt_sum_us as f64 * 1e-6);
+        // RTT once per connection: from the client's socket, and from the server's only
+        // when the client is in no cell (no cellwatch sees it as egress). A second,
+        // ingress copy would cost 30 samples per pair and say the same thing.
+        if k.direction == DIR_EGRESS || k.src_cell == CELL_EXTERNAL {
+            add_hist(rtt.at(pd.clone()), &s.rtt_hist, s.rtt_sum_us as f64 * 1e-6);
+        }
         if k.verdict == VERDICT_VIOLATION {
             *violations.at(pd) += s.violations;
         }

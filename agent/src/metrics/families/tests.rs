@@ -57,8 +57,37 @@ fn snapshot_renders_the_contract_metrics() {
     ] {
         assert!(text.lines().any(|l| l == want), "missing line {want}\n---\n{text}");
     }
-    // Ingress keys feed no client-side family.
+    // Ingress keys feed no client-side family, and no RTT when the client is in a cell.
     assert_eq!(text.matches("cellwatch_connect_latency_seconds_count{").count(), 1);
+    assert_eq!(text.matches("cellwatch_rtt_seconds_count{").count(), 1);
+}
+
+#[test]
+fn rtt_is_counted_once_per_connection() {
+    let mut ids = CellIds::default();
+    let a = ids.id("cell-a").unwrap();
+    let ext = agent_common::CELL_EXTERNAL;
+    let mut s = PairStats::ZERO;
+    s.rtt_hist[4] = 2;
+    let snap = Snapshot {
+        pairs: vec![
+            (key(a, a, DIR_EGRESS, 0), s),
+            (key(a, a, DIR_INGRESS, 0), s),
+            (key(ext, a, DIR_INGRESS, 0), s),
+        ],
+        ..Snapshot::default()
+    };
+    let text = AgentMetrics::new("1.2.3", "6.1.0").render(&snap, &ids).unwrap();
+    let counts: Vec<&str> =
+        text.lines().filter(|l| l.starts_with("cellwatch_rtt_seconds_count{")).collect();
+    assert_eq!(
+        counts,
+        [
+            r#"cellwatch_rtt_seconds_count{src_cell="cell-a",dst_cell="cell-a",direction="egress"} 2"#,
+            r#"cellwatch_rtt_seconds_count{src_cell="external",dst_cell="cell-a",direction="ingress"} 2"#,
+        ],
+        "{text}"
+    );
 }
 
 #[test]
