@@ -11,8 +11,7 @@ use std::{
 use anyhow::{Result, bail};
 
 use crate::{
-    bench::median,
-    churn::{SERVER, Variant, connect_from, min_max, prepare, start_beside},
+    churn::{SERVER, connect_from, interleaved, prepare, ratio_table},
     tasks::{ok, step},
 };
 
@@ -22,41 +21,19 @@ pub(crate) fn bulk(smoke: bool) -> Result<()> {
     let (runs, gib) = if smoke { (1, 0.0625) } else { (5, 4.0) };
     let bytes = (gib * (1u64 << 30) as f64) as u64;
     let (bin, dir, tcplife) = prepare(smoke, "bulk")?;
-    let variants = [Variant::None, Variant::Audit, Variant::Enforce, Variant::Tcplife];
-    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     step(&format!("bulk: {gib} GiB over one connection, {runs} runs of each variant, interleaved"));
-    for run in 0..runs {
-        // Each run starts with a different variant, so no variant always follows the same one.
-        for k in 0..variants.len() {
-            let i = (k + run) % variants.len();
-            let v = &variants[i];
-            let beside = start_beside(*v, &bin, &dir, &tcplife)?;
-            let rate = transfer(bytes);
-            beside.stop();
-            let rate = rate?;
-            ok(&format!("run {}: {:<24} {:>6.2} GiB/s", run + 1, v.label(), rate));
-            rates[i].push(rate);
-        }
-    }
+    let rates = interleaved(
+        runs,
+        (&bin, &dir, &tcplife),
+        |_, _| transfer(bytes),
+        |r| format!("{r:>6.2} GiB/s"),
+    )?;
     let _ = std::fs::remove_dir_all(&dir);
     if smoke {
         ok("smoke run done (nothing recorded)");
         return Ok(());
     }
-    let base = median(&rates[0]);
-    let mut table =
-        String::from("| variant | GiB/s, median [min, max] | ratio to no agent |\n|---|---|---|\n");
-    for (i, v) in variants.iter().enumerate() {
-        let (min, max) = min_max(&rates[i]);
-        table.push_str(&format!(
-            "| {} | {:.2} [{:.2}, {:.2}] | {:.3} |\n",
-            v.label(),
-            median(&rates[i]),
-            min,
-            max,
-            median(&rates[i]) / base
-        ));
-    }
+    let table = ratio_table("GiB/s", &rates, 2);
     let section = format!(
         "### Bulk throughput over one connection\n\n\
          `cargo xtask bench bulk`: {gib} GiB from cell-a to cell-b over one loopback connection, \

@@ -25,14 +25,14 @@ use crate::{
 
 /// Client (cell-a) and server (cell-b) addresses; a rule allows cell-a -> cell-b, so every
 /// connection takes the whole verdict path, in enforce mode too, and is allowed.
-pub(crate) const CLIENT: Ipv4Addr = Ipv4Addr::new(127, 171, 0, 2);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(127, 171, 0, 2);
 pub(crate) const SERVER: Ipv4Addr = Ipv4Addr::new(127, 172, 0, 1);
 const CONFIG: &str = "cells:\n  - { name: global, global: true, cidrs: [127.170.0.0/16] }\n  \
                       - { name: cell-a, cidrs: [127.171.0.0/16] }\n  - { name: cell-b, cidrs: [127.172.0.0/16] }\n\
                       allow:\n  - { from: cell-a, to: cell-b }\nignore_cidrs: [127.0.0.0/16]\n";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum Variant {
+enum Variant {
     None,
     Audit,
     Enforce,
@@ -40,7 +40,7 @@ pub(crate) enum Variant {
 }
 
 impl Variant {
-    pub(crate) fn label(self) -> &'static str {
+    fn label(self) -> &'static str {
         match self {
             Self::None => "no agent",
             Self::Audit => "cellwatch, audit",
@@ -48,6 +48,55 @@ impl Variant {
             Self::Tcplife => "tcplife (libbpf-tools)",
         }
     }
+}
+
+/// Every variant, in the order of the tables.
+const VARIANTS: [Variant; 4] = [Variant::None, Variant::Audit, Variant::Enforce, Variant::Tcplife];
+
+/// Runs `measure` `runs` times for every variant, interleaved: each round starts with the
+/// next variant, so none always follows the same one. What the variant runs beside the
+/// load is started before and stopped after each measurement, whatever its outcome.
+/// Per variant (in `VARIANTS` order), the measured values.
+pub(crate) fn interleaved(
+    runs: usize,
+    (bin, dir, tcplife): (&Path, &Path, &Path),
+    mut measure: impl FnMut(usize, &Beside) -> Result<f64>,
+    show: impl Fn(f64) -> String,
+) -> Result<Vec<Vec<f64>>> {
+    let mut values = vec![Vec::new(); VARIANTS.len()];
+    for run in 0..runs {
+        for k in 0..VARIANTS.len() {
+            let i = (k + run) % VARIANTS.len();
+            let beside = start_beside(VARIANTS[i], bin, dir, tcplife)?;
+            let value = measure(i, &beside);
+            beside.stop();
+            let value = value?;
+            ok(&format!("run {}: {:<24} {}", run + 1, VARIANTS[i].label(), show(value)));
+            values[i].push(value);
+        }
+    }
+    Ok(values)
+}
+
+/// A Markdown table of `values` per variant: median [min, max] and the ratio of medians
+/// to no agent.
+pub(crate) fn ratio_table(unit: &str, values: &[Vec<f64>], decimals: usize) -> String {
+    let base = median(&values[0]);
+    let mut t =
+        format!("| variant | {unit}, median [min, max] | ratio to no agent |\n|---|---|---|\n");
+    for (v, vals) in VARIANTS.iter().zip(values) {
+        let (min, max) = min_max(vals);
+        t.push_str(&format!(
+            "| {} | {:.d$} [{:.d$}, {:.d$}] | {:.3} |\n",
+            v.label(),
+            median(vals),
+            min,
+            max,
+            median(vals) / base,
+            d = decimals
+        ));
+    }
+    t
 }
 
 /// What runs beside the load, started before and stopped after the timed part.
@@ -85,50 +134,30 @@ pub(crate) fn churn(smoke: bool) -> Result<()> {
     let (bin, dir, tcplife) = prepare(smoke, "churn")?;
     let _stats = BpfStats::enable()?;
 
-    let variants = [Variant::None, Variant::Audit, Variant::Enforce, Variant::Tcplife];
-    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
-    let mut costs: Vec<Vec<ProgCost>> = vec![Vec::new(); variants.len()];
+    let mut costs: Vec<Vec<ProgCost>> = vec![Vec::new(); VARIANTS.len()];
     step(&format!("churn: {conns} connections per run, {runs} runs of each variant, interleaved"));
-    for run in 0..runs {
-        // Each run starts with a different variant, so no variant always follows the same one.
-        for k in 0..variants.len() {
-            let i = (k + run) % variants.len();
-            let v = &variants[i];
-            let beside = start_beside(*v, &bin, &dir, &tcplife)?;
+    let rates = interleaved(
+        runs,
+        (&bin, &dir, &tcplife),
+        |i, beside| {
             let before = beside.prog_costs()?;
             let rate = load(conns)?;
             let after = beside.prog_costs()?;
-            beside.stop();
             costs[i].extend(diff(&before, &after, conns));
-            ok(&format!("run {}: {:<24} {:>8.0} connections/s", run + 1, v.label(), rate));
-            rates[i].push(rate);
-        }
-    }
+            Ok(rate)
+        },
+        |r| format!("{r:>8.0} connections/s"),
+    )?;
     let _ = std::fs::remove_dir_all(&dir);
     if smoke {
         ok("smoke run done (nothing recorded)");
         return Ok(());
     }
-
-    let base = median(&rates[0]);
-    let mut table = String::from(
-        "| variant | connections/s, median [min, max] | ratio to no agent |\n|---|---|---|\n",
-    );
-    for (i, v) in variants.iter().enumerate() {
-        let (min, max) = min_max(&rates[i]);
-        table.push_str(&format!(
-            "| {} | {:.0} [{:.0}, {:.0}] | {:.3} |\n",
-            v.label(),
-            median(&rates[i]),
-            min,
-            max,
-            median(&rates[i]) / base
-        ));
-    }
+    let table = ratio_table("connections/s", &rates, 0);
     let mut per_prog = String::from(
         "| variant | program | ns per run, median [min, max] | runs per connection |\n|---|---|---|---|\n",
     );
-    for (i, v) in variants.iter().enumerate() {
+    for (i, v) in VARIANTS.iter().enumerate() {
         let mut names: Vec<&str> = costs[i].iter().map(|c| c.name.as_str()).collect();
         names.sort_unstable();
         names.dedup();
@@ -173,11 +202,11 @@ pub(crate) fn churn(smoke: bool) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn min_max(v: &[f64]) -> (f64, f64) {
+fn min_max(v: &[f64]) -> (f64, f64) {
     (v.iter().copied().fold(f64::INFINITY, f64::min), v.iter().copied().fold(0.0, f64::max))
 }
 
-pub(crate) fn start_beside(v: Variant, bin: &Path, dir: &Path, tcplife: &Path) -> Result<Beside> {
+fn start_beside(v: Variant, bin: &Path, dir: &Path, tcplife: &Path) -> Result<Beside> {
     let child = match v {
         Variant::None => None,
         Variant::Audit | Variant::Enforce => {
@@ -211,19 +240,19 @@ pub(crate) fn start_beside(v: Variant, bin: &Path, dir: &Path, tcplife: &Path) -
 }
 
 impl Beside {
-    pub(crate) fn prog_costs(&self) -> Result<Vec<(String, u64, u64)>> {
+    fn prog_costs(&self) -> Result<Vec<(String, u64, u64)>> {
         let Some(c) = &self.child else { return Ok(Vec::new()) };
         prog_stats(&fd_ids(c.id(), "prog_id:"))
     }
 
-    pub(crate) fn stop(mut self) {
+    fn stop(mut self) {
         if let Some(c) = self.child.as_mut() {
             stop(c);
         }
     }
 }
 
-pub(crate) fn start_agent(bin: &Path, config: &Path, dir: &Path) -> Result<Child> {
+fn start_agent(bin: &Path, config: &Path, dir: &Path) -> Result<Child> {
     Ok(start_agent_with(bin, config, dir, &[])?.0)
 }
 
