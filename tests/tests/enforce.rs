@@ -238,8 +238,11 @@ impl Netns {
             format!("ip link set {}n netns {}", ns.name, ns.name),
             format!("ip addr add 10.251.0.1/24 dev {host}"),
             format!("ip addr add 10.251.0.3/24 dev {host}"),
+            format!("ip addr add fd00:251::1/64 dev {host} nodad"),
+            format!("ip addr add fd00:251::3/64 dev {host} nodad"),
             format!("ip link set {host} up"),
             format!("ip -n {0} addr add 10.251.0.2/24 dev {0}n", ns.name),
+            format!("ip -n {0} addr add fd00:251::2/64 dev {0}n nodad", ns.name),
             format!("ip -n {0} link set {0}n up", ns.name),
             format!("ip -n {} link set lo up", ns.name),
         ] {
@@ -281,9 +284,9 @@ fn an_unbound_socket_in_a_pod_namespace_is_judged_by_the_namespace_address() {
     let ns = Netns::new("enf");
     let global = TcpListener::bind("10.251.0.1:0").unwrap();
     let other = TcpListener::bind("10.251.0.3:0").unwrap();
-    let config = "cells:\n  - { name: global, global: true, cidrs: [10.251.0.1/32] }\n  \
-                  - { name: pod-cell, cidrs: [10.251.0.2/32] }\n  - { name: other, cidrs: [10.251.0.3/32] }\n\
-                  mode: enforce\n";
+    let config = "cells:\n  - { name: global, global: true, cidrs: [10.251.0.1/32, \"fd00:251::1/128\"] }\n  \
+                  - { name: pod-cell, cidrs: [10.251.0.2/32, \"fd00:251::2/128\"] }\n  \
+                  - { name: other, cidrs: [10.251.0.3/32, \"fd00:251::3/128\"] }\nmode: enforce\n";
     let agent = Agent::start(Start { config: Some(config), ..Start::default() });
     // The namespace has made no connection yet: its address is unknown, so the first
     // unbound connect is let through, and counted as unresolved. It teaches the address.
@@ -296,4 +299,15 @@ fn an_unbound_socket_in_a_pod_namespace_is_judged_by_the_namespace_address() {
     assert_eq!(m.get("cellwatch_enforce_unresolved_total", &[]), 1.0);
     assert_eq!(opened(&m, "pod-cell", "other", "violation"), 1.0);
     assert_eq!(opened(&m, "pod-cell", "global", "allowed"), 1.0);
+
+    // IPv6 (connect6): the namespace's v6 address is learned from its first v6 connect,
+    // to the global cell, which needs no source to judge; then its v6 leaks are refused.
+    let global6 = TcpListener::bind("[fd00:251::1]:0").unwrap();
+    let other6 = TcpListener::bind("[fd00:251::3]:0").unwrap();
+    assert!(ns.connect(global6.local_addr().unwrap()));
+    let refused6 = (0..2).filter(|_| !ns.connect(other6.local_addr().unwrap())).count();
+    assert_eq!(refused6, 2, "the namespace's IPv6 leaks are refused");
+    let m = settle(&agent, |m| denied(m, "pod-cell", "other") >= 5.0);
+    assert_eq!(denied(&m, "pod-cell", "other"), 5.0);
+    assert_eq!(m.get("cellwatch_enforce_unresolved_total", &[]), 1.0);
 }
