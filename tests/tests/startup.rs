@@ -26,9 +26,7 @@ fn refs(v: &[String]) -> Vec<&str> {
 
 /// Runs `cellwatch run` under `wrapper` and expects it to fail by itself.
 fn run_fails(wrapper: &[&str]) -> (i32, String) {
-    let listen = format!("127.0.0.1:{}", free_port());
     let mut a = Agent::spawn(Start { wrapper, args: &[], config: None });
-    let _ = &listen;
     let status = a
         .wait(Duration::from_secs(30))
         .unwrap_or_else(|| panic!("agent did not exit:\n{}", a.stderr()));
@@ -59,6 +57,30 @@ fn without_privilege_it_names_the_missing_capabilities() {
     let line = assert_one_sentence(&stderr);
     for cap in ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"] {
         assert!(line.contains(cap), "{line}");
+    }
+}
+
+/// Each of the three capabilities the DaemonSet grants is needed: without any one of
+/// them (the other two kept), the agent names exactly that one.
+#[test]
+fn each_required_capability_is_named_when_missing() {
+    let caps = ["bpf", "perfmon", "net_admin"];
+    for missing in caps {
+        let kept: Vec<String> =
+            caps.iter().filter(|c| **c != missing).map(|c| format!("+{c}")).collect();
+        let bounding = format!("--bounding-set=-all,{}", kept.join(","));
+        let wrapper = ["setpriv", bounding.as_str(), "--inh-caps=-all"];
+        let (code, stderr) = run_fails(&wrapper);
+        assert_eq!(code, 1, "without {missing}: {stderr}");
+        let line = assert_one_sentence(&stderr);
+        // "this process lacks X, which ...; run it as root or grant <all three>"
+        let lacks = line.split(';').next().unwrap_or_default();
+        let named = format!("CAP_{}", missing.to_uppercase());
+        assert!(lacks.contains(&format!("lacks {named},")), "without {missing}: {line}");
+        for other in caps.iter().filter(|c| **c != missing) {
+            let other = format!("CAP_{}", other.to_uppercase());
+            assert!(!lacks.contains(&other), "without {missing}, {other} is named too: {line}");
+        }
     }
 }
 

@@ -110,22 +110,25 @@ pub(crate) fn test() -> Result<()> {
             crate::scale::scale(true)
         },
     )?;
-    timed(&format!("fuzz the config parser ({FUZZ_SECONDS} s)"), &|| fuzz("config"))?;
+    for (target, seconds) in FUZZ_TARGETS {
+        timed(&format!("fuzz {target} ({seconds} s)"), &|| fuzz(target, *seconds))?;
+    }
     println!("all checks passed in {:.0}s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
-/// How long CI fuzzes each target.
-const FUZZ_SECONDS: u32 = 60;
+/// The cargo-fuzz targets and how long CI fuzzes each: the config parser, the decoding
+/// of ring-buffer records, and the query strings of the JSON endpoints.
+const FUZZ_TARGETS: &[(&str, u32)] = &[("config", 40), ("ringbuf_record", 15), ("query", 15)];
 
 /// Runs a cargo-fuzz target for a bounded time from the corpus kept in the repo; new
 /// inputs go to a scratch directory so the kept corpus only grows on purpose.
-fn fuzz(target: &str) -> Result<()> {
+fn fuzz(target: &str, seconds: u32) -> Result<()> {
     let scratch =
         std::env::temp_dir().join(format!("cellwatch-fuzz-{target}-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
     let kept = format!("fuzz/corpus/{target}");
-    let time = format!("-max_total_time={FUZZ_SECONDS}");
+    let time = format!("-max_total_time={seconds}");
     let out = std::process::Command::new("cargo")
         .args(["+nightly", "fuzz", "run", target])
         .arg(&scratch)

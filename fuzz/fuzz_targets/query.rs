@@ -1,0 +1,20 @@
+//! Fuzzes the query-string parser of `/connections` and `/violations` with arbitrary
+//! text: it must never panic, every refusal must be one printable line, and whatever it
+//! accepts must be within the limits.
+#![no_main]
+
+use agent::query::{MAX_LIMIT, parse};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let text = String::from_utf8_lossy(data);
+    match parse(Some(&text), &["cell", "verdict", "limit"]) {
+        Ok(q) => {
+            assert!((1..=MAX_LIMIT).contains(&q.limit), "limit {}", q.limit);
+            if let Some(c) = &q.cell {
+                assert!(c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+            }
+        }
+        Err(e) => assert!(!e.chars().any(char::is_control), "not one printable line: {e:?}"),
+    }
+});
