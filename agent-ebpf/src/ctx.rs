@@ -4,7 +4,7 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{bpf_sock_addr, bpf_sock_ops},
     helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
-    programs::{SockAddrContext, SockOpsContext},
+    programs::{SockAddrContext, SockOpsContext, TracePointContext},
 };
 
 /// Read-only view of the fields cellwatch uses. Each is a plain context load that the
@@ -115,6 +115,14 @@ impl<'a> Ops<'a> {
         // SAFETY: plain context field load.
         unsafe { (*self.raw()).total_retrans }
     }
+}
+
+/// The `sock_cookie` of a tracepoint record, at the byte offset the agent found in tracefs
+/// and stored in `SETTINGS[setting]`; `None` when the offset is unknown (0) or the read fails.
+pub(crate) fn record_cookie(ctx: &TracePointContext, setting: u32) -> Option<u64> {
+    let off = crate::maps::SETTINGS.get(setting).copied().filter(|o| *o != 0)?;
+    // SAFETY: read_at is a bounds-checked probe read of the tracepoint record.
+    unsafe { ctx.read_at::<u64>(off as usize) }.ok()
 }
 
 /// Read-only view of a `connect()` as the cgroup `connect4`/`connect6` hooks see it.

@@ -6,7 +6,8 @@ use agent_common::{CONN_ESTABLISHED, CTR_CONN_FORGOTTEN, SETTING_DESTROY_COOKIE_
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
 use crate::{
-    maps::{CONNS, OWNERS, SETTINGS},
+    ctx::record_cookie,
+    maps::{CONNS, OWNERS},
     sockops::pair_key,
     stats::{add, count, slot},
 };
@@ -19,12 +20,7 @@ fn cellwatch_destroy(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn try_destroy(ctx: &TracePointContext) {
-    let Some(off) = SETTINGS.get(SETTING_DESTROY_COOKIE_OFFSET).copied() else { return };
-    if off == 0 {
-        return;
-    }
-    // SAFETY: read_at is a bounds-checked probe read of the tracepoint record.
-    let Ok(cookie) = (unsafe { ctx.read_at::<u64>(off as usize) }) else { return };
+    let Some(cookie) = record_cookie(ctx, SETTING_DESTROY_COOKIE_OFFSET) else { return };
     let Some(conn) = CONNS.get_ptr(cookie) else { return };
     // SAFETY: `conn` points to a live entry; it is copied out before the entry is removed.
     let conn = unsafe { *conn };

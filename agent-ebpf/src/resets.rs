@@ -4,7 +4,7 @@
 use agent_common::{CONN_RST_SEEN, SETTING_RST_COOKIE_OFFSET};
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
-use crate::maps::{CONNS, SETTINGS};
+use crate::{ctx::record_cookie, maps::CONNS};
 
 #[tracepoint]
 fn cellwatch_rst(ctx: TracePointContext) -> u32 {
@@ -14,12 +14,7 @@ fn cellwatch_rst(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn try_rst(ctx: &TracePointContext) {
-    let Some(off) = SETTINGS.get(SETTING_RST_COOKIE_OFFSET).copied() else { return };
-    if off == 0 {
-        return;
-    }
-    // SAFETY: read_at is a bounds-checked probe read of the tracepoint record.
-    let Ok(cookie) = (unsafe { ctx.read_at::<u64>(off as usize) }) else { return };
+    let Some(cookie) = record_cookie(ctx, SETTING_RST_COOKIE_OFFSET) else { return };
     if let Some(conn) = CONNS.get_ptr_mut(cookie) {
         // SAFETY: `conn` points to a live entry of CONNS.
         unsafe { (*conn).flags |= CONN_RST_SEEN };

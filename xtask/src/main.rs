@@ -1,6 +1,6 @@
 //! `cargo xtask`: the project's own tasks, so a fresh machine needs one command each.
 //!
-//! - `setup`: install what building and testing cellwatch needs, skipping what is there;
+//! - `setup`: install what building and testing cellwatch needs (idempotent: what is there stays);
 //! - `test`: every check CI runs (format, lints, unit tests, privileged integration
 //!   tests, licences and sources);
 //! - `ci`: `setup` then `test`;
