@@ -317,7 +317,30 @@ pub struct PolicyKey {
     pub _pad: [u8; 6],
 }
 
+/// Longest cell name (a Kubernetes label value).
+pub const CELL_NAME_MAX: usize = 63;
+
+/// The name of a cell id (array map indexed by id), so an agent that adopts pinned
+/// maps after a restart labels their cell ids as the one before it did. Written and
+/// read by the agent only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CellName {
+    /// Bytes of `name` in use; 0 = no cell has this id.
+    pub len: u8,
+    pub name: [u8; CELL_NAME_MAX],
+}
+
+/// Indices into the `META` array map: what a restarted agent checks before it adopts
+/// the pinned maps. Written by the agent last, once everything is attached.
+/// [`LAYOUT_VERSION`] of the pinned maps (0 = a start that never finished).
+pub const META_LAYOUT: u32 = 0;
+/// Hash of the eBPF object whose programs the pinned links run.
+pub const META_BUILD: u32 = 1;
+pub const META_LEN: u32 = 4;
+
 const _: () = assert!(core::mem::size_of::<PairKey>() == 16);
+const _: () = assert!(core::mem::size_of::<CellName>() == 64);
 const _: () =
     assert!(core::mem::size_of::<PairStats>() == (9 + FAIL_REASONS + 2 * HIST_BUCKETS) * 8);
 const _: () = assert!(core::mem::size_of::<ConnState>() == 80);
@@ -356,6 +379,7 @@ mod user {
     unsafe impl aya::Pod for RateState {}
     unsafe impl aya::Pod for NetnsKey {}
     unsafe impl aya::Pod for NetnsAddr {}
+    unsafe impl aya::Pod for CellName {}
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Every map the programs share with the agent. Names are the contract with the loader
 //! in `agent/src/kernel/`; sizes marked "set by the agent" are overridden at load time.
 use agent_common::{
-    CellInfo, ConnState, NetnsAddr, NetnsKey, Owner, PairKey, PairStats, PolicyKey, RateState,
+    CellInfo, CellName, ConnState, NetnsAddr, NetnsKey, Owner, PairKey, PairStats, PolicyKey,
+    RateState,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -92,3 +93,14 @@ pub(crate) static SETTINGS: Array<u32> = Array::with_max_entries(agent_common::S
 #[map]
 pub(crate) static COUNTERS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(agent_common::COUNTERS_LEN, 0);
+
+/// Cell id -> name, so a restarted agent keeps labelling ids as before. Written and read
+/// by the agent only.
+#[map]
+pub(crate) static CELL_NAMES: Array<CellName> =
+    Array::with_max_entries(agent_common::MAX_CELLS + 1, 0);
+
+/// Layout version and program build of the pinned state (`META_*` indices). Written and
+/// read by the agent only.
+#[map]
+pub(crate) static META: Array<u32> = Array::with_max_entries(agent_common::META_LEN, 0);

@@ -9,6 +9,8 @@ use crate::logging::LogFormat;
 
 /// Default pin directory of programs and maps.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/cellwatch";
+/// The demo's pin directory, removed when the demo ends.
+pub const DEFAULT_DEMO_BPFFS: &str = "/sys/fs/bpf/cellwatch-demo";
 /// Default address of the HTTP endpoints.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9473";
 /// Default number of live connections tracked in the kernel.
@@ -57,13 +59,22 @@ pub struct NodeArgs {
     /// Address of the HTTP endpoints (/metrics, /healthz, /readyz, /connections, /violations).
     #[arg(long, default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
-    /// bpffs directory for pinned programs and maps (this version pins nothing yet: `run`
-    /// detaches everything on exit).
-    #[arg(long, default_value = DEFAULT_BPFFS)]
-    pub bpffs: PathBuf,
+    /// bpffs directory where the programs' links and maps are pinned [default:
+    /// /sys/fs/bpf/cellwatch; the demo's: /sys/fs/bpf/cellwatch-demo]. They outlive
+    /// `run`, so a restart loses no connection; `cellwatch uninstall` removes them. The
+    /// demo removes its own when it ends.
+    #[arg(long)]
+    pub bpffs: Option<PathBuf>,
     /// The cgroup v2 root to attach to (default: found in /proc/self/mounts).
     #[arg(long)]
     pub cgroup: Option<PathBuf>,
+}
+
+impl NodeArgs {
+    /// `--bpffs`, or `default` when it was not given.
+    pub fn bpffs_or(&self, default: &str) -> PathBuf {
+        self.bpffs.clone().unwrap_or_else(|| PathBuf::from(default))
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -83,6 +94,10 @@ pub struct RunArgs {
     /// Ring buffer for violation events, in KiB: a power of two, 4 to 65536.
     #[arg(long, default_value_t = DEFAULT_EVENTS_BUFFER_KIB, value_parser = pow2_kib)]
     pub events_buffer_kib: u32,
+    /// Swap this build's programs onto the pinned links even if they run them already
+    /// (an upgrade does this by itself). Maps and counts are kept.
+    #[arg(long)]
+    pub replace_programs: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -55,8 +55,18 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             println!("{}: ok: {}", file.display(), summary(&cfg));
         }
         Command::Uninstall { bpffs } => match uninstall::uninstall(&bpffs)? {
-            0 => println!("nothing to uninstall under {}", bpffs.display()),
-            n => println!("removed {n} pinned objects under {}", bpffs.display()),
+            uninstall::Removed { objects: 0, .. } => {
+                println!("nothing to uninstall under {}", bpffs.display())
+            }
+            uninstall::Removed { objects, still_loaded } => {
+                println!("removed {objects} pinned objects under {}", bpffs.display());
+                if still_loaded > 0 {
+                    println!(
+                        "{still_loaded} programs are detached but still held open by a running \
+                         process (a `cellwatch run` on this directory?); they go when it exits"
+                    );
+                }
+            }
         },
     }
     Ok(())

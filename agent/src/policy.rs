@@ -55,6 +55,25 @@ impl CellIds {
         self.by_name.get(name).copied()
     }
 
+    /// Ids as an earlier agent handed them out (read back from the kernel); new names
+    /// get ids above the highest.
+    pub fn restore(names: impl IntoIterator<Item = (u32, String)>) -> Self {
+        let mut ids = Self::default();
+        for (id, name) in names {
+            ids.next = ids.next.max(id);
+            ids.by_name.insert(name.clone(), id);
+            ids.names.insert(id, name);
+        }
+        ids
+    }
+
+    /// Every id handed out, with its name, by id.
+    pub fn all(&self) -> Vec<(u32, String)> {
+        let mut v: Vec<_> = self.names.iter().map(|(id, n)| (*id, n.clone())).collect();
+        v.sort_unstable();
+        v
+    }
+
     /// The label of a kernel cell id.
     pub fn name(&self, id: u32) -> &str {
         match id {
@@ -77,6 +96,9 @@ pub struct Compiled {
     pub external: u32,
     /// `SETTING_ENFORCE` value: 1 under `mode: enforce`.
     pub enforce: u32,
+    /// Every cell id handed out so far, with its name (kept in the kernel so a
+    /// restarted agent labels the counters as this one did).
+    pub names: Vec<(u32, String)>,
 }
 
 pub fn compile(cfg: &Config, ids: &mut CellIds) -> Result<Compiled, IdsExhausted> {
@@ -110,6 +132,7 @@ pub fn compile(cfg: &Config, ids: &mut CellIds) -> Result<Compiled, IdsExhausted
     }
     out.allow.sort_unstable();
     out.allow.dedup();
+    out.names = ids.all();
     Ok(out)
 }
 

@@ -113,7 +113,8 @@ where
     F: FnOnce(SocketAddr) -> Fut,
     Fut: Future<Output = Result<(), String>>,
 {
-    let node = preflight::check(args.node.cgroup.as_deref(), &args.node.bpffs)?;
+    let bpffs = args.node.bpffs_or(crate::cli::DEFAULT_BPFFS);
+    let node = preflight::check(args.node.cgroup.as_deref(), &bpffs)?;
     // Logged only once the node checks passed: a run that cannot start prints nothing
     // but its one sentence.
     info!(
@@ -127,7 +128,7 @@ where
         .enable_all()
         .build()
         .map_err(RunError::Runtime)?;
-    rt.block_on(serve(args, config, source, node, session))
+    rt.block_on(serve(args, config, source, node, &bpffs, session))
 }
 
 async fn serve<F, Fut>(
@@ -135,6 +136,7 @@ async fn serve<F, Fut>(
     config: Config,
     source: &[u8],
     node: preflight::Node,
+    bpffs: &std::path::Path,
     session: F,
 ) -> Result<(), RunError>
 where
@@ -153,19 +155,23 @@ where
     let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
 
-    let mut ids = CellIds::default();
-    let compiled = compile(&config, &mut ids)?;
     let opts = LoadOptions {
         cgroup_root: node.cgroup_root.clone(),
+        bpffs: bpffs.to_owned(),
+        replace_programs: args.replace_programs,
         conn_capacity: args.conn_capacity,
         events_bytes: args.events_buffer_kib * 1024,
         event_rate: args.violation_event_rate,
     };
-    let mut kernel = Kernel::load(&opts, &compiled)?;
+    let staged = Kernel::open(&opts)?;
+    // Ids the pinned state already uses first, so adopted counters keep their labels.
+    let mut ids = staged.cell_ids();
+    let compiled = compile(&config, &mut ids)?;
+    let mut kernel = staged.start(&compiled)?;
     seed::seed(&kernel.maps(), &config, &mut ids);
 
     let ids = Arc::new(RwLock::new(ids));
-    let metrics = AgentMetrics::new(env!("CARGO_PKG_VERSION"), &node.kernel);
+    let metrics = AgentMetrics::new(env!("CARGO_PKG_VERSION"), &node.kernel, kernel.start_kind());
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<Trigger>(4);
     let reloader = args.config.as_ref().map(|path| {
         let r = Reloader::new(
@@ -237,6 +243,9 @@ where
         let _ = d.join();
     }
     drop(kernel);
-    info!("eBPF programs detached; cellwatch stopped");
+    info!(
+        bpffs = %bpffs.display(),
+        "cellwatch stopped; its programs stay attached and counting (`cellwatch uninstall` removes them)"
+    );
     outcome
 }

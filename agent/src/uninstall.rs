@@ -1,8 +1,32 @@
 //! `cellwatch uninstall`: remove everything the agent pinned under its bpffs directory.
-//! Unpinning a link detaches its program once no process holds it.
+//! Unpinning a link detaches its program; the kernel does that shortly after, in the
+//! background, so uninstall waits until the programs are gone before it returns.
 #![forbid(unsafe_code)]
 
-use std::{fs, io, path::Path};
+use std::{
+    collections::HashSet,
+    fs, io,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use aya::programs::{
+    links::{FdLink, PinnedLink},
+    loaded_programs,
+};
+
+/// How long uninstall waits for the kernel to free the detached programs.
+const SETTLE: Duration = Duration::from_secs(5);
+
+/// What `uninstall` did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Removed {
+    /// Pinned objects removed (0: nothing was there).
+    pub objects: usize,
+    /// Programs detached but still loaded after the wait: a process holds them open
+    /// (a `cellwatch run` still running on this directory).
+    pub still_loaded: usize,
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot remove {path}: {source}")]
@@ -12,9 +36,37 @@ pub struct UninstallError {
     source: io::Error,
 }
 
+/// Removes the pin directory, then waits until the programs its links ran are freed.
+pub fn uninstall(dir: &Path) -> Result<Removed, UninstallError> {
+    let programs = linked_programs(dir);
+    let objects = remove(dir)?;
+    let deadline = Instant::now() + SETTLE;
+    let mut left = programs;
+    while !left.is_empty() {
+        let loaded: HashSet<u32> = loaded_programs().flatten().map(|p| p.id()).collect();
+        left.retain(|id| loaded.contains(id));
+        if left.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(Removed { objects, still_loaded: left.len() })
+}
+
+/// Ids of the programs the links pinned under `dir/links` run.
+fn linked_programs(dir: &Path) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir(dir.join("links")) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| PinnedLink::from_pin(e.path()).ok())
+        .filter_map(|l| FdLink::from(l).info().ok())
+        .map(|i| i.program_id())
+        .collect()
+}
+
 /// Removes the pin directory; returns how many pinned objects were removed (0 when
 /// there was nothing).
-pub fn uninstall(dir: &Path) -> Result<usize, UninstallError> {
+fn remove(dir: &Path) -> Result<usize, UninstallError> {
     let err = |p: &Path| {
         let path = p.display().to_string();
         move |source| UninstallError { path, source }

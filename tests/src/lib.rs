@@ -62,17 +62,51 @@ impl Drop for TempDir {
     }
 }
 
+/// A pin directory of the test's own under /sys/fs/bpf, removed on drop: removing the
+/// pins detaches what an agent left attached there (as `cellwatch uninstall` does).
+pub struct Pins(pub PathBuf);
+
+impl Pins {
+    pub fn new() -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        Self(PathBuf::from(format!(
+            "/sys/fs/bpf/cellwatch-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        )))
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().expect("utf-8 path")
+    }
+}
+
+impl Default for Pins {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A free loopback TCP port.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
 }
 
-/// A running agent. Dropping it stops it (SIGTERM, then SIGKILL after 10 s).
+/// A running agent. Dropping it stops it (SIGTERM, then SIGKILL after 10 s), then
+/// removes its pins unless the test gave their directory (`Start::pins`).
 pub struct Agent {
     child: Option<Child>,
     pub port: u16,
     pub dir: TempDir,
     stderr: PathBuf,
+    /// Dropped after the agent stops (fields drop after `Drop::drop`).
+    _own_pins: Option<Pins>,
 }
 
 /// How to start an agent.
@@ -83,6 +117,9 @@ pub struct Start<'a> {
     /// Commands the agent is run under, e.g. `["unshare", "-m", "sh", "-c", "...; exec \"$0\" \"$@\""]`.
     pub wrapper: &'a [&'a str],
     pub args: &'a [&'a str],
+    /// The pin directory, kept by the test across agents; by default the agent gets one
+    /// of its own, removed when it is dropped.
+    pub pins: Option<&'a Pins>,
 }
 
 impl Agent {
@@ -116,6 +153,18 @@ impl Agent {
         let mut argv: Vec<String> = s.wrapper.iter().map(|s| (*s).to_owned()).collect();
         argv.push(agent_bin().display().to_string());
         argv.extend(["run".into(), "--listen".into(), listen]);
+        let own_pins = match (s.pins, s.args.contains(&"--bpffs")) {
+            (Some(p), _) => {
+                argv.extend(["--bpffs".into(), p.path().to_owned()]);
+                None
+            }
+            (None, true) => None,
+            (None, false) => {
+                let p = Pins::new();
+                argv.extend(["--bpffs".into(), p.path().to_owned()]);
+                Some(p)
+            }
+        };
         if let Some(cfg) = s.config {
             argv.push("--config".into());
             argv.push(dir.write("cells.yaml", cfg).display().to_string());
@@ -128,7 +177,7 @@ impl Agent {
             .stderr(std::fs::File::create(&stderr).expect("stderr file"))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {argv:?}: {e}"));
-        Self { child: Some(child), port, dir, stderr }
+        Self { child: Some(child), port, dir, stderr, _own_pins: own_pins }
     }
 
     /// The config file the agent was started with (when `Start::config` was given).
@@ -165,6 +214,12 @@ impl Agent {
             thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// SIGKILL and wait: a crash, as far as the agent can tell.
+    pub fn kill(&mut self) {
+        self.signal("KILL");
+        assert!(self.wait(Duration::from_secs(10)).is_some(), "agent survived SIGKILL");
     }
 
     /// SIGTERM and wait; returns the exit status.
@@ -270,6 +325,23 @@ pub fn prog_ids_of(pid: u32) -> Vec<u32> {
     ids.sort_unstable();
     ids.dedup();
     ids
+}
+
+/// Asserts that none of these programs is loaded any more. The kernel frees a program
+/// after an RCU grace period once its last link and fd are gone, so this waits up to
+/// 5 s for it.
+pub fn assert_unloaded(ids: &[u32], after: &str) {
+    let loaded = |id: &u32| {
+        let out = Command::new("bpftool").args(["prog", "show", "id", &id.to_string()]).output();
+        out.expect("bpftool (run `cargo xtask setup`)").status.success()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut left: Vec<u32> = ids.to_vec();
+    while !left.is_empty() && Instant::now() < deadline {
+        left.retain(loaded);
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(left.is_empty(), "programs {left:?} still loaded 5 s after {after}");
 }
 
 /// The cgroup v2 root, as the agent finds it.

@@ -103,11 +103,7 @@ fn count_before(summary: &str, word: &str) -> u64 {
 
 fn assert_unloaded(ids: &[u32]) {
     assert!(!ids.is_empty(), "the demo held no BPF programs while running");
-    for id in ids {
-        let out = Command::new("bpftool").args(["prog", "show", "id", &id.to_string()]).output();
-        let out = out.expect("bpftool (run `cargo xtask setup`)");
-        assert!(!out.status.success(), "program {id} still loaded after the demo exited");
-    }
+    cellwatch_tests::assert_unloaded(ids, "the demo exited");
 }
 
 #[test]

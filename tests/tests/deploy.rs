@@ -4,7 +4,7 @@
 //! the agent really runs with.
 use std::{path::PathBuf, process::Command};
 
-use cellwatch_tests::{Agent, Start, TempDir, cellwatch, cgroup2_root, http_get};
+use cellwatch_tests::{Agent, Pins, Start, TempDir, cellwatch, cgroup2_root, http_get};
 use serde_json::Value;
 
 fn repo() -> PathBuf {
@@ -133,6 +133,9 @@ fn the_daemonset_runs_the_agent_it_ships() {
                 assert_eq!(value, "/host/sys/fs/cgroup");
                 run_args.push(format!("--cgroup={cgroup}"));
             }
+            // The node's pin directory; the harness gives the test one of its own, so
+            // nothing of the test's outlives it.
+            "--bpffs" => assert_eq!(value, "/sys/fs/bpf/cellwatch"),
             _ => run_args.push(a.clone()),
         }
     }
@@ -155,7 +158,13 @@ fn the_daemonset_runs_the_agent_it_ships() {
     );
     let wrapper = ["setpriv", bounding.as_str(), "--inh-caps=-all"];
     let arg_refs: Vec<&str> = run_args.iter().map(String::as_str).collect();
-    let mut agent = Agent::start(Start { config: None, wrapper: &wrapper, args: &arg_refs });
+    let pins = Pins::new();
+    let mut agent = Agent::start(Start {
+        wrapper: &wrapper,
+        args: &arg_refs,
+        pins: Some(&pins),
+        ..Start::default()
+    });
     let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
     let eff = status.lines().find(|l| l.starts_with("CapEff:")).unwrap().to_owned();
     // CAP_NET_ADMIN (12), CAP_PERFMON (38), CAP_BPF (39).

@@ -1,7 +1,7 @@
 //! Enforce mode on real loopback and network-namespace traffic: cross-cell connects fail
 //! with EPERM and are counted exactly, everything allowed still connects, `enforce_cells`
-//! limits the refusal, a reload to audit stops it, nothing is refused once the agent is
-//! gone, audit's dry-run count equals what enforce then refuses, and an unbound socket in
+//! limits the refusal, a reload to audit stops it, the pinned programs go on refusing
+//! while no agent runs and nothing is refused once `uninstall` ran, audit's dry-run count equals what enforce then refuses, and an unbound socket in
 //! a pod-like namespace is judged by the namespace's address.
 use std::{
     net::{IpAddr, SocketAddr, TcpListener},
@@ -9,7 +9,7 @@ use std::{
 };
 
 use cellwatch_tests::{
-    Agent, Metrics, Rng, Server, Start, TempDir, await_reloads, cellwatch, clients, connect_from,
+    Agent, Metrics, Pins, Rng, Server, Start, await_reloads, cellwatch, clients, connect_from,
     json, lo, settle, write_atomic,
 };
 
@@ -122,8 +122,10 @@ fn enforce_cells_limits_it_a_reload_to_audit_stops_it_and_nothing_outlives_the_a
     let a_srv = TcpListener::bind((lo(144, 0, 1), 0)).unwrap();
     let b_srv = TcpListener::bind((lo(145, 0, 1), 0)).unwrap();
     let (to_a, to_b) = (a_srv.local_addr().unwrap(), b_srv.local_addr().unwrap());
+    let pins = Pins::new();
     let mut agent = Agent::start(Start {
         config: Some(&two_cells("enforce", "enforce_cells: [cell-a]\n")),
+        pins: Some(&pins),
         ..Start::default()
     });
     assert_eq!((0..N).filter(|_| try_connect(a, to_b)).count(), 0, "cell-a is enforced");
@@ -145,9 +147,14 @@ fn enforce_cells_limits_it_a_reload_to_audit_stops_it_and_nothing_outlives_the_a
     );
 
     assert!(agent.stop().success(), "{}", agent.stderr());
-    let dir = TempDir::new("uninstall");
-    let (status, _, err) = cellwatch(&[], &["uninstall", "--bpffs", dir.0.to_str().unwrap()]);
+    assert_eq!(
+        (0..N).filter(|_| try_connect(b, to_a)).count(),
+        0,
+        "the pinned programs go on refusing while no agent runs"
+    );
+    let (status, out, err) = cellwatch(&[], &["uninstall", "--bpffs", pins.path()]);
     assert!(status.success(), "{err}");
+    assert!(out.contains("removed"), "{out}");
     assert_eq!(
         (0..N).filter(|_| try_connect(a, to_b)).count(),
         N,

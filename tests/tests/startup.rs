@@ -4,7 +4,7 @@
 use std::{process::Command, time::Duration};
 
 use cellwatch_tests::{
-    Agent, Start, TempDir, cellwatch, cgroup2_root, free_port, http_get, prog_ids_of,
+    Agent, Pins, Start, TempDir, cellwatch, cgroup2_root, free_port, http_get, prog_ids_of,
 };
 
 /// `unshare -m` then a shell snippet, then exec of the agent with its arguments.
@@ -26,7 +26,7 @@ fn refs(v: &[String]) -> Vec<&str> {
 
 /// Runs `cellwatch run` under `wrapper` and expects it to fail by itself.
 fn run_fails(wrapper: &[&str]) -> (i32, String) {
-    let mut a = Agent::spawn(Start { wrapper, args: &[], config: None });
+    let mut a = Agent::spawn(Start { wrapper, ..Start::default() });
     let status = a
         .wait(Duration::from_secs(30))
         .unwrap_or_else(|| panic!("agent did not exit:\n{}", a.stderr()));
@@ -153,41 +153,43 @@ fn bpftool(args: &[&str]) -> (bool, String) {
 }
 
 #[test]
-fn sigterm_detaches_and_exits_zero() {
-    let mut agent = Agent::start(Start::default());
+fn sigterm_exits_zero_leaves_the_programs_pinned_and_uninstall_removes_them() {
+    let pins = Pins::new();
+    let mut agent = Agent::start(Start { pins: Some(&pins), ..Start::default() });
     for path in ["/healthz", "/readyz"] {
         assert_eq!(http_get(agent.port, path).unwrap().0, 200, "{path}");
     }
     assert_eq!(http_get(agent.port, "/nope").unwrap().0, 404);
     let ids = prog_ids_of(agent.pid());
-    let (_, attached) = bpftool(&["cgroup", "show", &cgroup2_root()]);
-    let sockops: Vec<u32> = ids
-        .iter()
-        .copied()
-        .filter(|id| {
-            attached.lines().any(|l| {
-                l.split_whitespace().next() == Some(&id.to_string()) && l.contains("sock_ops")
+    let sockops = |ids: &[u32]| -> Vec<u32> {
+        let (_, attached) = bpftool(&["cgroup", "show", &cgroup2_root()]);
+        ids.iter()
+            .copied()
+            .filter(|id| {
+                attached.lines().any(|l| {
+                    l.split_whitespace().next() == Some(&id.to_string()) && l.contains("sock_ops")
+                })
             })
-        })
-        .collect();
-    assert_eq!(
-        sockops.len(),
-        1,
-        "one sock_ops program of the agent on the cgroup root: {ids:?}\n{attached}"
-    );
+            .collect()
+    };
+    assert_eq!(sockops(&ids).len(), 1, "one sock_ops program of the agent on the cgroup root");
     let m = agent.metrics();
     assert_eq!(m.0.keys().filter(|k| k.starts_with("cellwatch_build_info{")).count(), 1);
+    assert_eq!(m.get("cellwatch_start_info", &[("pinned_state", "fresh")]), 1.0);
     let status = agent.stop();
     assert!(status.success(), "exit status {status}:\n{}", agent.stderr());
-    for id in ids {
-        let (loaded, _) = bpftool(&["prog", "show", "id", &id.to_string()]);
-        assert!(!loaded, "program {id} still loaded after the agent exited");
-    }
-    let (_, attached) = bpftool(&["cgroup", "show", &cgroup2_root()]);
-    assert!(
-        !attached.lines().any(|l| l.split_whitespace().next() == Some(&sockops[0].to_string())),
-        "{attached}"
-    );
+    assert!(agent.stderr().contains("its programs stay attached"), "{}", agent.stderr());
+    let links = std::fs::read_dir(pins.0.join("links")).unwrap().count();
+    assert_eq!(links, 5, "a pinned link per program");
+    assert_eq!(sockops(&ids).len(), 1, "sock_ops stays on the cgroup root with no agent");
+
+    let (status, out, err) = cellwatch(&[], &["uninstall", "--bpffs", pins.path()]);
+    assert!(status.success(), "{err}");
+    assert!(out.starts_with("removed ") && out.contains("pinned objects"), "{out}");
+    assert!(!pins.0.exists(), "the pin directory is gone");
+    cellwatch_tests::assert_unloaded(&ids, "uninstall");
+    let (status, out, _) = cellwatch(&[], &["uninstall", "--bpffs", pins.path()]);
+    assert!(status.success() && out.contains("nothing to uninstall"), "{out}");
 }
 
 #[test]

@@ -121,6 +121,7 @@ fn start_to_ready(bin: &Path, config: Option<&Path>, dir: &Path) -> Result<(f64,
     let log = dir.join("agent.log");
     let mut cmd = Command::new(bin);
     cmd.args(["run", "--log-format", "json", "--listen", &format!("127.0.0.1:{port}")]);
+    cmd.arg("--bpffs").arg(pins());
     if let Some(c) = config {
         cmd.arg("--config").arg(c);
     }
@@ -163,7 +164,19 @@ pub(crate) fn ready(port: u16) -> bool {
     buf.starts_with("HTTP/1.1 200") || buf.starts_with("HTTP/1.0 200")
 }
 
+/// Pin directory of the agents xtask starts, one at a time; [`stop`] removes it, so every
+/// start is a fresh one and no agent's programs outlive its run.
+pub(crate) fn pins() -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/sys/fs/bpf/cellwatch-xtask-{}", std::process::id()))
+}
+
+/// Stops an agent xtask started, then detaches its pinned programs.
 pub(crate) fn stop(child: &mut Child) {
+    stop_process(child);
+    let _ = std::fs::remove_dir_all(pins());
+}
+
+fn stop_process(child: &mut Child) {
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {

@@ -268,6 +268,8 @@ pub(crate) fn start_agent_with(
     let mut child = Command::new(bin)
         .args(["run", "--listen", &format!("127.0.0.1:{port}"), "--config"])
         .arg(config)
+        .arg("--bpffs")
+        .arg(crate::bench::pins())
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

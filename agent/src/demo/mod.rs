@@ -36,18 +36,32 @@ pub fn demo(args: &DemoArgs) -> Result<(), RunError> {
     let started = std::time::Instant::now();
     let config = Config::parse("<embedded demo>", DEMO_YAML)?;
     let parsed_ms = started.elapsed().as_secs_f64() * 1e3;
+    let bpffs = args.node.bpffs_or(crate::cli::DEFAULT_DEMO_BPFFS);
+    let mut node = args.node.clone();
+    node.bpffs = Some(bpffs.clone());
     let run_args = RunArgs {
         config: None,
-        node: args.node.clone(),
+        node,
         conn_capacity: crate::cli::DEFAULT_CONN_CAPACITY,
         // A few violation log lines a second per pair keep the log readable.
         violation_event_rate: 2,
         events_buffer_kib: crate::cli::DEFAULT_EVENTS_BUFFER_KIB,
+        replace_programs: false,
     };
     let duration = Duration::from_secs(args.duration);
-    run::start(&run_args, config, DEMO_YAML.as_bytes(), parsed_ms, move |addr| {
+    let outcome = run::start(&run_args, config, DEMO_YAML.as_bytes(), parsed_ms, move |addr| {
         session(addr, duration)
-    })
+    });
+    // The demo leaves nothing behind: its pinned programs and maps go with it.
+    let removed = crate::uninstall::uninstall(&bpffs);
+    match (outcome, removed) {
+        (Err(e), _) => Err(e),
+        (Ok(()), Err(e)) => Err(RunError::Session(e.to_string())),
+        (Ok(()), Ok(_)) => {
+            tracing::info!(bpffs = %bpffs.display(), "demo programs detached and unpinned");
+            Ok(())
+        }
+    }
 }
 
 /// The demo proper, once the agent serves at `addr`: traffic, a table every few seconds,

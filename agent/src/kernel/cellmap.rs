@@ -6,7 +6,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::{CellInfo, PolicyKey, SETTING_ENFORCE, SETTING_EXTERNAL, SETTING_GENERATION};
+use agent_common::{
+    CELL_NAME_MAX, CellInfo, CellName, MAX_CELLS, PolicyKey, SETTING_ENFORCE, SETTING_EXTERNAL,
+    SETTING_GENERATION,
+};
 use aya::maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, lpm_trie::Key};
 use ipnet::IpNet;
 
@@ -39,6 +42,7 @@ pub(super) fn apply(m: &mut Maps, next: &Compiled) -> Result<(), KernelError> {
     if waited < GRACE {
         std::thread::sleep(GRACE - waited);
     }
+    write_names(m, next)?;
     write_set(&mut m.sets[target], next)?;
     let ext = SETTING_EXTERNAL + target as u32;
     m.settings.set(ext, next.external, 0).map_err(map_err("SETTINGS"))?;
@@ -87,6 +91,48 @@ fn write_set(set: &mut CellSet, next: &Compiled) -> Result<(), KernelError> {
     }
     set.holds = next.clone();
     Ok(())
+}
+
+/// Records the names of cell ids not recorded yet.
+fn write_names(m: &mut Maps, next: &Compiled) -> Result<(), KernelError> {
+    for (id, name) in &next.names {
+        if m.names_written.contains(id) {
+            continue;
+        }
+        let mut entry = CellName { len: 0, name: [0; CELL_NAME_MAX] };
+        let n = name.len().min(CELL_NAME_MAX);
+        entry.name[..n].copy_from_slice(&name.as_bytes()[..n]);
+        entry.len = n as u8;
+        m.cell_names.set(*id, entry, 0).map_err(map_err("CELL_NAMES"))?;
+        m.names_written.insert(*id);
+    }
+    Ok(())
+}
+
+/// What a pinned set holds, read back from the kernel, so the next write to it knows
+/// what to remove.
+pub(super) fn read_set(set: &CellSet) -> Result<Compiled, KernelError> {
+    let mut out = Compiled::default();
+    for entry in set.v4.iter() {
+        let (k, id) = entry.map_err(map_err("CELLS_V4"))?;
+        let net = ipnet::Ipv4Net::new(k.data().into(), k.prefix_len() as u8);
+        out.prefixes.extend(net.ok().map(|n| (IpNet::V4(n), id)));
+    }
+    for entry in set.v6.iter() {
+        let (k, id) = entry.map_err(map_err("CELLS_V6"))?;
+        let net = ipnet::Ipv6Net::new(k.data().into(), k.prefix_len() as u8);
+        out.prefixes.extend(net.ok().map(|n| (IpNet::V6(n), id)));
+    }
+    for id in 0..=MAX_CELLS {
+        let info = set.info.get(&id, 0).map_err(map_err("CELL_INFO"))?;
+        if info != CellInfo::default() {
+            out.info.push((id, info));
+        }
+    }
+    for key in set.policy.keys() {
+        out.allow.push(key.map_err(map_err("POLICY"))?);
+    }
+    Ok(out)
 }
 
 fn put_prefix(set: &mut CellSet, net: IpNet, id: u32) -> Result<(), KernelError> {

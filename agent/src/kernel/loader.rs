@@ -1,41 +1,48 @@
-//! Loading the embedded eBPF object and attaching its programs: `sock_ops` on the cgroup
-//! v2 root, `tcp:tcp_receive_reset` as a tracepoint.
-use std::{fs::File, os::fd::AsRawFd, path::PathBuf, time::Instant};
+//! Opening the embedded eBPF object on its pinned maps (made and pinned by a first
+//! start, adopted by every later one), then, once the config is compiled, writing the
+//! cell map and putting the programs on their hooks ([`super::attach`]).
+use std::{
+    collections::HashSet,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    time::Instant,
+};
 
 use agent_common::{
-    CELLS_V4_CAPACITY, CELLS_V6_CAPACITY, ConnState, Owner, PAIR_STATS_CAPACITY, POLICY_CAPACITY,
-    PairKey, PairStats, SETTING_DESTROY_COOKIE_OFFSET, SETTING_EVENT_RATE,
+    CELLS_V4_CAPACITY, CELLS_V6_CAPACITY, CellName, ConnState, LAYOUT_VERSION, META_BUILD,
+    META_LAYOUT, Owner, PAIR_STATS_CAPACITY, POLICY_CAPACITY, PairKey, PairStats,
+    SETTING_DESTROY_COOKIE_OFFSET, SETTING_EVENT_RATE, SETTING_GENERATION,
     SETTING_RST_COOKIE_OFFSET,
 };
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap},
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, SockOps, TracePoint},
+    maps::{Array, HashMap, MapData, MapError, MapInfo, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{ProgramError, links::LinkError},
 };
 use tokio::io::unix::AsyncFd;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     Kernel,
+    attach::{self, DESTROY_EVENT, Installed, RST_EVENT, TCP},
     cellmap::{self, CellSet, Generation},
+    pins::{self, PinDir, Start},
 };
-use crate::{policy::Compiled, preflight::TRACEFS_PATH};
+use crate::{
+    policy::{CellIds, Compiled},
+    preflight::TRACEFS_PATH,
+};
 
 /// The eBPF object, built from `agent-ebpf` by this crate's build script.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cellwatch"));
 
-const SOCKOPS: &str = "cellwatch_sockops";
-const CONNECT4: &str = "cellwatch_connect4";
-const CONNECT6: &str = "cellwatch_connect6";
-const RST: &str = "cellwatch_rst";
-const DESTROY: &str = "cellwatch_destroy";
-const TCP: &str = "tcp";
-const RST_EVENT: &str = "tcp_receive_reset";
-const DESTROY_EVENT: &str = "tcp_destroy_sock";
-
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub cgroup_root: PathBuf,
+    /// Where programs' links and maps are pinned (`--bpffs`).
+    pub bpffs: PathBuf,
+    /// Swap in this build's programs even when the pinned links run them already.
+    pub replace_programs: bool,
     /// Capacity of the live-connection table.
     pub conn_capacity: u32,
     /// Size of the violation-event ring buffer, bytes (a power of two, page multiple).
@@ -73,6 +80,20 @@ pub enum KernelError {
     },
     #[error("the eBPF object has no {0}: the agent and its embedded programs do not match")]
     Missing(&'static str),
+    #[error("cannot pin at {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot pin the link of {what} (this kernel attached it without a bpf_link): {source}")]
+    Unpinnable {
+        what: String,
+        #[source]
+        source: LinkError,
+    },
+    #[error("cannot remove the unreadable pinned state: {0}")]
+    Discard(#[source] crate::uninstall::UninstallError),
     #[error("eBPF map {name}: {source}")]
     Map {
         name: &'static str,
@@ -93,6 +114,10 @@ pub(super) struct Maps {
     pub(super) seed_opened: HashMap<MapData, PairKey, [u64; 2]>,
     pub(super) counters: PerCpuArray<MapData, u64>,
     pub(super) settings: Array<MapData, u32>,
+    pub(super) cell_names: Array<MapData, CellName>,
+    pub(super) meta: Array<MapData, u32>,
+    /// Cell ids whose names are in `cell_names`.
+    pub(super) names_written: HashSet<u32>,
     /// The two cell-map sets, A and B.
     pub(super) sets: [CellSet; 2],
     pub(super) generation: Generation,
@@ -116,19 +141,67 @@ pub(super) struct Capacity {
     pub(super) policy: u32,
 }
 
-pub(super) fn load(opts: &LoadOptions, initial: &Compiled) -> Result<Kernel, KernelError> {
-    let mut ebpf = EbpfLoader::new()
+/// The object with its maps open, before any program is on a hook: the cell ids the
+/// pinned state already uses are known, so the config compiles to the same ids.
+pub struct Staged {
+    ebpf: Ebpf,
+    maps: Maps,
+    events: RingBuf<MapData>,
+    log_task: Option<tokio::task::JoinHandle<()>>,
+    dir: PinDir,
+    start: Start,
+    cgroup_root: PathBuf,
+    build: u32,
+}
+
+pub(super) fn open(opts: &LoadOptions) -> Result<Staged, KernelError> {
+    let dir = PinDir::new(&opts.bpffs);
+    let build = pins::build_id(EBPF_OBJECT);
+    let start = pins::decide(pins::inspect(&dir), build, opts.replace_programs);
+    if let Start::Discard(why) = start {
+        warn!(
+            bpffs = %dir.root().display(),
+            "the pinned state {why}, and this agent reads a complete layout {LAYOUT_VERSION} \
+             only: it is removed and counting starts from zero"
+        );
+        crate::uninstall::uninstall(dir.root()).map_err(KernelError::Discard)?;
+    }
+    dir.create().map_err(|source| KernelError::Pin { path: dir.root().to_owned(), source })?;
+    let staged = open_in(opts, dir.clone(), start, build);
+    if staged.is_err() && start.is_new() {
+        let _ = crate::uninstall::uninstall(dir.root());
+    }
+    staged
+}
+
+fn open_in(
+    opts: &LoadOptions,
+    dir: PinDir,
+    start: Start,
+    build: u32,
+) -> Result<Staged, KernelError> {
+    let paths: Vec<(&str, PathBuf)> = pins::MAPS.iter().map(|m| (*m, dir.map(m))).collect();
+    let mut loader = EbpfLoader::new();
+    loader
         .map_max_entries("CONNS", opts.conn_capacity)
         .map_max_entries("OWNERS", opts.conn_capacity)
-        .map_max_entries("EVENTS", opts.events_bytes)
-        .load(EBPF_OBJECT)
-        .map_err(KernelError::Load)?;
+        .map_max_entries("EVENTS", opts.events_bytes);
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT).map_err(KernelError::Load)?;
     let log_task = spawn_log_forwarder(&mut ebpf);
 
-    let mut maps = take_maps(&mut ebpf, opts)?;
+    let mut maps = take_maps(&mut ebpf, &dir, start)?;
+    if maps.capacity.conns != opts.conn_capacity {
+        warn!(
+            pinned = maps.capacity.conns,
+            requested = opts.conn_capacity,
+            "the pinned connection table keeps its capacity; a new --conn-capacity takes \
+             effect after `cellwatch uninstall`"
+        );
+    }
     let events = take(&mut ebpf, "EVENTS")?;
-    // Settings and the cell map go in before anything is attached, so the very first
-    // connection is judged against the full config.
     let settings = &mut maps.settings;
     settings.set(SETTING_EVENT_RATE, opts.event_rate, 0).map_err(map_err("SETTINGS"))?;
     match cookie_offset(RST_EVENT) {
@@ -147,32 +220,90 @@ pub(super) fn load(opts: &LoadOptions, initial: &Compiled) -> Result<Kernel, Ker
             "tcp:{DESTROY_EVENT} has no sock_cookie field here: connections older than the agent are not seen closing"
         ),
     }
-    let started = Instant::now();
-    cellmap::apply(&mut maps, initial)?;
-    info!(
-        prefixes = initial.prefixes.len(),
-        allow_rules = initial.allow.len(),
-        elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
-        "cell map written"
-    );
-
-    // The connect hooks go first, so sock_ops finds the owner of every connect it sees.
-    let cgroup = File::open(&opts.cgroup_root)
-        .map_err(|source| KernelError::Cgroup { path: opts.cgroup_root.clone(), source })?;
-    for name in [CONNECT4, CONNECT6] {
-        attach_connect(&mut ebpf, name, &cgroup, opts)?;
-    }
-    attach_sockops(&mut ebpf, &cgroup, opts)?;
-    attach_tracepoint(&mut ebpf, RST, RST_EVENT)?;
-    attach_tracepoint(&mut ebpf, DESTROY, DESTROY_EVENT)?;
-    info!(cgroup = %opts.cgroup_root.display(), "eBPF programs attached");
-
-    Ok(Kernel {
-        _programs: ebpf,
-        maps: std::sync::Arc::new(std::sync::Mutex::new(maps)),
-        events: Some(events),
-        _log_task: log_task,
+    Ok(Staged {
+        ebpf,
+        maps,
+        events,
+        log_task,
+        dir,
+        start,
+        cgroup_root: opts.cgroup_root.clone(),
+        build,
     })
+}
+
+impl Staged {
+    /// How this run treats what it found pinned.
+    pub fn start_kind(&self) -> Start {
+        self.start
+    }
+
+    /// The cell ids of the pinned state (none on a fresh start).
+    pub fn cell_ids(&self) -> CellIds {
+        if self.start.is_new() {
+            return CellIds::default();
+        }
+        let names = (1..=agent_common::MAX_CELLS).filter_map(|id| {
+            let n = self.maps.cell_names.get(&id, 0).ok()?;
+            let name = n.name.get(..usize::from(n.len))?;
+            (n.len > 0).then(|| (id, String::from_utf8_lossy(name).into_owned()))
+        });
+        CellIds::restore(names)
+    }
+
+    /// Writes `initial` into the cell map, then puts every program on its hook (or
+    /// keeps the pinned ones), and records the layout and build last.
+    pub fn start(self, initial: &Compiled) -> Result<Kernel, KernelError> {
+        let (new, root) = (self.start.is_new(), self.dir.root().to_owned());
+        let started = self.finish(initial);
+        if started.is_err() && new {
+            let _ = crate::uninstall::uninstall(&root);
+        }
+        started
+    }
+
+    fn finish(mut self, initial: &Compiled) -> Result<Kernel, KernelError> {
+        let started = Instant::now();
+        // Before anything is attached, so the very first connection is judged against
+        // the full config; adopted programs flip over to it in one step.
+        cellmap::apply(&mut self.maps, initial)?;
+        info!(
+            prefixes = initial.prefixes.len(),
+            allow_rules = initial.allow.len(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "cell map written"
+        );
+        let installed = attach::install(&mut self.ebpf, &self.dir, self.start, &self.cgroup_root)?;
+        let meta = &mut self.maps.meta;
+        meta.set(META_BUILD, self.build, 0).map_err(map_err("META"))?;
+        meta.set(META_LAYOUT, LAYOUT_VERSION, 0).map_err(map_err("META"))?;
+        log_start(self.start, installed, &self.dir, &self.cgroup_root);
+        Ok(Kernel {
+            _programs: self.ebpf,
+            maps: std::sync::Arc::new(std::sync::Mutex::new(self.maps)),
+            events: Some(self.events),
+            start: self.start,
+            _log_task: self.log_task,
+        })
+    }
+}
+
+fn log_start(start: Start, done: Installed, dir: &PinDir, cgroup: &Path) {
+    let (bpffs, cgroup) = (dir.root().display(), cgroup.display());
+    match start {
+        Start::Adopt => info!(
+            %bpffs, programs = done.adopted,
+            "adopted the running programs and their maps: counting went on while no agent ran"
+        ),
+        Start::Replace => info!(
+            %bpffs, replaced = done.replaced, attached = done.attached,
+            "swapped this build's programs onto the pinned links; maps and counts kept"
+        ),
+        Start::Fresh | Start::Discard(_) => info!(
+            %bpffs, %cgroup, programs = done.attached,
+            "eBPF programs attached and pinned"
+        ),
+    }
 }
 
 pub(super) fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
@@ -197,24 +328,35 @@ fn cell_set(
     })
 }
 
-fn take_maps(ebpf: &mut Ebpf, opts: &LoadOptions) -> Result<Maps, KernelError> {
-    let sets = [
+fn take_maps(ebpf: &mut Ebpf, dir: &PinDir, start: Start) -> Result<Maps, KernelError> {
+    let mut sets = [
         cell_set(ebpf, ["CELLS_V4_A", "CELLS_V6_A", "CELL_INFO_A", "POLICY_A"])?,
         cell_set(ebpf, ["CELLS_V4_B", "CELLS_V6_B", "CELL_INFO_B", "POLICY_B"])?,
     ];
+    let settings: Array<MapData, u32> = take(ebpf, "SETTINGS")?;
+    // A fresh object reads generation 0 (set A, empty): every peer external and allowed.
+    // Adopted maps say which set the running programs read.
+    let active = settings.get(&SETTING_GENERATION, 0).map_err(map_err("SETTINGS"))? as usize & 1;
+    if !start.is_new() {
+        for set in &mut sets {
+            set.holds = cellmap::read_set(set)?;
+        }
+    }
+    let conns = max_entries(dir, "CONNS")?;
     Ok(Maps {
         pair_stats: take(ebpf, "PAIR_STATS")?,
         conns: take(ebpf, "CONNS")?,
         owners: take(ebpf, "OWNERS")?,
         seed_opened: take(ebpf, "SEED_OPENED")?,
         counters: take(ebpf, "COUNTERS")?,
-        settings: take(ebpf, "SETTINGS")?,
+        settings,
+        cell_names: take(ebpf, "CELL_NAMES")?,
+        meta: take(ebpf, "META")?,
+        names_written: HashSet::new(),
         sets,
-        // Generation 0 (set A, empty) is what a freshly loaded object reads: every
-        // peer external and allowed. The first apply fills set B and flips to it.
-        generation: Generation { active: 0, since: Instant::now() },
+        generation: Generation { active, since: Instant::now() },
         capacity: Capacity {
-            conns: opts.conn_capacity,
+            conns,
             pair_stats: PAIR_STATS_CAPACITY,
             cells_v4: CELLS_V4_CAPACITY,
             cells_v6: CELLS_V6_CAPACITY,
@@ -223,87 +365,9 @@ fn take_maps(ebpf: &mut Ebpf, opts: &LoadOptions) -> Result<Maps, KernelError> {
     })
 }
 
-fn attach_sockops(ebpf: &mut Ebpf, cgroup: &File, opts: &LoadOptions) -> Result<(), KernelError> {
-    let prog: &mut SockOps = ebpf
-        .program_mut(SOCKOPS)
-        .ok_or(KernelError::Missing(SOCKOPS))?
-        .try_into()
-        .map_err(|source| KernelError::Program { name: SOCKOPS, source })?;
-    prog.load().map_err(|e| refused(SOCKOPS, e))?;
-    // On kernels >= 5.7 aya attaches with a bpf_link, which always coexists with other
-    // tools' programs on the cgroup, and the kernel refuses any attach flag for it
-    // (EINVAL), so the mode must be the flag-less `Single`.
-    prog.attach(cgroup, CgroupAttachMode::Single).map_err(|source| KernelError::Attach {
-        what: format!("sock_ops to {}", opts.cgroup_root.display()),
-        source,
-    })?;
-    Ok(())
-}
-
-fn attach_tracepoint(ebpf: &mut Ebpf, name: &'static str, event: &str) -> Result<(), KernelError> {
-    let prog: &mut TracePoint = ebpf
-        .program_mut(name)
-        .ok_or(KernelError::Missing(name))?
-        .try_into()
-        .map_err(|source| KernelError::Program { name, source })?;
-    prog.load().map_err(|e| refused(name, e))?;
-    prog.attach(TCP, event).map_err(|source| KernelError::Attach {
-        what: format!("the tracepoint {TCP}:{event}"),
-        source,
-    })?;
-    Ok(())
-}
-
-/// A cgroup `connect4`/`connect6` program on the cgroup v2 root.
-fn attach_connect(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    cgroup: &File,
-    opts: &LoadOptions,
-) -> Result<(), KernelError> {
-    let prog: &mut CgroupSockAddr = ebpf
-        .program_mut(name)
-        .ok_or(KernelError::Missing(name))?
-        .try_into()
-        .map_err(|source| KernelError::Program { name, source })?;
-    prog.load().map_err(|e| refused(name, e))?;
-    prog.attach(cgroup, CgroupAttachMode::Single).map_err(|source| KernelError::Attach {
-        what: format!("{name} to {}", opts.cgroup_root.display()),
-        source,
-    })?;
-    Ok(())
-}
-
-/// A failed program load. A verifier rejection is logged in full (it is what a kernel
-/// developer needs) and summed up by the verifier's own reason.
-fn refused(name: &'static str, e: ProgramError) -> KernelError {
-    match e {
-        ProgramError::LoadError { io_error, verifier_log } => {
-            let log = verifier_log.to_string();
-            error!(program = name, error = %io_error, verifier_log = %log, "the verifier refused a program");
-            KernelError::Verifier {
-                name,
-                reason: verifier_reason(&log).unwrap_or_else(|| io_error.to_string()),
-            }
-        }
-        source => KernelError::Program { name, source },
-    }
-}
-
-/// The verifier's verdict: the last line that is neither an instruction nor a statistic.
-pub(super) fn verifier_reason(log: &str) -> Option<String> {
-    log.lines()
-        .rev()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .filter(|l| !l.starts_with(';') && !l.starts_with(|c: char| c.is_ascii_digit()))
-        .filter(|l| {
-            !["verification time", "processed ", "stack depth", "func#", "R1"]
-                .iter()
-                .any(|p| l.starts_with(p))
-        })
-        .map(str::to_owned)
-        .next()
+/// Capacity of a pinned map, as the kernel has it.
+fn max_entries(dir: &PinDir, name: &'static str) -> Result<u32, KernelError> {
+    MapInfo::from_pin(dir.map(name)).map(|i| i.max_entries()).map_err(map_err(name))
 }
 
 /// Offset of `sock_cookie` in a tcp tracepoint's record, from tracefs.
@@ -368,16 +432,5 @@ mod tests {
         assert_eq!(super::field_offset(fmt, "sock_cookie"), Some(64));
         assert_eq!(super::field_offset(fmt, "skaddr"), Some(8));
         assert_eq!(super::field_offset(fmt, "cookie"), None);
-    }
-
-    #[test]
-    fn the_verifier_reason_is_its_last_verdict_line() {
-        let log = "0: R1=ctx() R10=fp0\n; if v6 { x } @ ctx.rs:48\n389: (61) r8 = *(u32 *)(r2 +0)\n\
-                   dereference of modified ctx ptr R2 off=28 disallowed\nverification time 564 usec\n\
-                   stack depth 328+0+0\nprocessed 230 insns (limit 1000000)\n";
-        assert_eq!(
-            super::verifier_reason(log).as_deref(),
-            Some("dereference of modified ctx ptr R2 off=28 disallowed")
-        );
     }
 }

@@ -1,28 +1,35 @@
-//! The eBPF side as the agent sees it: load and attach the programs ([`loader`]), fill
-//! the cell and policy maps ([`cellmap`]) and read the counters ([`stats`]).
-//! Every other module talks to the kernel through [`Kernel`].
+//! The eBPF side as the agent sees it: open the object on its pinned maps ([`loader`],
+//! [`pins`]), put the programs on their hooks ([`attach`]), fill the cell and policy maps
+//! ([`cellmap`]) and read the counters ([`stats`]). Every other module talks to the
+//! kernel through [`Kernel`].
 
+mod attach;
 mod cellmap;
 mod conns;
 mod loader;
+mod pins;
 mod stats;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use conns::LiveConn;
-pub use loader::{KernelError, LoadOptions};
+pub use loader::{KernelError, LoadOptions, Staged};
+pub use pins::Start;
 pub use stats::{MapFill, Snapshot};
 
 use crate::policy::Compiled;
 
-/// The loaded, attached programs and the maps the agent reads and writes. Dropping it
-/// detaches everything.
+/// The programs on their hooks and the maps the agent reads and writes. Dropping it
+/// closes the agent's handles only: the pinned links keep the programs attached and
+/// counting until `cellwatch uninstall`.
 pub struct Kernel {
     /// Owns the programs and their links; kept for their lifetime.
     _programs: aya::Ebpf,
     maps: Arc<Mutex<loader::Maps>>,
     /// The violation-event ring buffer, until [`Kernel::take_events`] hands it out.
     events: Option<aya::maps::RingBuf<aya::maps::MapData>>,
+    /// How this run treated the pinned state it found.
+    start: Start,
     /// Forwards `aya-log` records from the kernel into `tracing`.
     _log_task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -32,10 +39,16 @@ pub struct Kernel {
 pub struct MapsHandle(Arc<Mutex<loader::Maps>>);
 
 impl Kernel {
-    /// Loads the embedded eBPF object, writes `initial` into its maps, then attaches.
-    /// Must run inside a tokio runtime (the log forwarder is a task).
-    pub fn load(opts: &LoadOptions, initial: &Compiled) -> Result<Self, KernelError> {
-        loader::load(opts, initial)
+    /// Opens the embedded eBPF object on the maps pinned under `opts.bpffs` (made there
+    /// on a first start); [`Staged::start`] then attaches. Must run inside a tokio
+    /// runtime (the log forwarder is a task).
+    pub fn open(opts: &LoadOptions) -> Result<Staged, KernelError> {
+        loader::open(opts)
+    }
+
+    /// How this run treated the pinned state it found.
+    pub fn start_kind(&self) -> Start {
+        self.start
     }
 
     pub fn maps(&self) -> MapsHandle {

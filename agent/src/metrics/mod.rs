@@ -4,11 +4,11 @@
 
 mod families;
 
-use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 pub use families::{bucket_bounds, families};
 
-use crate::kernel::Snapshot;
+use crate::kernel::{Snapshot, Start};
 use crate::policy::CellIds;
 
 /// Metrics the agent keeps itself, as opposed to those read from the kernel.
@@ -18,7 +18,7 @@ pub struct AgentMetrics {
 }
 
 impl AgentMetrics {
-    pub fn new(version: &str, kernel: &str) -> Self {
+    pub fn new(version: &str, kernel: &str, start: Start) -> Self {
         let registry = Registry::new();
         let build = IntGaugeVec::new(
             Opts::new(
@@ -37,7 +37,29 @@ impl AgentMetrics {
         for r in ["success", "error"] {
             config_reloads.with_label_values(&[r]);
         }
+        let started = IntGaugeVec::new(
+            Opts::new(
+                "cellwatch_start_info",
+                "What this agent made of the state pinned under --bpffs: fresh, adopted (this \
+                 build's programs kept running), replaced (another build's programs swapped, \
+                 maps kept) or discarded (unreadable, removed, then fresh); always 1",
+            ),
+            &["pinned_state"],
+        )
+        .expect("static metric definition");
+        started.with_label_values(&[start.as_str()]).set(1);
+        let discarded = IntCounter::new(
+            "cellwatch_pinned_state_discarded_total",
+            "Pinned state of another layout (or a start that never finished) that this agent \
+             could not read, and removed: its counts were lost",
+        )
+        .expect("static metric definition");
+        if matches!(start, Start::Discard(_)) {
+            discarded.inc();
+        }
         registry.register(Box::new(build)).expect("unique metric");
+        registry.register(Box::new(started)).expect("unique metric");
+        registry.register(Box::new(discarded)).expect("unique metric");
         registry.register(Box::new(config_reloads.clone())).expect("unique metric");
         // process_cpu_seconds_total, process_resident_memory_bytes, open fds: the agent's
         // own cost, for the agent-health dashboard.

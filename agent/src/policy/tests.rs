@@ -90,6 +90,21 @@ fn ids_are_stable_across_recompiles() {
 }
 
 #[test]
+fn restored_ids_keep_their_numbers_and_new_names_go_above() {
+    let mut ids = CellIds::default();
+    let first = compile(&cfg("allow"), &mut ids).unwrap();
+    assert_eq!(first.names.len(), 4, "{:?}", first.names);
+    let mut back = CellIds::restore(first.names.clone());
+    for (id, name) in &first.names {
+        assert_eq!(back.lookup(name), Some(*id));
+        assert_eq!(back.name(*id), name);
+    }
+    let highest = first.names.iter().map(|(id, _)| *id).max().unwrap();
+    assert_eq!(back.id("cell-new").unwrap(), highest + 1);
+    assert_eq!(back.all().len(), 5);
+}
+
+#[test]
 fn enforce_flags_follow_mode_and_enforce_cells() {
     let text = |mode: &str, extra: &str| {
         format!(

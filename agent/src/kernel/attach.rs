@@ -1,0 +1,207 @@
+//! Putting each program on its hook, as `run` found the node: attached and pinned anew,
+//! left as it runs (adopted), or swapped for this build's program on its pinned link.
+//! Hooks: `connect4`/`connect6` and `sock_ops` on the cgroup v2 root, and the
+//! `tcp:tcp_receive_reset` and `tcp:tcp_destroy_sock` tracepoints.
+use std::{fs::File, path::Path};
+
+use aya::{
+    Ebpf,
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, ProgramError, SockOps, TracePoint,
+        links::{FdLink, LinkError},
+    },
+};
+use tracing::{debug, error};
+
+use super::{
+    loader::KernelError,
+    pins::{self, PinDir, Start},
+};
+
+pub(super) const SOCKOPS: &str = "cellwatch_sockops";
+pub(super) const CONNECT4: &str = "cellwatch_connect4";
+pub(super) const CONNECT6: &str = "cellwatch_connect6";
+pub(super) const RST: &str = "cellwatch_rst";
+pub(super) const DESTROY: &str = "cellwatch_destroy";
+pub(super) const TCP: &str = "tcp";
+pub(super) const RST_EVENT: &str = "tcp_receive_reset";
+pub(super) const DESTROY_EVENT: &str = "tcp_destroy_sock";
+
+#[derive(Clone, Copy)]
+enum Hook {
+    Connect,
+    SockOps,
+    Tracepoint(&'static str),
+}
+
+/// Every program and its hook, in attach order: the connect hooks go before `sock_ops`,
+/// so it finds the owner of every connect it sees.
+const PROGRAMS: [(&str, Hook); 5] = [
+    (CONNECT4, Hook::Connect),
+    (CONNECT6, Hook::Connect),
+    (SOCKOPS, Hook::SockOps),
+    (RST, Hook::Tracepoint(RST_EVENT)),
+    (DESTROY, Hook::Tracepoint(DESTROY_EVENT)),
+];
+
+/// What happened to each program.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Installed {
+    pub(super) attached: usize,
+    pub(super) adopted: usize,
+    pub(super) replaced: usize,
+}
+
+pub(super) fn install(
+    ebpf: &mut Ebpf,
+    dir: &PinDir,
+    start: Start,
+    cgroup_root: &Path,
+) -> Result<Installed, KernelError> {
+    let cgroup = File::open(cgroup_root)
+        .map_err(|source| KernelError::Cgroup { path: cgroup_root.to_owned(), source })?;
+    let mut done = Installed::default();
+    for (name, hook) in PROGRAMS {
+        let path = dir.link(name);
+        let pinned = path.exists();
+        if pinned && start == Start::Adopt {
+            done.adopted += 1;
+            continue;
+        }
+        load(ebpf, name, hook)?;
+        match (pinned, hook) {
+            (false, _) => {
+                let link = attach(ebpf, name, hook, &cgroup, cgroup_root)?;
+                pin(link, &path)?;
+                done.attached += 1;
+            }
+            // A perf-event link cannot change its program: the new one is attached
+            // beside it and its pin renamed over the old, which detaches that. Both
+            // tracepoint programs are idempotent, so the overlap counts nothing twice.
+            (true, Hook::Tracepoint(_)) => {
+                let link = attach(ebpf, name, hook, &cgroup, cgroup_root)?;
+                // bpffs refuses names with a dot.
+                let next = dir.link(&format!("{name}_next"));
+                pin(link, &next)?;
+                std::fs::rename(&next, &path)
+                    .map_err(|source| KernelError::Pin { path: path.clone(), source })?;
+                done.replaced += 1;
+            }
+            (true, _) => {
+                let prog = ebpf.program(name).ok_or(KernelError::Missing(name))?;
+                let fd = prog.fd().map_err(|source| KernelError::Program { name, source })?;
+                pins::update_link(dir, name, fd)
+                    .map_err(|source| KernelError::Pin { path: path.clone(), source })?;
+                done.replaced += 1;
+            }
+        }
+        debug!(program = name, pinned = %path.display(), "program on its hook");
+    }
+    Ok(done)
+}
+
+fn load(ebpf: &mut Ebpf, name: &'static str, hook: Hook) -> Result<(), KernelError> {
+    let prog = ebpf.program_mut(name).ok_or(KernelError::Missing(name))?;
+    let typed = |source| KernelError::Program { name, source };
+    let loaded = match hook {
+        Hook::Connect => <&mut CgroupSockAddr>::try_from(prog).map_err(typed)?.load(),
+        Hook::SockOps => <&mut SockOps>::try_from(prog).map_err(typed)?.load(),
+        Hook::Tracepoint(_) => <&mut TracePoint>::try_from(prog).map_err(typed)?.load(),
+    };
+    loaded.map_err(|e| refused(name, e))
+}
+
+/// Attaches a loaded program and hands its link over, to be pinned.
+fn attach(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    hook: Hook,
+    cgroup: &File,
+    cgroup_root: &Path,
+) -> Result<FdLink, KernelError> {
+    let prog = ebpf.program_mut(name).ok_or(KernelError::Missing(name))?;
+    let typed = |source| KernelError::Program { name, source };
+    let what = match hook {
+        Hook::Connect | Hook::SockOps => format!("{name} to {}", cgroup_root.display()),
+        Hook::Tracepoint(event) => format!("{name} to the tracepoint {TCP}:{event}"),
+    };
+    let failed = |source| KernelError::Attach { what: what.clone(), source };
+    let unpinnable = |source: LinkError| KernelError::Unpinnable { what: what.clone(), source };
+    // On kernels >= 5.7 aya attaches cgroup programs with a bpf_link, which coexists with
+    // other tools' programs on the cgroup, and the kernel refuses any attach flag for it
+    // (EINVAL), so the mode must be the flag-less `Single`.
+    match hook {
+        Hook::Connect => {
+            let p = <&mut CgroupSockAddr>::try_from(prog).map_err(typed)?;
+            let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(failed)?;
+            FdLink::try_from(p.take_link(id).map_err(failed)?).map_err(unpinnable)
+        }
+        Hook::SockOps => {
+            let p = <&mut SockOps>::try_from(prog).map_err(typed)?;
+            let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(failed)?;
+            FdLink::try_from(p.take_link(id).map_err(failed)?).map_err(unpinnable)
+        }
+        Hook::Tracepoint(event) => {
+            let p = <&mut TracePoint>::try_from(prog).map_err(typed)?;
+            let id = p.attach(TCP, event).map_err(failed)?;
+            FdLink::try_from(p.take_link(id).map_err(failed)?).map_err(unpinnable)
+        }
+    }
+}
+
+/// Pins a link: it stays attached until its pin is removed (`cellwatch uninstall`).
+fn pin(link: FdLink, path: &Path) -> Result<(), KernelError> {
+    link.pin(path).map(drop).map_err(|e| KernelError::Pin {
+        path: path.to_owned(),
+        source: match e {
+            aya::pin::PinError::SyscallError(s) => s.io_error,
+            other => std::io::Error::other(other.to_string()),
+        },
+    })
+}
+
+/// A failed program load. A verifier rejection is logged in full (it is what a kernel
+/// developer needs) and summed up by the verifier's own reason.
+fn refused(name: &'static str, e: ProgramError) -> KernelError {
+    match e {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            let log = verifier_log.to_string();
+            error!(program = name, error = %io_error, verifier_log = %log, "the verifier refused a program");
+            KernelError::Verifier {
+                name,
+                reason: verifier_reason(&log).unwrap_or_else(|| io_error.to_string()),
+            }
+        }
+        source => KernelError::Program { name, source },
+    }
+}
+
+/// The verifier's verdict: the last line that is neither an instruction nor a statistic.
+pub(super) fn verifier_reason(log: &str) -> Option<String> {
+    log.lines()
+        .rev()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .filter(|l| !l.starts_with(';') && !l.starts_with(|c: char| c.is_ascii_digit()))
+        .filter(|l| {
+            !["verification time", "processed ", "stack depth", "func#", "R1"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .map(str::to_owned)
+        .next()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_verifier_reason_is_its_last_verdict_line() {
+        let log = "0: R1=ctx() R10=fp0\n; if v6 { x } @ ctx.rs:48\n389: (61) r8 = *(u32 *)(r2 +0)\n\
+                   dereference of modified ctx ptr R2 off=28 disallowed\nverification time 564 usec\n\
+                   stack depth 328+0+0\nprocessed 230 insns (limit 1000000)\n";
+        assert_eq!(
+            super::verifier_reason(log).as_deref(),
+            Some("dereference of modified ctx ptr R2 off=28 disallowed")
+        );
+    }
+}
