@@ -56,6 +56,16 @@ pub enum PreflightError {
     NoBpffs { dir: PathBuf, root: PathBuf, source: io::Error },
     #[error("--bpffs {dir} is not under a bpf filesystem; use a directory below {BPFFS_ROOT}")]
     BpffsOutside { dir: PathBuf },
+    #[error(
+        "tracefs at {TRACEFS_PATH} is readable by root only here, and this process runs as \
+         uid {uid} without CAP_DAC_READ_SEARCH; grant CAP_DAC_READ_SEARCH too, or run as root"
+    )]
+    TracefsDenied { uid: u32 },
+    #[error(
+        "cannot create the pin directory {dir} as uid {uid} ({source}); create it owned by \
+         that uid (the DaemonSet's init container does), or run as root"
+    )]
+    PinDir { dir: PathBuf, uid: u32, source: io::Error },
 }
 
 /// Names of missing capabilities, rendered as "CAP_BPF and CAP_PERFMON".
@@ -98,6 +108,7 @@ pub fn check(cgroup: Option<&Path>, bpffs: &Path) -> Result<Node, PreflightError
         None => mounts.cgroup2_root().ok_or(PreflightError::NoCgroup2)?,
     };
     ensure_bpffs(&mounts, bpffs)?;
+    ensure_pin_dir(bpffs)?;
     if let Err(e) = sys::raise_memlock() {
         debug!(error = %e, "could not raise RLIMIT_MEMLOCK (only needed before Linux 5.11)");
     }
@@ -134,14 +145,41 @@ pub fn check_capabilities(caps: u64) -> Result<(), PreflightError> {
 fn ensure_tracefs(mounts: &Mounts) -> Result<(), PreflightError> {
     let path = Path::new(TRACEFS_PATH);
     if mounts.fstype_at(path) == Some("tracefs") {
-        return Ok(());
+        return readable_tracefs();
     }
     match mount_once("tracefs", path) {
         Ok(true) => info!(path = TRACEFS_PATH, "mounted tracefs"),
         Ok(false) => debug!(path = TRACEFS_PATH, "tracefs was mounted meanwhile"),
         Err(source) => return Err(PreflightError::NoTracefs { source }),
     }
-    Ok(())
+    readable_tracefs()
+}
+
+/// tracefs is often mode 0700, root's: an agent running as another user reads the
+/// tracepoints' ids and formats there only with CAP_DAC_READ_SEARCH.
+fn readable_tracefs() -> Result<(), PreflightError> {
+    match fs::read_dir(Path::new(TRACEFS_PATH).join("events/tcp")) {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            Err(PreflightError::TracefsDenied { uid: uid() })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The pin directory and its two subdirectories exist and are this process's to write.
+fn ensure_pin_dir(dir: &Path) -> Result<(), PreflightError> {
+    let made = ["maps", "links"].iter().try_for_each(|d| fs::create_dir_all(dir.join(d)));
+    made.map_err(|source| PreflightError::PinDir { dir: dir.to_owned(), uid: uid(), source })
+}
+
+/// The real uid of this process.
+fn uid() -> u32 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Uid:")?.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(u32::MAX)
 }
 
 fn ensure_bpffs(mounts: &Mounts, dir: &Path) -> Result<(), PreflightError> {

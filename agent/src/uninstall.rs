@@ -38,8 +38,18 @@ pub struct UninstallError {
 
 /// Removes the pin directory, then waits until the programs its links ran are freed.
 pub fn uninstall(dir: &Path) -> Result<Removed, UninstallError> {
+    unpin(dir, true)
+}
+
+/// Removes what is pinned under `dir` but keeps the directory itself (which an agent
+/// that is not root may not be able to make again), then waits as [`uninstall`] does.
+pub fn clear(dir: &Path) -> Result<Removed, UninstallError> {
+    unpin(dir, false)
+}
+
+fn unpin(dir: &Path, and_dir: bool) -> Result<Removed, UninstallError> {
     let programs = linked_programs(dir);
-    let objects = remove(dir)?;
+    let objects = remove(dir, and_dir)?;
     let deadline = Instant::now() + SETTLE;
     let mut left = programs;
     while !left.is_empty() {
@@ -64,9 +74,9 @@ fn linked_programs(dir: &Path) -> Vec<u32> {
         .collect()
 }
 
-/// Removes the pin directory; returns how many pinned objects were removed (0 when
-/// there was nothing).
-fn remove(dir: &Path) -> Result<usize, UninstallError> {
+/// Removes what is under the pin directory, and the directory itself when `and_dir`;
+/// returns how many pinned objects were removed (0 when there was nothing).
+fn remove(dir: &Path, and_dir: bool) -> Result<usize, UninstallError> {
     let err = |p: &Path| {
         let path = p.display().to_string();
         move |source| UninstallError { path, source }
@@ -78,6 +88,9 @@ fn remove(dir: &Path) -> Result<usize, UninstallError> {
     }
     let mut removed = 0;
     remove_tree(dir, &mut removed, &err)?;
+    if and_dir {
+        fs::remove_dir(dir).map_err(err(dir))?;
+    }
     Ok(removed)
 }
 
@@ -90,10 +103,11 @@ where
         let path = entry.map_err(err(dir))?.path();
         if path.is_dir() {
             remove_tree(&path, removed, err)?;
+            fs::remove_dir(&path).map_err(err(&path))?;
         } else {
             fs::remove_file(&path).map_err(err(&path))?;
             *removed += 1;
         }
     }
-    fs::remove_dir(dir).map_err(err(dir))
+    Ok(())
 }

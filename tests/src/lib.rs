@@ -93,6 +93,24 @@ impl Drop for Pins {
     }
 }
 
+/// The agent binary as a container image holds it: a copy carrying file capabilities
+/// `caps` (e.g. `cap_bpf,cap_perfmon+ep`), which a process of another user gains at exec.
+/// The copy lives in a directory every user may enter.
+pub fn with_file_caps(caps: &str) -> (TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("image");
+    let bin = dir.0.join("cellwatch");
+    std::fs::copy(agent_bin(), &bin).expect("copy the agent binary");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new("setcap")
+        .args([caps, bin.to_str().unwrap()])
+        .output()
+        .expect("setcap (libcap2-bin; run `cargo xtask setup`)");
+    assert!(out.status.success(), "setcap {caps}: {}", String::from_utf8_lossy(&out.stderr));
+    (dir, bin)
+}
+
 /// A free loopback TCP port.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
@@ -120,6 +138,8 @@ pub struct Start<'a> {
     /// The pin directory, kept by the test across agents; by default the agent gets one
     /// of its own, removed when it is dropped.
     pub pins: Option<&'a Pins>,
+    /// The binary to run instead of [`agent_bin`] (e.g. a copy with file capabilities).
+    pub bin: Option<&'a Path>,
 }
 
 impl Agent {
@@ -151,7 +171,7 @@ impl Agent {
         let listen = format!("127.0.0.1:{port}");
         let stderr = dir.0.join("stderr.log");
         let mut argv: Vec<String> = s.wrapper.iter().map(|s| (*s).to_owned()).collect();
-        argv.push(agent_bin().display().to_string());
+        argv.push(s.bin.map_or_else(agent_bin, Path::to_owned).display().to_string());
         argv.extend(["run".into(), "--listen".into(), listen]);
         let own_pins = match (s.pins, s.args.contains(&"--bpffs")) {
             (Some(p), _) => {

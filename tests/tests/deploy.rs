@@ -114,7 +114,8 @@ fn the_daemonset_runs_the_agent_it_ships() {
     let (status, out, err) = cellwatch(&[], &["check-config", cfg.to_str().unwrap()]);
     assert!(status.success(), "the shipped cells.yaml is rejected: {out}{err}");
 
-    let c = &kind(&docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0];
+    let pod = &kind(&docs, "DaemonSet")["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
     let args: Vec<String> =
         c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect();
     assert_eq!(args[0], "run");
@@ -139,14 +140,31 @@ fn the_daemonset_runs_the_agent_it_ships() {
             _ => run_args.push(a.clone()),
         }
     }
-    // Exactly the capabilities the DaemonSet adds, nothing else.
-    let caps: Vec<String> = c["securityContext"]["capabilities"]["add"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| format!("+{}", v.as_str().unwrap().to_lowercase()))
+    // The image: the binary with the Dockerfile's file capabilities, which are exactly
+    // the ones the DaemonSet adds.
+    let sc = &c["securityContext"];
+    let added = |sc: &Value| -> Vec<String> {
+        let list = sc["capabilities"]["add"].as_array().expect("capabilities.add");
+        list.iter().map(|v| v.as_str().unwrap().to_lowercase()).collect()
+    };
+    let dockerfile = std::fs::read_to_string(repo().join("deploy/Dockerfile")).unwrap();
+    let setcap = dockerfile
+        .split_whitespace()
+        .skip_while(|w| *w != "setcap")
+        .nth(1)
+        .expect("a setcap line in deploy/Dockerfile");
+    let mut file_caps: Vec<String> = setcap
+        .trim_end_matches("+ep")
+        .split(',')
+        .map(|c| c.trim_start_matches("cap_").to_owned())
         .collect();
-    let bounding = format!("--bounding-set=-all,{}", caps.join(","));
+    let mut caps = added(sc);
+    file_caps.sort();
+    caps.sort();
+    assert_eq!(file_caps, caps, "the image's file capabilities are the DaemonSet's");
+    assert!(dockerfile.contains("USER 65534:65534"), "the image runs as 65534");
+    let (_image, bin) = cellwatch_tests::with_file_caps(setcap);
+
     // The pod gets bpffs and tracefs from hostPath mounts; have them here too.
     tool(
         "sh",
@@ -156,28 +174,58 @@ fn the_daemonset_runs_the_agent_it_ships() {
              mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf",
         ],
     );
-    let wrapper = ["setpriv", bounding.as_str(), "--inh-caps=-all"];
-    let arg_refs: Vec<&str> = run_args.iter().map(String::as_str).collect();
+    let bounding = |caps: &[String]| {
+        let plus: Vec<String> = caps.iter().map(|c| format!("+{c}")).collect();
+        format!("--bounding-set=-all,{}", plus.join(","))
+    };
+    // The init container, as root with its own capabilities only, on the test's pin
+    // directory made root's and closed first (as a host's bpffs often is).
     let pins = Pins::new();
-    let mut agent = Agent::start(Start {
-        wrapper: &wrapper,
-        args: &arg_refs,
-        pins: Some(&pins),
-        ..Start::default()
-    });
+    tool("install", &["-d", "-m", "0700", pins.path()]);
+    let init = &pod["initContainers"][0];
+    assert_eq!(init["securityContext"]["runAsUser"], 0);
+    let script = init["command"][2].as_str().expect("sh -c SCRIPT");
+    let script = script.replace("/sys/fs/bpf/cellwatch", pins.path());
+    let init_caps = bounding(&added(&init["securityContext"]));
+    tool("setpriv", &[&init_caps, "--inh-caps=-all", "sh", "-c", &script]);
+
+    // The container: its user and group, its bounding set, the image's binary.
+    let (uid, gid) = (sc["runAsUser"].as_u64().unwrap(), sc["runAsGroup"].as_u64().unwrap());
+    assert_eq!((uid, gid, &sc["runAsNonRoot"]), (65534, 65534, &Value::Bool(true)));
+    let (reuid, regid) = (format!("--reuid={uid}"), format!("--regid={gid}"));
+    let caps_bounding = bounding(&caps);
+    let wrapper = ["setpriv", &reuid, &regid, "--clear-groups", &caps_bounding, "--inh-caps=-all"];
+    let arg_refs: Vec<&str> = run_args.iter().map(String::as_str).collect();
+    let start = || {
+        Agent::start(Start {
+            wrapper: &wrapper,
+            args: &arg_refs,
+            pins: Some(&pins),
+            bin: Some(&bin),
+            ..Start::default()
+        })
+    };
+    let mut agent = start();
     let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
-    let eff = status.lines().find(|l| l.starts_with("CapEff:")).unwrap().to_owned();
-    // CAP_NET_ADMIN (12), CAP_PERFMON (38), CAP_BPF (39).
-    assert!(eff.ends_with("000000c000001000"), "capabilities: {eff}");
+    let line = |key: &str| status.lines().find(|l| l.starts_with(key)).unwrap().to_owned();
+    assert_eq!(line("Uid:").split_whitespace().nth(1), Some("65534"), "{}", line("Uid:"));
+    // CAP_DAC_READ_SEARCH (2), CAP_NET_ADMIN (12), CAP_PERFMON (38), CAP_BPF (39).
+    assert!(line("CapEff:").ends_with("000000c000001004"), "capabilities: {}", line("CapEff:"));
     for probe in ["/healthz", "/readyz"] {
         assert_eq!(http_get(agent.port, probe).unwrap().0, 200, "{probe}");
     }
     let m = agent.metrics();
     assert_eq!(m.get("cellwatch_config_reloads_total", &[("result", "error")]), 0.0);
+    assert_eq!(m.get("cellwatch_start_info", &[("pinned_state", "fresh")]), 1.0);
     assert!(
         agent.stderr().lines().all(|l| l.starts_with('{')),
         "--log-format=json:\n{}",
         agent.stderr()
     );
+    assert!(agent.stop().success(), "{}", agent.stderr());
+    // The pod restarted: the same user adopts what it pinned.
+    let mut agent = start();
+    let m = agent.metrics();
+    assert_eq!(m.get("cellwatch_start_info", &[("pinned_state", "adopted")]), 1.0);
     assert!(agent.stop().success(), "{}", agent.stderr());
 }

@@ -26,7 +26,11 @@ fn refs(v: &[String]) -> Vec<&str> {
 
 /// Runs `cellwatch run` under `wrapper` and expects it to fail by itself.
 fn run_fails(wrapper: &[&str]) -> (i32, String) {
-    let mut a = Agent::spawn(Start { wrapper, ..Start::default() });
+    run_fails_as(Start { wrapper, ..Start::default() })
+}
+
+fn run_fails_as(start: Start<'_>) -> (i32, String) {
+    let mut a = Agent::spawn(start);
     let status = a
         .wait(Duration::from_secs(30))
         .unwrap_or_else(|| panic!("agent did not exit:\n{}", a.stderr()));
@@ -84,6 +88,40 @@ fn each_required_capability_is_named_when_missing() {
     }
 }
 
+/// Not root, as the DaemonSet runs it (file capabilities on the binary): tracefs is
+/// root's only here, so CAP_DAC_READ_SEARCH is needed too, and the pin directory must be
+/// the agent's user's. Each lack is one sentence naming it.
+#[test]
+fn not_root_it_names_dac_read_search_and_the_pin_directory() {
+    let user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"];
+    let (_image, three) = cellwatch_tests::with_file_caps("cap_bpf,cap_perfmon,cap_net_admin+ep");
+    let pins = Pins::new();
+    let (code, stderr) = run_fails_as(Start {
+        wrapper: &user,
+        bin: Some(&three),
+        pins: Some(&pins),
+        ..Start::default()
+    });
+    assert_eq!(code, 1, "{stderr}");
+    let line = assert_one_sentence(&stderr);
+    assert!(line.contains("uid 65534 without CAP_DAC_READ_SEARCH"), "{line}");
+
+    let (_image, four) =
+        cellwatch_tests::with_file_caps("cap_bpf,cap_perfmon,cap_net_admin,cap_dac_read_search+ep");
+    let made = Command::new("install").args(["-d", "-m", "0700", pins.path()]).status();
+    assert!(made.is_ok_and(|s| s.success()));
+    let (code, stderr) = run_fails_as(Start {
+        wrapper: &user,
+        bin: Some(&four),
+        pins: Some(&pins),
+        ..Start::default()
+    });
+    assert_eq!(code, 1, "{stderr}");
+    let line = assert_one_sentence(&stderr);
+    assert!(line.contains(&format!("cannot create the pin directory {}", pins.path())), "{line}");
+    assert!(line.contains("as uid 65534") && line.contains("init container"), "{line}");
+}
+
 #[test]
 fn without_btf_it_says_so() {
     let w = in_mount_ns("mount -t tmpfs none /sys/kernel/btf");
@@ -139,7 +177,8 @@ fn an_unmounted_bpffs_is_mounted() {
 fn a_port_in_use_is_one_sentence() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let (status, _, stderr) = cellwatch(&[], &["run", "--listen", &addr]);
+    let pins = Pins::new();
+    let (status, _, stderr) = cellwatch(&[], &["run", "--listen", &addr, "--bpffs", pins.path()]);
     assert_eq!(status.code(), Some(1), "{stderr}");
     let line = assert_one_sentence(&stderr);
     assert!(line.contains(&format!("{addr} is already in use")), "{line}");

@@ -7,8 +7,9 @@ use anyhow::{Context, Result, bail};
 use crate::tasks::{ok, step};
 
 /// Debian packages: LLVM 22 for bpf-linker (it must match the nightly's LLVM), and the
-/// tools the privileged tests and benchmarks drive (Prometheus and promtool, and
-/// tcplife from libbpf-tools as the peer in the churn benchmark).
+/// tools the privileged tests and benchmarks drive (Prometheus and promtool, setcap for
+/// the image's file capabilities, and tcplife from libbpf-tools as the peer in the churn
+/// benchmark).
 const DEBIAN: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -17,6 +18,7 @@ const DEBIAN: &[&str] = &[
     "bpftool",
     "iproute2",
     "util-linux",
+    "libcap2-bin",
     "prometheus",
     "libbpf-tools",
 ];

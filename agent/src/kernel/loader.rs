@@ -164,12 +164,12 @@ pub(super) fn open(opts: &LoadOptions) -> Result<Staged, KernelError> {
             "the pinned state {why}, and this agent reads a complete layout {LAYOUT_VERSION} \
              only: it is removed and counting starts from zero"
         );
-        crate::uninstall::uninstall(dir.root()).map_err(KernelError::Discard)?;
+        crate::uninstall::clear(dir.root()).map_err(KernelError::Discard)?;
     }
     dir.create().map_err(|source| KernelError::Pin { path: dir.root().to_owned(), source })?;
     let staged = open_in(opts, dir.clone(), start, build);
     if staged.is_err() && start.is_new() {
-        let _ = crate::uninstall::uninstall(dir.root());
+        let _ = crate::uninstall::clear(dir.root());
     }
     staged
 }
@@ -257,7 +257,7 @@ impl Staged {
         let (new, root) = (self.start.is_new(), self.dir.root().to_owned());
         let started = self.finish(initial);
         if started.is_err() && new {
-            let _ = crate::uninstall::uninstall(&root);
+            let _ = crate::uninstall::clear(&root);
         }
         started
     }
