@@ -72,7 +72,7 @@ fn samples_and_render(c: &mut Criterion) {
         c.bench_function(&format!("families: {pairs} pair keys ({cells} cells)"), |b| {
             b.iter(|| families(black_box(&snap), black_box(&ids)));
         });
-        let m = AgentMetrics::new("bench", "bench", agent::kernel::Start::Fresh);
+        let m = AgentMetrics::new("bench", "bench", agent::kernel::Start::Fresh, &[]);
         c.bench_function(&format!("render text: {pairs} pair keys ({cells} cells)"), |b| {
             b.iter(|| m.render(black_box(&snap), black_box(&ids)).expect("render"));
         });

@@ -168,10 +168,19 @@ where
     let mut ids = staged.cell_ids();
     let compiled = compile(&config, &mut ids)?;
     let mut kernel = staged.start(&compiled)?;
-    seed::seed(&kernel.maps(), &config, &mut ids);
+    if kernel.start_kind().is_new() {
+        seed::seed(&kernel.maps(), &config, &mut ids);
+    } else {
+        info!("the pinned programs ran throughout: no connection needs seeding");
+    }
 
     let ids = Arc::new(RwLock::new(ids));
-    let metrics = AgentMetrics::new(env!("CARGO_PKG_VERSION"), &node.kernel, kernel.start_kind());
+    let metrics = AgentMetrics::new(
+        env!("CARGO_PKG_VERSION"),
+        &node.kernel,
+        kernel.start_kind(),
+        kernel.features(),
+    );
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<Trigger>(4);
     let reloader = args.config.as_ref().map(|path| {
         let r = Reloader::new(

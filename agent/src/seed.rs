@@ -63,8 +63,11 @@ pub fn seed(maps: &MapsHandle, cfg: &Config, ids: &mut CellIds) -> Seeded {
             Err(e) => warn!(error = %e, "cannot add an existing connection"),
         }
     }
-    // Take back what closed between the dump and its seeding: it would never be seen closing.
-    if let Ok(now) = sockdiag::dump(StateFlags::all()) {
+    // Take back what closed between the dump and its seeding: it would never be seen
+    // closing. A socket in TIME_WAIT keeps its cookie but is past its destroy, so it
+    // counts as closed here.
+    let live = StateFlags::all() - StateFlags::TIME_WAIT - StateFlags::CLOSE;
+    if let Ok(now) = sockdiag::dump(live) {
         let alive: HashSet<u64> = now.iter().map(|s| s.cookie).collect();
         for p in planted.iter().filter(|p| !alive.contains(&p.cookie)) {
             if maps.unseed(p.cookie, &p.key, p.violation).unwrap_or(false) {

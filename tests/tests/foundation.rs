@@ -254,3 +254,22 @@ fn ensure_open_files(need: usize) {
         "this test holds {need} sockets but the open-file limit is {soft} (hard {hard})"
     );
 }
+
+/// The optional kernel features the agent reports are the ones this kernel has: a
+/// `sock_cookie` field in the tcp tracepoints' formats (tracefs is the reference).
+#[test]
+fn kernel_features_are_reported_as_the_kernel_has_them() {
+    let agent = Agent::start(Start::default());
+    let m = agent.metrics();
+    for (feature, event) in
+        [("rst_sock_cookie", "tcp_receive_reset"), ("destroy_sock_cookie", "tcp_destroy_sock")]
+    {
+        let format =
+            std::fs::read_to_string(format!("/sys/kernel/tracing/events/tcp/{event}/format"))
+                .unwrap_or_else(|e| panic!("tracefs format of tcp:{event}: {e}"));
+        let has = format.lines().any(|l| l.contains(" sock_cookie;"));
+        let reported = m.get("cellwatch_kernel_feature", &[("feature", feature)]);
+        assert_eq!(reported, f64::from(u8::from(has)), "{feature}");
+        eprintln!("{feature}: {has}");
+    }
+}

@@ -2,10 +2,11 @@
 //!
 //! - `setup`: install what building and testing cellwatch needs (idempotent: what is there stays);
 //! - `test`: every check CI runs (format, lints, unit tests, privileged integration
-//!   tests, licences and sources);
+//!   tests, the kernel matrix, licences and sources);
 //! - `ci`: `setup` then `test`;
 //! - `run`: `setup`, build, and run the agent (arguments after `--` go to `cellwatch run`).
 //! - `demo`: the same for `cellwatch demo`.
+//! - `vm-test`: the privileged tests on other kernels, under qemu (see [`vm`]).
 
 mod bench;
 mod benchfile;
@@ -15,6 +16,8 @@ mod micro;
 mod scale;
 mod setup;
 mod tasks;
+mod vm;
+mod vm_init;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -55,6 +58,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run the connection-counting, cell-verdict, telemetry and restart tests on other
+    /// kernels, each booted under qemu (default: Debian's cloud kernels 6.1 and 6.12).
+    VmTest {
+        /// Kernel series (`6.1`: the newest Debian cloud package of it) or vmlinuz paths.
+        kernels: Vec<String>,
+    },
     /// Setup, build in release mode, and run `cellwatch demo` (sample traffic, leaks included).
     Demo {
         /// Arguments for `cellwatch demo`, e.g. `-- --duration 60`.
@@ -90,7 +99,12 @@ enum Bench {
 }
 
 fn main() -> Result<()> {
+    // In a kernel-matrix VM this binary is /init.
+    if std::process::id() == 1 {
+        vm_init::main();
+    }
     match Cli::parse().task {
+        Task::VmTest { kernels } => vm::vm_test(&kernels),
         Task::Setup => setup::all(),
         Task::Test => tasks::test(),
         Task::Ci => {

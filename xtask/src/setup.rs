@@ -21,6 +21,10 @@ const DEBIAN: &[&str] = &[
     "libcap2-bin",
     "prometheus",
     "libbpf-tools",
+    // The kernel matrix (`vm-test`): qemu, cpio for the initramfs, busybox for its shell.
+    "qemu-system-x86",
+    "cpio",
+    "busybox-static",
 ];
 const BPF_LINKER: &str = "0.13.0";
 const CARGO_DENY: &str = "0.20.2";

@@ -102,6 +102,13 @@ pub(crate) fn test() -> Result<()> {
         )
     })?;
     timed(
+        &format!(
+            "kernel matrix: the counting, verdict, telemetry and restart tests on {} under qemu",
+            crate::vm::DEFAULT_KERNELS.join(" and ")
+        ),
+        &|| crate::vm::vm_test(&[]),
+    )?;
+    timed(
         "benchmarks: build the microbenchmarks, smoke-run the rest (timings not checked)",
         &|| {
             crate::setup::run(&["cargo", "bench", "--locked", "-p", "agent", "--no-run"])?;

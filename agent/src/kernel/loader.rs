@@ -152,6 +152,7 @@ pub struct Staged {
     start: Start,
     cgroup_root: PathBuf,
     build: u32,
+    features: Vec<(Feature, bool)>,
 }
 
 pub(super) fn open(opts: &LoadOptions) -> Result<Staged, KernelError> {
@@ -204,7 +205,8 @@ fn open_in(
     let events = take(&mut ebpf, "EVENTS")?;
     let settings = &mut maps.settings;
     settings.set(SETTING_EVENT_RATE, opts.event_rate, 0).map_err(map_err("SETTINGS"))?;
-    match cookie_offset(RST_EVENT) {
+    let rst = cookie_offset(RST_EVENT);
+    match rst {
         Some(off) => {
             settings.set(SETTING_RST_COOKIE_OFFSET, off, 0).map_err(map_err("SETTINGS"))?
         }
@@ -212,7 +214,8 @@ fn open_in(
             "tcp:{RST_EVENT} has no sock_cookie field here: refused connects are counted as `other`"
         ),
     }
-    match cookie_offset(DESTROY_EVENT) {
+    let destroy = cookie_offset(DESTROY_EVENT);
+    match destroy {
         Some(off) => {
             settings.set(SETTING_DESTROY_COOKIE_OFFSET, off, 0).map_err(map_err("SETTINGS"))?
         }
@@ -220,6 +223,10 @@ fn open_in(
             "tcp:{DESTROY_EVENT} has no sock_cookie field here: connections older than the agent are not seen closing"
         ),
     }
+    let features = vec![
+        (Feature::RstSockCookie, rst.is_some()),
+        (Feature::DestroySockCookie, destroy.is_some()),
+    ];
     Ok(Staged {
         ebpf,
         maps,
@@ -229,7 +236,28 @@ fn open_in(
         start,
         cgroup_root: opts.cgroup_root.clone(),
         build,
+        features,
     })
+}
+
+/// What the running kernel offers that the agent can do without, probed at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feature {
+    /// `tcp:tcp_receive_reset` carries `sock_cookie`: refused connects are told from
+    /// timed-out ones (else both count as `other`).
+    RstSockCookie,
+    /// `tcp:tcp_destroy_sock` carries `sock_cookie`: connections older than the agent are
+    /// seen closing.
+    DestroySockCookie,
+}
+
+impl Feature {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Feature::RstSockCookie => "rst_sock_cookie",
+            Feature::DestroySockCookie => "destroy_sock_cookie",
+        }
+    }
 }
 
 impl Staged {
@@ -283,6 +311,7 @@ impl Staged {
             maps: std::sync::Arc::new(std::sync::Mutex::new(self.maps)),
             events: Some(self.events),
             start: self.start,
+            features: self.features,
             _log_task: self.log_task,
         })
     }

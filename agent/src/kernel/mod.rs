@@ -13,7 +13,7 @@ mod stats;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use conns::LiveConn;
-pub use loader::{KernelError, LoadOptions, Staged};
+pub use loader::{Feature, KernelError, LoadOptions, Staged};
 pub use pins::Start;
 pub use stats::{MapFill, Snapshot};
 
@@ -30,6 +30,8 @@ pub struct Kernel {
     events: Option<aya::maps::RingBuf<aya::maps::MapData>>,
     /// How this run treated the pinned state it found.
     start: Start,
+    /// Optional kernel features, and whether this kernel has them.
+    features: Vec<(Feature, bool)>,
     /// Forwards `aya-log` records from the kernel into `tracing`.
     _log_task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -49,6 +51,11 @@ impl Kernel {
     /// How this run treated the pinned state it found.
     pub fn start_kind(&self) -> Start {
         self.start
+    }
+
+    /// Optional kernel features, and whether this kernel has them.
+    pub fn features(&self) -> &[(Feature, bool)] {
+        &self.features
     }
 
     pub fn maps(&self) -> MapsHandle {

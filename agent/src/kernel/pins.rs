@@ -149,7 +149,7 @@ impl Start {
     }
 
     /// Whether the maps were made by this run (and so hold nothing yet).
-    pub(super) fn is_new(self) -> bool {
+    pub fn is_new(self) -> bool {
         matches!(self, Start::Fresh | Start::Discard(_))
     }
 }

@@ -8,7 +8,7 @@ use prometheus::{Encoder, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry
 
 pub use families::{bucket_bounds, families};
 
-use crate::kernel::{Snapshot, Start};
+use crate::kernel::{Feature, Snapshot, Start};
 use crate::policy::CellIds;
 
 /// Metrics the agent keeps itself, as opposed to those read from the kernel.
@@ -18,7 +18,7 @@ pub struct AgentMetrics {
 }
 
 impl AgentMetrics {
-    pub fn new(version: &str, kernel: &str, start: Start) -> Self {
+    pub fn new(version: &str, kernel: &str, start: Start, features: &[(Feature, bool)]) -> Self {
         let registry = Registry::new();
         let build = IntGaugeVec::new(
             Opts::new(
@@ -57,7 +57,20 @@ impl AgentMetrics {
         if matches!(start, Start::Discard(_)) {
             discarded.inc();
         }
+        let feature = IntGaugeVec::new(
+            Opts::new(
+                "cellwatch_kernel_feature",
+                "Optional kernel features: 1 if this kernel has it, 0 if the agent does \
+                 without (see the log for what it then cannot tell)",
+            ),
+            &["feature"],
+        )
+        .expect("static metric definition");
+        for (f, has) in features {
+            feature.with_label_values(&[f.as_str()]).set(i64::from(*has));
+        }
         registry.register(Box::new(build)).expect("unique metric");
+        registry.register(Box::new(feature)).expect("unique metric");
         registry.register(Box::new(started)).expect("unique metric");
         registry.register(Box::new(discarded)).expect("unique metric");
         registry.register(Box::new(config_reloads.clone())).expect("unique metric");

@@ -32,7 +32,7 @@ fn snapshot_renders_the_contract_metrics() {
         counters: [0; agent_common::COUNTERS_LEN as usize],
         fill: vec![MapFill { map: "conns", entries: 2, capacity: 10 }],
     };
-    let text = AgentMetrics::new("1.2.3", "6.1.0", crate::kernel::Start::Fresh)
+    let text = AgentMetrics::new("1.2.3", "6.1.0", crate::kernel::Start::Fresh, &[])
         .render(&snap, &ids)
         .unwrap();
     for want in [
@@ -79,7 +79,7 @@ fn rtt_is_counted_once_per_connection() {
         ],
         ..Snapshot::default()
     };
-    let text = AgentMetrics::new("1.2.3", "6.1.0", crate::kernel::Start::Fresh)
+    let text = AgentMetrics::new("1.2.3", "6.1.0", crate::kernel::Start::Fresh, &[])
         .render(&snap, &ids)
         .unwrap();
     let counts: Vec<&str> =
@@ -104,7 +104,7 @@ fn buckets_are_powers_of_two_microseconds() {
 
 #[test]
 fn an_empty_snapshot_still_renders_the_agent_metrics() {
-    let text = AgentMetrics::new("1.2.3", "6.1.0", crate::kernel::Start::Fresh)
+    let text = AgentMetrics::new("1.2.3", "6.1.0", crate::kernel::Start::Fresh, &[])
         .render(&Snapshot::default(), &CellIds::default())
         .unwrap();
     assert!(text.contains("cellwatch_build_info{"), "{text}");
