@@ -310,6 +310,8 @@ fn boot(kernel: &str, vmlinuz: &Path, image: &Path, log: &Path) -> Result<Outcom
         .arg("-initrd")
         .arg(image)
         .args(["-append", "console=ttyS0 panic=-1 quiet", "-nographic", "-no-reboot"])
+        // No NIC and no VGA: the tests use loopback only, and neither option ROM is needed.
+        .args(["-nic", "none", "-vga", "none"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
