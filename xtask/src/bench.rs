@@ -38,17 +38,28 @@ pub(crate) fn config_load() -> Result<()> {
     }
     ok(&stats(&check));
 
-    step(&format!("start to ready: big config vs embedded default, interleaved, {RUNS} runs each"));
+    step(&format!(
+        "start to ready: big config vs embedded default, and restarts that adopt or replace \
+         the pinned programs, interleaved, {RUNS} runs each"
+    ));
     let (mut with_big, mut with_default, mut written) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut adopt, mut replace) = (Vec::new(), Vec::new());
+    let big_cfg = Some(big.as_path());
     for _ in 0..RUNS {
-        let (t, ms) = start_to_ready(&bin, Some(&big), &dir)?;
+        let (t, ms) = start_to_ready(&bin, big_cfg, &dir, &[], Pins::Remove)?;
         with_big.push(t);
         written.push(ms / 1e3);
-        with_default.push(start_to_ready(&bin, None, &dir)?.0);
+        with_default.push(start_to_ready(&bin, None, &dir, &[], Pins::Remove)?.0);
+        start_to_ready(&bin, big_cfg, &dir, &[], Pins::Keep)?;
+        adopt.push(start_to_ready(&bin, big_cfg, &dir, &[], Pins::Keep)?.0);
+        let swap = ["--replace-programs"];
+        replace.push(start_to_ready(&bin, big_cfg, &dir, &swap, Pins::Remove)?.0);
     }
     ok(&format!("big config:       {}", stats(&with_big)));
     ok(&format!("default config:   {}", stats(&with_default)));
     ok(&format!("cell map written: {} (the agent's own measure)", stats(&written)));
+    ok(&format!("restart, adopt:   {}", stats(&adopt)));
+    ok(&format!("restart, replace: {}", stats(&replace)));
     let _ = std::fs::remove_dir_all(&dir);
 
     let section = format!(
@@ -59,13 +70,19 @@ pub(crate) fn config_load() -> Result<()> {
          | agent start to ready, this config | {} |\n\
          | agent start to ready, embedded default | {} |\n\
          | of which: the cell map written into the kernel (one set; the agent's log) | {} |\n\
-         | ratio of start-to-ready medians, big / default | {:.2} |\n\n\
-         Target (issue 3): 1,000 cells and 100,000 prefixes load in under a second.\n",
+         | ratio of start-to-ready medians, big / default | {:.2} |\n\
+         | restart to ready, this config, adopting the pinned programs and maps | {} |\n\
+         | restart to ready, this config, swapping in programs (`--replace-programs`, as an upgrade) | {} |\n\n\
+         Target (issue 3): 1,000 cells and 100,000 prefixes load in under a second. A restart \
+         that adopts loads no program but reads both pinned cell sets back (to know what \
+         the next write replaces) before it writes the config.\n",
         stats(&check),
         stats(&with_big),
         stats(&with_default),
         stats(&written),
         median(&with_big) / median(&with_default),
+        stats(&adopt),
+        stats(&replace),
     );
     crate::benchfile::update("config-load", &section)?;
     ok("BENCHMARKS.md updated");
@@ -116,7 +133,14 @@ fn write_big_config(path: &Path) -> Result<(usize, usize, usize)> {
 
 /// Seconds from spawning `cellwatch run` to `/readyz` answering 200, and the agent's
 /// logged `cell map written` time in ms.
-fn start_to_ready(bin: &Path, config: Option<&Path>, dir: &Path) -> Result<(f64, f64)> {
+/// `Pins::Keep` leaves the pins for the next start to adopt.
+fn start_to_ready(
+    bin: &Path,
+    config: Option<&Path>,
+    dir: &Path,
+    extra: &[&str],
+    pins_after: Pins,
+) -> Result<(f64, f64)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let log = dir.join("agent.log");
     let mut cmd = Command::new(bin);
@@ -125,6 +149,7 @@ fn start_to_ready(bin: &Path, config: Option<&Path>, dir: &Path) -> Result<(f64,
     if let Some(c) = config {
         cmd.arg("--config").arg(c);
     }
+    cmd.args(extra);
     let t = Instant::now();
     let mut child = cmd
         .stdin(Stdio::null())
@@ -141,7 +166,10 @@ fn start_to_ready(bin: &Path, config: Option<&Path>, dir: &Path) -> Result<(f64,
         }
         std::thread::sleep(Duration::from_millis(2));
     };
-    stop(&mut child);
+    match pins_after {
+        Pins::Remove => stop(&mut child),
+        Pins::Keep => stop_process(&mut child),
+    }
     let text = std::fs::read_to_string(&log)?;
     let ms = text
         .lines()
@@ -164,6 +192,15 @@ pub(crate) fn ready(port: u16) -> bool {
     buf.starts_with("HTTP/1.1 200") || buf.starts_with("HTTP/1.0 200")
 }
 
+/// What a measured start leaves behind.
+#[derive(Clone, Copy)]
+enum Pins {
+    /// Its pinned programs and maps, for the next start to adopt.
+    Keep,
+    /// Nothing: the next start is a fresh one.
+    Remove,
+}
+
 /// Pin directory of the agents xtask starts, one at a time; [`stop`] removes it, so every
 /// start is a fresh one and no agent's programs outlive its run.
 pub(crate) fn pins() -> std::path::PathBuf {
@@ -176,7 +213,8 @@ pub(crate) fn stop(child: &mut Child) {
     let _ = std::fs::remove_dir_all(pins());
 }
 
-fn stop_process(child: &mut Child) {
+/// Stops an agent and leaves its pins.
+pub(crate) fn stop_process(child: &mut Child) {
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {

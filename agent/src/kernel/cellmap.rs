@@ -18,7 +18,7 @@ use crate::policy::Compiled;
 
 /// How long after a flip the now-inactive set is left alone. A program that read the
 /// generation just before the flip finishes within microseconds; this is ample.
-const GRACE: Duration = Duration::from_millis(20);
+pub(super) const GRACE: Duration = Duration::from_millis(20);
 
 /// One complete cell map: both tries, the cell flags and the allow rules.
 pub(super) struct CellSet {

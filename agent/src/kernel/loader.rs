@@ -383,7 +383,11 @@ fn take_maps(ebpf: &mut Ebpf, dir: &PinDir, start: Start) -> Result<Maps, Kernel
         meta: take(ebpf, "META")?,
         names_written: HashSet::new(),
         sets,
-        generation: Generation { active, since: Instant::now() },
+        // No flip of this process's is in flight: the first write need not wait.
+        generation: Generation {
+            active,
+            since: Instant::now().checked_sub(cellmap::GRACE).unwrap_or_else(Instant::now),
+        },
         capacity: Capacity {
             conns,
             pair_stats: PAIR_STATS_CAPACITY,
