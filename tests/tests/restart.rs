@@ -243,3 +243,54 @@ fn unreadable_pinned_state_is_discarded_once_said_and_counted() {
     let (status, out, err) = cellwatch(&[], &["uninstall", "--bpffs", pins.path()]);
     assert!(status.success() && out.contains("removed"), "{out}{err}");
 }
+
+/// An adopting agent started with another config judges by it at once, and what the old
+/// config put in the pinned cell map is gone: the agent read both pinned sets back, so
+/// its writes remove what it did not write itself. A reload then swaps back, exactly.
+#[test]
+fn an_adopting_agent_judges_by_its_own_config_and_reloads_cleanly() {
+    let (a, b, c) = (176, 177, 178);
+    let first = cells(a, b);
+    let second = cells(a, c);
+    let pins = Pins::new();
+    let l_b = TcpListener::bind((lo(b, 0, 1), 0)).unwrap();
+    let l_c = TcpListener::bind((lo(c, 0, 1), 0)).unwrap();
+    let to = |l: &TcpListener, n: usize| {
+        for _ in 0..n {
+            let conn = connect_from(lo(a, 0, 1), l.local_addr().unwrap()).unwrap();
+            drop((conn, l.accept().unwrap()));
+        }
+    };
+    let mut agent = start(&pins, &first, &[]);
+    to(&l_b, 3);
+    assert_eq!(opened(&settle(&agent, |m| opened(m, "egress") >= 3.0), "egress"), 3.0);
+    assert!(agent.stop().success());
+
+    // cell-b moves from 127.b to 127.c: 127.b is in no cell now (and external: ignore).
+    let mut agent = start(&pins, &second, &[]);
+    assert_eq!(start_state(&agent.metrics()), ["cellwatch_start_info{pinned_state=\"adopted\"}"]);
+    to(&l_b, 4);
+    to(&l_c, 5);
+    let m = settle(&agent, |m| opened(m, "egress") >= 8.0);
+    assert_eq!(opened(&m, "egress"), 8.0, "only the 5 to 127.{c} count, on top of 3");
+
+    // Back to the first config by reload: the set written by the first agent is the
+    // target now, and must end up exactly as the first config says.
+    std::fs::write(agent.config_path(), &first).unwrap();
+    agent.signal("HUP");
+    let reloaded = settle(&agent, |m| {
+        m.get("cellwatch_config_reloads_total", &[("result", "success")]) >= 1.0
+    });
+    assert!(reloaded.get("cellwatch_config_reloads_total", &[("result", "success")]) >= 1.0);
+    to(&l_b, 2);
+    to(&l_c, 6);
+    let m = settle(&agent, |m| opened(m, "egress") >= 10.0);
+    thread::sleep(Duration::from_millis(300));
+    let m2 = agent.metrics();
+    assert_eq!(
+        (opened(&m, "egress"), opened(&m2, "egress")),
+        (10.0, 10.0),
+        "only the 2 to 127.{b}"
+    );
+    assert!(agent.stop().success());
+}

@@ -74,8 +74,8 @@ pub(crate) fn config_load() -> Result<()> {
          | restart to ready, this config, adopting the pinned programs and maps | {} |\n\
          | restart to ready, this config, swapping in programs (`--replace-programs`, as an upgrade) | {} |\n\n\
          Target (issue 3): 1,000 cells and 100,000 prefixes load in under a second. A restart \
-         that adopts loads no program but reads both pinned cell sets back (to know what \
-         the next write replaces) before it writes the config.\n",
+         that adopts loads no program; it reads the pinned cell set it writes first back \
+         (to know what to replace), and the other one at the first reload.\n",
         stats(&check),
         stats(&with_big),
         stats(&with_default),

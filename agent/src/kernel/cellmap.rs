@@ -28,6 +28,8 @@ pub(super) struct CellSet {
     pub(super) policy: BpfHashMap<MapData, PolicyKey, u8>,
     /// What this set holds now.
     pub(super) holds: Compiled,
+    /// Whether `holds` is known: false for a pinned set not read back yet.
+    pub(super) known: bool,
 }
 
 /// Which set the programs read, and since when.
@@ -43,7 +45,12 @@ pub(super) fn apply(m: &mut Maps, next: &Compiled) -> Result<(), KernelError> {
         std::thread::sleep(GRACE - waited);
     }
     write_names(m, next)?;
-    write_set(&mut m.sets[target], next)?;
+    let set = &mut m.sets[target];
+    if !set.known {
+        set.holds = read_set(set)?;
+        set.known = true;
+    }
+    write_set(set, next)?;
     let ext = SETTING_EXTERNAL + target as u32;
     m.settings.set(ext, next.external, 0).map_err(map_err("SETTINGS"))?;
     let enforce = SETTING_ENFORCE + target as u32;

@@ -354,6 +354,7 @@ fn cell_set(
         info: take(ebpf, info)?,
         policy: take(ebpf, policy)?,
         holds: Compiled::default(),
+        known: true,
     })
 }
 
@@ -367,9 +368,11 @@ fn take_maps(ebpf: &mut Ebpf, dir: &PinDir, start: Start) -> Result<Maps, Kernel
     // Adopted maps say which set the running programs read.
     let active = settings.get(&SETTING_GENERATION, 0).map_err(map_err("SETTINGS"))? as usize & 1;
     if !start.is_new() {
-        for set in &mut sets {
-            set.holds = cellmap::read_set(set)?;
-        }
+        // What the programs read now is read back when a write first targets it (the
+        // first reload); the other set is the first write's target.
+        sets[active].known = false;
+        let target = &mut sets[1 - active];
+        target.holds = cellmap::read_set(target)?;
     }
     let conns = max_entries(dir, "CONNS")?;
     Ok(Maps {
