@@ -117,14 +117,13 @@ pub fn check(cgroup: Option<&Path>, bpffs: &Path) -> Result<Node, PreflightError
 
 /// Effective capability bits of this process (0 when unreadable).
 pub fn effective_caps() -> u64 {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .unwrap_or(0)
+    status_field("CapEff:").and_then(|v| u64::from_str_radix(v.trim(), 16).ok()).unwrap_or(0)
+}
+
+/// The value of a `/proc/self/status` line, after its `key`.
+fn status_field(key: &str) -> Option<String> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|l| l.strip_prefix(key)).map(str::to_owned)
 }
 
 /// CAP_SYS_ADMIN alone also suffices (it is what kernels before 5.8 ask for).
@@ -174,12 +173,7 @@ fn ensure_pin_dir(dir: &Path) -> Result<(), PreflightError> {
 
 /// The real uid of this process.
 fn uid() -> u32 {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("Uid:")?.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(u32::MAX)
+    status_field("Uid:").and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(u32::MAX)
 }
 
 fn ensure_bpffs(mounts: &Mounts, dir: &Path) -> Result<(), PreflightError> {

@@ -168,11 +168,16 @@ pub(super) fn open(opts: &LoadOptions) -> Result<Staged, KernelError> {
         crate::uninstall::clear(dir.root()).map_err(KernelError::Discard)?;
     }
     dir.create().map_err(|source| KernelError::Pin { path: dir.root().to_owned(), source })?;
-    let staged = open_in(opts, dir.clone(), start, build);
-    if staged.is_err() && start.is_new() {
-        let _ = crate::uninstall::clear(dir.root());
+    undo_if_new(open_in(opts, dir.clone(), start, build), start, dir.root())
+}
+
+/// A failed first start leaves no half-made pins behind (the next start would find them
+/// incomplete); a failed adoption leaves what runs alone.
+fn undo_if_new<T>(r: Result<T, KernelError>, start: Start, dir: &Path) -> Result<T, KernelError> {
+    if r.is_err() && start.is_new() {
+        let _ = crate::uninstall::clear(dir);
     }
-    staged
+    r
 }
 
 fn open_in(
@@ -205,28 +210,17 @@ fn open_in(
     let events = take(&mut ebpf, "EVENTS")?;
     let settings = &mut maps.settings;
     settings.set(SETTING_EVENT_RATE, opts.event_rate, 0).map_err(map_err("SETTINGS"))?;
-    let rst = cookie_offset(RST_EVENT);
-    match rst {
-        Some(off) => {
-            settings.set(SETTING_RST_COOKIE_OFFSET, off, 0).map_err(map_err("SETTINGS"))?
+    // Optional tracepoint fields: the programs find them at the offsets the settings say
+    // (0 = absent), and the agent says what it cannot tell without one.
+    let mut features = Vec::new();
+    for f in [Feature::RstSockCookie, Feature::DestroySockCookie] {
+        let offset = cookie_offset(f.event());
+        match offset {
+            Some(off) => settings.set(f.setting(), off, 0).map_err(map_err("SETTINGS"))?,
+            None => warn!("{TCP}:{} has no sock_cookie field here: {}", f.event(), f.without()),
         }
-        None => warn!(
-            "tcp:{RST_EVENT} has no sock_cookie field here: refused connects are counted as `other`"
-        ),
+        features.push((f, offset.is_some()));
     }
-    let destroy = cookie_offset(DESTROY_EVENT);
-    match destroy {
-        Some(off) => {
-            settings.set(SETTING_DESTROY_COOKIE_OFFSET, off, 0).map_err(map_err("SETTINGS"))?
-        }
-        None => warn!(
-            "tcp:{DESTROY_EVENT} has no sock_cookie field here: connections older than the agent are not seen closing"
-        ),
-    }
-    let features = vec![
-        (Feature::RstSockCookie, rst.is_some()),
-        (Feature::DestroySockCookie, destroy.is_some()),
-    ];
     Ok(Staged {
         ebpf,
         maps,
@@ -258,6 +252,30 @@ impl Feature {
             Feature::DestroySockCookie => "destroy_sock_cookie",
         }
     }
+
+    /// The `tcp` tracepoint whose record has the field.
+    fn event(self) -> &'static str {
+        match self {
+            Feature::RstSockCookie => RST_EVENT,
+            Feature::DestroySockCookie => DESTROY_EVENT,
+        }
+    }
+
+    /// The `SETTINGS` index the field's offset goes to.
+    fn setting(self) -> u32 {
+        match self {
+            Feature::RstSockCookie => SETTING_RST_COOKIE_OFFSET,
+            Feature::DestroySockCookie => SETTING_DESTROY_COOKIE_OFFSET,
+        }
+    }
+
+    /// What the agent cannot tell without it.
+    fn without(self) -> &'static str {
+        match self {
+            Feature::RstSockCookie => "refused connects are counted as `other`",
+            Feature::DestroySockCookie => "connections older than the agent are not seen closing",
+        }
+    }
 }
 
 impl Staged {
@@ -282,12 +300,8 @@ impl Staged {
     /// Writes `initial` into the cell map, then puts every program on its hook (or
     /// keeps the pinned ones), and records the layout and build last.
     pub fn start(self, initial: &Compiled) -> Result<Kernel, KernelError> {
-        let (new, root) = (self.start.is_new(), self.dir.root().to_owned());
-        let started = self.finish(initial);
-        if started.is_err() && new {
-            let _ = crate::uninstall::clear(&root);
-        }
-        started
+        let (start, root) = (self.start, self.dir.root().to_owned());
+        undo_if_new(self.finish(initial), start, &root)
     }
 
     fn finish(mut self, initial: &Compiled) -> Result<Kernel, KernelError> {
