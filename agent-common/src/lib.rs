@@ -8,7 +8,7 @@
 
 /// Layout version of the maps below. Bumped whenever a key or value changes shape, so an
 /// agent that finds maps from an older version knows it cannot read them as they are.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Cell id of a peer that is in no cell (`external` in metrics).
 pub const CELL_EXTERNAL: u32 = 0;
@@ -35,6 +35,10 @@ pub const EVENTS_DEFAULT_BYTES: u32 = 256 * 1024;
 /// Default connection-table capacity, as compiled into the object.
 pub const CONNS_DEFAULT_CAPACITY: u32 = 131_072;
 
+/// Address families as the kernel numbers them (`sa_family_t`).
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
 /// This node holds the client socket (the side that called connect).
 pub const DIR_EGRESS: u8 = 0;
 /// This node holds the server socket (the side that accepted).
@@ -43,12 +47,24 @@ pub const DIR_INGRESS: u8 = 1;
 pub const VERDICT_ALLOWED: u8 = 0;
 pub const VERDICT_VIOLATION: u8 = 1;
 
+/// The `direction` label of [`DIR_EGRESS`] / [`DIR_INGRESS`].
+pub const fn direction_label(direction: u8) -> &'static str {
+    if direction == DIR_EGRESS { "egress" } else { "ingress" }
+}
+
+/// The `verdict` label of [`VERDICT_ALLOWED`] / [`VERDICT_VIOLATION`].
+pub const fn verdict_label(verdict: u8) -> &'static str {
+    if verdict == VERDICT_VIOLATION { "violation" } else { "allowed" }
+}
+
 /// Failure reasons, index into [`PairStats::failed`].
 pub const FAIL_REFUSED: usize = 0;
 pub const FAIL_RESET: usize = 1;
 pub const FAIL_TIMEOUT: usize = 2;
 pub const FAIL_OTHER: usize = 3;
 pub const FAIL_REASONS: usize = 4;
+/// The `reason` label of each `FAIL_*` index.
+pub const FAIL_LABELS: [&str; FAIL_REASONS] = ["refused", "reset", "timeout", "other"];
 
 /// Number of log2 histogram buckets. Bucket `i` counts values `v` (in microseconds) with
 /// `v < 2^i` that did not fit bucket `i - 1`, i.e. `le = 2^i µs`; the last bucket is
@@ -114,6 +130,12 @@ pub struct PairKey {
     /// [`VERDICT_ALLOWED`] or [`VERDICT_VIOLATION`].
     pub verdict: u8,
     pub _pad: [u8; 6],
+}
+
+impl PairKey {
+    pub const fn new(src_cell: u32, dst_cell: u32, direction: u8, verdict: u8) -> Self {
+        Self { src_cell, dst_cell, direction, verdict, _pad: [0; 6] }
+    }
 }
 
 /// Counters and histograms of one cell pair, one copy per CPU.
@@ -220,14 +242,24 @@ pub struct ConnState {
     pub remote_addr: [u8; 16],
     pub local_port: u16,
     pub remote_port: u16,
-    /// `bytes_acked` / `bytes_received` at established: the handshake's share (the SYN),
-    /// subtracted at close so only payload is counted.
-    pub base_acked: u32,
-    pub base_received: u32,
     pub _pad2: u32,
+    /// `bytes_acked` / `bytes_received` when the agent first saw the connection
+    /// established: the handshake's share (the SYN), or everything a connection older
+    /// than the agent moved before it started. Subtracted, so only payload since is
+    /// counted. 64 bits: a seeded connection may have moved more than 4 GiB.
+    pub base_acked: u64,
+    pub base_received: u64,
 }
 
-/// The process that called connect, recorded by `fentry/tcp_connect` per socket cookie.
+impl ConnState {
+    /// The statistics key this connection counts under.
+    pub const fn pair_key(&self) -> PairKey {
+        PairKey::new(self.src_cell, self.dst_cell, self.direction, self.verdict)
+    }
+}
+
+/// The process that called connect, recorded by the cgroup `connect4`/`connect6` hooks
+/// per socket cookie.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Owner {
@@ -343,7 +375,7 @@ const _: () = assert!(core::mem::size_of::<PairKey>() == 16);
 const _: () = assert!(core::mem::size_of::<CellName>() == 64);
 const _: () =
     assert!(core::mem::size_of::<PairStats>() == (9 + FAIL_REASONS + 2 * HIST_BUCKETS) * 8);
-const _: () = assert!(core::mem::size_of::<ConnState>() == 80);
+const _: () = assert!(core::mem::size_of::<ConnState>() == 88);
 const _: () = assert!(core::mem::size_of::<CellInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<Owner>() == 32);
 const _: () = assert!(core::mem::size_of::<ViolationEvent>() == 96);

@@ -11,8 +11,8 @@
 //! BPF LSM, such as this project's CI machines, refuse tracing programs outright; cgroup
 //! hooks are not tracing programs.
 use agent_common::{
-    CELL_IGNORED, CTR_ENFORCE_UNRESOLVED, DIR_EGRESS, EVENT_DENIED, Owner, PairKey,
-    VERDICT_VIOLATION,
+    AF_INET, AF_INET6, CELL_IGNORED, CTR_ENFORCE_UNRESOLVED, DIR_EGRESS, EVENT_DENIED, Owner,
+    PairKey, VERDICT_VIOLATION,
 };
 use aya_ebpf::{
     helpers::{
@@ -36,8 +36,6 @@ const ALLOW: i32 = 1;
 /// `connect()` fails with EPERM.
 const DENY: i32 = 0;
 const SOCK_STREAM: u32 = 1;
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
 
 #[cgroup_sock_addr(connect4)]
 fn cellwatch_connect4(ctx: SockAddrContext) -> i32 {
@@ -85,13 +83,7 @@ fn try_connect(c: &Connect<'_>, v6: bool) -> i32 {
     if view.verdict(src_cell, dst_cell, port) != Some(VERDICT_VIOLATION) {
         return ALLOW;
     }
-    let key = PairKey {
-        src_cell,
-        dst_cell,
-        direction: DIR_EGRESS,
-        verdict: VERDICT_VIOLATION,
-        _pad: [0; 6],
-    };
+    let key = PairKey::new(src_cell, dst_cell, DIR_EGRESS, VERDICT_VIOLATION);
     if let Some(s) = slot(&key) {
         // SAFETY: `s` points to this CPU's value of a live map entry.
         unsafe {

@@ -33,8 +33,9 @@ impl<'a> Ops<'a> {
         self.0.arg(n)
     }
 
-    pub(crate) fn family(&self) -> u32 {
-        self.0.family()
+    /// `AF_INET` or `AF_INET6` (0 for anything that is not an address family).
+    pub(crate) fn family(&self) -> u16 {
+        u16::try_from(self.0.family()).unwrap_or(0)
     }
 
     pub(crate) fn cookie(&self) -> u64 {

@@ -8,7 +8,6 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use crate::{
     ctx::record_cookie,
     maps::{CONNS, OWNERS},
-    sockops::pair_key,
     stats::{add, count, slot},
 };
 
@@ -30,7 +29,7 @@ fn try_destroy(ctx: &TracePointContext) {
     let _ = count(CTR_CONN_FORGOTTEN);
     let _ = OWNERS.remove(cookie);
     if conn.flags & CONN_ESTABLISHED != 0
-        && let Some(s) = slot(&pair_key(&conn))
+        && let Some(s) = slot(&conn.pair_key())
     {
         // SAFETY: `s` points to this CPU's value of a live map entry.
         add(unsafe { &raw mut (*s).closed }, 1);

@@ -3,23 +3,20 @@
 //! socket before the kernel picks its source. A pod's namespace has one address per
 //! family; a node's own has many and is marked ambiguous, and its unbound sockets are then
 //! not judged (counted as unresolved).
-use agent_common::{CELL_IGNORED, NetnsAddr, NetnsKey};
+use agent_common::{AF_INET, AF_INET6, CELL_IGNORED, NetnsAddr, NetnsKey};
 
 use crate::{cells::View, maps::NETNS_ADDR};
-
-const AF_INET: u32 = 2;
-const AF_INET6: u32 = 10;
 
 /// The key of `addr` (IPv4 in the first 4 bytes when `v6` is false): v4-mapped IPv6
 /// addresses are IPv4.
 #[inline(always)]
 fn key(netns_cookie: u64, addr: &[u8; 16], v6: bool) -> (NetnsKey, [u8; 16]) {
     let (family, a) = match (v6, crate::cells::v4_mapped(addr)) {
-        (true, None) => (AF_INET6, *addr),
+        (true, None) => (u32::from(AF_INET6), *addr),
         (true, Some(v4)) => {
-            (AF_INET, [v4[0], v4[1], v4[2], v4[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+            (u32::from(AF_INET), [v4[0], v4[1], v4[2], v4[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
         }
-        (false, _) => (AF_INET, *addr),
+        (false, _) => (u32::from(AF_INET), *addr),
     };
     (NetnsKey { netns_cookie, family, _pad: 0 }, a)
 }
@@ -58,5 +55,5 @@ pub(crate) fn source_for(netns_cookie: u64, dst: &[u8; 16], v6: bool) -> Option<
     let (k, _) = key(netns_cookie, dst, v6);
     // SAFETY: the value is copied out at once.
     let known = unsafe { NETNS_ADDR.get(k) }.copied()?;
-    (known.ambiguous == 0).then_some((known.addr, k.family == AF_INET6))
+    (known.ambiguous == 0).then_some((known.addr, k.family == u32::from(AF_INET6)))
 }

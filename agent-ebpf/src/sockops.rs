@@ -3,9 +3,9 @@
 //! cookie, and the connection's cells and verdict are fixed when it is first seen, so a
 //! config reload never relabels a live connection.
 use agent_common::{
-    CONN_ESTABLISHED, CONN_FIN_RCVD, CONN_FIN_SENT, CONN_RST_SEEN, CTR_CONN_FORGOTTEN,
+    AF_INET6, CONN_ESTABLISHED, CONN_FIN_RCVD, CONN_FIN_SENT, CONN_RST_SEEN, CTR_CONN_FORGOTTEN,
     CTR_CONN_TABLE_FULL, CTR_CONN_TRACKED, ConnState, DIR_EGRESS, DIR_INGRESS, FAIL_OTHER,
-    FAIL_REFUSED, FAIL_RESET, FAIL_TIMEOUT, PairKey, VERDICT_VIOLATION,
+    FAIL_REFUSED, FAIL_RESET, FAIL_TIMEOUT, VERDICT_VIOLATION,
 };
 use aya_ebpf::{
     bindings::{
@@ -29,8 +29,6 @@ use crate::{
     netns,
     stats::{add, count, observe, slot},
 };
-
-const AF_INET6: u32 = 10;
 
 #[sock_ops]
 fn cellwatch_sockops(ctx: SockOpsContext) -> u32 {
@@ -78,7 +76,7 @@ fn on_connect(ops: &Ops<'_>) {
         return;
     }
     if v == VERDICT_VIOLATION {
-        let key = pair_key(&conn);
+        let key = conn.pair_key();
         if let Some(s) = slot(&key) {
             // SAFETY: `s` points to this CPU's value of a live map entry.
             add(unsafe { &raw mut (*s).violations }, 1);
@@ -98,9 +96,9 @@ fn on_active_established(ops: &Ops<'_>) {
     let key = unsafe {
         (*conn).established_ns = now;
         (*conn).flags |= CONN_ESTABLISHED;
-        (*conn).base_acked = ops.bytes_acked() as u32;
-        (*conn).base_received = ops.bytes_received() as u32;
-        pair_key(&*conn)
+        (*conn).base_acked = ops.bytes_acked();
+        (*conn).base_received = ops.bytes_received();
+        (*conn).pair_key()
     };
     // SAFETY: as above.
     let latency_ns = now.saturating_sub(unsafe { (*conn).start_ns });
@@ -127,7 +125,7 @@ fn on_passive_established(ops: &Ops<'_>) {
     if !track(ops, &conn) {
         return;
     }
-    let key = pair_key(&conn);
+    let key = conn.pair_key();
     if let Some(s) = slot(&key) {
         // SAFETY: `s` points to this CPU's value of a live map entry.
         unsafe {
@@ -175,7 +173,7 @@ fn on_close(ops: &Ops<'_>, old: u32) {
         let _ = count(CTR_CONN_FORGOTTEN);
     }
     let _ = OWNERS.remove(cookie);
-    let Some(s) = slot(&pair_key(&conn)) else { return };
+    let Some(s) = slot(&conn.pair_key()) else { return };
     let rst = conn.flags & CONN_RST_SEEN != 0;
     if conn.flags & CONN_ESTABLISHED != 0 {
         let srtt = u64::from(ops.srtt_us());
@@ -211,14 +209,14 @@ fn on_close(ops: &Ops<'_>, old: u32) {
 fn payload_sent(ops: &Ops<'_>, c: &ConnState) -> u64 {
     let (una, nxt) = ops.snd_una_nxt();
     let fin = u64::from(c.flags & CONN_FIN_SENT != 0 && una == nxt);
-    ops.bytes_acked().saturating_sub(u64::from(c.base_acked) + fin)
+    ops.bytes_acked().saturating_sub(c.base_acked + fin)
 }
 
 /// Payload bytes received: received bytes past the handshake, less the peer's FIN.
 #[inline(always)]
 fn payload_received(ops: &Ops<'_>, c: &ConnState) -> u64 {
     let fin = u64::from(c.flags & CONN_FIN_RCVD != 0);
-    ops.bytes_received().saturating_sub(u64::from(c.base_received) + fin)
+    ops.bytes_received().saturating_sub(c.base_received + fin)
 }
 
 #[inline(always)]
@@ -241,15 +239,15 @@ fn new_conn(
         verdict,
         flags,
         _pad0: 0,
-        family: ops.family() as u16,
+        family: ops.family(),
         _pad1: 0,
         local_addr: e.local,
         remote_addr: e.remote,
         local_port: ops.local_port(),
         remote_port: ops.remote_port(),
         // Passive sockets are created established: their handshake share is read now.
-        base_acked: if flags & CONN_ESTABLISHED != 0 { ops.bytes_acked() as u32 } else { 0 },
-        base_received: if flags & CONN_ESTABLISHED != 0 { ops.bytes_received() as u32 } else { 0 },
+        base_acked: if flags & CONN_ESTABLISHED != 0 { ops.bytes_acked() } else { 0 },
+        base_received: if flags & CONN_ESTABLISHED != 0 { ops.bytes_received() } else { 0 },
         _pad2: 0,
     }
 }
@@ -278,17 +276,6 @@ fn track(ops: &Ops<'_>, conn: &ConnState) -> bool {
     }
     let _ = count(CTR_CONN_TRACKED);
     true
-}
-
-#[inline(always)]
-pub(crate) fn pair_key(c: &ConnState) -> PairKey {
-    PairKey {
-        src_cell: c.src_cell,
-        dst_cell: c.dst_cell,
-        direction: c.direction,
-        verdict: c.verdict,
-        _pad: [0; 6],
-    }
 }
 
 #[inline(always)]

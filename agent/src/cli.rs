@@ -8,15 +8,15 @@ use clap::{Args, Parser, Subcommand};
 use crate::logging::LogFormat;
 
 /// Default pin directory of programs and maps.
-pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/cellwatch";
+pub(crate) const DEFAULT_BPFFS: &str = "/sys/fs/bpf/cellwatch";
 /// The demo's pin directory, removed when the demo ends.
-pub const DEFAULT_DEMO_BPFFS: &str = "/sys/fs/bpf/cellwatch-demo";
+pub(crate) const DEFAULT_DEMO_BPFFS: &str = "/sys/fs/bpf/cellwatch-demo";
 /// Default address of the HTTP endpoints.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:9473";
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:9473";
 /// Default number of live connections tracked in the kernel.
-pub const DEFAULT_CONN_CAPACITY: u32 = 131_072;
+pub(crate) const DEFAULT_CONN_CAPACITY: u32 = 131_072;
 /// Default size of the violation ring buffer, in KiB.
-pub const DEFAULT_EVENTS_BUFFER_KIB: u32 = 256;
+pub(crate) const DEFAULT_EVENTS_BUFFER_KIB: u32 = 256;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,16 +25,16 @@ pub const DEFAULT_EVENTS_BUFFER_KIB: u32 = 256;
     about = "Per-cell TCP telemetry and cross-cell leakage detection, from eBPF",
     propagate_version = true
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
-    pub log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the agent: attach the eBPF programs and serve /metrics.
     Run(RunArgs),
     /// Run the agent on an embedded demo cell map over loopback with sample traffic,
@@ -55,58 +55,58 @@ pub enum Command {
 
 /// Where the agent serves and what it attaches to: shared by `run` and `demo`.
 #[derive(Debug, Clone, Args)]
-pub struct NodeArgs {
+pub(crate) struct NodeArgs {
     /// Address of the HTTP endpoints (/metrics, /healthz, /readyz, /connections, /violations).
     #[arg(long, default_value = DEFAULT_LISTEN)]
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// bpffs directory where the programs' links and maps are pinned [default:
     /// /sys/fs/bpf/cellwatch; the demo's: /sys/fs/bpf/cellwatch-demo]. They outlive
     /// `run`, so a restart loses no connection; `cellwatch uninstall` removes them. The
     /// demo removes its own when it ends.
     #[arg(long)]
-    pub bpffs: Option<PathBuf>,
+    pub(crate) bpffs: Option<PathBuf>,
     /// The cgroup v2 root to attach to (default: found in /proc/self/mounts).
     #[arg(long)]
-    pub cgroup: Option<PathBuf>,
+    pub(crate) cgroup: Option<PathBuf>,
 }
 
 impl NodeArgs {
     /// `--bpffs`, or `default` when it was not given.
-    pub fn bpffs_or(&self, default: &str) -> PathBuf {
+    pub(crate) fn bpffs_or(&self, default: &str) -> PathBuf {
         self.bpffs.clone().unwrap_or_else(|| PathBuf::from(default))
     }
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// YAML cell map; without it the embedded default (no cells, loopback ignored) is used.
     #[arg(long)]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     #[command(flatten)]
-    pub node: NodeArgs,
+    pub(crate) node: NodeArgs,
     /// Live connections the kernel tracks at once; more are counted as lost.
     #[arg(long, default_value_t = DEFAULT_CONN_CAPACITY, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
-    pub conn_capacity: u32,
+    pub(crate) conn_capacity: u32,
     /// Violation events (logged, and served at /violations) per cell pair and direction
     /// per second; more are counted as lost. Counters are exact either way.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
-    pub violation_event_rate: u32,
+    pub(crate) violation_event_rate: u32,
     /// Ring buffer for violation events, in KiB: a power of two, 4 to 65536.
     #[arg(long, default_value_t = DEFAULT_EVENTS_BUFFER_KIB, value_parser = pow2_kib)]
-    pub events_buffer_kib: u32,
+    pub(crate) events_buffer_kib: u32,
     /// Swap this build's programs onto the pinned links even if they run them already
     /// (an upgrade does this by itself). Maps and counts are kept.
     #[arg(long)]
-    pub replace_programs: bool,
+    pub(crate) replace_programs: bool,
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// How long the demo runs, in seconds.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub duration: u64,
+    pub(crate) duration: u64,
     #[command(flatten)]
-    pub node: NodeArgs,
+    pub(crate) node: NodeArgs,
 }
 
 fn pow2_kib(s: &str) -> Result<u32, String> {

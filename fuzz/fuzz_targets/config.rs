@@ -3,10 +3,7 @@
 //! also compile into kernel map contents.
 #![no_main]
 
-use agent::{
-    config::Config,
-    policy::{CellIds, compile},
-};
+use agent_core::{config::Config, ids::CellIds, policy::compile};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,7 +3,7 @@
 //! accepts must be within the limits.
 #![no_main]
 
-use agent::query::{MAX_LIMIT, parse};
+use agent_core::query::{MAX_LIMIT, parse};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,7 +3,7 @@
 //! accepts must turn into addresses and a process name without panicking.
 #![no_main]
 
-use agent::violations::{addr, comm, decode};
+use agent_core::events::{addr, comm, decode};
 use libfuzzer_sys::fuzz_target;
 
 const RECORD: usize = size_of::<agent_common::ViolationEvent>();

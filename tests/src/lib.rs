@@ -312,7 +312,7 @@ pub struct Metrics(pub BTreeMap<String, f64>);
 
 impl Metrics {
     pub fn parse(text: &str) -> Self {
-        let samples = agent::promtext::parse(text);
+        let samples = agent_core::promtext::parse(text);
         Self(samples.into_iter().map(|s| (key(&s.name, s.labels.iter()), s.value)).collect())
     }
 

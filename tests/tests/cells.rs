@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent::{
+use agent_core::{
     config::Config,
     policy::{self, Place, Verdict},
 };

@@ -14,35 +14,11 @@ use aya::{
 use tracing::{debug, error};
 
 use super::{
-    loader::KernelError,
-    pins::{self, PinDir, Start},
+    error::KernelError,
+    object::{Hook, PROGRAMS, TCP},
+    pins::{self, PinnedState},
 };
-
-pub(super) const SOCKOPS: &str = "cellwatch_sockops";
-pub(super) const CONNECT4: &str = "cellwatch_connect4";
-pub(super) const CONNECT6: &str = "cellwatch_connect6";
-pub(super) const RST: &str = "cellwatch_rst";
-pub(super) const DESTROY: &str = "cellwatch_destroy";
-pub(super) const TCP: &str = "tcp";
-pub(super) const RST_EVENT: &str = "tcp_receive_reset";
-pub(super) const DESTROY_EVENT: &str = "tcp_destroy_sock";
-
-#[derive(Clone, Copy)]
-enum Hook {
-    Connect,
-    SockOps,
-    Tracepoint(&'static str),
-}
-
-/// Every program and its hook, in attach order: the connect hooks go before `sock_ops`,
-/// so it finds the owner of every connect it sees.
-const PROGRAMS: [(&str, Hook); 5] = [
-    (CONNECT4, Hook::Connect),
-    (CONNECT6, Hook::Connect),
-    (SOCKOPS, Hook::SockOps),
-    (RST, Hook::Tracepoint(RST_EVENT)),
-    (DESTROY, Hook::Tracepoint(DESTROY_EVENT)),
-];
+use crate::host::bpffs::PinDir;
 
 /// What happened to each program.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +31,7 @@ pub(super) struct Installed {
 pub(super) fn install(
     ebpf: &mut Ebpf,
     dir: &PinDir,
-    start: Start,
+    state: PinnedState,
     cgroup_root: &Path,
 ) -> Result<Installed, KernelError> {
     let cgroup = File::open(cgroup_root)
@@ -64,7 +40,7 @@ pub(super) fn install(
     for (name, hook) in PROGRAMS {
         let path = dir.link(name);
         let pinned = path.exists();
-        if pinned && start == Start::Adopt {
+        if pinned && state == PinnedState::Adopted {
             done.adopted += 1;
             continue;
         }

@@ -3,46 +3,38 @@
 //! flips the programs over to it. Only what differs from what that set held is written.
 use std::{
     collections::{HashMap, HashSet},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use agent_common::{
-    CELL_NAME_MAX, CellInfo, CellName, MAX_CELLS, PolicyKey, SETTING_ENFORCE, SETTING_EXTERNAL,
+    CELL_NAME_MAX, CellInfo, CellName, MAX_CELLS, SETTING_ENFORCE, SETTING_EXTERNAL,
     SETTING_GENERATION,
 };
-use aya::maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, lpm_trie::Key};
-use ipnet::IpNet;
+use agent_core::{config::IpNet, policy::Compiled};
+use aya::maps::lpm_trie::Key;
 
-use super::loader::{KernelError, Maps, map_err};
-use crate::policy::Compiled;
+use super::{
+    error::{KernelError, map_err},
+    maps::{CellSet, Generation, Maps},
+    object,
+};
 
-/// How long after a flip the now-inactive set is left alone. A program that read the
-/// generation just before the flip finishes within microseconds; this is ample.
-pub(super) const GRACE: Duration = Duration::from_millis(20);
-
-/// One complete cell map: both tries, the cell flags and the allow rules.
-pub(super) struct CellSet {
-    pub(super) v4: LpmTrie<MapData, [u8; 4], u32>,
-    pub(super) v6: LpmTrie<MapData, [u8; 16], u32>,
-    pub(super) info: Array<MapData, CellInfo>,
-    pub(super) policy: BpfHashMap<MapData, PolicyKey, u8>,
-    /// What this set holds now.
-    pub(super) holds: Compiled,
-    /// Whether `holds` is known: false for a pinned set not read back yet.
-    pub(super) known: bool,
-}
-
-/// Which set the programs read, and since when.
-pub(super) struct Generation {
-    pub(super) active: usize,
-    pub(super) since: Instant,
+/// Maps pinned by an earlier run: the set the programs read now is read back when a
+/// write first targets it (the first reload); the other set, the first write's target,
+/// is read back now.
+pub(super) fn adopt(m: &mut Maps) -> Result<(), KernelError> {
+    let active = m.generation.active;
+    m.sets[active].known = false;
+    let target = &mut m.sets[1 - active];
+    target.holds = read_set(target)?;
+    Ok(())
 }
 
 pub(super) fn apply(m: &mut Maps, next: &Compiled) -> Result<(), KernelError> {
     let target = 1 - m.generation.active;
     let waited = m.generation.since.elapsed();
-    if waited < GRACE {
-        std::thread::sleep(GRACE - waited);
+    if waited < Generation::GRACE {
+        std::thread::sleep(Generation::GRACE - waited);
     }
     write_names(m, next)?;
     let set = &mut m.sets[target];
@@ -51,11 +43,13 @@ pub(super) fn apply(m: &mut Maps, next: &Compiled) -> Result<(), KernelError> {
         set.known = true;
     }
     write_set(set, next)?;
-    let ext = SETTING_EXTERNAL + target as u32;
-    m.settings.set(ext, next.external, 0).map_err(map_err("SETTINGS"))?;
-    let enforce = SETTING_ENFORCE + target as u32;
-    m.settings.set(enforce, next.enforce, 0).map_err(map_err("SETTINGS"))?;
-    m.settings.set(SETTING_GENERATION, target as u32, 0).map_err(map_err("SETTINGS"))?;
+    let set_index = u32::from(target == 1);
+    let settings = map_err(object::SETTINGS);
+    m.settings.set(SETTING_EXTERNAL + set_index, next.external, 0).map_err(settings)?;
+    let settings = map_err(object::SETTINGS);
+    m.settings.set(SETTING_ENFORCE + set_index, next.enforce, 0).map_err(settings)?;
+    let settings = map_err(object::SETTINGS);
+    m.settings.set(SETTING_GENERATION, set_index, 0).map_err(settings)?;
     m.generation = Generation { active: target, since: Instant::now() };
     Ok(())
 }
@@ -78,23 +72,23 @@ fn write_set(set: &mut CellSet, next: &Compiled) -> Result<(), KernelError> {
     let gone: Vec<u32> =
         set.holds.info.iter().map(|(id, _)| *id).filter(|id| !info.contains_key(id)).collect();
     for id in gone {
-        set.info.set(id, CellInfo::default(), 0).map_err(map_err("CELL_INFO"))?;
+        set.info.set(id, CellInfo::default(), 0).map_err(map_err(set.names.info))?;
     }
     let had: HashMap<u32, CellInfo> = set.holds.info.iter().copied().collect();
     for (id, i) in &next.info {
         if had.get(id) != Some(i) {
-            set.info.set(*id, i, 0).map_err(map_err("CELL_INFO"))?;
+            set.info.set(*id, i, 0).map_err(map_err(set.names.info))?;
         }
     }
 
     let allow: HashSet<_> = next.allow.iter().collect();
     let revoked: Vec<_> = set.holds.allow.iter().filter(|k| !allow.contains(k)).copied().collect();
     for k in revoked {
-        set.policy.remove(&k).map_err(map_err("POLICY"))?;
+        set.policy.remove(&k).map_err(map_err(set.names.policy))?;
     }
     let had: HashSet<_> = set.holds.allow.iter().copied().collect();
     for k in next.allow.iter().filter(|k| !had.contains(k)) {
-        set.policy.insert(k, 1, 0).map_err(map_err("POLICY"))?;
+        set.policy.insert(k, 1, 0).map_err(map_err(set.names.policy))?;
     }
     set.holds = next.clone();
     Ok(())
@@ -109,8 +103,9 @@ fn write_names(m: &mut Maps, next: &Compiled) -> Result<(), KernelError> {
         let mut entry = CellName { len: 0, name: [0; CELL_NAME_MAX] };
         let n = name.len().min(CELL_NAME_MAX);
         entry.name[..n].copy_from_slice(&name.as_bytes()[..n]);
-        entry.len = n as u8;
-        m.cell_names.set(*id, entry, 0).map_err(map_err("CELL_NAMES"))?;
+        // Validated names are at most CELL_NAME_MAX (63) bytes.
+        entry.len = u8::try_from(n).unwrap_or(u8::MAX);
+        m.cell_names.set(*id, entry, 0).map_err(map_err(object::CELL_NAMES))?;
         m.names_written.insert(*id);
     }
     Ok(())
@@ -118,39 +113,49 @@ fn write_names(m: &mut Maps, next: &Compiled) -> Result<(), KernelError> {
 
 /// What a pinned set holds, read back from the kernel, so the next write to it knows
 /// what to remove.
-pub(super) fn read_set(set: &CellSet) -> Result<Compiled, KernelError> {
+fn read_set(set: &CellSet) -> Result<Compiled, KernelError> {
     let mut out = Compiled::default();
     for entry in set.v4.iter() {
-        let (k, id) = entry.map_err(map_err("CELLS_V4"))?;
-        let net = ipnet::Ipv4Net::new(k.data().into(), k.prefix_len() as u8);
-        out.prefixes.extend(net.ok().map(|n| (IpNet::V4(n), id)));
+        let (k, id) = entry.map_err(map_err(set.names.v4))?;
+        let net = prefix_len(k.prefix_len())
+            .and_then(|len| ipnet::Ipv4Net::new(k.data().into(), len).ok());
+        out.prefixes.extend(net.map(|n| (IpNet::V4(n), id)));
     }
     for entry in set.v6.iter() {
-        let (k, id) = entry.map_err(map_err("CELLS_V6"))?;
-        let net = ipnet::Ipv6Net::new(k.data().into(), k.prefix_len() as u8);
-        out.prefixes.extend(net.ok().map(|n| (IpNet::V6(n), id)));
+        let (k, id) = entry.map_err(map_err(set.names.v6))?;
+        let net = prefix_len(k.prefix_len())
+            .and_then(|len| ipnet::Ipv6Net::new(k.data().into(), len).ok());
+        out.prefixes.extend(net.map(|n| (IpNet::V6(n), id)));
     }
     for id in 0..=MAX_CELLS {
-        let info = set.info.get(&id, 0).map_err(map_err("CELL_INFO"))?;
+        let info = set.info.get(&id, 0).map_err(map_err(set.names.info))?;
         if info != CellInfo::default() {
             out.info.push((id, info));
         }
     }
     for key in set.policy.keys() {
-        out.allow.push(key.map_err(map_err("POLICY"))?);
+        out.allow.push(key.map_err(map_err(set.names.policy))?);
     }
     Ok(out)
+}
+
+/// A trie key's prefix length as a prefix length (at most 128; anything else is not one
+/// of ours and is skipped).
+fn prefix_len(len: u32) -> Option<u8> {
+    u8::try_from(len).ok().filter(|l| *l <= 128)
 }
 
 fn put_prefix(set: &mut CellSet, net: IpNet, id: u32) -> Result<(), KernelError> {
     let len = u32::from(net.prefix_len());
     match net {
-        IpNet::V4(n) => {
-            set.v4.insert(&Key::new(len, n.network().octets()), id, 0).map_err(map_err("CELLS_V4"))
-        }
-        IpNet::V6(n) => {
-            set.v6.insert(&Key::new(len, n.network().octets()), id, 0).map_err(map_err("CELLS_V6"))
-        }
+        IpNet::V4(n) => set
+            .v4
+            .insert(&Key::new(len, n.network().octets()), id, 0)
+            .map_err(map_err(set.names.v4)),
+        IpNet::V6(n) => set
+            .v6
+            .insert(&Key::new(len, n.network().octets()), id, 0)
+            .map_err(map_err(set.names.v6)),
     }
 }
 
@@ -158,10 +163,10 @@ fn drop_prefix(set: &mut CellSet, net: IpNet) -> Result<(), KernelError> {
     let len = u32::from(net.prefix_len());
     match net {
         IpNet::V4(n) => {
-            set.v4.remove(&Key::new(len, n.network().octets())).map_err(map_err("CELLS_V4"))
+            set.v4.remove(&Key::new(len, n.network().octets())).map_err(map_err(set.names.v4))
         }
         IpNet::V6(n) => {
-            set.v6.remove(&Key::new(len, n.network().octets())).map_err(map_err("CELLS_V6"))
+            set.v6.remove(&Key::new(len, n.network().octets())).map_err(map_err(set.names.v6))
         }
     }
 }

@@ -1,30 +1,17 @@
 //! Reads the per-cell-pair statistics and bookkeeping counters, summing per-CPU copies.
-use agent_common::{COUNTERS_LEN, CTR_CONN_FORGOTTEN, CTR_CONN_TRACKED, PairKey, PairStats};
+use agent_common::{COUNTERS_LEN, CTR_CONN_FORGOTTEN, CTR_CONN_TRACKED, PairStats};
+use agent_core::metrics::{MapFill, Snapshot};
 
-use super::loader::{KernelError, Maps, map_err};
-
-/// Everything a scrape needs from the kernel, read in one pass.
-#[derive(Debug, Default, Clone)]
-pub struct Snapshot {
-    /// Per (src, dst, direction, verdict), summed over CPUs, sorted by key.
-    pub pairs: Vec<(PairKey, PairStats)>,
-    /// `CTR_*` counters summed over CPUs.
-    pub counters: [u64; COUNTERS_LEN as usize],
-    pub fill: Vec<MapFill>,
-}
-
-/// Entries and capacity of one kernel map.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MapFill {
-    pub map: &'static str,
-    pub entries: u64,
-    pub capacity: u64,
-}
+use super::{
+    error::{KernelError, map_err},
+    maps::Maps,
+    object,
+};
 
 pub(super) fn read(m: &Maps) -> Result<Snapshot, KernelError> {
     let mut pairs = Vec::new();
     for item in m.pair_stats.iter() {
-        let (key, per_cpu) = item.map_err(map_err("PAIR_STATS"))?;
+        let (key, per_cpu) = item.map_err(map_err(object::PAIR_STATS))?;
         let mut sum = PairStats::ZERO;
         for v in per_cpu.iter() {
             sum.merge(v);
@@ -34,7 +21,7 @@ pub(super) fn read(m: &Maps) -> Result<Snapshot, KernelError> {
     // Connections older than the agent: their opening was counted by the agent.
     let mut seeded = 0u64;
     for item in m.seed_opened.iter() {
-        let (key, [opened, violations]) = item.map_err(map_err("SEED_OPENED"))?;
+        let (key, [opened, violations]) = item.map_err(map_err(object::SEED_OPENED))?;
         seeded += opened;
         match pairs.iter_mut().find(|(k, _)| *k == key) {
             Some((_, s)) => {
@@ -52,8 +39,8 @@ pub(super) fn read(m: &Maps) -> Result<Snapshot, KernelError> {
     pairs.sort_unstable_by_key(|(k, _)| *k);
 
     let mut counters = [0u64; COUNTERS_LEN as usize];
-    for (i, slot) in counters.iter_mut().enumerate() {
-        let per_cpu = m.counters.get(&(i as u32), 0).map_err(map_err("COUNTERS"))?;
+    for (i, slot) in (0..COUNTERS_LEN).zip(counters.iter_mut()) {
+        let per_cpu = m.counters.get(&i, 0).map_err(map_err(object::COUNTERS))?;
         *slot = per_cpu.iter().sum();
     }
     let live = (counters[CTR_CONN_TRACKED as usize] + seeded)
@@ -72,5 +59,5 @@ pub(super) fn read(m: &Maps) -> Result<Snapshot, KernelError> {
         MapFill { map: "cells_v6", entries: v6, capacity: cap.cells_v6.into() },
         MapFill { map: "policy", entries: c.allow.len() as u64, capacity: cap.policy.into() },
     ];
-    Ok(Snapshot { pairs, counters, fill })
+    Ok(Snapshot { pairs, counters, fill, undecodable_events: 0 })
 }

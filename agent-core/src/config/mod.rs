@@ -1,0 +1,211 @@
+//! The cell map: parse and validate the YAML config (every problem, located), and the
+//! embedded default used when `--config` is absent.
+//!
+//! Parsing is in two steps. [`raw`] turns YAML into spanned values with serde; then
+//! [`validate`] checks meaning (names, CIDRs, references, duplicates) and reports every
+//! problem it finds, each as `FILE:LINE:COL: message`.
+
+mod raw;
+mod validate;
+
+use std::{fmt, net::IpAddr, path::Path};
+
+pub use ipnet::IpNet;
+
+/// The embedded default: no cells, loopback ignored, audit mode. Every peer is then
+/// `external` and allowed, so the agent reports connection telemetry from the first
+/// second without anything to configure.
+pub const DEFAULT_YAML: &str = include_str!("default.yaml");
+
+/// Largest config file accepted, so a mistaken path (a log, a disk image) fails fast.
+pub const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
+
+/// A validated config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub cells: Vec<Cell>,
+    pub allow: Vec<AllowRule>,
+    pub external: External,
+    pub ignore_cidrs: Vec<IpNet>,
+    pub mode: Mode,
+    /// Client cells enforce mode applies to; `None` = every cell.
+    pub enforce_cells: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cell {
+    pub name: String,
+    pub global: bool,
+    pub cidrs: Vec<IpNet>,
+}
+
+/// An extra allowed flow from client cell `from` to server cell `to`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllowRule {
+    pub from: String,
+    pub to: String,
+    /// Server ports; empty = every port.
+    pub ports: Vec<u16>,
+}
+
+/// What a connection to or from a peer in no cell is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum External {
+    #[default]
+    Allow,
+    Violation,
+    Ignore,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    #[default]
+    Audit,
+    Enforce,
+}
+
+/// One problem in a config file, located.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+}
+
+/// Why a config could not be used. `Display` gives one `FILE:LINE:COL: message` line
+/// per problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read the config file: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:1:1: the config file is {size} bytes, more than the {max} a cell map can need")]
+    TooLarge { path: String, size: u64, max: u64 },
+    #[error("{}", render_problems(path, problems))]
+    Invalid { path: String, problems: Vec<Problem> },
+}
+
+impl ConfigError {
+    /// The problems, for callers that count or log them one by one.
+    pub fn problems(&self) -> usize {
+        match self {
+            Self::Invalid { problems, .. } => problems.len(),
+            _ => 1,
+        }
+    }
+}
+
+/// One line per problem, whatever the file held: control characters in a message (a
+/// value with a newline or CR in it) are escaped, never printed raw.
+fn render_problems(path: &str, problems: &[Problem]) -> String {
+    let mut out = String::new();
+    for (i, p) in problems.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&format!("{path}:{}:{}: ", p.line, p.column));
+        for c in p.message.chars() {
+            if c.is_control() {
+                out.extend(c.escape_default());
+            } else {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+impl Config {
+    /// Parses and validates `text`; `path` only names the source in messages.
+    pub fn parse(path: &str, text: &str) -> Result<Self, ConfigError> {
+        let invalid = |problems| ConfigError::Invalid { path: path.to_owned(), problems };
+        let raw = raw::parse(text).map_err(|p| invalid(vec![p]))?;
+        validate::validate(raw).map_err(invalid)
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let read_err = |source| ConfigError::Read { path: shown.clone(), source };
+        let meta = std::fs::metadata(path).map_err(read_err)?;
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge {
+                path: shown,
+                size: meta.len(),
+                max: MAX_CONFIG_BYTES,
+            });
+        }
+        let bytes = std::fs::read(path).map_err(read_err)?;
+        Self::from_bytes(&shown, &bytes)
+    }
+
+    /// Parses and validates a config file's content; `path` only names it in messages.
+    pub fn from_bytes(path: &str, bytes: &[u8]) -> Result<Self, ConfigError> {
+        if bytes.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge {
+                path: path.to_owned(),
+                size: bytes.len() as u64,
+                max: MAX_CONFIG_BYTES,
+            });
+        }
+        let text = std::str::from_utf8(bytes).map_err(|e| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems: vec![not_text(bytes, &e)],
+        })?;
+        Self::parse(path, text)
+    }
+
+    /// The embedded default config.
+    pub fn embedded_default() -> Self {
+        match Self::parse("<embedded default>", DEFAULT_YAML) {
+            Ok(c) => c,
+            // The default is checked by a unit test; reaching this is a build defect.
+            Err(e) => unreachable!("embedded default config is invalid: {e}"),
+        }
+    }
+
+    /// Number of prefixes over all cells.
+    pub fn prefix_count(&self) -> usize {
+        self.cells.iter().map(|c| c.cidrs.len()).sum()
+    }
+}
+
+/// v4-mapped IPv6 addresses resolve as IPv4, as in the kernel.
+pub fn canonical(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn not_text(bytes: &[u8], e: &std::str::Utf8Error) -> Problem {
+    let upto = &bytes[..e.valid_up_to()];
+    let line = upto.iter().filter(|b| **b == b'\n').count() as u64 + 1;
+    let column = upto.iter().rev().take_while(|b| **b != b'\n').count() as u64 + 1;
+    Problem { line, column, message: "not a text file: invalid UTF-8 here".to_owned() }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Audit => "audit",
+            Self::Enforce => "enforce",
+        })
+    }
+}
+
+impl fmt::Display for External {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Allow => "allow",
+            Self::Violation => "violation",
+            Self::Ignore => "ignore",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,22 @@
+//! cellwatch's pure core: everything the agent decides or renders that needs neither
+//! the kernel nor an async runtime, so it is unit-tested, fuzzed and benchmarked on its
+//! own (it builds on stable Rust with no eBPF toolchain).
+//!
+//! - [`config`]: the YAML cell map, validated, every problem located.
+//! - [`names`]: the cell-name rule.
+//! - [`ids`]: cell name <-> kernel cell id.
+//! - [`policy`]: a config compiled into kernel map contents, and the reference verdict.
+//! - [`metrics`]: a kernel snapshot rendered as the contract's metric families.
+//! - [`promtext`]: the Prometheus text read back into samples.
+//! - [`events`]: ring-buffer records decoded, and the kernel's address encodings.
+//! - [`query`]: the query strings of the JSON endpoints.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod events;
+pub mod ids;
+pub mod metrics;
+pub mod names;
+pub mod policy;
+pub mod promtext;
+pub mod query;

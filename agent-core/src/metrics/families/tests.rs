@@ -1,0 +1,109 @@
+use agent_common::{DIR_EGRESS, DIR_INGRESS, FAIL_REFUSED, PairKey, PairStats, VERDICT_VIOLATION};
+
+use crate::{
+    ids::CellIds,
+    metrics::{MapFill, Snapshot, encode, families},
+};
+
+fn key(src: u32, dst: u32, dir: u8, verdict: u8) -> PairKey {
+    PairKey::new(src, dst, dir, verdict)
+}
+
+fn render(snap: &Snapshot, ids: &CellIds) -> String {
+    encode(families(snap, ids)).unwrap()
+}
+
+#[test]
+fn snapshot_renders_the_contract_metrics() {
+    let mut ids = CellIds::default();
+    let (a, b) = (ids.id("cell-a").unwrap(), ids.id("cell-b").unwrap());
+    let mut s = PairStats::ZERO;
+    s.opened = 5;
+    s.closed = 3;
+    s.violations = 6;
+    s.failed[FAIL_REFUSED] = 1;
+    s.bytes_sent = 1000;
+    s.latency_hist[3] = 5; // below 8 µs
+    s.latency_sum_ns = 20_000;
+    let mut ing = PairStats::ZERO;
+    ing.opened = 5;
+    let snap = Snapshot {
+        pairs: vec![
+            (key(a, b, DIR_EGRESS, VERDICT_VIOLATION), s),
+            (key(a, b, DIR_INGRESS, VERDICT_VIOLATION), ing),
+        ],
+        counters: [0; agent_common::COUNTERS_LEN as usize],
+        fill: vec![MapFill { map: "conns", entries: 2, capacity: 10 }],
+        undecodable_events: 3,
+    };
+    let text = render(&snap, &ids);
+    for want in [
+        r#"cellwatch_connections_opened_total{src_cell="cell-a",dst_cell="cell-b",direction="egress",verdict="violation"} 5"#,
+        r#"cellwatch_connections_closed_total{src_cell="cell-a",dst_cell="cell-b",direction="egress",verdict="violation"} 3"#,
+        r#"cellwatch_connections_active{src_cell="cell-a",dst_cell="cell-b",direction="egress"} 2"#,
+        r#"cellwatch_connections_active{src_cell="cell-a",dst_cell="cell-b",direction="ingress"} 5"#,
+        r#"cellwatch_connections_failed_total{src_cell="cell-a",dst_cell="cell-b",reason="refused"} 1"#,
+        r#"cellwatch_connections_failed_total{src_cell="cell-a",dst_cell="cell-b",reason="timeout"} 0"#,
+        r#"cellwatch_boundary_violations_total{src_cell="cell-a",dst_cell="cell-b",direction="egress"} 6"#,
+        r#"cellwatch_bytes_sent_total{src_cell="cell-a",dst_cell="cell-b",direction="egress"} 1000"#,
+        r#"cellwatch_connect_latency_seconds_bucket{src_cell="cell-a",dst_cell="cell-b",le="0.000004"} 0"#,
+        r#"cellwatch_connect_latency_seconds_bucket{src_cell="cell-a",dst_cell="cell-b",le="0.000008"} 5"#,
+        r#"cellwatch_connect_latency_seconds_bucket{src_cell="cell-a",dst_cell="cell-b",le="+Inf"} 5"#,
+        r#"cellwatch_connect_latency_seconds_sum{src_cell="cell-a",dst_cell="cell-b"} 0.00002"#,
+        r#"cellwatch_connect_latency_seconds_count{src_cell="cell-a",dst_cell="cell-b"} 5"#,
+        r#"cellwatch_map_entries{map="conns"} 2"#,
+        r#"cellwatch_map_capacity{map="conns"} 10"#,
+        r#"cellwatch_events_lost_total{source="conn_table_full"} 0"#,
+        r#"cellwatch_events_lost_total{source="violation_undecodable"} 3"#,
+        "# TYPE cellwatch_rtt_seconds histogram",
+        "# TYPE cellwatch_connections_active gauge",
+    ] {
+        assert!(text.lines().any(|l| l == want), "missing line {want}\n---\n{text}");
+    }
+    // Ingress keys feed no client-side family, and no RTT when the client is in a cell.
+    assert_eq!(text.matches("cellwatch_connect_latency_seconds_count{").count(), 1);
+    assert_eq!(text.matches("cellwatch_rtt_seconds_count{").count(), 1);
+}
+
+#[test]
+fn rtt_is_counted_once_per_connection() {
+    let mut ids = CellIds::default();
+    let a = ids.id("cell-a").unwrap();
+    let ext = agent_common::CELL_EXTERNAL;
+    let mut s = PairStats::ZERO;
+    s.rtt_hist[4] = 2;
+    let snap = Snapshot {
+        pairs: vec![
+            (key(a, a, DIR_EGRESS, 0), s),
+            (key(a, a, DIR_INGRESS, 0), s),
+            (key(ext, a, DIR_INGRESS, 0), s),
+        ],
+        ..Snapshot::default()
+    };
+    let text = render(&snap, &ids);
+    let counts: Vec<&str> =
+        text.lines().filter(|l| l.starts_with("cellwatch_rtt_seconds_count{")).collect();
+    assert_eq!(
+        counts,
+        [
+            r#"cellwatch_rtt_seconds_count{src_cell="cell-a",dst_cell="cell-a",direction="egress"} 2"#,
+            r#"cellwatch_rtt_seconds_count{src_cell="external",dst_cell="cell-a",direction="ingress"} 2"#,
+        ],
+        "{text}"
+    );
+}
+
+#[test]
+fn buckets_are_powers_of_two_microseconds() {
+    let b: Vec<f64> = super::bucket_bounds().collect();
+    assert_eq!(b.len(), agent_common::HIST_BUCKETS - 1);
+    assert_eq!(b[0], 1e-6);
+    assert_eq!(b[10], 1024e-6);
+}
+
+#[test]
+fn an_empty_snapshot_renders_no_pair_family() {
+    let text = render(&Snapshot::default(), &CellIds::default());
+    assert!(!text.contains("cellwatch_connections_opened_total"), "{text}");
+    assert!(text.contains(r#"cellwatch_events_lost_total{source="conn_table_full"} 0"#), "{text}");
+}

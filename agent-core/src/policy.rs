@@ -1,0 +1,156 @@
+//! From a validated config to what the kernel needs: prefix -> cell id entries, cell
+//! flags and allow-rule keys. Also the same verdict in plain Rust, the reference the
+//! kernel's decision is tested against.
+
+use std::net::IpAddr;
+
+use agent_common::{
+    CELL_FLAG_ENFORCE, CELL_FLAG_GLOBAL, CELL_IGNORED, CellInfo, EXTERNAL_ALLOW, EXTERNAL_IGNORE,
+    EXTERNAL_VIOLATION, PolicyKey,
+};
+use ipnet::IpNet;
+
+use crate::{
+    config::{Config, External, Mode, canonical},
+    ids::{CellIds, IdsExhausted},
+};
+
+/// The contents of the kernel's cell and policy maps for one config.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Compiled {
+    /// Prefix -> cell id, ignored ranges included (as [`CELL_IGNORED`]).
+    pub prefixes: Vec<(IpNet, u32)>,
+    /// Per cell id, its flags.
+    pub info: Vec<(u32, CellInfo)>,
+    /// Allow-rule keys (port 0 = every port).
+    pub allow: Vec<PolicyKey>,
+    /// `SETTING_EXTERNAL` value.
+    pub external: u32,
+    /// `SETTING_ENFORCE` value: 1 under `mode: enforce`.
+    pub enforce: u32,
+    /// Every cell id handed out so far, with its name (kept in the kernel so a
+    /// restarted agent labels the counters as this one did).
+    pub names: Vec<(u32, String)>,
+}
+
+pub fn compile(cfg: &Config, ids: &mut CellIds) -> Result<Compiled, IdsExhausted> {
+    let mut out = Compiled {
+        external: match cfg.external {
+            External::Allow => EXTERNAL_ALLOW,
+            External::Violation => EXTERNAL_VIOLATION,
+            External::Ignore => EXTERNAL_IGNORE,
+        },
+        enforce: u32::from(cfg.mode == Mode::Enforce),
+        ..Compiled::default()
+    };
+    for cell in &cfg.cells {
+        let id = ids.id(&cell.name)?;
+        let mut flags = if cell.global { CELL_FLAG_GLOBAL } else { 0 };
+        if enforced(cfg, &cell.name) {
+            flags |= CELL_FLAG_ENFORCE;
+        }
+        out.info.push((id, CellInfo { flags, _pad: 0 }));
+        out.prefixes.extend(cell.cidrs.iter().map(|n| (*n, id)));
+    }
+    out.prefixes.extend(cfg.ignore_cidrs.iter().map(|n| (*n, CELL_IGNORED)));
+    for rule in &cfg.allow {
+        let (src_cell, dst_cell) = (ids.id(&rule.from)?, ids.id(&rule.to)?);
+        let key = |port| PolicyKey { src_cell, dst_cell, port, _pad: [0; 6] };
+        if rule.ports.is_empty() {
+            out.allow.push(key(0));
+        } else {
+            out.allow.extend(rule.ports.iter().map(|p| key(*p)));
+        }
+    }
+    out.allow.sort_unstable();
+    out.allow.dedup();
+    out.names = ids.all();
+    Ok(out)
+}
+
+/// Whether enforce mode refuses cross-cell connects made from cell `name`.
+pub fn enforced(cfg: &Config, name: &str) -> bool {
+    cfg.mode == Mode::Enforce
+        && cfg.enforce_cells.as_ref().is_none_or(|cells| cells.iter().any(|c| c == name))
+}
+
+/// What enforce mode refuses under `cfg`, in words for the log.
+pub fn enforce_summary(cfg: &Config) -> String {
+    if cfg.mode != Mode::Enforce {
+        return "off (audit: cross-cell connects are flagged, not refused)".to_owned();
+    }
+    // A global cell's connects are never violations: naming it would mislead.
+    let cells: Vec<&str> = cfg
+        .cells
+        .iter()
+        .filter(|c| !c.global && enforced(cfg, &c.name))
+        .map(|c| c.name.as_str())
+        .collect();
+    match cells.len() {
+        0 => "on, for no cell".to_owned(),
+        _ => format!("on: cross-cell connects from {} are refused", cells.join(", ")),
+    }
+}
+
+/// Where an address falls: a cell, no cell, or an ignored range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place<'a> {
+    Cell(&'a str),
+    External,
+    Ignored,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed,
+    Violation,
+}
+
+/// The reference lookup: longest prefix over cells and ignored ranges together, as the
+/// kernel's trie holds them.
+pub fn place(cfg: &Config, addr: IpAddr) -> Place<'_> {
+    let addr = canonical(addr);
+    let cells = cfg
+        .cells
+        .iter()
+        .flat_map(|c| c.cidrs.iter().map(move |n| (n, Place::Cell(c.name.as_str()))));
+    let ignored = cfg.ignore_cidrs.iter().map(|n| (n, Place::Ignored));
+    // Validation guarantees no prefix is in two places, so the longest match is unique.
+    cells
+        .chain(ignored)
+        .filter(|(n, _)| n.contains(&addr))
+        .max_by_key(|(n, _)| n.prefix_len())
+        .map_or(Place::External, |(_, p)| p)
+}
+
+/// The reference verdict of a connection from `client` to `server` on server `port`;
+/// `None` when the connection is not tracked.
+pub fn verdict(cfg: &Config, client: IpAddr, server: IpAddr, port: u16) -> Option<Verdict> {
+    let (src, dst) = (place(cfg, client), place(cfg, server));
+    match (src, dst) {
+        (Place::Ignored, _) | (_, Place::Ignored) => None,
+        (Place::External, Place::External) => match cfg.external {
+            External::Ignore => None,
+            // Neither end in a cell: no boundary is crossed.
+            External::Allow | External::Violation => Some(Verdict::Allowed),
+        },
+        (Place::External, _) | (_, Place::External) => match cfg.external {
+            External::Allow => Some(Verdict::Allowed),
+            External::Violation => Some(Verdict::Violation),
+            External::Ignore => None,
+        },
+        (Place::Cell(a), Place::Cell(b)) => {
+            let global = |n: &str| cfg.cells.iter().any(|c| c.name == n && c.global);
+            let allowed = a == b
+                || global(a)
+                || global(b)
+                || cfg.allow.iter().any(|r| {
+                    r.from == a && r.to == b && (r.ports.is_empty() || r.ports.contains(&port))
+                });
+            Some(if allowed { Verdict::Allowed } else { Verdict::Violation })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,135 @@
+use std::net::IpAddr;
+
+use super::*;
+use crate::{config::Config, ids::EXTERNAL_LABEL};
+
+const CFG: &str = "\
+cells:
+  - name: global
+    global: true
+    cidrs: [\"10.0.0.0/16\"]
+  - name: cell-1
+    cidrs: [\"10.1.0.0/16\", \"fd00:1::/48\"]
+  - name: cell-2
+    cidrs: [\"10.2.0.0/16\"]
+  - name: cell-3
+    cidrs: [\"10.3.0.0/16\", \"10.1.99.0/24\"]
+allow:
+  - { from: cell-1, to: cell-2, ports: [5432] }
+  - { from: cell-3, to: cell-1 }
+ignore_cidrs: [\"127.0.0.0/8\", \"10.1.200.0/24\"]
+";
+
+fn cfg(external: &str) -> Config {
+    Config::parse("t.yaml", &format!("{CFG}external: {external}\n")).unwrap()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn verdict_table() {
+    use Verdict::{Allowed as A, Violation as V};
+    let c = cfg("allow");
+    let rows: &[(&str, &str, &str, u16, Option<Verdict>)] = &[
+        ("same cell", "10.1.0.1", "10.1.5.5", 80, Some(A)),
+        ("cross cell", "10.1.0.1", "10.2.0.1", 80, Some(V)),
+        ("to global", "10.1.0.1", "10.0.0.1", 443, Some(A)),
+        ("from global", "10.0.0.1", "10.2.0.1", 443, Some(A)),
+        ("allow rule, its port", "10.1.0.1", "10.2.0.1", 5432, Some(A)),
+        ("allow rule, other port", "10.1.0.1", "10.2.0.1", 5433, Some(V)),
+        ("allow rule is one-way", "10.2.0.1", "10.1.0.1", 5432, Some(V)),
+        ("allow rule, every port", "10.3.0.1", "10.1.0.1", 9999, Some(A)),
+        ("longest prefix wins", "10.1.99.7", "10.3.0.1", 80, Some(A)),
+        ("longest prefix wins, other way", "10.1.99.7", "10.1.0.1", 80, Some(A)),
+        ("IPv6 same cell", "fd00:1::1", "10.1.0.9", 80, Some(A)),
+        ("IPv6 cross cell", "fd00:1::1", "10.2.0.9", 80, Some(V)),
+        ("v4-mapped resolves as IPv4", "::ffff:10.1.0.1", "::ffff:10.2.0.1", 80, Some(V)),
+        ("ignored range", "127.0.0.1", "127.0.0.2", 80, None),
+        ("ignored inside a cell", "10.1.200.1", "10.2.0.1", 80, None),
+        ("external allowed", "10.1.0.1", "192.0.2.1", 80, Some(A)),
+        ("both external", "192.0.2.1", "198.51.100.1", 80, Some(A)),
+    ];
+    for (what, a, b, port, want) in rows {
+        assert_eq!(verdict(&c, ip(a), ip(b), *port), *want, "{what}");
+    }
+    let v = cfg("violation");
+    assert_eq!(verdict(&v, ip("10.1.0.1"), ip("192.0.2.1"), 80), Some(V));
+    assert_eq!(verdict(&v, ip("192.0.2.1"), ip("10.1.0.1"), 80), Some(V));
+    assert_eq!(verdict(&v, ip("10.0.0.1"), ip("192.0.2.1"), 80), Some(V), "external beats global");
+    assert_eq!(verdict(&v, ip("192.0.2.1"), ip("198.51.100.1"), 80), Some(A), "no cell crossed");
+    let i = cfg("ignore");
+    assert_eq!(verdict(&i, ip("10.1.0.1"), ip("192.0.2.1"), 80), None);
+    assert_eq!(
+        verdict(&i, ip("192.0.2.1"), ip("198.51.100.1"), 80),
+        None,
+        "both external, ignored"
+    );
+    assert_eq!(verdict(&i, ip("10.1.0.1"), ip("10.1.0.2"), 80), Some(A), "cells still tracked");
+}
+
+#[test]
+fn ids_are_stable_across_recompiles() {
+    let mut ids = CellIds::default();
+    let a = compile(&cfg("allow"), &mut ids).unwrap();
+    let id1 = ids.id("cell-1").unwrap();
+    let fewer = Config::parse("t.yaml", "cells:\n  - name: cell-2\n  - name: cell-1\n").unwrap();
+    compile(&fewer, &mut ids).unwrap();
+    assert_eq!(ids.id("cell-1").unwrap(), id1);
+    assert_eq!(ids.name(id1), "cell-1");
+    assert_eq!(ids.name(agent_common::CELL_EXTERNAL), EXTERNAL_LABEL);
+    assert!(
+        a.prefixes
+            .iter()
+            .any(|(n, id)| n.to_string() == "10.1.200.0/24" && *id == agent_common::CELL_IGNORED)
+    );
+    // Two port rules and one all-ports rule.
+    assert_eq!(a.allow.len(), 2);
+    assert!(a.allow.iter().any(|k| k.port == 0));
+}
+
+#[test]
+fn restored_ids_keep_their_numbers_and_new_names_go_above() {
+    let mut ids = CellIds::default();
+    let first = compile(&cfg("allow"), &mut ids).unwrap();
+    assert_eq!(first.names.len(), 4, "{:?}", first.names);
+    let mut back = CellIds::restore(first.names.clone());
+    for (id, name) in &first.names {
+        assert_eq!(back.lookup(name), Some(*id));
+        assert_eq!(back.name(*id), name);
+    }
+    let highest = first.names.iter().map(|(id, _)| *id).max().unwrap();
+    assert_eq!(back.id("cell-new").unwrap(), highest + 1);
+    assert_eq!(back.all().len(), 5);
+}
+
+#[test]
+fn enforce_flags_follow_mode_and_enforce_cells() {
+    let text = |mode: &str, extra: &str| {
+        format!(
+            "cells:\n  - {{ name: g, global: true }}\n  - {{ name: a }}\n  - {{ name: b }}\nmode: {mode}\n{extra}"
+        )
+    };
+    let flags = |yaml: &str| {
+        let cfg = Config::parse("t.yaml", yaml).unwrap();
+        let mut ids = CellIds::default();
+        let c = compile(&cfg, &mut ids).unwrap();
+        let mut f = |name: &str| {
+            let id = ids.id(name).unwrap();
+            c.info.iter().find(|(i, _)| *i == id).unwrap().1.flags & CELL_FLAG_ENFORCE != 0
+        };
+        (c.enforce, f("a"), f("b"), enforce_summary(&cfg))
+    };
+    let (on, a, b, said) = flags(&text("audit", ""));
+    assert_eq!((on, a, b), (0, false, false));
+    assert!(said.starts_with("off"), "{said}");
+    let (on, a, b, said) = flags(&text("enforce", ""));
+    assert_eq!((on, a, b), (1, true, true));
+    assert!(said.ends_with("from a, b are refused"), "{said}");
+    let (on, a, b, said) = flags(&text("enforce", "enforce_cells: [b]\n"));
+    assert_eq!((on, a, b), (1, false, true));
+    assert!(said.ends_with("from b are refused"), "{said}");
+    let (_, a, b, said) = flags(&text("enforce", "enforce_cells: []\n"));
+    assert_eq!((a, b, said.as_str()), (false, false, "on, for no cell"));
+}

@@ -1,0 +1,138 @@
+//! Query parameters of the JSON endpoints (`cell`, `verdict`, `limit`). Anything else,
+//! or a bad value, is refused with one sentence: nothing is silently ignored.
+
+pub const DEFAULT_LIMIT: usize = 100;
+pub const MAX_LIMIT: usize = 10_000;
+/// A longer query string is refused outright.
+pub const MAX_QUERY: usize = 2048;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Query {
+    /// Keep only connections with this cell at either end.
+    pub cell: Option<String>,
+    /// `allowed` or `violation`.
+    pub verdict: Option<&'static str>,
+    pub limit: usize,
+}
+
+/// Parses `a=b&c=d`, accepting only the keys in `allowed`.
+pub fn parse(raw: Option<&str>, allowed: &[&str]) -> Result<Query, String> {
+    let mut q = Query { cell: None, verdict: None, limit: DEFAULT_LIMIT };
+    let Some(raw) = raw.filter(|r| !r.is_empty()) else { return Ok(q) };
+    if raw.len() > MAX_QUERY {
+        return Err(format!("the query string is longer than {MAX_QUERY} bytes"));
+    }
+    for pair in raw.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let (k, v) = (decode(k)?, decode(v)?);
+        if !allowed.contains(&k.as_str()) {
+            return Err(format!(
+                "unknown parameter `{}`: use {}",
+                printable(&k),
+                allowed.join(", ")
+            ));
+        }
+        match k.as_str() {
+            "cell" => {
+                if !crate::names::is_cell_name(&v) {
+                    return Err(format!("`cell` must be a cell name, not `{}`", printable(&v)));
+                }
+                q.cell = Some(v);
+            }
+            "verdict" => {
+                q.verdict = Some(match v.as_str() {
+                    "allowed" => "allowed",
+                    "violation" => "violation",
+                    _ => {
+                        return Err(format!(
+                            "`verdict` must be allowed or violation, not `{}`",
+                            printable(&v)
+                        ));
+                    }
+                });
+            }
+            "limit" => {
+                q.limit = match v.parse::<usize>() {
+                    Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+                    _ => {
+                        return Err(format!(
+                            "`limit` must be a number from 1 to {MAX_LIMIT}, not `{}`",
+                            printable(&v)
+                        ));
+                    }
+                };
+            }
+            _ => {}
+        }
+    }
+    Ok(q)
+}
+
+/// Percent-decoding (and `+` for space); malformed escapes or non-UTF-8 are refused.
+fn decode(s: &str) -> Result<String, String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = b
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                out.push(hex.ok_or_else(|| "malformed %-escape in the query string".to_owned())?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| "the query string is not UTF-8".to_owned())
+}
+
+/// A value as quoted back: control characters escaped, at most 64 characters.
+fn printable(v: &str) -> String {
+    v.chars().take(64).flat_map(char::escape_default).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: &[&str] = &["cell", "verdict", "limit"];
+
+    #[test]
+    fn good_queries() {
+        assert_eq!(parse(None, ALL).unwrap().limit, DEFAULT_LIMIT);
+        let q = parse(Some("cell=cell-1&verdict=violation&limit=5"), ALL).unwrap();
+        assert_eq!(q, Query { cell: Some("cell-1".into()), verdict: Some("violation"), limit: 5 });
+        assert_eq!(parse(Some("cell=c%2D1"), ALL).unwrap().cell.as_deref(), Some("c-1"));
+    }
+
+    #[test]
+    fn bad_queries_are_one_sentence() {
+        for (q, want) in [
+            ("limit=0", "`limit` must be a number from 1 to 10000, not `0`"),
+            ("limit=99999999999999999999999", "`limit` must be a number"),
+            ("verdict=maybe", "`verdict` must be allowed or violation"),
+            ("cell=Bad", "`cell` must be a cell name, not `Bad`"),
+            ("colour=red", "unknown parameter `colour`: use cell, verdict, limit"),
+            ("cell=%zz", "malformed %-escape"),
+            ("cell=%ff", "not UTF-8"),
+            ("cell=a%0Ab", "`cell` must be a cell name, not `a\\nb`"),
+        ] {
+            let err = parse(Some(q), ALL).unwrap_err();
+            assert!(err.contains(want), "{q}: {err}");
+        }
+        assert!(parse(Some(&"a".repeat(MAX_QUERY + 1)), ALL).unwrap_err().contains("longer than"));
+        assert!(
+            parse(Some("cell=a"), &["limit"]).unwrap_err().starts_with("unknown parameter `cell`")
+        );
+    }
+}

@@ -1,0 +1,104 @@
+//! The demo's live table: per cell pair, what this node's client sockets saw, read back
+//! from the agent's own `/metrics`, with violations marked.
+#![forbid(unsafe_code)]
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use agent_core::promtext::Sample;
+
+/// One client-side (egress) cell pair.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Row {
+    pub(crate) opened: f64,
+    pub(crate) violations: f64,
+    pub(crate) active: f64,
+    pub(crate) refused: f64,
+    pub(crate) sent: f64,
+    pub(crate) received: f64,
+}
+
+/// Rows by (src cell, dst cell).
+pub(crate) type Table = BTreeMap<(String, String), Row>;
+
+/// Builds the table from the egress samples: each connection between two demo cells is
+/// also seen from its server socket (ingress), which would only repeat the numbers.
+pub(crate) fn build(samples: &[Sample]) -> Table {
+    let mut t = Table::new();
+    for s in samples {
+        let egress = s.label("direction") == "egress";
+        let field: fn(&mut Row) -> &mut f64 = match s.name.as_str() {
+            "cellwatch_connections_opened_total" if egress => |r| &mut r.opened,
+            // Counted at connect: refused attempts are in it too.
+            "cellwatch_boundary_violations_total" if egress => |r| &mut r.violations,
+            "cellwatch_connections_active" if egress => |r| &mut r.active,
+            "cellwatch_bytes_sent_total" if egress => |r| &mut r.sent,
+            "cellwatch_bytes_received_total" if egress => |r| &mut r.received,
+            "cellwatch_connections_failed_total" if s.label("reason") == "refused" => {
+                |r| &mut r.refused
+            }
+            _ => continue,
+        };
+        let key = (s.label("src_cell").to_owned(), s.label("dst_cell").to_owned());
+        *field(t.entry(key).or_default()) += s.value;
+    }
+    t
+}
+
+/// The table as text. With `color`, violation rows are red (for a terminal); without,
+/// they are marked by words alone.
+pub(crate) fn render(t: &Table, color: bool) -> String {
+    let mut out = format!(
+        "  {:<9} {:<9} {:>8} {:>10} {:>7} {:>8} {:>8} {:>9}\n",
+        "SRC CELL", "DST CELL", "OPENED", "VIOLATIONS", "ACTIVE", "REFUSED", "SENT B", "RECV B"
+    );
+    if t.is_empty() {
+        out.push_str("  (no connections counted yet)\n");
+    }
+    for ((src, dst), r) in t {
+        let line = format!(
+            "  {src:<9} {dst:<9} {:>8} {:>10} {:>7} {:>8} {:>8} {:>9}",
+            r.opened, r.violations, r.active, r.refused, r.sent, r.received
+        );
+        if r.violations > 0.0 {
+            let mark = "  <- cross-cell leak";
+            let _ = if color {
+                writeln!(out, "\x1b[1;31m{line}{mark}\x1b[0m")
+            } else {
+                writeln!(out, "{line}{mark}")
+            };
+        } else {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent_core::promtext::parse;
+
+    #[test]
+    fn egress_rows_with_violations_marked() {
+        let text = r#"
+cellwatch_connections_opened_total{src_cell="cell-1",dst_cell="cell-2",direction="egress",verdict="allowed"} 4
+cellwatch_connections_opened_total{src_cell="cell-3",dst_cell="cell-2",direction="egress",verdict="violation"} 2
+cellwatch_connections_opened_total{src_cell="cell-3",dst_cell="cell-2",direction="ingress",verdict="violation"} 2
+cellwatch_boundary_violations_total{src_cell="cell-3",dst_cell="cell-2",direction="egress"} 2
+cellwatch_boundary_violations_total{src_cell="cell-3",dst_cell="cell-2",direction="ingress"} 2
+cellwatch_connections_failed_total{src_cell="cell-1",dst_cell="cell-3",reason="refused"} 3
+cellwatch_bytes_sent_total{src_cell="cell-3",dst_cell="cell-2",direction="egress"} 10
+cellwatch_connections_active{src_cell="cell-1",dst_cell="cell-2",direction="egress"} 1
+"#;
+        let t = build(&parse(text));
+        assert_eq!(t.len(), 3);
+        let leak = &t[&("cell-3".to_owned(), "cell-2".to_owned())];
+        assert_eq!((leak.violations, leak.opened, leak.sent), (2.0, 2.0, 10.0));
+        assert_eq!(t[&("cell-1".to_owned(), "cell-3".to_owned())].refused, 3.0);
+        let plain = render(&t, false);
+        let marked: Vec<_> = plain.lines().filter(|l| l.contains("cross-cell leak")).collect();
+        assert_eq!(marked.len(), 1, "{plain}");
+        assert!(marked[0].contains("cell-3") && !plain.contains('\x1b'));
+        assert!(render(&t, true).contains("\x1b[1;31m"));
+    }
+}

@@ -1,0 +1,60 @@
+//! The commands, and what a user sees when one fails: one sentence on stderr and an
+//! exit code (2 for a config that does not validate, 1 otherwise).
+#![forbid(unsafe_code)]
+
+mod check_config;
+mod demo;
+mod run;
+mod uninstall;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::{
+    cli::{Cli, Command},
+    logging,
+};
+
+/// Exit code for a config that does not validate (the `check-config` contract).
+const EXIT_CONFIG: u8 = 2;
+
+pub(crate) fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = match e.downcast_ref::<run::RunError>() {
+                Some(run::RunError::Config(_)) => EXIT_CONFIG,
+                _ if e.is::<agent_core::config::ConfigError>() => EXIT_CONFIG,
+                _ => 1,
+            };
+            eprintln!("cellwatch: {}", sentence(&e));
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// The error and its causes as one line, leaving out a cause the message already gives.
+fn sentence(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !out.contains(&c) {
+            out.push_str(": ");
+            out.push_str(&c);
+        }
+    }
+    out
+}
+
+fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run(args) => run::run(&args)?,
+        Command::Demo(args) => demo::demo(&args)?,
+        Command::CheckConfig { file } => check_config::check_config(&file)?,
+        Command::Uninstall { bpffs } => uninstall::uninstall(&bpffs)?,
+    }
+    Ok(())
+}

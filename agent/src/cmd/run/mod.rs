@@ -1,0 +1,274 @@
+//! `cellwatch run`: check the node, load the config and the programs, serve the
+//! endpoints, reload on SIGHUP and file changes ([`reload`]), count connections older
+//! than the agent ([`seed`]), and stop cleanly on SIGINT/SIGTERM.
+#![forbid(unsafe_code)]
+
+mod reload;
+mod seed;
+
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use tokio::{
+    net::TcpListener,
+    signal::unix::{SignalKind, signal},
+};
+use tracing::{info, warn};
+
+use agent_core::{
+    config::{Config, ConfigError},
+    ids::{CellIds, IdsExhausted},
+    policy::{compile, enforce_summary},
+    query::Query,
+};
+use reload::{Reloader, Trigger};
+
+use crate::{
+    cli::RunArgs,
+    host::{
+        cgroups::Resolver,
+        preflight::{self, PreflightError},
+    },
+    kernel::{Kernel, KernelError, LoadOptions, MapsHandle},
+    serve::{
+        connections,
+        http::{Endpoints, Server},
+        metrics::AgentMetrics,
+        violations::{self, Recent},
+    },
+    sync,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RunError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Ids(#[from] IdsExhausted),
+    #[error(
+        "{addr} is already in use; stop what listens there or choose another address with --listen"
+    )]
+    PortInUse { addr: SocketAddr },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: io::Error },
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(io::Error),
+    #[error("cannot install the signal handlers: {0}")]
+    Signals(io::Error),
+    /// What ran beside the agent (the demo) failed; the agent stopped cleanly.
+    #[error("{0}")]
+    Session(String),
+}
+
+/// The running agent, as the HTTP endpoints see it.
+struct Agent {
+    maps: MapsHandle,
+    ids: Arc<RwLock<CellIds>>,
+    metrics: AgentMetrics,
+    cgroups: Arc<Resolver>,
+    recent: Arc<Recent>,
+}
+
+impl Endpoints for Agent {
+    fn metrics(&self) -> Result<String, String> {
+        let mut snap =
+            self.maps.snapshot().map_err(|e| format!("reading kernel maps failed: {e}"))?;
+        snap.undecodable_events = self.recent.undecodable();
+        let ids = sync::read(&self.ids);
+        self.metrics.render(&snap, &ids).map_err(|e| format!("encoding metrics failed: {e}"))
+    }
+
+    fn connections(&self, q: &Query) -> Result<String, String> {
+        let ids = sync::read(&self.ids);
+        let list = connections::list(&self.maps, &ids, &self.cgroups, q)?;
+        serde_json::to_string(&list).map_err(|e| e.to_string())
+    }
+
+    fn violations(&self, q: &Query) -> Result<String, String> {
+        serde_json::to_string(&self.recent.latest(q.limit)).map_err(|e| e.to_string())
+    }
+}
+
+pub(crate) fn run(args: &RunArgs) -> Result<(), RunError> {
+    let started = std::time::Instant::now();
+    let (config, source) = match &args.config {
+        Some(p) => {
+            let bytes = std::fs::read(p)
+                .map_err(|source| ConfigError::Read { path: p.display().to_string(), source })?;
+            (Config::from_bytes(&p.display().to_string(), &bytes)?, bytes)
+        }
+        None => (Config::embedded_default(), Vec::new()),
+    };
+    let parsed_ms = started.elapsed().as_secs_f64() * 1e3;
+    run_with(args, config, &source, parsed_ms, |_| std::future::pending())
+}
+
+/// Checks the node, loads the programs and serves until SIGINT/SIGTERM or until the
+/// future `session` makes from the bound address ends; then stops cleanly either way.
+pub(crate) fn run_with<F, Fut>(
+    args: &RunArgs,
+    config: Config,
+    source: &[u8],
+    parsed_ms: f64,
+    session: F,
+) -> Result<(), RunError>
+where
+    F: FnOnce(SocketAddr) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let bpffs = args.node.bpffs_or(crate::cli::DEFAULT_BPFFS);
+    let node = preflight::check(args.node.cgroup.as_deref(), &bpffs)?;
+    // Logged only once the node checks passed: a run that cannot start prints nothing
+    // but its one sentence.
+    info!(
+        cells = config.cells.len(),
+        prefixes = config.prefix_count(),
+        elapsed_ms = parsed_ms,
+        "config parsed and validated"
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(RunError::Runtime)?;
+    rt.block_on(serve(args, config, source, node, &bpffs, session))
+}
+
+async fn serve<F, Fut>(
+    args: &RunArgs,
+    config: Config,
+    source: &[u8],
+    node: preflight::Node,
+    bpffs: &std::path::Path,
+    session: F,
+) -> Result<(), RunError>
+where
+    F: FnOnce(SocketAddr) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    // Bind first: a taken port fails before anything touches the kernel.
+    let listener = TcpListener::bind(args.node.listen).await.map_err(|source| {
+        if source.kind() == io::ErrorKind::AddrInUse {
+            RunError::PortInUse { addr: args.node.listen }
+        } else {
+            RunError::Listen { addr: args.node.listen, source }
+        }
+    })?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
+
+    let opts = LoadOptions {
+        cgroup_root: node.cgroup_root.clone(),
+        bpffs: bpffs.to_owned(),
+        replace_programs: args.replace_programs,
+        conn_capacity: args.conn_capacity,
+        events_bytes: args.events_buffer_kib * 1024,
+        event_rate: args.violation_event_rate,
+    };
+    let staged = Kernel::open(&opts)?;
+    // Ids the pinned state already uses first, so adopted counters keep their labels.
+    let mut ids = staged.cell_ids();
+    let compiled = compile(&config, &mut ids)?;
+    let mut kernel = staged.attach(&compiled)?;
+    if kernel.pinned_state().is_new() {
+        seed::seed(&kernel.maps(), &config, &mut ids);
+    } else {
+        info!("the pinned programs ran throughout: no connection needs seeding");
+    }
+
+    let ids = Arc::new(RwLock::new(ids));
+    let metrics = AgentMetrics::new(
+        env!("CARGO_PKG_VERSION"),
+        &node.kernel,
+        kernel.pinned_state(),
+        kernel.features(),
+    );
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<Trigger>(4);
+    let reloader = args.config.as_ref().map(|path| {
+        let r = Reloader::new(
+            path.clone(),
+            source,
+            kernel.maps(),
+            ids.clone(),
+            metrics.config_reloads.clone(),
+        );
+        (Arc::new(r), Reloader::spawn_watch(path, reload_tx.clone()))
+    });
+    let cgroups = Arc::new(Resolver::new(node.cgroup_root.clone()));
+    let recent = Arc::new(Recent::default());
+    let stop_drain = Arc::new(AtomicBool::new(false));
+    let drain = kernel.take_events().map(|ring| {
+        violations::spawn_drain(
+            ring,
+            ids.clone(),
+            cgroups.clone(),
+            recent.clone(),
+            stop_drain.clone(),
+        )
+    });
+    let agent = Arc::new(Agent { maps: kernel.maps(), ids, metrics, cgroups, recent });
+    let ready = Arc::new(AtomicBool::new(true));
+    let server = Arc::new(Server { endpoints: agent.clone(), ready: ready.clone() });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let bound = listener.local_addr().unwrap_or(args.node.listen);
+    let http = tokio::spawn(server.serve(listener, async {
+        let _ = stop_rx.await;
+    }));
+    info!(
+        listen = %bound,
+        cells = config.cells.len(),
+        prefixes = config.prefix_count(),
+        mode = %config.mode,
+        enforce = %enforce_summary(&config),
+        "cellwatch is running"
+    );
+
+    let mut session = Box::pin(session(bound));
+    let outcome = loop {
+        tokio::select! {
+            _ = sigterm.recv() => { info!("SIGTERM: stopping"); break Ok(()); }
+            _ = sigint.recv() => { info!("SIGINT: stopping"); break Ok(()); }
+            done = &mut session => break done.map_err(RunError::Session),
+            _ = sighup.recv() => { let _ = reload_tx.try_send(Trigger::Signal); }
+            Some(trigger) = reload_rx.recv() => match &reloader {
+                Some((r, _)) => {
+                    let r = r.clone();
+                    if let Err(e) = tokio::task::spawn_blocking(move || r.reload(trigger)).await {
+                        warn!(error = %e, "config reload task failed");
+                    }
+                }
+                None => info!("running on an embedded config; nothing to reload"),
+            },
+        }
+    };
+
+    // Whatever ran beside the agent stops first, so nothing of it outlives the programs.
+    drop(session);
+    ready.store(false, Ordering::Release);
+    let _ = stop_tx.send(());
+    if let Err(e) = http.await {
+        warn!(error = %e, "HTTP server task failed");
+    }
+    stop_drain.store(true, Ordering::Release);
+    if let Some(d) = drain {
+        let _ = d.join();
+    }
+    drop(kernel);
+    info!(
+        bpffs = %bpffs.display(),
+        "cellwatch stopped; its programs stay attached and counting (`cellwatch uninstall` removes them)"
+    );
+    outcome
+}

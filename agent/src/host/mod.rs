@@ -1,0 +1,14 @@
+//! The node the agent runs on, below the kernel programs: start-up checks
+//! ([`preflight`]), mounts ([`mounts`]) and the pin directory's layout ([`bpffs`]), the
+//! few raw system calls ([`sys`]), and what names a socket's owner: cgroups
+//! ([`cgroups`]), processes ([`procs`]) and `sock_diag` ([`sockdiag`]). [`clock`] turns
+//! kernel timestamps into ages and wall times.
+
+pub(crate) mod bpffs;
+pub(crate) mod cgroups;
+pub(crate) mod clock;
+pub(crate) mod mounts;
+pub(crate) mod preflight;
+pub(crate) mod procs;
+pub(crate) mod sockdiag;
+pub(crate) mod sys;

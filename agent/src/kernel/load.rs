@@ -1,0 +1,204 @@
+//! Starting the kernel side, in two steps. [`open`]: the embedded object is loaded on
+//! its pinned maps (made and pinned by a first start, adopted by every later one), so
+//! the cell ids the pinned state uses are known before the config is compiled.
+//! [`Staged::attach`]: the compiled config is written into the cell map, then every
+//! program goes on its hook ([`super::attach`]), and the layout and build are recorded.
+use std::{
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use agent_common::{LAYOUT_VERSION, META_BUILD, META_LAYOUT, SETTING_EVENT_RATE};
+use agent_core::{ids::CellIds, policy::Compiled};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, RingBuf},
+};
+use tracing::{info, warn};
+
+use super::{
+    Kernel,
+    attach::{self, Installed},
+    cellmap,
+    error::{KernelError, map_err},
+    features::{self, Feature},
+    logs,
+    maps::{self, Maps},
+    object::{self, EBPF_OBJECT},
+    pins::{self, PinnedState},
+    unpin,
+};
+use crate::host::bpffs::PinDir;
+
+#[derive(Debug, Clone)]
+pub(crate) struct LoadOptions {
+    pub(crate) cgroup_root: PathBuf,
+    /// Where programs' links and maps are pinned (`--bpffs`).
+    pub(crate) bpffs: PathBuf,
+    /// Swap in this build's programs even when the pinned links run them already.
+    pub(crate) replace_programs: bool,
+    /// Capacity of the live-connection table.
+    pub(crate) conn_capacity: u32,
+    /// Size of the violation-event ring buffer, bytes (a power of two, page multiple).
+    pub(crate) events_bytes: u32,
+    /// Violation events per cell pair and direction per second.
+    pub(crate) event_rate: u32,
+}
+
+/// The object with its maps open, before any program is on a hook.
+pub(crate) struct Staged {
+    ebpf: Ebpf,
+    maps: Maps,
+    events: RingBuf<MapData>,
+    log_task: Option<tokio::task::JoinHandle<()>>,
+    dir: PinDir,
+    pinned: PinnedState,
+    cgroup_root: PathBuf,
+    build: u32,
+    features: Vec<(Feature, bool)>,
+}
+
+/// Loads the object on the maps pinned under `opts.bpffs`. Must run inside a tokio
+/// runtime (the log forwarder is a task).
+pub(super) fn open(opts: &LoadOptions) -> Result<Staged, KernelError> {
+    let dir = PinDir::new(&opts.bpffs);
+    let build = pins::build_id(EBPF_OBJECT);
+    let pinned = pins::decide(pins::inspect(&dir), build, opts.replace_programs);
+    if let PinnedState::Discarded(why) = pinned {
+        warn!(
+            bpffs = %dir.root().display(),
+            "the pinned state {why}, and this agent reads a complete layout {LAYOUT_VERSION} \
+             only: it is removed and counting starts from zero"
+        );
+        unpin::clear(dir.root()).map_err(KernelError::Discard)?;
+    }
+    dir.create().map_err(|source| KernelError::Pin { path: dir.root().to_owned(), source })?;
+    undo_if_new(open_in(opts, dir.clone(), pinned, build), pinned, dir.root())
+}
+
+/// A failed first start leaves no half-made pins behind (the next start would find them
+/// incomplete); a failed adoption leaves what runs alone.
+fn undo_if_new<T>(
+    r: Result<T, KernelError>,
+    pinned: PinnedState,
+    dir: &Path,
+) -> Result<T, KernelError> {
+    if r.is_err() && pinned.is_new() {
+        let _ = unpin::clear(dir);
+    }
+    r
+}
+
+fn open_in(
+    opts: &LoadOptions,
+    dir: PinDir,
+    pinned: PinnedState,
+    build: u32,
+) -> Result<Staged, KernelError> {
+    let paths: Vec<(&str, PathBuf)> =
+        object::PINNED_MAPS.iter().map(|m| (*m, dir.map(m))).collect();
+    let mut loader = EbpfLoader::new();
+    loader
+        .map_max_entries(object::CONNS, opts.conn_capacity)
+        .map_max_entries(object::OWNERS, opts.conn_capacity)
+        .map_max_entries(object::EVENTS, opts.events_bytes);
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT).map_err(KernelError::Load)?;
+    let log_task = logs::spawn_forwarder(&mut ebpf);
+
+    let mut maps = maps::take_all(&mut ebpf, &dir)?;
+    if !pinned.is_new() {
+        cellmap::adopt(&mut maps)?;
+    }
+    if maps.capacity.conns != opts.conn_capacity {
+        warn!(
+            pinned = maps.capacity.conns,
+            requested = opts.conn_capacity,
+            "the pinned connection table keeps its capacity; a new --conn-capacity takes \
+             effect after `cellwatch uninstall`"
+        );
+    }
+    let events = maps::events(&mut ebpf)?;
+    let settings = &mut maps.settings;
+    settings.set(SETTING_EVENT_RATE, opts.event_rate, 0).map_err(map_err(object::SETTINGS))?;
+    let features = features::probe(settings)?;
+    Ok(Staged {
+        ebpf,
+        maps,
+        events,
+        log_task,
+        dir,
+        pinned,
+        cgroup_root: opts.cgroup_root.clone(),
+        build,
+        features,
+    })
+}
+
+impl Staged {
+    /// The cell ids of the pinned state (none on a fresh start).
+    pub(crate) fn cell_ids(&self) -> CellIds {
+        if self.pinned.is_new() {
+            return CellIds::default();
+        }
+        let names = (1..=agent_common::MAX_CELLS).filter_map(|id| {
+            let n = self.maps.cell_names.get(&id, 0).ok()?;
+            let name = n.name.get(..usize::from(n.len))?;
+            (n.len > 0).then(|| (id, String::from_utf8_lossy(name).into_owned()))
+        });
+        CellIds::restore(names)
+    }
+
+    /// Writes `initial` into the cell map, then puts every program on its hook (or
+    /// keeps the pinned ones), and records the layout and build last.
+    pub(crate) fn attach(self, initial: &Compiled) -> Result<Kernel, KernelError> {
+        let (pinned, root) = (self.pinned, self.dir.root().to_owned());
+        undo_if_new(self.finish(initial), pinned, &root)
+    }
+
+    fn finish(mut self, initial: &Compiled) -> Result<Kernel, KernelError> {
+        let started = Instant::now();
+        // Before anything is attached, so the very first connection is judged against
+        // the full config; adopted programs flip over to it in one step.
+        cellmap::apply(&mut self.maps, initial)?;
+        info!(
+            prefixes = initial.prefixes.len(),
+            allow_rules = initial.allow.len(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "cell map written"
+        );
+        let installed = attach::install(&mut self.ebpf, &self.dir, self.pinned, &self.cgroup_root)?;
+        let meta = &mut self.maps.meta;
+        meta.set(META_BUILD, self.build, 0).map_err(map_err(object::META))?;
+        meta.set(META_LAYOUT, LAYOUT_VERSION, 0).map_err(map_err(object::META))?;
+        log_attached(self.pinned, installed, &self.dir, &self.cgroup_root);
+        Ok(Kernel {
+            _programs: self.ebpf,
+            maps: std::sync::Arc::new(std::sync::Mutex::new(self.maps)),
+            events: Some(self.events),
+            pinned: self.pinned,
+            features: self.features,
+            _log_task: self.log_task,
+        })
+    }
+}
+
+fn log_attached(pinned: PinnedState, done: Installed, dir: &PinDir, cgroup: &Path) {
+    let (bpffs, cgroup) = (dir.root().display(), cgroup.display());
+    match pinned {
+        PinnedState::Adopted => info!(
+            %bpffs, programs = done.adopted,
+            "adopted the running programs and their maps: counting went on while no agent ran"
+        ),
+        PinnedState::Replaced => info!(
+            %bpffs, replaced = done.replaced, attached = done.attached,
+            "swapped this build's programs onto the pinned links; maps and counts kept"
+        ),
+        PinnedState::Fresh | PinnedState::Discarded(_) => info!(
+            %bpffs, %cgroup, programs = done.attached,
+            "eBPF programs attached and pinned"
+        ),
+    }
+}

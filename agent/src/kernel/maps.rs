@@ -1,0 +1,147 @@
+//! Typed handles on the maps the agent reads and writes, taken from the loaded object.
+use std::{collections::HashSet, time::Instant};
+
+use agent_common::{
+    CELLS_V4_CAPACITY, CELLS_V6_CAPACITY, CellInfo, CellName, ConnState, Owner,
+    PAIR_STATS_CAPACITY, POLICY_CAPACITY, PairKey, PairStats, PolicyKey, SETTING_GENERATION,
+};
+use agent_core::policy::Compiled;
+use aya::{
+    Ebpf,
+    maps::{
+        Array, HashMap, LpmTrie, MapData, MapError, MapInfo, PerCpuArray, PerCpuHashMap, RingBuf,
+    },
+};
+
+use super::{
+    error::{KernelError, map_err},
+    object::{self, SetNames},
+};
+use crate::host::bpffs::PinDir;
+
+/// Every map handle the agent uses, but the ring buffer (its drain owns it).
+pub(super) struct Maps {
+    pub(super) pair_stats: PerCpuHashMap<MapData, PairKey, PairStats>,
+    pub(super) conns: HashMap<MapData, u64, ConnState>,
+    pub(super) owners: HashMap<MapData, u64, Owner>,
+    pub(super) seed_opened: HashMap<MapData, PairKey, [u64; 2]>,
+    pub(super) counters: PerCpuArray<MapData, u64>,
+    pub(super) settings: Array<MapData, u32>,
+    pub(super) cell_names: Array<MapData, CellName>,
+    pub(super) meta: Array<MapData, u32>,
+    /// Cell ids whose names are in `cell_names`.
+    pub(super) names_written: HashSet<u32>,
+    /// The two cell-map sets, A and B.
+    pub(super) sets: [CellSet; 2],
+    pub(super) generation: Generation,
+    pub(super) capacity: Capacity,
+}
+
+impl Maps {
+    /// The config the programs read now.
+    pub(super) fn active(&self) -> &Compiled {
+        &self.sets[self.generation.active].holds
+    }
+}
+
+/// One complete cell map: both tries, the cell flags and the allow rules.
+pub(super) struct CellSet {
+    pub(super) names: SetNames,
+    pub(super) v4: LpmTrie<MapData, [u8; 4], u32>,
+    pub(super) v6: LpmTrie<MapData, [u8; 16], u32>,
+    pub(super) info: Array<MapData, CellInfo>,
+    pub(super) policy: HashMap<MapData, PolicyKey, u8>,
+    /// What this set holds now.
+    pub(super) holds: Compiled,
+    /// Whether `holds` is known: false for a pinned set not read back yet.
+    pub(super) known: bool,
+}
+
+/// Which set the programs read, and since when.
+pub(super) struct Generation {
+    pub(super) active: usize,
+    pub(super) since: Instant,
+}
+
+impl Generation {
+    /// How long after a flip the now-inactive set is left alone. A program that read the
+    /// generation just before the flip finishes within microseconds; this is ample.
+    pub(super) const GRACE: std::time::Duration = std::time::Duration::from_millis(20);
+}
+
+/// Map sizes as loaded.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Capacity {
+    pub(super) conns: u32,
+    pub(super) pair_stats: u32,
+    pub(super) cells_v4: u32,
+    pub(super) cells_v6: u32,
+    pub(super) policy: u32,
+}
+
+/// Takes the map `name` out of the object, typed.
+pub(super) fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(KernelError::Missing(name))?;
+    T::try_from(map).map_err(map_err(name))
+}
+
+/// The violation-event ring buffer.
+pub(super) fn events(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>, KernelError> {
+    take(ebpf, object::EVENTS)
+}
+
+fn cell_set(ebpf: &mut Ebpf, names: SetNames) -> Result<CellSet, KernelError> {
+    Ok(CellSet {
+        names,
+        v4: take(ebpf, names.v4)?,
+        v6: take(ebpf, names.v6)?,
+        info: take(ebpf, names.info)?,
+        policy: take(ebpf, names.policy)?,
+        holds: Compiled::default(),
+        known: true,
+    })
+}
+
+/// Every handle of a loaded object. Both cell sets count as empty: for maps an earlier
+/// run pinned, `cellmap::adopt` says what they hold.
+pub(super) fn take_all(ebpf: &mut Ebpf, dir: &PinDir) -> Result<Maps, KernelError> {
+    let sets = [cell_set(ebpf, object::SETS[0])?, cell_set(ebpf, object::SETS[1])?];
+    let settings: Array<MapData, u32> = take(ebpf, object::SETTINGS)?;
+    // A fresh object reads generation 0 (set A, empty): every peer external and allowed.
+    // Adopted maps say which set the running programs read.
+    let generation = settings.get(&SETTING_GENERATION, 0).map_err(map_err(object::SETTINGS))?;
+    let active = usize::from(generation & 1 == 1);
+    let conns = max_entries(dir, object::CONNS)?;
+    Ok(Maps {
+        pair_stats: take(ebpf, object::PAIR_STATS)?,
+        conns: take(ebpf, object::CONNS)?,
+        owners: take(ebpf, object::OWNERS)?,
+        seed_opened: take(ebpf, object::SEED_OPENED)?,
+        counters: take(ebpf, object::COUNTERS)?,
+        settings,
+        cell_names: take(ebpf, object::CELL_NAMES)?,
+        meta: take(ebpf, object::META)?,
+        names_written: HashSet::new(),
+        sets,
+        // No flip of this process's is in flight: the first write need not wait.
+        generation: Generation {
+            active,
+            since: Instant::now().checked_sub(Generation::GRACE).unwrap_or_else(Instant::now),
+        },
+        capacity: Capacity {
+            conns,
+            pair_stats: PAIR_STATS_CAPACITY,
+            cells_v4: CELLS_V4_CAPACITY,
+            cells_v6: CELLS_V6_CAPACITY,
+            policy: POLICY_CAPACITY,
+        },
+    })
+}
+
+/// Capacity of a pinned map, as the kernel has it.
+fn max_entries(dir: &PinDir, name: &'static str) -> Result<u32, KernelError> {
+    MapInfo::from_pin(dir.map(name)).map(|i| i.max_entries()).map_err(map_err(name))
+}

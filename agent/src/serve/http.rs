@@ -1,0 +1,195 @@
+//! The HTTP endpoints: `/metrics`, `/healthz`, `/readyz`, `/connections` and
+//! `/violations` (JSON). Hardened for a node agent:
+//! bounded connections, header size and read-time limits, and a graceful drain with a
+//! time limit on shutdown.
+#![forbid(unsafe_code)]
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode, body::Incoming, header, server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet};
+use tracing::{debug, warn};
+
+use agent_core::query::{self, Query};
+
+/// Most concurrent client connections; more wait in the accept queue.
+const MAX_CONNECTIONS: usize = 128;
+/// A client must send its request headers within this time (slowloris guard).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest request head accepted.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// How long shutdown waits for requests in flight.
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the endpoints answer from. Implemented by the running agent.
+pub(crate) trait Endpoints: Send + Sync + 'static {
+    /// The Prometheus text exposition, or a sentence saying why it is unavailable.
+    fn metrics(&self) -> Result<String, String>;
+    /// Live connections as JSON.
+    fn connections(&self, q: &Query) -> Result<String, String>;
+    /// Recent violations as JSON.
+    fn violations(&self, q: &Query) -> Result<String, String>;
+}
+
+/// What each JSON endpoint accepts.
+const CONNECTIONS_PARAMS: &[&str] = &["cell", "verdict", "limit"];
+const VIOLATIONS_PARAMS: &[&str] = &["limit"];
+
+pub(crate) struct Server<E> {
+    pub(crate) endpoints: Arc<E>,
+    /// Programs attached and config loaded.
+    pub(crate) ready: Arc<AtomicBool>,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Resp {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+impl<E: Endpoints> Server<E> {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported\n");
+            r.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+            return Ok(r);
+        }
+        Ok(match req.uri().path() {
+            "/metrics" => {
+                let e = self.endpoints.clone();
+                match tokio::task::spawn_blocking(move || e.metrics()).await {
+                    Ok(Ok(body)) => {
+                        let mut r = text(StatusCode::OK, body);
+                        r.headers_mut().insert(
+                            header::CONTENT_TYPE,
+                            header::HeaderValue::from_static(
+                                "text/plain; version=0.0.4; charset=utf-8",
+                            ),
+                        );
+                        r
+                    }
+                    Ok(Err(why)) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{why}\n")),
+                    Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "metrics rendering failed\n"),
+                }
+            }
+            "/connections" => {
+                self.json(req.uri().query(), CONNECTIONS_PARAMS, |e, q| e.connections(q)).await
+            }
+            "/violations" => {
+                self.json(req.uri().query(), VIOLATIONS_PARAMS, |e, q| e.violations(q)).await
+            }
+            "/healthz" => text(StatusCode::OK, "ok\n"),
+            "/readyz" if self.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
+            "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found; try /metrics, /healthz, /readyz, /connections or /violations\n",
+            ),
+        })
+    }
+
+    /// A JSON endpoint: the query checked first (400 with a sentence), then the answer
+    /// built off the async threads.
+    async fn json(
+        &self,
+        raw: Option<&str>,
+        allowed: &'static [&'static str],
+        f: fn(&E, &Query) -> Result<String, String>,
+    ) -> Resp {
+        let q = match query::parse(raw, allowed) {
+            Ok(q) => q,
+            Err(why) => return text(StatusCode::BAD_REQUEST, format!("{why}\n")),
+        };
+        let e = self.endpoints.clone();
+        match tokio::task::spawn_blocking(move || f(&e, &q)).await {
+            Ok(Ok(body)) => {
+                let mut r = text(StatusCode::OK, body);
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("application/json"),
+                );
+                r
+            }
+            Ok(Err(why)) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{why}\n")),
+            Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "the request failed\n"),
+        }
+    }
+
+    /// Serves until `shutdown` resolves, then drains for at most [`DRAIN_TIMEOUT`].
+    pub(crate) async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut conns = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                () = &mut shutdown => break,
+            };
+            let (stream, peer) = tokio::select! {
+                a = listener.accept() => match a {
+                    Ok(a) => a,
+                    Err(e) => { warn!(error = %e, "accept failed"); continue; }
+                },
+                () = &mut shutdown => break,
+            };
+            let server = self.clone();
+            let mut stop = stop_rx.clone();
+            conns.spawn(async move {
+                let _permit = permit;
+                let svc = service_fn(move |req| server.clone().handle(req));
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .max_buf_size(MAX_HEAD_BYTES)
+                    .serve_connection(TokioIo::new(stream), svc);
+                tokio::pin!(conn);
+                let res = tokio::select! {
+                    r = conn.as_mut() => r,
+                    _ = stop.changed() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = res {
+                    debug!(%peer, error = %e, "HTTP connection ended with an error");
+                }
+            });
+            while conns.try_join_next().is_some() {}
+        }
+        let _ = stop_tx.send(true);
+        drop(listener);
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while conns.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(left = conns.len(), "HTTP drain timed out; closing the remaining connections");
+            conns.abort_all();
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! `/metrics`: the kernel's counters rendered as the metrics of the contract (by
+//! `agent-core`), followed by the agent's own (build info, start, kernel features,
+//! config reloads, process CPU and memory).
+#![forbid(unsafe_code)]
+
+use agent_core::{
+    ids::CellIds,
+    metrics::{Snapshot, encode, families},
+};
+use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+use crate::kernel::{Feature, PinnedState};
+
+/// Metrics the agent keeps itself, as opposed to those read from the kernel.
+pub(crate) struct AgentMetrics {
+    registry: Registry,
+    pub(crate) config_reloads: IntCounterVec,
+}
+
+impl AgentMetrics {
+    pub(crate) fn new(
+        version: &str,
+        kernel: &str,
+        pinned: PinnedState,
+        features: &[(Feature, bool)],
+    ) -> Self {
+        let registry = Registry::new();
+        let build = IntGaugeVec::new(
+            Opts::new(
+                "cellwatch_build_info",
+                "cellwatch version and the kernel it runs on; always 1",
+            ),
+            &["version", "kernel"],
+        )
+        .expect("static metric definition");
+        build.with_label_values(&[version, kernel]).set(1);
+        let config_reloads = IntCounterVec::new(
+            Opts::new("cellwatch_config_reloads_total", "Config reloads, by result"),
+            &["result"],
+        )
+        .expect("static metric definition");
+        for r in ["success", "error"] {
+            config_reloads.with_label_values(&[r]);
+        }
+        let started = IntGaugeVec::new(
+            Opts::new(
+                "cellwatch_start_info",
+                "What this agent made of the state pinned under --bpffs: fresh, adopted (this \
+                 build's programs kept running), replaced (another build's programs swapped, \
+                 maps kept) or discarded (unreadable, removed, then fresh); always 1",
+            ),
+            &["pinned_state"],
+        )
+        .expect("static metric definition");
+        started.with_label_values(&[pinned.as_str()]).set(1);
+        let discarded = IntCounter::new(
+            "cellwatch_pinned_state_discarded_total",
+            "Pinned state of another layout (or a start that never finished) that this agent \
+             could not read, and removed: its counts were lost",
+        )
+        .expect("static metric definition");
+        if matches!(pinned, PinnedState::Discarded(_)) {
+            discarded.inc();
+        }
+        let feature = IntGaugeVec::new(
+            Opts::new(
+                "cellwatch_kernel_feature",
+                "Optional kernel features: 1 if this kernel has it, 0 if the agent does \
+                 without (see the log for what it then cannot tell)",
+            ),
+            &["feature"],
+        )
+        .expect("static metric definition");
+        for (f, has) in features {
+            feature.with_label_values(&[f.as_str()]).set(i64::from(*has));
+        }
+        registry.register(Box::new(build)).expect("unique metric");
+        registry.register(Box::new(feature)).expect("unique metric");
+        registry.register(Box::new(started)).expect("unique metric");
+        registry.register(Box::new(discarded)).expect("unique metric");
+        registry.register(Box::new(config_reloads.clone())).expect("unique metric");
+        // process_cpu_seconds_total, process_resident_memory_bytes, open fds: the agent's
+        // own cost, for the agent-health dashboard.
+        registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("unique metric");
+        Self { registry, config_reloads }
+    }
+
+    /// The whole exposition: kernel families followed by the agent's own.
+    pub(crate) fn render(
+        &self,
+        snap: &Snapshot,
+        ids: &CellIds,
+    ) -> Result<String, prometheus::Error> {
+        let mut fams = families(snap, ids);
+        fams.extend(self.registry.gather());
+        encode(fams)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_metrics_follow_the_kernel_ones() {
+        let m = AgentMetrics::new(
+            "1.2.3",
+            "6.1.0",
+            PinnedState::Fresh,
+            &[(Feature::RstSockCookie, true)],
+        );
+        let text = m.render(&Snapshot::default(), &CellIds::default()).unwrap();
+        for want in [
+            r#"cellwatch_build_info{kernel="6.1.0",version="1.2.3"} 1"#,
+            r#"cellwatch_config_reloads_total{result="error"} 0"#,
+            r#"cellwatch_start_info{pinned_state="fresh"} 1"#,
+            r#"cellwatch_kernel_feature{feature="rst_sock_cookie"} 1"#,
+            r#"cellwatch_events_lost_total{source="conn_table_full"} 0"#,
+        ] {
+            assert!(text.lines().any(|l| l == want), "missing line {want}\n---\n{text}");
+        }
+        assert!(!text.contains("cellwatch_connections_opened_total"), "{text}");
+    }
+}

@@ -1,0 +1,217 @@
+//! Violation events from the kernel: drained from the ring buffer every 100 ms (one
+//! wakeup per batch, not per event), each logged as one structured line and kept, the
+//! most recent first, for `GET /violations`.
+#![forbid(unsafe_code)]
+
+use std::{
+    collections::VecDeque,
+    net::IpAddr,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use agent_common::{ViolationEvent, direction_label};
+use agent_core::{
+    events::{addr, comm, decode},
+    ids::CellIds,
+};
+use aya::maps::{MapData, RingBuf};
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::{
+    host::{cgroups::Resolver, clock},
+    sync,
+};
+
+/// How many recent violations `/violations` keeps.
+pub(crate) const RECENT: usize = 1024;
+const DRAIN_EVERY: Duration = Duration::from_millis(100);
+
+/// One end of a connection.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub(crate) struct End {
+    pub(crate) cell: String,
+    pub(crate) addr: IpAddr,
+    pub(crate) port: u16,
+}
+
+/// A violation as `/violations` serves it. `src` is the client.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub(crate) struct Violation {
+    /// Seconds since the Unix epoch.
+    pub(crate) time: f64,
+    pub(crate) src: End,
+    pub(crate) dst: End,
+    pub(crate) direction: &'static str,
+    pub(crate) pid: Option<u32>,
+    pub(crate) comm: Option<String>,
+    pub(crate) cgroup_id: Option<u64>,
+    pub(crate) cgroup: Option<String>,
+    pub(crate) container_id: Option<String>,
+    pub(crate) pod_uid: Option<String>,
+    pub(crate) cookie: u64,
+    /// Refused by enforce mode (the connect failed with EPERM); false when only flagged.
+    pub(crate) denied: bool,
+}
+
+/// The recent violations, shared with the HTTP endpoint.
+pub(crate) struct Recent {
+    events: Mutex<VecDeque<Violation>>,
+    /// Records the agent could not decode (never expected; counted to be seen).
+    bad_records: AtomicU64,
+}
+
+impl Default for Recent {
+    fn default() -> Self {
+        Self { events: Mutex::new(VecDeque::with_capacity(RECENT)), bad_records: AtomicU64::new(0) }
+    }
+}
+
+impl Recent {
+    fn push(&self, v: Violation) {
+        let mut q = sync::lock(&self.events);
+        if q.len() == RECENT {
+            q.pop_back();
+        }
+        q.push_front(v);
+    }
+
+    /// How many ring-buffer records could not be decoded.
+    pub(crate) fn undecodable(&self) -> u64 {
+        self.bad_records.load(Ordering::Relaxed)
+    }
+
+    /// The most recent `limit`, newest first.
+    pub(crate) fn latest(&self, limit: usize) -> Vec<Violation> {
+        let q = sync::lock(&self.events);
+        q.iter().take(limit).cloned().collect()
+    }
+}
+
+/// Turns a kernel event into what users see.
+pub(crate) fn view(e: &ViolationEvent, ids: &CellIds, cgroups: &Resolver) -> Violation {
+    let w = cgroups.workload(e.cgroup_id);
+    Violation {
+        time: clock::unix_seconds(e.ts_ns),
+        src: End {
+            cell: ids.name(e.src_cell).to_owned(),
+            addr: addr(e.family, e.src_addr),
+            port: e.src_port,
+        },
+        dst: End {
+            cell: ids.name(e.dst_cell).to_owned(),
+            addr: addr(e.family, e.dst_addr),
+            port: e.dst_port,
+        },
+        direction: direction_label(e.direction),
+        pid: (e.pid != 0).then_some(e.pid),
+        comm: comm(&e.comm),
+        cgroup_id: (e.cgroup_id != 0).then_some(e.cgroup_id),
+        cgroup: w.cgroup,
+        container_id: w.container_id,
+        pod_uid: w.pod_uid,
+        cookie: e.cookie,
+        denied: e.kind == agent_common::EVENT_DENIED,
+    }
+}
+
+impl Recent {
+    /// One ring-buffer record: decoded, logged as one line and kept; or, when it does not
+    /// decode, counted (`cellwatch_events_lost_total{source="violation_undecodable"}`).
+    pub(crate) fn ingest(&self, record: &[u8], ids: &RwLock<CellIds>, cgroups: &Resolver) {
+        let e = match decode(record) {
+            Ok(e) => e,
+            Err(e) => {
+                self.bad_records.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, "undecodable violation record");
+                return;
+            }
+        };
+        let v = view(&e, &sync::read(ids), cgroups);
+        info!(
+            target: "cellwatch::violation",
+            src_cell = %v.src.cell,
+            dst_cell = %v.dst.cell,
+            src = %std::net::SocketAddr::new(v.src.addr, v.src.port),
+            dst = %std::net::SocketAddr::new(v.dst.addr, v.dst.port),
+            direction = v.direction,
+            pid = v.pid,
+            comm = v.comm.as_deref(),
+            container_id = v.container_id.as_deref(),
+            pod_uid = v.pod_uid.as_deref(),
+            denied = v.denied,
+            "{}",
+            if v.denied {
+                "cross-cell connect refused (enforce mode)"
+            } else {
+                "cross-cell connection against policy"
+            }
+        );
+        self.push(v);
+    }
+}
+
+/// Drains the ring buffer on a thread of its own until `stop` is set.
+pub(crate) fn spawn_drain(
+    mut ring: RingBuf<MapData>,
+    ids: Arc<RwLock<CellIds>>,
+    cgroups: Arc<Resolver>,
+    recent: Arc<Recent>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            while let Some(item) = ring.next() {
+                recent.ingest(&item, &ids, &cgroups);
+            }
+            std::thread::sleep(DRAIN_EVERY);
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_keeps_the_newest() {
+        let r = Recent::default();
+        let v = |port| Violation {
+            time: 0.0,
+            src: End { cell: "a".into(), addr: IpAddr::from([127, 0, 0, 1]), port },
+            dst: End { cell: "b".into(), addr: IpAddr::from([127, 0, 0, 1]), port: 1 },
+            direction: "egress",
+            pid: None,
+            comm: None,
+            cgroup_id: None,
+            cgroup: None,
+            container_id: None,
+            pod_uid: None,
+            cookie: 0,
+            denied: false,
+        };
+        for p in 0..(RECENT as u16 + 10) {
+            r.push(v(p));
+        }
+        let latest = r.latest(3);
+        assert_eq!(latest.iter().map(|v| v.src.port).collect::<Vec<_>>(), vec![1033, 1032, 1031]);
+        assert_eq!(r.latest(usize::MAX).len(), RECENT);
+    }
+
+    #[test]
+    fn undecodable_records_are_counted_and_good_ones_kept() {
+        use agent_common::ViolationEvent;
+        let r = Recent::default();
+        let ids = RwLock::new(CellIds::default());
+        let cgroups = Resolver::new("/nonexistent".into());
+        r.ingest(&[0u8; 95], &ids, &cgroups);
+        r.ingest(&[], &ids, &cgroups);
+        assert_eq!((r.undecodable(), r.latest(10).len()), (2, 0));
+        r.ingest(&[0u8; size_of::<ViolationEvent>()], &ids, &cgroups);
+        assert_eq!((r.undecodable(), r.latest(10).len()), (2, 1));
+    }
+}
