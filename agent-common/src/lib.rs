@@ -5,6 +5,7 @@
 //! as `_pad` fields that are always zero) and carries a compile-time size assert, so the
 //! two sides can never disagree about a layout.
 #![no_std]
+#![deny(unsafe_code)]
 
 /// Layout version of the maps below. Bumped whenever a key or value changes shape, so an
 /// agent that finds maps from an older version knows it cannot read them as they are.
@@ -397,21 +398,22 @@ pub const fn hist_bucket(v_us: u64) -> usize {
 #[cfg(feature = "user")]
 mod user {
     //! `aya::Pod` for every type that crosses into a map, on the userspace side only.
+    #![expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
     use super::*;
 
-    // SAFETY: all of these are #[repr(C)], Copy, made only of integers and integer
-    // arrays, with every padding byte an explicit field (see the size asserts above).
-    unsafe impl aya::Pod for PairKey {}
-    unsafe impl aya::Pod for PairStats {}
-    unsafe impl aya::Pod for ConnState {}
-    unsafe impl aya::Pod for CellInfo {}
-    unsafe impl aya::Pod for PolicyKey {}
-    unsafe impl aya::Pod for Owner {}
-    unsafe impl aya::Pod for ViolationEvent {}
-    unsafe impl aya::Pod for RateState {}
-    unsafe impl aya::Pod for NetnsKey {}
-    unsafe impl aya::Pod for NetnsAddr {}
-    unsafe impl aya::Pod for CellName {}
+    /// Marks each type as plain old data for aya's map accessors.
+    macro_rules! pod {
+        ($($t:ty),* $(,)?) => {$(
+            // SAFETY: #[repr(C)], Copy, made only of integers and integer arrays, with
+            // every padding byte an explicit field (see the size asserts above).
+            unsafe impl aya::Pod for $t {}
+        )*};
+    }
+
+    pod!(
+        PairKey, PairStats, ConnState, CellInfo, PolicyKey, Owner, ViolationEvent, RateState,
+        NetnsKey, NetnsAddr, CellName,
+    );
 }
 
 #[cfg(test)]

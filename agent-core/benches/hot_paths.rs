@@ -17,7 +17,7 @@ use agent_core::{
 use criterion::{Criterion, criterion_group, criterion_main};
 
 /// A config of `n` cells, one /24 each.
-fn config(n: usize) -> Config {
+fn config(n: u32) -> Config {
     let mut y = String::from("cells:\n");
     for i in 0..n {
         y.push_str(&format!("  - {{ name: c{i:04}, cidrs: [10.{}.{}.0/24] }}\n", i / 256, i % 256));
@@ -26,7 +26,7 @@ fn config(n: usize) -> Config {
 }
 
 /// A snapshot of `cells`² pairs, both directions, every field and bucket non-zero.
-fn snapshot(cells: usize) -> (Snapshot, CellIds) {
+fn snapshot(cells: u32) -> (Snapshot, CellIds) {
     let mut ids = CellIds::default();
     compile(&config(cells), &mut ids).expect("ids");
     let mut stats = PairStats::ZERO;
@@ -36,8 +36,8 @@ fn snapshot(cells: usize) -> (Snapshot, CellIds) {
     stats.latency_hist = [3; HIST_BUCKETS];
     stats.rtt_hist = [2; HIST_BUCKETS];
     let mut pairs = Vec::new();
-    for s in 1..=cells as u32 {
-        for d in 1..=cells as u32 {
+    for s in 1..=cells {
+        for d in 1..=cells {
             for direction in [DIR_EGRESS, DIR_INGRESS] {
                 let key = PairKey::new(s, d, direction, 0);
                 pairs.push((key, stats));

@@ -2,6 +2,7 @@
 //!
 //! The cell map exists twice (sets A and B). A [`View`] reads the generation once and
 //! then looks only in that set, so one verdict never mixes two configs.
+#![expect(unsafe_code, reason = "an allow rule is looked up through a map pointer")]
 use agent_common::{
     CELL_EXTERNAL, CELL_FLAG_ENFORCE, CELL_FLAG_GLOBAL, CELL_IGNORED, EXTERNAL_IGNORE,
     EXTERNAL_VIOLATION, PolicyKey, SETTING_ENFORCE, SETTING_EXTERNAL, SETTING_GENERATION,

@@ -1,5 +1,6 @@
 //! Small accessors over the raw `bpf_sock_ops` and `bpf_sock_addr` contexts: every
-//! unsafe read sits here.
+//! unsafe read of a context sits here.
+#![expect(unsafe_code, reason = "context fields are raw pointer loads")]
 use aya_ebpf::{
     EbpfContext,
     bindings::{bpf_sock_addr, bpf_sock_ops},
@@ -80,6 +81,7 @@ impl<'a> Ops<'a> {
     }
 
     /// Local port, host order (the kernel stores it in host order here).
+    #[expect(clippy::cast_possible_truncation, reason = "a port: the field's low 16 bits")]
     pub(crate) fn local_port(&self) -> u16 {
         self.0.local_port() as u16
     }
@@ -169,6 +171,7 @@ impl<'a> Connect<'a> {
 
     /// The port connected to, host order (the context holds it in network order in the
     /// low 16 bits).
+    #[expect(clippy::cast_possible_truncation, reason = "a port: the field's low 16 bits")]
     pub(crate) fn dst_port(&self) -> u16 {
         // SAFETY: plain context field load.
         u16::from_be(unsafe { load(&raw const (*self.raw()).user_port) } as u16)

@@ -1,6 +1,7 @@
 //! Violation events to the agent through the ring buffer: rate-limited per cell pair and
 //! direction, and every outcome counted (sent, rate-limited, ring full), so the counters
 //! stay exact whatever the buffer does.
+#![expect(unsafe_code, reason = "a rate-limit entry is updated in place, and an owner read, through map pointers")]
 use agent_common::{
     CTR_EVENTS_RATE_LIMITED, CTR_EVENTS_RINGBUF_FULL, CTR_EVENTS_SENT, ConnState, DIR_EGRESS,
     EVENT_VIOLATION, PairKey, RateState, SETTING_EVENT_RATE, ViolationEvent,

@@ -3,6 +3,7 @@
 //! socket before the kernel picks its source. A pod's namespace has one address per
 //! family; a node's own has many and is marked ambiguous, and its unbound sockets are then
 //! not judged (counted as unresolved).
+#![expect(unsafe_code, reason = "a namespace entry is updated in place through its map pointer")]
 use agent_common::{AF_INET, AF_INET6, CELL_IGNORED, NetnsAddr, NetnsKey};
 
 use crate::{cells::View, maps::NETNS_ADDR};

@@ -1,6 +1,7 @@
 //! `tcp:tcp_receive_reset`: marks the connection so its close is counted as refused
 //! (RST in answer to a SYN) or reset (RST after established). The tracepoint carries the
 //! socket cookie, the key `sock_ops` uses; its offset is read by the agent from tracefs.
+#![expect(unsafe_code, reason = "a connection entry is updated in place through its map pointer")]
 use agent_common::{CONN_RST_SEEN, SETTING_RST_COOKIE_OFFSET};
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 

@@ -2,6 +2,7 @@
 //! SYN), established (either side), and the move to CLOSE. Everything is keyed by socket
 //! cookie, and the connection's cells and verdict are fixed when it is first seen, so a
 //! config reload never relabels a live connection.
+#![expect(unsafe_code, reason = "a connection entry is updated in place through its map pointer")]
 use agent_common::{
     AF_INET6, CONN_ESTABLISHED, CONN_FIN_RCVD, CONN_FIN_SENT, CONN_RST_SEEN, CTR_CONN_FORGOTTEN,
     CTR_CONN_TABLE_FULL, CTR_CONN_TRACKED, ConnState, DIR_EGRESS, DIR_INGRESS, FAIL_OTHER,

@@ -3,7 +3,10 @@
 //! accepts must be within the limits.
 #![no_main]
 
-use agent_core::query::{MAX_LIMIT, parse};
+use agent_core::{
+    names::is_cell_name,
+    query::{MAX_LIMIT, parse},
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -12,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(q) => {
             assert!((1..=MAX_LIMIT).contains(&q.limit), "limit {}", q.limit);
             if let Some(c) = &q.cell {
-                assert!(c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+                assert!(is_cell_name(c), "accepted a cell name the rule refuses: {c:?}");
             }
         }
         Err(e) => assert!(!e.chars().any(char::is_control), "not one printable line: {e:?}"),

@@ -141,7 +141,8 @@ fn binary_garbage_is_a_located_error_not_a_panic() {
     let err = Config::load(&path).unwrap_err().to_string();
     assert!(err.starts_with(&format!("{}:", path.display())), "{err}");
     let big = dir.join("big.yaml");
-    std::fs::write(&big, vec![b'#'; (MAX_CONFIG_BYTES + 1) as usize]).unwrap();
+    let size = usize::try_from(MAX_CONFIG_BYTES + 1).unwrap();
+    std::fs::write(&big, vec![b'#'; size]).unwrap();
     let err = Config::load(&big).unwrap_err().to_string();
     assert!(err.contains("more than the"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();

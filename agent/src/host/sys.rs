@@ -66,11 +66,10 @@ struct LinkUpdateAttr {
 
 /// `bpf(cmd, attr, sizeof attr)`; the kernel reads only `size_of::<T>()` bytes.
 fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
+    let size = u32::try_from(std::mem::size_of::<T>()).map_err(io::Error::other)?;
     // SAFETY: `attr` is a valid, initialised #[repr(C)] prefix of `union bpf_attr` that
     // outlives the call, and its exact size is passed; the kernel treats the rest as zero.
-    let rc = unsafe {
-        libc::syscall(libc::SYS_bpf, cmd, attr as *const T, std::mem::size_of::<T>() as u32)
-    };
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const T, size) };
     if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
 }
 
@@ -79,8 +78,9 @@ pub(crate) fn bpf_obj_get(path: &Path) -> io::Result<OwnedFd> {
     let p = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
     let attr = ObjGetAttr { pathname: p.as_ptr() as u64, bpf_fd: 0, file_flags: 0 };
     let fd = bpf(BPF_OBJ_GET, &attr)?;
+    let fd = i32::try_from(fd).map_err(io::Error::other)?;
     // SAFETY: BPF_OBJ_GET returned a new file descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Makes the link `link` run `prog` instead of its current program, atomically: no

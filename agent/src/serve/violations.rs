@@ -194,12 +194,13 @@ mod tests {
             cookie: 0,
             denied: false,
         };
-        for p in 0..(RECENT as u16 + 10) {
+        for p in 0..1034 {
             r.push(v(p));
         }
         let latest = r.latest(3);
         assert_eq!(latest.iter().map(|v| v.src.port).collect::<Vec<_>>(), vec![1033, 1032, 1031]);
         assert_eq!(r.latest(usize::MAX).len(), RECENT);
+        assert_eq!(RECENT, 1024, "the ports above count on it");
     }
 
     #[test]
