@@ -9,7 +9,7 @@
 
 /// Layout version of the maps below. Bumped whenever a key or value changes shape, so an
 /// agent that finds maps from an older version knows it cannot read them as they are.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Cell id of a peer that is in no cell (`external` in metrics).
 pub const CELL_EXTERNAL: u32 = 0;
@@ -19,7 +19,7 @@ pub const CELL_IGNORED: u32 = u32::MAX;
 /// Largest number of cells a config may hold (ids 1..=MAX_CELLS).
 pub const MAX_CELLS: u32 = 4096;
 
-/// Map capacities fixed at build time (the connection table's is set at load time).
+/// Map capacities fixed at build time.
 /// Pair keys are (src, dst, direction, verdict): 100 cells with every pair active in both
 /// directions take 20,000. The map allocates per entry (no preallocation), so the
 /// capacity costs nothing until used.
@@ -27,13 +27,13 @@ pub const PAIR_STATS_CAPACITY: u32 = 65_536;
 pub const CELLS_V4_CAPACITY: u32 = 262_144;
 pub const CELLS_V6_CAPACITY: u32 = 262_144;
 pub const POLICY_CAPACITY: u32 = 65536;
-/// Cell pairs (and directions) whose event rate is tracked at once.
-pub const EVENT_RATE_CAPACITY: u32 = 16384;
 /// Network namespaces whose source address the programs remember (for enforce mode).
 pub const NETNS_CAPACITY: u32 = 16384;
+/// Connections older than the agent that it can count (seeded at its first start).
+pub const SEEDED_CAPACITY: u32 = 65_536;
 /// Default ring buffer for violation events (bytes; a power of two, page multiple).
 pub const EVENTS_DEFAULT_BYTES: u32 = 256 * 1024;
-/// Default connection-table capacity, as compiled into the object.
+/// Default bound on live connections tracked at once (`--conn-capacity`).
 pub const CONNS_DEFAULT_CAPACITY: u32 = 131_072;
 
 /// Address families as the kernel numbers them (`sa_family_t`).
@@ -67,6 +67,12 @@ pub const FAIL_REASONS: usize = 4;
 /// The `reason` label of each `FAIL_*` index.
 pub const FAIL_LABELS: [&str; FAIL_REASONS] = ["refused", "reset", "timeout", "other"];
 
+/// The `sk_err` values that name a failure (`errno`).
+pub const ECONNREFUSED: u32 = 111;
+pub const ECONNRESET: u32 = 104;
+pub const EPIPE: u32 = 32;
+pub const ETIMEDOUT: u32 = 110;
+
 /// Number of log2 histogram buckets. Bucket `i` counts values `v` (in microseconds) with
 /// `v < 2^i` that did not fit bucket `i - 1`, i.e. `le = 2^i µs`; the last bucket is
 /// everything above `2^(HIST_BUCKETS-2)` µs (Prometheus' `+Inf`).
@@ -76,6 +82,30 @@ pub const HIST_BUCKETS: usize = 28;
 pub const EXTERNAL_ALLOW: u32 = 0;
 pub const EXTERNAL_VIOLATION: u32 = 1;
 pub const EXTERNAL_IGNORE: u32 = 2;
+
+/// Byte offsets of the kernel socket fields the programs read that no context carries
+/// (the one entry of the `FIELDS` map). They move between kernel builds, so the agent
+/// reads them from the kernel's BTF at start; the programs then read the fields with
+/// `bpf_probe_read_kernel`. Every one is required.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FieldOffsets {
+    /// `struct sock`: `sk_err` (int), `sk_flags` (unsigned long, bit [`SOCK_DONE`]).
+    pub sk_err: u32,
+    pub sk_flags: u32,
+    /// `struct sock`: the socket lock's spinlock word and its `owned` (int): both zero
+    /// while nobody works on the socket.
+    pub sk_lock_slock: u32,
+    pub sk_lock_owned: u32,
+    /// `struct tcp_sock`: `bytes_acked`, `bytes_received`, `bytes_sent`, `bytes_retrans`
+    /// (u64), `total_retrans`, `srtt_us` (u32).
+    pub bytes_acked: u32,
+    pub bytes_received: u32,
+    pub bytes_sent: u32,
+    pub bytes_retrans: u32,
+    pub total_retrans: u32,
+    pub srtt_us: u32,
+}
 
 /// Bits of [`CellInfo::flags`].
 pub const CELL_FLAG_GLOBAL: u32 = 1;
@@ -88,24 +118,33 @@ pub const CELL_FLAG_ENFORCE: u32 = 2;
 /// other set completely, then flips this one word: no connection is ever judged against
 /// a half-written map.
 pub const SETTING_GENERATION: u32 = 0;
-/// Byte offset of `sock_cookie` in the `tcp:tcp_receive_reset` record (0 = unknown).
-pub const SETTING_RST_COOKIE_OFFSET: u32 = 1;
+/// Whether the sweep writes one record per connection (for `/connections`): 1, or only
+/// counts (the periodic sweep): 0.
+pub const SETTING_SWEEP_RECORDS: u32 = 1;
 /// `EXTERNAL_*` mode of set A; set B's is at the next index.
 pub const SETTING_EXTERNAL: u32 = 2;
-/// Violation events allowed per cell pair and direction per second (0 = none).
+/// Violation events allowed per cell pair and direction per second, on each CPU (the
+/// agent divides `--violation-event-rate` among the CPUs; 0 = none).
 pub const SETTING_EVENT_RATE: u32 = 4;
 /// Byte offset of `sock_cookie` in the `tcp:tcp_destroy_sock` record (0 = unknown).
 pub const SETTING_DESTROY_COOKIE_OFFSET: u32 = 5;
 /// 1 when set A's config is `mode: enforce`; set B's is at the next index.
 pub const SETTING_ENFORCE: u32 = 6;
-pub const SETTINGS_LEN: u32 = 8;
+/// Most connections tracked at once (`--conn-capacity`).
+pub const SETTING_CONN_CAPACITY: u32 = 8;
+/// Byte offset of `skaddr` in the `tcp:tcp_destroy_sock` record (0 = unknown).
+pub const SETTING_DESTROY_SKADDR_OFFSET: u32 = 9;
+pub const SETTINGS_LEN: u32 = 12;
+
+/// `sk_flags` bit set by `tcp_fin` when the peer's FIN arrives (`enum sock_flags`).
+pub const SOCK_DONE: u64 = 1 << 1;
 
 /// Indices into the per-CPU `COUNTERS` array: bookkeeping of the kernel side.
-/// A connection not tracked because the connection table was full.
+/// A connection not tracked because `--conn-capacity` connections were tracked.
 pub const CTR_CONN_TABLE_FULL: u32 = 0;
 /// A pair-statistics update dropped because the pair table was full.
 pub const CTR_STATS_TABLE_FULL: u32 = 1;
-/// Connections stored in / removed from the connection table (entries = difference).
+/// Connections that began / ended being tracked (live = difference, summed over CPUs).
 pub const CTR_CONN_TRACKED: u32 = 2;
 pub const CTR_CONN_FORGOTTEN: u32 = 3;
 /// Violation events: sent, dropped by the per-pair rate limit, dropped because the ring
@@ -116,7 +155,15 @@ pub const CTR_EVENTS_RINGBUF_FULL: u32 = 6;
 /// A connect that enforce mode could not judge, and so let through: an unbound socket in
 /// a network namespace whose source address is not known yet, or not unique.
 pub const CTR_ENFORCE_UNRESOLVED: u32 = 7;
-pub const COUNTERS_LEN: u32 = 8;
+/// Live connections the sweep visited (all sweeps), and those it found busy three times
+/// in a row and left for the next sweep.
+pub const CTR_SWEEP_VISITED: u32 = 8;
+pub const CTR_SWEEP_BUSY: u32 = 9;
+pub const COUNTERS_LEN: u32 = 10;
+
+/// Index into the `LIVE` array: connections tracked now, across CPUs (the capacity check).
+pub const LIVE_CONNS: u32 = 0;
+pub const LIVE_LEN: u32 = 1;
 
 /// Key of the per-cell-pair statistics map.
 #[repr(C)]
@@ -166,8 +213,13 @@ pub struct PairStats {
     pub latency_hist: [u64; HIST_BUCKETS],
     /// Sum of smoothed RTTs in microseconds.
     pub rtt_sum_us: u64,
-    /// Smoothed RTT histogram (log2 µs buckets), one sample per closed connection.
+    /// Smoothed RTT histogram (log2 µs buckets): one sample per live connection per
+    /// sweep, and one at its close.
     pub rtt_hist: [u64; HIST_BUCKETS],
+    /// The violation-event rate limit of this pair on this CPU: the start of the current
+    /// one-second window and the events sent in it. Bookkeeping, not a statistic.
+    pub ev_window_ns: u64,
+    pub ev_count: u64,
 }
 
 impl PairStats {
@@ -184,6 +236,8 @@ impl PairStats {
         latency_hist: [0; HIST_BUCKETS],
         rtt_sum_us: 0,
         rtt_hist: [0; HIST_BUCKETS],
+        ev_window_ns: 0,
+        ev_count: 0,
     };
 
     /// Adds `o` into `self`: per-CPU copies summed into one (userspace only).
@@ -209,67 +263,133 @@ impl PairStats {
     }
 }
 
-/// Bits of [`ConnState::flags`].
+/// Bits of [`Conn::flags`].
+/// The connection reached ESTABLISHED (and was counted opened).
 pub const CONN_ESTABLISHED: u8 = 1;
-/// A RST arrived for this connection.
-pub const CONN_RST_SEEN: u8 = 2;
-/// This socket sent its FIN (it took one sequence number).
-pub const CONN_FIN_SENT: u8 = 4;
-/// The peer's FIN arrived (it advanced the receive sequence by one).
-pub const CONN_FIN_RCVD: u8 = 8;
-/// Put in the table by the agent for a connection older than the agent; its end is seen
-/// by `tcp:tcp_destroy_sock` (sock_ops was never asked for its state changes).
-pub const CONN_SEEDED: u8 = 16;
+/// The connection is counted: its cells and verdict are set, its close will be seen.
+pub const CONN_TRACKED: u8 = 2;
+/// Older than the agent: put in by the seeding iterator at the agent's first start. Its
+/// claims are kept in `SEEDED` under its cookie, where `tcp:tcp_destroy_sock` finds them.
+pub const CONN_SEEDED: u8 = 4;
 
-/// What the kernel keeps about one live connection, keyed by socket cookie.
+/// What the kernel keeps about one connection, in the socket's own storage (`CONN`): made
+/// by `connect4`/`connect6` for a client (with its owner), by `sock_ops` for a server,
+/// freed with the socket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConnState {
+pub struct Conn {
     /// `bpf_ktime_get_ns` at connect (egress) or at established (ingress).
     pub start_ns: u64,
     /// `bpf_ktime_get_ns` at established; 0 while connecting.
     pub established_ns: u64,
+    pub cookie: u64,
+    /// The process that called connect (egress; 0 when unknown).
+    pub cgroup_id: u64,
+    pub pid: u32,
     pub src_cell: u32,
     pub dst_cell: u32,
+    /// Set (to 1) by the close before it claims its last figures; a sweep that finds it
+    /// set claims nothing. A word of its own, so it is stored whole.
+    pub closed: u32,
     pub direction: u8,
     pub verdict: u8,
+    /// `CONN_*` bits, set while the socket is locked (connect, established).
     pub flags: u8,
-    pub _pad0: u8,
+    /// The cell-map set (0 = A, 1 = B) `connect4`/`connect6` judged the server by.
+    pub generation: u8,
     /// AF_INET or AF_INET6 (as seen by the socket; v4-mapped stays AF_INET6).
     pub family: u16,
+    pub local_port: u16,
+    pub remote_port: u16,
     pub _pad1: u16,
+    pub _pad2: u32,
     /// Local and remote address, network byte order; IPv4 in the first 4 bytes.
     pub local_addr: [u8; 16],
     pub remote_addr: [u8; 16],
-    pub local_port: u16,
-    pub remote_port: u16,
-    pub _pad2: u32,
-    /// `bytes_acked` / `bytes_received` when the agent first saw the connection
-    /// established: the handshake's share (the SYN), or everything a connection older
-    /// than the agent moved before it started. Subtracted, so only payload since is
-    /// counted. 64 bits: a seeded connection may have moved more than 4 GiB.
-    pub base_acked: u64,
-    pub base_received: u64,
+    /// The connecting thread's name (egress).
+    pub comm: [u8; 16],
+    /// What the connection moved before it was counted: the handshake's share, or, for a
+    /// connection older than the agent, everything before the agent started.
+    pub base: Progress,
+    /// What this connection has added to its pair's counters so far. Each claim moves it
+    /// forward with an atomic exchange, so the sweep and the close never count a byte
+    /// twice.
+    pub claimed: Claimed,
 }
 
-impl ConnState {
+/// Cumulative socket counters, as the kernel keeps them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// `bytes_acked`: sequence space the peer acknowledged (SYN and FIN included).
+    pub acked: u64,
+    /// `bytes_sent - bytes_retrans`: payload sent once (SYN and FIN carry none).
+    pub sent_once: u64,
+    /// `bytes_received`: sequence space received (SYN and FIN included).
+    pub received: u64,
+    /// `total_retrans`.
+    pub retrans: u64,
+}
+
+impl Progress {
+    /// Payload sent and acknowledged since `base`: acknowledged sequence space, bounded
+    /// by the payload ever sent, so the FIN (acknowledged, never payload) is left out
+    /// without knowing whether it was sent.
+    pub const fn payload_sent(&self, base: &Progress) -> u64 {
+        let acked = self.acked.saturating_sub(base.acked);
+        let sent = self.sent_once.saturating_sub(base.sent_once);
+        if acked < sent { acked } else { sent }
+    }
+
+    /// Payload received since `base`, less the peer's FIN when it came (`fin`).
+    pub const fn payload_received(&self, base: &Progress, fin: bool) -> u64 {
+        self.received.saturating_sub(base.received).saturating_sub(fin as u64)
+    }
+}
+
+/// What a connection has added to its pair's counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Claimed {
+    pub sent: u64,
+    pub received: u64,
+    pub retrans: u64,
+}
+
+impl Conn {
     /// The statistics key this connection counts under.
     pub const fn pair_key(&self) -> PairKey {
         PairKey::new(self.src_cell, self.dst_cell, self.direction, self.verdict)
     }
 }
 
-/// The process that called connect, recorded by the cgroup `connect4`/`connect6` hooks
-/// per socket cookie.
+/// A connection older than the agent, by socket cookie (`SEEDED`): its pair and what it
+/// has added to it, where `tcp:tcp_destroy_sock` can find them when it closes (that
+/// tracepoint cannot reach socket storage).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Owner {
-    pub cgroup_id: u64,
-    /// Thread-group id (the process id users know).
-    pub pid: u32,
-    pub _pad: u32,
-    pub comm: [u8; 16],
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Seeded {
+    pub key: PairKey,
+    pub base: Progress,
+    pub claimed: Claimed,
 }
+
+/// One connection as the sweep reports it to `/connections`: its [`Conn`] as stored,
+/// followed by this tail, its figures now (what its pair's counters hold of it, so the
+/// two always agree).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepTail {
+    /// What the connection has added to its pair's counters, after this sweep.
+    pub claimed: Claimed,
+    /// The smoothed RTT this sweep observed (0 when the socket stayed busy).
+    pub srtt_us: u32,
+    pub _pad: u32,
+}
+
+/// Bytes of one sweep record: a [`Conn`], then a [`SweepTail`].
+pub const SWEEP_RECORD_BYTES: usize =
+    core::mem::size_of::<Conn>() + core::mem::size_of::<SweepTail>();
 
 /// [`ViolationEvent::kind`]: a connection judged `violation`.
 pub const EVENT_VIOLATION: u8 = 1;
@@ -321,15 +441,6 @@ pub struct ViolationEvent {
     pub comm: [u8; 16],
 }
 
-/// Per cell pair and direction: the current one-second window of the event rate limit.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RateState {
-    pub window_start_ns: u64,
-    pub count: u32,
-    pub _pad: u32,
-}
-
 /// What the agent knows about one cell id (array map indexed by id).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -375,12 +486,15 @@ pub const META_LEN: u32 = 4;
 const _: () = assert!(core::mem::size_of::<PairKey>() == 16);
 const _: () = assert!(core::mem::size_of::<CellName>() == 64);
 const _: () =
-    assert!(core::mem::size_of::<PairStats>() == (9 + FAIL_REASONS + 2 * HIST_BUCKETS) * 8);
-const _: () = assert!(core::mem::size_of::<ConnState>() == 88);
+    assert!(core::mem::size_of::<PairStats>() == (11 + FAIL_REASONS + 2 * HIST_BUCKETS) * 8);
+const _: () = assert!(core::mem::size_of::<Conn>() == 168);
+const _: () = assert!(core::mem::size_of::<FieldOffsets>() == 40);
+const _: () = assert!(core::mem::size_of::<Progress>() == 32);
+const _: () = assert!(core::mem::size_of::<Claimed>() == 24);
+const _: () = assert!(core::mem::size_of::<Seeded>() == 72);
+const _: () = assert!(core::mem::size_of::<SweepTail>() == 32);
 const _: () = assert!(core::mem::size_of::<CellInfo>() == 8);
-const _: () = assert!(core::mem::size_of::<Owner>() == 32);
 const _: () = assert!(core::mem::size_of::<ViolationEvent>() == 96);
-const _: () = assert!(core::mem::size_of::<RateState>() == 16);
 const _: () = assert!(core::mem::size_of::<PolicyKey>() == 16);
 const _: () = assert!(core::mem::size_of::<NetnsKey>() == 16);
 const _: () = assert!(core::mem::size_of::<NetnsAddr>() == 24);
@@ -411,8 +525,20 @@ mod user {
     }
 
     pod!(
-        PairKey, PairStats, ConnState, CellInfo, PolicyKey, Owner, ViolationEvent, RateState,
-        NetnsKey, NetnsAddr, CellName,
+        PairKey,
+        PairStats,
+        Conn,
+        Progress,
+        Claimed,
+        Seeded,
+        SweepTail,
+        CellInfo,
+        PolicyKey,
+        ViolationEvent,
+        NetnsKey,
+        NetnsAddr,
+        CellName,
+        FieldOffsets,
     );
 }
 

@@ -3,7 +3,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use agent_common::{AF_INET6, ViolationEvent};
+use agent_common::{
+    AF_INET6, Claimed, Conn, Progress, SWEEP_RECORD_BYTES, SweepTail, ViolationEvent,
+};
 
 /// A ring-buffer record that is not a `ViolationEvent`.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -38,6 +40,95 @@ pub fn decode(b: &[u8]) -> Result<ViolationEvent, BadRecord> {
         dst_addr: a16(offset_of!(E, dst_addr)),
         comm: a16(offset_of!(E, comm)),
     })
+}
+
+/// A record of the wrong size.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("sweep output of {0} bytes is not a whole number of {SWEEP_RECORD_BYTES}-byte records")]
+pub struct BadSweep(pub usize);
+
+/// Reads native-endian integers at `#[repr(C)]` offsets of one record.
+struct Fields<'a>(&'a [u8]);
+
+impl Fields<'_> {
+    fn u64(&self, at: usize) -> u64 {
+        u64::from_ne_bytes(self.0[at..at + 8].try_into().unwrap_or_default())
+    }
+    fn u32(&self, at: usize) -> u32 {
+        u32::from_ne_bytes(self.0[at..at + 4].try_into().unwrap_or_default())
+    }
+    fn u16(&self, at: usize) -> u16 {
+        u16::from_ne_bytes(self.0[at..at + 2].try_into().unwrap_or_default())
+    }
+    fn a16(&self, at: usize) -> [u8; 16] {
+        self.0[at..at + 16].try_into().unwrap_or_default()
+    }
+    fn progress(&self, at: usize) -> Progress {
+        use std::mem::offset_of;
+        type P = Progress;
+        Progress {
+            acked: self.u64(at + offset_of!(P, acked)),
+            sent_once: self.u64(at + offset_of!(P, sent_once)),
+            received: self.u64(at + offset_of!(P, received)),
+            retrans: self.u64(at + offset_of!(P, retrans)),
+        }
+    }
+    fn claimed(&self, at: usize) -> Claimed {
+        use std::mem::offset_of;
+        type C = Claimed;
+        Claimed {
+            sent: self.u64(at + offset_of!(C, sent)),
+            received: self.u64(at + offset_of!(C, received)),
+            retrans: self.u64(at + offset_of!(C, retrans)),
+        }
+    }
+}
+
+/// Decodes the live sweep's output: one `Conn` followed by one `SweepTail` per
+/// connection, each field at its `#[repr(C)]` offset.
+pub fn decode_sweep(b: &[u8]) -> Result<Vec<(Conn, SweepTail)>, BadSweep> {
+    use std::mem::offset_of;
+    if !b.len().is_multiple_of(SWEEP_RECORD_BYTES) {
+        return Err(BadSweep(b.len()));
+    }
+    type C = Conn;
+    type T = SweepTail;
+    let tail_at = size_of::<Conn>();
+    Ok(b.chunks_exact(SWEEP_RECORD_BYTES)
+        .map(|r| {
+            let f = Fields(r);
+            let conn = Conn {
+                start_ns: f.u64(offset_of!(C, start_ns)),
+                established_ns: f.u64(offset_of!(C, established_ns)),
+                cookie: f.u64(offset_of!(C, cookie)),
+                cgroup_id: f.u64(offset_of!(C, cgroup_id)),
+                pid: f.u32(offset_of!(C, pid)),
+                src_cell: f.u32(offset_of!(C, src_cell)),
+                dst_cell: f.u32(offset_of!(C, dst_cell)),
+                closed: f.u32(offset_of!(C, closed)),
+                direction: r[offset_of!(C, direction)],
+                verdict: r[offset_of!(C, verdict)],
+                flags: r[offset_of!(C, flags)],
+                generation: r[offset_of!(C, generation)],
+                family: f.u16(offset_of!(C, family)),
+                local_port: f.u16(offset_of!(C, local_port)),
+                remote_port: f.u16(offset_of!(C, remote_port)),
+                _pad1: 0,
+                _pad2: 0,
+                local_addr: f.a16(offset_of!(C, local_addr)),
+                remote_addr: f.a16(offset_of!(C, remote_addr)),
+                comm: f.a16(offset_of!(C, comm)),
+                base: f.progress(offset_of!(C, base)),
+                claimed: f.claimed(offset_of!(C, claimed)),
+            };
+            let tail = SweepTail {
+                claimed: f.claimed(tail_at + offset_of!(T, claimed)),
+                srtt_us: f.u32(tail_at + offset_of!(T, srtt_us)),
+                _pad: 0,
+            };
+            (conn, tail)
+        })
+        .collect())
 }
 
 /// An address as the kernel stores it: IPv4 in the first 4 bytes, v4-mapped shown as IPv4.
@@ -92,6 +183,29 @@ mod tests {
         assert_eq!(comm(&e.comm).as_deref(), Some("curl"));
         assert_eq!(decode(&b[..95]), Err(BadRecord(95)));
         assert_eq!(decode(&[]), Err(BadRecord(0)));
+    }
+
+    #[test]
+    fn sweep_records_decode_field_by_field() {
+        use std::mem::offset_of;
+        let mut b = vec![0u8; 2 * SWEEP_RECORD_BYTES];
+        let second = SWEEP_RECORD_BYTES;
+        b[second + offset_of!(Conn, cookie)..][..8].copy_from_slice(&77u64.to_ne_bytes());
+        b[second + offset_of!(Conn, remote_port)..][..2].copy_from_slice(&5432u16.to_ne_bytes());
+        b[second + offset_of!(Conn, verdict)] = 1;
+        let base_received = offset_of!(Conn, base) + offset_of!(Progress, received);
+        b[second + base_received..][..8].copy_from_slice(&9u64.to_ne_bytes());
+        let tail = second + size_of::<Conn>();
+        b[tail + offset_of!(SweepTail, srtt_us)..][..4].copy_from_slice(&250u32.to_ne_bytes());
+        let sent = offset_of!(SweepTail, claimed) + offset_of!(Claimed, sent);
+        b[tail + sent..][..8].copy_from_slice(&(5u64 << 32).to_ne_bytes());
+        let recs = decode_sweep(&b).unwrap();
+        assert_eq!(recs.len(), 2);
+        let (c, t) = recs[1];
+        assert_eq!((c.cookie, c.remote_port, c.verdict, c.base.received), (77, 5432, 1, 9));
+        assert_eq!((t.srtt_us, t.claimed.sent), (250, 5 << 32));
+        assert_eq!(decode_sweep(&b[..10]), Err(BadSweep(10)));
+        assert_eq!(decode_sweep(&[]).map(|v| v.len()), Ok(0));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! own (it builds on stable Rust with no eBPF toolchain).
 //!
 //! - [`config`]: the YAML cell map, validated, every problem located.
+//! - [`btf`]: where a kernel struct member lives, from the kernel's BTF.
 //! - [`names`]: the cell-name rule.
 //! - [`ids`]: cell name <-> kernel cell id.
 //! - [`policy`]: a config compiled into kernel map contents, and the reference verdict.
@@ -12,6 +13,7 @@
 //! - [`query`]: the query strings of the JSON endpoints.
 #![forbid(unsafe_code)]
 
+pub mod btf;
 pub mod config;
 pub mod events;
 pub mod ids;

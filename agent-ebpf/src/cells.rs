@@ -26,6 +26,12 @@ impl View {
         Self { b: SETTINGS.get(SETTING_GENERATION).is_some_and(|g| *g & 1 == 1) }
     }
 
+    /// Which set this view reads: 0 (A) or 1 (B).
+    #[inline(always)]
+    pub(crate) fn generation(&self) -> u8 {
+        u8::from(self.b)
+    }
+
     /// Cell of an address: IPv4 in the first 4 bytes when `v6` is false. A v4-mapped
     /// IPv6 address (`::ffff:a.b.c.d`) resolves as the IPv4 address.
     #[inline(always)]

@@ -1,6 +1,7 @@
 //! The cgroup `connect4`/`connect6` hooks. They run in the connecting process on every
 //! TCP `connect()`, before `sock_ops` sees the same socket's SYN, and do two things:
-//! - record who connects (pid, comm, cgroup) under the socket cookie;
+//! - make the socket's storage with who connects (pid, comm, cgroup) and the server's
+//!   cell, for `sock_ops` to complete;
 //! - in enforce mode, refuse a cross-cell connect: the caller gets EPERM. The decision is
 //!   the same verdict that audit mode reports (`cells.rs`), so one truth holds for both.
 //!
@@ -8,12 +9,13 @@
 //! the connect goes on. The last case is counted (`CTR_ENFORCE_UNRESOLVED`).
 //!
 //! Why not `fentry/tcp_connect` for the owner: kernels in lockdown (integrity) with a
-//! BPF LSM, such as this project's CI machines, refuse tracing programs outright; cgroup
+//! BPF LSM, such as this project's CI machines, refuse those tracing programs; cgroup
 //! hooks are not tracing programs.
-#![expect(unsafe_code, reason = "the statistics slot is updated through its map pointer, helpers called raw")]
+#![expect(unsafe_code, reason = "the statistics slot is updated in place; raw helpers")]
+
 use agent_common::{
-    AF_INET, AF_INET6, CELL_IGNORED, CTR_ENFORCE_UNRESOLVED, DIR_EGRESS, EVENT_DENIED, Owner,
-    PairKey, VERDICT_VIOLATION,
+    AF_INET, AF_INET6, CELL_IGNORED, CTR_ENFORCE_UNRESOLVED, DIR_EGRESS, EVENT_DENIED, PairKey,
+    VERDICT_VIOLATION,
 };
 use aya_ebpf::{
     helpers::{
@@ -25,11 +27,11 @@ use aya_ebpf::{
 
 use crate::{
     cells::View,
+    conn,
     ctx::Connect,
     events::{self, Flow},
-    maps::OWNERS,
     netns,
-    stats::{add, count, slot},
+    stats::{Slot, add, count},
 };
 
 /// `connect()` goes on.
@@ -48,72 +50,107 @@ fn cellwatch_connect6(ctx: SockAddrContext) -> i32 {
     try_connect(&Connect::new(&ctx), true)
 }
 
+/// Who connects, as the kernel knows the current task.
+struct Owner {
+    pid: u32,
+    cgroup_id: u64,
+    comm: [u8; 16],
+}
+
+#[inline(always)]
+fn owner() -> Owner {
+    Owner {
+        // The thread-group id (the process id users know) is the upper half.
+        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        // SAFETY: no preconditions.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
 #[inline(always)]
 fn try_connect(c: &Connect<'_>, v6: bool) -> i32 {
     if c.sock_type() != SOCK_STREAM {
         return ALLOW;
     }
-    let cookie = c.cookie();
-    record_owner(cookie);
     let view = View::current();
-    if !view.enforcing() {
-        return ALLOW;
-    }
     let dst = c.dst_addr(v6);
     let dst_cell = view.cell_of(&dst, v6);
-    // Nothing to judge, so no need to know the source: loopback and the like, or a
-    // global server, which every cell may call.
-    if dst_cell == CELL_IGNORED || view.is_global(dst_cell) {
+    // Loopback and the like: not watched, nothing to record.
+    if dst_cell == CELL_IGNORED {
         return ALLOW;
     }
+    let who = owner();
+    if view.enforcing() && !view.is_global(dst_cell) && refuse(c, &view, &dst, dst_cell, v6, &who) {
+        return DENY;
+    }
+    let Some(c) = c.sk().and_then(|sk| conn::get_or_make(sk, None)) else { return ALLOW };
+    // SAFETY: `c` points to this socket's storage, new or left by an earlier connection
+    // of the same socket (connect after a disconnect): it starts over, flags first, so a
+    // sweep skips it until `sock_ops` has made it a tracked connection again.
+    unsafe {
+        core::ptr::write_volatile(&raw mut (*c).flags, 0);
+        (*c).closed = 0;
+        (*c).cgroup_id = who.cgroup_id;
+        (*c).pid = who.pid;
+        (*c).comm = who.comm;
+        (*c).dst_cell = dst_cell;
+        (*c).generation = view.generation();
+    }
+    ALLOW
+}
+
+/// Enforce mode: whether this connect crosses a boundary it may not (then counted, and
+/// reported as denied). Connects whose source is not known yet are let through, counted.
+#[inline(always)]
+fn refuse(
+    c: &Connect<'_>,
+    view: &View,
+    dst: &[u8; 16],
+    dst_cell: u32,
+    v6: bool,
+    who: &Owner,
+) -> bool {
     let (src, src_v6) = match c.bound_src(v6) {
         Some(a) => (a, v6),
-        None => match netns::source_for(c.netns_cookie(), &dst, v6) {
+        None => match netns::source_for(c.netns_cookie(), dst, v6) {
             Some(known) => known,
             None => {
-                let _ = count(CTR_ENFORCE_UNRESOLVED);
-                return ALLOW;
+                count(CTR_ENFORCE_UNRESOLVED);
+                return false;
             }
         },
     };
     let src_cell = view.cell_of(&src, src_v6);
     if !view.enforced(src_cell) {
-        return ALLOW;
+        return false;
     }
     let port = c.dst_port();
     if view.verdict(src_cell, dst_cell, port) != Some(VERDICT_VIOLATION) {
-        return ALLOW;
+        return false;
     }
     let key = PairKey::new(src_cell, dst_cell, DIR_EGRESS, VERDICT_VIOLATION);
-    if let Some(s) = slot(&key) {
-        // SAFETY: `s` points to this CPU's value of a live map entry.
-        unsafe {
-            add(&raw mut (*s).violations, 1);
-            add(&raw mut (*s).denied, 1);
-        }
+    let Some(slot) = Slot::of(&key) else { return true };
+    let s = slot.stats();
+    // SAFETY: `s` is this CPU's value of a live pair entry.
+    unsafe {
+        add(&raw mut (*s).violations, 1);
+        add(&raw mut (*s).denied, 1);
     }
     let flow = Flow {
         family: if v6 { AF_INET6 } else { AF_INET },
         src_addr: src,
         src_port: 0,
-        dst_addr: dst,
+        dst_addr: *dst,
         dst_port: port,
         src_cell,
         dst_cell,
         direction: DIR_EGRESS,
+        cookie: c.cookie(),
+        pid: who.pid,
+        cgroup_id: who.cgroup_id,
+        comm: who.comm,
     };
-    events::send(&flow, &key, cookie, EVENT_DENIED);
-    DENY
-}
-
-#[inline(always)]
-fn record_owner(cookie: u64) {
-    let owner = Owner {
-        // SAFETY: no preconditions.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        _pad: 0,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-    };
-    let _ = OWNERS.insert(cookie, owner, 0);
+    events::send(&flow, &slot, EVENT_DENIED);
+    true
 }

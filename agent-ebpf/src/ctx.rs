@@ -1,10 +1,14 @@
 //! Small accessors over the raw `bpf_sock_ops` and `bpf_sock_addr` contexts: every
 //! unsafe read of a context sits here.
 #![expect(unsafe_code, reason = "context fields are raw pointer loads")]
+use core::ffi::c_void;
+
 use aya_ebpf::{
     EbpfContext,
     bindings::{bpf_sock_addr, bpf_sock_ops},
-    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    helpers::generated::{
+        bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_seq_write, bpf_skc_to_tcp_sock,
+    },
     programs::{SockAddrContext, SockOpsContext, TracePointContext},
 };
 
@@ -42,6 +46,14 @@ impl<'a> Ops<'a> {
     pub(crate) fn cookie(&self) -> u64 {
         // SAFETY: sock_ops contexts are valid arguments of bpf_get_socket_cookie.
         unsafe { bpf_get_socket_cookie(self.0.ops.cast()) }
+    }
+
+    /// The socket, as the storage and probe-read helpers take it (`None` for a request
+    /// socket, which has no storage).
+    pub(crate) fn sk(&self) -> Option<*mut c_void> {
+        // SAFETY: a plain context field load (`sk` is typed by the verifier).
+        let sk: *mut c_void = unsafe { (*self.raw()).__bindgen_anon_2.sk.cast() };
+        (!sk.is_null()).then_some(sk)
     }
 
     /// The socket's network namespace.
@@ -108,24 +120,23 @@ impl<'a> Ops<'a> {
         unsafe { (*self.raw()).bytes_received }
     }
 
-    /// Oldest unacknowledged and next sequence number to send.
-    pub(crate) fn snd_una_nxt(&self) -> (u32, u32) {
-        // SAFETY: plain context field loads.
-        unsafe { ((*self.raw()).snd_una, (*self.raw()).snd_nxt) }
-    }
-
     pub(crate) fn total_retrans(&self) -> u32 {
         // SAFETY: plain context field load.
         unsafe { (*self.raw()).total_retrans }
     }
 }
 
-/// The `sock_cookie` of a tracepoint record, at the byte offset the agent found in tracefs
-/// and stored in `SETTINGS[setting]`; `None` when the offset is unknown (0) or the read fails.
-pub(crate) fn record_cookie(ctx: &TracePointContext, setting: u32) -> Option<u64> {
+/// A u64 field of a tracepoint record, at the byte offset the agent found in tracefs and
+/// stored in `SETTINGS[setting]`; `None` when the offset is unknown (0) or the read fails.
+pub(crate) fn record_u64(ctx: &TracePointContext, setting: u32) -> Option<u64> {
     let off = crate::maps::SETTINGS.get(setting).copied().filter(|o| *o != 0)?;
     // SAFETY: read_at is a bounds-checked probe read of the tracepoint record.
     unsafe { ctx.read_at::<u64>(off as usize) }.ok()
+}
+
+/// The `sock_cookie` of a tracepoint record (see [`record_u64`]).
+pub(crate) fn record_cookie(ctx: &TracePointContext, setting: u32) -> Option<u64> {
+    record_u64(ctx, setting)
 }
 
 /// Read-only view of a `connect()` as the cgroup `connect4`/`connect6` hooks see it.
@@ -149,6 +160,13 @@ impl<'a> Connect<'a> {
     pub(crate) fn cookie(&self) -> u64 {
         // SAFETY: sock_addr contexts are valid arguments of bpf_get_socket_cookie.
         unsafe { bpf_get_socket_cookie(self.0.as_ptr()) }
+    }
+
+    /// The connecting socket, as the storage helpers take it.
+    pub(crate) fn sk(&self) -> Option<*mut c_void> {
+        // SAFETY: a plain context field load (`sk` is typed by the verifier).
+        let sk: *mut c_void = unsafe { (*self.raw()).__bindgen_anon_1.sk.cast() };
+        (!sk.is_null()).then_some(sk)
     }
 
     pub(crate) fn netns_cookie(&self) -> u64 {
@@ -230,4 +248,93 @@ fn words_to_bytes(w: [u32; 4]) -> [u8; 16] {
     let (a, b, c, d) =
         (w[0].to_ne_bytes(), w[1].to_ne_bytes(), w[2].to_ne_bytes(), w[3].to_ne_bytes());
     [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2], d[3]]
+}
+
+/// `struct bpf_iter_meta`: the seq file an iterator writes to.
+#[repr(C)]
+pub(crate) struct IterMeta {
+    seq: *mut c_void,
+    session_id: u64,
+    seq_num: u64,
+}
+
+/// `struct bpf_iter__bpf_sk_storage_map`: one socket and its storage in the map.
+#[repr(C)]
+pub(crate) struct StorageIterCtx {
+    meta: *mut IterMeta,
+    map: *mut c_void,
+    sk: *mut c_void,
+    value: *mut c_void,
+}
+
+/// `struct bpf_iter__tcp`: one TCP socket of the iterator's network namespace.
+#[repr(C)]
+pub(crate) struct TcpIterCtx {
+    meta: *mut IterMeta,
+    sk_common: *mut c_void,
+    uid: u32,
+}
+
+/// One step of an iterator: where it writes, and what it is at.
+pub(crate) struct Iter {
+    seq: *mut c_void,
+    sk: *mut c_void,
+    value: *mut c_void,
+}
+
+impl Iter {
+    /// A step of the socket-storage iterator; `None` for the final call (no socket).
+    #[inline(always)]
+    pub(crate) fn storage(ctx: *mut StorageIterCtx) -> Option<Self> {
+        // SAFETY: `ctx` is the iterator's context; its fields are loads the verifier types.
+        let (meta, sk, value) = unsafe { ((*ctx).meta, (*ctx).sk, (*ctx).value) };
+        if sk.is_null() || value.is_null() {
+            return None;
+        }
+        // SAFETY: `meta` is a trusted pointer the kernel passes with every step.
+        Some(Self { seq: unsafe { (*meta).seq }, sk, value })
+    }
+
+    /// A step of the TCP iterator, at a full TCP socket; `None` otherwise (a request or
+    /// TIME_WAIT socket, or the final call).
+    #[inline(always)]
+    pub(crate) fn tcp(ctx: *mut TcpIterCtx) -> Option<Self> {
+        // SAFETY: as in `storage`.
+        let (meta, common) = unsafe { ((*ctx).meta, (*ctx).sk_common) };
+        if common.is_null() {
+            return None;
+        }
+        // SAFETY: `common` is a socket the verifier typed; the helper returns null for
+        // anything but a full TCP socket.
+        let sk: *mut c_void = unsafe { bpf_skc_to_tcp_sock(common) }.cast();
+        if sk.is_null() {
+            return None;
+        }
+        // SAFETY: as in `storage`.
+        Some(Self { seq: unsafe { (*meta).seq }, sk, value: core::ptr::null_mut() })
+    }
+
+    /// The socket (a typed pointer the storage helpers take).
+    pub(crate) fn sk(&self) -> *mut c_void {
+        self.sk
+    }
+
+    /// The storage value (socket-storage iterator only).
+    pub(crate) fn value(&self) -> *mut c_void {
+        self.value
+    }
+
+    pub(crate) fn cookie(&self) -> u64 {
+        // SAFETY: tracing programs may ask a typed socket for its cookie.
+        unsafe { bpf_get_socket_cookie(self.sk) }
+    }
+
+    /// Appends `record` to the iterator's output.
+    #[inline(always)]
+    pub(crate) fn write<T>(&self, record: &T) {
+        // Records are a few hundred bytes.
+        let len = u32::try_from(size_of::<T>()).unwrap_or(0);
+        // SAFETY: `seq` is the iterator's seq file; `record` is `len` readable bytes.
+        let _ = unsafe { bpf_seq_write(self.seq.cast(), (&raw const *record).cast(), len) };
+    }
 }

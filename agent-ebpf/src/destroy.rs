@@ -1,15 +1,19 @@
-//! `tcp:tcp_destroy_sock`: the end of a connection `sock_ops` was never asked to follow,
-//! one the agent found already open when it started (seeded). Counted closed, then
-//! forgotten; any other entry still in the table at destroy is forgotten too, so the
-//! table cannot leak.
-#![expect(unsafe_code, reason = "a connection entry is read and its statistics updated through map pointers")]
-use agent_common::{CONN_ESTABLISHED, CTR_CONN_FORGOTTEN, SETTING_DESTROY_COOKIE_OFFSET};
+//! `tcp:tcp_destroy_sock`: the end of a connection older than the agent (seeded), which
+//! `sock_ops` was never asked to follow. Found in `SEEDED` by cookie: the rest of what it
+//! moved is claimed from the dead socket's counters, it is counted closed, then
+//! forgotten. The agent attaches this tracepoint only while such connections exist.
+#![expect(unsafe_code, reason = "the seeded entry is updated in place through its pointer")]
+use agent_common::{
+    CELL_EXTERNAL, DIR_EGRESS, SETTING_DESTROY_COOKIE_OFFSET, SETTING_DESTROY_SKADDR_OFFSET,
+};
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
 use crate::{
-    ctx::record_cookie,
-    maps::{CONNS, OWNERS},
-    stats::{add, count, slot},
+    conn,
+    ctx::{record_cookie, record_u64},
+    kread::Sock,
+    maps::SEEDED,
+    stats::{Slot, add},
 };
 
 #[tracepoint]
@@ -21,18 +25,30 @@ fn cellwatch_destroy(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn try_destroy(ctx: &TracePointContext) {
     let Some(cookie) = record_cookie(ctx, SETTING_DESTROY_COOKIE_OFFSET) else { return };
-    let Some(conn) = CONNS.get_ptr(cookie) else { return };
-    // SAFETY: `conn` points to a live entry; it is copied out before the entry is removed.
-    let conn = unsafe { *conn };
-    if CONNS.remove(cookie).is_err() {
-        return;
+    let Some(seeded) = SEEDED.get_ptr_mut(cookie) else { return };
+    let skaddr = record_u64(ctx, SETTING_DESTROY_SKADDR_OFFSET).unwrap_or(0);
+    let reading = Sock::at(skaddr).and_then(|s| s.read());
+    // SAFETY: `seeded` points to a live entry of SEEDED, removed only below.
+    let key = unsafe { (*seeded).key };
+    if let Some(slot) = Slot::of(&key) {
+        if let Some(r) = reading {
+            // SAFETY: as above.
+            unsafe {
+                slot.claim(
+                    &raw mut (*seeded).claimed,
+                    &(*seeded).base,
+                    &r.progress,
+                    r.fin_received,
+                );
+            }
+            if key.direction == DIR_EGRESS || key.src_cell == CELL_EXTERNAL {
+                slot.rtt(r.srtt_us);
+            }
+        }
+        // SAFETY: the slot's pointer is this CPU's value of a live pair entry.
+        add(unsafe { &raw mut (*slot.stats()).closed }, 1);
     }
-    let _ = count(CTR_CONN_FORGOTTEN);
-    let _ = OWNERS.remove(cookie);
-    if conn.flags & CONN_ESTABLISHED != 0
-        && let Some(s) = slot(&conn.pair_key())
-    {
-        // SAFETY: `s` points to this CPU's value of a live map entry.
-        add(unsafe { &raw mut (*s).closed }, 1);
+    if SEEDED.remove(cookie).is_ok() {
+        conn::release();
     }
 }

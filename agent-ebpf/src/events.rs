@@ -1,21 +1,24 @@
 //! Violation events to the agent through the ring buffer: rate-limited per cell pair and
-//! direction, and every outcome counted (sent, rate-limited, ring full), so the counters
-//! stay exact whatever the buffer does.
-#![expect(unsafe_code, reason = "a rate-limit entry is updated in place, and an owner read, through map pointers")]
+//! direction on each CPU (the window lives in the pair's own per-CPU slot, so a dropped
+//! event costs no lookup), and every outcome counted (sent, rate-limited, ring full), so
+//! the counters stay exact whatever the buffer does.
+#![expect(unsafe_code, reason = "the rate window is updated in place in the pair's slot")]
+
 use agent_common::{
-    CTR_EVENTS_RATE_LIMITED, CTR_EVENTS_RINGBUF_FULL, CTR_EVENTS_SENT, ConnState, DIR_EGRESS,
-    EVENT_VIOLATION, PairKey, RateState, SETTING_EVENT_RATE, ViolationEvent,
+    CTR_EVENTS_RATE_LIMITED, CTR_EVENTS_RINGBUF_FULL, CTR_EVENTS_SENT, Conn, DIR_EGRESS,
+    EVENT_VIOLATION, SETTING_EVENT_RATE, ViolationEvent,
 };
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 
 use crate::{
-    maps::{EVENT_RATE, EVENTS, OWNERS, SETTINGS},
-    stats::count,
+    maps::{EVENTS, SETTINGS},
+    stats::{Slot, count},
 };
 
 const WINDOW_NS: u64 = 1_000_000_000;
 
-/// What an event says of a connection: both ends, client first, and their cells.
+/// What an event says of a connection: both ends, client first, their cells, and the
+/// process that connected.
 pub(crate) struct Flow {
     pub(crate) family: u16,
     pub(crate) src_addr: [u8; 16],
@@ -25,11 +28,15 @@ pub(crate) struct Flow {
     pub(crate) src_cell: u32,
     pub(crate) dst_cell: u32,
     pub(crate) direction: u8,
+    pub(crate) cookie: u64,
+    pub(crate) pid: u32,
+    pub(crate) cgroup_id: u64,
+    pub(crate) comm: [u8; 16],
 }
 
 impl Flow {
     #[inline(always)]
-    fn of(conn: &ConnState) -> Self {
+    fn of(conn: &Conn) -> Self {
         let egress = conn.direction == DIR_EGRESS;
         let (src_addr, src_port, dst_addr, dst_port) = if egress {
             (conn.local_addr, conn.local_port, conn.remote_addr, conn.remote_port)
@@ -45,36 +52,38 @@ impl Flow {
             src_cell: conn.src_cell,
             dst_cell: conn.dst_cell,
             direction: conn.direction,
+            cookie: conn.cookie,
+            pid: conn.pid,
+            cgroup_id: conn.cgroup_id,
+            comm: conn.comm,
         }
     }
 }
 
 /// Sends the event of a violating connection, unless its pair is over its rate.
 #[inline(always)]
-pub(crate) fn violation(conn: &ConnState, key: &PairKey, cookie: u64) {
-    send(&Flow::of(conn), key, cookie, EVENT_VIOLATION);
+pub(crate) fn violation(conn: &Conn, slot: &Slot) {
+    send(&Flow::of(conn), slot, EVENT_VIOLATION);
 }
 
 /// Sends an event of `kind` (`EVENT_*`), unless its pair is over its rate.
 #[inline(always)]
-pub(crate) fn send(flow: &Flow, key: &PairKey, cookie: u64, kind: u8) {
+pub(crate) fn send(flow: &Flow, slot: &Slot, kind: u8) {
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    if !within_rate(key, now) {
-        let _ = count(CTR_EVENTS_RATE_LIMITED);
+    if !within_rate(slot, now) {
+        count(CTR_EVENTS_RATE_LIMITED);
         return;
     }
     let Some(mut entry) = EVENTS.reserve::<ViolationEvent>(0) else {
-        let _ = count(CTR_EVENTS_RINGBUF_FULL);
+        count(CTR_EVENTS_RINGBUF_FULL);
         return;
     };
-    // SAFETY: the value is copied out at once.
-    let owner = unsafe { OWNERS.get(cookie) }.copied();
     entry.write(ViolationEvent {
         ts_ns: now,
-        cookie,
-        cgroup_id: owner.map_or(0, |o| o.cgroup_id),
-        pid: owner.map_or(0, |o| o.pid),
+        cookie: flow.cookie,
+        cgroup_id: flow.cgroup_id,
+        pid: flow.pid,
         src_cell: flow.src_cell,
         dst_cell: flow.dst_cell,
         family: flow.family,
@@ -85,32 +94,29 @@ pub(crate) fn send(flow: &Flow, key: &PairKey, cookie: u64, kind: u8) {
         _pad: 0,
         src_addr: flow.src_addr,
         dst_addr: flow.dst_addr,
-        comm: owner.map_or([0; 16], |o| o.comm),
+        comm: flow.comm,
     });
     entry.submit(0);
-    let _ = count(CTR_EVENTS_SENT);
+    count(CTR_EVENTS_SENT);
 }
 
-/// A fixed one-second window per key. Races between CPUs can let a few more through;
-/// what is refused is always counted.
+/// A fixed one-second window per pair and direction on this CPU. A program interrupted
+/// on the same CPU can let one more through; what is refused is always counted.
 #[inline(always)]
-fn within_rate(key: &PairKey, now: u64) -> bool {
-    let limit = SETTINGS.get(SETTING_EVENT_RATE).copied().unwrap_or(0);
-    if let Some(r) = EVENT_RATE.get_ptr_mut(key) {
-        // SAFETY: `r` points to a live entry of EVENT_RATE.
-        unsafe {
-            if now.wrapping_sub((*r).window_start_ns) >= WINDOW_NS {
-                (*r).window_start_ns = now;
-                (*r).count = 1;
-                return limit > 0;
-            }
-            if (*r).count < limit {
-                (*r).count += 1;
-                return true;
-            }
-            return false;
+fn within_rate(slot: &Slot, now: u64) -> bool {
+    let limit = u64::from(SETTINGS.get(SETTING_EVENT_RATE).copied().unwrap_or(0));
+    let s = slot.stats();
+    // SAFETY: `s` is this CPU's value of a live pair entry.
+    unsafe {
+        if now.wrapping_sub((*s).ev_window_ns) >= WINDOW_NS {
+            (*s).ev_window_ns = now;
+            (*s).ev_count = 1;
+            return limit > 0;
+        }
+        if (*s).ev_count < limit {
+            (*s).ev_count += 1;
+            return true;
         }
     }
-    let _ = EVENT_RATE.insert(key, RateState { window_start_ns: now, count: 1, _pad: 0 }, 0);
-    limit > 0
+    false
 }

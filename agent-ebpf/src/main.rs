@@ -4,12 +4,15 @@
 //! - [`sockops`]: the connection's life (connect, established, close) from `sock_ops`.
 //! - [`connect`]: cgroup `connect4`/`connect6`: the process behind each connect, and
 //!   enforce mode's refusal of cross-cell connects.
+//! - [`sweep`]: the live sweep: what open connections moved, into the counters.
+//! - [`seed`] and [`destroy`]: connections older than the agent, from their seeding to
+//!   their end.
+//! - [`conn`]: a connection's state in its socket's storage, and the capacity.
 //! - [`netns`]: each network namespace's source address, for enforce on unbound sockets.
 //! - [`events`]: violation events through the ring buffer, rate-limited.
-//! - [`resets`]: the `tcp:tcp_receive_reset` tracepoint, telling refused from timed out.
-//! - [`destroy`]: `tcp:tcp_destroy_sock`, the end of connections older than the agent.
 //! - [`cells`]: address -> cell and the verdict of a (client cell, server cell, port).
-//! - [`stats`]: per-CPU aggregation per cell pair.
+//! - [`stats`]: per-CPU aggregation per cell pair, and claims.
+//! - [`ctx`] and [`kread`]: every read of a context or of kernel memory.
 //! - [`maps`]: every map, in one place.
 #![no_std]
 #![no_main]
@@ -19,15 +22,18 @@
 #![expect(internal_features, reason = "atomic_xadd is the BPF atomic add")]
 
 mod cells;
+mod conn;
 mod connect;
 mod ctx;
 mod destroy;
 mod events;
+mod kread;
 mod maps;
 mod netns;
-mod resets;
+mod seed;
 mod sockops;
 mod stats;
+mod sweep;
 
 #[cfg(not(test))]
 #[panic_handler]

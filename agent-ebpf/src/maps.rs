@@ -1,19 +1,20 @@
 //! Every map the programs share with the agent. Names are the contract with the loader
-//! in `agent/src/kernel/`; sizes marked "set by the agent" are overridden at load time.
+//! in `agent/src/kernel/object.rs` (a unit test there checks the two lists agree).
 use agent_common::{
-    CellInfo, CellName, ConnState, NetnsAddr, NetnsKey, Owner, PairKey, PairStats, PolicyKey,
-    RateState,
+    CellInfo, CellName, Conn, FieldOffsets, NetnsAddr, NetnsKey, PairKey, PairStats, PolicyKey,
+    Seeded,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    macros::map,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 
-/// Live connections by socket cookie (size set by the agent).
-#[map]
-pub(crate) static CONNS: HashMap<u64, ConnState> =
-    HashMap::with_max_entries(agent_common::CONNS_DEFAULT_CAPACITY, 0);
+/// Each tracked connection's state, in its socket's own storage: no lookup by key, and
+/// freed with the socket.
+#[btf_map]
+pub(crate) static CONN: SkStorage<Conn> = SkStorage::new();
 
 /// Counters and histograms per (src cell, dst cell, direction, verdict), per CPU.
 /// Entries are allocated on first use so idle pairs cost nothing.
@@ -60,11 +61,6 @@ pub(crate) static POLICY_A: HashMap<PolicyKey, u8> =
 pub(crate) static POLICY_B: HashMap<PolicyKey, u8> =
     HashMap::with_max_entries(agent_common::POLICY_CAPACITY, 0);
 
-/// Who called connect, per socket cookie (size set by the agent, as CONNS).
-#[map]
-pub(crate) static OWNERS: LruHashMap<u64, Owner> =
-    LruHashMap::with_max_entries(agent_common::CONNS_DEFAULT_CAPACITY, 0);
-
 /// The source address each network namespace's sockets use (see `netns.rs`).
 #[map]
 pub(crate) static NETNS_ADDR: LruHashMap<NetnsKey, NetnsAddr> =
@@ -74,25 +70,33 @@ pub(crate) static NETNS_ADDR: LruHashMap<NetnsKey, NetnsAddr> =
 #[map]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(agent_common::EVENTS_DEFAULT_BYTES, 0);
 
-/// Rate limit of violation events per cell pair and direction.
+/// Connections older than the agent, by socket cookie, until they close (see `seed.rs`).
 #[map]
-pub(crate) static EVENT_RATE: LruHashMap<PairKey, RateState> =
-    LruHashMap::with_max_entries(agent_common::EVENT_RATE_CAPACITY, 0);
+pub(crate) static SEEDED: HashMap<u64, Seeded> =
+    HashMap::with_max_entries(agent_common::SEEDED_CAPACITY, BPF_F_NO_PREALLOC);
 
-/// Connections older than the agent, found when it started: opened and violations per
-/// pair. Written by the agent only (the programs never see their opening).
+/// The seeding plan: socket cookie -> the connection as the agent judged it, for
+/// the seeding iterator to put in storage. Written and emptied by the agent.
 #[map]
-pub(crate) static SEED_OPENED: HashMap<PairKey, [u64; 2]> =
-    HashMap::with_max_entries(agent_common::PAIR_STATS_CAPACITY, BPF_F_NO_PREALLOC);
+pub(crate) static SEED_PLAN: HashMap<u64, Conn> =
+    HashMap::with_max_entries(agent_common::SEEDED_CAPACITY, BPF_F_NO_PREALLOC);
 
 /// Scalar settings (`SETTING_*` indices).
 #[map]
 pub(crate) static SETTINGS: Array<u32> = Array::with_max_entries(agent_common::SETTINGS_LEN, 0);
 
+/// Byte offsets of kernel socket fields, from the kernel's BTF (one entry).
+#[map]
+pub(crate) static FIELDS: Array<FieldOffsets> = Array::with_max_entries(1, 0);
+
 /// Bookkeeping counters (`CTR_*` indices), per CPU.
 #[map]
 pub(crate) static COUNTERS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(agent_common::COUNTERS_LEN, 0);
+
+/// Shared counters (`LIVE_*` indices), updated atomically across CPUs.
+#[map]
+pub(crate) static LIVE: Array<u64> = Array::with_max_entries(agent_common::LIVE_LEN, 0);
 
 /// Cell id -> name, so a restarted agent keeps labelling ids as before. Written and read
 /// by the agent only.

@@ -6,7 +6,7 @@
 #![expect(unsafe_code, reason = "a namespace entry is updated in place through its map pointer")]
 use agent_common::{AF_INET, AF_INET6, CELL_IGNORED, NetnsAddr, NetnsKey};
 
-use crate::{cells::View, maps::NETNS_ADDR};
+use crate::maps::NETNS_ADDR;
 
 /// The key of `addr` (IPv4 in the first 4 bytes when `v6` is false): v4-mapped IPv6
 /// addresses are IPv4.
@@ -22,14 +22,15 @@ fn key(netns_cookie: u64, addr: &[u8; 16], v6: bool) -> (NetnsKey, [u8; 16]) {
     (NetnsKey { netns_cookie, family, _pad: 0 }, a)
 }
 
-/// Notes that a socket of `netns_cookie` has local address `addr`. Ignored ranges
-/// (loopback) say nothing about the namespace's address and are skipped.
+/// Notes that a socket of `netns_cookie` has local address `addr`, whose cell the
+/// caller looked up already. Ignored ranges (loopback) say nothing about the
+/// namespace's address and are skipped.
 ///
 /// A function of its own (a BPF-to-BPF call): inlined, its locals would push the
 /// `sock_ops` program past the 512-byte stack.
 #[inline(never)]
-pub(crate) fn learn(view: &View, netns_cookie: u64, addr: &[u8; 16], v6: bool) {
-    if view.cell_of(addr, v6) == CELL_IGNORED {
+pub(crate) fn learn(netns_cookie: u64, addr: &[u8; 16], v6: bool, cell: u32) {
+    if cell == CELL_IGNORED {
         return;
     }
     let (k, a) = key(netns_cookie, addr, v6);

@@ -1,34 +1,35 @@
 //! The life of a TCP connection, from `sock_ops` on the cgroup v2 root: connect (client
-//! SYN), established (either side), and the move to CLOSE. Everything is keyed by socket
-//! cookie, and the connection's cells and verdict are fixed when it is first seen, so a
-//! config reload never relabels a live connection.
-#![expect(unsafe_code, reason = "a connection entry is updated in place through its map pointer")]
+//! SYN), established (either side), and the move to CLOSE. State lives in the socket's
+//! own storage (`conn.rs`), and the connection's cells and verdict are fixed when it is
+//! first seen, so a config reload never relabels a live connection. While it is open the
+//! sweep (`sweep.rs`) moves its bytes into the counters; its close claims the rest.
+#![expect(unsafe_code, reason = "a connection's storage is written in place through its pointer")]
+
 use agent_common::{
-    AF_INET6, CONN_ESTABLISHED, CONN_FIN_RCVD, CONN_FIN_SENT, CONN_RST_SEEN, CTR_CONN_FORGOTTEN,
-    CTR_CONN_TABLE_FULL, CTR_CONN_TRACKED, ConnState, DIR_EGRESS, DIR_INGRESS, FAIL_OTHER,
-    FAIL_REFUSED, FAIL_RESET, FAIL_TIMEOUT, VERDICT_VIOLATION,
+    AF_INET6, CONN_ESTABLISHED, CONN_SEEDED, CONN_TRACKED, CTR_CONN_TABLE_FULL, Claimed,
+    DIR_EGRESS, DIR_INGRESS, ECONNREFUSED, ECONNRESET, EPIPE, ETIMEDOUT, FAIL_OTHER, FAIL_REFUSED,
+    FAIL_RESET, FAIL_TIMEOUT, Progress, VERDICT_VIOLATION,
 };
 use aya_ebpf::{
     bindings::{
-        BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
         BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
-        BPF_TCP_CLOSE, BPF_TCP_CLOSE_WAIT, BPF_TCP_CLOSING, BPF_TCP_FIN_WAIT1, BPF_TCP_FIN_WAIT2,
-        BPF_TCP_LAST_ACK,
+        BPF_TCP_CLOSE,
     },
     helpers::bpf_ktime_get_ns,
     macros::sock_ops,
     programs::SockOpsContext,
 };
-
 use aya_log_ebpf::warn;
 
 use crate::{
     cells::View,
+    conn,
     ctx::Ops,
     events,
-    maps::{CONNS, OWNERS},
+    kread::Sock,
     netns,
-    stats::{add, count, observe, slot},
+    stats::{Slot, add, count, observe},
 };
 
 #[sock_ops]
@@ -44,7 +45,7 @@ fn try_sockops(ops: &Ops<'_>) {
         BPF_SOCK_OPS_TCP_CONNECT_CB => on_connect(ops),
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_active_established(ops),
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => on_passive_established(ops),
-        BPF_SOCK_OPS_STATE_CB => on_state(ops, ops.arg(0), ops.arg(1)),
+        BPF_SOCK_OPS_STATE_CB if ops.arg(1) == BPF_TCP_CLOSE => on_close(ops),
         _ => {}
     }
 }
@@ -62,49 +63,87 @@ fn ends(ops: &Ops<'_>) -> Ends {
     Ends { v6, local: ops.local_addr(v6), remote: ops.remote_addr(v6) }
 }
 
-/// Client side: the SYN is about to leave. Decide cells and verdict, remember the start,
-/// and note the namespace's source address for enforce mode.
+/// Client side: the SYN is about to leave. `connect4`/`connect6` made the storage with
+/// the owner and the server's cell; decide the client's cell and the verdict, and ask
+/// for the state changes.
 #[inline(always)]
 fn on_connect(ops: &Ops<'_>) {
+    let Some(sk) = ops.sk() else { return };
+    let Some(c) = conn::get(sk) else { return };
     let e = ends(ops);
     let view = View::current();
-    netns::learn(&view, ops.netns_cookie(), &e.local, e.v6);
-    let (src, dst) = (view.cell_of(&e.local, e.v6), view.cell_of(&e.remote, e.v6));
+    // SAFETY: `c` points to this socket's storage; only its own callbacks, run under
+    // the socket lock, write it.
+    let (generation, known_dst) = unsafe { ((*c).generation, (*c).dst_cell) };
+    // The server's cell as connect4 found it, unless a reload came in between.
+    let dst =
+        if generation == view.generation() { known_dst } else { view.cell_of(&e.remote, e.v6) };
+    let src = view.cell_of(&e.local, e.v6);
+    netns::learn(ops.netns_cookie(), &e.local, e.v6, src);
     let port = ops.remote_port();
-    let Some(v) = view.verdict(src, dst, port) else { return };
-    let conn = new_conn(ops, &e, src, dst, DIR_EGRESS, v, 0);
-    if !track(ops, &conn) {
+    let Some(verdict) = view.verdict(src, dst, port) else {
+        conn::forget(sk);
+        return;
+    };
+    if !ops.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG) {
+        conn::forget(sk);
         return;
     }
-    if v == VERDICT_VIOLATION {
-        let key = conn.pair_key();
-        if let Some(s) = slot(&key) {
-            // SAFETY: `s` points to this CPU's value of a live map entry.
-            add(unsafe { &raw mut (*s).violations }, 1);
-        }
-        events::violation(&conn, &key, ops.cookie());
+    if !conn::admit() {
+        table_full(ops);
+        conn::forget(sk);
+        return;
+    }
+    // SAFETY: as above.
+    let key = unsafe {
+        (*c).start_ns = now_ns();
+        (*c).established_ns = 0;
+        (*c).cookie = ops.cookie();
+        (*c).src_cell = src;
+        (*c).dst_cell = dst;
+        (*c).closed = 0;
+        (*c).direction = DIR_EGRESS;
+        (*c).verdict = verdict;
+        (*c).flags = CONN_TRACKED;
+        (*c).family = ops.family();
+        (*c).local_port = ops.local_port();
+        (*c).remote_port = port;
+        (*c).local_addr = e.local;
+        (*c).remote_addr = e.remote;
+        (*c).base = Progress::default();
+        (*c).claimed = Claimed::default();
+        (*c).pair_key()
+    };
+    if verdict == VERDICT_VIOLATION
+        && let Some(slot) = Slot::of(&key)
+    {
+        // SAFETY: the slot's pointer is this CPU's value of a live pair entry.
+        add(unsafe { &raw mut (*slot.stats()).violations }, 1);
+        // SAFETY: `c` as above.
+        events::violation(unsafe { &*c }, &slot);
     }
 }
 
-/// Client side: the handshake completed. Count it opened and its connect latency.
+/// Client side: the handshake completed. Count it opened, with its connect latency, and
+/// note what the handshake moved so only payload counts.
 #[inline(always)]
 fn on_active_established(ops: &Ops<'_>) {
-    let cookie = ops.cookie();
-    let Some(conn) = CONNS.get_ptr_mut(cookie) else { return };
+    let Some(c) = ops.sk().and_then(conn::get) else { return };
     let now = now_ns();
-    // SAFETY: `conn` points to a live entry of CONNS; only this socket's callbacks
-    // touch it, and the kernel runs them under the socket lock.
-    let key = unsafe {
-        (*conn).established_ns = now;
-        (*conn).flags |= CONN_ESTABLISHED;
-        (*conn).base_acked = ops.bytes_acked();
-        (*conn).base_received = ops.bytes_received();
-        (*conn).pair_key()
+    // SAFETY: `c` points to this socket's storage, written only under its lock.
+    let (key, start) = unsafe {
+        if (*c).flags & CONN_TRACKED == 0 {
+            return;
+        }
+        (*c).established_ns = now;
+        (*c).flags |= CONN_ESTABLISHED;
+        (*c).base = handshake(ops);
+        ((*c).pair_key(), (*c).start_ns)
     };
-    // SAFETY: as above.
-    let latency_ns = now.saturating_sub(unsafe { (*conn).start_ns });
-    if let Some(s) = slot(&key) {
-        // SAFETY: `s` points to this CPU's value of a live map entry.
+    let latency_ns = now.saturating_sub(start);
+    if let Some(slot) = Slot::of(&key) {
+        let s = slot.stats();
+        // SAFETY: `s` is this CPU's value of a live pair entry.
         unsafe {
             add(&raw mut (*s).opened, 1);
             add(&raw mut (*s).latency_sum_ns, latency_ns);
@@ -113,170 +152,157 @@ fn on_active_established(ops: &Ops<'_>) {
     }
 }
 
+/// What the handshake moved: the SYN each way (and data a TCP Fast Open SYN carried).
+#[inline(always)]
+fn handshake(ops: &Ops<'_>) -> Progress {
+    let acked = ops.bytes_acked();
+    // A SYN carries no payload, so nothing was sent once, unless the SYN carried data
+    // (Fast Open): then the socket says how much.
+    let sent_once = if acked > 1 {
+        ops.sk()
+            .and_then(|sk| Sock::of(sk.cast_const()))
+            .and_then(|s| s.read())
+            .map_or(0, |r| r.progress.sent_once)
+    } else {
+        0
+    };
+    Progress { acked, sent_once, received: ops.bytes_received(), retrans: 0 }
+}
+
 /// Server side: a new connection was accepted by the kernel.
 #[inline(always)]
 fn on_passive_established(ops: &Ops<'_>) {
     let e = ends(ops);
     let view = View::current();
-    netns::learn(&view, ops.netns_cookie(), &e.local, e.v6);
     let (src, dst) = (view.cell_of(&e.remote, e.v6), view.cell_of(&e.local, e.v6));
+    netns::learn(ops.netns_cookie(), &e.local, e.v6, dst);
     let port = ops.local_port();
-    let Some(v) = view.verdict(src, dst, port) else { return };
-    let conn = new_conn(ops, &e, src, dst, DIR_INGRESS, v, CONN_ESTABLISHED);
-    if !track(ops, &conn) {
+    let Some(verdict) = view.verdict(src, dst, port) else { return };
+    let Some(sk) = ops.sk() else { return };
+    if !conn::admit() {
+        table_full(ops);
         return;
     }
-    let key = conn.pair_key();
-    if let Some(s) = slot(&key) {
-        // SAFETY: `s` points to this CPU's value of a live map entry.
-        unsafe {
-            add(&raw mut (*s).opened, 1);
-            if v == VERDICT_VIOLATION {
-                add(&raw mut (*s).violations, 1);
-            }
+    if !ops.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG) {
+        conn::release();
+        return;
+    }
+    let Some(c) = conn::get_or_make(sk, None) else {
+        conn::release();
+        return;
+    };
+    let now = now_ns();
+    // SAFETY: `c` points to this socket's new storage; the flags go last, so a sweep
+    // never takes it for a tracked connection half written.
+    let key = unsafe {
+        (*c).start_ns = now;
+        (*c).established_ns = now;
+        (*c).cookie = ops.cookie();
+        (*c).src_cell = src;
+        (*c).dst_cell = dst;
+        (*c).direction = DIR_INGRESS;
+        (*c).verdict = verdict;
+        (*c).generation = view.generation();
+        (*c).family = ops.family();
+        (*c).local_port = port;
+        (*c).remote_port = ops.remote_port();
+        (*c).local_addr = e.local;
+        (*c).remote_addr = e.remote;
+        (*c).base = handshake(ops);
+        core::ptr::write_volatile(&raw mut (*c).flags, CONN_TRACKED | CONN_ESTABLISHED);
+        (*c).pair_key()
+    };
+    let Some(slot) = Slot::of(&key) else { return };
+    let s = slot.stats();
+    // SAFETY: `s` is this CPU's value of a live pair entry.
+    unsafe {
+        add(&raw mut (*s).opened, 1);
+        if verdict == VERDICT_VIOLATION {
+            add(&raw mut (*s).violations, 1);
         }
     }
-    if v == VERDICT_VIOLATION {
-        events::violation(&conn, &key, ops.cookie());
+    if verdict == VERDICT_VIOLATION {
+        // SAFETY: `c` points to this socket's storage.
+        events::violation(unsafe { &*c }, &slot);
     }
 }
 
-/// A state change. The FIN each way takes a sequence number that `bytes_acked` and
-/// `bytes_received` count; noting who sent one lets the close count payload only.
+/// The socket reached CLOSE: claim the rest of what it moved, count it closed (or
+/// failed, if it never got established) and free its place.
 #[inline(always)]
-fn on_state(ops: &Ops<'_>, old: u32, new: u32) {
-    let mark = match new {
-        BPF_TCP_FIN_WAIT1 | BPF_TCP_LAST_ACK => CONN_FIN_SENT,
-        BPF_TCP_CLOSE_WAIT | BPF_TCP_CLOSING => CONN_FIN_RCVD,
-        BPF_TCP_CLOSE => return on_close(ops, old),
-        _ => return,
+fn on_close(ops: &Ops<'_>) {
+    let Some(sk) = ops.sk() else { return };
+    let Some(c) = conn::get(sk) else { return };
+    // SAFETY: `c` points to this socket's storage; `closed` is set, as one word, before
+    // the last claim, so a sweep that starts after it claims nothing.
+    let (flags, key, direction) = unsafe {
+        let flags = (*c).flags;
+        // A seeded connection's end is its destroy's to count (`destroy.rs`), even when an
+        // earlier agent's programs asked for its state changes.
+        if flags & CONN_TRACKED == 0 || flags & CONN_SEEDED != 0 || (*c).closed != 0 {
+            return;
+        }
+        core::ptr::write_volatile(&raw mut (*c).closed, 1);
+        (flags, (*c).pair_key(), (*c).direction)
     };
-    if let Some(conn) = CONNS.get_ptr_mut(ops.cookie()) {
-        // SAFETY: `conn` points to a live entry of CONNS.
-        unsafe { (*conn).flags |= mark };
-    }
-}
-
-/// The socket reached CLOSE: count it closed (with its bytes, RTT and retransmits), or
-/// failed if it never got established. Then forget it.
-#[inline(always)]
-fn on_close(ops: &Ops<'_>, old: u32) {
-    let cookie = ops.cookie();
-    let Some(conn) = CONNS.get_ptr(cookie) else { return };
-    // SAFETY: `conn` points to a live entry; it is copied out before the entry is removed.
-    let mut conn = unsafe { *conn };
-    // Leaving FIN_WAIT2 for CLOSE means the peer's FIN came (tcp_time_wait), unless a
-    // RST ended it; the rare FIN_WAIT2 timeout is indistinguishable and counted alike.
-    if old == BPF_TCP_FIN_WAIT2 && conn.flags & CONN_RST_SEEN == 0 {
-        conn.flags |= CONN_FIN_RCVD;
-    }
-    if CONNS.remove(cookie).is_ok() {
-        let _ = count(CTR_CONN_FORGOTTEN);
-    }
-    let _ = OWNERS.remove(cookie);
-    let Some(s) = slot(&conn.pair_key()) else { return };
-    let rst = conn.flags & CONN_RST_SEEN != 0;
-    if conn.flags & CONN_ESTABLISHED != 0 {
-        let srtt = u64::from(ops.srtt_us());
-        // SAFETY: `s` points to this CPU's value of a live map entry.
+    conn::release();
+    let sock = Sock::of(sk.cast_const());
+    let Some(slot) = Slot::of(&key) else { return };
+    let s = slot.stats();
+    if flags & CONN_ESTABLISHED != 0 {
+        let err = sock.map_or(0, |s| s.err());
+        if let Some(r) = sock.and_then(|s| s.read()) {
+            // SAFETY: `c` as above.
+            unsafe { slot.claim(&raw mut (*c).claimed, &(*c).base, &r.progress, r.fin_received) };
+        }
+        // RTT once per connection at its close: the client's, or the server's when the
+        // client is in no cell (no cellwatch sees it as egress).
+        if direction == DIR_EGRESS || key.src_cell == agent_common::CELL_EXTERNAL {
+            slot.rtt(ops.srtt_us());
+        }
+        // SAFETY: `s` is this CPU's value of a live pair entry.
         unsafe {
             add(&raw mut (*s).closed, 1);
-            add(&raw mut (*s).bytes_sent, payload_sent(ops, &conn));
-            add(&raw mut (*s).bytes_received, payload_received(ops, &conn));
-            add(&raw mut (*s).retransmits, u64::from(ops.total_retrans()));
-            add(&raw mut (*s).rtt_sum_us, srtt);
-            observe(&raw mut (*s).rtt_hist, srtt);
-            if rst {
+            // A RST ended it (the kernel says EPIPE once our side had seen the FIN).
+            if err == ECONNRESET || err == EPIPE {
                 add(&raw mut (*s).failed[FAIL_RESET], 1);
             }
         }
-    } else if conn.direction == DIR_EGRESS {
-        let reason = if rst {
-            FAIL_REFUSED
-        } else if ops.total_retrans() > 0 {
-            // The SYN was retransmitted and no RST came back: the kernel gave up.
-            FAIL_TIMEOUT
-        } else {
-            FAIL_OTHER
+    } else if direction == DIR_EGRESS {
+        let err = sock.map_or(0, |s| s.err());
+        let reason = match err {
+            ECONNREFUSED => FAIL_REFUSED,
+            ETIMEDOUT => FAIL_TIMEOUT,
+            // The SYN was retransmitted and the caller gave up first.
+            0 if ops.total_retrans() > 0 => FAIL_TIMEOUT,
+            _ => FAIL_OTHER,
         };
-        // SAFETY: `s` points to this CPU's value of a live map entry.
+        // SAFETY: as above.
         unsafe { add(&raw mut (*s).failed[reason], 1) };
     }
 }
 
-/// Payload bytes the peer acknowledged: acked bytes past the handshake, less our FIN
-/// once it was acknowledged (everything sent acked: snd_una == snd_nxt).
+/// A connection not tracked because `--conn-capacity` connections are. Logged on the
+/// 1st, 2nd, 4th, 8th... on this CPU, so overload cannot flood the log; the exact count
+/// is `cellwatch_events_lost_total{source="conn_table_full"}`.
 #[inline(always)]
-fn payload_sent(ops: &Ops<'_>, c: &ConnState) -> u64 {
-    let (una, nxt) = ops.snd_una_nxt();
-    let fin = u64::from(c.flags & CONN_FIN_SENT != 0 && una == nxt);
-    ops.bytes_acked().saturating_sub(c.base_acked + fin)
-}
-
-/// Payload bytes received: received bytes past the handshake, less the peer's FIN.
-#[inline(always)]
-fn payload_received(ops: &Ops<'_>, c: &ConnState) -> u64 {
-    let fin = u64::from(c.flags & CONN_FIN_RCVD != 0);
-    ops.bytes_received().saturating_sub(c.base_received + fin)
-}
-
-#[inline(always)]
-fn new_conn(
-    ops: &Ops<'_>,
-    e: &Ends,
-    src: u32,
-    dst: u32,
-    direction: u8,
-    verdict: u8,
-    flags: u8,
-) -> ConnState {
-    let now = now_ns();
-    ConnState {
-        start_ns: now,
-        established_ns: if flags & CONN_ESTABLISHED != 0 { now } else { 0 },
-        src_cell: src,
-        dst_cell: dst,
-        direction,
-        verdict,
-        flags,
-        _pad0: 0,
-        family: ops.family(),
-        _pad1: 0,
-        local_addr: e.local,
-        remote_addr: e.remote,
-        local_port: ops.local_port(),
-        remote_port: ops.remote_port(),
-        // Passive sockets are created established: their handshake share is read now.
-        base_acked: if flags & CONN_ESTABLISHED != 0 { ops.bytes_acked() } else { 0 },
-        base_received: if flags & CONN_ESTABLISHED != 0 { ops.bytes_received() } else { 0 },
-        _pad2: 0,
+fn table_full(ops: &Ops<'_>) {
+    let before = count_before(CTR_CONN_TABLE_FULL);
+    if before == 0 || before.is_power_of_two() {
+        warn!(
+            ops.ctx(),
+            "connection table full: {} connections not tracked on this CPU",
+            before + 1
+        );
     }
 }
 
-/// Stores the connection and asks for its state changes. False (and an error counted)
-/// when the connection table is full: the connection is then not counted at all, so
-/// opened and closed stay consistent.
+/// Counts one event of `index` and returns this CPU's count before it.
 #[inline(always)]
-fn track(ops: &Ops<'_>, conn: &ConnState) -> bool {
-    if CONNS.insert(ops.cookie(), conn, u64::from(BPF_NOEXIST)).is_err() {
-        // Log on the 1st, 2nd, 4th, 8th... drop per CPU: overload cannot flood the log;
-        // the exact count is cellwatch_events_lost_total{source="conn_table_full"}.
-        let before = count(CTR_CONN_TABLE_FULL);
-        if before.is_power_of_two() || before == 0 {
-            warn!(
-                ops.ctx(),
-                "connection table full: {} connections not tracked on this CPU",
-                before + 1
-            );
-        }
-        return false;
-    }
-    if !ops.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG) {
-        let _ = CONNS.remove(ops.cookie());
-        return false;
-    }
-    let _ = count(CTR_CONN_TRACKED);
-    true
+fn count_before(index: u32) -> u64 {
+    let before = crate::maps::COUNTERS.get(index).copied().unwrap_or(0);
+    count(index);
+    before
 }
 
 #[inline(always)]

@@ -1,33 +1,96 @@
-//! Per-CPU aggregation per cell pair. Every update is an atomic add: a program running
-//! in process context can be interrupted by one in softirq on the same CPU, and a plain
-//! read-modify-write would then lose a count.
-#![expect(unsafe_code, reason = "map values are updated in place through the pointers the map helpers return")]
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
+//! Per-CPU aggregation per cell pair, and the claims that move a connection's figures
+//! into it. Every update is an atomic operation: a program running in process context
+//! can be interrupted by one in softirq on the same CPU, and a plain read-modify-write
+//! would then lose a count.
+#![expect(unsafe_code, reason = "map values are updated in place through their pointers")]
 
-use agent_common::{CTR_STATS_TABLE_FULL, PairKey, PairStats, hist_bucket};
+use core::intrinsics::{AtomicOrdering, atomic_xadd, atomic_xchg};
+
+use agent_common::{
+    CTR_STATS_TABLE_FULL, Claimed, HIST_BUCKETS, PairKey, PairStats, Progress, hist_bucket,
+};
 use aya_ebpf::bindings::BPF_NOEXIST;
 
 use crate::maps::{COUNTERS, PAIR_STATS};
 
-/// The statistics slot of `key` on this CPU, created on first use; `None` (and an error
-/// counted) only when the pair table is full.
+/// This CPU's statistics of one pair, created on first use.
+pub(crate) struct Slot(*mut PairStats);
+
+impl Slot {
+    /// `None` (and an error counted) only when the pair table is full.
+    #[inline(always)]
+    pub(crate) fn of(key: &PairKey) -> Option<Self> {
+        if let Some(p) = PAIR_STATS.get_ptr_mut(key) {
+            return Some(Self(p));
+        }
+        // Another CPU may win the race to create it; NOEXIST then fails and the lookup
+        // finds it.
+        #[expect(
+            clippy::needless_borrows_for_generic_args,
+            reason = "by value, the zero would be copied onto the 512-byte BPF stack; \
+                      borrowed, it is read from .rodata"
+        )]
+        let _ = PAIR_STATS.insert(key, &PairStats::ZERO, u64::from(BPF_NOEXIST));
+        match PAIR_STATS.get_ptr_mut(key) {
+            Some(p) => Some(Self(p)),
+            None => {
+                count(CTR_STATS_TABLE_FULL);
+                None
+            }
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn stats(&self) -> *mut PairStats {
+        self.0
+    }
+
+    /// Adds the figures a connection moved since its last claim: the part of `now`
+    /// (measured from `base`) that `claimed` does not hold yet.
+    #[inline(always)]
+    pub(crate) fn claim(
+        &self,
+        claimed: *mut Claimed,
+        base: &Progress,
+        now: &Progress,
+        fin_received: bool,
+    ) {
+        let s = self.0;
+        // SAFETY: `claimed` points into a live map value or socket storage of this
+        // connection, `s` to this CPU's value of a live pair entry; fields are 8-aligned.
+        unsafe {
+            let sent = take(&raw mut (*claimed).sent, now.payload_sent(base));
+            add(&raw mut (*s).bytes_sent, sent);
+            let recv = take(&raw mut (*claimed).received, now.payload_received(base, fin_received));
+            add(&raw mut (*s).bytes_received, recv);
+            let retrans =
+                take(&raw mut (*claimed).retrans, now.retrans.saturating_sub(base.retrans));
+            add(&raw mut (*s).retransmits, retrans);
+        }
+    }
+
+    /// One smoothed-RTT sample.
+    #[inline(always)]
+    pub(crate) fn rtt(&self, srtt_us: u32) {
+        let s = self.0;
+        // SAFETY: as in `claim`.
+        unsafe {
+            add(&raw mut (*s).rtt_sum_us, u64::from(srtt_us));
+            observe(&raw mut (*s).rtt_hist, u64::from(srtt_us));
+        }
+    }
+}
+
+/// Moves a claim forward to `total`, atomically, and returns how much of it is new: 0
+/// when as much was claimed already (by the close, or an earlier sweep).
+///
+/// # Safety
+/// `field` must point to an 8-aligned u64 of a live map value or socket storage.
 #[inline(always)]
-pub(crate) fn slot(key: &PairKey) -> Option<*mut PairStats> {
-    if let Some(p) = PAIR_STATS.get_ptr_mut(key) {
-        return Some(p);
-    }
-    // Another CPU may win the race to create it; NOEXIST then fails and the lookup finds it.
-    #[expect(
-        clippy::needless_borrows_for_generic_args,
-        reason = "by value, the 480-byte zero would be copied onto the 512-byte BPF stack; \
-                  borrowed, it is read from .rodata"
-    )]
-    let _ = PAIR_STATS.insert(key, &PairStats::ZERO, u64::from(BPF_NOEXIST));
-    let p = PAIR_STATS.get_ptr_mut(key);
-    if p.is_none() {
-        let _ = count(CTR_STATS_TABLE_FULL);
-    }
-    p
+unsafe fn take(field: *mut u64, total: u64) -> u64 {
+    // SAFETY: per the function's contract; this lowers to BPF's atomic exchange.
+    let before = unsafe { atomic_xchg::<u64, { AtomicOrdering::Relaxed }>(field, total) };
+    total.saturating_sub(before)
 }
 
 #[inline(always)]
@@ -39,23 +102,17 @@ pub(crate) fn add(field: *mut u64, v: u64) {
 
 /// Counts one observation of `v_us` microseconds into a log2 histogram.
 #[inline(always)]
-pub(crate) fn observe(hist: *mut [u64; agent_common::HIST_BUCKETS], v_us: u64) {
+pub(crate) fn observe(hist: *mut [u64; HIST_BUCKETS], v_us: u64) {
     let i = hist_bucket(v_us);
     // SAFETY: `i` < HIST_BUCKETS by construction of hist_bucket; `hist` points into a map value.
     let cell = unsafe { (hist as *mut u64).add(i) };
     add(cell, 1);
 }
 
-/// Counts one event of `index`; returns this CPU's count before it.
+/// Counts one event of `index`.
 #[inline(always)]
-pub(crate) fn count(index: u32) -> u64 {
-    match COUNTERS.get_ptr_mut(index) {
-        Some(p) => {
-            // SAFETY: `p` points to this CPU's slot of a per-CPU array entry.
-            let before = unsafe { core::ptr::read_volatile(p) };
-            add(p, 1);
-            before
-        }
-        None => 0,
+pub(crate) fn count(index: u32) {
+    if let Some(p) = COUNTERS.get_ptr_mut(index) {
+        add(p, 1);
     }
 }

@@ -1,7 +1,7 @@
 //! The command line: `run`, `demo`, `check-config` and `uninstall`.
 #![forbid(unsafe_code)]
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -15,6 +15,11 @@ pub(crate) const DEFAULT_DEMO_BPFFS: &str = "/sys/fs/bpf/cellwatch-demo";
 pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:9473";
 /// Default number of live connections tracked in the kernel.
 pub(crate) const DEFAULT_CONN_CAPACITY: u32 = 131_072;
+/// Default interval of the live sweep.
+pub(crate) const DEFAULT_LIVE_INTERVAL: &str = "5s";
+/// Shortest and longest live-sweep intervals.
+const LIVE_INTERVAL_RANGE: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(3600));
 /// Default size of the violation ring buffer, in KiB.
 pub(crate) const DEFAULT_EVENTS_BUFFER_KIB: u32 = 256;
 
@@ -87,6 +92,10 @@ pub(crate) struct RunArgs {
     /// Live connections the kernel tracks at once; more are counted as lost.
     #[arg(long, default_value_t = DEFAULT_CONN_CAPACITY, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
     pub(crate) conn_capacity: u32,
+    /// How often open connections add what they moved (bytes, retransmits, an RTT
+    /// sample) to the counters, e.g. `5s`, `500ms`: a scrape lags by at most this much.
+    #[arg(long, default_value = DEFAULT_LIVE_INTERVAL, value_parser = live_interval)]
+    pub(crate) live_interval: Duration,
     /// Violation events (logged, and served at /violations) per cell pair and direction
     /// per second; more are counted as lost. Counters are exact either way.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
@@ -115,5 +124,38 @@ fn pow2_kib(s: &str) -> Result<u32, String> {
         Ok(n)
     } else {
         Err(format!("{n} is not a power of two from 4 to 65536"))
+    }
+}
+
+/// A duration such as `5s`, `500ms` or `1m`, from 100 ms to an hour.
+fn live_interval(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration such as 5s or 500ms"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" | "" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        _ => return Err(format!("`{s}` has an unknown unit: use ms, s or m")),
+    };
+    let (min, max) = LIVE_INTERVAL_RANGE;
+    if d < min || d > max {
+        return Err(format!("{s} is outside 100ms to 1h"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_intervals() {
+        assert_eq!(live_interval("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(live_interval("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(live_interval("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(live_interval("7"), Ok(Duration::from_secs(7)));
+        assert!(live_interval("50ms").unwrap_err().contains("outside"));
+        assert!(live_interval("2h").unwrap_err().contains("unknown unit"));
+        assert!(live_interval("fast").unwrap_err().contains("not a duration"));
     }
 }

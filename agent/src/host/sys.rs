@@ -45,7 +45,10 @@ pub(crate) fn monotonic_ns() -> u64 {
 }
 
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_LINK_UPDATE: libc::c_long = 29;
+const BPF_ITER_CREATE: libc::c_long = 33;
+const BPF_TRACE_ITER: u32 = 28;
 
 /// The `bpf(2)` attributes of `BPF_OBJ_GET` (the leading fields of `union bpf_attr`).
 #[repr(C)]
@@ -64,6 +67,32 @@ struct LinkUpdateAttr {
     old_prog_fd: u32,
 }
 
+/// The `bpf(2)` attributes of `BPF_LINK_CREATE` for an iterator over a map's elements.
+#[repr(C)]
+struct IterLinkAttr {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
+    iter_info: u64,
+    iter_info_len: u32,
+    _pad: u32,
+}
+
+/// `union bpf_iter_link_info` for a map iterator.
+#[repr(C)]
+struct IterMapInfo {
+    map_fd: u32,
+    _pad: u32,
+}
+
+/// The `bpf(2)` attributes of `BPF_ITER_CREATE`.
+#[repr(C)]
+struct IterCreateAttr {
+    link_fd: u32,
+    flags: u32,
+}
+
 /// `bpf(cmd, attr, sizeof attr)`; the kernel reads only `size_of::<T>()` bytes.
 fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
     let size = u32::try_from(std::mem::size_of::<T>()).map_err(io::Error::other)?;
@@ -77,20 +106,51 @@ fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
 pub(crate) fn bpf_obj_get(path: &Path) -> io::Result<OwnedFd> {
     let p = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
     let attr = ObjGetAttr { pathname: p.as_ptr() as u64, bpf_fd: 0, file_flags: 0 };
-    let fd = bpf(BPF_OBJ_GET, &attr)?;
-    let fd = i32::try_from(fd).map_err(io::Error::other)?;
-    // SAFETY: BPF_OBJ_GET returned a new file descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    owned(bpf(BPF_OBJ_GET, &attr)?)
 }
 
 /// Makes the link `link` run `prog` instead of its current program, atomically: no
 /// event is missed or seen twice across the switch.
 pub(crate) fn bpf_link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
     let attr = LinkUpdateAttr {
-        link_fd: link.as_raw_fd() as u32,
-        new_prog_fd: prog.as_raw_fd() as u32,
+        link_fd: fd_u32(link)?,
+        new_prog_fd: fd_u32(prog)?,
         flags: 0,
         old_prog_fd: 0,
     };
     bpf(BPF_LINK_UPDATE, &attr).map(drop)
+}
+
+/// The descriptor `bpf(2)` returned.
+fn owned(fd: libc::c_long) -> io::Result<OwnedFd> {
+    let fd = i32::try_from(fd).map_err(io::Error::other)?;
+    // SAFETY: the kernel returned a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A link of the iterator program `prog` over the elements of `map` (aya links
+/// iterators without a map only).
+pub(crate) fn bpf_map_iter_link(prog: BorrowedFd<'_>, map: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let info = IterMapInfo { map_fd: fd_u32(map)?, _pad: 0 };
+    let attr = IterLinkAttr {
+        prog_fd: fd_u32(prog)?,
+        target_fd: 0,
+        attach_type: BPF_TRACE_ITER,
+        flags: 0,
+        iter_info: (&raw const info) as u64,
+        iter_info_len: u32::try_from(size_of::<IterMapInfo>()).map_err(io::Error::other)?,
+        _pad: 0,
+    };
+    owned(bpf(BPF_LINK_CREATE, &attr)?)
+}
+
+/// A new run of an iterator link: reading the file to its end runs the program once
+/// per element.
+pub(crate) fn bpf_iter_create(link: BorrowedFd<'_>) -> io::Result<std::fs::File> {
+    let attr = IterCreateAttr { link_fd: fd_u32(link)?, flags: 0 };
+    owned(bpf(BPF_ITER_CREATE, &attr)?).map(std::fs::File::from)
+}
+
+fn fd_u32(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    u32::try_from(fd.as_raw_fd()).map_err(io::Error::other)
 }

@@ -1,7 +1,7 @@
 //! Putting each program on its hook, as `run` found the node: attached and pinned anew,
 //! left as it runs (adopted), or swapped for this build's program on its pinned link.
-//! Hooks: `connect4`/`connect6` and `sock_ops` on the cgroup v2 root, and the
-//! `tcp:tcp_receive_reset` and `tcp:tcp_destroy_sock` tracepoints.
+//! Hooks: `connect4`/`connect6` and `sock_ops` on the cgroup v2 root, and, while
+//! connections older than the agent are open, the `tcp:tcp_destroy_sock` tracepoint.
 use std::{fs::File, path::Path};
 
 use aya::{
@@ -15,7 +15,7 @@ use tracing::{debug, error};
 
 use super::{
     error::KernelError,
-    object::{Hook, PROGRAMS, TCP},
+    object::{Hook, PROGRAMS, SEEDED_CLOSE, TCP},
     pins::{self, PinnedState},
 };
 use crate::host::bpffs::PinDir;
@@ -37,7 +37,10 @@ pub(super) fn install(
     let cgroup = File::open(cgroup_root)
         .map_err(|source| KernelError::Cgroup { path: cgroup_root.to_owned(), source })?;
     let mut done = Installed::default();
-    for (name, hook) in PROGRAMS {
+    // The seeded-close tracepoint goes with the others only while it is pinned (while
+    // connections older than the agent are open).
+    let seeded_close = dir.link(SEEDED_CLOSE.0).exists().then_some(SEEDED_CLOSE);
+    for (name, hook) in PROGRAMS.into_iter().chain(seeded_close) {
         let path = dir.link(name);
         let pinned = path.exists();
         if pinned && state == PinnedState::Adopted {
@@ -52,8 +55,9 @@ pub(super) fn install(
                 done.attached += 1;
             }
             // A perf-event link cannot change its program: the new one is attached
-            // beside it and its pin renamed over the old, which detaches that. Both
-            // tracepoint programs are idempotent, so the overlap counts nothing twice.
+            // beside it and its pin renamed over the old, which detaches that. The
+            // tracepoint program is idempotent (a seeded connection is counted closed
+            // by whichever removes it from SEEDED), so the overlap counts nothing twice.
             (true, Hook::Tracepoint(_)) => {
                 let link = attach(ebpf, name, hook, &cgroup, cgroup_root)?;
                 // bpffs refuses names with a dot.
@@ -74,6 +78,35 @@ pub(super) fn install(
         debug!(program = name, pinned = %path.display(), "program on its hook");
     }
     Ok(done)
+}
+
+/// Puts the seeded-close tracepoint on its hook and pins it (the agent seeded
+/// connections older than itself); nothing to do when it is pinned already.
+pub(super) fn attach_seeded_close(
+    ebpf: &mut Ebpf,
+    dir: &PinDir,
+    cgroup_root: &Path,
+) -> Result<(), KernelError> {
+    let (name, hook) = SEEDED_CLOSE;
+    let path = dir.link(name);
+    if path.exists() {
+        return Ok(());
+    }
+    let cgroup = File::open(cgroup_root)
+        .map_err(|source| KernelError::Cgroup { path: cgroup_root.to_owned(), source })?;
+    load(ebpf, name, hook)?;
+    pin(attach(ebpf, name, hook, &cgroup, cgroup_root)?, &path)
+}
+
+/// Takes the seeded-close tracepoint off its hook (no seeded connection is left): its
+/// pin was all that held the link.
+pub(super) fn detach_seeded_close(dir: &PinDir) -> Result<bool, KernelError> {
+    let path = dir.link(SEEDED_CLOSE.0);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(KernelError::Pin { path, source }),
+    }
 }
 
 fn load(ebpf: &mut Ebpf, name: &'static str, hook: Hook) -> Result<(), KernelError> {
@@ -138,7 +171,7 @@ fn pin(link: FdLink, path: &Path) -> Result<(), KernelError> {
 
 /// A failed program load. A verifier rejection is logged in full (it is what a kernel
 /// developer needs) and summed up by the verifier's own reason.
-fn refused(name: &'static str, e: ProgramError) -> KernelError {
+pub(super) fn refused(name: &'static str, e: ProgramError) -> KernelError {
     match e {
         ProgramError::LoadError { io_error, verifier_log } => {
             let log = verifier_log.to_string();

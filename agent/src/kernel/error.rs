@@ -49,6 +49,15 @@ pub(crate) enum KernelError {
     },
     #[error("cannot remove the unreadable pinned state: {0}")]
     Discard(#[source] super::unpin::UninstallError),
+    #[error(
+        "{0}; cellwatch reads these socket fields to count bytes and failures, and supports \
+         Linux 6.1 or newer"
+    )]
+    Btf(String),
+    #[error("the connection sweep failed: {0}")]
+    Sweep(#[source] std::io::Error),
+    #[error("cannot link the connection sweep to the connection storage: {0}")]
+    IterLink(#[source] std::io::Error),
     #[error("eBPF map {name}: {source}")]
     Map {
         name: &'static str,

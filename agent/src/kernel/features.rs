@@ -1,53 +1,45 @@
 //! Optional kernel features, probed at start: each is one row of [`FEATURES`] (what
 //! the agent looks for, where its finding goes, what is lost without it), reported in
-//! `cellwatch_kernel_feature` and, when missing, in one log line.
-use agent_common::{SETTING_DESTROY_COOKIE_OFFSET, SETTING_RST_COOKIE_OFFSET};
+//! `cellwatch_kernel_feature` and, when missing, in one log line. (What the agent cannot
+//! do without, the socket fields of `fields.rs`, is no feature: without them it stops.)
+use agent_common::{SETTING_DESTROY_COOKIE_OFFSET, SETTING_DESTROY_SKADDR_OFFSET};
 use aya::maps::{Array, MapData};
 use tracing::warn;
 
 use super::{
     error::{KernelError, map_err},
-    object::{self, DESTROY_EVENT, RST_EVENT, TCP},
+    object::{self, DESTROY_EVENT, TCP},
 };
 use crate::host::preflight::TRACEFS_PATH;
 
 /// What the running kernel offers that the agent can do without.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Feature {
-    /// `tcp:tcp_receive_reset` carries `sock_cookie`: refused connects are told from
-    /// timed-out ones (else both count as `other`).
-    RstSockCookie,
-    /// `tcp:tcp_destroy_sock` carries `sock_cookie`: connections older than the agent are
-    /// seen closing.
+    /// `tcp:tcp_destroy_sock` carries `sock_cookie` (and `skaddr`): connections older
+    /// than the agent are seen closing.
     DestroySockCookie,
 }
 
-/// One optional feature: its label, the tracepoint whose record has the field, the
-/// `SETTINGS` index its offset goes to, and what the agent cannot tell without it.
+/// One optional feature: its label, the tracepoint whose record has the fields, the
+/// `SETTINGS` index each field's offset goes to, and what the agent cannot tell without.
 struct Row {
     feature: Feature,
     label: &'static str,
     event: &'static str,
-    setting: u32,
+    fields: [(&'static str, u32); 2],
     without: &'static str,
 }
 
-const FEATURES: [Row; 2] = [
-    Row {
-        feature: Feature::RstSockCookie,
-        label: "rst_sock_cookie",
-        event: RST_EVENT,
-        setting: SETTING_RST_COOKIE_OFFSET,
-        without: "refused connects are counted as `other`",
-    },
-    Row {
-        feature: Feature::DestroySockCookie,
-        label: "destroy_sock_cookie",
-        event: DESTROY_EVENT,
-        setting: SETTING_DESTROY_COOKIE_OFFSET,
-        without: "connections older than the agent are not seen closing",
-    },
-];
+const FEATURES: [Row; 1] = [Row {
+    feature: Feature::DestroySockCookie,
+    label: "destroy_sock_cookie",
+    event: DESTROY_EVENT,
+    fields: [
+        ("sock_cookie", SETTING_DESTROY_COOKIE_OFFSET),
+        ("skaddr", SETTING_DESTROY_SKADDR_OFFSET),
+    ],
+    without: "connections older than the agent are not seen closing",
+}];
 
 impl Feature {
     /// The `feature` label of `cellwatch_kernel_feature`.
@@ -63,24 +55,22 @@ pub(super) fn probe(
 ) -> Result<Vec<(Feature, bool)>, KernelError> {
     let mut found = Vec::with_capacity(FEATURES.len());
     for row in &FEATURES {
-        let offset = cookie_offset(row.event);
-        match offset {
-            // The programs find the field at this offset (0 = absent).
-            Some(off) => {
-                settings.set(row.setting, off, 0).map_err(map_err(object::SETTINGS))?;
+        let path = format!("{TRACEFS_PATH}/events/{TCP}/{}/format", row.event);
+        let format = std::fs::read_to_string(path).unwrap_or_default();
+        let offsets = row.fields.map(|(field, _)| field_offset(&format, field));
+        let has = offsets.iter().all(Option::is_some);
+        if has {
+            // The programs find each field at its offset (0 = absent).
+            for ((_, setting), off) in row.fields.iter().zip(offsets) {
+                let off = off.unwrap_or(0);
+                settings.set(*setting, off, 0).map_err(map_err(object::SETTINGS))?;
             }
-            None => warn!("{TCP}:{} has no sock_cookie field here: {}", row.event, row.without),
+        } else {
+            warn!("{TCP}:{} lacks a field cellwatch reads here: {}", row.event, row.without);
         }
-        found.push((row.feature, offset.is_some()));
+        found.push((row.feature, has));
     }
     Ok(found)
-}
-
-/// Offset of `sock_cookie` in a tcp tracepoint's record, from tracefs.
-fn cookie_offset(event: &str) -> Option<u32> {
-    let path = format!("{TRACEFS_PATH}/events/{TCP}/{event}/format");
-    let text = std::fs::read_to_string(path).ok()?;
-    field_offset(&text, "sock_cookie")
 }
 
 /// Parses `field:__u64 sock_cookie; offset:64; size:8;` lines of a tracefs format file.
@@ -111,8 +101,6 @@ mod tests {
 
     #[test]
     fn every_feature_has_its_row() {
-        for f in [super::Feature::RstSockCookie, super::Feature::DestroySockCookie] {
-            assert_ne!(f.as_str(), "unknown");
-        }
+        assert_eq!(super::Feature::DestroySockCookie.as_str(), "destroy_sock_cookie");
     }
 }

@@ -8,24 +8,27 @@ use std::{
     time::Instant,
 };
 
-use agent_common::{LAYOUT_VERSION, META_BUILD, META_LAYOUT, SETTING_EVENT_RATE};
+use agent_common::{
+    LAYOUT_VERSION, META_BUILD, META_LAYOUT, SETTING_CONN_CAPACITY, SETTING_EVENT_RATE,
+};
 use agent_core::{ids::CellIds, policy::Compiled};
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     maps::{MapData, RingBuf},
 };
 use tracing::{info, warn};
 
 use super::{
-    Kernel,
+    Kernel, Shared,
     attach::{self, Installed},
     cellmap,
     error::{KernelError, map_err},
     features::{self, Feature},
-    logs,
+    fields, logs,
     maps::{self, Maps},
     object::{self, EBPF_OBJECT},
     pins::{self, PinnedState},
+    sweep::Sweeper,
     unpin,
 };
 use crate::host::bpffs::PinDir;
@@ -37,12 +40,20 @@ pub(crate) struct LoadOptions {
     pub(crate) bpffs: PathBuf,
     /// Swap in this build's programs even when the pinned links run them already.
     pub(crate) replace_programs: bool,
-    /// Capacity of the live-connection table.
+    /// Most live connections tracked at once.
     pub(crate) conn_capacity: u32,
     /// Size of the violation-event ring buffer, bytes (a power of two, page multiple).
     pub(crate) events_bytes: u32,
     /// Violation events per cell pair and direction per second.
     pub(crate) event_rate: u32,
+}
+
+impl LoadOptions {
+    /// The event rate each CPU's window allows: the node's rate shared among the CPUs.
+    fn event_rate_per_cpu(&self) -> u32 {
+        let cpus = aya::util::nr_cpus().ok().and_then(|n| u32::try_from(n).ok()).unwrap_or(1);
+        self.event_rate.div_ceil(cpus.max(1))
+    }
 }
 
 /// The object with its maps open, before any program is on a hook.
@@ -56,6 +67,7 @@ pub(crate) struct Staged {
     cgroup_root: PathBuf,
     build: u32,
     features: Vec<(Feature, bool)>,
+    btf: Btf,
 }
 
 /// Loads the object on the maps pinned under `opts.bpffs`. Must run inside a tokio
@@ -98,32 +110,28 @@ fn open_in(
     let paths: Vec<(&str, PathBuf)> =
         object::PINNED_MAPS.iter().map(|m| (*m, dir.map(m))).collect();
     let mut loader = EbpfLoader::new();
-    loader
-        .map_max_entries(object::CONNS, opts.conn_capacity)
-        .map_max_entries(object::OWNERS, opts.conn_capacity)
-        .map_max_entries(object::EVENTS, opts.events_bytes);
+    loader.map_max_entries(object::EVENTS, opts.events_bytes);
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(KernelError::Load)?;
     let log_task = logs::spawn_forwarder(&mut ebpf);
 
-    let mut maps = maps::take_all(&mut ebpf, &dir)?;
+    let mut maps = maps::take_all(&mut ebpf)?;
     if !pinned.is_new() {
         cellmap::adopt(&mut maps)?;
     }
-    if maps.capacity.conns != opts.conn_capacity {
-        warn!(
-            pinned = maps.capacity.conns,
-            requested = opts.conn_capacity,
-            "the pinned connection table keeps its capacity; a new --conn-capacity takes \
-             effect after `cellwatch uninstall`"
-        );
-    }
+    fields::write(&mut maps)?;
     let events = maps::events(&mut ebpf)?;
     let settings = &mut maps.settings;
-    settings.set(SETTING_EVENT_RATE, opts.event_rate, 0).map_err(map_err(object::SETTINGS))?;
-    let features = features::probe(settings)?;
+    let set = |s: &mut aya::maps::Array<MapData, u32>, i, v| {
+        s.set(i, v, 0).map_err(map_err(object::SETTINGS))
+    };
+    set(settings, SETTING_EVENT_RATE, opts.event_rate_per_cpu())?;
+    set(settings, SETTING_CONN_CAPACITY, opts.conn_capacity)?;
+    maps.capacity.conns = opts.conn_capacity;
+    let features = features::probe(&mut maps.settings)?;
+    let btf = Btf::from_sys_fs().map_err(|e| KernelError::Btf(e.to_string()))?;
     Ok(Staged {
         ebpf,
         maps,
@@ -134,6 +142,7 @@ fn open_in(
         cgroup_root: opts.cgroup_root.clone(),
         build,
         features,
+        btf,
     })
 }
 
@@ -170,16 +179,23 @@ impl Staged {
             "cell map written"
         );
         let installed = attach::install(&mut self.ebpf, &self.dir, self.pinned, &self.cgroup_root)?;
+        let sweeper = Sweeper::new(&mut self.ebpf, &self.btf)?;
         let meta = &mut self.maps.meta;
         meta.set(META_BUILD, self.build, 0).map_err(map_err(object::META))?;
         meta.set(META_LAYOUT, LAYOUT_VERSION, 0).map_err(map_err(object::META))?;
         log_attached(self.pinned, installed, &self.dir, &self.cgroup_root);
         Ok(Kernel {
-            _programs: self.ebpf,
-            maps: std::sync::Arc::new(std::sync::Mutex::new(self.maps)),
+            ebpf: self.ebpf,
+            shared: std::sync::Arc::new(Shared {
+                maps: std::sync::Mutex::new(self.maps),
+                sweeper,
+                dir: self.dir,
+            }),
             events: Some(self.events),
             pinned: self.pinned,
             features: self.features,
+            btf: self.btf,
+            cgroup_root: self.cgroup_root,
             _log_task: self.log_task,
         })
     }

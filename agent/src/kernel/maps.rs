@@ -2,29 +2,29 @@
 use std::{collections::HashSet, time::Instant};
 
 use agent_common::{
-    CELLS_V4_CAPACITY, CELLS_V6_CAPACITY, CellInfo, CellName, ConnState, Owner,
-    PAIR_STATS_CAPACITY, POLICY_CAPACITY, PairKey, PairStats, PolicyKey, SETTING_GENERATION,
+    CELLS_V4_CAPACITY, CELLS_V6_CAPACITY, CellInfo, CellName, Conn, FieldOffsets,
+    PAIR_STATS_CAPACITY, POLICY_CAPACITY, PairKey, PairStats, PolicyKey, SETTING_CONN_CAPACITY,
+    SETTING_GENERATION, Seeded,
 };
 use agent_core::policy::Compiled;
 use aya::{
     Ebpf,
-    maps::{
-        Array, HashMap, LpmTrie, MapData, MapError, MapInfo, PerCpuArray, PerCpuHashMap, RingBuf,
-    },
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 
 use super::{
     error::{KernelError, map_err},
     object::{self, SetNames},
 };
-use crate::host::bpffs::PinDir;
 
-/// Every map handle the agent uses, but the ring buffer (its drain owns it).
+/// Every map handle the agent uses, but the ring buffer (its drain owns it) and the
+/// connection storage (the sweep's iterator holds it).
 pub(super) struct Maps {
     pub(super) pair_stats: PerCpuHashMap<MapData, PairKey, PairStats>,
-    pub(super) conns: HashMap<MapData, u64, ConnState>,
-    pub(super) owners: HashMap<MapData, u64, Owner>,
-    pub(super) seed_opened: HashMap<MapData, PairKey, [u64; 2]>,
+    pub(super) seeded: HashMap<MapData, u64, Seeded>,
+    pub(super) seed_plan: HashMap<MapData, u64, Conn>,
+    pub(super) fields: Array<MapData, FieldOffsets>,
+    pub(super) live: Array<MapData, u64>,
     pub(super) counters: PerCpuArray<MapData, u64>,
     pub(super) settings: Array<MapData, u32>,
     pub(super) cell_names: Array<MapData, CellName>,
@@ -69,7 +69,7 @@ impl Generation {
     pub(super) const GRACE: std::time::Duration = std::time::Duration::from_millis(20);
 }
 
-/// Map sizes as loaded.
+/// Map sizes as loaded (`conns`: `--conn-capacity`, a bound the programs check).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Capacity {
     pub(super) conns: u32,
@@ -105,21 +105,30 @@ fn cell_set(ebpf: &mut Ebpf, names: SetNames) -> Result<CellSet, KernelError> {
     })
 }
 
+/// The connection storage map, for the sweep's iterator.
+pub(super) fn conn_storage(ebpf: &Ebpf) -> Result<&MapData, KernelError> {
+    match ebpf.map(object::CONN) {
+        Some(aya::maps::Map::SkStorage(m)) => Ok(m),
+        Some(_) | None => Err(KernelError::Missing(object::CONN)),
+    }
+}
+
 /// Every handle of a loaded object. Both cell sets count as empty: for maps an earlier
 /// run pinned, `cellmap::adopt` says what they hold.
-pub(super) fn take_all(ebpf: &mut Ebpf, dir: &PinDir) -> Result<Maps, KernelError> {
+pub(super) fn take_all(ebpf: &mut Ebpf) -> Result<Maps, KernelError> {
     let sets = [cell_set(ebpf, object::SETS[0])?, cell_set(ebpf, object::SETS[1])?];
     let settings: Array<MapData, u32> = take(ebpf, object::SETTINGS)?;
     // A fresh object reads generation 0 (set A, empty): every peer external and allowed.
     // Adopted maps say which set the running programs read.
     let generation = settings.get(&SETTING_GENERATION, 0).map_err(map_err(object::SETTINGS))?;
     let active = usize::from(generation & 1 == 1);
-    let conns = max_entries(dir, object::CONNS)?;
+    let conns = settings.get(&SETTING_CONN_CAPACITY, 0).map_err(map_err(object::SETTINGS))?;
     Ok(Maps {
         pair_stats: take(ebpf, object::PAIR_STATS)?,
-        conns: take(ebpf, object::CONNS)?,
-        owners: take(ebpf, object::OWNERS)?,
-        seed_opened: take(ebpf, object::SEED_OPENED)?,
+        seeded: take(ebpf, object::SEEDED)?,
+        seed_plan: take(ebpf, object::SEED_PLAN)?,
+        fields: take(ebpf, object::FIELDS)?,
+        live: take(ebpf, object::LIVE)?,
         counters: take(ebpf, object::COUNTERS)?,
         settings,
         cell_names: take(ebpf, object::CELL_NAMES)?,
@@ -139,9 +148,4 @@ pub(super) fn take_all(ebpf: &mut Ebpf, dir: &PinDir) -> Result<Maps, KernelErro
             policy: POLICY_CAPACITY,
         },
     })
-}
-
-/// Capacity of a pinned map, as the kernel has it.
-fn max_entries(dir: &PinDir, name: &'static str) -> Result<u32, KernelError> {
-    MapInfo::from_pin(dir.map(name)).map(|i| i.max_entries()).map_err(map_err(name))
 }

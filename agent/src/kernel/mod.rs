@@ -4,8 +4,10 @@
 //! - [`attach`]: each program on its hook; [`pins`]: what a start found pinned and
 //!   what to make of it; [`unpin`]: removing it all (`cellwatch uninstall`);
 //! - [`cellmap`]: the cell and policy maps written; [`stats`]: counters read;
-//!   [`conns`]: the live-connection table listed and seeded;
-//! - [`features`]: optional kernel features probed; [`logs`]: aya-log forwarded;
+//!   [`sweep`]: the live sweep and the seeding walk (the kernel's iterators);
+//!   [`conns`]: the live connections they report;
+//! - [`fields`]: the socket fields' offsets from the kernel's BTF; [`features`]:
+//!   optional kernel features probed; [`logs`]: aya-log forwarded;
 //! - [`maps`]: the typed map handles; [`object`]: the object and the names in it;
 //!   [`error`]: what can go wrong.
 
@@ -14,44 +16,61 @@ mod cellmap;
 mod conns;
 mod error;
 mod features;
+mod fields;
 mod load;
 mod logs;
 mod maps;
 mod object;
 mod pins;
 mod stats;
+mod sweep;
 pub(crate) mod unpin;
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex, MutexGuard},
+};
 
-use agent_common::{ConnState, PairKey};
+use agent_common::Conn;
 use agent_core::{metrics::Snapshot, policy::Compiled};
 pub(crate) use conns::LiveConn;
 pub(crate) use error::KernelError;
 pub(crate) use features::Feature;
 pub(crate) use load::{LoadOptions, Staged};
 pub(crate) use pins::PinnedState;
+pub(crate) use sweep::Seeding;
+
+use crate::host::bpffs::PinDir;
 
 /// The programs on their hooks and the maps the agent reads and writes. Dropping it
 /// closes the agent's handles only: the pinned links keep the programs attached and
 /// counting until `cellwatch uninstall`.
 pub(crate) struct Kernel {
-    /// Owns the programs and their links; kept for their lifetime.
-    _programs: aya::Ebpf,
-    maps: Arc<Mutex<maps::Maps>>,
+    /// Owns the programs; kept for their lifetime (and to load the seeding ones).
+    ebpf: aya::Ebpf,
+    shared: Arc<Shared>,
     /// The violation-event ring buffer, until [`Kernel::take_events`] hands it out.
     events: Option<aya::maps::RingBuf<aya::maps::MapData>>,
     /// What this run made of the pinned state it found.
     pinned: PinnedState,
     /// Optional kernel features, and whether this kernel has them.
     features: Vec<(Feature, bool)>,
+    btf: aya::Btf,
+    cgroup_root: PathBuf,
     /// Forwards `aya-log` records from the kernel into `tracing`.
     _log_task: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// A cheap handle for readers (the HTTP scrape path) and writers (config reloads).
+/// What readers (the HTTP path, the sweep task) and writers (config reloads) share.
+struct Shared {
+    maps: Mutex<maps::Maps>,
+    sweeper: sweep::Sweeper,
+    dir: PinDir,
+}
+
+/// A cheap handle on the kernel side for readers and writers.
 #[derive(Clone)]
-pub(crate) struct MapsHandle(Arc<Mutex<maps::Maps>>);
+pub(crate) struct MapsHandle(Arc<Shared>);
 
 impl Kernel {
     /// Opens the embedded eBPF object on the maps pinned under `opts.bpffs` (made there
@@ -72,18 +91,32 @@ impl Kernel {
     }
 
     pub(crate) fn maps(&self) -> MapsHandle {
-        MapsHandle(self.maps.clone())
+        MapsHandle(self.shared.clone())
     }
 
     /// The violation-event ring buffer, for the one task that drains it.
     pub(crate) fn take_events(&mut self) -> Option<aya::maps::RingBuf<aya::maps::MapData>> {
         self.events.take()
     }
+
+    /// Puts connections older than the agent (socket cookie, as judged) in the kernel's
+    /// tracking, and watches for their ends while any is open.
+    pub(crate) fn seed(&mut self, plan: &[(u64, Conn)]) -> Result<Seeding, KernelError> {
+        let done = {
+            let handle = self.maps();
+            let mut m = handle.lock();
+            sweep::seed(&mut self.ebpf, &self.btf, &mut m, plan)?
+        };
+        if done.seeded > 0 {
+            attach::attach_seeded_close(&mut self.ebpf, &self.shared.dir, &self.cgroup_root)?;
+        }
+        Ok(done)
+    }
 }
 
 impl MapsHandle {
     fn lock(&self) -> MutexGuard<'_, maps::Maps> {
-        crate::sync::lock(&self.0)
+        crate::sync::lock(&self.0.maps)
     }
 
     /// Reads every counter the metrics need.
@@ -96,22 +129,22 @@ impl MapsHandle {
         cellmap::apply(&mut self.lock(), c)
     }
 
-    /// Live connections `keep` selects, at most `limit`.
-    pub(crate) fn live(
-        &self,
-        limit: usize,
-        keep: &dyn Fn(&ConnState) -> bool,
-    ) -> Result<Vec<LiveConn>, KernelError> {
-        conns::live(&self.lock(), limit, keep)
+    /// One live sweep: what open connections moved, into the counters.
+    pub(crate) fn sweep(&self) -> Result<(), KernelError> {
+        self.0.sweeper.run(&self.0.maps, false).map(drop)
     }
 
-    /// Adds a connection older than the agent; false if the kernel already tracks it.
-    pub(crate) fn seed(&self, cookie: u64, state: &ConnState) -> Result<bool, KernelError> {
-        conns::seed(&mut self.lock(), cookie, state)
+    /// A sweep that also lists every live connection, as the counters now hold it.
+    pub(crate) fn live(&self) -> Result<Vec<LiveConn>, KernelError> {
+        Ok(self.0.sweeper.run(&self.0.maps, true)?.into_iter().map(LiveConn::from).collect())
     }
 
-    /// Takes back a seeded connection that closed unseen; true if it was still there.
-    pub(crate) fn unseed(&self, cookie: u64, key: &PairKey) -> Result<bool, KernelError> {
-        conns::unseed(&mut self.lock(), cookie, key)
+    /// Takes the seeded-close tracepoint off its hook once no connection older than the
+    /// agent is open; true if it did so now.
+    pub(crate) fn retire_seeded_close(&self) -> Result<bool, KernelError> {
+        if conns::seeded_open(&self.lock())? > 0 {
+            return Ok(false);
+        }
+        attach::detach_seeded_close(&self.0.dir)
     }
 }

@@ -1,5 +1,5 @@
 //! The embedded eBPF object and the names of what the agent uses in it: its programs
-//! and their hooks, and the maps that are pinned. A unit test parses the object and
+//! and their hooks or iterator targets, and the maps that are pinned. A unit test parses the object and
 //! checks these lists against what it really holds, so the two cannot drift apart.
 
 /// The eBPF object, built from `agent-ebpf` by this crate's build script.
@@ -9,12 +9,12 @@ pub(super) static EBPF_OBJECT: &[u8] =
 pub(super) const SOCKOPS: &str = "cellwatch_sockops";
 pub(super) const CONNECT4: &str = "cellwatch_connect4";
 pub(super) const CONNECT6: &str = "cellwatch_connect6";
-pub(super) const RST: &str = "cellwatch_rst";
 pub(super) const DESTROY: &str = "cellwatch_destroy";
+pub(super) const SWEEP: &str = "cellwatch_sweep";
+pub(super) const SEED: &str = "cellwatch_seed";
 
-/// The tracepoint category of the two tracepoint programs.
+/// The tracepoint category of the destroy program.
 pub(super) const TCP: &str = "tcp";
-pub(super) const RST_EVENT: &str = "tcp_receive_reset";
 pub(super) const DESTROY_EVENT: &str = "tcp_destroy_sock";
 
 /// Where a program goes.
@@ -28,23 +28,28 @@ pub(super) enum Hook {
     Tracepoint(&'static str),
 }
 
-/// Every program and its hook, in attach order: the connect hooks go before `sock_ops`,
-/// so it finds the owner of every connect it sees.
-pub(super) const PROGRAMS: [(&str, Hook); 5] = [
-    (CONNECT4, Hook::Connect),
-    (CONNECT6, Hook::Connect),
-    (SOCKOPS, Hook::SockOps),
-    (RST, Hook::Tracepoint(RST_EVENT)),
-    (DESTROY, Hook::Tracepoint(DESTROY_EVENT)),
-];
+/// The programs that are always on their hooks, in attach order: the connect hooks go
+/// before `sock_ops`, so every connect it sees has its storage.
+pub(super) const PROGRAMS: [(&str, Hook); 3] =
+    [(CONNECT4, Hook::Connect), (CONNECT6, Hook::Connect), (SOCKOPS, Hook::SockOps)];
 
-pub(super) const CONNS: &str = "CONNS";
+/// On its hook only while connections older than the agent are open.
+pub(super) const SEEDED_CLOSE: (&str, Hook) = (DESTROY, Hook::Tracepoint(DESTROY_EVENT));
+
+/// Iterators, run by the agent (never attached to a hook): the live sweep over the
+/// connection storage, and the seeding walk over the TCP sockets, with the kernel's
+/// iterator target of each.
+pub(super) const ITERATORS: [(&str, &str); 2] = [(SWEEP, "bpf_sk_storage_map"), (SEED, "tcp")];
+
+pub(super) const CONN: &str = "CONN";
 pub(super) const PAIR_STATS: &str = "PAIR_STATS";
-pub(super) const OWNERS: &str = "OWNERS";
 pub(super) const EVENTS: &str = "EVENTS";
-pub(super) const SEED_OPENED: &str = "SEED_OPENED";
+pub(super) const SEEDED: &str = "SEEDED";
+pub(super) const SEED_PLAN: &str = "SEED_PLAN";
 pub(super) const SETTINGS: &str = "SETTINGS";
+pub(super) const FIELDS: &str = "FIELDS";
 pub(super) const COUNTERS: &str = "COUNTERS";
+pub(super) const LIVE: &str = "LIVE";
 pub(super) const CELL_NAMES: &str = "CELL_NAMES";
 pub(super) const META: &str = "META";
 
@@ -63,11 +68,11 @@ pub(super) const SETS: [SetNames; 2] = [
     SetNames { v4: "CELLS_V4_B", v6: "CELLS_V6_B", info: "CELL_INFO_B", policy: "POLICY_B" },
 ];
 
-/// The maps that outlive the agent. Everything the programs keep state in, plus the
-/// agent's own bookkeeping (`CELL_NAMES`, `META`) and aya-log's buffer, so adopted
-/// programs still log.
+/// The maps that outlive the agent: every map of the object. The programs keep their
+/// state in them, the agent its bookkeeping (`CELL_NAMES`, `META`), and aya-log's buffer
+/// is among them so adopted programs still log.
 pub(super) const PINNED_MAPS: &[&str] = &[
-    CONNS,
+    CONN,
     PAIR_STATS,
     SETS[0].v4,
     SETS[1].v4,
@@ -77,13 +82,14 @@ pub(super) const PINNED_MAPS: &[&str] = &[
     SETS[1].info,
     SETS[0].policy,
     SETS[1].policy,
-    OWNERS,
     "NETNS_ADDR",
     EVENTS,
-    "EVENT_RATE",
-    SEED_OPENED,
+    SEEDED,
+    SEED_PLAN,
     SETTINGS,
+    FIELDS,
     COUNTERS,
+    LIVE,
     CELL_NAMES,
     META,
     AYA_LOGS,
@@ -116,9 +122,15 @@ mod tests {
     }
 
     #[test]
-    fn every_program_of_the_object_has_a_hook_and_no_other() {
+    fn every_program_of_the_object_has_a_use_and_no_other() {
         let in_object: BTreeSet<String> = object().programs.keys().cloned().collect();
-        let hooked: BTreeSet<String> = PROGRAMS.iter().map(|(n, _)| (*n).to_owned()).collect();
-        assert_eq!(in_object, hooked, "the object's programs and the agent's list differ");
+        let known: BTreeSet<String> = PROGRAMS
+            .iter()
+            .map(|(n, _)| *n)
+            .chain([SEEDED_CLOSE.0])
+            .chain(ITERATORS.iter().map(|(n, _)| *n))
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(in_object, known, "the object's programs and the agent's lists differ");
     }
 }

@@ -1,5 +1,5 @@
 //! Reads the per-cell-pair statistics and bookkeeping counters, summing per-CPU copies.
-use agent_common::{COUNTERS_LEN, CTR_CONN_FORGOTTEN, CTR_CONN_TRACKED, PairStats};
+use agent_common::{COUNTERS_LEN, LIVE_CONNS, PairStats};
 use agent_core::metrics::{MapFill, Snapshot};
 
 use super::{
@@ -18,24 +18,6 @@ pub(super) fn read(m: &Maps) -> Result<Snapshot, KernelError> {
         }
         pairs.push((key, sum));
     }
-    // Connections older than the agent: their opening was counted by the agent.
-    let mut seeded = 0u64;
-    for item in m.seed_opened.iter() {
-        let (key, [opened, violations]) = item.map_err(map_err(object::SEED_OPENED))?;
-        seeded += opened;
-        match pairs.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, s)) => {
-                s.opened += opened;
-                s.violations += violations;
-            }
-            None => {
-                let mut s = PairStats::ZERO;
-                s.opened = opened;
-                s.violations = violations;
-                pairs.push((key, s));
-            }
-        }
-    }
     pairs.sort_unstable_by_key(|(k, _)| *k);
 
     let mut counters = [0u64; COUNTERS_LEN as usize];
@@ -43,13 +25,12 @@ pub(super) fn read(m: &Maps) -> Result<Snapshot, KernelError> {
         let per_cpu = m.counters.get(&i, 0).map_err(map_err(object::COUNTERS))?;
         *slot = per_cpu.iter().sum();
     }
-    let live = (counters[CTR_CONN_TRACKED as usize] + seeded)
-        .saturating_sub(counters[CTR_CONN_FORGOTTEN as usize]);
+    let live = m.live.get(&LIVE_CONNS, 0).map_err(map_err(object::LIVE))?;
 
     let c = m.active();
     let (v4, v6) = c.prefixes.iter().fold((0u64, 0u64), |(a, b), (n, _)| match n {
-        ipnet::IpNet::V4(_) => (a + 1, b),
-        ipnet::IpNet::V6(_) => (a, b + 1),
+        agent_core::config::IpNet::V4(_) => (a + 1, b),
+        agent_core::config::IpNet::V6(_) => (a, b + 1),
     });
     let cap = m.capacity;
     let fill = vec![

@@ -1,12 +1,13 @@
-//! `GET /connections`: the kernel's live-connection table, with cells and verdict as
-//! judged at open, the process (from the kernel for clients, from /proc for servers),
-//! its container, and live RTT and bytes from `sock_diag`.
+//! `GET /connections`: the live connections as a sweep finds them, with cells and
+//! verdict as judged at open, the process (from the kernel for clients, from /proc for
+//! servers), its container, and the bytes and RTT the counters hold of it (the request
+//! sweeps first, so the two agree).
 #![forbid(unsafe_code)]
 
 use std::collections::{HashMap, HashSet};
 
 use agent_common::{
-    CONN_SEEDED, ConnState, DIR_EGRESS, VERDICT_VIOLATION, direction_label, verdict_label,
+    CONN_SEEDED, Conn, DIR_EGRESS, VERDICT_VIOLATION, direction_label, verdict_label,
 };
 use agent_core::{
     events::{addr, comm},
@@ -19,7 +20,7 @@ use serde::Serialize;
 use super::violations::End;
 use crate::{
     host::{cgroups::Resolver, clock, procs, sockdiag},
-    kernel::MapsHandle,
+    kernel::{LiveConn, MapsHandle},
 };
 
 #[derive(Debug, Serialize)]
@@ -37,7 +38,8 @@ pub(crate) struct Connection {
     pub(crate) container_id: Option<String>,
     pub(crate) pod_uid: Option<String>,
     pub(crate) srtt_us: Option<u32>,
-    /// Payload bytes this node's socket sent (acknowledged) and received so far.
+    /// Payload bytes this node's socket sent (acknowledged) and received since it was
+    /// first counted: what the pair's byte counters hold of it.
     pub(crate) bytes_sent: Option<u64>,
     pub(crate) bytes_received: Option<u64>,
     pub(crate) age_seconds: f64,
@@ -52,79 +54,83 @@ pub(crate) fn list(
     q: &Query,
 ) -> Result<Vec<Connection>, String> {
     let cell_id = q.cell.as_ref().map(|c| ids.lookup(c));
-    let keep = |s: &ConnState| {
+    let keep = |c: &Conn| {
         let verdict_ok =
-            q.verdict.is_none_or(|v| (v == "violation") == (s.verdict == VERDICT_VIOLATION));
+            q.verdict.is_none_or(|v| (v == "violation") == (c.verdict == VERDICT_VIOLATION));
         let cell_ok = match cell_id {
             None => true,
             Some(None) => false,
-            Some(Some(id)) => s.src_cell == id || s.dst_cell == id,
+            Some(Some(id)) => c.src_cell == id || c.dst_cell == id,
         };
         verdict_ok && cell_ok
     };
-    let live = maps
-        .live(q.limit, &keep)
-        .map_err(|e| format!("reading the connection table failed: {e}"))?;
-    let diag: HashMap<u64, sockdiag::TcpSocket> = sockdiag::dump(StateFlags::all())
-        .map(|v| v.into_iter().map(|s| (s.cookie, s)).collect())
-        .unwrap_or_default();
-    let unowned: HashSet<u32> = live
-        .iter()
-        .filter(|c| c.owner.is_none())
-        .filter_map(|c| diag.get(&c.cookie))
-        .map(|s| s.inode)
-        .filter(|i| *i != 0)
-        .collect();
-    let holders = procs::holders(&unowned);
-
-    let mut out: Vec<Connection> = live
+    let mut live: Vec<LiveConn> = maps
+        .live()
+        .map_err(|e| format!("reading the live connections failed: {e}"))?
         .into_iter()
-        .map(|c| {
-            let s = &c.state;
-            let egress = s.direction == DIR_EGRESS;
+        .filter(|l| keep(&l.conn))
+        .collect();
+    // Newest first.
+    live.sort_unstable_by_key(|l| std::cmp::Reverse(l.conn.start_ns));
+    live.truncate(q.limit);
+    // Servers' processes: the kernel records only who connects, so the socket's inode
+    // (from sock_diag, this network namespace) leads to its holder in /proc.
+    let unowned: HashSet<u64> =
+        live.iter().filter(|l| l.conn.pid == 0).map(|l| l.conn.cookie).collect();
+    let inodes: HashMap<u64, u32> = if unowned.is_empty() {
+        HashMap::new()
+    } else {
+        sockdiag::dump(StateFlags::all())
+            .map(|v| {
+                v.into_iter()
+                    .filter(|s| unowned.contains(&s.cookie) && s.inode != 0)
+                    .map(|s| (s.cookie, s.inode))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let holders = procs::holders(&inodes.values().copied().collect());
+
+    Ok(live
+        .into_iter()
+        .map(|l| {
+            let (c, now) = (&l.conn, &l.now);
+            let egress = c.direction == DIR_EGRESS;
             let local =
-                End { cell: String::new(), addr: addr(s.family, s.local_addr), port: s.local_port };
+                End { cell: String::new(), addr: addr(c.family, c.local_addr), port: c.local_port };
             let remote = End {
                 cell: String::new(),
-                addr: addr(s.family, s.remote_addr),
-                port: s.remote_port,
+                addr: addr(c.family, c.remote_addr),
+                port: c.remote_port,
             };
             let (mut src, mut dst) = if egress { (local, remote) } else { (remote, local) };
-            src.cell = ids.name(s.src_cell).to_owned();
-            dst.cell = ids.name(s.dst_cell).to_owned();
-            let d = diag.get(&c.cookie);
-            let (mut pid, mut name, cgroup) = match c.owner {
-                Some(o) => (Some(o.pid), comm(&o.comm), Some(o.cgroup_id)),
-                None => (None, None, None),
-            };
+            src.cell = ids.name(c.src_cell).to_owned();
+            dst.cell = ids.name(c.dst_cell).to_owned();
+            let (mut pid, mut name) = ((c.pid != 0).then_some(c.pid), comm(&c.comm));
             if pid.is_none()
-                && let Some((p, n)) = d.and_then(|d| holders.get(&d.inode))
+                && let Some((p, n)) = inodes.get(&c.cookie).and_then(|i| holders.get(i))
             {
                 pid = Some(*p);
                 name = Some(n.clone());
             }
-            let w = cgroups.workload(cgroup.unwrap_or(0));
+            let w = cgroups.workload(c.cgroup_id);
             Connection {
                 cookie: c.cookie,
-                direction: direction_label(s.direction),
-                verdict: verdict_label(s.verdict),
+                direction: direction_label(c.direction),
+                verdict: verdict_label(c.verdict),
                 src,
                 dst,
                 pid,
                 comm: name,
-                cgroup_id: cgroup.filter(|c| *c != 0),
+                cgroup_id: (c.cgroup_id != 0).then_some(c.cgroup_id),
                 container_id: w.container_id,
                 pod_uid: w.pod_uid,
-                srtt_us: d.and_then(|d| d.srtt_us),
-                bytes_sent: d.and_then(|d| d.bytes_acked).map(|b| b.saturating_sub(s.base_acked)),
-                bytes_received: d
-                    .and_then(|d| d.bytes_received)
-                    .map(|b| b.saturating_sub(s.base_received)),
-                age_seconds: clock::age_seconds(s.start_ns),
-                seeded: s.flags & CONN_SEEDED != 0,
+                srtt_us: (now.srtt_us != 0).then_some(now.srtt_us),
+                bytes_sent: Some(now.claimed.sent),
+                bytes_received: Some(now.claimed.received),
+                age_seconds: clock::age_seconds(c.start_ns),
+                seeded: c.flags & CONN_SEEDED != 0,
             }
         })
-        .collect();
-    out.sort_by(|a, b| b.age_seconds.total_cmp(&a.age_seconds));
-    Ok(out)
+        .collect())
 }

@@ -109,14 +109,14 @@ mod tests {
             "1.2.3",
             "6.1.0",
             PinnedState::Fresh,
-            &[(Feature::RstSockCookie, true)],
+            &[(Feature::DestroySockCookie, true)],
         );
         let text = m.render(&Snapshot::default(), &CellIds::default()).unwrap();
         for want in [
             r#"cellwatch_build_info{kernel="6.1.0",version="1.2.3"} 1"#,
             r#"cellwatch_config_reloads_total{result="error"} 0"#,
             r#"cellwatch_start_info{pinned_state="fresh"} 1"#,
-            r#"cellwatch_kernel_feature{feature="rst_sock_cookie"} 1"#,
+            r#"cellwatch_kernel_feature{feature="destroy_sock_cookie"} 1"#,
             r#"cellwatch_events_lost_total{source="conn_table_full"} 0"#,
         ] {
             assert!(text.lines().any(|l| l == want), "missing line {want}\n---\n{text}");

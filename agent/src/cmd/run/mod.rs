@@ -183,7 +183,7 @@ where
     let compiled = compile(&config, &mut ids)?;
     let mut kernel = staged.attach(&compiled)?;
     if kernel.pinned_state().is_new() {
-        seed::seed(&kernel.maps(), &config, &mut ids);
+        seed::seed(&mut kernel, &config, &mut ids);
     } else {
         info!("the pinned programs ran throughout: no connection needs seeding");
     }
@@ -218,6 +218,7 @@ where
             stop_drain.clone(),
         )
     });
+    let sweeps = spawn_sweeps(kernel.maps(), args.live_interval);
     let agent = Arc::new(Agent { maps: kernel.maps(), ids, metrics, cgroups, recent });
     let ready = Arc::new(AtomicBool::new(true));
     let server = Arc::new(Server { endpoints: agent.clone(), ready: ready.clone() });
@@ -261,6 +262,7 @@ where
     if let Err(e) = http.await {
         warn!(error = %e, "HTTP server task failed");
     }
+    sweeps.abort();
     stop_drain.store(true, Ordering::Release);
     if let Some(d) = drain {
         let _ = d.join();
@@ -271,4 +273,34 @@ where
         "cellwatch stopped; its programs stay attached and counting (`cellwatch uninstall` removes them)"
     );
     outcome
+}
+
+/// The live sweep every `interval`: open connections add what they moved to the
+/// counters. Once no connection older than the agent is left, the tracepoint that
+/// watched for their ends goes.
+fn spawn_sweeps(maps: MapsHandle, interval: std::time::Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seeded_close = true;
+        loop {
+            tick.tick().await;
+            let m = maps.clone();
+            let swept = tokio::task::spawn_blocking(move || {
+                let retired = if seeded_close { m.retire_seeded_close() } else { Ok(false) };
+                (m.sweep(), retired)
+            })
+            .await;
+            match swept {
+                Ok((Ok(()), Ok(retired))) => {
+                    if retired {
+                        info!("no connection older than the agent is left open");
+                        seeded_close = false;
+                    }
+                }
+                Ok((Err(e), _)) | Ok((_, Err(e))) => warn!(error = %e, "live sweep failed"),
+                Err(e) => warn!(error = %e, "live sweep task failed"),
+            }
+        }
+    })
 }

@@ -1,16 +1,16 @@
 //! Connections older than the agent: found with a `sock_diag` dump once the programs
-//! are attached, judged by the same rules, and put in the kernel's table so they count
-//! as active and are seen closing (by `tcp:tcp_destroy_sock`).
+//! are attached, judged by the same rules, and handed to the kernel, which puts each in
+//! its socket's storage (the seeding iterator) so it counts as active, is swept live and
+//! is seen closing (`tcp:tcp_destroy_sock`).
 //!
-//! Limits: only this network namespace's sockets are dumped, and a seeded connection's
-//! bytes and RTT are not counted at its close (the tracepoint carries neither).
+//! Limit: only this network namespace's sockets are dumped.
 #![forbid(unsafe_code)]
 
 use std::{collections::HashSet, net::SocketAddr};
 
 use agent_common::{
-    AF_INET, AF_INET6, CELL_EXTERNAL, CONN_ESTABLISHED, CONN_SEEDED, ConnState, DIR_EGRESS,
-    DIR_INGRESS, PairKey, VERDICT_ALLOWED, VERDICT_VIOLATION,
+    AF_INET, AF_INET6, CELL_EXTERNAL, Claimed, Conn, DIR_EGRESS, DIR_INGRESS, Progress,
+    VERDICT_ALLOWED, VERDICT_VIOLATION,
 };
 use agent_core::{
     config::Config,
@@ -26,75 +26,40 @@ use crate::{
         sockdiag::{self, TCP_LISTEN, TcpSocket},
         sys,
     },
-    kernel::MapsHandle,
+    kernel::Kernel,
 };
 
-/// What seeding found.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Seeded {
-    pub(crate) added: usize,
-    pub(crate) already_tracked: usize,
-    pub(crate) closed_meanwhile: usize,
-}
-
-/// A seeded connection's pair key, to take it back if needed.
-struct Planted {
-    cookie: u64,
-    key: PairKey,
-}
-
-pub(crate) fn seed(maps: &MapsHandle, cfg: &Config, ids: &mut CellIds) -> Seeded {
-    let mut report = Seeded::default();
+/// Finds, judges and hands over the connections older than the agent.
+pub(crate) fn seed(kernel: &mut Kernel, cfg: &Config, ids: &mut CellIds) {
     let sockets = match sockdiag::dump(StateFlags::ESTABLISHED | StateFlags::LISTEN) {
         Ok(s) => s,
         Err(e) => {
             warn!(error = %e, "cannot list existing connections; only new ones are counted");
-            return report;
+            return;
         }
     };
     let listening: HashSet<u16> =
         sockets.iter().filter(|s| s.state == TCP_LISTEN).map(|s| s.local.port()).collect();
-    let mut planted = Vec::new();
-    for s in sockets.iter().filter(|s| s.state != TCP_LISTEN) {
-        let Some(state) = judge(cfg, ids, s, &listening) else { continue };
-        match maps.seed(s.cookie, &state) {
-            Ok(true) => {
-                report.added += 1;
-                planted.push(Planted { cookie: s.cookie, key: state.pair_key() });
-            }
-            Ok(false) => report.already_tracked += 1,
-            Err(e) => warn!(error = %e, "cannot add an existing connection"),
-        }
+    let plan: Vec<(u64, Conn)> = sockets
+        .iter()
+        .filter(|s| s.state != TCP_LISTEN)
+        .filter_map(|s| judge(cfg, ids, s, &listening).map(|c| (s.cookie, c)))
+        .collect();
+    match kernel.seed(&plan) {
+        Ok(done) => info!(
+            added = done.seeded,
+            already_tracked = done.already_tracked,
+            closed_meanwhile = done.closed_meanwhile,
+            not_tracked_no_room = done.no_room,
+            "connections older than the agent counted"
+        ),
+        Err(e) => warn!(error = %e, "cannot count the connections older than the agent"),
     }
-    // Take back what closed between the dump and its seeding: it would never be seen
-    // closing. A socket in TIME_WAIT keeps its cookie but is past its destroy, so it
-    // counts as closed here.
-    let live = StateFlags::all() - StateFlags::TIME_WAIT - StateFlags::CLOSE;
-    if let Ok(now) = sockdiag::dump(live) {
-        let alive: HashSet<u64> = now.iter().map(|s| s.cookie).collect();
-        for p in planted.iter().filter(|p| !alive.contains(&p.cookie)) {
-            if maps.unseed(p.cookie, &p.key).unwrap_or(false) {
-                report.closed_meanwhile += 1;
-            }
-        }
-    }
-    info!(
-        added = report.added,
-        already_tracked = report.already_tracked,
-        closed_meanwhile = report.closed_meanwhile,
-        "connections older than the agent counted"
-    );
-    report
 }
 
-/// The table entry of an existing socket, or `None` when it is not tracked. The side
+/// The connection an existing socket is, or `None` when it is not tracked. The side
 /// whose local port is listening is the server.
-fn judge(
-    cfg: &Config,
-    ids: &mut CellIds,
-    s: &TcpSocket,
-    listening: &HashSet<u16>,
-) -> Option<ConnState> {
+fn judge(cfg: &Config, ids: &mut CellIds, s: &TcpSocket, listening: &HashSet<u16>) -> Option<Conn> {
     let server_side = listening.contains(&s.local.port());
     let (client, server): (SocketAddr, SocketAddr) =
         if server_side { (s.remote, s.local) } else { (s.local, s.remote) };
@@ -107,24 +72,29 @@ fn judge(
     let src_cell = id(ids, policy::place(cfg, client.ip()))?;
     let dst_cell = id(ids, policy::place(cfg, server.ip()))?;
     let now = sys::monotonic_ns();
-    Some(ConnState {
+    Some(Conn {
         start_ns: now,
         established_ns: now,
+        cookie: s.cookie,
+        cgroup_id: 0,
+        pid: 0,
         src_cell,
         dst_cell,
+        closed: 0,
         direction: if server_side { DIR_INGRESS } else { DIR_EGRESS },
         verdict: if verdict == Verdict::Violation { VERDICT_VIOLATION } else { VERDICT_ALLOWED },
-        flags: CONN_ESTABLISHED | CONN_SEEDED,
-        _pad0: 0,
+        // The kernel sets the flags and what the connection moved so far.
+        flags: 0,
+        generation: 0,
         family: if s.local.is_ipv6() { AF_INET6 } else { AF_INET },
-        _pad1: 0,
-        local_addr: raw_addr(s.local.ip()),
-        remote_addr: raw_addr(s.remote.ip()),
         local_port: s.local.port(),
         remote_port: s.remote.port(),
+        _pad1: 0,
         _pad2: 0,
-        // Everything moved before the agent started is left out, however much it was.
-        base_acked: s.bytes_acked.unwrap_or(0),
-        base_received: s.bytes_received.unwrap_or(0),
+        local_addr: raw_addr(s.local.ip()),
+        remote_addr: raw_addr(s.remote.ip()),
+        comm: [0; 16],
+        base: Progress::default(),
+        claimed: Claimed::default(),
     })
 }

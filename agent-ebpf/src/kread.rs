@@ -1,0 +1,118 @@
+//! Reads of kernel socket fields that no program context carries (`sk_err`, the socket
+//! lock, `bytes_sent`, ...), at the byte offsets the agent found in the kernel's BTF
+//! (`FIELDS`). Every `bpf_probe_read_kernel` sits here.
+#![expect(unsafe_code, reason = "kernel memory is read with bpf_probe_read_kernel")]
+
+use core::ffi::c_void;
+
+use agent_common::{FieldOffsets, Progress, SOCK_DONE};
+use aya_ebpf::helpers::generated::bpf_probe_read_kernel;
+
+use crate::maps::FIELDS;
+
+/// A kernel socket (`struct sock`, which a `struct tcp_sock` begins with), by address.
+#[derive(Clone, Copy)]
+pub(crate) struct Sock {
+    addr: u64,
+    at: &'static FieldOffsets,
+}
+
+/// What a sweep or a close reads of a connection in one go.
+pub(crate) struct Reading {
+    pub(crate) progress: Progress,
+    /// The peer's FIN arrived (`SOCK_DONE`).
+    pub(crate) fin_received: bool,
+    pub(crate) srtt_us: u32,
+}
+
+impl Sock {
+    /// The socket behind a pointer the verifier types (a sock_ops or iterator socket).
+    /// Its numeric address is copied out through the stack, because the verifier allows
+    /// no arithmetic on such pointers; `None` while the agent has not written `FIELDS`.
+    #[inline(always)]
+    pub(crate) fn of(ptr: *const c_void) -> Option<Self> {
+        let slot = ptr;
+        let addr = read::<u64>((&raw const slot) as u64)?;
+        Self::at(addr)
+    }
+
+    /// The socket at a numeric address (a tracepoint's `skaddr`).
+    #[inline(always)]
+    pub(crate) fn at(addr: u64) -> Option<Self> {
+        if addr == 0 {
+            return None;
+        }
+        let at = FIELDS.get(0)?;
+        (at.bytes_acked != 0).then_some(Self { addr, at })
+    }
+
+    #[inline(always)]
+    fn field<T: Copy + Default>(&self, offset: u32) -> Option<T> {
+        // Offsets are below 64 KiB (struct tcp_sock is a few KiB); the mask tells the
+        // verifier so.
+        read::<T>(self.addr + u64::from(offset & 0xffff))
+    }
+
+    /// `sk_err`: the error the connection ended with (0 = none).
+    #[inline(always)]
+    pub(crate) fn err(&self) -> u32 {
+        self.field::<u32>(self.at.sk_err).unwrap_or(0)
+    }
+
+    /// Whether someone works on the socket now (its spinlock held, or a process owns
+    /// it): its counters may be mid-update.
+    #[inline(always)]
+    fn busy(&self) -> bool {
+        let slock = self.field::<u32>(self.at.sk_lock_slock).unwrap_or(1);
+        let owned = self.field::<u32>(self.at.sk_lock_owned).unwrap_or(1);
+        slock != 0 || owned != 0
+    }
+
+    /// The socket's counters. Consistent only when the caller holds the socket lock (a
+    /// `sock_ops` callback) or the socket is dead (its destroy).
+    #[inline(always)]
+    pub(crate) fn read(&self) -> Option<Reading> {
+        let sent = self.field::<u64>(self.at.bytes_sent)?;
+        let resent = self.field::<u64>(self.at.bytes_retrans)?;
+        let flags = self.field::<u64>(self.at.sk_flags)?;
+        Some(Reading {
+            progress: Progress {
+                acked: self.field::<u64>(self.at.bytes_acked)?,
+                sent_once: sent.saturating_sub(resent),
+                received: self.field::<u64>(self.at.bytes_received)?,
+                retrans: u64::from(self.field::<u32>(self.at.total_retrans)?),
+            },
+            fin_received: flags & SOCK_DONE != 0,
+            srtt_us: self.field::<u32>(self.at.srtt_us)? >> 3,
+        })
+    }
+
+    /// The socket's counters, read from outside its lock (a sweep): only when nobody
+    /// worked on the socket from before the first read to after the last, so the byte
+    /// count and the FIN flag belong together. `None` when it stayed busy.
+    #[inline(always)]
+    pub(crate) fn read_quiet(&self) -> Option<Reading> {
+        for _ in 0..3 {
+            if self.busy() {
+                continue;
+            }
+            let r = self.read();
+            if !self.busy() {
+                return r;
+            }
+        }
+        None
+    }
+}
+
+/// One probe read of a `T` at a kernel address.
+#[inline(always)]
+fn read<T: Copy + Default>(addr: u64) -> Option<T> {
+    let mut v = T::default();
+    #[expect(clippy::cast_possible_truncation, reason = "T is a u32 or a u64 here")]
+    let size = size_of::<T>() as u32;
+    // SAFETY: bpf_probe_read_kernel checks the source address itself and fails instead
+    // of faulting; the destination is a local of exactly `size` bytes.
+    let rc = unsafe { bpf_probe_read_kernel((&raw mut v).cast(), size, addr as *const c_void) };
+    (rc == 0).then_some(v)
+}

@@ -1,0 +1,99 @@
+//! The live sweep: an iterator over every socket that has connection storage, in every
+//! network namespace. The agent runs it every `--live-interval`; for each open tracked
+//! connection it claims what the connection moved since the last claim (bytes each way,
+//! retransmits) into its pair's counters and observes its smoothed RTT, so long-lived
+//! connections count while they are open. With `SETTING_SWEEP_RECORDS` it also writes
+//! one record per connection, which `/connections` serves: the same figures the
+//! counters hold.
+#![expect(unsafe_code, reason = "the iterator hands the storage value as a raw pointer")]
+
+use agent_common::{
+    CELL_EXTERNAL, CONN_ESTABLISHED, CONN_SEEDED, CONN_TRACKED, CTR_SWEEP_BUSY, CTR_SWEEP_VISITED,
+    Claimed, Conn, DIR_EGRESS, SETTING_SWEEP_RECORDS, SweepTail,
+};
+
+use crate::{
+    ctx::{Iter, StorageIterCtx},
+    kread::Sock,
+    maps::{SEEDED, SETTINGS},
+    stats::{Slot, count},
+};
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/bpf_sk_storage_map")]
+fn cellwatch_sweep(ctx: *mut StorageIterCtx) -> i32 {
+    if let Some(it) = Iter::storage(ctx) {
+        try_sweep(&it);
+    }
+    0
+}
+
+#[inline(always)]
+fn try_sweep(it: &Iter) {
+    let c: *mut Conn = it.value().cast();
+    // SAFETY: the iterator's value is this socket's `Conn` storage, valid for the step;
+    // `closed` is read as the one word the close stores. Fields are read one by one
+    // (the whole `Conn` would not fit the stack beside the rest).
+    let (flags, closed, key, cookie, direction, src_cell) = unsafe {
+        (
+            (*c).flags,
+            core::ptr::read_volatile(&raw const (*c).closed),
+            (*c).pair_key(),
+            (*c).cookie,
+            (*c).direction,
+            (*c).src_cell,
+        )
+    };
+    let wanted = CONN_TRACKED | CONN_ESTABLISHED;
+    if flags & wanted != wanted || closed != 0 {
+        return;
+    }
+    count(CTR_SWEEP_VISITED);
+    let seeded = flags & CONN_SEEDED != 0;
+    let reading = Sock::of(it.sk().cast_const()).and_then(|s| s.read_quiet());
+    let mut srtt_us = 0;
+    match reading {
+        None => count(CTR_SWEEP_BUSY),
+        Some(r) => {
+            srtt_us = r.srtt_us;
+            if let Some(slot) = Slot::of(&key) {
+                if seeded {
+                    // A connection older than the agent keeps its claims where its
+                    // destroy can find them.
+                    if let Some(s) = SEEDED.get_ptr_mut(cookie) {
+                        // SAFETY: `s` points to a live entry of SEEDED.
+                        unsafe {
+                            slot.claim(
+                                &raw mut (*s).claimed,
+                                &(*s).base,
+                                &r.progress,
+                                r.fin_received,
+                            );
+                        }
+                    }
+                } else {
+                    // SAFETY: as above.
+                    unsafe {
+                        slot.claim(&raw mut (*c).claimed, &(*c).base, &r.progress, r.fin_received);
+                    }
+                }
+                if direction == DIR_EGRESS || src_cell == CELL_EXTERNAL {
+                    slot.rtt(r.srtt_us);
+                }
+            }
+        }
+    }
+    if SETTINGS.get(SETTING_SWEEP_RECORDS).is_some_and(|r| *r == 1) {
+        let claimed: Claimed = if seeded {
+            // SAFETY: the value is copied out at once.
+            unsafe { SEEDED.get(cookie) }.map_or_else(Claimed::default, |s| s.claimed)
+        } else {
+            // SAFETY: as above.
+            unsafe { (*c).claimed }
+        };
+        // One record: the connection as stored, then what the sweep found.
+        // SAFETY: as above.
+        it.write(unsafe { &*c });
+        it.write(&SweepTail { claimed, srtt_us, _pad: 0 });
+    }
+}
