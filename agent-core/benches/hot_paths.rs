@@ -1,7 +1,6 @@
 //! Microbenchmarks of the agent's pure hot paths, the work of every scrape and reload:
 //! - per-CPU statistics merged into one value per pair (the map readout);
-//! - a kernel snapshot turned into metric families (samples and histogram conversion);
-//! - those families rendered as Prometheus text (label rendering);
+//! - a kernel snapshot rendered as Prometheus text (grouping, histogram buckets, labels);
 //! - a 1,000-cell config compiled into kernel map contents.
 //!
 //! Run with `cargo bench -p agent-core --bench hot_paths`; CI only builds them.
@@ -11,7 +10,7 @@ use agent_common::{COUNTERS_LEN, DIR_EGRESS, DIR_INGRESS, HIST_BUCKETS, PairKey,
 use agent_core::{
     config::Config,
     ids::CellIds,
-    metrics::{Snapshot, encode, families},
+    metrics::{Buckets, Snapshot, render},
     policy::compile,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -69,11 +68,13 @@ fn samples_and_render(c: &mut Criterion) {
     for cells in [10, 30] {
         let (snap, ids) = snapshot(cells);
         let pairs = snap.pairs.len();
-        c.bench_function(&format!("families: {pairs} pair keys ({cells} cells)"), |b| {
-            b.iter(|| families(black_box(&snap), black_box(&ids)));
-        });
+        let buckets = Buckets::default();
         c.bench_function(&format!("render text: {pairs} pair keys ({cells} cells)"), |b| {
-            b.iter(|| encode(families(black_box(&snap), black_box(&ids))).expect("render"));
+            b.iter(|| {
+                let mut out = String::new();
+                render(black_box(&snap), black_box(&ids), &buckets, &mut out);
+                out
+            });
         });
     }
 }

@@ -3,6 +3,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use agent_core::metrics::Buckets;
 use clap::{Args, Parser, Subcommand};
 
 use crate::logging::LogFormat;
@@ -96,6 +97,12 @@ pub(crate) struct RunArgs {
     /// sample) to the counters, e.g. `5s`, `500ms`: a scrape lags by at most this much.
     #[arg(long, default_value = DEFAULT_LIVE_INTERVAL, value_parser = live_interval)]
     pub(crate) live_interval: Duration,
+    /// Upper bounds of the latency and RTT histogram buckets in /metrics, e.g.
+    /// `100us,1ms,10ms,100ms,1s` (each rounds up to the next power of two of
+    /// microseconds, the kernel's buckets), or `all` for all 27 [default: 64us, 256us,
+    /// 512us, 1ms, 2ms, 4ms, 8ms, 16ms, 65ms, 262ms and 1.05s].
+    #[arg(long, value_parser = Buckets::parse)]
+    pub(crate) histogram_buckets: Option<Buckets>,
     /// Violation events (logged, and served at /violations) per cell pair and direction
     /// per second; more are counted as lost. Counters are exact either way.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]

@@ -1,13 +1,15 @@
 //! The Prometheus view of the kernel's counters: a [`Snapshot`] of them, rendered as the
-//! metric families of the contract ([`families`]) and as text ([`encode`]). Pure: the
-//! same snapshot and cell names always render the same text.
+//! text of the contract's metrics ([`render`]), with the histogram buckets the user
+//! chose ([`Buckets`]). The agent appends its own metrics ([`encode`]).
 
-mod families;
+mod buckets;
+mod text;
 
 use agent_common::{COUNTERS_LEN, PairKey, PairStats};
 use prometheus::{Encoder, TextEncoder, proto::MetricFamily};
 
-pub use families::{bucket_bounds, families};
+pub use buckets::Buckets;
+pub use text::render;
 
 /// Everything a scrape needs from the kernel, read in one pass.
 #[derive(Debug, Default, Clone)]
@@ -30,11 +32,15 @@ pub struct MapFill {
     pub capacity: u64,
 }
 
-/// The text exposition of `fams`. A family with no samples (no traffic yet) is left
-/// out, as the text format requires.
-pub fn encode(mut fams: Vec<MetricFamily>) -> Result<String, prometheus::Error> {
+/// Appends the text exposition of `fams` (the agent's own metrics) to `out`. A family
+/// with no samples is left out, as the text format requires.
+pub fn encode(mut fams: Vec<MetricFamily>, out: &mut String) -> Result<(), prometheus::Error> {
     fams.retain(|f| !f.get_metric().is_empty());
-    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut buf = Vec::with_capacity(16 * 1024);
     TextEncoder::new().encode(&fams, &mut buf)?;
-    String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    out.push_str(&String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))?);
+    Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -5,7 +5,7 @@
 
 use agent_core::{
     ids::CellIds,
-    metrics::{Snapshot, encode, families},
+    metrics::{Buckets, Snapshot, encode, render},
 };
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
@@ -14,6 +14,7 @@ use crate::kernel::{Feature, PinnedState};
 /// Metrics the agent keeps itself, as opposed to those read from the kernel.
 pub(crate) struct AgentMetrics {
     registry: Registry,
+    buckets: Buckets,
     pub(crate) config_reloads: IntCounterVec,
 }
 
@@ -23,6 +24,7 @@ impl AgentMetrics {
         kernel: &str,
         pinned: PinnedState,
         features: &[(Feature, bool)],
+        buckets: Buckets,
     ) -> Self {
         let registry = Registry::new();
         let build = IntGaugeVec::new(
@@ -84,7 +86,7 @@ impl AgentMetrics {
         registry
             .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
             .expect("unique metric");
-        Self { registry, config_reloads }
+        Self { registry, buckets, config_reloads }
     }
 
     /// The whole exposition: kernel families followed by the agent's own.
@@ -93,9 +95,11 @@ impl AgentMetrics {
         snap: &Snapshot,
         ids: &CellIds,
     ) -> Result<String, prometheus::Error> {
-        let mut fams = families(snap, ids);
-        fams.extend(self.registry.gather());
-        encode(fams)
+        // About 100 bytes a sample, 40 samples a pair.
+        let mut out = String::with_capacity(4096 + snap.pairs.len() * 2048);
+        render(snap, ids, &self.buckets, &mut out);
+        encode(self.registry.gather(), &mut out)?;
+        Ok(out)
     }
 }
 
@@ -110,6 +114,7 @@ mod tests {
             "6.1.0",
             PinnedState::Fresh,
             &[(Feature::DestroySockCookie, true)],
+            Buckets::default(),
         );
         let text = m.render(&Snapshot::default(), &CellIds::default()).unwrap();
         for want in [

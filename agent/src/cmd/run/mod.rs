@@ -194,6 +194,7 @@ where
         &node.kernel,
         kernel.pinned_state(),
         kernel.features(),
+        args.histogram_buckets.clone().unwrap_or_default(),
     );
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<Trigger>(4);
     let reloader = args.config.as_ref().map(|path| {

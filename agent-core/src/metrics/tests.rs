@@ -2,7 +2,7 @@ use agent_common::{DIR_EGRESS, DIR_INGRESS, FAIL_REFUSED, PairKey, PairStats, VE
 
 use crate::{
     ids::CellIds,
-    metrics::{MapFill, Snapshot, encode, families},
+    metrics::{Buckets, MapFill, Snapshot},
 };
 
 fn key(src: u32, dst: u32, dir: u8, verdict: u8) -> PairKey {
@@ -10,7 +10,9 @@ fn key(src: u32, dst: u32, dir: u8, verdict: u8) -> PairKey {
 }
 
 fn render(snap: &Snapshot, ids: &CellIds) -> String {
-    encode(families(snap, ids)).unwrap()
+    let mut out = String::new();
+    super::render(snap, ids, &Buckets::all(), &mut out);
+    out
 }
 
 #[test]
@@ -25,6 +27,7 @@ fn snapshot_renders_the_contract_metrics() {
     s.bytes_sent = 1000;
     s.latency_hist[3] = 5; // below 8 µs
     s.latency_sum_ns = 20_000;
+    s.rtt_hist[5] = 1;
     let mut ing = PairStats::ZERO;
     ing.opened = 5;
     let snap = Snapshot {
@@ -81,8 +84,9 @@ fn rtt_is_counted_once_per_connection() {
         ..Snapshot::default()
     };
     let text = render(&snap, &ids);
-    let counts: Vec<&str> =
+    let mut counts: Vec<&str> =
         text.lines().filter(|l| l.starts_with("cellwatch_rtt_seconds_count{")).collect();
+    counts.sort_unstable();
     assert_eq!(
         counts,
         [
@@ -95,10 +99,32 @@ fn rtt_is_counted_once_per_connection() {
 
 #[test]
 fn buckets_are_powers_of_two_microseconds() {
-    let b: Vec<f64> = super::bucket_bounds().collect();
+    let b: Vec<f64> = Buckets::all().bounds().collect();
     assert_eq!(b.len(), agent_common::HIST_BUCKETS - 1);
     assert_eq!(b[0], 1e-6);
     assert_eq!(b[10], 1024e-6);
+}
+
+/// The scrape-size budget: an active pair seen from both ends, healthy, with default
+/// buckets, is at most 40 samples.
+#[test]
+fn a_healthy_pair_is_at_most_forty_samples() {
+    let mut ids = CellIds::default();
+    let (a, b) = (ids.id("cell-a").unwrap(), ids.id("cell-b").unwrap());
+    let mut s = PairStats::ZERO;
+    s.opened = 10;
+    s.closed = 9;
+    s.bytes_sent = 100;
+    s.latency_hist[8] = 10;
+    s.rtt_hist[7] = 10;
+    let snap = Snapshot {
+        pairs: vec![(key(a, b, DIR_EGRESS, 0), s), (key(a, b, DIR_INGRESS, 0), s)],
+        ..Snapshot::default()
+    };
+    let mut text = String::new();
+    super::render(&snap, &ids, &Buckets::default(), &mut text);
+    let samples = text.lines().filter(|l| l.contains("cell-a") && !l.starts_with('#')).count();
+    assert_eq!(samples, 40, "{text}");
 }
 
 #[test]
