@@ -161,6 +161,20 @@ pub const CTR_SWEEP_VISITED: u32 = 8;
 pub const CTR_SWEEP_BUSY: u32 = 9;
 pub const COUNTERS_LEN: u32 = 10;
 
+/// Slots of the `PROFILE` map (kept only when the agent runs with `--profile-kernel`):
+/// one per `sock_ops` op (`BPF_SOCK_OPS_*`, below 16), and [`PROFILE_STATE_CLOSE`] for
+/// the state change to CLOSE apart from the other state changes.
+pub const PROFILE_SLOTS: u32 = 17;
+pub const PROFILE_STATE_CLOSE: u32 = 16;
+
+/// Runs and nanoseconds of one profiled `sock_ops` op on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpCost {
+    pub runs: u64,
+    pub ns: u64,
+}
+
 /// Index into the `LIVE` array: connections tracked now, across CPUs (the capacity check).
 pub const LIVE_CONNS: u32 = 0;
 pub const LIVE_LEN: u32 = 1;
@@ -489,6 +503,7 @@ const _: () =
     assert!(core::mem::size_of::<PairStats>() == (11 + FAIL_REASONS + 2 * HIST_BUCKETS) * 8);
 const _: () = assert!(core::mem::size_of::<Conn>() == 168);
 const _: () = assert!(core::mem::size_of::<FieldOffsets>() == 40);
+const _: () = assert!(core::mem::size_of::<OpCost>() == 16);
 const _: () = assert!(core::mem::size_of::<Progress>() == 32);
 const _: () = assert!(core::mem::size_of::<Claimed>() == 24);
 const _: () = assert!(core::mem::size_of::<Seeded>() == 72);
@@ -539,6 +554,7 @@ mod user {
         NetnsAddr,
         CellName,
         FieldOffsets,
+        OpCost,
     );
 }
 

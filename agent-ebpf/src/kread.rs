@@ -68,21 +68,31 @@ impl Sock {
         slock != 0 || owned != 0
     }
 
+    /// Payload bytes sent once (`bytes_sent - bytes_retrans`).
+    #[inline(always)]
+    pub(crate) fn sent_once(&self) -> Option<u64> {
+        let sent = self.field::<u64>(self.at.bytes_sent)?;
+        Some(sent.saturating_sub(self.field::<u64>(self.at.bytes_retrans)?))
+    }
+
+    /// Whether the peer's FIN arrived (`SOCK_DONE`).
+    #[inline(always)]
+    pub(crate) fn fin_received(&self) -> Option<bool> {
+        Some(self.field::<u64>(self.at.sk_flags)? & SOCK_DONE != 0)
+    }
+
     /// The socket's counters. Consistent only when the caller holds the socket lock (a
     /// `sock_ops` callback) or the socket is dead (its destroy).
     #[inline(always)]
     pub(crate) fn read(&self) -> Option<Reading> {
-        let sent = self.field::<u64>(self.at.bytes_sent)?;
-        let resent = self.field::<u64>(self.at.bytes_retrans)?;
-        let flags = self.field::<u64>(self.at.sk_flags)?;
         Some(Reading {
             progress: Progress {
                 acked: self.field::<u64>(self.at.bytes_acked)?,
-                sent_once: sent.saturating_sub(resent),
+                sent_once: self.sent_once()?,
                 received: self.field::<u64>(self.at.bytes_received)?,
                 retrans: u64::from(self.field::<u32>(self.at.total_retrans)?),
             },
-            fin_received: flags & SOCK_DONE != 0,
+            fin_received: self.fin_received()?,
             srtt_us: self.field::<u32>(self.at.srtt_us)? >> 3,
         })
     }

@@ -1,8 +1,8 @@
 //! Every map the programs share with the agent. Names are the contract with the loader
 //! in `agent/src/kernel/object.rs` (a unit test there checks the two lists agree).
 use agent_common::{
-    CellInfo, CellName, Conn, FieldOffsets, NetnsAddr, NetnsKey, PairKey, PairStats, PolicyKey,
-    Seeded,
+    CellInfo, CellName, Conn, FieldOffsets, NetnsAddr, NetnsKey, OpCost, PairKey, PairStats,
+    PolicyKey, Seeded,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -93,6 +93,12 @@ pub(crate) static FIELDS: Array<FieldOffsets> = Array::with_max_entries(1, 0);
 #[map]
 pub(crate) static COUNTERS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(agent_common::COUNTERS_LEN, 0);
+
+/// Time per `sock_ops` op, per CPU: written only when the agent loaded the programs
+/// with `--profile-kernel` (see `PROFILE` in `sockops.rs`).
+#[map]
+pub(crate) static PROFILE: PerCpuArray<OpCost> =
+    PerCpuArray::with_max_entries(agent_common::PROFILE_SLOTS, 0);
 
 /// Shared counters (`LIVE_*` indices), updated atomically across CPUs.
 #[map]

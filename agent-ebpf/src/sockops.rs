@@ -8,7 +8,7 @@
 use agent_common::{
     AF_INET6, CONN_ESTABLISHED, CONN_SEEDED, CONN_TRACKED, CTR_CONN_TABLE_FULL, Claimed,
     DIR_EGRESS, DIR_INGRESS, ECONNREFUSED, ECONNRESET, EPIPE, ETIMEDOUT, FAIL_OTHER, FAIL_REFUSED,
-    FAIL_RESET, FAIL_TIMEOUT, Progress, VERDICT_VIOLATION,
+    FAIL_RESET, FAIL_TIMEOUT, PROFILE_SLOTS, PROFILE_STATE_CLOSE, Progress, VERDICT_VIOLATION,
 };
 use aya_ebpf::{
     bindings::{
@@ -32,11 +32,45 @@ use crate::{
     stats::{Slot, add, count, observe},
 };
 
+/// 1 when the agent loaded the programs with `--profile-kernel`. A read-only global: the
+/// verifier knows its value and drops the profiling code when it is 0, so it costs
+/// nothing then.
+#[unsafe(no_mangle)]
+static PROFILE_KERNEL: u32 = 0;
+
 #[sock_ops]
 fn cellwatch_sockops(ctx: SockOpsContext) -> u32 {
-    try_sockops(&Ops::new(&ctx));
+    let ops = Ops::new(&ctx);
+    // SAFETY: a read of a constant the loader may have patched.
+    if unsafe { core::ptr::read_volatile(&raw const PROFILE_KERNEL) } == 1 {
+        let start = now_ns();
+        try_sockops(&ops);
+        profile(&ops, now_ns().saturating_sub(start));
+    } else {
+        try_sockops(&ops);
+    }
     // sock_ops programs return 1 for "done"; cellwatch never changes the socket.
     1
+}
+
+/// Counts one run of this op and its time.
+#[inline(always)]
+fn profile(ops: &Ops<'_>, ns: u64) {
+    let op = ops.op();
+    let slot = if op == BPF_SOCK_OPS_STATE_CB && ops.arg(1) == BPF_TCP_CLOSE {
+        PROFILE_STATE_CLOSE
+    } else {
+        op
+    };
+    if slot < PROFILE_SLOTS
+        && let Some(c) = crate::maps::PROFILE.get_ptr_mut(slot)
+    {
+        // SAFETY: `c` is this CPU's value of a live array entry.
+        unsafe {
+            add(&raw mut (*c).runs, 1);
+            add(&raw mut (*c).ns, ns);
+        }
+    }
 }
 
 #[inline(always)]
@@ -159,10 +193,7 @@ fn handshake(ops: &Ops<'_>) -> Progress {
     // A SYN carries no payload, so nothing was sent once, unless the SYN carried data
     // (Fast Open): then the socket says how much.
     let sent_once = if acked > 1 {
-        ops.sk()
-            .and_then(|sk| Sock::of(sk.cast_const()))
-            .and_then(|s| s.read())
-            .map_or(0, |r| r.progress.sent_once)
+        ops.sk().and_then(|sk| Sock::of(sk.cast_const())).and_then(|s| s.sent_once()).unwrap_or(0)
     } else {
         0
     };
@@ -251,9 +282,19 @@ fn on_close(ops: &Ops<'_>) {
     let s = slot.stats();
     if flags & CONN_ESTABLISHED != 0 {
         let err = sock.map_or(0, |s| s.err());
-        if let Some(r) = sock.and_then(|s| s.read()) {
+        // The context has most counters; the socket itself the rest. The socket is
+        // locked, so they belong together.
+        let sent_once = sock.and_then(|s| s.sent_once());
+        let fin_received = sock.and_then(|s| s.fin_received());
+        if let (Some(sent_once), Some(fin)) = (sent_once, fin_received) {
+            let now = Progress {
+                acked: ops.bytes_acked(),
+                sent_once,
+                received: ops.bytes_received(),
+                retrans: u64::from(ops.total_retrans()),
+            };
             // SAFETY: `c` as above.
-            unsafe { slot.claim(&raw mut (*c).claimed, &(*c).base, &r.progress, r.fin_received) };
+            unsafe { slot.claim(&raw mut (*c).claimed, &(*c).base, &now, fin) };
         }
         // RTT once per connection at its close: the client's, or the server's when the
         // client is in no cell (no cellwatch sees it as egress).

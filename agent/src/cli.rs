@@ -103,6 +103,10 @@ pub(crate) struct RunArgs {
     /// 512us, 1ms, 2ms, 4ms, 8ms, 16ms, 65ms, 262ms and 1.05s].
     #[arg(long, value_parser = Buckets::parse)]
     pub(crate) histogram_buckets: Option<Buckets>,
+    /// Time every sock_ops op and export it (`cellwatch_kernel_op_*`): for benchmarks, it
+    /// costs two clock reads per run. Takes effect when the programs are loaded.
+    #[arg(long, hide = true)]
+    pub(crate) profile_kernel: bool,
     /// Violation events (logged, and served at /violations) per cell pair and direction
     /// per second; more are counted as lost. Counters are exact either way.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]

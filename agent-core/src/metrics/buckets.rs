@@ -64,7 +64,10 @@ impl Buckets {
     }
 
     /// Cumulative counts at each finite bound, then the total (`+Inf`).
-    pub fn cumulative<'a>(&'a self, kernel: &'a [u64; HIST_BUCKETS]) -> impl Iterator<Item = u64> + 'a {
+    pub fn cumulative<'a>(
+        &'a self,
+        kernel: &'a [u64; HIST_BUCKETS],
+    ) -> impl Iterator<Item = u64> + 'a {
         let mut sum = 0u64;
         let mut next = 0usize;
         self.exponents.iter().map(move |i| {

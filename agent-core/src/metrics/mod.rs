@@ -22,6 +22,17 @@ pub struct Snapshot {
     /// Ring-buffer records the agent could not decode (never expected; counted to be
     /// seen): `cellwatch_events_lost_total{source="violation_undecodable"}`.
     pub undecodable_events: u64,
+    /// Time per `sock_ops` op, when the agent profiles the kernel (`--profile-kernel`).
+    pub ops: Vec<OpTime>,
+}
+
+/// Runs and time of one profiled `sock_ops` op, summed over CPUs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpTime {
+    /// `BPF_SOCK_OPS_*`, or `PROFILE_STATE_CLOSE`.
+    pub op: u32,
+    pub runs: u64,
+    pub ns: u64,
 }
 
 /// Entries and capacity of one kernel map.

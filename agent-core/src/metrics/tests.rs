@@ -38,6 +38,7 @@ fn snapshot_renders_the_contract_metrics() {
         counters: [0; agent_common::COUNTERS_LEN as usize],
         fill: vec![MapFill { map: "conns", entries: 2, capacity: 10 }],
         undecodable_events: 3,
+        ops: Vec::new(),
     };
     let text = render(&snap, &ids);
     for want in [

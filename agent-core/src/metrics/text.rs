@@ -7,8 +7,8 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use agent_common::{
     CELL_EXTERNAL, CTR_CONN_TABLE_FULL, CTR_ENFORCE_UNRESOLVED, CTR_EVENTS_RATE_LIMITED,
     CTR_EVENTS_RINGBUF_FULL, CTR_EVENTS_SENT, CTR_STATS_TABLE_FULL, CTR_SWEEP_BUSY,
-    CTR_SWEEP_VISITED, DIR_EGRESS, DIR_INGRESS, FAIL_LABELS, FAIL_REASONS, HIST_BUCKETS,
-    PairStats, VERDICT_ALLOWED, VERDICT_VIOLATION, direction_label,
+    CTR_SWEEP_VISITED, DIR_EGRESS, DIR_INGRESS, FAIL_LABELS, FAIL_REASONS, HIST_BUCKETS, PairStats,
+    VERDICT_ALLOWED, VERDICT_VIOLATION, direction_label,
 };
 
 use super::{Buckets, Snapshot};
@@ -141,7 +141,12 @@ struct Family<'o> {
 }
 
 impl<'o> Family<'o> {
-    fn new(out: &'o mut String, name: &'static str, kind: &'static str, help: &'static str) -> Self {
+    fn new(
+        out: &'o mut String,
+        name: &'static str,
+        kind: &'static str,
+        help: &'static str,
+    ) -> Self {
         Self { out, name, kind, help, started: false }
     }
 
@@ -284,7 +289,11 @@ struct HistNames {
 
 impl HistNames {
     fn of(name: &str) -> Self {
-        Self { bucket: format!("{name}_bucket"), sum: format!("{name}_sum"), count: format!("{name}_count") }
+        Self {
+            bucket: format!("{name}_bucket"),
+            sum: format!("{name}_sum"),
+            count: format!("{name}_count"),
+        }
     }
 }
 
@@ -325,7 +334,8 @@ fn bookkeeping(snap: &Snapshot, out: &mut String) {
         let _ = writeln!(f.line(), "{name}{{source=\"{source}\"}} {n}");
     }
     let name = "cellwatch_events_total";
-    let mut f = Family::new(out, name, "counter", "Kernel events delivered to the agent, by source");
+    let mut f =
+        Family::new(out, name, "counter", "Kernel events delivered to the agent, by source");
     let _ = writeln!(f.line(), "{name}{{source=\"violation\"}} {}", c(CTR_EVENTS_SENT));
     let name = "cellwatch_enforce_unresolved_total";
     let help = "Connects enforce mode let through unjudged: an unbound socket in a network \
@@ -339,6 +349,18 @@ fn bookkeeping(snap: &Snapshot, out: &mut String) {
     let (visited, busy) = (c(CTR_SWEEP_VISITED), c(CTR_SWEEP_BUSY));
     let _ = writeln!(f.line(), "{name}{{result=\"read\"}} {}", visited.saturating_sub(busy));
     let _ = writeln!(f.line(), "{name}{{result=\"busy\"}} {busy}");
+    let name = "cellwatch_kernel_op_runs_total";
+    let help = "Runs of the sock_ops program by op, with --profile-kernel";
+    let mut f = Family::new(out, name, "counter", help);
+    for o in &snap.ops {
+        let _ = writeln!(f.line(), "{name}{{op=\"{}\"}} {}", op_name(o.op), o.runs);
+    }
+    let name = "cellwatch_kernel_op_seconds_total";
+    let help = "Time in the sock_ops program by op, with --profile-kernel";
+    let mut f = Family::new(out, name, "counter", help);
+    for o in &snap.ops {
+        let _ = writeln!(f.line(), "{name}{{op=\"{}\"}} {}", op_name(o.op), o.ns as f64 * 1e-9);
+    }
     let name = "cellwatch_map_entries";
     let mut f = Family::new(out, name, "gauge", "Entries in each kernel map");
     for m in &snap.fill {
@@ -349,4 +371,30 @@ fn bookkeeping(snap: &Snapshot, out: &mut String) {
     for m in &snap.fill {
         let _ = writeln!(f.line(), "{name}{{map=\"{}\"}} {}", m.map, m.capacity);
     }
+}
+
+/// The `op` label of a profile slot: the `BPF_SOCK_OPS_*` name, lower case.
+fn op_name(op: u32) -> &'static str {
+    const NAMES: [&str; 16] = [
+        "void",
+        "timeout_init",
+        "rwnd_init",
+        "tcp_connect",
+        "active_established",
+        "passive_established",
+        "needs_ecn",
+        "base_rtt",
+        "rto",
+        "retrans",
+        "state",
+        "tcp_listen",
+        "rtt",
+        "parse_hdr_opt",
+        "hdr_opt_len",
+        "write_hdr_opt",
+    ];
+    if op == agent_common::PROFILE_STATE_CLOSE {
+        return "state_close";
+    }
+    usize::try_from(op).ok().and_then(|i| NAMES.get(i)).copied().unwrap_or("other")
 }

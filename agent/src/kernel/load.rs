@@ -46,6 +46,8 @@ pub(crate) struct LoadOptions {
     pub(crate) events_bytes: u32,
     /// Violation events per cell pair and direction per second.
     pub(crate) event_rate: u32,
+    /// Time every `sock_ops` op (for benchmarks; costs a clock read per run).
+    pub(crate) profile_kernel: bool,
 }
 
 impl LoadOptions {
@@ -111,6 +113,8 @@ fn open_in(
         object::PINNED_MAPS.iter().map(|m| (*m, dir.map(m))).collect();
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(object::EVENTS, opts.events_bytes);
+    let profile = u32::from(opts.profile_kernel);
+    loader.override_global(object::PROFILE_KERNEL, &profile, true);
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }

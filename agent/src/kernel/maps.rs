@@ -2,7 +2,7 @@
 use std::{collections::HashSet, time::Instant};
 
 use agent_common::{
-    CELLS_V4_CAPACITY, CELLS_V6_CAPACITY, CellInfo, CellName, Conn, FieldOffsets,
+    CELLS_V4_CAPACITY, CELLS_V6_CAPACITY, CellInfo, CellName, Conn, FieldOffsets, OpCost,
     PAIR_STATS_CAPACITY, POLICY_CAPACITY, PairKey, PairStats, PolicyKey, SETTING_CONN_CAPACITY,
     SETTING_GENERATION, Seeded,
 };
@@ -25,6 +25,7 @@ pub(super) struct Maps {
     pub(super) seed_plan: HashMap<MapData, u64, Conn>,
     pub(super) fields: Array<MapData, FieldOffsets>,
     pub(super) live: Array<MapData, u64>,
+    pub(super) profile: PerCpuArray<MapData, OpCost>,
     pub(super) counters: PerCpuArray<MapData, u64>,
     pub(super) settings: Array<MapData, u32>,
     pub(super) cell_names: Array<MapData, CellName>,
@@ -129,6 +130,7 @@ pub(super) fn take_all(ebpf: &mut Ebpf) -> Result<Maps, KernelError> {
         seed_plan: take(ebpf, object::SEED_PLAN)?,
         fields: take(ebpf, object::FIELDS)?,
         live: take(ebpf, object::LIVE)?,
+        profile: take(ebpf, object::PROFILE)?,
         counters: take(ebpf, object::COUNTERS)?,
         settings,
         cell_names: take(ebpf, object::CELL_NAMES)?,

@@ -50,6 +50,9 @@ pub(super) const SETTINGS: &str = "SETTINGS";
 pub(super) const FIELDS: &str = "FIELDS";
 pub(super) const COUNTERS: &str = "COUNTERS";
 pub(super) const LIVE: &str = "LIVE";
+pub(super) const PROFILE: &str = "PROFILE";
+/// The read-only global that turns per-op profiling on (`--profile-kernel`).
+pub(super) const PROFILE_KERNEL: &str = "PROFILE_KERNEL";
 pub(super) const CELL_NAMES: &str = "CELL_NAMES";
 pub(super) const META: &str = "META";
 
@@ -90,6 +93,7 @@ pub(super) const PINNED_MAPS: &[&str] = &[
     FIELDS,
     COUNTERS,
     LIVE,
+    PROFILE,
     CELL_NAMES,
     META,
     AYA_LOGS,

@@ -1,6 +1,6 @@
 //! Reads the per-cell-pair statistics and bookkeeping counters, summing per-CPU copies.
-use agent_common::{COUNTERS_LEN, LIVE_CONNS, PairStats};
-use agent_core::metrics::{MapFill, Snapshot};
+use agent_common::{COUNTERS_LEN, LIVE_CONNS, PROFILE_SLOTS, PairStats};
+use agent_core::metrics::{MapFill, OpTime, Snapshot};
 
 use super::{
     error::{KernelError, map_err},
@@ -26,6 +26,14 @@ pub(super) fn read(m: &Maps) -> Result<Snapshot, KernelError> {
         *slot = per_cpu.iter().sum();
     }
     let live = m.live.get(&LIVE_CONNS, 0).map_err(map_err(object::LIVE))?;
+    let mut ops = Vec::new();
+    for slot in 0..PROFILE_SLOTS {
+        let per_cpu = m.profile.get(&slot, 0).map_err(map_err(object::PROFILE))?;
+        let (runs, ns) = per_cpu.iter().fold((0, 0), |(r, n), c| (r + c.runs, n + c.ns));
+        if runs > 0 {
+            ops.push(OpTime { op: slot, runs, ns });
+        }
+    }
 
     let c = m.active();
     let (v4, v6) = c.prefixes.iter().fold((0u64, 0u64), |(a, b), (n, _)| match n {
@@ -40,5 +48,5 @@ pub(super) fn read(m: &Maps) -> Result<Snapshot, KernelError> {
         MapFill { map: "cells_v6", entries: v6, capacity: cap.cells_v6.into() },
         MapFill { map: "policy", entries: c.allow.len() as u64, capacity: cap.policy.into() },
     ];
-    Ok(Snapshot { pairs, counters, fill, undecodable_events: 0 })
+    Ok(Snapshot { pairs, counters, fill, undecodable_events: 0, ops })
 }

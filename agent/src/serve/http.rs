@@ -119,13 +119,17 @@ impl<E: Endpoints> Server<E> {
                             ),
                         );
                         if gzip {
-                            h.insert(header::CONTENT_ENCODING, header::HeaderValue::from_static("gzip"));
+                            h.insert(
+                                header::CONTENT_ENCODING,
+                                header::HeaderValue::from_static("gzip"),
+                            );
                         }
                         r
                     }
-                    Ok(Ok(Err(e))) => {
-                        text(StatusCode::INTERNAL_SERVER_ERROR, format!("compressing failed: {e}\n"))
-                    }
+                    Ok(Ok(Err(e))) => text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("compressing failed: {e}\n"),
+                    ),
                     Ok(Err(why)) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{why}\n")),
                     Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "metrics rendering failed\n"),
                 }
@@ -173,7 +177,7 @@ impl<E: Endpoints> Server<E> {
         }
     }
 
-        /// Serves until `shutdown` resolves, then drains for at most [`DRAIN_TIMEOUT`].
+    /// Serves until `shutdown` resolves, then drains for at most [`DRAIN_TIMEOUT`].
     pub(crate) async fn serve(
         self: Arc<Self>,
         listener: TcpListener,

@@ -46,6 +46,7 @@ pub(crate) fn demo(args: &DemoArgs) -> Result<(), RunError> {
         conn_capacity: cli::DEFAULT_CONN_CAPACITY,
         live_interval: std::time::Duration::from_secs(1),
         histogram_buckets: None,
+        profile_kernel: false,
         // A few violation log lines a second per pair keep the log readable.
         violation_event_rate: 2,
         events_buffer_kib: cli::DEFAULT_EVENTS_BUFFER_KIB,

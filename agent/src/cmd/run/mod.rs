@@ -176,6 +176,7 @@ where
         conn_capacity: args.conn_capacity,
         events_bytes: args.events_buffer_kib * 1024,
         event_rate: args.violation_event_rate,
+        profile_kernel: args.profile_kernel,
     };
     let staged = Kernel::open(&opts)?;
     // Ids the pinned state already uses first, so adopted counters keep their labels.
