@@ -411,8 +411,17 @@ mod user {
     }
 
     pod!(
-        PairKey, PairStats, ConnState, CellInfo, PolicyKey, Owner, ViolationEvent, RateState,
-        NetnsKey, NetnsAddr, CellName,
+        PairKey,
+        PairStats,
+        ConnState,
+        CellInfo,
+        PolicyKey,
+        Owner,
+        ViolationEvent,
+        RateState,
+        NetnsKey,
+        NetnsAddr,
+        CellName,
     );
 }
 

@@ -10,7 +10,10 @@
 //! Why not `fentry/tcp_connect` for the owner: kernels in lockdown (integrity) with a
 //! BPF LSM, such as this project's CI machines, refuse tracing programs outright; cgroup
 //! hooks are not tracing programs.
-#![expect(unsafe_code, reason = "the statistics slot is updated through its map pointer, helpers called raw")]
+#![expect(
+    unsafe_code,
+    reason = "the statistics slot is updated through its map pointer, helpers called raw"
+)]
 use agent_common::{
     AF_INET, AF_INET6, CELL_IGNORED, CTR_ENFORCE_UNRESOLVED, DIR_EGRESS, EVENT_DENIED, Owner,
     PairKey, VERDICT_VIOLATION,

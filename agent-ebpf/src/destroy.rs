@@ -2,7 +2,10 @@
 //! one the agent found already open when it started (seeded). Counted closed, then
 //! forgotten; any other entry still in the table at destroy is forgotten too, so the
 //! table cannot leak.
-#![expect(unsafe_code, reason = "a connection entry is read and its statistics updated through map pointers")]
+#![expect(
+    unsafe_code,
+    reason = "a connection entry is read and its statistics updated through map pointers"
+)]
 use agent_common::{CONN_ESTABLISHED, CTR_CONN_FORGOTTEN, SETTING_DESTROY_COOKIE_OFFSET};
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 

@@ -1,7 +1,10 @@
 //! Violation events to the agent through the ring buffer: rate-limited per cell pair and
 //! direction, and every outcome counted (sent, rate-limited, ring full), so the counters
 //! stay exact whatever the buffer does.
-#![expect(unsafe_code, reason = "a rate-limit entry is updated in place, and an owner read, through map pointers")]
+#![expect(
+    unsafe_code,
+    reason = "a rate-limit entry is updated in place, and an owner read, through map pointers"
+)]
 use agent_common::{
     CTR_EVENTS_RATE_LIMITED, CTR_EVENTS_RINGBUF_FULL, CTR_EVENTS_SENT, ConnState, DIR_EGRESS,
     EVENT_VIOLATION, PairKey, RateState, SETTING_EVENT_RATE, ViolationEvent,
@@ -50,7 +53,11 @@ impl Flow {
 }
 
 /// Sends the event of a violating connection, unless its pair is over its rate.
-#[inline(always)]
+///
+/// A function of its own (a BPF-to-BPF call): inlined, its `Flow` would sit in the
+/// `sock_ops` program's frame beside the rest, past the 512 bytes older kernels (6.1)
+/// allow for a frame and its callees together.
+#[inline(never)]
 pub(crate) fn violation(conn: &ConnState, key: &PairKey, cookie: u64) {
     send(&Flow::of(conn), key, cookie, EVENT_VIOLATION);
 }

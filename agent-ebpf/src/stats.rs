@@ -1,7 +1,10 @@
 //! Per-CPU aggregation per cell pair. Every update is an atomic add: a program running
 //! in process context can be interrupted by one in softirq on the same CPU, and a plain
 //! read-modify-write would then lose a count.
-#![expect(unsafe_code, reason = "map values are updated in place through the pointers the map helpers return")]
+#![expect(
+    unsafe_code,
+    reason = "map values are updated in place through the pointers the map helpers return"
+)]
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use agent_common::{CTR_STATS_TABLE_FULL, PairKey, PairStats, hist_bucket};

@@ -527,7 +527,8 @@ impl Rng {
             .unwrap_or_else(|| {
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64)
+                    // The clock's low 64 bits of nanoseconds: any seed will do.
+                    .map_or(1, |d| u64::try_from(d.as_nanos() & u128::from(u64::MAX)).unwrap_or(1))
             });
         eprintln!("{test}: CELLWATCH_SEED={seed}");
         Self(seed.max(1))
@@ -545,12 +546,27 @@ impl Rng {
         self.next_u64() % n.max(1)
     }
 
+    /// Uniform in `0..n`, as a byte.
+    pub fn byte(&mut self, n: u8) -> u8 {
+        u8::try_from(self.below(u64::from(n))).expect("below a byte's bound")
+    }
+
+    /// Uniform in `0..n`, as an index.
+    pub fn index(&mut self, n: usize) -> usize {
+        usize::try_from(self.below(n as u64)).expect("below an index's bound")
+    }
+
+    /// Uniform in `0..n`, as a u32.
+    pub fn small(&mut self, n: u32) -> u32 {
+        u32::try_from(self.below(u64::from(n))).expect("below a u32's bound")
+    }
+
     pub fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
     }
 
     pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
+        &items[self.index(items.len())]
     }
 }
 

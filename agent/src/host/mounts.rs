@@ -55,12 +55,10 @@ impl Mounts {
     }
 
     /// The mount that holds `p`: the longest mount point that is a prefix of it.
+    /// Of several mounts at that point, the last one (the one on top) holds it.
     pub(crate) fn covering(&self, p: &Path) -> Option<&Mount> {
-        self.0
-            .iter()
-            .rev()
-            .filter(|m| p.starts_with(&m.point))
-            .max_by_key(|m| m.point.as_os_str().len())
+        // `max_by_key` keeps the last of equal keys: in file order, the topmost mount.
+        self.0.iter().filter(|m| p.starts_with(&m.point)).max_by_key(|m| m.point.as_os_str().len())
     }
 
     /// The cgroup v2 root: `/sys/fs/cgroup` on unified hosts, else the first cgroup2
@@ -118,6 +116,11 @@ mod tests {
             Some("bpf")
         );
         assert_eq!(m.covering(Path::new("/tmp/x")).map(|m| m.fstype.as_str()), Some("ext4"));
+        // A filesystem mounted over another at the same point: the top one counts (this
+        // machine kind boots with sysfs at /sys/fs/bpf, and bpffs goes on top).
+        let stacked = Mounts::parse("sysfs /sys/fs/bpf sysfs rw 0 0\nbpf /sys/fs/bpf bpf rw 0 0\n");
+        let top = stacked.covering(Path::new("/sys/fs/bpf/cellwatch")).map(|m| m.fstype.as_str());
+        assert_eq!(top, Some("bpf"));
         let esc = Mounts::parse("x /mnt/a\\040b tmpfs rw 0 0\n");
         assert_eq!(esc.0[0].point, PathBuf::from("/mnt/a b"));
     }

@@ -103,8 +103,8 @@ fn delta(after: &BTreeMap<Key, f64>, before: &BTreeMap<Key, f64>) -> BTreeMap<Ke
 /// The property test's address universe: the first eight /16s of the area's block
 /// (127.200.0.0/13), used by no other test.
 fn in_universe(rng: &mut Rng) -> Ipv4Addr {
-    let second = CELLS.at(rng.below(8) as u8);
-    Ipv4Addr::new(CELLS.net, second, rng.below(4) as u8, 1 + rng.below(6) as u8)
+    let second = CELLS.at(rng.byte(8));
+    Ipv4Addr::new(CELLS.net, second, rng.byte(4), 1 + rng.byte(6))
 }
 
 /// The universe is one /13, the shortest prefix the random configs use.
@@ -121,7 +121,7 @@ fn name(p: Place<'_>) -> Option<String> {
 /// A random config over the addresses in play: nested prefixes, globals, allow rules
 /// (some on the listeners' ports), every external mode, sometimes an ignored range.
 fn random_config(rng: &mut Rng, addrs: &[Ipv4Addr], ports: &[u16]) -> String {
-    let cells = 2 + rng.below(5) as usize;
+    let cells = 2 + rng.index(5);
     let mut used = std::collections::HashSet::new();
     let mut y = String::from("cells:\n");
     for c in 0..cells {
@@ -132,7 +132,7 @@ fn random_config(rng: &mut Rng, addrs: &[Ipv4Addr], ports: &[u16]) -> String {
         y += "    cidrs: [";
         for _ in 0..1 + rng.below(3) {
             let a = u32::from(*rng.pick(addrs));
-            let len = 13 + rng.below(20) as u32; // /13 .. /32
+            let len = 13 + rng.small(20); // /13 .. /32
             let net = Ipv4Addr::from(a & (u32::MAX << (32 - len)));
             if used.insert((net, len)) {
                 y += &format!("\"{net}/{len}\", ");
@@ -155,7 +155,7 @@ fn random_config(rng: &mut Rng, addrs: &[Ipv4Addr], ports: &[u16]) -> String {
     let mut ignore = vec![format!("\"{}\"", HARNESS.cidr(0))];
     if rng.chance(30) {
         let a = u32::from(*rng.pick(addrs));
-        let len = 24 + rng.below(9) as u32;
+        let len = 24 + rng.small(9);
         let net = Ipv4Addr::from(a & (u32::MAX << (32 - len)));
         if !used.contains(&(net, len)) {
             ignore.push(format!("\"{net}/{len}\""));

@@ -23,6 +23,7 @@ const PER_PAIR_CELLS: Three = Three(0);
 const HELD_CELLS: Three = Three(10);
 const V6_CELLS: Three = Three(20);
 const OLDER_CELLS: Three = Three(30);
+const OLDER_BIG_CELLS: Three = Three(35);
 const LATENCY_CELLS: Three = Three(40);
 const STORM_CELLS: Three = Three(45);
 
@@ -329,6 +330,76 @@ fn a_connection_older_than_the_agent_is_seen() {
     );
 }
 
+/// A connection older than the agent that moved more than 4 GiB before it started: what
+/// it moves afterwards is reported exactly (its byte base is kept in 64 bits). The
+/// kernel matrix skips it (software emulation would take minutes over 4 GiB).
+#[test]
+fn a_connection_older_than_the_agent_that_moved_over_4_gib() {
+    const BEFORE: u64 = (4 << 30) + (1 << 20);
+    const AFTER: usize = 1_000_003;
+    const BACK: usize = 7_777;
+    let l = TcpListener::bind((OLDER_BIG_CELLS.green(0, 1), 0)).unwrap();
+    let mut c = connect_from(OLDER_BIG_CELLS.blue(0, 1), l.local_addr().unwrap()).unwrap();
+    let (mut s, _) = l.accept().unwrap();
+    // The server reads what comes, and says when it has a given total.
+    let (total_tx, total_rx) = std::sync::mpsc::channel::<u64>();
+    let mut reader = s.try_clone().unwrap();
+    let drain = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0u64;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n as u64,
+            }
+            if got == BEFORE || got == BEFORE + AFTER as u64 {
+                total_tx.send(got).unwrap();
+            }
+        }
+    });
+    let chunk = vec![0x42u8; 1 << 20];
+    let mut sent = 0u64;
+    while sent < BEFORE {
+        let n = usize::try_from(BEFORE - sent).map_or(chunk.len(), |left| left.min(chunk.len()));
+        c.write_all(&chunk[..n]).unwrap();
+        sent += n as u64;
+    }
+    assert_eq!(total_rx.recv_timeout(Duration::from_secs(120)).unwrap(), BEFORE);
+    let agent =
+        Agent::start(AgentOpts { config: Some(&OLDER_BIG_CELLS.config()), ..AgentOpts::default() });
+    c.write_all(&vec![0x43u8; AFTER]).unwrap();
+    assert_eq!(total_rx.recv_timeout(Duration::from_secs(60)).unwrap(), BEFORE + AFTER as u64);
+    s.write_all(&vec![0x44u8; BACK]).unwrap();
+    let mut back = vec![0u8; BACK];
+    c.read_exact(&mut back).unwrap();
+    // `bytes_sent` counts what the peer acknowledged: give the last ACK a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let conns = loop {
+        let conns = json(&agent, "/connections?cell=blue");
+        let done = conns
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["bytes_sent"] == if c["direction"] == "egress" { AFTER } else { BACK });
+        if done || Instant::now() > deadline {
+            break conns;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let conns = conns.as_array().unwrap();
+    assert_eq!(conns.len(), 2, "{conns:?}");
+    for conn in conns {
+        assert_eq!(conn["seeded"], true, "{conn}");
+        let (sent, received) =
+            if conn["direction"] == "egress" { (AFTER, BACK) } else { (BACK, AFTER) };
+        assert_eq!(conn["bytes_sent"], sent, "{conn}");
+        assert_eq!(conn["bytes_received"], received, "{conn}");
+    }
+    drop((c, s));
+    drain.join().unwrap();
+}
+
 /// Stated tolerance: the kernel's connect latency is the handshake inside the test's own
 /// connect() call, so it is positive and at most what the test measured; the kernel's
 /// RTT at close is within a factor of 3 (plus 50 µs) of the srtt the test read with
@@ -392,7 +463,11 @@ fn tcp_info_rtt_us(c: &TcpStream) -> u32 {
     let rtt =
         text.split_whitespace().find_map(|w| w.strip_prefix("rtt:")).expect("an rtt in ss output");
     let ms: f64 = rtt.split('/').next().unwrap().parse().unwrap();
-    (ms * 1000.0).round() as u32
+    let us = (ms * 1000.0).round();
+    assert!((0.0..1e9).contains(&us), "an RTT of {ms} ms");
+    #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "checked above")]
+    let us = us as u32;
+    us
 }
 
 #[test]

@@ -19,8 +19,10 @@ use crate::util::{ok, step};
 const CHUNK: usize = 1 << 20;
 
 pub(crate) fn bulk(smoke: bool) -> Result<()> {
-    let (runs, gib) = if smoke { (1, 0.0625) } else { (5, 4.0) };
-    let bytes = (gib * (1u64 << 30) as f64) as u64;
+    // In 64ths of a GiB: 4 GiB, or 1/16 GiB for a smoke run.
+    let (runs, sixty_fourths) = if smoke { (1, 4u64) } else { (5, 256u64) };
+    let bytes = sixty_fourths << 24;
+    let gib = sixty_fourths as f64 / 64.0;
     let (bin, tcplife) = (agent_build(smoke)?, tcplife()?);
     step(&format!("bulk: {gib} GiB over one connection, {runs} runs of each variant, interleaved"));
     let rates =
@@ -62,7 +64,7 @@ fn transfer(bytes: u64) -> Result<f64> {
     let t = Instant::now();
     let mut sent = 0u64;
     while sent < bytes {
-        let n = CHUNK.min((bytes - sent) as usize);
+        let n = usize::try_from(bytes - sent).map_or(CHUNK, |left| CHUNK.min(left));
         c.write_all(&chunk[..n])?;
         sent += n as u64;
     }

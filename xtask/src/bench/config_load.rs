@@ -104,7 +104,7 @@ fn write_big_config(path: &Path) -> Result<(usize, usize, usize)> {
         }
         y.push_str("    cidrs: [");
         for j in 0..PER {
-            let k = (i * PER + j) as u32;
+            let k = u32::try_from(i * PER + j).expect("100,000 prefixes fit in u32");
             if j < 90 {
                 y.push_str(&format!(
                     "\"10.{}.{}.{}/28\", ",

@@ -27,7 +27,8 @@ const SCRAPES: usize = 7;
 
 /// Cell `i`'s /24: 127.180.0.0/24 onwards, 250 per second octet.
 fn cell_net(i: usize) -> (u8, u8) {
-    (180 + (i / 250) as u8, (i % 250) as u8)
+    let octet = |v: usize| u8::try_from(v).expect("at most 1,000 cells: the octets fit");
+    (180 + octet(i / 250), octet(i % 250))
 }
 
 fn cell_ip(i: usize, host: u8) -> IpAddr {
@@ -235,7 +236,7 @@ pub(crate) fn hold(count: usize, helper: u8, targets: &str) -> Result<()> {
     let mut held = Vec::with_capacity(count);
     for k in 0..count {
         let from =
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 190, helper, 1 + (k % 200) as u8)), 0);
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 190, helper, 1 + host(k % 200))), 0);
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
         s.bind(&from.into())?;
         s.connect_timeout(&targets[k % targets.len()].into(), Duration::from_secs(5))
@@ -302,4 +303,9 @@ fn map_memlock(pid: u32) -> Result<(u64, u64)> {
         }
     }
     Ok((all, conns))
+}
+
+/// A host octet below 200.
+fn host(k: usize) -> u8 {
+    u8::try_from(k).expect("below 200")
 }

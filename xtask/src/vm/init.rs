@@ -2,6 +2,7 @@
 //! started by the kernel as process 1. It mounts what the agent and its tests need, brings
 //! up loopback, runs the integration-test binary on the matrix's areas, prints one result
 //! line per area on the serial console and powers the VM off.
+#![expect(unsafe_code, reason = "mount, setrlimit and reboot through libc, as pid 1")]
 use std::{
     collections::BTreeMap,
     ffi::CString,
@@ -13,6 +14,9 @@ use std::{
 /// The areas of the integration tests (modules of the `it` binary) that run in every VM:
 /// connection counting, cell verdicts, telemetry and restarts.
 pub(crate) const AREAS: &[&str] = &["foundation", "cells", "telemetry", "restart"];
+/// Tests of those areas the matrix leaves to the host, by name: moving more than 4 GiB
+/// under software emulation would take minutes.
+const SKIPPED: &[&str] = &["telemetry::a_connection_older_than_the_agent_that_moved_over_4_gib"];
 /// Where the integration-test binary is in the initramfs.
 pub(crate) const TESTS: &str = "/tests/it";
 /// Marks an area's result line on the console:
@@ -74,6 +78,7 @@ fn tests(extra: &[&str]) -> Command {
     let mut c = Command::new(TESTS);
     c.args(extra)
         .args(AREAS.iter().map(|a| format!("{a}::")))
+        .args(SKIPPED.iter().flat_map(|t| ["--skip", t]))
         .env("CELLWATCH_BIN", "/bin/cellwatch")
         .env("PATH", "/bin:/sbin:/usr/bin:/usr/sbin")
         .env("HOME", "/tmp")
