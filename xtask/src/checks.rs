@@ -69,6 +69,10 @@ pub(crate) fn test() -> Result<()> {
         // The harness's unit tests (its address-range table) need no root.
         run(&["cargo", "test", "--locked", "-p", "cellwatch-tests", "--lib"])
     })?;
+    timed(
+        "the pure core and the fuzz targets build on stable with no eBPF toolchain",
+        &core_alone,
+    )?;
     timed("build the agent", &|| util::build_agent(false).map(drop))?;
     if !util::is_root() {
         bail!(
@@ -131,4 +135,49 @@ fn fuzz(target: &str, seconds: u32) -> Result<()> {
     let runs = text.lines().find(|l| l.starts_with("stat::number_of_executed_units")).unwrap_or("");
     ok(&format!("{target}: no crash; {}", runs.trim()));
     Ok(())
+}
+
+/// `agent-core` depends on no aya and no tokio, and it and the fuzz targets build with
+/// only the stable toolchain on PATH (no bpf-linker, no nightly).
+fn core_alone() -> Result<()> {
+    let tree = util::output(&[
+        "cargo",
+        "tree",
+        "--locked",
+        "-p",
+        "agent-core",
+        "-e",
+        "normal",
+        "--prefix",
+        "none",
+    ])
+    .unwrap_or_default();
+    for banned in ["aya", "tokio", "agent-ebpf"] {
+        if tree.lines().any(|l| l.split_whitespace().next() == Some(banned)) {
+            bail!("agent-core depends on {banned}: it must stay pure");
+        }
+    }
+    let cargo = util::output(&["rustup", "which", "cargo", "--toolchain", "stable"])
+        .ok_or_else(|| anyhow::anyhow!("no stable toolchain (rustup toolchain install stable)"))?;
+    let bin = std::path::Path::new(cargo.trim()).parent().unwrap_or(std::path::Path::new("/"));
+    let path = format!("{}:/usr/bin:/bin", bin.display());
+    let env = [("PATH", path.as_str()), ("RUSTUP_TOOLCHAIN", "stable")];
+    if util::output_env(&["sh", "-c", "command -v bpf-linker"], &env).is_some() {
+        bail!("bpf-linker is on the reduced PATH {path}: the check would prove nothing");
+    }
+    let target = root().join("target/core-alone");
+    let target = target.to_str().unwrap_or("target/core-alone");
+    run_env(&["cargo", "build", "--locked", "-p", "agent-core", "--target-dir", target], &env)?;
+    run_env(
+        &[
+            "cargo",
+            "build",
+            "--locked",
+            "--manifest-path",
+            "fuzz/Cargo.toml",
+            "--target-dir",
+            target,
+        ],
+        &env,
+    )
 }

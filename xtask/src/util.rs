@@ -49,10 +49,15 @@ pub(crate) fn run_env(cmd: &[&str], env: &[(&str, &str)]) -> Result<()> {
     Ok(())
 }
 
+/// A command's stdout with `env` set, when it runs and succeeds.
+pub(crate) fn output_env(cmd: &[&str], env: &[(&str, &str)]) -> Option<String> {
+    let out = Command::new(cmd[0]).args(&cmd[1..]).envs(env.iter().copied()).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// A command's stdout, when it runs and succeeds.
 pub(crate) fn output(cmd: &[&str]) -> Option<String> {
-    let out = Command::new(cmd[0]).args(&cmd[1..]).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    output_env(cmd, &[])
 }
 
 /// Builds the agent (`cargo build -p agent`, in release mode when asked) and returns the
