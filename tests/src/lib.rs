@@ -1,14 +1,18 @@
 //! Harness for the privileged integration tests: start the real `cellwatch` binary,
 //! drive bounded loopback TCP traffic, scrape its endpoints, and always clean up.
+//! `cargo xtask bench` starts its agents with it too.
 //!
-//! Every test takes its own 127.x.0.0/16 ranges, so tests running side by side (each
-//! with its own agent) never count each other's connections.
+//! Every test takes its own 127.x.0.0/16 ranges, from its area's block in [`ranges`], so
+//! tests running side by side (each with its own agent) never count each other's
+//! connections.
 #![forbid(unsafe_code)]
+
+pub mod ranges;
 
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -18,6 +22,8 @@ use std::{
 
 /// How long an agent may take to become ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often [`Agent::start`] asks `/readyz`.
+const READY_POLL: Duration = Duration::from_millis(50);
 
 /// The agent binary under test: `$CELLWATCH_BIN`, else `target/debug/cellwatch`.
 /// Panics (never skips) when it is missing.
@@ -117,19 +123,21 @@ pub fn free_port() -> u16 {
 }
 
 /// A running agent. Dropping it stops it (SIGTERM, then SIGKILL after 10 s), then
-/// removes its pins unless the test gave their directory (`Start::pins`).
+/// removes its pins unless the test gave their directory (`AgentOpts::pins`).
 pub struct Agent {
     child: Option<Child>,
     pub port: u16,
     pub dir: TempDir,
     stderr: PathBuf,
+    /// When the process was spawned.
+    spawned: Instant,
     /// Dropped after the agent stops (fields drop after `Drop::drop`).
     _own_pins: Option<Pins>,
 }
 
-/// How to start an agent.
+/// The options to start an agent with.
 #[derive(Default)]
-pub struct Start<'a> {
+pub struct AgentOpts<'a> {
     /// Config YAML; `None` runs on the embedded default.
     pub config: Option<&'a str>,
     /// Commands the agent is run under, e.g. `["unshare", "-m", "sh", "-c", "...; exec \"$0\" \"$@\""]`.
@@ -138,42 +146,39 @@ pub struct Start<'a> {
     /// The pin directory, kept by the test across agents; by default the agent gets one
     /// of its own, removed when it is dropped.
     pub pins: Option<&'a Pins>,
-    /// The binary to run instead of [`agent_bin`] (e.g. a copy with file capabilities).
+    /// The binary to run instead of [`agent_bin`] (e.g. a copy with file capabilities,
+    /// or a release build).
     pub bin: Option<&'a Path>,
 }
 
 impl Agent {
     /// Starts an agent and waits until `/readyz` answers 200; panics with its stderr if
     /// it exits or does not get ready in time.
-    pub fn start(s: Start<'_>) -> Self {
-        let mut a = Self::spawn(s);
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Ok((200, _)) = http_get(a.port, "/readyz") {
-                return a;
-            }
-            if let Some(status) = a.try_wait() {
-                panic!("agent exited with {status} before it was ready:\n{}", a.stderr());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent not ready after {READY_TIMEOUT:?}:\n{}",
-                a.stderr()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
+    pub fn start(opts: AgentOpts<'_>) -> Self {
+        Self::try_start(opts).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// Starts an agent without waiting for it.
-    pub fn spawn(s: Start<'_>) -> Self {
+    /// [`Agent::start`], with the failure (its stderr included) returned instead.
+    pub fn try_start(opts: AgentOpts<'_>) -> Result<Self, String> {
+        let mut a = Self::launch(opts)?;
+        a.wait_ready(READY_POLL)?;
+        Ok(a)
+    }
+
+    /// Starts an agent without waiting for it; panics if it cannot be run at all.
+    pub fn spawn(opts: AgentOpts<'_>) -> Self {
+        Self::launch(opts).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn launch(opts: AgentOpts<'_>) -> Result<Self, String> {
         let dir = TempDir::new("agent");
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let stderr = dir.0.join("stderr.log");
-        let mut argv: Vec<String> = s.wrapper.iter().map(|s| (*s).to_owned()).collect();
-        argv.push(s.bin.map_or_else(agent_bin, Path::to_owned).display().to_string());
+        let mut argv: Vec<String> = opts.wrapper.iter().map(|s| (*s).to_owned()).collect();
+        argv.push(opts.bin.map_or_else(agent_bin, Path::to_owned).display().to_string());
         argv.extend(["run".into(), "--listen".into(), listen]);
-        let own_pins = match (s.pins, s.args.contains(&"--bpffs")) {
+        let own_pins = match (opts.pins, opts.args.contains(&"--bpffs")) {
             (Some(p), _) => {
                 argv.extend(["--bpffs".into(), p.path().to_owned()]);
                 None
@@ -185,22 +190,47 @@ impl Agent {
                 Some(p)
             }
         };
-        if let Some(cfg) = s.config {
+        if let Some(cfg) = opts.config {
             argv.push("--config".into());
             argv.push(dir.write("cells.yaml", cfg).display().to_string());
         }
-        argv.extend(s.args.iter().map(|s| (*s).to_owned()));
+        argv.extend(opts.args.iter().map(|s| (*s).to_owned()));
+        let log = std::fs::File::create(&stderr).map_err(|e| format!("stderr file: {e}"))?;
+        let spawned = Instant::now();
         let child = Command::new(&argv[0])
             .args(&argv[1..])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {argv:?}: {e}"));
-        Self { child: Some(child), port, dir, stderr, _own_pins: own_pins }
+            .map_err(|e| format!("cannot start {argv:?}: {e}"))?;
+        Ok(Self { child: Some(child), port, dir, stderr, spawned, _own_pins: own_pins })
     }
 
-    /// The config file the agent was started with (when `Start::config` was given).
+    /// Asks `/readyz` every `every` until it answers 200: the time from spawning the
+    /// agent to that answer. Fails, with the agent's stderr, if it exits first or is not
+    /// ready within [`READY_TIMEOUT`].
+    pub fn wait_ready(&mut self, every: Duration) -> Result<Duration, String> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok((200, _)) = http_get(self.port, "/readyz") {
+                return Ok(self.spawned.elapsed());
+            }
+            if let Some(status) = self.try_wait() {
+                self.child = None;
+                return Err(format!(
+                    "agent exited with {status} before it was ready:\n{}",
+                    self.stderr()
+                ));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("agent not ready after {READY_TIMEOUT:?}:\n{}", self.stderr()));
+            }
+            thread::sleep(every);
+        }
+    }
+
+    /// The config file the agent was started with (when `AgentOpts::config` was given).
     pub fn config_path(&self) -> PathBuf {
         self.dir.0.join("cells.yaml")
     }
@@ -260,18 +290,23 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            terminate(&mut c);
         }
     }
+}
+
+/// Stops a child process: SIGTERM, then SIGKILL if it has not exited after 10 s.
+pub fn terminate(c: &mut Child) {
+    let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
 }
 
 /// Runs the agent binary to completion (for commands that end by themselves).
@@ -333,12 +368,21 @@ fn key<K: AsRef<str>, V: AsRef<str>>(name: &str, labels: impl Iterator<Item = (K
 
 /// The ids of the BPF programs process `pid` holds open (from its fdinfo).
 pub fn prog_ids_of(pid: u32) -> Vec<u32> {
+    bpf_ids_of(pid, "prog_id:")
+}
+
+/// The ids of the BPF maps process `pid` holds open (from its fdinfo).
+pub fn map_ids_of(pid: u32) -> Vec<u32> {
+    bpf_ids_of(pid, "map_id:")
+}
+
+fn bpf_ids_of(pid: u32, key: &str) -> Vec<u32> {
     let mut ids = Vec::new();
     for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("fdinfo").flatten() {
         let text = std::fs::read_to_string(e.path()).unwrap_or_default();
         ids.extend(
             text.lines()
-                .filter_map(|l| l.strip_prefix("prog_id:"))
+                .filter_map(|l| l.strip_prefix(key))
                 .filter_map(|v| v.trim().parse::<u32>().ok()),
         );
     }
@@ -396,11 +440,6 @@ pub fn json(agent: &Agent, path: &str) -> serde_json::Value {
     let (status, body) = http_get(agent.port, path).unwrap();
     assert_eq!(status, 200, "{path}: {body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
-}
-
-/// `127.a.b.c`.
-pub fn lo(a: u8, b: u8, c: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, a, b, c))
 }
 
 /// A loopback server that, for each of `n` connections, reads `req` bytes and answers
@@ -488,7 +527,8 @@ impl Rng {
             .unwrap_or_else(|| {
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64)
+                    // The clock's low 64 bits of nanoseconds: any seed will do.
+                    .map_or(1, |d| u64::try_from(d.as_nanos() & u128::from(u64::MAX)).unwrap_or(1))
             });
         eprintln!("{test}: CELLWATCH_SEED={seed}");
         Self(seed.max(1))
@@ -506,12 +546,27 @@ impl Rng {
         self.next_u64() % n.max(1)
     }
 
+    /// Uniform in `0..n`, as a byte.
+    pub fn byte(&mut self, n: u8) -> u8 {
+        u8::try_from(self.below(u64::from(n))).expect("below a byte's bound")
+    }
+
+    /// Uniform in `0..n`, as an index.
+    pub fn index(&mut self, n: usize) -> usize {
+        usize::try_from(self.below(n as u64)).expect("below an index's bound")
+    }
+
+    /// Uniform in `0..n`, as a u32.
+    pub fn small(&mut self, n: u32) -> u32 {
+        u32::try_from(self.below(u64::from(n))).expect("below a u32's bound")
+    }
+
     pub fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
     }
 
     pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
+        &items[self.index(items.len())]
     }
 }
 

@@ -1,23 +1,25 @@
 //! `cargo xtask`: the project's own tasks, so a fresh machine needs one command each.
+//! This file is the command line and its dispatch; each task lives in its own module:
 //!
-//! - `setup`: install what building and testing cellwatch needs (idempotent: what is there stays);
-//! - `test`: every check CI runs (format, lints, unit tests, privileged integration
-//!   tests, the kernel matrix, licences and sources);
+//! - `setup` ([`setup`]): install what building and testing cellwatch needs (idempotent:
+//!   what is there stays);
+//! - `test` ([`checks`]): every check CI runs (format, lints, licences and sources, unit
+//!   tests, privileged integration tests, the kernel matrix, benchmark smoke runs, fuzzing);
 //! - `ci`: `setup` then `test`;
-//! - `run`: `setup`, build, and run the agent (arguments after `--` go to `cellwatch run`).
-//! - `demo`: the same for `cellwatch demo`.
-//! - `vm-test`: the privileged tests on other kernels, under qemu (see [`vm`]).
+//! - `run`, `demo` ([`run`]): `setup`, build, and run the agent (arguments after `--` go
+//!   to `cellwatch run` or `cellwatch demo`);
+//! - `bench` ([`bench`]): benchmarks recorded in BENCHMARKS.md;
+//! - `vm-test` ([`vm`]): the privileged tests on other kernels, under qemu.
+//!
+//! The modules import top-down: main -> {setup, checks, run, bench, vm} -> util, with
+//! checks also calling bench (smoke runs) and vm (the matrix). util imports nothing.
 
 mod bench;
-mod benchfile;
-mod bulk;
-mod churn;
-mod micro;
-mod scale;
+mod checks;
+mod run;
 mod setup;
-mod tasks;
+mod util;
 mod vm;
-mod vm_init;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -40,7 +42,7 @@ enum Task {
     /// Run a benchmark and record it in BENCHMARKS.md.
     Bench {
         #[command(subcommand)]
-        which: Bench,
+        which: bench::Bench,
     },
     /// (Used by `bench scale`.) Hold connections open until stdin closes.
     #[command(hide = true)]
@@ -72,58 +74,28 @@ enum Task {
     },
 }
 
-#[derive(Subcommand)]
-enum Bench {
-    /// Config load at 1,000 cells and 100,000 prefixes: parse, validate, write to the kernel.
-    ConfigLoad,
-    /// One connection moving several GiB: no agent, audit, enforce, and tcplife.
-    Bulk {
-        /// One short run of each variant, nothing recorded (what CI runs).
-        #[arg(long)]
-        smoke: bool,
-    },
-    /// Criterion microbenchmarks of the hot paths, recorded.
-    Micro,
-    /// 10, 100 and 1,000 cells, and 50,000 connections held: render time, memory.
-    Scale {
-        /// A small run, nothing recorded (what CI runs).
-        #[arg(long)]
-        smoke: bool,
-    },
-    /// Connection churn between two cells: no agent, audit, enforce, and tcplife.
-    Churn {
-        /// One short run of each variant, nothing recorded (what CI runs).
-        #[arg(long)]
-        smoke: bool,
-    },
-}
-
 fn main() -> Result<()> {
     // In a kernel-matrix VM this binary is /init.
     if std::process::id() == 1 {
-        vm_init::main();
+        vm::init::main();
     }
     match Cli::parse().task {
-        Task::VmTest { kernels } => vm::vm_test(&kernels),
         Task::Setup => setup::all(),
-        Task::Test => tasks::test(),
+        Task::Test => checks::test(),
         Task::Ci => {
             setup::all()?;
-            tasks::test()
+            checks::test()
         }
-        Task::Bench { which: Bench::ConfigLoad } => bench::config_load(),
-        Task::Bench { which: Bench::Churn { smoke } } => churn::churn(smoke),
-        Task::Bench { which: Bench::Bulk { smoke } } => bulk::bulk(smoke),
-        Task::Bench { which: Bench::Scale { smoke } } => scale::scale(smoke),
-        Task::Bench { which: Bench::Micro } => micro::micro(),
-        Task::Hold { count, helper, targets } => scale::hold(count, helper, &targets),
+        Task::Bench { which } => bench::run(which),
+        Task::Hold { count, helper, targets } => bench::hold(count, helper, &targets),
         Task::Run { args } => {
             setup::all()?;
-            tasks::run("run", &args)
+            run::agent("run", &args)
         }
         Task::Demo { args } => {
             setup::all()?;
-            tasks::run("demo", &args)
+            run::agent("demo", &args)
         }
+        Task::VmTest { kernels } => vm::vm_test(&kernels),
     }
 }

@@ -1,10 +1,8 @@
 //! Idempotent installation of what the eBPF build and the tests need. Each step says
 //! what it checks, and either that it is already there or what it installs.
-use std::process::Command;
-
 use anyhow::{Context, Result, bail};
 
-use crate::tasks::{ok, step};
+use crate::util::{ok, output, run, run_env, step};
 
 /// Debian packages: LLVM 22 for bpf-linker (it must match the nightly's LLVM), and the
 /// tools the privileged tests and benchmarks drive (Prometheus and promtool, setcap for
@@ -48,11 +46,6 @@ pub(crate) fn all() -> Result<()> {
     kubectl()?;
     println!("setup: everything is in place");
     Ok(())
-}
-
-fn output(cmd: &[&str]) -> Option<String> {
-    let out = Command::new(cmd[0]).args(&cmd[1..]).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The eBPF crate builds with the machine's nightly and its `rust-src` (build-std);
@@ -144,21 +137,5 @@ fn cargo_tool(name: &str, probe: &[&str], version: &str, extra: &[&str]) -> Resu
     cmd.extend(extra);
     run_env(&cmd, &[("LLVM_PREFIX", LLVM_PREFIX)])?;
     ok("installed");
-    Ok(())
-}
-
-pub(crate) fn run(cmd: &[&str]) -> Result<()> {
-    run_env(cmd, &[])
-}
-
-pub(crate) fn run_env(cmd: &[&str], env: &[(&str, &str)]) -> Result<()> {
-    let status = Command::new(cmd[0])
-        .args(&cmd[1..])
-        .envs(env.iter().copied())
-        .status()
-        .with_context(|| format!("cannot start `{}`", cmd.join(" ")))?;
-    if !status.success() {
-        bail!("`{}` failed ({status})", cmd.join(" "));
-    }
     Ok(())
 }

@@ -23,6 +23,7 @@ impl Default for Buckets {
 }
 
 /// The largest finite bound the kernel keeps: 2^26 µs (about 67 s).
+#[expect(clippy::cast_possible_truncation, reason = "HIST_BUCKETS is 28")]
 const MAX_EXPONENT: u32 = (HIST_BUCKETS - 2) as u32;
 
 impl Buckets {
@@ -103,7 +104,7 @@ fn micros(s: &str) -> Result<u64, String> {
         _ => return Err(bad()),
     };
     let us = (n * scale).ceil();
-    if !us.is_finite() || us < 0.0 || us > 1e12 {
+    if !us.is_finite() || !(0.0..=1e12).contains(&us) {
         return Err(bad());
     }
     // Bounded above: the cast is exact.

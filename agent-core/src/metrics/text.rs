@@ -65,6 +65,9 @@ impl Hist {
 /// (src cell id, dst cell id, direction)
 type PairDir = (u32, u32, u8);
 
+/// A per-(pair, direction) counter family: name, help, and its value.
+type Scalar = (&'static str, &'static str, fn(&Dir) -> u64);
+
 fn group(snap: &Snapshot) -> BTreeMap<PairDir, Dir> {
     let mut out: BTreeMap<PairDir, Dir> = BTreeMap::new();
     for (k, s) in &snap.pairs {
@@ -229,7 +232,7 @@ pub fn render(snap: &Snapshot, ids: &CellIds, buckets: &Buckets, out: &mut Strin
             sample(f.line(), name, p, "", d.denied);
         }
     }
-    let scalars: [(&'static str, &'static str, fn(&Dir) -> u64); 3] = [
+    let scalars: [Scalar; 3] = [
         (
             "cellwatch_bytes_sent_total",
             "Payload bytes this node's sockets sent and the peer acknowledged, open connections \

@@ -4,7 +4,7 @@
 use std::{process::Command, time::Duration};
 
 use cellwatch_tests::{
-    Agent, Pins, Start, TempDir, cellwatch, cgroup2_root, free_port, http_get, prog_ids_of,
+    Agent, AgentOpts, Pins, TempDir, cellwatch, cgroup2_root, free_port, http_get, prog_ids_of,
 };
 
 /// `unshare -m` then a shell snippet, then exec of the agent with its arguments.
@@ -26,11 +26,11 @@ fn refs(v: &[String]) -> Vec<&str> {
 
 /// Runs `cellwatch run` under `wrapper` and expects it to fail by itself.
 fn run_fails(wrapper: &[&str]) -> (i32, String) {
-    run_fails_as(Start { wrapper, ..Start::default() })
+    run_fails_as(AgentOpts { wrapper, ..AgentOpts::default() })
 }
 
-fn run_fails_as(start: Start<'_>) -> (i32, String) {
-    let mut a = Agent::spawn(start);
+fn run_fails_as(opts: AgentOpts<'_>) -> (i32, String) {
+    let mut a = Agent::spawn(opts);
     let status = a
         .wait(Duration::from_secs(30))
         .unwrap_or_else(|| panic!("agent did not exit:\n{}", a.stderr()));
@@ -96,11 +96,11 @@ fn not_root_it_names_dac_read_search_and_the_pin_directory() {
     let user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"];
     let (_image, three) = cellwatch_tests::with_file_caps("cap_bpf,cap_perfmon,cap_net_admin+ep");
     let pins = Pins::new();
-    let (code, stderr) = run_fails_as(Start {
+    let (code, stderr) = run_fails_as(AgentOpts {
         wrapper: &user,
         bin: Some(&three),
         pins: Some(&pins),
-        ..Start::default()
+        ..AgentOpts::default()
     });
     assert_eq!(code, 1, "{stderr}");
     let line = assert_one_sentence(&stderr);
@@ -110,11 +110,11 @@ fn not_root_it_names_dac_read_search_and_the_pin_directory() {
         cellwatch_tests::with_file_caps("cap_bpf,cap_perfmon,cap_net_admin,cap_dac_read_search+ep");
     let made = Command::new("install").args(["-d", "-m", "0700", pins.path()]).status();
     assert!(made.is_ok_and(|s| s.success()));
-    let (code, stderr) = run_fails_as(Start {
+    let (code, stderr) = run_fails_as(AgentOpts {
         wrapper: &user,
         bin: Some(&four),
         pins: Some(&pins),
-        ..Start::default()
+        ..AgentOpts::default()
     });
     assert_eq!(code, 1, "{stderr}");
     let line = assert_one_sentence(&stderr);
@@ -136,7 +136,7 @@ fn an_unmounted_tracefs_is_mounted() {
     let w = in_mount_ns(
         "(umount /sys/kernel/tracing 2>/dev/null; true) && ! mountpoint -q /sys/kernel/tracing",
     );
-    let mut agent = Agent::start(Start { wrapper: &refs(&w), ..Start::default() });
+    let mut agent = Agent::start(AgentOpts { wrapper: &refs(&w), ..AgentOpts::default() });
     assert!(agent.stderr().contains("mounted tracefs"), "{}", agent.stderr());
     assert!(agent.stop().success());
 }
@@ -168,7 +168,7 @@ fn without_cgroup2_it_says_so() {
 #[test]
 fn an_unmounted_bpffs_is_mounted() {
     let w = in_mount_ns("(umount /sys/fs/bpf 2>/dev/null; true) && ! mountpoint -q /sys/fs/bpf");
-    let mut agent = Agent::start(Start { wrapper: &refs(&w), ..Start::default() });
+    let mut agent = Agent::start(AgentOpts { wrapper: &refs(&w), ..AgentOpts::default() });
     assert!(agent.stderr().contains("mounted the bpf filesystem"), "{}", agent.stderr());
     assert!(agent.stop().success());
 }
@@ -194,7 +194,7 @@ fn bpftool(args: &[&str]) -> (bool, String) {
 #[test]
 fn sigterm_exits_zero_leaves_the_programs_pinned_and_uninstall_removes_them() {
     let pins = Pins::new();
-    let mut agent = Agent::start(Start { pins: Some(&pins), ..Start::default() });
+    let mut agent = Agent::start(AgentOpts { pins: Some(&pins), ..AgentOpts::default() });
     for path in ["/healthz", "/readyz"] {
         assert_eq!(http_get(agent.port, path).unwrap().0, 200, "{path}");
     }

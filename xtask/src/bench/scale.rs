@@ -6,25 +6,29 @@
 //!   (both ends are on this node): kernel map memory and the agent's RSS.
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
+use cellwatch_tests::{http_get, map_ids_of, ranges::HARNESS};
 
-use crate::{
-    bench::{stats, stop},
-    churn::{fd_ids, prepare, start_agent_with},
-    tasks::{ok, step},
+use super::{
+    harness::{agent_build, start_agent},
+    record,
+    stats::stats,
 };
+use crate::util::{ok, step};
 
 /// Scrapes timed per measurement.
 const SCRAPES: usize = 7;
 
 /// Cell `i`'s /24: 127.180.0.0/24 onwards, 250 per second octet.
 fn cell_net(i: usize) -> (u8, u8) {
-    (180 + (i / 250) as u8, (i % 250) as u8)
+    let octet = |v: usize| u8::try_from(v).expect("at most 1,000 cells: the octets fit");
+    (180 + octet(i / 250), octet(i % 250))
 }
 
 fn cell_ip(i: usize, host: u8) -> IpAddr {
@@ -33,7 +37,7 @@ fn cell_ip(i: usize, host: u8) -> IpAddr {
 }
 
 pub(crate) fn scale(smoke: bool) -> Result<()> {
-    let (bin, dir, _) = prepare(smoke, "scale")?;
+    let bin = agent_build(smoke)?;
     let sizes: &[(usize, usize)] =
         if smoke { &[(10, 100)] } else { &[(10, 100), (100, 10_000), (1000, 10_000)] };
     let mut rows = String::from(
@@ -42,16 +46,14 @@ pub(crate) fn scale(smoke: bool) -> Result<()> {
     );
     for &(cells, pairs) in sizes {
         step(&format!("{cells} cells, {pairs} active pairs"));
-        let cfg = dir.join(format!("cells-{cells}.yaml"));
         let mut y = String::from("cells:\n");
         for i in 0..cells {
             let (b, c) = cell_net(i);
             y.push_str(&format!("  - {{ name: c{i:04}, cidrs: [127.{b}.{c}.0/24] }}\n"));
         }
-        y.push_str("ignore_cidrs: [127.0.0.0/16]\n");
-        std::fs::write(&cfg, y)?;
-        let (mut agent, port) = start_agent_with(&bin, &cfg, &dir, &[])?;
-        let rss_before = rss_mib(agent.id());
+        y.push_str(&format!("ignore_cidrs: [{}]\n", HARNESS.cidr(0)));
+        let agent = start_agent(&bin, &y, &[])?;
+        let rss_before = rss_mib(agent.pid());
         let result = (|| -> Result<String> {
             let servers: Vec<std::net::TcpListener> = (0..cells)
                 .map(|i| listen(SocketAddr::new(cell_ip(i, 1), 0), 1024))
@@ -68,7 +70,7 @@ pub(crate) fn scale(smoke: bool) -> Result<()> {
                 }
             }
             std::thread::sleep(Duration::from_millis(500));
-            let (body, times) = scrape_times(port)?;
+            let (body, times) = scrape_times(agent.port)?;
             let samples = body.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count();
             let lost = body
                 .lines()
@@ -81,19 +83,18 @@ pub(crate) fn scale(smoke: bool) -> Result<()> {
                 body.len() as f64 / 1024.0,
                 stats(&times),
                 rss_before,
-                rss_mib(agent.id()),
+                rss_mib(agent.pid()),
             );
             ok(&row);
             Ok(row)
         })();
-        stop(&mut agent);
+        drop(agent);
         rows.push_str(&result?);
     }
 
     step("50,000 connections held open");
     let held = if smoke { 2_000 } else { 50_000 };
-    let (mem_row, held_rows) = concurrent(&bin, &dir, held)?;
-    let _ = std::fs::remove_dir_all(&dir);
+    let (mem_row, held_rows) = concurrent(&bin, held)?;
     if smoke {
         ok("smoke run done (nothing recorded)");
         return Ok(());
@@ -126,27 +127,23 @@ pub(crate) fn scale(smoke: bool) -> Result<()> {
          why the 100-cell row shows losses although its 20,000 keys fit the 65,536-key map.\n\n\
          {held_rows}\n{mem_row}\n"
     );
-    crate::benchfile::update("scale", &section)?;
+    record::update("scale", &section)?;
     ok("BENCHMARKS.md updated");
     Ok(())
 }
 
 /// Holds `held` connections open at once from cell-a to cell-b (three helper processes,
 /// each under the open-file limit) and reads what the agent and the kernel hold.
-fn concurrent(
-    bin: &std::path::Path,
-    dir: &std::path::Path,
-    held: usize,
-) -> Result<(String, String)> {
-    let cfg = dir.join("held.yaml");
-    std::fs::write(
-        &cfg,
-        "cells:\n  - { name: cell-a, cidrs: [127.190.0.0/16] }\n  - { name: cell-b, cidrs: [127.191.0.0/16] }\n\
-         ignore_cidrs: [127.0.0.0/16]\n",
-    )?;
-    let (mut agent, port) = start_agent_with(bin, &cfg, dir, &["--conn-capacity", "262144"])?;
+fn concurrent(bin: &Path, held: usize) -> Result<(String, String)> {
+    let cfg = format!(
+        "cells:\n  - {{ name: cell-a, cidrs: [127.190.0.0/16] }}\n  - {{ name: cell-b, cidrs: [127.191.0.0/16] }}\n\
+         ignore_cidrs: [{}]\n",
+        HARNESS.cidr(0)
+    );
+    let agent = start_agent(bin, &cfg, &["--conn-capacity", "262144"])?;
+    let port = agent.port;
     let result = (|| -> Result<(String, String)> {
-        let rss_before = rss_mib(agent.id());
+        let rss_before = rss_mib(agent.pid());
         let listeners: Vec<std::net::TcpListener> = (1..=20u8)
             .map(|h| listen(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 191, 0, h)), 0), 4096))
             .collect::<Result<_>>()?;
@@ -189,13 +186,13 @@ fn concurrent(
             .unwrap_or("?")
             .to_owned();
         let t = Instant::now();
-        let (status, list) = get(port, "/connections?limit=100")?;
+        let (status, list) = http_get(port, "/connections?limit=100")?;
         let list_time = t.elapsed().as_secs_f64();
         if status != 200 || !list.starts_with('[') {
             bail!("/connections answered {status}");
         }
-        let memlock = map_memlock(agent.id())?;
-        let rss_after = rss_mib(agent.id());
+        let memlock = map_memlock(agent.pid())?;
+        let rss_after = rss_mib(agent.pid());
         for c in &mut children {
             drop(c.stdin.take());
             let _ = c.wait();
@@ -226,7 +223,7 @@ fn concurrent(
         ok(&mem_row);
         Ok((mem_row, held_rows))
     })();
-    stop(&mut agent);
+    drop(agent);
     result
 }
 
@@ -239,7 +236,7 @@ pub(crate) fn hold(count: usize, helper: u8, targets: &str) -> Result<()> {
     let mut held = Vec::with_capacity(count);
     for k in 0..count {
         let from =
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 190, helper, 1 + (k % 200) as u8)), 0);
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 190, helper, 1 + host(k % 200))), 0);
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
         s.bind(&from.into())?;
         s.connect_timeout(&targets[k % targets.len()].into(), Duration::from_secs(5))
@@ -267,7 +264,7 @@ fn scrape_times(port: u16) -> Result<(String, Vec<f64>)> {
     let mut body = String::new();
     for _ in 0..SCRAPES {
         let t = Instant::now();
-        let (status, b) = get(port, "/metrics")?;
+        let (status, b) = http_get(port, "/metrics")?;
         times.push(t.elapsed().as_secs_f64());
         if status != 200 {
             bail!("/metrics answered {status}");
@@ -275,16 +272,6 @@ fn scrape_times(port: u16) -> Result<(String, Vec<f64>)> {
         body = b;
     }
     Ok((body, times))
-}
-
-fn get(port: u16, path: &str) -> Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let status = raw.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    Ok((status, raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()))
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -299,7 +286,7 @@ fn rss_mib(pid: u32) -> f64 {
 /// (all maps, the connection table) `bytes_memlock` of the maps the agent holds.
 fn map_memlock(pid: u32) -> Result<(u64, u64)> {
     let (mut all, mut conns) = (0, 0);
-    for id in fd_ids(pid, "map_id:") {
+    for id in map_ids_of(pid) {
         let o = Command::new("bpftool")
             .args(["map", "show", "id", &id.to_string(), "--json"])
             .output()?;
@@ -316,4 +303,9 @@ fn map_memlock(pid: u32) -> Result<(u64, u64)> {
         }
     }
     Ok((all, conns))
+}
+
+/// A host octet below 200.
+fn host(k: usize) -> u8 {
+    u8::try_from(k).expect("below 200")
 }

@@ -8,24 +8,62 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cellwatch_tests::{Agent, Server, Start, clients, connect_from, http_get, json, lo, settle};
+use cellwatch_tests::{
+    Agent, AgentOpts, Server, clients, connect_from, http_get, json, ranges::TELEMETRY, settle,
+};
 use serde_json::Value;
 
-/// A global cell, two ordinary ones and an allow rule (green may call blue).
-const CELLS: &str = r#"
+/// A test's three cells, shared, blue and green: /16s `at`, `at + 1` and `at + 2` of the
+/// area's block.
+#[derive(Clone, Copy)]
+struct Three(u8);
+
+/// Each test's cells, apart from the others'.
+const PER_PAIR_CELLS: Three = Three(0);
+const HELD_CELLS: Three = Three(10);
+const V6_CELLS: Three = Three(20);
+const OLDER_CELLS: Three = Three(30);
+const OLDER_BIG_CELLS: Three = Three(35);
+const LATENCY_CELLS: Three = Three(40);
+const STORM_CELLS: Three = Three(45);
+
+impl Three {
+    /// A global cell, two ordinary ones and an allow rule (green may call blue). Blue
+    /// also holds ::1, which no other area uses.
+    fn config(self) -> String {
+        format!(
+            r#"
 cells:
   - name: shared
     global: true
-    cidrs: ["127.50.0.0/16"]
+    cidrs: ["{}"]
   - name: blue
-    cidrs: ["127.51.0.0/16", "::1/128"]
+    cidrs: ["{}", "::1/128"]
   - name: green
-    cidrs: ["127.52.0.0/16"]
+    cidrs: ["{}"]
 allow:
-  - { from: green, to: blue }
+  - {{ from: green, to: blue }}
 ignore_cidrs: []
 external: ignore
-"#;
+"#,
+            TELEMETRY.cidr(self.0),
+            TELEMETRY.cidr(self.0 + 1),
+            TELEMETRY.cidr(self.0 + 2)
+        )
+    }
+
+    fn shared(self, c: u8, d: u8) -> IpAddr {
+        TELEMETRY.ip(self.0, c, d)
+    }
+
+    fn blue(self, c: u8, d: u8) -> IpAddr {
+        TELEMETRY.ip(self.0 + 1, c, d)
+    }
+
+    fn green(self, c: u8, d: u8) -> IpAddr {
+        TELEMETRY.ip(self.0 + 2, c, d)
+    }
+}
 
 fn pdv<'a>(src: &'a str, dst: &'a str, dir: &'a str, verdict: &'a str) -> [(&'a str, &'a str); 4] {
     [("src_cell", src), ("dst_cell", dst), ("direction", dir), ("verdict", verdict)]
@@ -37,14 +75,15 @@ fn pd<'a>(src: &'a str, dst: &'a str, dir: &'a str) -> [(&'a str, &'a str); 3] {
 
 #[test]
 fn three_cells_exact_per_pair_direction_and_verdict() {
-    let agent = Agent::start(Start { config: Some(CELLS), ..Start::default() });
+    let net = PER_PAIR_CELLS;
+    let agent = Agent::start(AgentOpts { config: Some(&net.config()), ..AgentOpts::default() });
     // (client, server, connections, request bytes, response bytes, src, dst, verdict)
     let flows = [
-        (lo(51, 0, 1), lo(52, 0, 1), 60, 100, 1000, "blue", "green", "violation"),
-        (lo(52, 0, 2), lo(51, 0, 2), 40, 200, 700, "green", "blue", "allowed"),
-        (lo(51, 0, 3), lo(50, 0, 3), 30, 300, 50, "blue", "shared", "allowed"),
-        (lo(50, 0, 4), lo(52, 0, 4), 20, 400, 5000, "shared", "green", "allowed"),
-        (lo(51, 0, 5), lo(51, 0, 6), 10, 500, 60, "blue", "blue", "allowed"),
+        (net.blue(0, 1), net.green(0, 1), 60, 100, 1000, "blue", "green", "violation"),
+        (net.green(0, 2), net.blue(0, 2), 40, 200, 700, "green", "blue", "allowed"),
+        (net.blue(0, 3), net.shared(0, 3), 30, 300, 50, "blue", "shared", "allowed"),
+        (net.shared(0, 4), net.green(0, 4), 20, 400, 5000, "shared", "green", "allowed"),
+        (net.blue(0, 5), net.blue(0, 6), 10, 500, 60, "blue", "blue", "allowed"),
     ];
     for (client, server, n, req, resp, ..) in flows {
         let s = Server::start(server, n, req, resp);
@@ -150,9 +189,9 @@ fn three_cells_exact_per_pair_direction_and_verdict() {
 #[test]
 fn a_held_connection_is_listed_with_its_process() {
     let agent =
-        Agent::start(Start { config: Some(&CELLS.replace("127.5", "127.6")), ..Start::default() });
-    let l = TcpListener::bind((lo(62, 0, 1), 0)).unwrap();
-    let mut c = connect_from(lo(61, 0, 1), l.local_addr().unwrap()).unwrap();
+        Agent::start(AgentOpts { config: Some(&HELD_CELLS.config()), ..AgentOpts::default() });
+    let l = TcpListener::bind((HELD_CELLS.green(0, 1), 0)).unwrap();
+    let mut c = connect_from(HELD_CELLS.blue(0, 1), l.local_addr().unwrap()).unwrap();
     let (mut s, _) = l.accept().unwrap();
     c.write_all(&[7u8; 1234]).unwrap();
     let mut buf = [0u8; 1234];
@@ -177,7 +216,7 @@ fn a_held_connection_is_listed_with_its_process() {
     for c in conns {
         assert_eq!(c["src"]["cell"], "blue");
         assert_eq!(c["dst"]["cell"], "green");
-        assert_eq!(c["src"]["addr"], "127.61.0.1");
+        assert_eq!(c["src"]["addr"], HELD_CELLS.blue(0, 1).to_string());
         assert_eq!(c["dst"]["port"], l.local_addr().unwrap().port());
         assert_eq!(c["verdict"], "violation");
         assert_eq!(c["pid"], me, "{c}");
@@ -215,7 +254,7 @@ fn a_held_connection_is_listed_with_its_process() {
 #[test]
 fn ipv6_on_loopback_is_counted() {
     let agent =
-        Agent::start(Start { config: Some(&CELLS.replace("127.5", "127.7")), ..Start::default() });
+        Agent::start(AgentOpts { config: Some(&V6_CELLS.config()), ..AgentOpts::default() });
     const N: usize = 25;
     let s = Server::start(IpAddr::V6(Ipv6Addr::LOCALHOST), N, 10, 20);
     assert_eq!(clients(IpAddr::V6(Ipv6Addr::LOCALHOST), s.addr, N, 10, 20), N);
@@ -245,11 +284,11 @@ fn ipv6_on_loopback_is_counted() {
 
 #[test]
 fn a_connection_older_than_the_agent_is_seen() {
-    let l = TcpListener::bind((lo(82, 0, 1), 0)).unwrap();
-    let c = connect_from(lo(81, 0, 1), l.local_addr().unwrap()).unwrap();
+    let l = TcpListener::bind((OLDER_CELLS.green(0, 1), 0)).unwrap();
+    let c = connect_from(OLDER_CELLS.blue(0, 1), l.local_addr().unwrap()).unwrap();
     let (s, _) = l.accept().unwrap();
     let agent =
-        Agent::start(Start { config: Some(&CELLS.replace("127.5", "127.8")), ..Start::default() });
+        Agent::start(AgentOpts { config: Some(&OLDER_CELLS.config()), ..AgentOpts::default() });
     let m = agent.metrics();
     for dir in ["egress", "ingress"] {
         assert_eq!(m.get("cellwatch_connections_active", &pd("blue", "green", dir)), 1.0, "{dir}");
@@ -291,6 +330,76 @@ fn a_connection_older_than_the_agent_is_seen() {
     );
 }
 
+/// A connection older than the agent that moved more than 4 GiB before it started: what
+/// it moves afterwards is reported exactly (its byte base is kept in 64 bits). The
+/// kernel matrix skips it (software emulation would take minutes over 4 GiB).
+#[test]
+fn a_connection_older_than_the_agent_that_moved_over_4_gib() {
+    const BEFORE: u64 = (4 << 30) + (1 << 20);
+    const AFTER: usize = 1_000_003;
+    const BACK: usize = 7_777;
+    let l = TcpListener::bind((OLDER_BIG_CELLS.green(0, 1), 0)).unwrap();
+    let mut c = connect_from(OLDER_BIG_CELLS.blue(0, 1), l.local_addr().unwrap()).unwrap();
+    let (mut s, _) = l.accept().unwrap();
+    // The server reads what comes, and says when it has a given total.
+    let (total_tx, total_rx) = std::sync::mpsc::channel::<u64>();
+    let mut reader = s.try_clone().unwrap();
+    let drain = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0u64;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n as u64,
+            }
+            if got == BEFORE || got == BEFORE + AFTER as u64 {
+                total_tx.send(got).unwrap();
+            }
+        }
+    });
+    let chunk = vec![0x42u8; 1 << 20];
+    let mut sent = 0u64;
+    while sent < BEFORE {
+        let n = usize::try_from(BEFORE - sent).map_or(chunk.len(), |left| left.min(chunk.len()));
+        c.write_all(&chunk[..n]).unwrap();
+        sent += n as u64;
+    }
+    assert_eq!(total_rx.recv_timeout(Duration::from_secs(120)).unwrap(), BEFORE);
+    let agent =
+        Agent::start(AgentOpts { config: Some(&OLDER_BIG_CELLS.config()), ..AgentOpts::default() });
+    c.write_all(&vec![0x43u8; AFTER]).unwrap();
+    assert_eq!(total_rx.recv_timeout(Duration::from_secs(60)).unwrap(), BEFORE + AFTER as u64);
+    s.write_all(&vec![0x44u8; BACK]).unwrap();
+    let mut back = vec![0u8; BACK];
+    c.read_exact(&mut back).unwrap();
+    // `bytes_sent` counts what the peer acknowledged: give the last ACK a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let conns = loop {
+        let conns = json(&agent, "/connections?cell=blue");
+        let done = conns
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["bytes_sent"] == if c["direction"] == "egress" { AFTER } else { BACK });
+        if done || Instant::now() > deadline {
+            break conns;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let conns = conns.as_array().unwrap();
+    assert_eq!(conns.len(), 2, "{conns:?}");
+    for conn in conns {
+        assert_eq!(conn["seeded"], true, "{conn}");
+        let (sent, received) =
+            if conn["direction"] == "egress" { (AFTER, BACK) } else { (BACK, AFTER) };
+        assert_eq!(conn["bytes_sent"], sent, "{conn}");
+        assert_eq!(conn["bytes_received"], received, "{conn}");
+    }
+    drop((c, s));
+    drain.join().unwrap();
+}
+
 /// Stated tolerance: the kernel's connect latency is the handshake inside the test's own
 /// connect() call, so it is positive and at most what the test measured; the kernel's
 /// RTT at close is within a factor of 3 (plus 50 µs) of the srtt the test read with
@@ -298,9 +407,9 @@ fn a_connection_older_than_the_agent_is_seen() {
 #[test]
 fn latency_and_rtt_agree_with_the_tests_own_measurements() {
     let agent =
-        Agent::start(Start { config: Some(&CELLS.replace("127.5", "127.9")), ..Start::default() });
+        Agent::start(AgentOpts { config: Some(&LATENCY_CELLS.config()), ..AgentOpts::default() });
     const N: usize = 50;
-    let l = TcpListener::bind((lo(92, 0, 1), 0)).unwrap();
+    let l = TcpListener::bind((LATENCY_CELLS.green(0, 1), 0)).unwrap();
     let addr = l.local_addr().unwrap();
     let acceptor = std::thread::spawn(move || {
         for _ in 0..N {
@@ -313,7 +422,7 @@ fn latency_and_rtt_agree_with_the_tests_own_measurements() {
     let (mut connect_total, mut rtt_total) = (0.0, 0.0);
     for _ in 0..N {
         let t = Instant::now();
-        let mut c: TcpStream = connect_from(lo(91, 0, 1), addr).unwrap();
+        let mut c: TcpStream = connect_from(LATENCY_CELLS.blue(0, 1), addr).unwrap();
         connect_total += t.elapsed().as_secs_f64();
         c.read_exact(&mut [0u8; 1]).unwrap();
         rtt_total += tcp_info_rtt_us(&c) as f64 * 1e-6;
@@ -354,19 +463,23 @@ fn tcp_info_rtt_us(c: &TcpStream) -> u32 {
     let rtt =
         text.split_whitespace().find_map(|w| w.strip_prefix("rtt:")).expect("an rtt in ss output");
     let ms: f64 = rtt.split('/').next().unwrap().parse().unwrap();
-    (ms * 1000.0).round() as u32
+    let us = (ms * 1000.0).round();
+    assert!((0.0..1e9).contains(&us), "an RTT of {ms} ms");
+    #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "checked above")]
+    let us = us as u32;
+    us
 }
 
 #[test]
 fn a_violation_storm_beyond_the_ring_buffer_keeps_counts_exact() {
     const STORM: usize = 3000;
-    let agent = Agent::start(Start {
-        config: Some(&CELLS.replace("127.5", "127.10")),
+    let agent = Agent::start(AgentOpts {
+        config: Some(&STORM_CELLS.config()),
         args: &["--events-buffer-kib", "4", "--violation-event-rate", "1000000"],
-        ..Start::default()
+        ..AgentOpts::default()
     });
-    let s = Server::start(lo(102, 0, 1), STORM, 1, 1);
-    assert_eq!(clients(lo(101, 0, 1), s.addr, STORM, 1, 1), STORM);
+    let s = Server::start(STORM_CELLS.green(0, 1), STORM, 1, 1);
+    assert_eq!(clients(STORM_CELLS.blue(0, 1), s.addr, STORM, 1, 1), STORM);
     assert_eq!(s.join(), STORM);
     let want = 2.0 * STORM as f64;
     let m = settle(&agent, |m| {

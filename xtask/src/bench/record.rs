@@ -1,10 +1,11 @@
-//! BENCHMARKS.md: each benchmark owns one section between markers, replaced in place
-//! when it is re-run, so results from different commands live side by side.
+//! Writing BENCHMARKS.md: each benchmark owns one section between markers, replaced in
+//! place when it is re-run, so results from different commands live side by side.
 use anyhow::Result;
 
-use crate::tasks::root;
+use crate::util::root;
 
-pub(crate) fn update(name: &str, section: &str) -> Result<()> {
+/// Puts `section` between the markers of benchmark `name`, with the machine it ran on.
+pub(super) fn update(name: &str, section: &str) -> Result<()> {
     let path = root().join("BENCHMARKS.md");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|_| {
         "# Benchmarks\n\nEvery figure is measured side by side in one run on this project's CI machine \

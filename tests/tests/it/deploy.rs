@@ -4,7 +4,7 @@
 //! the agent really runs with.
 use std::{path::PathBuf, process::Command};
 
-use cellwatch_tests::{Agent, Pins, Start, TempDir, cellwatch, cgroup2_root, http_get};
+use cellwatch_tests::{Agent, AgentOpts, Pins, TempDir, cellwatch, cgroup2_root, http_get};
 use serde_json::Value;
 
 fn repo() -> PathBuf {
@@ -197,12 +197,12 @@ fn the_daemonset_runs_the_agent_it_ships() {
     let wrapper = ["setpriv", &reuid, &regid, "--clear-groups", &caps_bounding, "--inh-caps=-all"];
     let arg_refs: Vec<&str> = run_args.iter().map(String::as_str).collect();
     let start = || {
-        Agent::start(Start {
+        Agent::start(AgentOpts {
             wrapper: &wrapper,
             args: &arg_refs,
             pins: Some(&pins),
             bin: Some(&bin),
-            ..Start::default()
+            ..AgentOpts::default()
         })
     };
     let mut agent = start();

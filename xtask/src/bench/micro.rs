@@ -1,16 +1,17 @@
 //! `cargo xtask bench micro`: the criterion microbenchmarks of the agent's pure hot paths
-//! (`agent/benches/hot_paths.rs`), their estimates recorded in BENCHMARKS.md.
+//! (`agent-core/benches/hot_paths.rs`), their estimates recorded in BENCHMARKS.md.
 use std::process::Command;
 
 use anyhow::{Result, bail};
 
-use crate::tasks::{ok, root, step};
+use super::record;
+use crate::util::{ok, root, step};
 
 pub(crate) fn micro() -> Result<()> {
     std::env::set_current_dir(root())?;
-    step("criterion: cargo bench -p agent --bench hot_paths");
+    step("criterion: cargo bench -p agent-core --bench hot_paths");
     let out = Command::new("cargo")
-        .args(["bench", "--locked", "-p", "agent", "--bench", "hot_paths", "--"])
+        .args(["bench", "--locked", "-p", "agent-core", "--bench", "hot_paths", "--"])
         .args(["--warm-up-time", "1", "--measurement-time", "3", "--noplot"])
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -28,13 +29,13 @@ pub(crate) fn micro() -> Result<()> {
     }
     let section = format!(
         "### Microbenchmarks of the hot paths\n\n\
-         `cargo xtask bench micro` (criterion, `agent/benches/hot_paths.rs`; 1 s warm-up, 3 s \
+         `cargo xtask bench micro` (criterion, `agent-core/benches/hot_paths.rs`; 1 s warm-up, 3 s \
          measurement each):\n\n{table}\n\
          A pair key is one (src cell, dst cell, direction, verdict); `families` turns the \
          kernel snapshot into samples and histograms, and `render text` is that plus the \
          Prometheus text encoding: what a scrape costs the agent.\n"
     );
-    crate::benchfile::update("micro", &section)?;
+    record::update("micro", &section)?;
     ok("BENCHMARKS.md updated");
     Ok(())
 }

@@ -2,21 +2,23 @@
 //! exactly, exported through /metrics.
 use std::time::{Duration, Instant};
 
-use cellwatch_tests::{Agent, Server, Start, clients, lo, settle};
+use cellwatch_tests::{Agent, AgentOpts, Server, clients, ranges::FOUNDATION, settle};
 
-/// Two cells on loopback ranges of their own; loopback is watched (`ignore_cidrs: []`).
-const CELLS: &str = r#"
+/// Two cells on /16s `a` and `b` of the area's block, so tests running side by side stay
+/// apart; loopback is watched (`ignore_cidrs: []`).
+fn cells(a: u8, b: u8) -> String {
+    format!(
+        r#"
 cells:
   - name: cell-a
-    cidrs: ["127.31.0.0/16"]
+    cidrs: ["{}"]
   - name: cell-b
-    cidrs: ["127.32.0.0/16"]
+    cidrs: ["{}"]
 ignore_cidrs: []
-"#;
-
-/// The same two cells on other ranges, so tests running side by side stay apart.
-fn cells(a: u8, b: u8) -> String {
-    CELLS.replace("127.31.", &format!("127.{a}.")).replace("127.32.", &format!("127.{b}."))
+"#,
+        FOUNDATION.cidr(a),
+        FOUNDATION.cidr(b)
+    )
 }
 
 const N: usize = 200;
@@ -35,15 +37,16 @@ fn pair(
 
 #[test]
 fn counts_exactly_the_connections_made() {
-    let agent = Agent::start(Start { config: Some(CELLS), ..Start::default() });
+    let agent = Agent::start(AgentOpts { config: Some(&cells(0, 1)), ..AgentOpts::default() });
     let before = agent.metrics();
     let opened = "cellwatch_connections_opened_total";
     assert_eq!(before.get(opened, &pair("cell-a", "cell-b", "egress", "violation")), 0.0);
 
     // N cross-cell connections (a -> b, a violation) and SAME same-cell ones (b -> b).
-    let server = Server::start(lo(32, 0, 1), N + SAME, REQ, RESP);
-    assert_eq!(clients(lo(31, 0, 1), server.addr, N, REQ, RESP), N, "cross-cell round trips");
-    assert_eq!(clients(lo(32, 0, 2), server.addr, SAME, REQ, RESP), SAME, "same-cell round trips");
+    let server = Server::start(FOUNDATION.ip(1, 0, 1), N + SAME, REQ, RESP);
+    let (a, b) = (FOUNDATION.ip(0, 0, 1), FOUNDATION.ip(1, 0, 2));
+    assert_eq!(clients(a, server.addr, N, REQ, RESP), N, "cross-cell round trips");
+    assert_eq!(clients(b, server.addr, SAME, REQ, RESP), SAME, "same-cell round trips");
     assert_eq!(server.join(), N + SAME);
 
     let closed = "cellwatch_connections_closed_total";
@@ -97,15 +100,15 @@ fn counts_exactly_the_connections_made() {
 
 #[test]
 fn refused_connects_are_failures_not_openings() {
-    let agent = Agent::start(Start { config: Some(&cells(33, 34)), ..Start::default() });
+    let agent = Agent::start(AgentOpts { config: Some(&cells(2, 3)), ..AgentOpts::default() });
     // A port nobody listens on: each connect gets a RST.
-    let closed = std::net::TcpListener::bind((lo(34, 0, 1), 0)).unwrap();
+    let closed = std::net::TcpListener::bind((FOUNDATION.ip(3, 0, 1), 0)).unwrap();
     let addr = closed.local_addr().unwrap();
     drop(closed);
     const K: usize = 25;
     let mut refused = 0;
     for _ in 0..K {
-        match cellwatch_tests::connect_from(lo(33, 0, 1), addr) {
+        match cellwatch_tests::connect_from(FOUNDATION.ip(2, 0, 1), addr) {
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => refused += 1,
             other => panic!("expected a refused connect, got {other:?}"),
         }
@@ -128,9 +131,9 @@ fn refused_connects_are_failures_not_openings() {
 
 #[test]
 fn a_held_connection_is_active_until_closed() {
-    let agent = Agent::start(Start { config: Some(&cells(35, 36)), ..Start::default() });
-    let l = std::net::TcpListener::bind((lo(36, 0, 1), 0)).unwrap();
-    let c = cellwatch_tests::connect_from(lo(35, 0, 1), l.local_addr().unwrap()).unwrap();
+    let agent = Agent::start(AgentOpts { config: Some(&cells(4, 5)), ..AgentOpts::default() });
+    let l = std::net::TcpListener::bind((FOUNDATION.ip(5, 0, 1), 0)).unwrap();
+    let c = cellwatch_tests::connect_from(FOUNDATION.ip(4, 0, 1), l.local_addr().unwrap()).unwrap();
     let (s, _) = l.accept().unwrap();
     let active = |dir| [("src_cell", "cell-a"), ("dst_cell", "cell-b"), ("direction", dir)];
     let m = settle(&agent, |m| m.get("cellwatch_connections_active", &active("ingress")) >= 1.0);
@@ -156,17 +159,17 @@ fn ten_times_the_connection_table_is_counted_and_logged() {
     const CAPACITY: usize = 1024;
     const HELD: usize = 5 * CAPACITY; // 2 sockets each: 10x the table's slots
     ensure_open_files(2 * HELD + 256);
-    let cfg =
-        CELLS.replace("127.31.", "127.37.").replace("127.32.", "127.38.") + "external: ignore\n";
-    let agent = Agent::start(Start {
+    let cfg = cells(6, 7) + "external: ignore\n";
+    let agent = Agent::start(AgentOpts {
         config: Some(&cfg),
         args: &["--conn-capacity", &CAPACITY.to_string(), "--log-format", "json"],
-        ..Start::default()
+        ..AgentOpts::default()
     });
-    let l = std::net::TcpListener::bind((lo(38, 0, 1), 0)).unwrap();
+    let (client, server) = (FOUNDATION.ip(6, 0, 1), FOUNDATION.ip(7, 0, 1));
+    let l = std::net::TcpListener::bind((server, 0)).unwrap();
     let mut held = Vec::with_capacity(2 * HELD);
     for i in 0..HELD {
-        held.push(cellwatch_tests::connect_from(lo(37, 0, 1), l.local_addr().unwrap()).unwrap());
+        held.push(cellwatch_tests::connect_from(client, l.local_addr().unwrap()).unwrap());
         held.push(l.accept().unwrap().0);
         if i % 1024 == 0 {
             let (status, _) = cellwatch_tests::http_get(agent.port, "/healthz").unwrap();
@@ -191,10 +194,11 @@ fn ten_times_the_connection_table_is_counted_and_logged() {
     let list = cellwatch_tests::json(&agent, "/connections?limit=10000");
     let list = list.as_array().expect("a JSON array");
     assert_eq!(list.len(), CAPACITY, "every tracked socket is listed");
+    let (client_ip, server_ip) = (client.to_string(), server.to_string());
     for c in list {
         let ok = c.to_string();
         assert!(ok.contains("\"cell-a\"") && ok.contains("\"cell-b\""), "{ok}");
-        assert!(ok.contains("127.37.0.1") && ok.contains("127.38.0.1"), "{ok}");
+        assert!(ok.contains(&client_ip) && ok.contains(&server_ip), "{ok}");
     }
     drop(held);
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -224,7 +228,8 @@ fn ten_times_the_connection_table_is_counted_and_logged() {
     };
     let before = opened(&m);
     for _ in 0..10 {
-        let c = cellwatch_tests::connect_from(lo(37, 0, 2), l.local_addr().unwrap()).unwrap();
+        let c =
+            cellwatch_tests::connect_from(FOUNDATION.ip(6, 0, 2), l.local_addr().unwrap()).unwrap();
         drop((c, l.accept().unwrap()));
     }
     let m = settle(&agent, |m| opened(m) >= before + 10.0);
@@ -259,7 +264,7 @@ fn ensure_open_files(need: usize) {
 /// `sock_cookie` field in the tcp tracepoints' formats (tracefs is the reference).
 #[test]
 fn kernel_features_are_reported_as_the_kernel_has_them() {
-    let agent = Agent::start(Start::default());
+    let agent = Agent::start(AgentOpts::default());
     let m = agent.metrics();
     for (feature, event) in
         [("rst_sock_cookie", "tcp_receive_reset"), ("destroy_sock_cookie", "tcp_destroy_sock")]

@@ -16,7 +16,11 @@ use agent_core::{
     config::Config,
     policy::{self, Place, Verdict},
 };
-use cellwatch_tests::{Agent, Metrics, Rng, Start, await_reloads, connect_from, lo, write_atomic};
+use cellwatch_tests::{
+    Agent, AgentOpts, Metrics, Rng, await_reloads, connect_from,
+    ranges::{CELLS, HARNESS},
+    write_atomic,
+};
 
 /// Listeners that accept and drop connections in the background until dropped.
 struct Sink {
@@ -96,10 +100,15 @@ fn delta(after: &BTreeMap<Key, f64>, before: &BTreeMap<Key, f64>) -> BTreeMap<Ke
         .collect()
 }
 
-/// The property test's address universe: 127.200.0.0/13, used by no other test.
+/// The property test's address universe: the first eight /16s of the area's block
+/// (127.200.0.0/13), used by no other test.
 fn in_universe(rng: &mut Rng) -> Ipv4Addr {
-    Ipv4Addr::new(127, 200 + rng.below(8) as u8, rng.below(4) as u8, 1 + rng.below(6) as u8)
+    let second = CELLS.at(rng.byte(8));
+    Ipv4Addr::new(CELLS.net, second, rng.byte(4), 1 + rng.byte(6))
 }
+
+/// The universe is one /13, the shortest prefix the random configs use.
+const _: () = assert!(CELLS.first.is_multiple_of(8) && CELLS.last - CELLS.first >= 7);
 
 fn name(p: Place<'_>) -> Option<String> {
     match p {
@@ -112,7 +121,7 @@ fn name(p: Place<'_>) -> Option<String> {
 /// A random config over the addresses in play: nested prefixes, globals, allow rules
 /// (some on the listeners' ports), every external mode, sometimes an ignored range.
 fn random_config(rng: &mut Rng, addrs: &[Ipv4Addr], ports: &[u16]) -> String {
-    let cells = 2 + rng.below(5) as usize;
+    let cells = 2 + rng.index(5);
     let mut used = std::collections::HashSet::new();
     let mut y = String::from("cells:\n");
     for c in 0..cells {
@@ -123,7 +132,7 @@ fn random_config(rng: &mut Rng, addrs: &[Ipv4Addr], ports: &[u16]) -> String {
         y += "    cidrs: [";
         for _ in 0..1 + rng.below(3) {
             let a = u32::from(*rng.pick(addrs));
-            let len = 13 + rng.below(20) as u32; // /13 .. /32
+            let len = 13 + rng.small(20); // /13 .. /32
             let net = Ipv4Addr::from(a & (u32::MAX << (32 - len)));
             if used.insert((net, len)) {
                 y += &format!("\"{net}/{len}\", ");
@@ -143,10 +152,10 @@ fn random_config(rng: &mut Rng, addrs: &[Ipv4Addr], ports: &[u16]) -> String {
     y += if rules.is_empty() { "allow: []\n" } else { "allow:\n" };
     y += &rules.concat();
     y += &format!("external: {}\n", rng.pick(&["allow", "violation", "ignore"]));
-    let mut ignore = vec!["\"127.0.0.0/16\"".to_owned()];
+    let mut ignore = vec![format!("\"{}\"", HARNESS.cidr(0))];
     if rng.chance(30) {
         let a = u32::from(*rng.pick(addrs));
-        let len = 24 + rng.below(9) as u32;
+        let len = 24 + rng.small(9);
         let net = Ipv4Addr::from(a & (u32::MAX << (32 - len)));
         if !used.contains(&(net, len)) {
             ignore.push(format!("\"{net}/{len}\""));
@@ -171,7 +180,7 @@ fn kernel_verdicts_match_the_reference() {
     let all: Vec<Ipv4Addr> = servers.iter().chain(&clients).copied().collect();
 
     let first = random_config(&mut rng, &all, &ports);
-    let agent = Agent::start(Start { config: Some(&first), ..Start::default() });
+    let agent = Agent::start(AgentOpts { config: Some(&first), ..AgentOpts::default() });
     let mut yaml = first;
     for round in 0..ROUNDS {
         if round > 0 {
@@ -224,8 +233,21 @@ fn kernel_verdicts_match_the_reference() {
     }
 }
 
-const BLUE: &str = "cells:\n  - name: blue-a\n    cidrs: [127.210.0.0/16]\n  - name: blue-b\n    cidrs: [127.211.0.0/16]\nignore_cidrs: []\nexternal: ignore\n";
-const GREEN: &str = "cells:\n  - name: green-a\n    cidrs: [127.210.0.0/16]\n  - name: green-b\n    cidrs: [127.211.0.0/16]\nignore_cidrs: []\nexternal: ignore\n";
+/// Cells `{name}-a` and `{name}-b` on /16s `at` and `at + 1` of the area's block; nothing
+/// else is watched.
+fn two_cells(name: &str, at: u8) -> String {
+    format!(
+        "cells:\n  - name: {name}-a\n    cidrs: [{}]\n  - name: {name}-b\n    cidrs: [{}]\n\
+         ignore_cidrs: []\nexternal: ignore\n",
+        CELLS.cidr(at),
+        CELLS.cidr(at + 1)
+    )
+}
+
+/// Where the reload tests' cells are in the area's block (after the universe).
+const BLUE_GREEN: u8 = 10;
+const RED: u8 = 12;
+const CONFIGMAP: u8 = 14;
 
 /// Connections from cell `a` to cell `b`, one a millisecond, until stopped (bounded by
 /// count and time); returns how many were established. Paced: every closed client
@@ -248,12 +270,13 @@ fn churn(stop: Arc<AtomicBool>, from: IpAddr, to: SocketAddr) -> thread::JoinHan
 #[test]
 fn a_hundred_reloads_under_traffic_keep_counts_exact_and_cells_consistent() {
     const RELOADS: usize = 100;
-    let agent = Agent::start(Start { config: Some(BLUE), ..Start::default() });
-    let sink = Sink::start(&[lo(211, 0, 1)]);
+    let (blue, green) = (two_cells("blue", BLUE_GREEN), two_cells("green", BLUE_GREEN));
+    let agent = Agent::start(AgentOpts { config: Some(&blue), ..AgentOpts::default() });
+    let sink = Sink::start(&[CELLS.ip(BLUE_GREEN + 1, 0, 1)]);
     let stop = Arc::new(AtomicBool::new(false));
-    let traffic = churn(stop.clone(), lo(210, 0, 1), sink.addrs[0]);
+    let traffic = churn(stop.clone(), CELLS.ip(BLUE_GREEN, 0, 1), sink.addrs[0]);
     for i in 1..=RELOADS {
-        write_atomic(&agent.config_path(), if i % 2 == 1 { GREEN } else { BLUE });
+        write_atomic(&agent.config_path(), if i % 2 == 1 { &green } else { &blue });
         await_reloads(&agent, "success", i as f64);
     }
     stop.store(true, Ordering::Relaxed);
@@ -305,10 +328,11 @@ fn a_hundred_reloads_under_traffic_keep_counts_exact_and_cells_consistent() {
     assert_eq!(m.get("cellwatch_config_reloads_total", &[("result", "error")]), 0.0);
 }
 
-/// Judges one connection from 127.212.0.1 to 127.213.0.1 and returns the scrape after.
+/// Judges one connection from red-a (127.212.0.1) to the sink in red-b and returns the
+/// scrape after.
 fn probe(agent: &Agent, sink: &Sink) -> Metrics {
     let before = opened(&agent.metrics());
-    drop(connect_from(lo(212, 0, 1), sink.addrs[0]).unwrap());
+    drop(connect_from(CELLS.ip(RED, 0, 1), sink.addrs[0]).unwrap());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let m = agent.metrics();
@@ -326,12 +350,11 @@ fn egress(m: &Metrics, src: &str, dst: &str) -> f64 {
     )
 }
 
-const RED: &str = "cells:\n  - name: red-a\n    cidrs: [127.212.0.0/16]\n  - name: red-b\n    cidrs: [127.213.0.0/16]\nignore_cidrs: []\nexternal: ignore\n";
-
 #[test]
 fn bad_and_deleted_configs_keep_the_running_one() {
-    let agent = Agent::start(Start { config: Some(RED), ..Start::default() });
-    let sink = Sink::start(&[lo(213, 0, 1)]);
+    let agent =
+        Agent::start(AgentOpts { config: Some(&two_cells("red", RED)), ..AgentOpts::default() });
+    let sink = Sink::start(&[CELLS.ip(RED + 1, 0, 1)]);
     assert_eq!(egress(&probe(&agent, &sink), "red-a", "red-b"), 1.0);
 
     // Bad YAML on SIGHUP: counted, logged, and the old config still judges.
@@ -355,7 +378,7 @@ fn bad_and_deleted_configs_keep_the_running_one() {
     );
 
     // A good file again: picked up by the directory watch.
-    write_atomic(&agent.config_path(), &RED.replace("red-", "rose-"));
+    write_atomic(&agent.config_path(), &two_cells("rose", RED));
     await_reloads(&agent, "success", 1.0);
     assert_eq!(egress(&probe(&agent, &sink), "rose-a", "rose-b"), 1.0);
 
@@ -382,22 +405,24 @@ fn a_configmap_symlink_swap_is_picked_up_once() {
         d
     };
     // The kubelet's layout: cells.yaml -> ..data/cells.yaml, ..data -> ..<timestamp>.
-    let v1 = version(1, &RED.replace("212", "214").replace("213", "215"));
+    let v1 = version(1, &two_cells("red", CONFIGMAP));
     symlink(v1.file_name().unwrap(), dir.0.join("..data")).unwrap();
     symlink("..data/cells.yaml", dir.0.join("cells.yaml")).unwrap();
     let path = dir.0.join("cells.yaml");
-    let agent =
-        Agent::start(Start { args: &["--config", path.to_str().unwrap()], ..Start::default() });
+    let agent = Agent::start(AgentOpts {
+        args: &["--config", path.to_str().unwrap()],
+        ..AgentOpts::default()
+    });
 
-    let v2 = version(2, &RED.replace("212", "214").replace("213", "215").replace("red-", "ruby-"));
+    let v2 = version(2, &two_cells("ruby", CONFIGMAP));
     symlink(v2.file_name().unwrap(), dir.0.join("..data_tmp")).unwrap();
     std::fs::rename(dir.0.join("..data_tmp"), dir.0.join("..data")).unwrap();
     std::fs::remove_dir_all(&v1).unwrap();
     await_reloads(&agent, "success", 1.0);
     thread::sleep(Duration::from_millis(800));
     await_reloads(&agent, "success", 1.0); // still exactly one
-    let sink = Sink::start(&[lo(215, 0, 1)]);
-    drop(connect_from(lo(214, 0, 1), sink.addrs[0]).unwrap());
+    let sink = Sink::start(&[CELLS.ip(CONFIGMAP + 1, 0, 1)]);
+    drop(connect_from(CELLS.ip(CONFIGMAP, 0, 1), sink.addrs[0]).unwrap());
     let deadline = Instant::now() + Duration::from_secs(10);
     while egress(&agent.metrics(), "ruby-a", "ruby-b") < 1.0 && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(20));

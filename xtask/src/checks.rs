@@ -1,32 +1,13 @@
-//! `test` and `run`: the checks CI runs, in the order that fails fastest.
-use std::{path::PathBuf, time::Instant};
+//! `cargo xtask test`: every check CI runs, in the order that fails fastest.
+use std::time::Instant;
 
 use anyhow::{Result, bail};
 
-use crate::setup::run_env;
-
-pub(crate) fn step(what: &str) {
-    println!("==> {what}");
-}
-
-pub(crate) fn ok(what: &str) {
-    println!("    {what}");
-}
-
-pub(crate) fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .map(|v| v.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
+use crate::{
+    bench, util,
+    util::{ok, root, run, run_env, step},
+    vm,
+};
 
 pub(crate) fn test() -> Result<()> {
     let started = Instant::now();
@@ -38,9 +19,9 @@ pub(crate) fn test() -> Result<()> {
         ok(&format!("passed in {:.1}s", t.elapsed().as_secs_f64()));
         Ok(())
     };
-    timed("cargo fmt --check", &|| crate::setup::run(&["cargo", "fmt", "--all", "--check"]))?;
+    timed("cargo fmt --check", &|| run(&["cargo", "fmt", "--all", "--check"]))?;
     timed("clippy, userspace crates", &|| {
-        crate::setup::run(&[
+        run(&[
             "cargo",
             "clippy",
             "--locked",
@@ -54,7 +35,7 @@ pub(crate) fn test() -> Result<()> {
         ])
     })?;
     timed("clippy, eBPF crate (nightly, bpfel)", &|| {
-        crate::setup::run(&[
+        run(&[
             "cargo",
             "+nightly",
             "clippy",
@@ -72,10 +53,10 @@ pub(crate) fn test() -> Result<()> {
         ])
     })?;
     timed("cargo deny (licences, bans, sources)", &|| {
-        crate::setup::run(&["cargo", "deny", "--locked", "check", "licenses", "bans", "sources"])
+        run(&["cargo", "deny", "--locked", "check", "licenses", "bans", "sources"])
     })?;
-    timed("unit tests", &|| {
-        crate::setup::run(&[
+    timed("unit tests (every crate but the eBPF one, and the test harness's own)", &|| {
+        run(&[
             "cargo",
             "test",
             "--locked",
@@ -84,12 +65,16 @@ pub(crate) fn test() -> Result<()> {
             "agent-ebpf",
             "--exclude",
             "cellwatch-tests",
-        ])
+        ])?;
+        // The harness's unit tests (its address-range table) need no root.
+        run(&["cargo", "test", "--locked", "-p", "cellwatch-tests", "--lib"])
     })?;
-    timed("build the agent", &|| {
-        crate::setup::run(&["cargo", "build", "--locked", "-p", "agent"])
-    })?;
-    if !is_root() {
+    timed(
+        "the pure core and the fuzz targets build on stable with no eBPF toolchain",
+        &core_alone,
+    )?;
+    timed("build the agent", &|| util::build_agent(false).map(drop))?;
+    if !util::is_root() {
         bail!(
             "the privileged integration tests load eBPF programs and need root; run `cargo xtask test` as root"
         );
@@ -103,18 +88,17 @@ pub(crate) fn test() -> Result<()> {
     })?;
     timed(
         &format!(
-            "kernel matrix: the counting, verdict, telemetry and restart tests on {} under qemu",
-            crate::vm::DEFAULT_KERNELS.join(" and ")
+            "kernel matrix: the {} tests on {} under qemu",
+            vm::AREAS.join(", "),
+            vm::DEFAULT_KERNELS.join(" and ")
         ),
-        &|| crate::vm::vm_test(&[]),
+        &|| vm::vm_test(&[]),
     )?;
     timed(
         "benchmarks: build the microbenchmarks, smoke-run the rest (timings not checked)",
         &|| {
-            crate::setup::run(&["cargo", "bench", "--locked", "-p", "agent", "--no-run"])?;
-            crate::churn::churn(true)?;
-            crate::bulk::bulk(true)?;
-            crate::scale::scale(true)
+            run(&["cargo", "bench", "--locked", "-p", "agent-core", "--no-run"])?;
+            bench::smoke()
         },
     )?;
     for (target, seconds) in FUZZ_TARGETS {
@@ -153,21 +137,47 @@ fn fuzz(target: &str, seconds: u32) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn run_agent_args(command: &str, args: &[String]) -> Vec<String> {
-    let mut v = vec![command.to_owned()];
-    v.extend(args.iter().cloned());
-    v
-}
-
-/// Builds the agent in release mode and runs `cellwatch COMMAND ARGS...`.
-pub(crate) fn run(command: &str, args: &[String]) -> Result<()> {
-    std::env::set_current_dir(root())?;
-    step("build the agent (release)");
-    crate::setup::run(&["cargo", "build", "--locked", "--release", "-p", "agent"])?;
-    let bin = root().join("target/release/cellwatch");
-    let args = run_agent_args(command, args);
-    step(&format!("cellwatch {}", args.join(" ")));
-    let mut cmd: Vec<&str> = vec![bin.to_str().unwrap_or("cellwatch")];
-    cmd.extend(args.iter().map(String::as_str));
-    crate::setup::run(&cmd)
+/// `agent-core` depends on no aya and no tokio, and it and the fuzz targets build with
+/// only the stable toolchain on PATH (no bpf-linker, no nightly).
+fn core_alone() -> Result<()> {
+    let tree = util::output(&[
+        "cargo",
+        "tree",
+        "--locked",
+        "-p",
+        "agent-core",
+        "-e",
+        "normal",
+        "--prefix",
+        "none",
+    ])
+    .unwrap_or_default();
+    for banned in ["aya", "tokio", "agent-ebpf"] {
+        if tree.lines().any(|l| l.split_whitespace().next() == Some(banned)) {
+            bail!("agent-core depends on {banned}: it must stay pure");
+        }
+    }
+    let cargo = util::output(&["rustup", "which", "cargo", "--toolchain", "stable"])
+        .ok_or_else(|| anyhow::anyhow!("no stable toolchain (rustup toolchain install stable)"))?;
+    let bin = std::path::Path::new(cargo.trim()).parent().unwrap_or(std::path::Path::new("/"));
+    let path = format!("{}:/usr/bin:/bin", bin.display());
+    let env = [("PATH", path.as_str()), ("RUSTUP_TOOLCHAIN", "stable")];
+    if util::output_env(&["sh", "-c", "command -v bpf-linker"], &env).is_some() {
+        bail!("bpf-linker is on the reduced PATH {path}: the check would prove nothing");
+    }
+    let target = root().join("target/core-alone");
+    let target = target.to_str().unwrap_or("target/core-alone");
+    run_env(&["cargo", "build", "--locked", "-p", "agent-core", "--target-dir", target], &env)?;
+    run_env(
+        &[
+            "cargo",
+            "build",
+            "--locked",
+            "--manifest-path",
+            "fuzz/Cargo.toml",
+            "--target-dir",
+            target,
+        ],
+        &env,
+    )
 }

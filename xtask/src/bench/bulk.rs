@@ -10,25 +10,23 @@ use std::{
 
 use anyhow::{Result, bail};
 
-use crate::{
-    churn::{SERVER, connect_from, interleaved, prepare, ratio_table},
-    tasks::{ok, step},
+use super::{
+    harness::{SERVER, agent_build, connect, interleaved, ratio_table, tcplife},
+    record,
 };
+use crate::util::{ok, step};
 
 const CHUNK: usize = 1 << 20;
 
 pub(crate) fn bulk(smoke: bool) -> Result<()> {
-    let (runs, gib) = if smoke { (1, 0.0625) } else { (5, 4.0) };
-    let bytes = (gib * (1u64 << 30) as f64) as u64;
-    let (bin, dir, tcplife) = prepare(smoke, "bulk")?;
+    // In 64ths of a GiB: 4 GiB, or 1/16 GiB for a smoke run.
+    let (runs, sixty_fourths) = if smoke { (1, 4u64) } else { (5, 256u64) };
+    let bytes = sixty_fourths << 24;
+    let gib = sixty_fourths as f64 / 64.0;
+    let (bin, tcplife) = (agent_build(smoke)?, tcplife()?);
     step(&format!("bulk: {gib} GiB over one connection, {runs} runs of each variant, interleaved"));
-    let rates = interleaved(
-        runs,
-        (&bin, &dir, &tcplife),
-        |_, _| transfer(bytes),
-        |r| format!("{r:>6.2} GiB/s"),
-    )?;
-    let _ = std::fs::remove_dir_all(&dir);
+    let rates =
+        interleaved(runs, (&bin, &tcplife), |_, _| transfer(bytes), |r| format!("{r:>6.2} GiB/s"))?;
     if smoke {
         ok("smoke run done (nothing recorded)");
         return Ok(());
@@ -41,7 +39,7 @@ pub(crate) fn bulk(smoke: bool) -> Result<()> {
          Target (issue 6): 0.99 of no-agent throughput or more. None of cellwatch's programs \
          runs per packet or per ACK; a difference here is the machine's noise.\n"
     );
-    crate::benchfile::update("bulk", &section)?;
+    record::update("bulk", &section)?;
     ok("BENCHMARKS.md updated");
     Ok(())
 }
@@ -61,12 +59,12 @@ fn transfer(bytes: u64) -> Result<f64> {
             }
         }
     });
-    let mut c = connect_from(to)?;
+    let mut c = connect(to)?;
     let chunk = vec![0x5au8; CHUNK];
     let t = Instant::now();
     let mut sent = 0u64;
     while sent < bytes {
-        let n = CHUNK.min((bytes - sent) as usize);
+        let n = usize::try_from(bytes - sent).map_or(CHUNK, |left| CHUNK.min(left));
         c.write_all(&chunk[..n])?;
         sent += n as u64;
     }

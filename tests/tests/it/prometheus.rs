@@ -11,7 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cellwatch_tests::{Agent, Server, Start, TempDir, clients, connect_from, free_port, lo};
+use cellwatch_tests::{
+    Agent, AgentOpts, Server, TempDir, clients, connect_from, free_port,
+    ranges::{HARNESS, PROMETHEUS},
+};
 use serde_json::Value;
 
 fn repo() -> PathBuf {
@@ -189,22 +192,33 @@ fn rule_exprs() -> Vec<(String, String)> {
         .collect()
 }
 
-const CONFIG: &str = "cells:\n  - { name: global, global: true, cidrs: [127.120.0.0/16] }\n  \
-                      - { name: cell-a, cidrs: [127.121.0.0/16] }\n  - { name: cell-b, cidrs: [127.122.0.0/16] }\n\
-                      ignore_cidrs: [127.0.0.0/16]\n";
+fn config() -> String {
+    format!(
+        "cells:\n  - {{ name: global, global: true, cidrs: [{}] }}\n  \
+         - {{ name: cell-a, cidrs: [{}] }}\n  - {{ name: cell-b, cidrs: [{}] }}\n\
+         ignore_cidrs: [{}]\n",
+        PROMETHEUS.cidr(0),
+        PROMETHEUS.cidr(1),
+        PROMETHEUS.cidr(2),
+        HARNESS.cidr(0)
+    )
+}
 
 /// One round of traffic: a leak (cell-a -> cell-b), in-cell and global calls, refused
 /// connects. Returns how many leaked.
 fn traffic_round() -> usize {
     const N: usize = 20;
-    let b = Server::start(lo(122, 0, 1), 2 * N, 100, 300);
-    let g = Server::start(lo(120, 0, 1), N, 50, 50);
-    let leaked = clients(lo(121, 0, 2), b.addr, N, 100, 300);
-    assert_eq!(clients(lo(122, 0, 2), b.addr, N, 100, 300), N);
-    assert_eq!(clients(lo(121, 0, 3), g.addr, N, 50, 50), N);
-    let closed = SocketAddr::new(lo(122, 0, 9), free_port());
+    let b = Server::start(PROMETHEUS.ip(2, 0, 1), 2 * N, 100, 300);
+    let g = Server::start(PROMETHEUS.ip(0, 0, 1), N, 50, 50);
+    let leaked = clients(PROMETHEUS.ip(1, 0, 2), b.addr, N, 100, 300);
+    assert_eq!(clients(PROMETHEUS.ip(2, 0, 2), b.addr, N, 100, 300), N);
+    assert_eq!(clients(PROMETHEUS.ip(1, 0, 3), g.addr, N, 50, 50), N);
+    let closed = SocketAddr::new(PROMETHEUS.ip(2, 0, 9), free_port());
     for _ in 0..5 {
-        assert!(connect_from(lo(121, 0, 4), closed).is_err(), "nothing listens at {closed}");
+        assert!(
+            connect_from(PROMETHEUS.ip(1, 0, 4), closed).is_err(),
+            "nothing listens at {closed}"
+        );
     }
     assert_eq!(b.join() + g.join(), 3 * N);
     leaked
@@ -212,7 +226,7 @@ fn traffic_round() -> usize {
 
 #[test]
 fn dashboards_and_rules_work_against_a_real_prometheus() {
-    let agent = Agent::start(Start { config: Some(CONFIG), ..Default::default() });
+    let agent = Agent::start(AgentOpts { config: Some(&config()), ..Default::default() });
     let prom = Prometheus::start(agent.port);
     prom.wait_for("scraping the agent", Duration::from_secs(30), || {
         prom.query("up{job=\"cellwatch\"} == 1").1.len() == 1
@@ -225,8 +239,8 @@ fn dashboards_and_rules_work_against_a_real_prometheus() {
     });
     assert_eq!(traffic_round(), 20);
     // One connection stays open for the active-connections panel.
-    let held_srv = Server::start(lo(122, 0, 5), 1, 1, 1);
-    let held = connect_from(lo(122, 0, 6), held_srv.addr).expect("held connection");
+    let held_srv = Server::start(PROMETHEUS.ip(2, 0, 5), 1, 1, 1);
+    let held = connect_from(PROMETHEUS.ip(2, 0, 6), held_srv.addr).expect("held connection");
     prom.wait_for("seeing the second round", Duration::from_secs(60), || {
         !prom
             .query("cellwatch_boundary_violations_total{direction=\"egress\",src_cell=\"cell-a\"} >= 40")

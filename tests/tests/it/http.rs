@@ -8,10 +8,20 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cellwatch_tests::{Agent, Metrics, Server, Start, clients, http_get, lo};
+use cellwatch_tests::{
+    Agent, AgentOpts, Metrics, Server, clients, http_get,
+    ranges::{HARNESS, HTTP},
+};
 
-const CELLS: &str = "cells:\n  - { name: cell-a, cidrs: [127.230.0.0/16] }\n  \
-                     - { name: cell-b, cidrs: [127.231.0.0/16] }\nignore_cidrs: [127.0.0.0/16]\n";
+fn cells() -> String {
+    format!(
+        "cells:\n  - {{ name: cell-a, cidrs: [{}] }}\n  \
+         - {{ name: cell-b, cidrs: [{}] }}\nignore_cidrs: [{}]\n",
+        HTTP.cidr(0),
+        HTTP.cidr(1),
+        HARNESS.cidr(0)
+    )
+}
 
 /// How long `/healthz` takes to answer 200.
 fn health_time(port: u16) -> Duration {
@@ -24,9 +34,9 @@ fn health_time(port: u16) -> Duration {
 #[test]
 fn many_concurrent_scrapers_get_correct_answers() {
     const N: usize = 50;
-    let agent = Agent::start(Start { config: Some(CELLS), ..Start::default() });
-    let s = Server::start(lo(231, 0, 1), N, 10, 10);
-    assert_eq!(clients(lo(230, 0, 1), s.addr, N, 10, 10), N);
+    let agent = Agent::start(AgentOpts { config: Some(&cells()), ..AgentOpts::default() });
+    let s = Server::start(HTTP.ip(1, 0, 1), N, 10, 10);
+    assert_eq!(clients(HTTP.ip(0, 0, 1), s.addr, N, 10, 10), N);
     assert_eq!(s.join(), N);
     let key = [
         ("src_cell", "cell-a"),
@@ -78,7 +88,7 @@ fn many_concurrent_scrapers_get_correct_answers() {
 
 #[test]
 fn oversized_headers_slow_clients_and_bad_parameters_are_refused_without_harm() {
-    let agent = Agent::start(Start { config: Some(CELLS), ..Start::default() });
+    let agent = Agent::start(AgentOpts { config: Some(&cells()), ..AgentOpts::default() });
     let port = agent.port;
 
     // A 64 KiB header: refused (431) or cut off, never served.

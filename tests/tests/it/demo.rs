@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cellwatch_tests::{agent_bin, prog_ids_of};
+use cellwatch_tests::{agent_bin, prog_ids_of, ranges::DEMO};
 
 /// Starts `cellwatch demo` with stdout piped; stdout lines arrive on the receiver.
 fn spawn_demo(duration: u32) -> (Child, mpsc::Receiver<String>) {
@@ -151,6 +151,6 @@ fn demo_counts_exactly_marks_leaks_and_cleans_up() {
     let (status, err) = finish(child, Duration::from_secs(15));
     assert!(status.success(), "demo exited with {status} on SIGINT:\n{err}");
     assert_unloaded(&ids);
-    let rebind = TcpListener::bind("127.100.2.1:15432");
+    let rebind = TcpListener::bind((DEMO.ip(0, 2, 1), 15432));
     assert!(rebind.is_ok(), "the demo's database port is still taken: {rebind:?}");
 }

@@ -9,8 +9,10 @@ use std::{
 };
 
 use cellwatch_tests::{
-    Agent, Metrics, Pins, Rng, Server, Start, await_reloads, cellwatch, clients, connect_from,
-    json, lo, settle, write_atomic,
+    Agent, AgentOpts, Metrics, Pins, Rng, Server, await_reloads, cellwatch, clients, connect_from,
+    json,
+    ranges::{ENFORCE, ENFORCE_NETNS, HARNESS},
+    settle, write_atomic,
 };
 
 const EPERM: i32 = 1;
@@ -46,26 +48,31 @@ fn opened(m: &Metrics, src: &str, dst: &str, verdict: &str) -> f64 {
 fn cross_cell_connects_fail_with_eperm_and_are_counted_exactly() {
     const K: usize = 25;
     const N: usize = 10;
-    let in_cell = Server::start(lo(141, 0, 1), N, 10, 10);
-    let global = Server::start(lo(140, 0, 1), N, 10, 10);
-    let by_rule = Server::start(lo(143, 0, 1), N, 10, 10);
+    let in_cell = Server::start(ENFORCE.ip(1, 0, 1), N, 10, 10);
+    let global = Server::start(ENFORCE.ip(0, 0, 1), N, 10, 10);
+    let by_rule = Server::start(ENFORCE.ip(3, 0, 1), N, 10, 10);
     // A server in cell-b for the refused connects: none of them may reach it.
-    let b = TcpListener::bind((lo(142, 0, 1), 0)).unwrap();
+    let b = TcpListener::bind((ENFORCE.ip(2, 0, 1), 0)).unwrap();
     let config = format!(
-        "cells:\n  - {{ name: global, global: true, cidrs: [127.140.0.0/16] }}\n  \
-         - {{ name: cell-a, cidrs: [127.141.0.0/16] }}\n  - {{ name: cell-b, cidrs: [127.142.0.0/16] }}\n  \
-         - {{ name: cell-c, cidrs: [127.143.0.0/16] }}\n\
+        "cells:\n  - {{ name: global, global: true, cidrs: [{}] }}\n  \
+         - {{ name: cell-a, cidrs: [{}] }}\n  - {{ name: cell-b, cidrs: [{}] }}\n  \
+         - {{ name: cell-c, cidrs: [{}] }}\n\
          allow:\n  - {{ from: cell-a, to: cell-c, ports: [{}] }}\n\
-         ignore_cidrs: [127.0.0.0/16]\nmode: enforce\n",
-        by_rule.addr.port()
+         ignore_cidrs: [{}]\nmode: enforce\n",
+        ENFORCE.cidr(0),
+        ENFORCE.cidr(1),
+        ENFORCE.cidr(2),
+        ENFORCE.cidr(3),
+        by_rule.addr.port(),
+        HARNESS.cidr(0)
     );
-    let agent = Agent::start(Start { config: Some(&config), ..Start::default() });
+    let agent = Agent::start(AgentOpts { config: Some(&config), ..AgentOpts::default() });
 
-    let a = lo(141, 0, 2);
+    let a = ENFORCE.ip(1, 0, 2);
     let refused = (0..K).filter(|_| !try_connect(a, b.local_addr().unwrap())).count();
     assert_eq!(refused, K, "every cross-cell connect fails with EPERM");
     // Another port of the ruled pair is not covered by the rule.
-    let other_port = SocketAddr::new(lo(143, 0, 1), b.local_addr().unwrap().port());
+    let other_port = SocketAddr::new(ENFORCE.ip(3, 0, 1), b.local_addr().unwrap().port());
     assert!(!try_connect(a, other_port), "the allow rule covers its port only");
     b.set_nonblocking(true).unwrap();
     assert!(b.accept().is_err(), "a refused connect reached the server");
@@ -110,23 +117,26 @@ fn cross_cell_connects_fail_with_eperm_and_are_counted_exactly() {
 
 fn two_cells(mode: &str, extra: &str) -> String {
     format!(
-        "cells:\n  - {{ name: cell-a, cidrs: [127.144.0.0/16] }}\n  - {{ name: cell-b, cidrs: \
-         [127.145.0.0/16] }}\nignore_cidrs: [127.0.0.0/16]\nmode: {mode}\n{extra}"
+        "cells:\n  - {{ name: cell-a, cidrs: [{}] }}\n  - {{ name: cell-b, cidrs: \
+         [{}] }}\nignore_cidrs: [{}]\nmode: {mode}\n{extra}",
+        ENFORCE.cidr(4),
+        ENFORCE.cidr(5),
+        HARNESS.cidr(0)
     )
 }
 
 #[test]
 fn enforce_cells_limits_it_a_reload_to_audit_stops_it_and_nothing_outlives_the_agent() {
     const N: usize = 8;
-    let (a, b) = (lo(144, 0, 2), lo(145, 0, 2));
-    let a_srv = TcpListener::bind((lo(144, 0, 1), 0)).unwrap();
-    let b_srv = TcpListener::bind((lo(145, 0, 1), 0)).unwrap();
+    let (a, b) = (ENFORCE.ip(4, 0, 2), ENFORCE.ip(5, 0, 2));
+    let a_srv = TcpListener::bind((ENFORCE.ip(4, 0, 1), 0)).unwrap();
+    let b_srv = TcpListener::bind((ENFORCE.ip(5, 0, 1), 0)).unwrap();
     let (to_a, to_b) = (a_srv.local_addr().unwrap(), b_srv.local_addr().unwrap());
     let pins = Pins::new();
-    let mut agent = Agent::start(Start {
+    let mut agent = Agent::start(AgentOpts {
         config: Some(&two_cells("enforce", "enforce_cells: [cell-a]\n")),
         pins: Some(&pins),
-        ..Start::default()
+        ..AgentOpts::default()
     });
     assert_eq!((0..N).filter(|_| try_connect(a, to_b)).count(), 0, "cell-a is enforced");
     assert_eq!((0..N).filter(|_| try_connect(b, to_a)).count(), N, "cell-b is not");
@@ -167,23 +177,27 @@ fn the_audit_dry_run_counts_exactly_what_enforce_then_refuses() {
     // Cells x, y, z and a global one; enforce applies to x and y only.
     let cells = ["g", "x", "y", "z"];
     let servers: Vec<TcpListener> =
-        (0..4).map(|i| TcpListener::bind((lo(150 + i, 0, 1), 0)).unwrap()).collect();
+        (0..4).map(|i| TcpListener::bind((ENFORCE.ip(10 + i, 0, 1), 0)).unwrap()).collect();
     let config = |mode: &str| {
         format!(
-            "cells:\n  - {{ name: g, global: true, cidrs: [127.150.0.0/16] }}\n  \
-             - {{ name: x, cidrs: [127.151.0.0/16] }}\n  - {{ name: y, cidrs: [127.152.0.0/16] }}\n  \
-             - {{ name: z, cidrs: [127.153.0.0/16] }}\nallow:\n  - {{ from: x, to: y }}\n\
-             ignore_cidrs: [127.0.0.0/16]\nmode: {mode}\nenforce_cells: [x, y]\n"
+            "cells:\n  - {{ name: g, global: true, cidrs: [{}] }}\n  \
+             - {{ name: x, cidrs: [{}] }}\n  - {{ name: y, cidrs: [{}] }}\n  \
+             - {{ name: z, cidrs: [{}] }}\nallow:\n  - {{ from: x, to: y }}\n\
+             ignore_cidrs: [{}]\nmode: {mode}\nenforce_cells: [x, y]\n",
+            ENFORCE.cidr(10),
+            ENFORCE.cidr(11),
+            ENFORCE.cidr(12),
+            ENFORCE.cidr(13),
+            HARNESS.cidr(0)
         )
     };
     let mut rng = Rng::from_env("dry-run");
-    let plan: Vec<(usize, usize)> =
-        (0..90).map(|_| (rng.below(4) as usize, rng.below(4) as usize)).collect();
+    let plan: Vec<(usize, usize)> = (0..90).map(|_| (rng.index(4), rng.index(4))).collect();
     let run = || -> usize {
         let refused = plan
             .iter()
             .filter(|(from, to)| {
-                let src = lo(150 + *from as u8, 0, 2);
+                let src = ENFORCE.ip(10 + u8::try_from(*from).expect("below 4"), 0, 2);
                 !try_connect(src, servers[*to].local_addr().unwrap())
             })
             .count();
@@ -202,14 +216,16 @@ fn the_audit_dry_run_counts_exactly_what_enforce_then_refuses() {
             .sum()
     };
 
-    let mut audit = Agent::start(Start { config: Some(&config("audit")), ..Start::default() });
+    let mut audit =
+        Agent::start(AgentOpts { config: Some(&config("audit")), ..AgentOpts::default() });
     assert_eq!(run(), 0, "audit refuses nothing");
     let m = settle(&audit, |_| false);
     let dry_run = sum(&m, &violations);
     assert!(dry_run > 0.0, "the plan has enforced leaks");
     assert!(audit.stop().success());
 
-    let enforce = Agent::start(Start { config: Some(&config("enforce")), ..Start::default() });
+    let enforce =
+        Agent::start(AgentOpts { config: Some(&config("enforce")), ..AgentOpts::default() });
     let refused = run();
     let m = enforce.metrics();
     assert_eq!(refused as f64, dry_run, "enforce refused what the dry run counted");
@@ -228,6 +244,16 @@ fn the_audit_dry_run_counts_exactly_what_enforce_then_refuses() {
     );
 }
 
+/// Host `h` of the namespace's IPv4 subnet, 10.251.0.0/24 (the area's block for it).
+fn v4(h: u8) -> IpAddr {
+    ENFORCE_NETNS.ip(0, 0, h)
+}
+
+/// Host `h` of the namespace's IPv6 subnet, fd00:251::/64.
+fn v6(h: u8) -> IpAddr {
+    format!("fd00:{}::{h}", ENFORCE_NETNS.at(0)).parse().expect("an IPv6 address")
+}
+
 /// A network namespace with one veth pair, removed on drop: a stand-in for a pod.
 struct Netns {
     name: String,
@@ -243,13 +269,13 @@ impl Netns {
             format!("ip netns add {}", ns.name),
             format!("ip link add {host} type veth peer name {}n", ns.name),
             format!("ip link set {}n netns {}", ns.name, ns.name),
-            format!("ip addr add 10.251.0.1/24 dev {host}"),
-            format!("ip addr add 10.251.0.3/24 dev {host}"),
-            format!("ip addr add fd00:251::1/64 dev {host} nodad"),
-            format!("ip addr add fd00:251::3/64 dev {host} nodad"),
+            format!("ip addr add {}/24 dev {host}", v4(1)),
+            format!("ip addr add {}/24 dev {host}", v4(3)),
+            format!("ip addr add {}/64 dev {host} nodad", v6(1)),
+            format!("ip addr add {}/64 dev {host} nodad", v6(3)),
             format!("ip link set {host} up"),
-            format!("ip -n {0} addr add 10.251.0.2/24 dev {0}n", ns.name),
-            format!("ip -n {0} addr add fd00:251::2/64 dev {0}n nodad", ns.name),
+            format!("ip -n {0} addr add {1}/24 dev {0}n", ns.name, v4(2)),
+            format!("ip -n {0} addr add {1}/64 dev {0}n nodad", ns.name, v6(2)),
             format!("ip -n {0} link set {0}n up", ns.name),
             format!("ip -n {} link set lo up", ns.name),
         ] {
@@ -289,12 +315,20 @@ impl Drop for Netns {
 #[test]
 fn an_unbound_socket_in_a_pod_namespace_is_judged_by_the_namespace_address() {
     let ns = Netns::new("enf");
-    let global = TcpListener::bind("10.251.0.1:0").unwrap();
-    let other = TcpListener::bind("10.251.0.3:0").unwrap();
-    let config = "cells:\n  - { name: global, global: true, cidrs: [10.251.0.1/32, \"fd00:251::1/128\"] }\n  \
-                  - { name: pod-cell, cidrs: [10.251.0.2/32, \"fd00:251::2/128\"] }\n  \
-                  - { name: other, cidrs: [10.251.0.3/32, \"fd00:251::3/128\"] }\nmode: enforce\n";
-    let agent = Agent::start(Start { config: Some(config), ..Start::default() });
+    let global = TcpListener::bind((v4(1), 0)).unwrap();
+    let other = TcpListener::bind((v4(3), 0)).unwrap();
+    let config = format!(
+        "cells:\n  - {{ name: global, global: true, cidrs: [{}/32, \"{}/128\"] }}\n  \
+         - {{ name: pod-cell, cidrs: [{}/32, \"{}/128\"] }}\n  \
+         - {{ name: other, cidrs: [{}/32, \"{}/128\"] }}\nmode: enforce\n",
+        v4(1),
+        v6(1),
+        v4(2),
+        v6(2),
+        v4(3),
+        v6(3)
+    );
+    let agent = Agent::start(AgentOpts { config: Some(&config), ..AgentOpts::default() });
     // The namespace has made no connection yet: its address is unknown, so the first
     // unbound connect is let through, and counted as unresolved. It teaches the address.
     assert!(ns.connect(other.local_addr().unwrap()), "unknown source: fail open");
@@ -309,8 +343,8 @@ fn an_unbound_socket_in_a_pod_namespace_is_judged_by_the_namespace_address() {
 
     // IPv6 (connect6): the namespace's v6 address is learned from its first v6 connect,
     // to the global cell, which needs no source to judge; then its v6 leaks are refused.
-    let global6 = TcpListener::bind("[fd00:251::1]:0").unwrap();
-    let other6 = TcpListener::bind("[fd00:251::3]:0").unwrap();
+    let global6 = TcpListener::bind((v6(1), 0)).unwrap();
+    let other6 = TcpListener::bind((v6(3), 0)).unwrap();
     assert!(ns.connect(global6.local_addr().unwrap()));
     let refused6 = (0..2).filter(|_| !ns.connect(other6.local_addr().unwrap())).count();
     assert_eq!(refused6, 2, "the namespace's IPv6 leaks are refused");

@@ -14,14 +14,17 @@ use std::{
 };
 
 use cellwatch_tests::{
-    Agent, Metrics, Pins, Start, cellwatch, connect_from, lo, prog_ids_of, settle,
+    Agent, AgentOpts, Metrics, Pins, cellwatch, connect_from, prog_ids_of, ranges::RESTART, settle,
 };
 
-/// Cell a and cell b on ranges of their own; loopback outside them is not watched.
+/// Cell a and cell b on /16s `a` and `b` of the area's block, so each test has its own;
+/// loopback outside them is not watched.
 fn cells(a: u8, b: u8) -> String {
     format!(
-        "cells:\n  - {{ name: cell-a, cidrs: [\"127.{a}.0.0/16\"] }}\n  \
-         - {{ name: cell-b, cidrs: [\"127.{b}.0.0/16\"] }}\nignore_cidrs: []\nexternal: ignore\n"
+        "cells:\n  - {{ name: cell-a, cidrs: [\"{}\"] }}\n  \
+         - {{ name: cell-b, cidrs: [\"{}\"] }}\nignore_cidrs: []\nexternal: ignore\n",
+        RESTART.cidr(a),
+        RESTART.cidr(b)
     )
 }
 
@@ -97,7 +100,7 @@ fn meanwhile(t: &Traffic, how_long: Duration) -> usize {
 }
 
 fn start(pins: &Pins, config: &str, args: &[&str]) -> Agent {
-    Agent::start(Start { config: Some(config), pins: Some(pins), args, ..Start::default() })
+    Agent::start(AgentOpts { config: Some(config), pins: Some(pins), args, ..AgentOpts::default() })
 }
 
 fn start_state(m: &Metrics) -> Vec<String> {
@@ -109,15 +112,15 @@ fn start_state(m: &Metrics) -> Vec<String> {
 
 #[test]
 fn traffic_through_sigterm_kill_and_restarts_is_counted_exactly() {
-    let (a, b) = (170, 171);
+    let (a, b) = (0, 1);
     let cfg = cells(a, b);
     let pins = Pins::new();
     let mut first = start(&pins, &cfg, &[]);
     // One connection held open across every restart.
-    let held_srv = TcpListener::bind((lo(b, 0, 9), 0)).unwrap();
-    let held = connect_from(lo(a, 0, 9), held_srv.local_addr().unwrap()).unwrap();
+    let held_srv = TcpListener::bind((RESTART.ip(b, 0, 9), 0)).unwrap();
+    let held = connect_from(RESTART.ip(a, 0, 9), held_srv.local_addr().unwrap()).unwrap();
     let held_peer = held_srv.accept().unwrap().0;
-    let traffic = Traffic::start(lo(a, 0, 1), lo(b, 0, 1));
+    let traffic = Traffic::start(RESTART.ip(a, 0, 1), RESTART.ip(b, 0, 1));
     let pause = Duration::from_millis(400);
 
     meanwhile(&traffic, pause);
@@ -156,13 +159,13 @@ fn traffic_through_sigterm_kill_and_restarts_is_counted_exactly() {
 
 #[test]
 fn an_upgrade_swaps_programs_on_the_live_links_without_losing_or_doubling() {
-    let (a, b) = (172, 173);
+    let (a, b) = (2, 3);
     let cfg = cells(a, b);
     let pins = Pins::new();
     let mut old = start(&pins, &cfg, &[]);
     let old_programs = prog_ids_of(old.pid());
     assert!(!old_programs.is_empty());
-    let traffic = Traffic::start(lo(a, 0, 1), lo(b, 0, 1));
+    let traffic = Traffic::start(RESTART.ip(a, 0, 1), RESTART.ip(b, 0, 1));
     meanwhile(&traffic, Duration::from_millis(400));
     assert!(old.stop().success(), "{}", old.stderr());
     // What an upgrade does by itself when the build differs.
@@ -181,13 +184,13 @@ fn an_upgrade_swaps_programs_on_the_live_links_without_losing_or_doubling() {
 
 #[test]
 fn unreadable_pinned_state_is_discarded_once_said_and_counted() {
-    let (a, b) = (174, 175);
+    let (a, b) = (4, 5);
     let cfg = cells(a, b);
     let pins = Pins::new();
     let connect = |n: usize| {
-        let l = TcpListener::bind((lo(b, 0, 1), 0)).unwrap();
+        let l = TcpListener::bind((RESTART.ip(b, 0, 1), 0)).unwrap();
         for _ in 0..n {
-            let c = connect_from(lo(a, 0, 1), l.local_addr().unwrap()).unwrap();
+            let c = connect_from(RESTART.ip(a, 0, 1), l.local_addr().unwrap()).unwrap();
             drop((c, l.accept().unwrap()));
         }
     };
@@ -249,15 +252,15 @@ fn unreadable_pinned_state_is_discarded_once_said_and_counted() {
 /// its writes remove what it did not write itself. A reload then swaps back, exactly.
 #[test]
 fn an_adopting_agent_judges_by_its_own_config_and_reloads_cleanly() {
-    let (a, b, c) = (176, 177, 178);
+    let (a, b, c) = (6, 7, 8);
     let first = cells(a, b);
     let second = cells(a, c);
     let pins = Pins::new();
-    let l_b = TcpListener::bind((lo(b, 0, 1), 0)).unwrap();
-    let l_c = TcpListener::bind((lo(c, 0, 1), 0)).unwrap();
+    let l_b = TcpListener::bind((RESTART.ip(b, 0, 1), 0)).unwrap();
+    let l_c = TcpListener::bind((RESTART.ip(c, 0, 1), 0)).unwrap();
     let to = |l: &TcpListener, n: usize| {
         for _ in 0..n {
-            let conn = connect_from(lo(a, 0, 1), l.local_addr().unwrap()).unwrap();
+            let conn = connect_from(RESTART.ip(a, 0, 1), l.local_addr().unwrap()).unwrap();
             drop((conn, l.accept().unwrap()));
         }
     };
@@ -266,13 +269,14 @@ fn an_adopting_agent_judges_by_its_own_config_and_reloads_cleanly() {
     assert_eq!(opened(&settle(&agent, |m| opened(m, "egress") >= 3.0), "egress"), 3.0);
     assert!(agent.stop().success());
 
-    // cell-b moves from 127.b to 127.c: 127.b is in no cell now (and external: ignore).
+    // cell-b moves from /16 b to /16 c: b is in no cell now (and external: ignore).
     let mut agent = start(&pins, &second, &[]);
     assert_eq!(start_state(&agent.metrics()), ["cellwatch_start_info{pinned_state=\"adopted\"}"]);
     to(&l_b, 4);
     to(&l_c, 5);
     let m = settle(&agent, |m| opened(m, "egress") >= 8.0);
-    assert_eq!(opened(&m, "egress"), 8.0, "only the 5 to 127.{c} count, on top of 3");
+    let only = |n: u8, to: u8| format!("only the {n} to {} count", RESTART.cidr(to));
+    assert_eq!(opened(&m, "egress"), 8.0, "{}, on top of 3", only(5, c));
 
     // Back to the first config by reload: the set written by the first agent is the
     // target now, and must end up exactly as the first config says.
@@ -287,10 +291,6 @@ fn an_adopting_agent_judges_by_its_own_config_and_reloads_cleanly() {
     let m = settle(&agent, |m| opened(m, "egress") >= 10.0);
     thread::sleep(Duration::from_millis(300));
     let m2 = agent.metrics();
-    assert_eq!(
-        (opened(&m, "egress"), opened(&m2, "egress")),
-        (10.0, 10.0),
-        "only the 2 to 127.{b}"
-    );
+    assert_eq!((opened(&m, "egress"), opened(&m2, "egress")), (10.0, 10.0), "{}", only(2, b));
     assert!(agent.stop().success());
 }

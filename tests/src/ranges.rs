@@ -1,0 +1,147 @@
+//! The address ranges of each test area, in one table. All areas run in one test binary
+//! (`tests/tests/it/`), their tests side by side, each with agents of its own, and every
+//! agent counts whatever touches its cells. So each area owns blocks of /16s that no
+//! other area uses, and builds its addresses and config CIDRs from them
+//! (`FOUNDATION.ip(1, 0, 1)` is 127.32.0.1, `FOUNDATION.cidr(1)` is "127.32.0.0/16").
+//!
+//! | area | block | used for |
+//! |---|---|---|
+//! | harness | 127.0.0.0/16 | the agents' HTTP ports (127.0.0.1), `free_port`, `http_get`, Prometheus; the configs with an `ignore_cidrs` range ignore it |
+//! | foundation | 127.31–38 | four tests, two cells each (31–32, 33–34, 35–36, 37–38) |
+//! | telemetry | 127.50–99, and ::1 | six tests, three cells each (shared, blue, green) from 50, 60, 70, 80, 90, 95; blue also holds ::1, which no other area uses |
+//! | demo | 127.100 | fixed by the demo's embedded cell map (`agent/src/cmd/demo/demo.yaml`) |
+//! | prometheus | 127.120–122 | global, cell-a, cell-b |
+//! | enforce | 127.140–153 | 140–143 and 144–145 (one test each), 150–153 (the dry run) |
+//! | restart | 127.170–178 | four tests: 170–171, 172–173, 174–175, 176–178 |
+//! | cells | 127.200–215 | 200–207 the property test's universe (127.200.0.0/13), 210–215 the reload tests |
+//! | http | 127.230–231 | cell-a, cell-b |
+//! | enforce, network namespace | 10.251.0.0/16, and fd00:251::/64 | the veth pair of the pod-like namespace the test makes |
+//! | deploy | 10.0–2 | fixed by the shipped cell map (`deploy/kustomize/cells.yaml`); no traffic |
+//!
+//! The startup area makes no traffic and uses the harness range only. A new test takes
+//! the next free /16s of its area's block, or widens the block into free space; the unit
+//! test below fails when two blocks overlap.
+use std::net::{IpAddr, Ipv4Addr};
+
+/// A block of /16s: `net.first.0.0/16` to `net.last.0.0/16`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Block {
+    /// The first octet: 127 (loopback) or 10 (a network namespace's veth pair).
+    pub net: u8,
+    pub first: u8,
+    pub last: u8,
+}
+
+impl Block {
+    const fn new(net: u8, first: u8, last: u8) -> Self {
+        assert!(first <= last);
+        Self { net, first, last }
+    }
+
+    /// The second octet of the block's `i`th /16; panics outside the block.
+    pub const fn at(self, i: u8) -> u8 {
+        assert!(i <= self.last - self.first, "outside the area's block");
+        self.first + i
+    }
+
+    /// `net.(first + i).c.d`.
+    pub const fn ip(self, i: u8, c: u8, d: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(self.net, self.at(i), c, d))
+    }
+
+    /// The `i`th /16 as a CIDR, e.g. `127.32.0.0/16`.
+    pub fn cidr(self, i: u8) -> String {
+        format!("{}.{}.0.0/16", self.net, self.at(i))
+    }
+}
+
+pub const HARNESS: Block = Block::new(127, 0, 0);
+pub const FOUNDATION: Block = Block::new(127, 31, 38);
+pub const TELEMETRY: Block = Block::new(127, 50, 99);
+pub const DEMO: Block = Block::new(127, 100, 100);
+pub const PROMETHEUS: Block = Block::new(127, 120, 122);
+pub const ENFORCE: Block = Block::new(127, 140, 153);
+pub const RESTART: Block = Block::new(127, 170, 178);
+pub const CELLS: Block = Block::new(127, 200, 215);
+pub const HTTP: Block = Block::new(127, 230, 231);
+/// With fd00:251::/64 for IPv6 (`fd00:{ENFORCE_NETNS.first}::`).
+pub const ENFORCE_NETNS: Block = Block::new(10, 251, 251);
+pub const DEPLOY: Block = Block::new(10, 0, 2);
+
+/// Every block, by area.
+pub const TABLE: &[(&str, Block)] = &[
+    ("harness", HARNESS),
+    ("foundation", FOUNDATION),
+    ("telemetry", TELEMETRY),
+    ("demo", DEMO),
+    ("prometheus", PROMETHEUS),
+    ("enforce", ENFORCE),
+    ("restart", RESTART),
+    ("cells", CELLS),
+    ("http", HTTP),
+    ("enforce, network namespace", ENFORCE_NETNS),
+    ("deploy", DEPLOY),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn overlap(x: Block, y: Block) -> bool {
+        x.net == y.net && x.first <= y.last && y.first <= x.last
+    }
+
+    fn contains(b: Block, a: IpAddr) -> bool {
+        let IpAddr::V4(v) = a else { return false };
+        let [net, second, ..] = v.octets();
+        net == b.net && (b.first..=b.last).contains(&second)
+    }
+
+    #[test]
+    fn no_two_areas_share_a_range() {
+        for (i, (a, x)) in TABLE.iter().enumerate() {
+            for (b, y) in &TABLE[i + 1..] {
+                assert!(!overlap(*x, *y), "{a} ({x:?}) and {b} ({y:?}) overlap");
+            }
+        }
+        // The check itself: neighbours and nesting are overlaps, other nets are not.
+        assert!(overlap(Block::new(127, 1, 3), Block::new(127, 3, 9)));
+        assert!(overlap(Block::new(127, 1, 9), Block::new(127, 3, 4)));
+        assert!(!overlap(Block::new(127, 1, 3), Block::new(127, 4, 9)));
+        assert!(!overlap(Block::new(127, 1, 3), Block::new(10, 1, 3)));
+    }
+
+    /// The blocks not chosen by tests hold what the files that fix them say.
+    #[test]
+    fn the_fixed_cell_maps_are_inside_their_blocks() {
+        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for (file, block) in
+            [("agent/src/cmd/demo/demo.yaml", DEMO), ("deploy/kustomize/cells.yaml", DEPLOY)]
+        {
+            let text = std::fs::read_to_string(repo.join(file))
+                .unwrap_or_else(|e| panic!("{file}: {e} (moved? update the table)"));
+            let config = agent_core::config::Config::parse(file, &text).expect("a valid map");
+            let v4: Vec<_> = config
+                .cells
+                .iter()
+                .flat_map(|c| &c.cidrs)
+                .filter(|n| n.network().is_ipv4())
+                .collect();
+            assert!(!v4.is_empty(), "{file}: no IPv4 cell");
+            for n in v4 {
+                assert!(
+                    contains(block, n.network()) && contains(block, n.broadcast()),
+                    "{file}: {n} is outside {block:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn addresses_and_cidrs_are_built_from_the_block() {
+        assert_eq!(FOUNDATION.ip(1, 0, 1), "127.32.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(FOUNDATION.cidr(7), "127.38.0.0/16");
+        assert_eq!(HARNESS.cidr(0), "127.0.0.0/16");
+        assert!(std::panic::catch_unwind(|| FOUNDATION.at(8)).is_err(), "127.39 is not ours");
+    }
+}

@@ -1,0 +1,15 @@
+//! The privileged integration tests, one binary with a module per area (see
+//! `tests/README.md`). Each area builds its addresses from its own block in
+//! `cellwatch_tests::ranges`, so the areas' tests run side by side without counting each
+//! other's connections. One area: `cargo test -p cellwatch-tests -- foundation::`.
+
+mod cells;
+mod demo;
+mod deploy;
+mod enforce;
+mod foundation;
+mod http;
+mod prometheus;
+mod restart;
+mod startup;
+mod telemetry;

@@ -1,0 +1,198 @@
+//! The bench harness: what churn, bulk, scale and config-load share. The agent build,
+//! the variants measured side by side (no agent, cellwatch in audit and in enforce mode,
+//! tcplife), run interleaved, and the two cells the churn and bulk loads run between.
+//! Agents are started, checked for readiness and stopped by the integration tests'
+//! harness (`cellwatch_tests::Agent`), each with a pin directory of its own, so every
+//! start is a fresh one and no agent's programs outlive its run.
+use std::{
+    io::{BufRead, BufReader},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use cellwatch_tests::{Agent, AgentOpts, ranges::HARNESS, terminate};
+
+use super::stats;
+use crate::util::{build_agent, ok, root, step};
+
+/// Client (cell-a) and server (cell-b) addresses of the churn and bulk loads; a rule
+/// allows cell-a -> cell-b, so every connection takes the whole verdict path, in enforce
+/// mode too, and is allowed. Benchmarks never run beside the integration tests, so these
+/// ranges are not in their table (`cellwatch_tests::ranges`).
+const CLIENT: Ipv4Addr = Ipv4Addr::new(127, 171, 0, 2);
+pub(super) const SERVER: Ipv4Addr = Ipv4Addr::new(127, 172, 0, 1);
+
+/// The churn and bulk cell map, in audit or enforce mode.
+fn config(mode: &str) -> String {
+    format!(
+        "cells:\n  - {{ name: global, global: true, cidrs: [127.170.0.0/16] }}\n  \
+         - {{ name: cell-a, cidrs: [127.171.0.0/16] }}\n  - {{ name: cell-b, cidrs: [127.172.0.0/16] }}\n\
+         allow:\n  - {{ from: cell-a, to: cell-b }}\nignore_cidrs: [{}]\nmode: {mode}\n",
+        HARNESS.cidr(0)
+    )
+}
+
+/// A connection from CLIENT to `to`, with a 5 s read timeout.
+pub(super) fn connect(to: SocketAddr) -> Result<TcpStream> {
+    let s = cellwatch_tests::connect_from(CLIENT.into(), to)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    Ok(s)
+}
+
+/// Builds the agent: in release mode, or, for a smoke run, the debug build the tests
+/// already made.
+pub(super) fn agent_build(smoke: bool) -> Result<PathBuf> {
+    std::env::set_current_dir(root())?;
+    step(&format!("build the agent ({})", if smoke { "debug" } else { "release" }));
+    build_agent(!smoke)
+}
+
+/// Starts the agent `bin` and waits until it is ready.
+pub(super) fn start_agent(bin: &Path, config: &str, args: &[&str]) -> Result<Agent> {
+    Agent::try_start(AgentOpts {
+        config: Some(config),
+        args,
+        bin: Some(bin),
+        ..AgentOpts::default()
+    })
+    .map_err(anyhow::Error::msg)
+}
+
+/// tcplife from Debian's libbpf-tools: the peer the agent is compared with.
+pub(super) fn tcplife() -> Result<PathBuf> {
+    let tcplife = PathBuf::from("/usr/sbin/tcplife");
+    if !tcplife.exists() {
+        bail!("tcplife is missing: run `cargo xtask setup` (Debian's libbpf-tools)");
+    }
+    Ok(tcplife)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Variant {
+    None,
+    Audit,
+    Enforce,
+    Tcplife,
+}
+
+impl Variant {
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Self::None => "no agent",
+            Self::Audit => "cellwatch, audit",
+            Self::Enforce => "cellwatch, enforce",
+            Self::Tcplife => "tcplife (libbpf-tools)",
+        }
+    }
+}
+
+/// Every variant, in the order of the tables.
+pub(super) const VARIANTS: [Variant; 4] =
+    [Variant::None, Variant::Audit, Variant::Enforce, Variant::Tcplife];
+
+/// Runs `measure` `runs` times for every variant, interleaved: each round starts with the
+/// next variant, so none always follows the same one. What the variant runs beside the
+/// load is started before and stopped after each measurement, whatever its outcome.
+/// Per variant (in `VARIANTS` order), the measured values.
+pub(super) fn interleaved(
+    runs: usize,
+    (bin, tcplife): (&Path, &Path),
+    mut measure: impl FnMut(usize, &Beside) -> Result<f64>,
+    show: impl Fn(f64) -> String,
+) -> Result<Vec<Vec<f64>>> {
+    let mut values = vec![Vec::new(); VARIANTS.len()];
+    for run in 0..runs {
+        for k in 0..VARIANTS.len() {
+            let i = (k + run) % VARIANTS.len();
+            let beside = Beside::start(VARIANTS[i], bin, tcplife)?;
+            let value = measure(i, &beside);
+            beside.stop();
+            let value = value?;
+            ok(&format!("run {}: {:<24} {}", run + 1, VARIANTS[i].label(), show(value)));
+            values[i].push(value);
+        }
+    }
+    Ok(values)
+}
+
+/// A Markdown table of `values` per variant: median [min, max] and the ratio of medians
+/// to no agent.
+pub(super) fn ratio_table(unit: &str, values: &[Vec<f64>], decimals: usize) -> String {
+    let base = stats::median(&values[0]);
+    let mut t =
+        format!("| variant | {unit}, median [min, max] | ratio to no agent |\n|---|---|---|\n");
+    for (v, vals) in VARIANTS.iter().zip(values) {
+        let (min, max) = stats::min_max(vals);
+        t.push_str(&format!(
+            "| {} | {:.d$} [{:.d$}, {:.d$}] | {:.3} |\n",
+            v.label(),
+            stats::median(vals),
+            min,
+            max,
+            stats::median(vals) / base,
+            d = decimals
+        ));
+    }
+    t
+}
+
+/// What runs beside the load, started before and stopped after the timed part.
+pub(super) enum Beside {
+    Nothing,
+    Agent(Agent),
+    Tcplife(Child),
+}
+
+impl Beside {
+    fn start(v: Variant, bin: &Path, tcplife: &Path) -> Result<Self> {
+        Ok(match v {
+            Variant::None => Self::Nothing,
+            Variant::Audit => Self::Agent(start_agent(bin, &config("audit"), &[])?),
+            Variant::Enforce => Self::Agent(start_agent(bin, &config("enforce"), &[])?),
+            Variant::Tcplife => {
+                let mut c = Command::new("stdbuf")
+                    .args(["-oL"])
+                    .arg(tcplife)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("start tcplife")?;
+                // Its header is printed once its programs are attached.
+                let mut out = BufReader::new(c.stdout.take().context("tcplife stdout")?);
+                let mut header = String::new();
+                out.read_line(&mut header)?;
+                if !header.contains("PID") {
+                    terminate(&mut c);
+                    bail!("tcplife did not start: {header:?}");
+                }
+                thread::spawn(move || {
+                    let _ = std::io::copy(&mut out, &mut std::io::sink());
+                });
+                Self::Tcplife(c)
+            }
+        })
+    }
+
+    /// The process beside the load, if any.
+    pub(super) fn pid(&self) -> Option<u32> {
+        match self {
+            Self::Nothing => None,
+            Self::Agent(a) => Some(a.pid()),
+            Self::Tcplife(c) => Some(c.id()),
+        }
+    }
+
+    /// Stops it; an agent's pins go with it.
+    fn stop(self) {
+        match self {
+            Self::Nothing => {}
+            Self::Agent(a) => drop(a),
+            Self::Tcplife(mut c) => terminate(&mut c),
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! `cargo xtask bench`: benchmarks whose results go into BENCHMARKS.md ([`record`]), each
+//! measured side by side in one run (interleaved, several runs each, median and spread).
+//! This module is their command line and dispatch. One module per benchmark
+//! ([`churn`], [`bulk`], [`scale`], [`micro`], [`config_load`]) uses what they share,
+//! the bench harness ([`harness`]), [`stats`] and [`record`]; none of those imports this
+//! module or a benchmark.
+mod bulk;
+mod churn;
+mod config_load;
+mod harness;
+mod micro;
+mod record;
+mod scale;
+mod stats;
+
+use anyhow::Result;
+use clap::Subcommand;
+
+pub(crate) use scale::hold;
+
+#[derive(Subcommand)]
+pub(crate) enum Bench {
+    /// Config load at 1,000 cells and 100,000 prefixes: parse, validate, write to the kernel.
+    ConfigLoad,
+    /// One connection moving several GiB: no agent, audit, enforce, and tcplife.
+    Bulk {
+        /// One short run of each variant, nothing recorded (what CI runs).
+        #[arg(long)]
+        smoke: bool,
+    },
+    /// Criterion microbenchmarks of the hot paths, recorded.
+    Micro,
+    /// 10, 100 and 1,000 cells, and 50,000 connections held: render time, memory.
+    Scale {
+        /// A small run, nothing recorded (what CI runs).
+        #[arg(long)]
+        smoke: bool,
+    },
+    /// Connection churn between two cells: no agent, audit, enforce, and tcplife.
+    Churn {
+        /// One short run of each variant, nothing recorded (what CI runs).
+        #[arg(long)]
+        smoke: bool,
+    },
+}
+
+pub(crate) fn run(which: Bench) -> Result<()> {
+    match which {
+        Bench::ConfigLoad => config_load::config_load(),
+        Bench::Bulk { smoke } => bulk::bulk(smoke),
+        Bench::Micro => micro::micro(),
+        Bench::Scale { smoke } => scale::scale(smoke),
+        Bench::Churn { smoke } => churn::churn(smoke),
+    }
+}
+
+/// What `cargo xtask test` runs: one short run of churn, bulk and scale, nothing recorded.
+pub(crate) fn smoke() -> Result<()> {
+    churn::churn(true)?;
+    bulk::bulk(true)?;
+    scale::scale(true)
+}

@@ -1,0 +1,188 @@
+//! The initramfs of the kernel-matrix VMs: the integration-test binary, the agent, the
+//! tools the tests call and every library they load, with this very binary as `/init`;
+//! and per kernel, its sock_diag modules appended.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, Result, bail};
+
+use super::init;
+
+/// Kernel modules a node loads on demand and the tests need: sock_diag for TCP (the
+/// agent's seeding and its `/connections` details, and `ss`). Loaded by /init in order.
+const MODULES: &[&str] = &["net/ipv4/inet_diag", "net/ipv4/tcp_diag"];
+/// Host tools the tests call, copied in with their libraries (busybox gives the rest).
+const TOOLS: &[&str] = &["/usr/sbin/bpftool", "/usr/bin/prlimit", "/usr/bin/ss"];
+/// The integration-test target (`tests/tests/it/`).
+const TEST_TARGET: &str = "it";
+
+/// Builds the integration-test binary (`cargo test --no-run`) and finds its executable
+/// in cargo's JSON messages.
+pub(super) fn test_binary() -> Result<PathBuf> {
+    let out = Command::new("cargo")
+        .args(["test", "--locked", "-p", "cellwatch-tests", "--no-run", "--message-format=json"])
+        .args(["--test", TEST_TARGET])
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        bail!("building the test binary failed");
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| {
+            l.contains(&format!("\"name\":\"{TEST_TARGET}\"")) && l.contains("\"kind\":[\"test\"]")
+        })
+        .with_context(|| format!("no test executable for {TEST_TARGET}"))?;
+    let exe = line
+        .split("\"executable\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .with_context(|| format!("no executable path for {TEST_TARGET}"))?;
+    Ok(PathBuf::from(exe))
+}
+
+/// Builds `work/initramfs.cpio` from a fresh `work/root`.
+pub(super) fn initramfs(work: &Path, agent: &Path, tests: &Path) -> Result<PathBuf> {
+    let root_dir = work.join("root");
+    if root_dir.exists() {
+        std::fs::remove_dir_all(&root_dir)?;
+    }
+    for d in ["bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "tests", "etc"] {
+        std::fs::create_dir_all(root_dir.join(d))?;
+    }
+    let mut elves = Vec::new();
+    let mut put = |from: &Path, to: &str| -> Result<()> {
+        let dst = root_dir.join(to.trim_start_matches('/'));
+        copy_stripped(from, &dst)?;
+        elves.push(from.to_owned());
+        Ok(())
+    };
+    put(&std::env::current_exe()?, "/init")?;
+    put(agent, "/bin/cellwatch")?;
+    put(tests, init::TESTS)?;
+    for tool in TOOLS {
+        let p = Path::new(tool);
+        if !p.exists() {
+            bail!("{tool} is missing: run `cargo xtask setup`");
+        }
+        put(p, tool)?;
+    }
+    std::fs::copy("/bin/busybox", root_dir.join("bin/busybox"))
+        .context("/bin/busybox (busybox-static) is missing: run `cargo xtask setup`")?;
+    for lib in libraries(&elves)? {
+        let dst = root_dir.join(lib.strip_prefix("/").unwrap_or(&lib));
+        if !dst.exists() {
+            std::fs::create_dir_all(dst.parent().unwrap_or(&root_dir))?;
+            std::fs::copy(&lib, &dst).with_context(|| format!("copy {}", lib.display()))?;
+        }
+    }
+    std::fs::write(root_dir.join("etc/passwd"), "root:x:0:0:root:/tmp:/bin/sh\n")?;
+    let image = work.join("initramfs.cpio");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd '{}' && find . | cpio --quiet -o -H newc > '{}'",
+            root_dir.display(),
+            image.display()
+        ))
+        .status()?;
+    if !status.success() {
+        bail!("cpio failed (is it installed? run `cargo xtask setup`)");
+    }
+    Ok(image)
+}
+
+/// The initramfs with this kernel's [`MODULES`] appended as a second cpio archive (the
+/// kernel unpacks concatenated archives in order). A bare vmlinuz path has no modules
+/// beside it: its image is the common one.
+pub(super) fn with_modules(common: &Path, vmlinuz: &Path, work: &Path) -> Result<PathBuf> {
+    let Some(pkg) = vmlinuz.parent().and_then(Path::parent) else { return Ok(common.to_owned()) };
+    let Some(release_dir) =
+        std::fs::read_dir(pkg.join("lib/modules")).ok().and_then(|mut d| d.next())
+    else {
+        println!("    no modules beside {}: sock_diag must be built in", vmlinuz.display());
+        return Ok(common.to_owned());
+    };
+    let kernel_dir = release_dir?.path().join("kernel");
+    let stage = work.join("modules-stage");
+    if stage.exists() {
+        std::fs::remove_dir_all(&stage)?;
+    }
+    std::fs::create_dir_all(stage.join("modules"))?;
+    for (i, m) in MODULES.iter().enumerate() {
+        let name = m.rsplit('/').next().unwrap_or(m);
+        let dst = stage.join(format!("modules/{i}-{name}.ko"));
+        let plain = kernel_dir.join(format!("{m}.ko"));
+        if plain.exists() {
+            std::fs::copy(&plain, &dst)?;
+            continue;
+        }
+        let (packed, tool) = [("xz", "xz"), ("zst", "zstd")]
+            .iter()
+            .map(|(ext, tool)| (kernel_dir.join(format!("{m}.ko.{ext}")), *tool))
+            .find(|(p, _)| p.exists())
+            .with_context(|| format!("{m}.ko is not in {}", kernel_dir.display()))?;
+        let out = Command::new(tool).args(["-d", "-c"]).arg(&packed).output()?;
+        if !out.status.success() {
+            bail!("{tool} -d {} failed", packed.display());
+        }
+        std::fs::write(&dst, out.stdout)?;
+    }
+    let image = work.join(format!(
+        "initramfs-{}.cpio",
+        pkg.file_name().and_then(|n| n.to_str()).unwrap_or("kernel")
+    ));
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cp '{}' '{img}' && cd '{}' && find . | cpio --quiet -o -H newc >> '{img}'",
+            common.display(),
+            stage.display(),
+            img = image.display()
+        ))
+        .status()?;
+    if !status.success() {
+        bail!("packing the modules failed");
+    }
+    Ok(image)
+}
+
+/// Copies an executable without its debug sections (a tenth of the size).
+fn copy_stripped(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to.parent().context("no parent")?)?;
+    let stripped = Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(to)
+        .arg(from)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !stripped {
+        std::fs::copy(from, to).with_context(|| format!("copy {}", from.display()))?;
+    }
+    Ok(())
+}
+
+/// Every shared library (and the dynamic loader) the executables load, from `ldd`.
+fn libraries(elves: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut libs = Vec::new();
+    for e in elves {
+        let out = Command::new("ldd").arg(e).output()?;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let path = match line.split_once("=>") {
+                Some((_, rest)) => rest.split_whitespace().next(),
+                None => line.split_whitespace().next(),
+            };
+            if let Some(p) = path.filter(|p| p.starts_with('/')) {
+                let p = PathBuf::from(p);
+                if !libs.contains(&p) {
+                    libs.push(p);
+                }
+            }
+        }
+    }
+    Ok(libs)
+}

@@ -1,0 +1,159 @@
+//! The `/init` of the kernel-matrix VMs (`cargo xtask vm-test`): the xtask binary itself,
+//! started by the kernel as process 1. It mounts what the agent and its tests need, brings
+//! up loopback, runs the integration-test binary on the matrix's areas, prints one result
+//! line per area on the serial console and powers the VM off.
+#![expect(unsafe_code, reason = "mount, setrlimit and reboot through libc, as pid 1")]
+use std::{
+    collections::BTreeMap,
+    ffi::CString,
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// The areas of the integration tests (modules of the `it` binary) that run in every VM:
+/// connection counting, cell verdicts, telemetry and restarts.
+pub(crate) const AREAS: &[&str] = &["foundation", "cells", "telemetry", "restart"];
+/// Tests of those areas the matrix leaves to the host, by name: moving more than 4 GiB
+/// under software emulation would take minutes.
+const SKIPPED: &[&str] = &["telemetry::a_connection_older_than_the_agent_that_moved_over_4_gib"];
+/// Where the integration-test binary is in the initramfs.
+pub(crate) const TESTS: &str = "/tests/it";
+/// Marks an area's result line on the console:
+/// `CELLWATCH-VM <area> <pass|fail> <passed>/<tests>`.
+pub(crate) const RESULT: &str = "CELLWATCH-VM";
+/// Marks the end of the run, so a VM that dies early is told from one that finished:
+/// `CELLWATCH-VM-DONE <pass|fail> <seconds>`, `fail` when the test binary did.
+pub(crate) const DONE: &str = "CELLWATCH-VM-DONE";
+
+pub(crate) fn main() -> ! {
+    for (fstype, target) in [
+        ("proc", "/proc"),
+        ("sysfs", "/sys"),
+        ("devtmpfs", "/dev"),
+        ("tmpfs", "/tmp"),
+        ("cgroup2", "/sys/fs/cgroup"),
+        ("bpf", "/sys/fs/bpf"),
+        ("tracefs", "/sys/kernel/tracing"),
+    ] {
+        if let Err(e) = mount(fstype, target) {
+            println!("init: mount {fstype} on {target}: {e}");
+        }
+    }
+    let busybox = Command::new("/bin/busybox").args(["--install", "-s", "/bin"]).status();
+    let lo = Command::new("/bin/busybox").args(["ip", "link", "set", "lo", "up"]).status();
+    println!("init: busybox {busybox:?}, lo up {lo:?}");
+    raise_nofile(65_536);
+    let mut modules: Vec<_> = std::fs::read_dir("/modules")
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    modules.sort();
+    for m in &modules {
+        let loaded = Command::new("/bin/busybox").arg("insmod").arg(m).status();
+        println!("init: insmod {}: {loaded:?}", m.display());
+    }
+    let uname = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!("init: kernel {}", uname.trim());
+
+    let started = Instant::now();
+    let passed = run_tests();
+    let secs = started.elapsed().as_secs_f64();
+    println!("{DONE} {} {secs:.1}", if passed { "pass" } else { "fail" });
+    // SAFETY: sync and reboot take no pointers; this process is the VM's init and has
+    // nothing left to do.
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_POWER_OFF);
+    }
+    // Only reached if the power-off failed: idle rather than panic (which the kernel
+    // would turn into a hang until the host's timeout).
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// The test binary with one name filter per area (`foundation::` ...), as libtest takes
+/// them.
+fn tests(extra: &[&str]) -> Command {
+    let mut c = Command::new(TESTS);
+    c.args(extra)
+        .args(AREAS.iter().map(|a| format!("{a}::")))
+        .args(SKIPPED.iter().flat_map(|t| ["--skip", t]))
+        .env("CELLWATCH_BIN", "/bin/cellwatch")
+        .env("PATH", "/bin:/sbin:/usr/bin:/usr/sbin")
+        .env("HOME", "/tmp")
+        .env("RUST_BACKTRACE", "0")
+        .env("CELLWATCH_IN_VM", "1");
+    c
+}
+
+/// Runs the areas' tests in one run of the binary, its output echoed to the console, and
+/// prints a result line per area: it passes when it has tests and every one of them
+/// passed. True when the binary passed.
+fn run_tests() -> bool {
+    // The tests of each area, so that an area whose tests did not all report is a failure.
+    let listed = match tests(&["--list"]).stderr(Stdio::inherit()).output() {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Err(e) => {
+            println!("init: cannot run {TESTS}: {e}");
+            String::new()
+        }
+    };
+    let mut areas: BTreeMap<&str, (usize, usize)> = AREAS.iter().map(|a| (*a, (0, 0))).collect();
+    for name in listed.lines().filter_map(|l| l.strip_suffix(": test")) {
+        if let Some(n) = area_of(&mut areas, name) {
+            n.1 += 1;
+        }
+    }
+    let status = tests(&[]).stdout(Stdio::piped()).spawn().and_then(|mut child| {
+        if let Some(out) = child.stdout.take() {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                println!("{line}");
+                // libtest: `test <area>::<name> ... ok`.
+                let Some(name) = line.strip_prefix("test ").and_then(|l| l.strip_suffix(" ... ok"))
+                else {
+                    continue;
+                };
+                if let Some(n) = area_of(&mut areas, name) {
+                    n.0 += 1;
+                }
+            }
+        }
+        child.wait()
+    });
+    let ok = status.as_ref().is_ok_and(|s| s.success());
+    if let Err(e) = status {
+        println!("init: cannot run {TESTS}: {e}");
+    }
+    for (area, (passed, total)) in &areas {
+        let verdict = if *total > 0 && passed == total { "pass" } else { "fail" };
+        println!("{RESULT} {area} {verdict} {passed}/{total}");
+    }
+    ok
+}
+
+/// The (passed, listed) counts of the area a test `<area>::<name>` belongs to.
+fn area_of<'a>(
+    areas: &'a mut BTreeMap<&str, (usize, usize)>,
+    test: &str,
+) -> Option<&'a mut (usize, usize)> {
+    let (area, _) = test.split_once("::")?;
+    areas.get_mut(area)
+}
+
+fn mount(fstype: &str, target: &str) -> std::io::Result<()> {
+    std::fs::create_dir_all(target)?;
+    let (src, tgt) = (CString::new(fstype)?, CString::new(target)?);
+    // SAFETY: the pointers are valid NUL-terminated strings that outlive the call; a null
+    // data pointer is allowed for these filesystems.
+    let rc = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+fn raise_nofile(n: libc::rlim_t) {
+    let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
+    // SAFETY: `lim` is a valid rlimit that lives across the call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        println!("init: RLIMIT_NOFILE: {}", std::io::Error::last_os_error());
+    }
+}
