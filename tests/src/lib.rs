@@ -5,8 +5,10 @@
 //! Every test takes its own 127.x.0.0/16 ranges, from its area's block in [`ranges`], so
 //! tests running side by side (each with its own agent) never count each other's
 //! connections.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
+pub mod churn;
+pub mod netns;
 pub mod ranges;
 
 use std::{
@@ -356,6 +358,17 @@ impl Metrics {
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let sorted: BTreeMap<&str, &str> = labels.iter().copied().collect();
         self.0.get(&key(name, sorted.iter())).copied().unwrap_or(0.0)
+    }
+
+    /// Every series of `name` whose only label is `label`: (its value, the sample).
+    pub fn by_label(&self, name: &str, label: &str) -> Vec<(String, f64)> {
+        let prefix = format!("{name}{{{label}=\"");
+        self.0
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter_map(|(k, v)| Some((k[prefix.len()..].strip_suffix("\"}")?.to_owned(), *v)))
+            .filter(|(value, _)| !value.contains('"'))
+            .collect()
     }
 }
 

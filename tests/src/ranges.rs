@@ -15,6 +15,9 @@
 //! | restart | 127.170–178 | four tests: 170–171, 172–173, 174–175, 176–178 |
 //! | cells | 127.200–215 | 200–207 the property test's universe (127.200.0.0/13), 210–215 the reload tests |
 //! | http | 127.230–231 | cell-a, cell-b |
+//! | churn | 127.160–162 | cell-a (allowed clients), cell-c (violating clients), cell-b (the server) |
+//! | live | 127.240–245 | three tests, two cells each (240–241, 242–243, 244–245) |
+//! | live, network namespace | 10.240.0.0/16 | the veth pair of the slow, lossy path the test makes |
 //! | enforce, network namespace | 10.251.0.0/16, and fd00:251::/64 | the veth pair of the pod-like namespace the test makes |
 //! | deploy | 10.0–2 | fixed by the shipped cell map (`deploy/kustomize/cells.yaml`); no traffic |
 //!
@@ -59,11 +62,15 @@ pub const HARNESS: Block = Block::new(127, 0, 0);
 pub const FOUNDATION: Block = Block::new(127, 31, 38);
 pub const TELEMETRY: Block = Block::new(127, 50, 99);
 pub const DEMO: Block = Block::new(127, 100, 100);
-pub const PROMETHEUS: Block = Block::new(127, 120, 122);
+pub const PROMETHEUS: Block = Block::new(127, 120, 123);
 pub const ENFORCE: Block = Block::new(127, 140, 153);
 pub const RESTART: Block = Block::new(127, 170, 178);
 pub const CELLS: Block = Block::new(127, 200, 215);
 pub const HTTP: Block = Block::new(127, 230, 231);
+pub const LIVE: Block = Block::new(127, 240, 245);
+pub const CHURN: Block = Block::new(127, 160, 162);
+/// The veth pairs of the live area's network namespaces (a slow, lossy path).
+pub const LIVE_NETNS: Block = Block::new(10, 240, 240);
 /// With fd00:251::/64 for IPv6 (`fd00:{ENFORCE_NETNS.first}::`).
 pub const ENFORCE_NETNS: Block = Block::new(10, 251, 251);
 pub const DEPLOY: Block = Block::new(10, 0, 2);
@@ -79,6 +86,9 @@ pub const TABLE: &[(&str, Block)] = &[
     ("restart", RESTART),
     ("cells", CELLS),
     ("http", HTTP),
+    ("live", LIVE),
+    ("churn", CHURN),
+    ("live, network namespace", LIVE_NETNS),
     ("enforce, network namespace", ENFORCE_NETNS),
     ("deploy", DEPLOY),
 ];

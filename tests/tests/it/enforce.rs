@@ -1,29 +1,34 @@
 //! Enforce mode on real loopback and network-namespace traffic: cross-cell connects fail
 //! with EPERM and are counted exactly, everything allowed still connects, `enforce_cells`
 //! limits the refusal, a reload to audit stops it, the pinned programs go on refusing
-//! while no agent runs and nothing is refused once `uninstall` ran, audit's dry-run count equals what enforce then refuses, and an unbound socket in
-//! a pod-like namespace is judged by the namespace's address.
-use std::{
-    net::{IpAddr, SocketAddr, TcpListener},
-    process::Command,
-};
+//! while no agent runs and nothing is refused once `uninstall` ran, audit's dry-run count
+//! equals what enforce then refuses, and an unbound socket in a pod-like namespace is
+//! judged by the namespace's address.
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 
 use cellwatch_tests::{
     Agent, AgentOpts, Metrics, Pins, Rng, Server, await_reloads, cellwatch, clients, connect_from,
     json,
+    netns::Netns,
     ranges::{ENFORCE, ENFORCE_NETNS, HARNESS},
     settle, write_atomic,
 };
 
 const EPERM: i32 = 1;
 
-/// Connects from `from` to `to`: Ok(true) connected, Ok(false) refused with EPERM.
-fn try_connect(from: IpAddr, to: SocketAddr) -> bool {
-    match connect_from(from, to) {
+/// A connect's outcome: true connected, false refused with EPERM; any other failure fails
+/// the test.
+fn admitted(r: std::io::Result<TcpStream>, what: &str) -> bool {
+    match r {
         Ok(_) => true,
         Err(e) if e.raw_os_error() == Some(EPERM) => false,
-        Err(e) => panic!("connect {from} -> {to}: {e} (neither connected nor EPERM)"),
+        Err(e) => panic!("connect {what}: {e} (neither connected nor EPERM)"),
     }
+}
+
+/// Connects from `from` to `to`: true connected, false refused with EPERM.
+fn try_connect(from: IpAddr, to: SocketAddr) -> bool {
+    admitted(connect_from(from, to), &format!("{from} -> {to}"))
 }
 
 fn denied(m: &Metrics, src: &str, dst: &str) -> f64 {
@@ -254,67 +259,24 @@ fn v6(h: u8) -> IpAddr {
     format!("fd00:{}::{h}", ENFORCE_NETNS.at(0)).parse().expect("an IPv6 address")
 }
 
-/// A network namespace with one veth pair, removed on drop: a stand-in for a pod.
-struct Netns {
-    name: String,
+/// A pod's namespace: one veth pair, removed on drop.
+fn pod() -> Netns {
+    let ns = Netns::new("enf", &[(v4(1), v4(2), 24), (v6(1), v6(2), 64)]);
+    // A second address here, in another cell.
+    ns.alias(v4(3), 24);
+    ns.alias(v6(3), 64);
+    ns
 }
 
-impl Netns {
-    fn new(tag: &str) -> Self {
-        let name = format!("cw{tag}{}", std::process::id() % 100_000);
-        let host = format!("{name}h");
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        let ns = Self { name };
-        for cmd in [
-            format!("ip netns add {}", ns.name),
-            format!("ip link add {host} type veth peer name {}n", ns.name),
-            format!("ip link set {}n netns {}", ns.name, ns.name),
-            format!("ip addr add {}/24 dev {host}", v4(1)),
-            format!("ip addr add {}/24 dev {host}", v4(3)),
-            format!("ip addr add {}/64 dev {host} nodad", v6(1)),
-            format!("ip addr add {}/64 dev {host} nodad", v6(3)),
-            format!("ip link set {host} up"),
-            format!("ip -n {0} addr add {1}/24 dev {0}n", ns.name, v4(2)),
-            format!("ip -n {0} addr add {1}/64 dev {0}n nodad", ns.name, v6(2)),
-            format!("ip -n {0} link set {0}n up", ns.name),
-            format!("ip -n {} link set lo up", ns.name),
-        ] {
-            let ok = Command::new("sh").args(["-c", &cmd]).status();
-            assert!(
-                ok.is_ok_and(|s| s.success()),
-                "`{cmd}` failed (iproute2 is installed by setup)"
-            );
-        }
-        ns
-    }
-
-    /// An unbound TCP connect from inside the namespace (bash's /dev/tcp): Ok(true)
-    /// connected, Ok(false) refused with EPERM.
-    fn connect(&self, to: SocketAddr) -> bool {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name, "timeout", "5", "bash", "-c"])
-            .arg(format!("exec 3<>/dev/tcp/{}/{}", to.ip(), to.port()))
-            .output()
-            .expect("ip netns exec");
-        let err = String::from_utf8_lossy(&out.stderr);
-        if out.status.success() {
-            return true;
-        }
-        assert!(err.contains("Operation not permitted"), "connect to {to} failed otherwise: {err}");
-        false
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Deleting the namespace deletes the veth pair with it.
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-    }
+/// An unbound TCP connect from inside the namespace: true connected, false refused
+/// with EPERM.
+fn connects(ns: &Netns, to: SocketAddr) -> bool {
+    admitted(ns.connect_unbound(to), &format!("from {} to {to}", ns.name))
 }
 
 #[test]
 fn an_unbound_socket_in_a_pod_namespace_is_judged_by_the_namespace_address() {
-    let ns = Netns::new("enf");
+    let ns = pod();
     let global = TcpListener::bind((v4(1), 0)).unwrap();
     let other = TcpListener::bind((v4(3), 0)).unwrap();
     let config = format!(
@@ -331,9 +293,9 @@ fn an_unbound_socket_in_a_pod_namespace_is_judged_by_the_namespace_address() {
     let agent = Agent::start(AgentOpts { config: Some(&config), ..AgentOpts::default() });
     // The namespace has made no connection yet: its address is unknown, so the first
     // unbound connect is let through, and counted as unresolved. It teaches the address.
-    assert!(ns.connect(other.local_addr().unwrap()), "unknown source: fail open");
-    assert!(ns.connect(global.local_addr().unwrap()));
-    let refused = (0..3).filter(|_| !ns.connect(other.local_addr().unwrap())).count();
+    assert!(connects(&ns, other.local_addr().unwrap()), "unknown source: fail open");
+    assert!(connects(&ns, global.local_addr().unwrap()));
+    let refused = (0..3).filter(|_| !connects(&ns, other.local_addr().unwrap())).count();
     assert_eq!(refused, 3, "once known, the namespace's leaks are refused");
     let m = settle(&agent, |m| denied(m, "pod-cell", "other") >= 3.0);
     assert_eq!(denied(&m, "pod-cell", "other"), 3.0);
@@ -345,8 +307,8 @@ fn an_unbound_socket_in_a_pod_namespace_is_judged_by_the_namespace_address() {
     // to the global cell, which needs no source to judge; then its v6 leaks are refused.
     let global6 = TcpListener::bind((v6(1), 0)).unwrap();
     let other6 = TcpListener::bind((v6(3), 0)).unwrap();
-    assert!(ns.connect(global6.local_addr().unwrap()));
-    let refused6 = (0..2).filter(|_| !ns.connect(other6.local_addr().unwrap())).count();
+    assert!(connects(&ns, global6.local_addr().unwrap()));
+    let refused6 = (0..2).filter(|_| !connects(&ns, other6.local_addr().unwrap())).count();
     assert_eq!(refused6, 2, "the namespace's IPv6 leaks are refused");
     let m = settle(&agent, |m| denied(m, "pod-cell", "other") >= 5.0);
     assert_eq!(denied(&m, "pod-cell", "other"), 5.0);

@@ -4,11 +4,13 @@
 //! other's connections. One area: `cargo test -p cellwatch-tests -- foundation::`.
 
 mod cells;
+mod churn;
 mod demo;
 mod deploy;
 mod enforce;
 mod foundation;
 mod http;
+mod live;
 mod prometheus;
 mod restart;
 mod startup;

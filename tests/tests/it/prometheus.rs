@@ -2,6 +2,7 @@
 //! loopback: cross-cell traffic flows, then every dashboard panel query (template variables
 //! filled in) and every rule expression goes through the Prometheus HTTP API. Each is
 //! accepted, each panel returns data, and `CrossCellLeakage` fires for the leaking pair.
+//! A connection that stays open all along shows in the bytes and RTT panels.
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
@@ -134,15 +135,15 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
-/// Grafana's variables as a dashboard would fill them: every cell and node ("All"), and
-/// intervals that suit a one-second scrape.
-fn fill(expr: &str) -> String {
+/// Grafana's variables as a dashboard would fill them: the cells `src` and `dst` (".*" for
+/// "All"), every node, and intervals that suit a one-second scrape.
+fn fill_cells(expr: &str, src: &str, dst: &str) -> String {
     let filled = expr
         .replace("$__rate_interval", "1m")
         .replace("$__range", "5m")
         .replace("$__interval", "15s")
-        .replace("$src_cell", ".*")
-        .replace("$dst_cell", ".*")
+        .replace("$src_cell", src)
+        .replace("$dst_cell", dst)
         .replace("$instance", ".*");
     assert!(!filled.contains('$'), "a variable is left unfilled in: {filled}");
     filled
@@ -150,6 +151,11 @@ fn fill(expr: &str) -> String {
 
 /// (dashboard, panel title, filled query) of every panel target.
 fn panel_queries() -> Vec<(String, String, String)> {
+    panel_queries_for(".*", ".*")
+}
+
+/// As [`panel_queries`], for one source and destination cell.
+fn panel_queries_for(src: &str, dst: &str) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
     for name in ["cell-overview", "cross-cell-leakage", "agent-health"] {
         let path = repo().join(format!("dashboards/{name}.json"));
@@ -168,7 +174,7 @@ fn panel_queries() -> Vec<(String, String, String)> {
                 out.push((
                     name.to_owned(),
                     p["title"].as_str().unwrap_or("").to_owned(),
-                    fill(expr),
+                    fill_cells(expr, src, dst),
                 ));
             }
         }
@@ -195,11 +201,12 @@ fn rule_exprs() -> Vec<(String, String)> {
 fn config() -> String {
     format!(
         "cells:\n  - {{ name: global, global: true, cidrs: [{}] }}\n  \
-         - {{ name: cell-a, cidrs: [{}] }}\n  - {{ name: cell-b, cidrs: [{}] }}\n\
-         ignore_cidrs: [{}]\n",
+         - {{ name: cell-a, cidrs: [{}] }}\n  - {{ name: cell-b, cidrs: [{}] }}\n  \
+         - {{ name: cell-c, cidrs: [{}] }}\nignore_cidrs: [{}]\n",
         PROMETHEUS.cidr(0),
         PROMETHEUS.cidr(1),
         PROMETHEUS.cidr(2),
+        PROMETHEUS.cidr(3),
         HARNESS.cidr(0)
     )
 }
@@ -224,12 +231,72 @@ fn traffic_round() -> usize {
     leaked
 }
 
+/// A connection inside cell-c that stays open for the whole test: what it moves reaches
+/// Prometheus only through the agent's live sweeps.
+struct Open {
+    client: TcpStream,
+    server: thread::JoinHandle<usize>,
+}
+
+const MIB: usize = 1 << 20;
+
+impl Open {
+    fn start() -> Self {
+        let l = std::net::TcpListener::bind((PROMETHEUS.ip(3, 0, 1), 0)).unwrap();
+        let client = connect_from(PROMETHEUS.ip(3, 0, 2), l.local_addr().unwrap()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        let server = thread::spawn(move || {
+            s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut got = 0;
+            while let Ok(n @ 1..) = s.read(&mut buf) {
+                got += n;
+            }
+            got
+        });
+        Self { client, server }
+    }
+
+    fn send_mib(&mut self) {
+        self.client.write_all(&vec![b'o'; MIB]).expect("send on the open connection");
+    }
+
+    /// Closes it; the bytes the server read.
+    fn close(self) -> usize {
+        drop(self.client);
+        self.server.join().unwrap()
+    }
+}
+
+/// Prometheus's `cellwatch_bytes_sent_total` of the open connection, as stored.
+fn open_bytes(prom: &Prometheus) -> Option<String> {
+    let q =
+        "cellwatch_bytes_sent_total{src_cell=\"cell-c\",dst_cell=\"cell-c\",direction=\"egress\"}";
+    let (_, v) = prom.query(q);
+    v.first().and_then(|s| s["value"][1].as_str()).map(str::to_owned)
+}
+
 #[test]
 fn dashboards_and_rules_work_against_a_real_prometheus() {
-    let agent = Agent::start(AgentOpts { config: Some(&config()), ..Default::default() });
+    let agent = Agent::start(AgentOpts {
+        config: Some(&config()),
+        args: &["--live-interval", "1s"],
+        ..Default::default()
+    });
     let prom = Prometheus::start(agent.port);
     prom.wait_for("scraping the agent", Duration::from_secs(30), || {
         prom.query("up{job=\"cellwatch\"} == 1").1.len() == 1
+    });
+    // The open connection: one MiB Prometheus sees, then one more, so increase() and
+    // rate() have something to work on.
+    let mut open = Open::start();
+    open.send_mib();
+    prom.wait_for("storing the open connection's first MiB", Duration::from_secs(30), || {
+        open_bytes(&prom).as_deref() == Some("1048576")
+    });
+    open.send_mib();
+    prom.wait_for("storing the open connection's second MiB", Duration::from_secs(30), || {
+        open_bytes(&prom).as_deref() == Some("2097152")
     });
 
     // Two rounds, with a scrape between: counters that rate() and increase() can see move.
@@ -270,6 +337,23 @@ fn dashboards_and_rules_work_against_a_real_prometheus() {
         }
     }
     assert!(empty.is_empty(), "panels without data:\n{}", empty.join("\n"));
+
+    // The bytes and RTT panels, for cell-c alone: its one connection has never closed.
+    let (_, closed) = prom.query("cellwatch_connections_closed_total{src_cell=\"cell-c\"} > 0");
+    assert!(closed.is_empty(), "cell-c's connection is still open: {closed:?}");
+    for (dash, title, q) in panel_queries_for("cell-c", "cell-c") {
+        if !(title.starts_with("Bytes") || title.starts_with("RTT")) {
+            continue;
+        }
+        let (accepted, result) = prom.query(&q);
+        assert!(accepted, "{dash} / {title}: Prometheus rejected {q}");
+        let value =
+            result.first().and_then(|s| s["value"][1].as_str()).and_then(|v| v.parse::<f64>().ok());
+        assert!(
+            value.is_some_and(|v| v > 0.0 && v.is_finite()),
+            "{dash} / {title} shows nothing of the open connection: {q} = {result:?}"
+        );
+    }
 
     let rules = rule_exprs();
     assert_eq!(rules.len(), 18);
@@ -314,4 +398,5 @@ fn dashboards_and_rules_work_against_a_real_prometheus() {
     assert!(wrong.is_empty(), "only cell-a -> cell-b leaks: {wrong:?}");
     drop(held);
     held_srv.join();
+    assert_eq!(open.close(), 2 * MIB, "the open connection's payload");
 }

@@ -11,27 +11,28 @@ use std::{
 use anyhow::{Result, bail};
 
 use super::{
-    harness::{SERVER, agent_build, connect, interleaved, ratio_table, tcplife},
+    harness::{Bins, SERVER, connect, interleaved, ratio_table},
     record,
 };
 use crate::util::{ok, step};
 
 const CHUNK: usize = 1 << 20;
 
-pub(crate) fn bulk(smoke: bool) -> Result<()> {
+pub(crate) fn bulk(smoke: bool, baseline: Option<std::path::PathBuf>) -> Result<()> {
     // In 64ths of a GiB: 4 GiB, or 1/16 GiB for a smoke run.
     let (runs, sixty_fourths) = if smoke { (1, 4u64) } else { (5, 256u64) };
     let bytes = sixty_fourths << 24;
     let gib = sixty_fourths as f64 / 64.0;
-    let (bin, tcplife) = (agent_build(smoke)?, tcplife()?);
+    let bins = Bins::get(smoke, baseline)?;
+    let variants = bins.variants();
     step(&format!("bulk: {gib} GiB over one connection, {runs} runs of each variant, interleaved"));
     let rates =
-        interleaved(runs, (&bin, &tcplife), |_, _| transfer(bytes), |r| format!("{r:>6.2} GiB/s"))?;
+        interleaved(runs, &bins, &variants, |_, _| transfer(bytes), |r| format!("{r:>6.2} GiB/s"))?;
     if smoke {
         ok("smoke run done (nothing recorded)");
         return Ok(());
     }
-    let table = ratio_table("GiB/s", &rates, 2);
+    let table = ratio_table("GiB/s", &variants, &rates, 2);
     let section = format!(
         "### Bulk throughput over one connection\n\n\
          `cargo xtask bench bulk`: {gib} GiB from cell-a to cell-b over one loopback connection, \

@@ -1,143 +1,236 @@
-//! `cargo xtask bench churn`: loopback connection churn between two cells (connect, a
-//! 32-byte exchange, close) with no agent, with cellwatch in audit and in enforce mode,
-//! and with `tcplife` (Debian's libbpf-tools) as a peer tracing the same connections.
-//! Runs are interleaved; each figure is connections per second as a ratio to no agent.
-//! During the cellwatch runs, `kernel.bpf_stats_enabled` gives each program's cost.
+//! `cargo xtask bench churn`: loopback connection churn between two cells (connect, one
+//! byte each way, close) on four paths: allowed or violation, closed with FIN or RST.
+//! Each path runs with no agent, with cellwatch in audit and in enforce mode, optionally
+//! with an earlier cellwatch build (`--baseline`), and with `tcplife` (Debian's
+//! libbpf-tools) as a peer tracing the same connections. Runs are interleaved; each figure
+//! is connections per second as a ratio to no agent. During the runs,
+//! `kernel.bpf_stats_enabled` gives each program's cost; one more run per path with
+//! `--profile-kernel` splits the sock_ops program's time by op.
 use std::{
-    io::{Read, Write},
-    net::TcpListener,
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
     process::Command,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
-use cellwatch_tests::prog_ids_of;
+use cellwatch_tests::{
+    churn::{Close, churn as make_churn},
+    prog_ids_of, settle,
+};
 
 use super::{
-    harness::{Beside, SERVER, VARIANTS, agent_build, connect, interleaved, ratio_table, tcplife},
+    harness::{
+        Beside, Bins, CLIENT, SERVER, VIOLATOR, Variant, interleaved, ratio_table, start_agent,
+    },
     record,
     stats::{median, min_max},
 };
 use crate::util::{ok, step};
 
-/// `smoke`: one short run of each variant, nothing written (CI keeps the code working).
-pub(crate) fn churn(smoke: bool) -> Result<()> {
-    let (runs, conns) = if smoke { (1, 300) } else { (7, 10_000) };
-    let (bin, tcplife) = (agent_build(smoke)?, tcplife()?);
-    let _stats = BpfStats::enable()?;
+/// One path through the agent: whose connections, closed how.
+#[derive(Clone, Copy)]
+struct Path {
+    violation: bool,
+    close: Close,
+}
 
-    let mut costs: Vec<Vec<ProgCost>> = vec![Vec::new(); VARIANTS.len()];
-    step(&format!("churn: {conns} connections per run, {runs} runs of each variant, interleaved"));
-    let rates = interleaved(
-        runs,
-        (&bin, &tcplife),
-        |i, beside| {
-            let before = prog_costs(beside)?;
-            let rate = load(conns)?;
-            let after = prog_costs(beside)?;
-            costs[i].extend(diff(&before, &after, conns));
-            Ok(rate)
-        },
-        |r| format!("{r:>8.0} connections/s"),
-    )?;
+impl Path {
+    const ALL: [Self; 4] = [
+        Self { violation: false, close: Close::Fin },
+        Self { violation: false, close: Close::Rst },
+        Self { violation: true, close: Close::Fin },
+        Self { violation: true, close: Close::Rst },
+    ];
+
+    fn label(self) -> String {
+        let what = if self.violation { "violation" } else { "allowed" };
+        format!("{what}, {} close", self.close.label())
+    }
+
+    fn client(self) -> Ipv4Addr {
+        if self.violation { VIOLATOR } else { CLIENT }
+    }
+}
+
+/// `smoke`: one short run of each variant and path, nothing written (CI keeps the code
+/// working).
+pub(crate) fn churn(smoke: bool, baseline: Option<PathBuf>) -> Result<()> {
+    let (runs, conns) = if smoke { (1, 300) } else { (5, 20_000) };
+    let bins = Bins::get(smoke, baseline)?;
+    let variants = bins.variants();
+    let _stats = BpfStats::enable()?;
+    let mut out = String::new();
+    let mut summary = String::from(
+        "| path | variant | connections/s, ratio to no agent | kernel µs per connection (both ends) |\n|---|---|---|---|\n",
+    );
+    for path in Path::ALL {
+        step(&format!(
+            "churn, {}: {conns} connections per run, {runs} runs of each variant, interleaved",
+            path.label()
+        ));
+        let mut costs: Vec<Vec<ProgCost>> = vec![Vec::new(); variants.len()];
+        let rates = interleaved(
+            runs,
+            &bins,
+            &variants,
+            |i, beside| {
+                let before = prog_costs(beside)?;
+                let rate = load(path, conns)?;
+                let after = prog_costs(beside)?;
+                costs[i].extend(diff(&before, &after, conns));
+                Ok(rate)
+            },
+            |r| format!("{r:>8.0} connections/s"),
+        )?;
+        let ops = profile(&bins, path, conns)?;
+        if smoke {
+            continue;
+        }
+        let base = median(&rates[0]);
+        for (i, v) in variants.iter().enumerate().skip(1) {
+            let kernel: f64 = per_program(&costs[i]).iter().map(|p| p.ns_per_conn).sum();
+            let _ = writeln!(
+                summary,
+                "| {} | {} | {:.3} | {:.2} |",
+                path.label(),
+                v.label(),
+                median(&rates[i]) / base,
+                kernel / 1000.0
+            );
+        }
+        let _ = write!(
+            out,
+            "#### {}\n\n{}\nKernel time per program (`kernel.bpf_stats_enabled`, median over the runs; every \
+             connection on the machine during a run counts, both ends of each of ours among them):\n\n{}\n\
+             The sock_ops program by op (one more audit run of {conns} connections with \
+             `--profile-kernel`, which adds two clock reads to every run):\n\n{}\n",
+            path.label(),
+            ratio_table("connections/s", &variants, &rates, 0),
+            program_table(&variants, &costs),
+            op_table(&ops, conns),
+        );
+    }
     if smoke {
         ok("smoke run done (nothing recorded)");
         return Ok(());
     }
-    let table = ratio_table("connections/s", &rates, 0);
-    let mut per_prog = String::from(
-        "| variant | program | ns per run, median [min, max] | runs per connection |\n|---|---|---|---|\n",
-    );
-    for (i, v) in VARIANTS.iter().enumerate() {
-        let mut names: Vec<&str> = costs[i].iter().map(|c| c.name.as_str()).collect();
-        names.sort_unstable();
-        names.dedup();
-        for name in names {
-            let ns: Vec<f64> =
-                costs[i].iter().filter(|c| c.name == name).map(|c| c.ns_per_run).collect();
-            let per: Vec<f64> =
-                costs[i].iter().filter(|c| c.name == name).map(|c| c.runs_per_conn).collect();
-            let (min, max) = min_max(&ns);
-            per_prog.push_str(&format!(
-                "| {} | `{name}` | {:.0} [{:.0}, {:.0}] | {:.2} |\n",
-                v.label(),
-                median(&ns),
-                min,
-                max,
-                median(&per)
-            ));
-        }
-    }
     let section = format!(
         "### Connection churn between two cells\n\n\
-         `cargo xtask bench churn`: {conns} loopback connections per run from cell-a to cell-b \
-         (allowed by a rule, so the whole verdict path runs): connect, 32 bytes each way, close. \
-         One client thread, {runs} runs of each variant, interleaved (each round starts with the next variant); median [min, max].\n\n{table}\n\
-         Kernel cost per program, from `kernel.bpf_stats_enabled` over the same runs (all \
-         connections on the machine during the run count, both ends of each of ours among them):\n\n{per_prog}\n\
-         Target (issue 6): 0.98 of no-agent throughput or more, and 60 ns or less per program run.\n\n\
-         Reading: enforce's only extra work over audit is the verdict in `cellwatch_connect4`, \
-         once per connect (compare its two rows). On this noisy machine the throughput gap \
-         between the two moves from run to run by about as much. Both miss the issue-6 \
-         target, and two things explain most of it:\n\
-         - `cellwatch_sockops` runs about 17 times per connection: on both sockets, for \
-         connect, established and every state change, and also for the kernel's own \
-         per-socket callbacks (TIMEOUT_INIT, RWND_INIT, NEEDS_ECN, ...).\n\
-         - `cellwatch_connect4` spends most of its time recording the owner: \
-         `bpf_get_current_comm` and an LRU hash insert.\n\n\
-         Cutting these is the profiling work of issue 6. tcplife's single tracepoint program \
-         costs more per run, because it sends every state change to user space.\n"
+         `cargo xtask bench churn --baseline <earlier agent binary>`: {conns} loopback connections \
+         per run, one byte each way, from cell-a to cell-b (allowed by a rule, so the whole \
+         verdict path runs) or from cell-c to cell-b (a violation: no rule allows it), closed \
+         with FIN (the server first) or RST (the client aborts). One client thread, {runs} runs of \
+         each variant per path, interleaved (each round starts with the next variant); median \
+         [min, max]. Enforce mode refuses cell-a's violations only (`enforce_cells`), so \
+         cell-c's are judged and counted but go through: a refused connect would measure nothing \
+         comparable with no agent.\n\n{summary}\n{out}"
     );
     record::update("churn", &section)?;
     ok("BENCHMARKS.md updated");
     Ok(())
 }
 
-/// `conns` sequential connections from CLIENT to a server at SERVER; connections/s.
-fn load(conns: usize) -> Result<f64> {
-    let listener = TcpListener::bind((SERVER, 0))?;
-    let to = listener.local_addr()?;
-    let done = Arc::new(AtomicBool::new(false));
-    let server = {
-        let done = done.clone();
-        thread::spawn(move || -> Result<()> {
-            listener.set_nonblocking(true)?;
-            let mut buf = [0u8; 32];
-            while !done.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut s, _)) => {
-                        s.set_nonblocking(false)?;
-                        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-                        s.read_exact(&mut buf)?;
-                        s.write_all(&buf)?;
-                        // Closes first: TIME_WAIT stays on the server's side.
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        thread::yield_now();
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            Ok(())
+/// `conns` connections on `path`; connections per second.
+fn load(path: Path, conns: usize) -> Result<f64> {
+    let limit = Duration::from_secs(600);
+    make_churn(path.client().into(), IpAddr::V4(SERVER), conns, path.close, limit)
+        .with_context(|| format!("churn, {}", path.label()))
+}
+
+/// One audit run on `path` with `--profile-kernel`: (op, runs, seconds) of the sock_ops
+/// program, from the agent's own metrics.
+fn profile(bins: &Bins, path: Path, conns: usize) -> Result<Vec<(String, f64, f64)>> {
+    let config = super::harness::config("audit");
+    let agent = start_agent(&bins.agent, &config, &["--profile-kernel"])?;
+    let before = agent.metrics();
+    load(path, conns)?;
+    let m = settle(&agent, |m| {
+        m.by_label("cellwatch_kernel_op_runs_total", "op").iter().any(|(_, v)| *v > 0.0)
+    });
+    let runs = |m: &cellwatch_tests::Metrics, name| m.by_label(name, "op");
+    let (r0, s0) = (
+        runs(&before, "cellwatch_kernel_op_runs_total"),
+        runs(&before, "cellwatch_kernel_op_seconds_total"),
+    );
+    let secs = runs(&m, "cellwatch_kernel_op_seconds_total");
+    let at =
+        |v: &[(String, f64)], op: &str| v.iter().find(|(o, _)| o == op).map_or(0.0, |(_, x)| *x);
+    Ok(runs(&m, "cellwatch_kernel_op_runs_total")
+        .into_iter()
+        .map(|(op, n)| {
+            let (n, s) = (n - at(&r0, &op), at(&secs, &op) - at(&s0, &op));
+            (op, n, s)
         })
-    };
-    let t = Instant::now();
-    let mut buf = [0u8; 32];
-    for _ in 0..conns {
-        let mut s = connect(to)?;
-        s.write_all(&[7u8; 32])?;
-        s.read_exact(&mut buf)?;
-        let _ = s.read(&mut buf)?;
+        .filter(|(_, n, _)| *n > 0.0)
+        .collect())
+}
+
+/// The per-op table: runs per connection, ns per run, ns per connection.
+fn op_table(ops: &[(String, f64, f64)], conns: usize) -> String {
+    let mut t = String::from(
+        "| op | runs per connection | ns per run | ns per connection |\n|---|---|---|---|\n",
+    );
+    let n = conns as f64;
+    let mut total = 0.0;
+    for (op, runs, secs) in ops {
+        let ns = secs * 1e9;
+        total += ns / n;
+        let _ = writeln!(t, "| `{op}` | {:.2} | {:.0} | {:.0} |", runs / n, ns / runs, ns / n);
     }
-    let rate = conns as f64 / t.elapsed().as_secs_f64();
-    done.store(true, Ordering::Relaxed);
-    server.join().map_err(|_| anyhow::anyhow!("server thread panicked"))??;
-    Ok(rate)
+    let _ = writeln!(t, "| all | | | {total:.0} |");
+    t
+}
+
+/// A program's cost over the runs of one variant: medians.
+struct ProgSummary {
+    name: String,
+    ns: Vec<f64>,
+    runs_per_conn: f64,
+    ns_per_conn: f64,
+}
+
+fn per_program(costs: &[ProgCost]) -> Vec<ProgSummary> {
+    let mut names: Vec<&str> = costs.iter().map(|c| c.name.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|name| {
+            let of = |f: fn(&ProgCost) -> f64| -> Vec<f64> {
+                costs.iter().filter(|c| c.name == name).map(f).collect()
+            };
+            let ns = of(|c| c.ns_per_run);
+            ProgSummary {
+                name: name.to_owned(),
+                runs_per_conn: median(&of(|c| c.runs_per_conn)),
+                ns_per_conn: median(&of(|c| c.ns_per_run * c.runs_per_conn)),
+                ns,
+            }
+        })
+        .collect()
+}
+
+fn program_table(variants: &[Variant], costs: &[Vec<ProgCost>]) -> String {
+    let mut t = String::from(
+        "| variant | program | ns per run, median [min, max] | runs per connection | ns per connection |\n|---|---|---|---|---|\n",
+    );
+    for (v, costs) in variants.iter().zip(costs) {
+        for p in per_program(costs) {
+            let (min, max) = min_max(&p.ns);
+            let _ = writeln!(
+                t,
+                "| {} | `{}` | {:.0} [{min:.0}, {max:.0}] | {:.2} | {:.0} |",
+                v.label(),
+                p.name,
+                median(&p.ns),
+                p.runs_per_conn,
+                p.ns_per_conn
+            );
+        }
+    }
+    t
 }
 
 /// (name, run_time_ns, run_cnt) of each program the process beside the load holds.

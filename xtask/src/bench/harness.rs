@@ -1,6 +1,7 @@
 //! The bench harness: what churn, bulk, scale and config-load share. The agent build,
 //! the variants measured side by side (no agent, cellwatch in audit and in enforce mode,
-//! tcplife), run interleaved, and the two cells the churn and bulk loads run between.
+//! optionally an earlier cellwatch build, tcplife), run interleaved, and the cells the
+//! churn and bulk loads run between.
 //! Agents are started, checked for readiness and stopped by the integration tests'
 //! harness (`cellwatch_tests::Agent`), each with a pin directory of its own, so every
 //! start is a fresh one and no agent's programs outlive its run.
@@ -23,15 +24,22 @@ use crate::util::{build_agent, ok, root, step};
 /// allows cell-a -> cell-b, so every connection takes the whole verdict path, in enforce
 /// mode too, and is allowed. Benchmarks never run beside the integration tests, so these
 /// ranges are not in their table (`cellwatch_tests::ranges`).
-const CLIENT: Ipv4Addr = Ipv4Addr::new(127, 171, 0, 2);
+pub(super) const CLIENT: Ipv4Addr = Ipv4Addr::new(127, 171, 0, 2);
 pub(super) const SERVER: Ipv4Addr = Ipv4Addr::new(127, 172, 0, 1);
+/// A client in cell-c, which no rule allows to call cell-b: every connection from it is a
+/// violation. Enforce mode refuses cell-a's violations only, so cell-c's are judged, counted
+/// and let through (a refused connect never reaches the server, so would measure nothing
+/// comparable with no agent).
+pub(super) const VIOLATOR: Ipv4Addr = Ipv4Addr::new(127, 173, 0, 2);
 
 /// The churn and bulk cell map, in audit or enforce mode.
-fn config(mode: &str) -> String {
+pub(super) fn config(mode: &str) -> String {
     format!(
         "cells:\n  - {{ name: global, global: true, cidrs: [127.170.0.0/16] }}\n  \
-         - {{ name: cell-a, cidrs: [127.171.0.0/16] }}\n  - {{ name: cell-b, cidrs: [127.172.0.0/16] }}\n\
-         allow:\n  - {{ from: cell-a, to: cell-b }}\nignore_cidrs: [{}]\nmode: {mode}\n",
+         - {{ name: cell-a, cidrs: [127.171.0.0/16] }}\n  - {{ name: cell-b, cidrs: [127.172.0.0/16] }}\n  \
+         - {{ name: cell-c, cidrs: [127.173.0.0/16] }}\n\
+         allow:\n  - {{ from: cell-a, to: cell-b }}\nignore_cidrs: [{}]\nmode: {mode}\n\
+         enforce_cells: [cell-a]\n",
         HARNESS.cidr(0)
     )
 }
@@ -49,6 +57,36 @@ pub(super) fn agent_build(smoke: bool) -> Result<PathBuf> {
     std::env::set_current_dir(root())?;
     step(&format!("build the agent ({})", if smoke { "debug" } else { "release" }));
     build_agent(!smoke)
+}
+
+/// What the variants run: this agent, optionally an earlier build of it, and tcplife.
+pub(super) struct Bins {
+    pub(super) agent: PathBuf,
+    pub(super) baseline: Option<PathBuf>,
+    pub(super) tcplife: PathBuf,
+}
+
+impl Bins {
+    /// Builds the agent (see [`agent_build`]) and finds tcplife; `baseline` is an earlier
+    /// agent binary to run beside it, in audit mode.
+    pub(super) fn get(smoke: bool, baseline: Option<PathBuf>) -> Result<Self> {
+        if let Some(b) = &baseline
+            && !b.is_file()
+        {
+            bail!("--baseline {}: no such file (an agent binary built earlier)", b.display());
+        }
+        Ok(Self { agent: agent_build(smoke)?, baseline, tcplife: tcplife()? })
+    }
+
+    /// The variants to run, in the order of the tables.
+    pub(super) fn variants(&self) -> Vec<Variant> {
+        let mut v = vec![Variant::None, Variant::Audit, Variant::Enforce];
+        if self.baseline.is_some() {
+            v.push(Variant::Baseline);
+        }
+        v.push(Variant::Tcplife);
+        v
+    }
 }
 
 /// Starts the agent `bin` and waits until it is ready.
@@ -76,6 +114,8 @@ pub(super) enum Variant {
     None,
     Audit,
     Enforce,
+    /// The earlier build given with `--baseline`, in audit mode.
+    Baseline,
     Tcplife,
 }
 
@@ -85,34 +125,32 @@ impl Variant {
             Self::None => "no agent",
             Self::Audit => "cellwatch, audit",
             Self::Enforce => "cellwatch, enforce",
+            Self::Baseline => "cellwatch before, audit",
             Self::Tcplife => "tcplife (libbpf-tools)",
         }
     }
 }
 
-/// Every variant, in the order of the tables.
-pub(super) const VARIANTS: [Variant; 4] =
-    [Variant::None, Variant::Audit, Variant::Enforce, Variant::Tcplife];
-
 /// Runs `measure` `runs` times for every variant, interleaved: each round starts with the
 /// next variant, so none always follows the same one. What the variant runs beside the
 /// load is started before and stopped after each measurement, whatever its outcome.
-/// Per variant (in `VARIANTS` order), the measured values.
+/// Per variant (in `variants` order), the measured values.
 pub(super) fn interleaved(
     runs: usize,
-    (bin, tcplife): (&Path, &Path),
+    bins: &Bins,
+    variants: &[Variant],
     mut measure: impl FnMut(usize, &Beside) -> Result<f64>,
     show: impl Fn(f64) -> String,
 ) -> Result<Vec<Vec<f64>>> {
-    let mut values = vec![Vec::new(); VARIANTS.len()];
+    let mut values = vec![Vec::new(); variants.len()];
     for run in 0..runs {
-        for k in 0..VARIANTS.len() {
-            let i = (k + run) % VARIANTS.len();
-            let beside = Beside::start(VARIANTS[i], bin, tcplife)?;
+        for k in 0..variants.len() {
+            let i = (k + run) % variants.len();
+            let beside = Beside::start(variants[i], bins)?;
             let value = measure(i, &beside);
             beside.stop();
             let value = value?;
-            ok(&format!("run {}: {:<24} {}", run + 1, VARIANTS[i].label(), show(value)));
+            ok(&format!("run {}: {:<24} {}", run + 1, variants[i].label(), show(value)));
             values[i].push(value);
         }
     }
@@ -121,11 +159,16 @@ pub(super) fn interleaved(
 
 /// A Markdown table of `values` per variant: median [min, max] and the ratio of medians
 /// to no agent.
-pub(super) fn ratio_table(unit: &str, values: &[Vec<f64>], decimals: usize) -> String {
+pub(super) fn ratio_table(
+    unit: &str,
+    variants: &[Variant],
+    values: &[Vec<f64>],
+    decimals: usize,
+) -> String {
     let base = stats::median(&values[0]);
     let mut t =
         format!("| variant | {unit}, median [min, max] | ratio to no agent |\n|---|---|---|\n");
-    for (v, vals) in VARIANTS.iter().zip(values) {
+    for (v, vals) in variants.iter().zip(values) {
         let (min, max) = stats::min_max(vals);
         t.push_str(&format!(
             "| {} | {:.d$} [{:.d$}, {:.d$}] | {:.3} |\n",
@@ -148,15 +191,18 @@ pub(super) enum Beside {
 }
 
 impl Beside {
-    fn start(v: Variant, bin: &Path, tcplife: &Path) -> Result<Self> {
-        Ok(match v {
-            Variant::None => Self::Nothing,
-            Variant::Audit => Self::Agent(start_agent(bin, &config("audit"), &[])?),
-            Variant::Enforce => Self::Agent(start_agent(bin, &config("enforce"), &[])?),
-            Variant::Tcplife => {
+    fn start(v: Variant, bins: &Bins) -> Result<Self> {
+        let agent = |bin: &Path, mode| start_agent(bin, &config(mode), &[]).map(Self::Agent);
+        Ok(match (v, &bins.baseline) {
+            (Variant::None, _) => Self::Nothing,
+            (Variant::Audit, _) => agent(&bins.agent, "audit")?,
+            (Variant::Enforce, _) => agent(&bins.agent, "enforce")?,
+            (Variant::Baseline, Some(bin)) => agent(bin, "audit")?,
+            (Variant::Baseline, None) => bail!("no --baseline binary was given"),
+            (Variant::Tcplife, _) => {
                 let mut c = Command::new("stdbuf")
                     .args(["-oL"])
-                    .arg(tcplife)
+                    .arg(&bins.tcplife)
                     .stdin(Stdio::null())
                     .stdout(Stdio::piped())
                     .stderr(Stdio::null())

@@ -13,6 +13,8 @@ mod record;
 mod scale;
 mod stats;
 
+use std::path::PathBuf;
+
 use anyhow::Result;
 use clap::Subcommand;
 
@@ -27,6 +29,9 @@ pub(crate) enum Bench {
         /// One short run of each variant, nothing recorded (what CI runs).
         #[arg(long)]
         smoke: bool,
+        /// An earlier agent binary to measure beside this one (audit mode).
+        #[arg(long, value_name = "BINARY")]
+        baseline: Option<PathBuf>,
     },
     /// Criterion microbenchmarks of the hot paths, recorded.
     Micro,
@@ -36,27 +41,32 @@ pub(crate) enum Bench {
         #[arg(long)]
         smoke: bool,
     },
-    /// Connection churn between two cells: no agent, audit, enforce, and tcplife.
+    /// Connection churn between two cells (allowed and violation, FIN and RST close): no
+    /// agent, audit, enforce, and tcplife.
     Churn {
         /// One short run of each variant, nothing recorded (what CI runs).
         #[arg(long)]
         smoke: bool,
+        /// An earlier agent binary to measure beside this one (audit mode): before and
+        /// after in one run.
+        #[arg(long, value_name = "BINARY")]
+        baseline: Option<PathBuf>,
     },
 }
 
 pub(crate) fn run(which: Bench) -> Result<()> {
     match which {
         Bench::ConfigLoad => config_load::config_load(),
-        Bench::Bulk { smoke } => bulk::bulk(smoke),
+        Bench::Bulk { smoke, baseline } => bulk::bulk(smoke, baseline),
         Bench::Micro => micro::micro(),
         Bench::Scale { smoke } => scale::scale(smoke),
-        Bench::Churn { smoke } => churn::churn(smoke),
+        Bench::Churn { smoke, baseline } => churn::churn(smoke, baseline),
     }
 }
 
 /// What `cargo xtask test` runs: one short run of churn, bulk and scale, nothing recorded.
 pub(crate) fn smoke() -> Result<()> {
-    churn::churn(true)?;
-    bulk::bulk(true)?;
+    churn::churn(true, None)?;
+    bulk::bulk(true, None)?;
     scale::scale(true)
 }

@@ -11,10 +11,21 @@ use anyhow::{Context, Result, bail};
 use super::init;
 
 /// Kernel modules a node loads on demand and the tests need: sock_diag for TCP (the
-/// agent's seeding and its `/connections` details, and `ss`). Loaded by /init in order.
-const MODULES: &[&str] = &["net/ipv4/inet_diag", "net/ipv4/tcp_diag"];
-/// Host tools the tests call, copied in with their libraries (busybox gives the rest).
-const TOOLS: &[&str] = &["/usr/sbin/bpftool", "/usr/bin/prlimit", "/usr/bin/ss"];
+/// agent's seeding and its `/connections` details, and `ss`), and veth and netem for the
+/// live area's slow, lossy path between network namespaces. Loaded by /init in order.
+const MODULES: &[&str] =
+    &["net/ipv4/inet_diag", "net/ipv4/tcp_diag", "drivers/net/veth", "net/sched/sch_netem"];
+/// Host tools the tests call, copied in with their libraries (busybox gives the rest):
+/// where each is on the host, and where it goes. iproute2's `ip` and `tc` go to /bin, so
+/// busybox's smaller applets of the same names (installed there without overwriting) do
+/// not shadow them: the tests need `ip netns` and netem.
+const TOOLS: &[(&str, &str)] = &[
+    ("/usr/sbin/bpftool", "/usr/sbin/bpftool"),
+    ("/usr/bin/prlimit", "/usr/bin/prlimit"),
+    ("/usr/bin/ss", "/usr/bin/ss"),
+    ("/usr/bin/ip", "/bin/ip"),
+    ("/usr/sbin/tc", "/bin/tc"),
+];
 /// The integration-test target (`tests/tests/it/`).
 const TEST_TARGET: &str = "it";
 
@@ -50,7 +61,10 @@ pub(super) fn initramfs(work: &Path, agent: &Path, tests: &Path) -> Result<PathB
     if root_dir.exists() {
         std::fs::remove_dir_all(&root_dir)?;
     }
-    for d in ["bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "tests", "etc"] {
+    for d in [
+        "bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "tests", "etc",
+        "var/run",
+    ] {
         std::fs::create_dir_all(root_dir.join(d))?;
     }
     let mut elves = Vec::new();
@@ -63,12 +77,12 @@ pub(super) fn initramfs(work: &Path, agent: &Path, tests: &Path) -> Result<PathB
     put(&std::env::current_exe()?, "/init")?;
     put(agent, "/bin/cellwatch")?;
     put(tests, init::TESTS)?;
-    for tool in TOOLS {
+    for (tool, to) in TOOLS {
         let p = Path::new(tool);
         if !p.exists() {
             bail!("{tool} is missing: run `cargo xtask setup`");
         }
-        put(p, tool)?;
+        put(p, to)?;
     }
     std::fs::copy("/bin/busybox", root_dir.join("bin/busybox"))
         .context("/bin/busybox (busybox-static) is missing: run `cargo xtask setup`")?;

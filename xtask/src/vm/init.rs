@@ -13,7 +13,7 @@ use std::{
 
 /// The areas of the integration tests (modules of the `it` binary) that run in every VM:
 /// connection counting, cell verdicts, telemetry and restarts.
-pub(crate) const AREAS: &[&str] = &["foundation", "cells", "telemetry", "restart"];
+pub(crate) const AREAS: &[&str] = &["foundation", "cells", "telemetry", "restart", "live"];
 /// Tests of those areas the matrix leaves to the host, by name: moving more than 4 GiB
 /// under software emulation would take minutes.
 const SKIPPED: &[&str] = &["telemetry::a_connection_older_than_the_agent_that_moved_over_4_gib"];
