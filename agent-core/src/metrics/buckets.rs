@@ -1,13 +1,15 @@
 //! The histogram buckets `/metrics` exports. The kernel keeps log2 buckets (bucket `i`
 //! holds values below 2^i µs); an exported bucket is one of those bounds, its count the
 //! kernel's buckets summed up to it, so every figure is exact. Fewer buckets than the
-//! kernel's 28 keep a scrape small: by default 11 finite ones, from 64 µs to about 1 s.
+//! kernel's 28 keep a scrape small: by default 10 finite ones, from 64 µs to about 1 s.
 
 use agent_common::HIST_BUCKETS;
 
 /// The kernel bounds exported by default, as powers of two of microseconds: 64 µs,
-/// 256 µs, 512 µs, 1 ms, 2 ms, 4 ms, 8 ms, 16 ms, 65 ms, 262 ms and 1.05 s.
-const DEFAULT_EXPONENTS: [u32; 11] = [6, 8, 9, 10, 11, 12, 13, 14, 16, 18, 20];
+/// 256 µs, 512 µs, 1 ms, 2 ms, 4 ms, 16 ms, 65 ms, 262 ms and 1.05 s. Finest where
+/// connections inside a data centre are (a zone's RTT is about 0.1 to 1 ms, across zones
+/// 1 to 4 ms), coarser above; ten keep a pair seen from both ends within 40 samples.
+const DEFAULT_EXPONENTS: [u32; 10] = [6, 8, 9, 10, 11, 12, 14, 16, 18, 20];
 
 /// Which kernel bounds are exported (finite ones; `+Inf` always is).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,12 +119,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_are_eleven_kernel_bounds() {
+    fn defaults_are_ten_kernel_bounds() {
         let b = Buckets::default();
-        assert_eq!(b.len(), 11);
+        assert_eq!(b.len(), 10);
         let bounds: Vec<f64> = b.bounds().collect();
         assert_eq!(bounds[0], 64e-6);
-        assert_eq!(bounds[10], 1_048_576e-6);
+        assert_eq!(bounds[9], 1_048_576e-6);
     }
 
     #[test]

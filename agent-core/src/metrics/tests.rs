@@ -106,10 +106,8 @@ fn buckets_are_powers_of_two_microseconds() {
     assert_eq!(b[10], 1024e-6);
 }
 
-/// The scrape-size budget: an active pair seen from both ends, healthy, with default
-/// buckets, is at most 40 samples.
-#[test]
-fn a_healthy_pair_is_at_most_forty_samples() {
+/// Samples of one active pair seen from both ends, with default buckets.
+fn pair_samples(verdict: u8, denied: u64) -> usize {
     let mut ids = CellIds::default();
     let (a, b) = (ids.id("cell-a").unwrap(), ids.id("cell-b").unwrap());
     let mut s = PairStats::ZERO;
@@ -118,14 +116,24 @@ fn a_healthy_pair_is_at_most_forty_samples() {
     s.bytes_sent = 100;
     s.latency_hist[8] = 10;
     s.rtt_hist[7] = 10;
+    s.violations = if verdict == 1 { 10 + denied } else { 0 };
+    s.denied = denied;
     let snap = Snapshot {
-        pairs: vec![(key(a, b, DIR_EGRESS, 0), s), (key(a, b, DIR_INGRESS, 0), s)],
+        pairs: vec![(key(a, b, DIR_EGRESS, verdict), s), (key(a, b, DIR_INGRESS, verdict), s)],
         ..Snapshot::default()
     };
     let mut text = String::new();
     super::render(&snap, &ids, &Buckets::default(), &mut text);
-    let samples = text.lines().filter(|l| l.contains("cell-a") && !l.starts_with('#')).count();
-    assert_eq!(samples, 40, "{text}");
+    text.lines().filter(|l| l.contains("cell-a") && !l.starts_with('#')).count()
+}
+
+/// The scrape-size budget: an active pair seen from both ends, with default buckets, is
+/// at most 40 samples, its connections allowed or violations, audited or refused.
+#[test]
+fn an_active_pair_is_at_most_forty_samples() {
+    assert_eq!(pair_samples(0, 0), 38, "allowed");
+    assert_eq!(pair_samples(1, 0), 40, "violations, audited");
+    assert_eq!(pair_samples(1, 3), 41, "violations, some refused");
 }
 
 #[test]

@@ -228,7 +228,9 @@ pub fn render(snap: &Snapshot, ids: &CellIds, buckets: &Buckets, out: &mut Strin
     let name = "cellwatch_connections_denied_total";
     let mut f = Family::new(out, name, "counter", "Connects refused by enforce mode");
     for ((_, _, dir), d, (p, _)) in &rows {
-        if *dir == DIR_EGRESS && d.violating() {
+        // From the first refusal on: audit mode refuses nothing, nor does enforce mode for
+        // a source cell outside `enforce_cells`.
+        if *dir == DIR_EGRESS && d.denied > 0 {
             sample(f.line(), name, p, "", d.denied);
         }
     }
