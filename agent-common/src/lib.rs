@@ -24,6 +24,10 @@ pub const MAX_CELLS: u32 = 4096;
 /// directions take 20,000. The map allocates per entry (no preallocation), so the
 /// capacity costs nothing until used.
 pub const PAIR_STATS_CAPACITY: u32 = 65_536;
+/// The shared, preallocated table a pair's figures go to when the per-CPU table cannot
+/// allocate its entry at once (a burst of new pairs can drain the kernel's per-CPU
+/// allocator caches faster than they refill). About 2.3 MiB.
+pub const PAIR_OVERFLOW_CAPACITY: u32 = 4096;
 pub const CELLS_V4_CAPACITY: u32 = 262_144;
 pub const CELLS_V6_CAPACITY: u32 = 262_144;
 pub const POLICY_CAPACITY: u32 = 65536;
@@ -105,6 +109,39 @@ pub struct FieldOffsets {
     pub bytes_retrans: u32,
     pub total_retrans: u32,
     pub srtt_us: u32,
+    /// The `struct tcp_sock` fields above lie in `[span_start, span_start + span_len)`,
+    /// which the programs copy in one read when `span_len` is at most [`SPAN_MAX`] (0:
+    /// they read field by field). `span_start` is 8-aligned.
+    pub span_start: u32,
+    pub span_len: u32,
+}
+
+/// The most bytes of `struct tcp_sock` the programs copy in one read (a per-CPU scratch
+/// buffer's size).
+pub const SPAN_MAX: u32 = 1024;
+
+impl FieldOffsets {
+    /// Sets the span of the `tcp_sock` fields (see [`FieldOffsets::span_start`]).
+    pub fn with_span(mut self) -> Self {
+        let fields = [
+            (self.bytes_acked, 8),
+            (self.bytes_received, 8),
+            (self.bytes_sent, 8),
+            (self.bytes_retrans, 8),
+            (self.total_retrans, 4),
+            (self.srtt_us, 4),
+        ];
+        let mut start = u32::MAX;
+        let mut end = 0;
+        for (off, size) in fields {
+            start = if off < start { off } else { start };
+            end = if off + size > end { off + size } else { end };
+        }
+        let start = start & !7;
+        let len = end.saturating_sub(start);
+        (self.span_start, self.span_len) = if len <= SPAN_MAX { (start, len) } else { (0, 0) };
+        self
+    }
 }
 
 /// Bits of [`CellInfo::flags`].
@@ -502,7 +539,7 @@ const _: () = assert!(core::mem::size_of::<CellName>() == 64);
 const _: () =
     assert!(core::mem::size_of::<PairStats>() == (11 + FAIL_REASONS + 2 * HIST_BUCKETS) * 8);
 const _: () = assert!(core::mem::size_of::<Conn>() == 168);
-const _: () = assert!(core::mem::size_of::<FieldOffsets>() == 40);
+const _: () = assert!(core::mem::size_of::<FieldOffsets>() == 48);
 const _: () = assert!(core::mem::size_of::<OpCost>() == 16);
 const _: () = assert!(core::mem::size_of::<Progress>() == 32);
 const _: () = assert!(core::mem::size_of::<Claimed>() == 24);

@@ -232,7 +232,9 @@ pub fn socket_fields(btf: &Btf<'_>) -> Result<FieldOffsets, BtfError> {
         bytes_retrans: find("tcp_sock", &["bytes_retrans"])?,
         total_retrans: find("tcp_sock", &["total_retrans"])?,
         srtt_us: find("tcp_sock", &["srtt_us"])?,
-    })
+        ..FieldOffsets::default()
+    }
+    .with_span())
 }
 
 fn is_aggregate(t: &Type) -> bool {
@@ -343,5 +345,8 @@ mod tests {
             assert!(off > 0 && off < 8192, "{f:?}");
         }
         assert!(f.sk_lock_slock < f.sk_lock_owned, "{f:?}");
+        // The tcp_sock fields are copied in one read on the kernels cellwatch supports.
+        assert!(f.span_len > 0 && f.span_len <= agent_common::SPAN_MAX, "{f:?}");
+        assert_eq!(f.span_start % 8, 0, "{f:?}");
     }
 }

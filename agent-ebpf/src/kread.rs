@@ -5,10 +5,10 @@
 
 use core::ffi::c_void;
 
-use agent_common::{FieldOffsets, Progress, SOCK_DONE};
+use agent_common::{FieldOffsets, Progress, SOCK_DONE, SPAN_MAX};
 use aya_ebpf::helpers::generated::bpf_probe_read_kernel;
 
-use crate::maps::FIELDS;
+use crate::maps::{FIELDS, SCRATCH};
 
 /// A kernel socket (`struct sock`, which a `struct tcp_sock` begins with), by address.
 #[derive(Clone, Copy)]
@@ -63,9 +63,13 @@ impl Sock {
     /// it): its counters may be mid-update.
     #[inline(always)]
     fn busy(&self) -> bool {
-        let slock = self.field::<u32>(self.at.sk_lock_slock).unwrap_or(1);
-        let owned = self.field::<u32>(self.at.sk_lock_owned).unwrap_or(1);
-        slock != 0 || owned != 0
+        let (slock, owned) = (self.at.sk_lock_slock, self.at.sk_lock_owned);
+        if owned == slock.wrapping_add(4) {
+            // Side by side (as on every kernel so far): one read of both words.
+            return self.field::<u64>(slock).is_none_or(|w| w != 0);
+        }
+        self.field::<u32>(slock).is_none_or(|w| w != 0)
+            || self.field::<u32>(owned).is_none_or(|w| w != 0)
     }
 
     /// Payload bytes sent once (`bytes_sent - bytes_retrans`).
@@ -85,16 +89,49 @@ impl Sock {
     /// `sock_ops` callback) or the socket is dead (its destroy).
     #[inline(always)]
     pub(crate) fn read(&self) -> Option<Reading> {
+        let t = match self.span() {
+            Some(span) => span.fields(self.at),
+            None => self.fields()?,
+        };
         Some(Reading {
             progress: Progress {
-                acked: self.field::<u64>(self.at.bytes_acked)?,
-                sent_once: self.sent_once()?,
-                received: self.field::<u64>(self.at.bytes_received)?,
-                retrans: u64::from(self.field::<u32>(self.at.total_retrans)?),
+                acked: t.acked,
+                sent_once: t.sent.saturating_sub(t.retrans_bytes),
+                received: t.received,
+                retrans: u64::from(t.total_retrans),
             },
             fin_received: self.fin_received()?,
-            srtt_us: self.field::<u32>(self.at.srtt_us)? >> 3,
+            srtt_us: t.srtt >> 3,
         })
+    }
+
+    /// The `tcp_sock` fields, one read each.
+    #[inline(always)]
+    fn fields(&self) -> Option<TcpFields> {
+        Some(TcpFields {
+            acked: self.field::<u64>(self.at.bytes_acked)?,
+            received: self.field::<u64>(self.at.bytes_received)?,
+            sent: self.field::<u64>(self.at.bytes_sent)?,
+            retrans_bytes: self.field::<u64>(self.at.bytes_retrans)?,
+            total_retrans: self.field::<u32>(self.at.total_retrans)?,
+            srtt: self.field::<u32>(self.at.srtt_us)?,
+        })
+    }
+
+    /// The span of `tcp_sock` that holds those fields, copied into this CPU's scratch
+    /// buffer in one read; `None` when the kernel's layout spreads them wider.
+    #[inline(always)]
+    fn span(&self) -> Option<Span> {
+        let len = self.at.span_len;
+        if len == 0 || len > SPAN_MAX {
+            return None;
+        }
+        let buf = SCRATCH.get_ptr_mut(0)?;
+        let src = self.addr + u64::from(self.at.span_start & 0xffff);
+        // SAFETY: the destination is this CPU's scratch buffer of SPAN_MAX bytes and
+        // `len` is at most that; the source is checked by the helper itself.
+        let rc = unsafe { bpf_probe_read_kernel(buf.cast(), len, src as *const c_void) };
+        (rc == 0).then_some(Span { buf: buf.cast(), start: self.at.span_start })
     }
 
     /// The socket's counters, read from outside its lock (a sweep): only when nobody
@@ -112,6 +149,50 @@ impl Sock {
             }
         }
         None
+    }
+}
+
+/// The `tcp_sock` fields a reading needs, as the kernel holds them.
+struct TcpFields {
+    acked: u64,
+    received: u64,
+    sent: u64,
+    retrans_bytes: u64,
+    total_retrans: u32,
+    srtt: u32,
+}
+
+/// A copy of part of a `tcp_sock`, from byte `start` on, in the scratch buffer.
+struct Span {
+    buf: *const u8,
+    start: u32,
+}
+
+impl Span {
+    #[inline(always)]
+    fn fields(&self, at: &FieldOffsets) -> TcpFields {
+        TcpFields {
+            acked: self.get::<u64>(at.bytes_acked),
+            received: self.get::<u64>(at.bytes_received),
+            sent: self.get::<u64>(at.bytes_sent),
+            retrans_bytes: self.get::<u64>(at.bytes_retrans),
+            total_retrans: self.get::<u32>(at.total_retrans),
+            srtt: self.get::<u32>(at.srtt_us),
+        }
+    }
+
+    /// The `T` at struct offset `off`. The agent computed the span to hold every field;
+    /// the mask keeps any offset inside the buffer (which has room for a `T` past
+    /// SPAN_MAX - 1) and tells the verifier so.
+    #[inline(always)]
+    fn get<T: Copy>(&self, off: u32) -> T {
+        let rel = u64::from(off.wrapping_sub(self.start)) & u64::from(SPAN_MAX - 1);
+        // SAFETY: `rel + size_of::<T>()` is within the SPAN_MAX + 8 byte buffer, and the
+        // fields are naturally aligned in the struct, as `start` (8-aligned) keeps them.
+        #[expect(clippy::cast_possible_truncation, reason = "rel is below SPAN_MAX")]
+        unsafe {
+            self.buf.add(rel as usize).cast::<T>().read()
+        }
     }
 }
 

@@ -22,6 +22,13 @@ pub(crate) static CONN: SkStorage<Conn> = SkStorage::new();
 pub(crate) static PAIR_STATS: PerCpuHashMap<PairKey, PairStats> =
     PerCpuHashMap::with_max_entries(agent_common::PAIR_STATS_CAPACITY, BPF_F_NO_PREALLOC);
 
+/// Where a pair's figures go when `PAIR_STATS` cannot allocate its entry: one value
+/// shared by every CPU (every update is atomic), preallocated so an insert never waits
+/// on the allocator. The agent adds both tables up.
+#[map]
+pub(crate) static PAIR_OVERFLOW: HashMap<PairKey, PairStats> =
+    HashMap::with_max_entries(agent_common::PAIR_OVERFLOW_CAPACITY, 0);
+
 // The cell map comes in two sets, A and B; `SETTINGS[SETTING_GENERATION]` says which
 // one the programs read (see `cells.rs`).
 
@@ -93,6 +100,13 @@ pub(crate) static FIELDS: Array<FieldOffsets> = Array::with_max_entries(1, 0);
 #[map]
 pub(crate) static COUNTERS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(agent_common::COUNTERS_LEN, 0);
+
+/// A per-CPU buffer the `struct tcp_sock` fields are copied into in one read
+/// (`kread.rs`): one probe read instead of one per field. Eight bytes past SPAN_MAX, so
+/// a masked offset always has room for the field it reads.
+#[map]
+pub(crate) static SCRATCH: PerCpuArray<[u8; agent_common::SPAN_MAX as usize + 8]> =
+    PerCpuArray::with_max_entries(1, 0);
 
 /// Time per `sock_ops` op, per CPU: written only when the agent loaded the programs
 /// with `--profile-kernel` (see `PROFILE` in `sockops.rs`).

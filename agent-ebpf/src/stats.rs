@@ -11,13 +11,14 @@ use agent_common::{
 };
 use aya_ebpf::bindings::BPF_NOEXIST;
 
-use crate::maps::{COUNTERS, PAIR_STATS};
+use crate::maps::{COUNTERS, PAIR_OVERFLOW, PAIR_STATS};
 
-/// This CPU's statistics of one pair, created on first use.
+/// This CPU's statistics of one pair, created on first use (or, when that allocation
+/// fails, the pair's shared overflow entry).
 pub(crate) struct Slot(*mut PairStats);
 
 impl Slot {
-    /// `None` (and an error counted) only when the pair table is full.
+    /// `None` (and an error counted) only when both pair tables are full.
     #[inline(always)]
     pub(crate) fn of(key: &PairKey) -> Option<Self> {
         if let Some(p) = PAIR_STATS.get_ptr_mut(key) {
@@ -31,7 +32,24 @@ impl Slot {
                       borrowed, it is read from .rodata"
         )]
         let _ = PAIR_STATS.insert(key, &PairStats::ZERO, u64::from(BPF_NOEXIST));
-        match PAIR_STATS.get_ptr_mut(key) {
+        if let Some(p) = PAIR_STATS.get_ptr_mut(key) {
+            return Some(Self(p));
+        }
+        Self::overflow(key)
+    }
+
+    /// The pair's entry in the shared overflow table.
+    #[inline(never)]
+    fn overflow(key: &PairKey) -> Option<Self> {
+        if let Some(p) = PAIR_OVERFLOW.get_ptr_mut(key) {
+            return Some(Self(p));
+        }
+        #[expect(
+            clippy::needless_borrows_for_generic_args,
+            reason = "by value, the zero would be copied onto the 512-byte BPF stack"
+        )]
+        let _ = PAIR_OVERFLOW.insert(key, &PairStats::ZERO, u64::from(BPF_NOEXIST));
+        match PAIR_OVERFLOW.get_ptr_mut(key) {
             Some(p) => Some(Self(p)),
             None => {
                 count(CTR_STATS_TABLE_FULL);

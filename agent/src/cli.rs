@@ -108,7 +108,7 @@ pub(crate) struct RunArgs {
     #[arg(long, hide = true)]
     pub(crate) profile_kernel: bool,
     /// Violation events (logged, and served at /violations) per cell pair and direction
-    /// per second; more are counted as lost. Counters are exact either way.
+    /// per second on each CPU; more are counted as lost. Counters are exact either way.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub(crate) violation_event_rate: u32,
     /// Ring buffer for violation events, in KiB: a power of two, 4 to 65536.
@@ -138,7 +138,7 @@ fn pow2_kib(s: &str) -> Result<u32, String> {
     }
 }
 
-/// A duration such as `5s`, `500ms` or `1m`, from 100 ms to an hour.
+/// A duration such as `10s`, `500ms`, `1m` or `1h`, from 100 ms to an hour.
 fn live_interval(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, ""), |i| s.split_at(i));
     let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration such as 5s or 500ms"))?;
@@ -146,7 +146,8 @@ fn live_interval(s: &str) -> Result<Duration, String> {
         "ms" => Duration::from_millis(n),
         "s" | "" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
-        _ => return Err(format!("`{s}` has an unknown unit: use ms, s or m")),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("`{s}` has an unknown unit: use ms, s, m or h")),
     };
     let (min, max) = LIVE_INTERVAL_RANGE;
     if d < min || d > max {
@@ -166,7 +167,9 @@ mod tests {
         assert_eq!(live_interval("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(live_interval("7"), Ok(Duration::from_secs(7)));
         assert!(live_interval("50ms").unwrap_err().contains("outside"));
-        assert!(live_interval("2h").unwrap_err().contains("unknown unit"));
+        assert_eq!(live_interval("1h"), Ok(Duration::from_secs(3600)));
+        assert!(live_interval("2h").unwrap_err().contains("outside"));
+        assert!(live_interval("2d").unwrap_err().contains("unknown unit"));
         assert!(live_interval("fast").unwrap_err().contains("not a duration"));
     }
 }

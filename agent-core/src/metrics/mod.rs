@@ -9,7 +9,7 @@ use agent_common::{COUNTERS_LEN, PairKey, PairStats};
 use prometheus::{Encoder, TextEncoder, proto::MetricFamily};
 
 pub use buckets::Buckets;
-pub use text::render;
+pub use text::{render, render_chunked};
 
 /// Everything a scrape needs from the kernel, read in one pass.
 #[derive(Debug, Default, Clone)]

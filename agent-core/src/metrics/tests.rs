@@ -142,3 +142,28 @@ fn an_empty_snapshot_renders_no_pair_family() {
     assert!(!text.contains("cellwatch_connections_opened_total"), "{text}");
     assert!(text.contains(r#"cellwatch_events_lost_total{source="conn_table_full"} 0"#), "{text}");
 }
+
+/// The chunked render is the same text, in line-ending chunks of about 64 KiB.
+#[test]
+fn chunked_rendering_is_the_same_text_in_whole_lines() {
+    let mut ids = CellIds::default();
+    let cells: Vec<u32> = (0..40).map(|i| ids.id(&format!("cell-{i:02}")).unwrap()).collect();
+    let mut s = PairStats::ZERO;
+    s.opened = 3;
+    s.latency_hist[9] = 3;
+    s.rtt_hist[7] = 3;
+    let pairs = cells
+        .iter()
+        .flat_map(|a| cells.iter().map(move |b| (key(*a, *b, DIR_EGRESS, 0), s)))
+        .collect();
+    let snap = Snapshot { pairs, ..Snapshot::default() };
+    let whole = render(&snap, &ids);
+    let mut chunks = Vec::new();
+    super::render_chunked(&snap, &ids, &Buckets::all(), &mut |c| chunks.push(c.to_owned()));
+    assert!(chunks.len() > 10, "{} chunks of {} bytes", chunks.len(), whole.len());
+    for c in &chunks {
+        assert!(c.ends_with('\n'), "a chunk ends a line");
+        assert!(c.len() < 80 * 1024, "a chunk of {} bytes", c.len());
+    }
+    assert_eq!(chunks.concat(), whole);
+}

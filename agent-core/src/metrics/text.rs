@@ -1,7 +1,7 @@
 //! A kernel snapshot as the text exposition of the contract's metrics, written straight
-//! into one buffer: no intermediate metric objects, so a scrape of 10,000 cell pairs
-//! costs one pass and little memory. Pure: the same snapshot and names always render the
-//! same text.
+//! into a buffer handed on in chunks: no intermediate metric objects and no whole copy of
+//! the text, so a scrape of 10,000 cell pairs costs one pass and little memory. Pure: the
+//! same snapshot and names always render the same text.
 use std::{collections::BTreeMap, fmt::Write as _};
 
 use agent_common::{
@@ -133,19 +133,42 @@ fn quoted(v: &str) -> String {
     out
 }
 
+/// About how much text [`render_chunked`] hands on at a time.
+const CHUNK: usize = 64 * 1024;
+
+/// Where the text goes: a buffer, handed to `drain` (when there is one) whenever it
+/// holds `CHUNK` bytes or more at the start of a line, so every chunk ends a line.
+struct Out<'d> {
+    buf: String,
+    drain: Option<&'d mut dyn FnMut(&str)>,
+}
+
+impl Out<'_> {
+    /// The buffer, about to take one more line.
+    fn line(&mut self) -> &mut String {
+        if self.buf.len() >= CHUNK
+            && let Some(drain) = self.drain.as_mut()
+        {
+            drain(&self.buf);
+            self.buf.clear();
+        }
+        &mut self.buf
+    }
+}
+
 /// One family: its `# HELP` and `# TYPE` lines go out before its first sample, and not
 /// at all when it has none (no traffic yet).
-struct Family<'o> {
-    out: &'o mut String,
+struct Family<'o, 'd> {
+    out: &'o mut Out<'d>,
     name: &'static str,
     kind: &'static str,
     help: &'static str,
     started: bool,
 }
 
-impl<'o> Family<'o> {
+impl<'o, 'd> Family<'o, 'd> {
     fn new(
-        out: &'o mut String,
+        out: &'o mut Out<'d>,
         name: &'static str,
         kind: &'static str,
         help: &'static str,
@@ -155,17 +178,39 @@ impl<'o> Family<'o> {
 
     /// The buffer to write one sample line into, after the header if it is the first.
     fn line(&mut self) -> &mut String {
+        let out = self.out.line();
         if !self.started {
             self.started = true;
             let (name, kind, help) = (self.name, self.kind, self.help);
-            let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         }
-        self.out
+        out
     }
 }
 
 /// Every kernel-derived family of the contract, as text, appended to `out`.
 pub fn render(snap: &Snapshot, ids: &CellIds, buckets: &Buckets, out: &mut String) {
+    let mut o = Out { buf: std::mem::take(out), drain: None };
+    render_into(snap, ids, buckets, &mut o);
+    *out = o.buf;
+}
+
+/// As [`render`], the text handed to `drain` in chunks of about 64 KiB, each ending a
+/// line: what a scrape holds at once is a chunk, not the whole text.
+pub fn render_chunked(
+    snap: &Snapshot,
+    ids: &CellIds,
+    buckets: &Buckets,
+    drain: &mut dyn FnMut(&str),
+) {
+    let mut o = Out { buf: String::with_capacity(CHUNK + 4096), drain: Some(drain) };
+    render_into(snap, ids, buckets, &mut o);
+    if let Some(drain) = o.drain {
+        drain(&o.buf);
+    }
+}
+
+fn render_into(snap: &Snapshot, ids: &CellIds, buckets: &Buckets, out: &mut Out<'_>) {
     let groups = group(snap);
     // `src_cell="a",dst_cell="b"` and the same with `,direction="…"`, once per key.
     let labels: Vec<(String, String)> = groups
@@ -325,7 +370,7 @@ fn histogram(out: &mut String, names: &HistNames, labels: &str, h: &Hist, bounds
 }
 
 /// The kernel side's own bookkeeping: losses, events, the sweep, map fill.
-fn bookkeeping(snap: &Snapshot, out: &mut String) {
+fn bookkeeping(snap: &Snapshot, out: &mut Out<'_>) {
     let c = |i: u32| snap.counters[usize::try_from(i).unwrap_or(0)];
     let name = "cellwatch_events_lost_total";
     let mut f = Family::new(out, name, "counter", "Kernel events cellwatch had to drop, by source");

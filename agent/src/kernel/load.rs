@@ -50,14 +50,6 @@ pub(crate) struct LoadOptions {
     pub(crate) profile_kernel: bool,
 }
 
-impl LoadOptions {
-    /// The event rate each CPU's window allows: the node's rate shared among the CPUs.
-    fn event_rate_per_cpu(&self) -> u32 {
-        let cpus = aya::util::nr_cpus().ok().and_then(|n| u32::try_from(n).ok()).unwrap_or(1);
-        self.event_rate.div_ceil(cpus.max(1))
-    }
-}
-
 /// The object with its maps open, before any program is on a hook.
 pub(crate) struct Staged {
     ebpf: Ebpf,
@@ -131,7 +123,9 @@ fn open_in(
     let set = |s: &mut aya::maps::Array<MapData, u32>, i, v| {
         s.set(i, v, 0).map_err(map_err(object::SETTINGS))
     };
-    set(settings, SETTING_EVENT_RATE, opts.event_rate_per_cpu())?;
+    // Each CPU keeps its own window (in the pair's per-CPU slot: no shared state to
+    // contend on), with the whole rate.
+    set(settings, SETTING_EVENT_RATE, opts.event_rate)?;
     set(settings, SETTING_CONN_CAPACITY, opts.conn_capacity)?;
     maps.capacity.conns = opts.conn_capacity;
     let features = features::probe(&mut maps.settings)?;

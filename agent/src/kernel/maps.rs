@@ -21,6 +21,7 @@ use super::{
 /// connection storage (the sweep's iterator holds it).
 pub(super) struct Maps {
     pub(super) pair_stats: PerCpuHashMap<MapData, PairKey, PairStats>,
+    pub(super) pair_overflow: HashMap<MapData, PairKey, PairStats>,
     pub(super) seeded: HashMap<MapData, u64, Seeded>,
     pub(super) seed_plan: HashMap<MapData, u64, Conn>,
     pub(super) fields: Array<MapData, FieldOffsets>,
@@ -126,6 +127,7 @@ pub(super) fn take_all(ebpf: &mut Ebpf) -> Result<Maps, KernelError> {
     let conns = settings.get(&SETTING_CONN_CAPACITY, 0).map_err(map_err(object::SETTINGS))?;
     Ok(Maps {
         pair_stats: take(ebpf, object::PAIR_STATS)?,
+        pair_overflow: take(ebpf, object::PAIR_OVERFLOW)?,
         seeded: take(ebpf, object::SEEDED)?,
         seed_plan: take(ebpf, object::SEED_PLAN)?,
         fields: take(ebpf, object::FIELDS)?,

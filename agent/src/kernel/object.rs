@@ -43,6 +43,7 @@ pub(super) const ITERATORS: [(&str, &str); 2] = [(SWEEP, "bpf_sk_storage_map"), 
 
 pub(super) const CONN: &str = "CONN";
 pub(super) const PAIR_STATS: &str = "PAIR_STATS";
+pub(super) const PAIR_OVERFLOW: &str = "PAIR_OVERFLOW";
 pub(super) const EVENTS: &str = "EVENTS";
 pub(super) const SEEDED: &str = "SEEDED";
 pub(super) const SEED_PLAN: &str = "SEED_PLAN";
@@ -77,6 +78,7 @@ pub(super) const SETS: [SetNames; 2] = [
 pub(super) const PINNED_MAPS: &[&str] = &[
     CONN,
     PAIR_STATS,
+    PAIR_OVERFLOW,
     SETS[0].v4,
     SETS[1].v4,
     SETS[0].v6,
@@ -94,6 +96,8 @@ pub(super) const PINNED_MAPS: &[&str] = &[
     COUNTERS,
     LIVE,
     PROFILE,
+    // Scratch space for one program run; pinned with the rest so nothing is left out.
+    "SCRATCH",
     CELL_NAMES,
     META,
     AYA_LOGS,

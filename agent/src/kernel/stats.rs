@@ -1,5 +1,5 @@
 //! Reads the per-cell-pair statistics and bookkeeping counters, summing per-CPU copies.
-use agent_common::{COUNTERS_LEN, LIVE_CONNS, PROFILE_SLOTS, PairStats};
+use agent_common::{COUNTERS_LEN, LIVE_CONNS, PAIR_OVERFLOW_CAPACITY, PROFILE_SLOTS, PairStats};
 use agent_core::metrics::{MapFill, OpTime, Snapshot};
 
 use super::{
@@ -18,7 +18,20 @@ pub(super) fn read(m: &Maps) -> Result<Snapshot, KernelError> {
         }
         pairs.push((key, sum));
     }
+    // What went to the overflow table: added to the pair's per-CPU sum, or a pair of its
+    // own when the per-CPU table never got an entry for it.
+    let mut overflow = Vec::new();
+    for item in m.pair_overflow.iter() {
+        overflow.push(item.map_err(map_err(object::PAIR_OVERFLOW))?);
+    }
     pairs.sort_unstable_by_key(|(k, _)| *k);
+    let overflow_len = overflow.len() as u64;
+    for (key, v) in overflow {
+        match pairs.binary_search_by_key(&key, |(k, _)| *k) {
+            Ok(i) => pairs[i].1.merge(&v),
+            Err(i) => pairs.insert(i, (key, v)),
+        }
+    }
 
     let mut counters = [0u64; COUNTERS_LEN as usize];
     for (i, slot) in (0..COUNTERS_LEN).zip(counters.iter_mut()) {
@@ -44,6 +57,11 @@ pub(super) fn read(m: &Maps) -> Result<Snapshot, KernelError> {
     let fill = vec![
         MapFill { map: "conns", entries: live, capacity: cap.conns.into() },
         MapFill { map: "pair_stats", entries: pairs.len() as u64, capacity: cap.pair_stats.into() },
+        MapFill {
+            map: "pair_overflow",
+            entries: overflow_len,
+            capacity: PAIR_OVERFLOW_CAPACITY.into(),
+        },
         MapFill { map: "cells_v4", entries: v4, capacity: cap.cells_v4.into() },
         MapFill { map: "cells_v6", entries: v6, capacity: cap.cells_v6.into() },
         MapFill { map: "policy", entries: c.allow.len() as u64, capacity: cap.policy.into() },

@@ -5,7 +5,7 @@
 
 use agent_core::{
     ids::CellIds,
-    metrics::{Buckets, Snapshot, encode, render},
+    metrics::{Buckets, Snapshot, encode, render_chunked},
 };
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
@@ -89,18 +89,36 @@ impl AgentMetrics {
         Self { registry, buckets, config_reloads }
     }
 
-    /// The whole exposition: kernel families followed by the agent's own.
+    /// The whole exposition, kernel families followed by the agent's own, written to
+    /// `out` in chunks (a gzip encoder, for a scrape that asked for one, keeps only the
+    /// compressed text).
     pub(crate) fn render(
         &self,
         snap: &Snapshot,
         ids: &CellIds,
-    ) -> Result<String, prometheus::Error> {
-        // About 100 bytes a sample, 40 samples a pair.
-        let mut out = String::with_capacity(4096 + snap.pairs.len() * 2048);
-        render(snap, ids, &self.buckets, &mut out);
-        encode(self.registry.gather(), &mut out)?;
-        Ok(out)
+        out: &mut dyn std::io::Write,
+    ) -> Result<(), RenderError> {
+        let mut failed = None;
+        render_chunked(snap, ids, &self.buckets, &mut |chunk| {
+            if failed.is_none() {
+                failed = out.write_all(chunk.as_bytes()).err();
+            }
+        });
+        if let Some(e) = failed {
+            return Err(RenderError::Write(e));
+        }
+        let mut own = String::new();
+        encode(self.registry.gather(), &mut own)?;
+        out.write_all(own.as_bytes()).map_err(RenderError::Write)
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RenderError {
+    #[error("encoding the agent's own metrics failed: {0}")]
+    Encode(#[from] prometheus::Error),
+    #[error("writing the exposition failed: {0}")]
+    Write(std::io::Error),
 }
 
 #[cfg(test)]
@@ -116,7 +134,9 @@ mod tests {
             &[(Feature::DestroySockCookie, true)],
             Buckets::default(),
         );
-        let text = m.render(&Snapshot::default(), &CellIds::default()).unwrap();
+        let mut out = Vec::new();
+        m.render(&Snapshot::default(), &CellIds::default(), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
         for want in [
             r#"cellwatch_build_info{kernel="6.1.0",version="1.2.3"} 1"#,
             r#"cellwatch_config_reloads_total{result="error"} 0"#,

@@ -37,7 +37,12 @@ fn pair(
 
 #[test]
 fn counts_exactly_the_connections_made() {
-    let agent = Agent::start(AgentOpts { config: Some(&cells(0, 1)), ..AgentOpts::default() });
+    // No live sweep during the test: one RTT sample per connection, at its close.
+    let agent = Agent::start(AgentOpts {
+        config: Some(&cells(0, 1)),
+        args: &["--live-interval", "1h"],
+        ..AgentOpts::default()
+    });
     let before = agent.metrics();
     let opened = "cellwatch_connections_opened_total";
     assert_eq!(before.get(opened, &pair("cell-a", "cell-b", "egress", "violation")), 0.0);
@@ -266,15 +271,17 @@ fn ensure_open_files(need: usize) {
 fn kernel_features_are_reported_as_the_kernel_has_them() {
     let agent = Agent::start(AgentOpts::default());
     let m = agent.metrics();
-    for (feature, event) in
-        [("rst_sock_cookie", "tcp_receive_reset"), ("destroy_sock_cookie", "tcp_destroy_sock")]
-    {
-        let format =
-            std::fs::read_to_string(format!("/sys/kernel/tracing/events/tcp/{event}/format"))
-                .unwrap_or_else(|e| panic!("tracefs format of tcp:{event}: {e}"));
-        let has = format.lines().any(|l| l.contains(" sock_cookie;"));
-        let reported = m.get("cellwatch_kernel_feature", &[("feature", feature)]);
-        assert_eq!(reported, f64::from(u8::from(has)), "{feature}");
-        eprintln!("{feature}: {has}");
-    }
+    // Closing a connection older than the agent needs the socket's cookie and address in
+    // the destroy tracepoint.
+    let event = "tcp_destroy_sock";
+    let format = std::fs::read_to_string(format!("/sys/kernel/tracing/events/tcp/{event}/format"))
+        .unwrap_or_else(|e| panic!("tracefs format of tcp:{event}: {e}"));
+    let has = [" sock_cookie;", " skaddr;"].iter().all(|f| format.lines().any(|l| l.contains(f)));
+    let reported = m.get("cellwatch_kernel_feature", &[("feature", "destroy_sock_cookie")]);
+    assert_eq!(reported, f64::from(u8::from(has)), "destroy_sock_cookie");
+    assert!(
+        !m.0.keys().any(|k| k.contains("rst_sock_cookie")),
+        "the reset tracepoint is no longer used"
+    );
+    eprintln!("destroy_sock_cookie: {has}");
 }

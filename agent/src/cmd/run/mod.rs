@@ -35,6 +35,7 @@ use crate::{
     host::{
         cgroups::Resolver,
         preflight::{self, PreflightError},
+        sys,
     },
     kernel::{Kernel, KernelError, LoadOptions, MapsHandle},
     serve::{
@@ -71,6 +72,9 @@ pub(crate) enum RunError {
     Session(String),
 }
 
+/// Past this many pairs, a scrape's memory is handed back to the kernel when it is done.
+const BIG: usize = 1000;
+
 /// The running agent, as the HTTP endpoints see it.
 struct Agent {
     maps: MapsHandle,
@@ -81,18 +85,27 @@ struct Agent {
 }
 
 impl Endpoints for Agent {
-    fn metrics(&self) -> Result<String, String> {
+    fn metrics(&self, out: &mut dyn std::io::Write) -> Result<(), String> {
         let mut snap =
             self.maps.snapshot().map_err(|e| format!("reading kernel maps failed: {e}"))?;
         snap.undecodable_events = self.recent.undecodable();
         let ids = sync::read(&self.ids);
-        self.metrics.render(&snap, &ids).map_err(|e| format!("encoding metrics failed: {e}"))
+        let rendered = self.metrics.render(&snap, &ids, out).map_err(|e| e.to_string());
+        if snap.pairs.len() > BIG {
+            drop(snap);
+            sys::release_free_memory();
+        }
+        rendered
     }
 
     fn connections(&self, q: &Query) -> Result<String, String> {
         let ids = sync::read(&self.ids);
         let list = connections::list(&self.maps, &ids, &self.cgroups, q)?;
-        serde_json::to_string(&list).map_err(|e| e.to_string())
+        let json = serde_json::to_string(&list).map_err(|e| e.to_string());
+        drop(list);
+        // The sweep behind the list read every open connection, however few it shows.
+        sys::release_free_memory();
+        json
     }
 
     fn violations(&self, q: &Query) -> Result<String, String> {
@@ -222,6 +235,8 @@ where
     });
     let sweeps = spawn_sweeps(kernel.maps(), args.live_interval);
     let agent = Arc::new(Agent { maps: kernel.maps(), ids, metrics, cgroups, recent });
+    // What the start parsed (the kernel's BTF among it) is freed: give it back.
+    sys::release_free_memory();
     let ready = Arc::new(AtomicBool::new(true));
     let server = Arc::new(Server { endpoints: agent.clone(), ready: ready.clone() });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -282,7 +297,8 @@ where
 /// watched for their ends goes.
 fn spawn_sweeps(maps: MapsHandle, interval: std::time::Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
+        // The first sweep one interval after the start (the seeding just read everything).
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seeded_close = true;
         loop {
