@@ -2,7 +2,7 @@
 //! into a buffer handed on in chunks: no intermediate metric objects and no whole copy of
 //! the text, so a scrape of 10,000 cell pairs costs one pass and little memory. Pure: the
 //! same snapshot and names always render the same text.
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::fmt::Write as _;
 
 use agent_common::{
     CELL_EXTERNAL, CTR_CONN_TABLE_FULL, CTR_ENFORCE_UNRESOLVED, CTR_EVENTS_RATE_LIMITED,
@@ -15,6 +15,8 @@ use super::{Buckets, Snapshot};
 use crate::ids::CellIds;
 
 /// What one (src, dst, direction) holds, summed over verdicts where a family has none.
+/// Histograms stay in the snapshot (`keys` points at the entries): copied, 20,000 pairs'
+/// would double a large scrape's memory.
 #[derive(Default)]
 struct Dir {
     opened: [u64; 2],
@@ -23,19 +25,40 @@ struct Dir {
     sent: u64,
     received: u64,
     retrans: u64,
-    rtt: Hist,
     // Client side only (egress).
     failed: [u64; FAIL_REASONS],
     denied: u64,
-    latency: Hist,
-    /// Which verdicts (allowed, violation) have a key: each gets its series.
-    has: [bool; 2],
+    /// Which verdicts (allowed, violation) have a key, and its index in the snapshot:
+    /// each gets its series.
+    keys: [Option<usize>; 2],
 }
 
 impl Dir {
     fn violating(&self) -> bool {
-        self.has[1]
+        self.keys[1].is_some()
     }
+
+    fn has(&self, verdict: u8) -> bool {
+        self.keys[usize::from(verdict == VERDICT_VIOLATION)].is_some()
+    }
+
+    /// One histogram of the pair, summed over its verdicts.
+    fn hist(&self, snap: &Snapshot, which: fn(&PairStats) -> (&[u64; HIST_BUCKETS], f64)) -> Hist {
+        let mut h = Hist::default();
+        for i in self.keys.iter().flatten() {
+            let (buckets, sum) = which(&snap.pairs[*i].1);
+            h.add(buckets, sum);
+        }
+        h
+    }
+}
+
+fn latency_of(s: &PairStats) -> (&[u64; HIST_BUCKETS], f64) {
+    (&s.latency_hist, s.latency_sum_ns as f64 * 1e-9)
+}
+
+fn rtt_of(s: &PairStats) -> (&[u64; HIST_BUCKETS], f64) {
+    (&s.rtt_hist, s.rtt_sum_us as f64 * 1e-6)
 }
 
 struct Hist {
@@ -68,12 +91,24 @@ type PairDir = (u32, u32, u8);
 /// A per-(pair, direction) counter family: name, help, and its value.
 type Scalar = (&'static str, &'static str, fn(&Dir) -> u64);
 
-fn group(snap: &Snapshot) -> BTreeMap<PairDir, Dir> {
-    let mut out: BTreeMap<PairDir, Dir> = BTreeMap::new();
-    for (k, s) in &snap.pairs {
-        let d = out.entry((k.src_cell, k.dst_cell, k.direction)).or_default();
+/// The snapshot by (pair, direction), in key order: keys sort by source, destination,
+/// direction and then verdict, so a (pair, direction)'s verdicts are neighbours. (The
+/// kernel's snapshot comes sorted; any other is sorted here.)
+fn group(snap: &Snapshot) -> Vec<(PairDir, Dir)> {
+    let mut order: Vec<usize> = (0..snap.pairs.len()).collect();
+    if !snap.pairs.is_sorted_by_key(|(k, _)| *k) {
+        order.sort_by_key(|&i| snap.pairs[i].0);
+    }
+    let mut out: Vec<(PairDir, Dir)> = Vec::new();
+    for i in order {
+        let (k, s) = &snap.pairs[i];
+        let pd = (k.src_cell, k.dst_cell, k.direction);
+        if out.last().is_none_or(|(last, _)| *last != pd) {
+            out.push((pd, Dir::default()));
+        }
+        let Some((_, d)) = out.last_mut() else { continue };
         let v = usize::from(k.verdict == VERDICT_VIOLATION);
-        d.has[v] = true;
+        d.keys[v] = Some(i);
         d.opened[v] += s.opened;
         d.closed[v] += s.closed;
         d.sent += s.bytes_sent;
@@ -82,24 +117,14 @@ fn group(snap: &Snapshot) -> BTreeMap<PairDir, Dir> {
         if k.verdict == VERDICT_VIOLATION {
             d.violations += s.violations;
         }
-        // RTT once per connection: from the client's socket, and from the server's only
-        // when the client is in no cell (no cellwatch sees it as egress).
-        if k.direction == DIR_EGRESS || k.src_cell == CELL_EXTERNAL {
-            d.rtt.add(&s.rtt_hist, s.rtt_sum_us as f64 * 1e-6);
-        }
         if k.direction == DIR_EGRESS {
-            add_client_side(d, s);
+            for (a, b) in d.failed.iter_mut().zip(s.failed) {
+                *a += b;
+            }
+            d.denied += s.denied;
         }
     }
     out
-}
-
-fn add_client_side(d: &mut Dir, s: &PairStats) {
-    for (a, b) in d.failed.iter_mut().zip(s.failed) {
-        *a += b;
-    }
-    d.denied += s.denied;
-    d.latency.add(&s.latency_hist, s.latency_sum_ns as f64 * 1e-9);
 }
 
 /// One sample line: `name{labels[,extra]} value`, written piece by piece (a scrape of
@@ -214,8 +239,8 @@ fn render_into(snap: &Snapshot, ids: &CellIds, buckets: &Buckets, out: &mut Out<
     let groups = group(snap);
     // `src_cell="a",dst_cell="b"` and the same with `,direction="…"`, once per key.
     let labels: Vec<(String, String)> = groups
-        .keys()
-        .map(|(src, dst, dir)| {
+        .iter()
+        .map(|((src, dst, dir), _)| {
             let pair =
                 format!("src_cell={},dst_cell={}", quoted(ids.name(*src)), quoted(ids.name(*dst)));
             let with_dir = format!("{pair},direction=\"{}\"", direction_label(*dir));
@@ -234,7 +259,7 @@ fn render_into(snap: &Snapshot, ids: &CellIds, buckets: &Buckets, out: &mut Out<
             let counts = if closed { d.closed } else { d.opened };
             for v in [VERDICT_ALLOWED, VERDICT_VIOLATION] {
                 // A verdict no connection of the pair got has no series.
-                if d.has[usize::from(v)] {
+                if d.has(v) {
                     let extra = if v == VERDICT_VIOLATION {
                         "verdict=\"violation\""
                     } else {
@@ -311,8 +336,12 @@ fn render_into(snap: &Snapshot, ids: &CellIds, buckets: &Buckets, out: &mut Out<
     let help = "Client connect latency, SYN sent to established";
     let mut f = Family::new(out, name, "histogram", help);
     for ((_, _, dir), d, (p, _)) in &rows {
-        if *dir == DIR_EGRESS && d.latency.count() > 0 {
-            histogram(f.line(), &latency, p, &d.latency, &bounds);
+        if *dir != DIR_EGRESS {
+            continue;
+        }
+        let h = d.hist(snap, latency_of);
+        if h.count() > 0 {
+            histogram(f.line(), &latency, p, &h, &bounds);
         }
     }
     let name = "cellwatch_rtt_seconds";
@@ -322,9 +351,15 @@ fn render_into(snap: &Snapshot, ids: &CellIds, buckets: &Buckets, out: &mut Out<
                 when the client is in no cell)";
     let mut f = Family::new(out, name, "histogram", help);
     for ((src, _, dir), d, (_, pd)) in &rows {
+        // RTT once per connection: from the client's socket, and from the server's only
+        // when the client is in no cell (no cellwatch sees it as egress).
         let side = *dir == DIR_EGRESS || (*dir == DIR_INGRESS && *src == CELL_EXTERNAL);
-        if side && d.rtt.count() > 0 {
-            histogram(f.line(), &rtt, pd, &d.rtt, &bounds);
+        if !side {
+            continue;
+        }
+        let h = d.hist(snap, rtt_of);
+        if h.count() > 0 {
+            histogram(f.line(), &rtt, pd, &h, &bounds);
         }
     }
     bookkeeping(snap, out);

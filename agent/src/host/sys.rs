@@ -55,6 +55,7 @@ pub(crate) fn monotonic_ns() -> u64 {
 }
 
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 const BPF_ITER_CREATE: libc::c_long = 33;
@@ -110,6 +111,67 @@ fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
     // outlives the call, and its exact size is passed; the kernel treats the rest as zero.
     let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const T, size) };
     if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
+}
+
+/// The `bpf(2)` attributes of `BPF_MAP_LOOKUP_BATCH`.
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Where a batched walk of a hash map stands.
+#[derive(Default)]
+pub(crate) struct Batch {
+    /// The kernel's position (a bucket), after the first step.
+    at: Option<u32>,
+    pub(crate) done: bool,
+}
+
+/// One step of `BPF_MAP_LOOKUP_BATCH` over a hash map: up to `room` entries from where
+/// `batch` stands, keys into `keys` (`key_size` each) and values into `values`
+/// (`value_size` each: for a per-CPU map, the 8-aligned value times the possible CPUs).
+/// How many came; `batch` moves on, and says when the map is done.
+pub(crate) fn bpf_map_lookup_batch(
+    map: BorrowedFd<'_>,
+    batch: &mut Batch,
+    (keys, key_size): (&mut [u8], usize),
+    (values, value_size): (&mut [u8], usize),
+) -> io::Result<usize> {
+    let room = (keys.len() / key_size.max(1)).min(values.len() / value_size.max(1));
+    let mut out: u32 = 0;
+    let mut attr = BatchAttr {
+        in_batch: batch.at.as_ref().map_or(0, |b| std::ptr::from_ref(b) as u64),
+        out_batch: (&raw mut out) as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count: u32::try_from(room).map_err(io::Error::other)?,
+        map_fd: fd_u32(map)?,
+        elem_flags: 0,
+        flags: 0,
+    };
+    let size = u32::try_from(size_of::<BatchAttr>()).map_err(io::Error::other)?;
+    // SAFETY: `attr` is a valid #[repr(C)] prefix of `union bpf_attr`; the kernel writes
+    // at most `count` keys and values into buffers that hold that many, the position
+    // into `out`, and the number written back into `attr.count`.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &raw mut attr, size) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        // The end of the map: what this last step found is in `count`.
+        if e.raw_os_error() == Some(libc::ENOENT) {
+            batch.done = true;
+            return usize::try_from(attr.count).map_err(io::Error::other);
+        }
+        return Err(e);
+    }
+    batch.at = Some(out);
+    usize::try_from(attr.count).map_err(io::Error::other)
 }
 
 /// Opens the BPF object (map, program or link) pinned at `path`.

@@ -1,5 +1,11 @@
 //! Reads the per-cell-pair statistics and bookkeeping counters, summing per-CPU copies.
-use agent_common::{COUNTERS_LEN, LIVE_CONNS, PAIR_OVERFLOW_CAPACITY, PROFILE_SLOTS, PairStats};
+#![expect(unsafe_code, reason = "batched map reads hand back raw bytes of plain-data values")]
+
+use std::os::fd::AsFd;
+
+use agent_common::{
+    COUNTERS_LEN, LIVE_CONNS, PAIR_OVERFLOW_CAPACITY, PROFILE_SLOTS, PairKey, PairStats,
+};
 use agent_core::metrics::{MapFill, OpTime, Snapshot};
 
 use super::{
@@ -7,17 +13,17 @@ use super::{
     maps::Maps,
     object,
 };
+use crate::host;
 
 pub(super) fn read(m: &Maps) -> Result<Snapshot, KernelError> {
-    let mut pairs = Vec::new();
-    for item in m.pair_stats.iter() {
-        let (key, per_cpu) = item.map_err(map_err(object::PAIR_STATS))?;
-        let mut sum = PairStats::ZERO;
-        for v in per_cpu.iter() {
-            sum.merge(v);
+    let mut pairs = match batched(m) {
+        Ok(pairs) => pairs,
+        // Batched lookups are older than any kernel cellwatch runs on; one at a time else.
+        Err(e) => {
+            tracing::debug!(error = %e, "batched read of the pair table failed; reading one by one");
+            one_by_one(m)?
         }
-        pairs.push((key, sum));
-    }
+    };
     // What went to the overflow table: added to the pair's per-CPU sum, or a pair of its
     // own when the per-CPU table never got an entry for it.
     let mut overflow = Vec::new();
@@ -26,11 +32,16 @@ pub(super) fn read(m: &Maps) -> Result<Snapshot, KernelError> {
     }
     pairs.sort_unstable_by_key(|(k, _)| *k);
     let overflow_len = overflow.len() as u64;
+    let mut own = Vec::new();
     for (key, v) in overflow {
         match pairs.binary_search_by_key(&key, |(k, _)| *k) {
             Ok(i) => pairs[i].1.merge(&v),
-            Err(i) => pairs.insert(i, (key, v)),
+            Err(_) => own.push((key, v)),
         }
+    }
+    if !own.is_empty() {
+        pairs.extend(own);
+        pairs.sort_unstable_by_key(|(k, _)| *k);
     }
 
     let mut counters = [0u64; COUNTERS_LEN as usize];
@@ -67,4 +78,56 @@ pub(super) fn read(m: &Maps) -> Result<Snapshot, KernelError> {
         MapFill { map: "policy", entries: c.allow.len() as u64, capacity: cap.policy.into() },
     ];
     Ok(Snapshot { pairs, counters, fill, undecodable_events: 0, ops })
+}
+
+fn one_by_one(m: &Maps) -> Result<Vec<(PairKey, PairStats)>, KernelError> {
+    let mut pairs = Vec::new();
+    for item in m.pair_stats.iter() {
+        let (key, per_cpu) = item.map_err(map_err(object::PAIR_STATS))?;
+        let mut sum = PairStats::ZERO;
+        for v in per_cpu.iter() {
+            sum.merge(v);
+        }
+        pairs.push((key, sum));
+    }
+    Ok(pairs)
+}
+
+/// The pair table in batches of entries (`BPF_MAP_LOOKUP_BATCH`): one system call per
+/// batch instead of two per pair, which at 20,000 pairs is most of a scrape.
+fn batched(m: &Maps) -> std::io::Result<Vec<(PairKey, PairStats)>> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    let (key_size, one) = (size_of::<PairKey>(), size_of::<PairStats>().next_multiple_of(8));
+    let value_size = one * cpus;
+    // About 4 MiB of values a batch, and room for a whole hash bucket.
+    let room = ((4 << 20) / value_size).clamp(64, 4096);
+    let (mut keys, mut values) = (vec![0u8; room * key_size], vec![0u8; room * value_size]);
+    let fd = aya::maps::IterableMap::map(&m.pair_stats).fd().as_fd();
+    let mut batch = host::sys::Batch::default();
+    let mut pairs = Vec::new();
+    while !batch.done {
+        let n = host::sys::bpf_map_lookup_batch(
+            fd,
+            &mut batch,
+            (&mut keys, key_size),
+            (&mut values, value_size),
+        )?;
+        for i in 0..n {
+            let key: PairKey = pod(&keys[i * key_size..][..key_size]);
+            let mut sum = PairStats::ZERO;
+            for cpu in values[i * value_size..][..value_size].chunks_exact(one) {
+                sum.merge(&pod::<PairStats>(&cpu[..size_of::<PairStats>()]));
+            }
+            pairs.push((key, sum));
+        }
+    }
+    Ok(pairs)
+}
+
+/// A plain-data value from its bytes as the kernel wrote them.
+fn pod<T: aya::Pod>(bytes: &[u8]) -> T {
+    assert_eq!(bytes.len(), size_of::<T>(), "a value's bytes");
+    // SAFETY: `T` is plain data (aya::Pod: any bytes are a valid value, no padding) and
+    // `bytes` holds exactly one, read unaligned.
+    unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) }
 }

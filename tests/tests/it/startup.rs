@@ -223,7 +223,9 @@ fn sigterm_exits_zero_leaves_the_programs_pinned_and_uninstall_removes_them() {
     assert!(status.success(), "exit status {status}:\n{}", agent.stderr());
     assert!(agent.stderr().contains("its programs stay attached"), "{}", agent.stderr());
     let links = std::fs::read_dir(pins.0.join("links")).unwrap().count();
-    assert_eq!(links, 5, "a pinned link per program");
+    // connect4, connect6 and sock_ops; the destroy tracepoint only while connections
+    // older than the agent are open (none here).
+    assert_eq!(links, 3, "a pinned link per program on a hook");
     assert_eq!(sockops(&ids).len(), 1, "sock_ops stays on the cgroup root with no agent");
 
     let (status, out, err) = cellwatch(&[], &["uninstall", "--bpffs", pins.path()]);

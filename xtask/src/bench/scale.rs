@@ -168,7 +168,14 @@ fn concurrent(bin: &Path, held: usize, window: Duration) -> Result<String> {
     let result = (|| -> Result<String> {
         for h in 0..helpers {
             let mut c = Command::new(std::env::current_exe()?)
-                .args(["hold", "--count", &per.to_string(), "--helper", &h.to_string(), "--targets"])
+                .args([
+                    "hold",
+                    "--count",
+                    &per.to_string(),
+                    "--helper",
+                    &h.to_string(),
+                    "--targets",
+                ])
                 .arg(targets.join(","))
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())

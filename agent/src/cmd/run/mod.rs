@@ -20,7 +20,7 @@ use tokio::{
     net::TcpListener,
     signal::unix::{SignalKind, signal},
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use agent_core::{
     config::{Config, ConfigError},
@@ -86,15 +86,19 @@ struct Agent {
 
 impl Endpoints for Agent {
     fn metrics(&self, out: &mut dyn std::io::Write) -> Result<(), String> {
+        let t = std::time::Instant::now();
         let mut snap =
             self.maps.snapshot().map_err(|e| format!("reading kernel maps failed: {e}"))?;
         snap.undecodable_events = self.recent.undecodable();
+        let read = t.elapsed();
         let ids = sync::read(&self.ids);
         let rendered = self.metrics.render(&snap, &ids, out).map_err(|e| e.to_string());
-        if snap.pairs.len() > BIG {
+        let pairs = snap.pairs.len();
+        if pairs > BIG {
             drop(snap);
             sys::release_free_memory();
         }
+        debug!(pairs, ?read, total = ?t.elapsed(), "scrape");
         rendered
     }
 
