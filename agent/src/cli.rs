@@ -17,7 +17,7 @@ pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:9473";
 /// Default number of live connections tracked in the kernel.
 pub(crate) const DEFAULT_CONN_CAPACITY: u32 = 131_072;
 /// Default interval of the live sweep.
-pub(crate) const DEFAULT_LIVE_INTERVAL: &str = "5s";
+pub(crate) const DEFAULT_LIVE_INTERVAL: &str = "10s";
 /// Shortest and longest live-sweep intervals.
 const LIVE_INTERVAL_RANGE: (Duration, Duration) =
     (Duration::from_millis(100), Duration::from_secs(3600));
