@@ -155,9 +155,18 @@ pub const CELL_FLAG_ENFORCE: u32 = 2;
 /// other set completely, then flips this one word: no connection is ever judged against
 /// a half-written map.
 pub const SETTING_GENERATION: u32 = 0;
-/// Whether the sweep writes one record per connection (for `/connections`): 1, or only
-/// counts (the periodic sweep): 0.
+/// What the sweep writes besides counting: nothing ([`SWEEP_COUNT`], the periodic
+/// sweep), a [`Brief`] of every connection ([`SWEEP_BRIEF`]), or the full record of each
+/// connection whose cookie is in `WANTED` ([`SWEEP_WANTED`]). `/connections` runs the
+/// last two: the iterator over socket storage restarts its bucket walk each time its
+/// output buffer fills, so one pass of full records of every connection would cost the
+/// square of their number on a machine with few CPUs (and so few buckets).
 pub const SETTING_SWEEP_RECORDS: u32 = 1;
+pub const SWEEP_COUNT: u32 = 0;
+pub const SWEEP_BRIEF: u32 = 1;
+pub const SWEEP_WANTED: u32 = 2;
+/// The most connections one `/connections` request lists (its `limit`).
+pub const LIST_MAX: u32 = 10_000;
 /// `EXTERNAL_*` mode of set A; set B's is at the next index.
 pub const SETTING_EXTERNAL: u32 = 2;
 /// Violation events allowed per cell pair and direction per second, on each CPU (the
@@ -171,6 +180,11 @@ pub const SETTING_ENFORCE: u32 = 6;
 pub const SETTING_CONN_CAPACITY: u32 = 8;
 /// Byte offset of `skaddr` in the `tcp:tcp_destroy_sock` record (0 = unknown).
 pub const SETTING_DESTROY_SKADDR_OFFSET: u32 = 9;
+/// A listing's filter, applied by the brief pass: the cell (source or destination) a
+/// connection must have, or [`LIST_ANY`]; its verdict (`VERDICT_*`), or [`LIST_ANY`].
+pub const SETTING_LIST_CELL: u32 = 10;
+pub const SETTING_LIST_VERDICT: u32 = 11;
+pub const LIST_ANY: u32 = u32::MAX;
 pub const SETTINGS_LEN: u32 = 12;
 
 /// `sk_flags` bit set by `tcp_fin` when the peer's FIN arrives (`enum sock_flags`).
@@ -438,6 +452,16 @@ pub struct SweepTail {
     pub _pad: u32,
 }
 
+/// What a listing's first sweep says of each open connection that passes its filter:
+/// enough to order them, in 16 bytes (the fewer bytes, the fewer times the iterator
+/// restarts its walk).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Brief {
+    pub cookie: u64,
+    pub start_ns: u64,
+}
+
 /// Bytes of one sweep record: a [`Conn`], then a [`SweepTail`].
 pub const SWEEP_RECORD_BYTES: usize =
     core::mem::size_of::<Conn>() + core::mem::size_of::<SweepTail>();
@@ -545,6 +569,7 @@ const _: () = assert!(core::mem::size_of::<Progress>() == 32);
 const _: () = assert!(core::mem::size_of::<Claimed>() == 24);
 const _: () = assert!(core::mem::size_of::<Seeded>() == 72);
 const _: () = assert!(core::mem::size_of::<SweepTail>() == 32);
+const _: () = assert!(core::mem::size_of::<Brief>() == 16);
 const _: () = assert!(core::mem::size_of::<CellInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<ViolationEvent>() == 96);
 const _: () = assert!(core::mem::size_of::<PolicyKey>() == 16);
@@ -584,6 +609,7 @@ mod user {
         Claimed,
         Seeded,
         SweepTail,
+        Brief,
         CellInfo,
         PolicyKey,
         ViolationEvent,

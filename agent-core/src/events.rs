@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use agent_common::{
-    AF_INET6, Claimed, Conn, Progress, SWEEP_RECORD_BYTES, SweepTail, ViolationEvent,
+    AF_INET6, Brief, Claimed, Conn, Progress, SWEEP_RECORD_BYTES, SweepTail, ViolationEvent,
 };
 
 /// A ring-buffer record that is not a `ViolationEvent`.
@@ -131,6 +131,24 @@ pub fn decode_sweep(b: &[u8]) -> Result<Vec<(Conn, SweepTail)>, BadSweep> {
         .collect())
 }
 
+/// Decodes a listing's first sweep: one [`Brief`] per connection.
+pub fn decode_briefs(b: &[u8]) -> Result<Vec<Brief>, BadSweep> {
+    use std::mem::offset_of;
+    let size = size_of::<Brief>();
+    if !b.len().is_multiple_of(size) {
+        return Err(BadSweep(b.len()));
+    }
+    Ok(b.chunks_exact(size)
+        .map(|r| {
+            let f = Fields(r);
+            Brief {
+                cookie: f.u64(offset_of!(Brief, cookie)),
+                start_ns: f.u64(offset_of!(Brief, start_ns)),
+            }
+        })
+        .collect())
+}
+
 /// An address as the kernel stores it: IPv4 in the first 4 bytes, v4-mapped shown as IPv4.
 pub fn addr(family: u16, raw: [u8; 16]) -> IpAddr {
     if family == AF_INET6 {
@@ -206,6 +224,19 @@ mod tests {
         assert_eq!((t.srtt_us, t.claimed.sent), (250, 5 << 32));
         assert_eq!(decode_sweep(&b[..10]), Err(BadSweep(10)));
         assert_eq!(decode_sweep(&[]).map(|v| v.len()), Ok(0));
+    }
+
+    #[test]
+    fn briefs_decode_field_by_field() {
+        use std::mem::offset_of;
+        let size = size_of::<Brief>();
+        let mut b = vec![0u8; 2 * size];
+        b[size + offset_of!(Brief, cookie)..][..8].copy_from_slice(&91u64.to_ne_bytes());
+        b[size + offset_of!(Brief, start_ns)..][..8].copy_from_slice(&(3u64 << 40).to_ne_bytes());
+        let briefs = decode_briefs(&b).unwrap();
+        assert_eq!(briefs.len(), 2);
+        assert_eq!((briefs[1].cookie, briefs[1].start_ns), (91, 3 << 40));
+        assert_eq!(decode_briefs(&b[..17]), Err(BadSweep(17)));
     }
 
     #[test]

@@ -101,6 +101,11 @@ pub(crate) static FIELDS: Array<FieldOffsets> = Array::with_max_entries(1, 0);
 pub(crate) static COUNTERS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(agent_common::COUNTERS_LEN, 0);
 
+/// The cookies of the connections a `/connections` request lists: the sweep writes the
+/// full record of these only (`SWEEP_WANTED`).
+#[map]
+pub(crate) static WANTED: HashMap<u64, u8> = HashMap::with_max_entries(agent_common::LIST_MAX, 0);
+
 /// A per-CPU buffer the `struct tcp_sock` fields are copied into in one read
 /// (`kread.rs`): one probe read instead of one per field. Eight bytes past SPAN_MAX, so
 /// a masked offset always has room for the field it reads.

@@ -2,20 +2,21 @@
 //! network namespace. The agent runs it every `--live-interval`; for each open tracked
 //! connection it claims what the connection moved since the last claim (bytes each way,
 //! retransmits) into its pair's counters and observes its smoothed RTT, so long-lived
-//! connections count while they are open. With `SETTING_SWEEP_RECORDS` it also writes
-//! one record per connection, which `/connections` serves: the same figures the
-//! counters hold.
+//! connections count while they are open. With `SETTING_SWEEP_RECORDS` it also writes a
+//! brief of every connection, or the full record of the ones `WANTED` names, which
+//! `/connections` serves: the same figures the counters hold.
 #![expect(unsafe_code, reason = "the iterator hands the storage value as a raw pointer")]
 
 use agent_common::{
-    CELL_EXTERNAL, CONN_ESTABLISHED, CONN_SEEDED, CONN_TRACKED, CTR_SWEEP_BUSY, CTR_SWEEP_VISITED,
-    Claimed, Conn, DIR_EGRESS, SETTING_SWEEP_RECORDS, SweepTail,
+    Brief, CELL_EXTERNAL, CONN_ESTABLISHED, CONN_SEEDED, CONN_TRACKED, CTR_SWEEP_BUSY,
+    CTR_SWEEP_VISITED, Claimed, Conn, DIR_EGRESS, LIST_ANY, SETTING_LIST_CELL,
+    SETTING_LIST_VERDICT, SETTING_SWEEP_RECORDS, SWEEP_BRIEF, SWEEP_WANTED, SweepTail,
 };
 
 use crate::{
     ctx::{Iter, StorageIterCtx},
     kread::Sock,
-    maps::{SEEDED, SETTINGS},
+    maps::{SEEDED, SETTINGS, WANTED},
     stats::{Slot, count},
 };
 
@@ -83,17 +84,33 @@ fn try_sweep(it: &Iter) {
             }
         }
     }
-    if SETTINGS.get(SETTING_SWEEP_RECORDS).is_some_and(|r| *r == 1) {
-        let claimed: Claimed = if seeded {
-            // SAFETY: the value is copied out at once.
-            unsafe { SEEDED.get(cookie) }.map_or_else(Claimed::default, |s| s.claimed)
-        } else {
+    match SETTINGS.get(SETTING_SWEEP_RECORDS).copied().unwrap_or(0) {
+        SWEEP_BRIEF => {
             // SAFETY: as above.
-            unsafe { (*c).claimed }
-        };
-        // One record: the connection as stored, then what the sweep found.
-        // SAFETY: as above.
-        it.write(unsafe { &*c });
-        it.write(&SweepTail { claimed, srtt_us, _pad: 0 });
+            let (start_ns, dst_cell, verdict) =
+                unsafe { ((*c).start_ns, (*c).dst_cell, (*c).verdict) };
+            let setting = |i| SETTINGS.get(i).copied().unwrap_or(LIST_ANY);
+            let cell = setting(SETTING_LIST_CELL);
+            let want_verdict = setting(SETTING_LIST_VERDICT);
+            let cell_ok = cell == LIST_ANY || cell == src_cell || cell == dst_cell;
+            if cell_ok && (want_verdict == LIST_ANY || want_verdict == u32::from(verdict)) {
+                it.write(&Brief { cookie, start_ns });
+            }
+        }
+        // SAFETY: the value is only tested for presence.
+        SWEEP_WANTED if unsafe { WANTED.get(cookie) }.is_some() => {
+            let claimed: Claimed = if seeded {
+                // SAFETY: the value is copied out at once.
+                unsafe { SEEDED.get(cookie) }.map_or_else(Claimed::default, |s| s.claimed)
+            } else {
+                // SAFETY: as above.
+                unsafe { (*c).claimed }
+            };
+            // One record: the connection as stored, then what the sweep found.
+            // SAFETY: as above.
+            it.write(unsafe { &*c });
+            it.write(&SweepTail { claimed, srtt_us, _pad: 0 });
+        }
+        _ => {}
     }
 }

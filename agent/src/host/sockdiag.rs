@@ -11,7 +11,7 @@ use netlink_packet_core::{
 use netlink_packet_sock_diag::{
     SockDiagMessage,
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
-    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags, nlas::Nla},
+    inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, nlas::Nla},
 };
 use netlink_sys::{Socket, SocketAddr as NlAddr, protocols::NETLINK_SOCK_DIAG};
 
@@ -114,29 +114,7 @@ fn dump_family(
             let len = msg.header.length as usize;
             match msg.payload {
                 NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
-                    let h = &r.header;
-                    let mut s = TcpSocket {
-                        cookie: u64::from_ne_bytes(h.socket_id.cookie),
-                        state: h.state,
-                        local: SocketAddr::new(h.socket_id.source_address, h.socket_id.source_port),
-                        remote: SocketAddr::new(
-                            h.socket_id.destination_address,
-                            h.socket_id.destination_port,
-                        ),
-                        inode: h.inode,
-                        srtt_us: None,
-                        bytes_acked: None,
-                        bytes_received: None,
-                    };
-                    for nla in r.nlas.iter() {
-                        if let Nla::TcpInfo(raw) = nla {
-                            let info = TcpInfo::parse(raw);
-                            s.srtt_us = info.rtt_us;
-                            s.bytes_acked = info.bytes_acked;
-                            s.bytes_received = info.bytes_received;
-                        }
-                    }
-                    out.push(s);
+                    out.push(socket_of(&r));
                 }
                 NetlinkPayload::Done(_) => return Ok(()),
                 NetlinkPayload::Error(e) => return Err(SockDiagError::Decode(format!("{e:?}"))),
@@ -148,6 +126,81 @@ fn dump_family(
             offset += len;
         }
     }
+}
+
+/// A socket as sock_diag describes it.
+fn socket_of(r: &InetResponse) -> TcpSocket {
+    let h = &r.header;
+    let mut s = TcpSocket {
+        cookie: u64::from_ne_bytes(h.socket_id.cookie),
+        state: h.state,
+        local: SocketAddr::new(h.socket_id.source_address, h.socket_id.source_port),
+        remote: SocketAddr::new(h.socket_id.destination_address, h.socket_id.destination_port),
+        inode: h.inode,
+        srtt_us: None,
+        bytes_acked: None,
+        bytes_received: None,
+    };
+    for nla in r.nlas.iter() {
+        if let Nla::TcpInfo(raw) = nla {
+            let info = TcpInfo::parse(raw);
+            s.srtt_us = info.rtt_us;
+            s.bytes_acked = info.bytes_acked;
+            s.bytes_received = info.bytes_received;
+        }
+    }
+    s
+}
+
+/// The sockets of these connections, (local, remote, cookie) each, found one by one
+/// (an exact request each, no dump of every socket); those gone or in another network
+/// namespace are left out.
+pub(crate) fn find(
+    conns: &[(SocketAddr, SocketAddr, u64)],
+) -> Result<Vec<TcpSocket>, SockDiagError> {
+    let mut out = Vec::new();
+    if conns.is_empty() {
+        return Ok(out);
+    }
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+    socket.bind_auto()?;
+    socket.connect(&NlAddr::new(0, 0))?;
+    let mut rx = Vec::with_capacity(16 * 1024);
+    for (local, remote, cookie) in conns {
+        let family = if local.is_ipv4() { AF_INET } else { AF_INET6 };
+        let mut socket_id = if family == AF_INET { SocketId::new_v4() } else { SocketId::new_v6() };
+        socket_id.source_port = local.port();
+        socket_id.destination_port = remote.port();
+        socket_id.source_address = local.ip();
+        socket_id.destination_address = remote.ip();
+        socket_id.cookie = cookie.to_ne_bytes();
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST;
+        let mut packet = NetlinkMessage::new(
+            header,
+            SockDiagMessage::InetRequest(InetRequest {
+                family,
+                protocol: IPPROTO_TCP,
+                extensions: ExtensionFlags::empty(),
+                states: StateFlags::all(),
+                socket_id,
+            })
+            .into(),
+        );
+        packet.finalize();
+        let mut buf = vec![0; packet.buffer_len()];
+        packet.serialize(&mut buf[..]);
+        socket.send(&buf[..], 0)?;
+        rx.clear();
+        let size = socket.recv(&mut rx, 0)?;
+        let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&rx[..size])
+            .map_err(|e| SockDiagError::Decode(e.to_string()))?;
+        // Not found (closed since) is an error answer: skipped.
+        if let NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) = msg.payload {
+            out.push(socket_of(&r));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -22,6 +22,9 @@ use super::{
 pub(super) struct Maps {
     pub(super) pair_stats: PerCpuHashMap<MapData, PairKey, PairStats>,
     pub(super) pair_overflow: HashMap<MapData, PairKey, PairStats>,
+    /// The cookies a listing wants full records of, and what the last one wrote there.
+    pub(super) wanted: HashMap<MapData, u64, u8>,
+    pub(super) wanted_now: Vec<u64>,
     pub(super) seeded: HashMap<MapData, u64, Seeded>,
     pub(super) seed_plan: HashMap<MapData, u64, Conn>,
     pub(super) fields: Array<MapData, FieldOffsets>,
@@ -128,6 +131,8 @@ pub(super) fn take_all(ebpf: &mut Ebpf) -> Result<Maps, KernelError> {
     Ok(Maps {
         pair_stats: take(ebpf, object::PAIR_STATS)?,
         pair_overflow: take(ebpf, object::PAIR_OVERFLOW)?,
+        wanted: take(ebpf, object::WANTED)?,
+        wanted_now: Vec::new(),
         seeded: take(ebpf, object::SEEDED)?,
         seed_plan: take(ebpf, object::SEED_PLAN)?,
         fields: take(ebpf, object::FIELDS)?,

@@ -31,13 +31,14 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use agent_common::Conn;
+use agent_common::{Brief, Conn};
 use agent_core::{metrics::Snapshot, policy::Compiled};
 pub(crate) use conns::LiveConn;
 pub(crate) use error::KernelError;
 pub(crate) use features::Feature;
 pub(crate) use load::{LoadOptions, Staged};
 pub(crate) use pins::PinnedState;
+pub(crate) use sweep::ListFilter;
 pub(crate) use sweep::Seeding;
 
 use crate::host::bpffs::PinDir;
@@ -131,12 +132,18 @@ impl MapsHandle {
 
     /// One live sweep: what open connections moved, into the counters.
     pub(crate) fn sweep(&self) -> Result<(), KernelError> {
-        self.0.sweeper.run(&self.0.maps, false).map(drop)
+        self.0.sweeper.run(&self.0.maps)
     }
 
-    /// A sweep that also lists every live connection, as the counters now hold it.
-    pub(crate) fn live(&self) -> Result<Vec<LiveConn>, KernelError> {
-        Ok(self.0.sweeper.run(&self.0.maps, true)?.into_iter().map(LiveConn::from).collect())
+    /// A sweep that also lists the live connections `choose` picks from a brief of each
+    /// (at most `LIST_MAX` cookies), as the counters now hold them.
+    pub(crate) fn live(
+        &self,
+        filter: ListFilter,
+        choose: impl FnOnce(Vec<Brief>) -> Vec<u64>,
+    ) -> Result<Vec<LiveConn>, KernelError> {
+        let listed = self.0.sweeper.list(&self.0.maps, filter, choose)?;
+        Ok(listed.into_iter().map(LiveConn::from).collect())
     }
 
     /// Takes the seeded-close tracepoint off its hook once no connection older than the

@@ -44,6 +44,7 @@ pub(super) const ITERATORS: [(&str, &str); 2] = [(SWEEP, "bpf_sk_storage_map"), 
 pub(super) const CONN: &str = "CONN";
 pub(super) const PAIR_STATS: &str = "PAIR_STATS";
 pub(super) const PAIR_OVERFLOW: &str = "PAIR_OVERFLOW";
+pub(super) const WANTED: &str = "WANTED";
 pub(super) const EVENTS: &str = "EVENTS";
 pub(super) const SEEDED: &str = "SEEDED";
 pub(super) const SEED_PLAN: &str = "SEED_PLAN";
@@ -91,6 +92,7 @@ pub(super) const PINNED_MAPS: &[&str] = &[
     EVENTS,
     SEEDED,
     SEED_PLAN,
+    WANTED,
     SETTINGS,
     FIELDS,
     COUNTERS,

@@ -7,8 +7,11 @@ use std::{
     sync::Mutex,
 };
 
-use agent_common::{Conn, SETTING_SWEEP_RECORDS, SweepTail};
-use agent_core::events::decode_sweep;
+use agent_common::{
+    Brief, Conn, LIST_ANY, SEEDED_CAPACITY, SETTING_LIST_CELL, SETTING_LIST_VERDICT,
+    SETTING_SWEEP_RECORDS, SWEEP_BRIEF, SWEEP_COUNT, SWEEP_WANTED, SweepTail,
+};
+use agent_core::events::{decode_briefs, decode_sweep};
 use aya::{
     Btf, Ebpf,
     maps::MapData,
@@ -49,26 +52,78 @@ impl Sweeper {
         Ok(Self { link, running: Mutex::new(()) })
     }
 
-    /// One sweep: claims what every open connection moved into the counters; with
-    /// `records`, returns each connection as the counters now hold it.
-    pub(super) fn run(
+    /// One sweep: claims what every open connection moved into the counters.
+    pub(super) fn run(&self, maps: &Mutex<Maps>) -> Result<(), KernelError> {
+        let _one = sync::lock(&self.running);
+        self.pass(maps, SWEEP_COUNT).map(drop)
+    }
+
+    /// A listing: a sweep that also writes a brief of each open connection; `choose`
+    /// picks the cookies to list (at most `LIST_MAX`) from them; a second sweep writes
+    /// the full record of those, as the counters now hold them. Two passes, because the
+    /// kernel's iterator over socket storage walks its few buckets again from the start
+    /// each time its output buffer fills: full records of 100,000 connections in one
+    /// pass would cost the square of that.
+    pub(super) fn list(
         &self,
         maps: &Mutex<Maps>,
-        records: bool,
+        filter: ListFilter,
+        choose: impl FnOnce(Vec<Brief>) -> Vec<u64>,
     ) -> Result<Vec<(Conn, SweepTail)>, KernelError> {
         let _one = sync::lock(&self.running);
         {
             let mut m = sync::lock(maps);
-            let settings = &mut m.settings;
-            settings
-                .set(SETTING_SWEEP_RECORDS, u32::from(records), 0)
-                .map_err(map_err(super::object::SETTINGS))?;
+            let obj = super::object::SETTINGS;
+            m.settings
+                .set(SETTING_LIST_CELL, filter.cell.unwrap_or(LIST_ANY), 0)
+                .map_err(map_err(obj))?;
+            let verdict = filter.verdict.map_or(LIST_ANY, u32::from);
+            m.settings.set(SETTING_LIST_VERDICT, verdict, 0).map_err(map_err(obj))?;
         }
+        let briefs = decode_briefs(&self.pass(maps, SWEEP_BRIEF)?)
+            .map_err(|e| KernelError::Sweep(std::io::Error::other(e)))?;
+        let wanted = choose(briefs);
+        {
+            let mut m = sync::lock(maps);
+            let obj = super::object::WANTED;
+            for cookie in std::mem::take(&mut m.wanted_now) {
+                // Gone already is fine: the entry is removed either way.
+                let _ = m.wanted.remove(&cookie);
+            }
+            for cookie in &wanted {
+                m.wanted.insert(cookie, 1, 0).map_err(map_err(obj))?;
+                m.wanted_now.push(*cookie);
+            }
+        }
+        decode_sweep(&self.pass(maps, SWEEP_WANTED)?)
+            .map_err(|e| KernelError::Sweep(std::io::Error::other(e)))
+    }
+
+    /// One run of the iterator, writing `records` (`SWEEP_*`); its output.
+    fn pass(&self, maps: &Mutex<Maps>, records: u32) -> Result<Vec<u8>, KernelError> {
+        sync::lock(maps)
+            .settings
+            .set(SETTING_SWEEP_RECORDS, records, 0)
+            .map_err(map_err(super::object::SETTINGS))?;
+        let t = std::time::Instant::now();
         let mut file = sys::bpf_iter_create(self.link.as_fd()).map_err(KernelError::Sweep)?;
         let mut out = Vec::new();
-        file.read_to_end(&mut out).map_err(KernelError::Sweep)?;
-        decode_sweep(&out).map_err(|e| KernelError::Sweep(std::io::Error::other(e)))
+        let read = file.read_to_end(&mut out).map_err(KernelError::Sweep);
+        tracing::debug!(records, bytes = out.len(), took = ?t.elapsed(), "sweep pass");
+        // Back to counting only, whatever happened.
+        let reset = sync::lock(maps).settings.set(SETTING_SWEEP_RECORDS, SWEEP_COUNT, 0);
+        read?;
+        reset.map_err(map_err(super::object::SETTINGS))?;
+        Ok(out)
     }
+}
+
+/// Which connections a listing wants: of this cell (source or destination), with this
+/// verdict (`VERDICT_*`); `None` is any.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ListFilter {
+    pub(crate) cell: Option<u32>,
+    pub(crate) verdict: Option<u8>,
 }
 
 /// What seeding did.
@@ -89,6 +144,9 @@ pub(super) fn seed(
     maps: &mut Maps,
     plan: &[(u64, Conn)],
 ) -> Result<Seeding, KernelError> {
+    // The plan and the seeded connections' table hold SEEDED_CAPACITY; the rest is not
+    // tracked (and said so).
+    let (plan, beyond) = plan.split_at(plan.len().min(SEEDED_CAPACITY as usize));
     for (cookie, conn) in plan {
         maps.seed_plan.insert(cookie, conn, 0).map_err(map_err(super::object::SEED_PLAN))?;
     }
@@ -101,7 +159,7 @@ pub(super) fn seed(
     let mut file = link.into_file().map_err(|e| KernelError::Sweep(std::io::Error::other(e)))?;
     let mut out = Vec::new();
     file.read_to_end(&mut out).map_err(KernelError::Sweep)?;
-    let mut done = Seeding::default();
+    let mut done = Seeding { no_room: beyond.len(), ..Seeding::default() };
     for rec in out.chunks_exact(16) {
         match u64::from_ne_bytes(rec[8..16].try_into().unwrap_or_default()) {
             1 => done.seeded += 1,

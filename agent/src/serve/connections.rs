@@ -4,23 +4,23 @@
 //! sweeps first, so the two agree).
 #![forbid(unsafe_code)]
 
-use std::collections::{HashMap, HashSet};
+use std::{collections::HashMap, net::SocketAddr};
 
 use agent_common::{
-    CONN_SEEDED, Conn, DIR_EGRESS, VERDICT_VIOLATION, direction_label, verdict_label,
+    Brief, CONN_SEEDED, DIR_EGRESS, LIST_MAX, VERDICT_ALLOWED, VERDICT_VIOLATION, direction_label,
+    verdict_label,
 };
 use agent_core::{
     events::{addr, comm},
     ids::CellIds,
     query::Query,
 };
-use netlink_packet_sock_diag::inet::StateFlags;
 use serde::Serialize;
 
 use super::violations::End;
 use crate::{
     host::{cgroups::Resolver, clock, procs, sockdiag},
-    kernel::{LiveConn, MapsHandle},
+    kernel::{ListFilter, LiveConn, MapsHandle},
 };
 
 #[derive(Debug, Serialize)]
@@ -53,42 +53,40 @@ pub(crate) fn list(
     cgroups: &Resolver,
     q: &Query,
 ) -> Result<Vec<Connection>, String> {
-    let cell_id = q.cell.as_ref().map(|c| ids.lookup(c));
-    let keep = |c: &Conn| {
-        let verdict_ok =
-            q.verdict.is_none_or(|v| (v == "violation") == (c.verdict == VERDICT_VIOLATION));
-        let cell_ok = match cell_id {
-            None => true,
-            Some(None) => false,
-            Some(Some(id)) => c.src_cell == id || c.dst_cell == id,
-        };
-        verdict_ok && cell_ok
+    let cell = match q.cell.as_ref().map(|c| ids.lookup(c)) {
+        // A cell no connection was ever counted in has none open.
+        Some(None) => return Ok(Vec::new()),
+        Some(Some(id)) => Some(id),
+        None => None,
+    };
+    let verdict =
+        q.verdict.map(|v| if v == "violation" { VERDICT_VIOLATION } else { VERDICT_ALLOWED });
+    // The kernel filters; of what passes, the newest `limit`; then their full records.
+    let choose = |mut briefs: Vec<Brief>| {
+        briefs.sort_unstable_by_key(|b| std::cmp::Reverse(b.start_ns));
+        briefs.truncate(q.limit.min(LIST_MAX as usize));
+        briefs.into_iter().map(|b| b.cookie).collect()
     };
     let mut live: Vec<LiveConn> = maps
-        .live()
-        .map_err(|e| format!("reading the live connections failed: {e}"))?
-        .into_iter()
-        .filter(|l| keep(&l.conn))
-        .collect();
-    // Newest first.
+        .live(ListFilter { cell, verdict }, choose)
+        .map_err(|e| format!("reading the live connections failed: {e}"))?;
+    // Newest first (a connection that closed between the two passes is not listed).
     live.sort_unstable_by_key(|l| std::cmp::Reverse(l.conn.start_ns));
     live.truncate(q.limit);
     // Servers' processes: the kernel records only who connects, so the socket's inode
     // (from sock_diag, this network namespace) leads to its holder in /proc.
-    let unowned: HashSet<u64> =
-        live.iter().filter(|l| l.conn.pid == 0).map(|l| l.conn.cookie).collect();
-    let inodes: HashMap<u64, u32> = if unowned.is_empty() {
-        HashMap::new()
-    } else {
-        sockdiag::dump(StateFlags::all())
-            .map(|v| {
-                v.into_iter()
-                    .filter(|s| unowned.contains(&s.cookie) && s.inode != 0)
-                    .map(|s| (s.cookie, s.inode))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let unowned: Vec<(SocketAddr, SocketAddr, u64)> = live
+        .iter()
+        .filter(|l| l.conn.pid == 0)
+        .map(|l| {
+            let c = &l.conn;
+            let end = |a, port| SocketAddr::new(addr(c.family, a), port);
+            (end(c.local_addr, c.local_port), end(c.remote_addr, c.remote_port), c.cookie)
+        })
+        .collect();
+    let inodes: HashMap<u64, u32> = sockdiag::find(&unowned)
+        .map(|v| v.into_iter().filter(|s| s.inode != 0).map(|s| (s.cookie, s.inode)).collect())
+        .unwrap_or_default();
     let holders = procs::holders(&inodes.values().copied().collect());
 
     Ok(live

@@ -310,7 +310,10 @@ fn spawn_sweeps(maps: MapsHandle, interval: std::time::Duration) -> tokio::task:
             let m = maps.clone();
             let swept = tokio::task::spawn_blocking(move || {
                 let retired = if seeded_close { m.retire_seeded_close() } else { Ok(false) };
-                (m.sweep(), retired)
+                let swept = m.sweep();
+                // What a large scrape's response freed after it was sent goes back too.
+                sys::release_free_memory();
+                (swept, retired)
             })
             .await;
             match swept {
