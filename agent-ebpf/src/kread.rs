@@ -63,13 +63,9 @@ impl Sock {
     /// it): its counters may be mid-update.
     #[inline(always)]
     fn busy(&self) -> bool {
-        let (slock, owned) = (self.at.sk_lock_slock, self.at.sk_lock_owned);
-        if owned == slock.wrapping_add(4) {
-            // Side by side (as on every kernel so far): one read of both words.
-            return self.field::<u64>(slock).is_none_or(|w| w != 0);
-        }
-        self.field::<u32>(slock).is_none_or(|w| w != 0)
-            || self.field::<u32>(owned).is_none_or(|w| w != 0)
+        let slock = self.field::<u32>(self.at.sk_lock_slock).unwrap_or(1);
+        let owned = self.field::<u32>(self.at.sk_lock_owned).unwrap_or(1);
+        slock != 0 || owned != 0
     }
 
     /// Payload bytes sent once (`bytes_sent - bytes_retrans`).

@@ -32,8 +32,13 @@ pub struct Netns {
 }
 
 fn sh(cmd: &str) {
-    let ok = Command::new("sh").args(["-c", cmd]).status();
-    assert!(ok.is_ok_and(|s| s.success()), "`{cmd}` failed (iproute2 is installed by setup)");
+    let out = Command::new("sh").args(["-c", cmd]).output();
+    let err = out.as_ref().map(|o| String::from_utf8_lossy(&o.stderr).into_owned());
+    assert!(
+        out.is_ok_and(|o| o.status.success()),
+        "`{cmd}` failed (iproute2 is installed by setup): {}",
+        err.unwrap_or_else(|e| e.to_string())
+    );
 }
 
 /// `nodad` for IPv6 (usable at once, no duplicate address detection); IPv4 has none.
