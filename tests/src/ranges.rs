@@ -15,6 +15,7 @@
 //! | restart | 127.170–178 | four tests: 170–171, 172–173, 174–175, 176–178 |
 //! | cells | 127.200–215 | 200–207 the property test's universe (127.200.0.0/13), 210–215 the reload tests |
 //! | http | 127.230–231 | cell-a, cell-b |
+//! | top | 127.246–247 | top-a, top-b: shared by the area's tests, which take turns (a lock in `top.rs`) |
 //! | enforce, network namespace | 10.251.0.0/16, and fd00:251::/64 | the veth pair of the pod-like namespace the test makes |
 //! | deploy | 10.0–2 | fixed by the shipped cell map (`deploy/kustomize/cells.yaml`); no traffic |
 //!
@@ -64,6 +65,7 @@ pub const ENFORCE: Block = Block::new(127, 140, 153);
 pub const RESTART: Block = Block::new(127, 170, 178);
 pub const CELLS: Block = Block::new(127, 200, 215);
 pub const HTTP: Block = Block::new(127, 230, 231);
+pub const TOP: Block = Block::new(127, 246, 247);
 /// With fd00:251::/64 for IPv6 (`fd00:{ENFORCE_NETNS.first}::`).
 pub const ENFORCE_NETNS: Block = Block::new(10, 251, 251);
 pub const DEPLOY: Block = Block::new(10, 0, 2);
@@ -79,6 +81,7 @@ pub const TABLE: &[(&str, Block)] = &[
     ("restart", RESTART),
     ("cells", CELLS),
     ("http", HTTP),
+    ("top", TOP),
     ("enforce, network namespace", ENFORCE_NETNS),
     ("deploy", DEPLOY),
 ];

@@ -13,3 +13,4 @@ mod prometheus;
 mod restart;
 mod startup;
 mod telemetry;
+mod top;
