@@ -11,6 +11,7 @@
 //! - [`promtext`]: the Prometheus text read back into samples.
 //! - [`events`]: ring-buffer records decoded, and the kernel's address encodings.
 //! - [`query`]: the query strings of the JSON endpoints.
+//! - [`top`]: `cellwatch top`'s rows from two scrapes, and the newest violation per pair.
 #![forbid(unsafe_code)]
 
 pub mod btf;
@@ -22,3 +23,4 @@ pub mod names;
 pub mod policy;
 pub mod promtext;
 pub mod query;
+pub mod top;

@@ -1,10 +1,10 @@
-//! The command line: `run`, `demo`, `check-config` and `uninstall`.
+//! The command line: `run`, `demo`, `top`, `check-config` and `uninstall`.
 #![forbid(unsafe_code)]
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use agent_core::metrics::Buckets;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::logging::LogFormat;
 
@@ -14,6 +14,8 @@ pub(crate) const DEFAULT_BPFFS: &str = "/sys/fs/bpf/cellwatch";
 pub(crate) const DEFAULT_DEMO_BPFFS: &str = "/sys/fs/bpf/cellwatch-demo";
 /// Default address of the HTTP endpoints.
 pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:9473";
+/// Where `top` finds the agent by default: `DEFAULT_LISTEN`.
+pub(crate) const DEFAULT_TOP_URL: &str = "http://127.0.0.1:9473";
 /// Default number of live connections tracked in the kernel.
 pub(crate) const DEFAULT_CONN_CAPACITY: u32 = 131_072;
 /// Default interval of the live sweep.
@@ -44,8 +46,13 @@ pub(crate) enum Command {
     /// Run the agent: attach the eBPF programs and serve /metrics.
     Run(RunArgs),
     /// Run the agent on an embedded demo cell map over loopback with sample traffic,
-    /// leakage included, printing a per-pair table; stops by itself or on Ctrl-C.
+    /// leakage included, showing a per-pair table and the newest violations; stops by
+    /// itself or on Ctrl-C.
     Demo(DemoArgs),
+    /// A live terminal view of a running agent: per cell pair, connections and
+    /// violations per second, bytes per second, connect latency and RTT; and the newest
+    /// violations. Keys: q quits, s cycles the sort, / filters by cell.
+    Top(TopArgs),
     /// Check a config file: exit 0 with a summary, or 2 with FILE:LINE:COL per problem.
     CheckConfig {
         /// The YAML cell map to check.
@@ -127,6 +134,36 @@ pub(crate) struct DemoArgs {
     pub(crate) duration: u64,
     #[command(flatten)]
     pub(crate) node: NodeArgs,
+    /// Log lines (the agent's, one per violation among them) on stderr instead of in a
+    /// file; the screen is then appended to rather than redrawn in place.
+    #[arg(long)]
+    pub(crate) verbose: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct TopArgs {
+    /// The agent's HTTP endpoints (its `--listen` address).
+    #[arg(long, default_value = DEFAULT_TOP_URL)]
+    pub(crate) url: String,
+    /// Print one plain table (two scrapes two seconds apart) and the newest violations,
+    /// then exit: for scripts.
+    #[arg(long)]
+    pub(crate) once: bool,
+    /// The order of the pairs, highest first (the `s` key cycles it).
+    #[arg(long, value_enum, default_value_t = TopSort::Opened)]
+    pub(crate) sort: TopSort,
+    /// Show only the pairs with this cell at either end (the `/` key changes it).
+    #[arg(long)]
+    pub(crate) cell: Option<String>,
+}
+
+/// `top --sort`: opened or violations per second, bytes per second, or RTT p99.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum TopSort {
+    Opened,
+    Violations,
+    Bytes,
+    Rtt,
 }
 
 fn pow2_kib(s: &str) -> Result<u32, String> {

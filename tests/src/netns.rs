@@ -31,14 +31,16 @@ pub struct Netns {
     forwarder: Option<Forwarder>,
 }
 
-fn sh(cmd: &str) {
-    let out = Command::new("sh").args(["-c", cmd]).output();
-    let err = out.as_ref().map(|o| String::from_utf8_lossy(&o.stderr).into_owned());
-    assert!(
-        out.is_ok_and(|o| o.status.success()),
-        "`{cmd}` failed (iproute2 is installed by setup): {}",
-        err.unwrap_or_else(|e| e.to_string())
-    );
+/// Runs `cmd` (words split at spaces; no shell, whose built-in applets could shadow
+/// iproute2 where busybox is the shell).
+fn run(cmd: &str) {
+    let mut words = cmd.split_whitespace();
+    let program = words.next().unwrap_or_default();
+    let (ok, why) = match Command::new(program).args(words).output() {
+        Ok(o) => (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned()),
+        Err(e) => (false, e.to_string()),
+    };
+    assert!(ok, "`{cmd}` failed (iproute2 is installed by setup): {why}");
 }
 
 /// `nodad` for IPv6 (usable at once, no duplicate address detection); IPv4 has none.
@@ -55,9 +57,9 @@ impl Netns {
             .args(["netns", "del", &name])
             .stderr(std::process::Stdio::null())
             .status();
-        sh(&format!("ip netns add {name}"));
+        run(&format!("ip netns add {name}"));
         let ns = Self { name, host_if, forwarder: None };
-        sh(&format!("ip -n {} link set lo up", ns.name));
+        run(&format!("ip -n {} link set lo up", ns.name));
         ns
     }
 
@@ -68,8 +70,8 @@ impl Netns {
         ns.veth();
         let (n, h) = (&ns.name, &ns.host_if);
         for &(outside, inside, prefix) in addrs {
-            sh(&format!("ip addr add {outside}/{prefix} dev {h}{}", nodad(outside)));
-            sh(&format!("ip -n {n} addr add {inside}/{prefix} dev {n}n{}", nodad(inside)));
+            run(&format!("ip addr add {outside}/{prefix} dev {h}{}", nodad(outside)));
+            run(&format!("ip -n {n} addr add {inside}/{prefix} dev {n}n{}", nodad(inside)));
         }
         ns.up();
         ns
@@ -77,24 +79,24 @@ impl Netns {
 
     /// One more address on this namespace's end of the link.
     pub fn alias(&self, outside: IpAddr, prefix: u8) {
-        sh(&format!("ip addr add {outside}/{prefix} dev {}{}", self.host_if, nodad(outside)));
+        run(&format!("ip addr add {outside}/{prefix} dev {}{}", self.host_if, nodad(outside)));
     }
 
     fn veth(&self) {
-        sh(&format!("ip link add {} type veth peer name {}n", self.host_if, self.name));
-        sh(&format!("ip link set {0}n netns {0}", self.name));
+        run(&format!("ip link add {} type veth peer name {}n", self.host_if, self.name));
+        run(&format!("ip link set {0}n netns {0}", self.name));
     }
 
     /// Point-to-point addresses: `outside` here, `inside` there, each the other's peer.
     fn peers(&self, outside: IpAddr, inside: IpAddr) {
         let (n, h) = (&self.name, &self.host_if);
-        sh(&format!("ip addr add {outside} peer {inside} dev {h}{}", nodad(outside)));
-        sh(&format!("ip -n {n} addr add {inside} peer {outside} dev {n}n{}", nodad(inside)));
+        run(&format!("ip addr add {outside} peer {inside} dev {h}{}", nodad(outside)));
+        run(&format!("ip -n {n} addr add {inside} peer {outside} dev {n}n{}", nodad(inside)));
     }
 
     fn up(&self) {
-        sh(&format!("ip link set {} up", self.host_if));
-        sh(&format!("ip -n {0} link set {0}n up", self.name));
+        run(&format!("ip link set {} up", self.host_if));
+        run(&format!("ip -n {0} link set {0}n up", self.name));
     }
 
     /// A namespace at `inside` reached from `outside` over a path where every packet each
@@ -117,14 +119,14 @@ impl Netns {
             .output()
             .expect("tc (iproute2 is installed by setup)");
         if root.status.success() {
-            sh(&format!("ip netns exec {n} tc qdisc add dev {n}n root {netem}"));
+            run(&format!("ip netns exec {n} tc qdisc add dev {n}n root {netem}"));
         } else {
             eprintln!(
                 "no netem here ({}): a TUN pair with a forwarder makes the {delay_ms} ms, \
                  {loss_percent}% path instead",
                 String::from_utf8_lossy(&root.stderr).trim()
             );
-            sh(&format!("ip link del {h}"));
+            run(&format!("ip link del {h}"));
             let outer = tun(&h).unwrap_or_else(|e| panic!("TUN device {h}: {e}"));
             let inner =
                 ns.inside(|| tun(&format!("{n}n"))).unwrap_or_else(|e| panic!("TUN in {n}: {e}"));
@@ -139,7 +141,7 @@ impl Netns {
     /// Runs `f` on a thread that entered the namespace, so sockets and devices it makes
     /// live there.
     pub fn inside<T: Send>(&self, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
-        let ns = File::open(format!("/var/run/netns/{}", self.name))?;
+        let ns = File::open(format!("/run/netns/{}", self.name))?;
         std::thread::scope(|s| {
             s.spawn(|| {
                 // SAFETY: setns(2) with an open namespace file and CLONE_NEWNET changes only

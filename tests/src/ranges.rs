@@ -10,7 +10,7 @@
 //! | foundation | 127.31–38 | four tests, two cells each (31–32, 33–34, 35–36, 37–38) |
 //! | telemetry | 127.50–99, and ::1 | six tests, three cells each (shared, blue, green) from 50, 60, 70, 80, 90, 95; blue also holds ::1, which no other area uses |
 //! | demo | 127.100 | fixed by the demo's embedded cell map (`agent/src/cmd/demo/demo.yaml`) |
-//! | prometheus | 127.120–122 | global, cell-a, cell-b |
+//! | prometheus | 127.120–123 | global, cell-a, cell-b, cell-c (a connection open all along) |
 //! | enforce | 127.140–153 | 140–143 and 144–145 (one test each), 150–153 (the dry run) |
 //! | restart | 127.170–178 | four tests: 170–171, 172–173, 174–175, 176–178 |
 //! | cells | 127.200–215 | 200–207 the property test's universe (127.200.0.0/13), 210–215 the reload tests |
@@ -18,6 +18,7 @@
 //! | churn | 127.160–162 | cell-a (allowed clients), cell-c (violating clients), cell-b (the server) |
 //! | live | 127.240–245 | three tests, two cells each (240–241, 242–243, 244–245) |
 //! | live, network namespace | 10.240.0.0/16 | the veth pair of the slow, lossy path the test makes |
+//! | top | 127.246–247 | top-a, top-b: shared by the area's tests, which take turns (a lock in `top.rs`) |
 //! | enforce, network namespace | 10.251.0.0/16, and fd00:251::/64 | the veth pair of the pod-like namespace the test makes |
 //! | deploy | 10.0–2 | fixed by the shipped cell map (`deploy/kustomize/cells.yaml`); no traffic |
 //!
@@ -71,6 +72,7 @@ pub const LIVE: Block = Block::new(127, 240, 245);
 pub const CHURN: Block = Block::new(127, 160, 162);
 /// The veth pairs of the live area's network namespaces (a slow, lossy path).
 pub const LIVE_NETNS: Block = Block::new(10, 240, 240);
+pub const TOP: Block = Block::new(127, 246, 247);
 /// With fd00:251::/64 for IPv6 (`fd00:{ENFORCE_NETNS.first}::`).
 pub const ENFORCE_NETNS: Block = Block::new(10, 251, 251);
 pub const DEPLOY: Block = Block::new(10, 0, 2);
@@ -89,6 +91,7 @@ pub const TABLE: &[(&str, Block)] = &[
     ("live", LIVE),
     ("churn", CHURN),
     ("live, network namespace", LIVE_NETNS),
+    ("top", TOP),
     ("enforce, network namespace", ENFORCE_NETNS),
     ("deploy", DEPLOY),
 ];

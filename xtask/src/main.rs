@@ -1,13 +1,13 @@
 //! `cargo xtask`: the project's own tasks, so a fresh machine needs one command each.
 //! This file is the command line and its dispatch; each task lives in its own module:
 //!
-//! - `setup` ([`setup`]): install what building and testing cellwatch needs (idempotent:
-//!   what is there stays);
+//! - `setup` ([`setup`]): install what building, running and testing cellwatch needs,
+//!   saying what each thing is for (idempotent: what is there stays);
 //! - `test` ([`checks`]): every check CI runs (format, lints, licences and sources, unit
 //!   tests, privileged integration tests, the kernel matrix, benchmark smoke runs, fuzzing);
 //! - `ci`: `setup` then `test`;
-//! - `run`, `demo` ([`run`]): `setup`, build, and run the agent (arguments after `--` go
-//!   to `cellwatch run` or `cellwatch demo`);
+//! - `run`, `demo` ([`run`]): set up only what building and running the agent needs,
+//!   build, and run it (arguments after `--` go to `cellwatch run` or `cellwatch demo`);
 //! - `bench` ([`bench`]): benchmarks recorded in BENCHMARKS.md;
 //! - `vm-test` ([`vm`]): the privileged tests on other kernels, under qemu.
 //!
@@ -33,7 +33,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install the eBPF toolchain and test tools (idempotent).
+    /// Install what building, running and testing need, saying why (idempotent).
     Setup,
     /// Run every check: fmt, clippy (host and eBPF), unit and privileged tests, cargo deny.
     Test,
@@ -54,7 +54,7 @@ enum Task {
         #[arg(long)]
         targets: String,
     },
-    /// Setup, build in release mode, and run the agent.
+    /// Set up what building and running need, build in release mode, and run the agent.
     Run {
         /// Arguments for `cellwatch run`, e.g. `-- --config cells.yaml`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -66,7 +66,8 @@ enum Task {
         /// Kernel series (`6.1`: the newest Debian cloud package of it) or vmlinuz paths.
         kernels: Vec<String>,
     },
-    /// Setup, build in release mode, and run `cellwatch demo` (sample traffic, leaks included).
+    /// Set up what building and running need, build, and run `cellwatch demo` (sample
+    /// traffic, leaks included).
     Demo {
         /// Arguments for `cellwatch demo`, e.g. `-- --duration 60`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -89,11 +90,11 @@ fn main() -> Result<()> {
         Task::Bench { which } => bench::run(which),
         Task::Hold { count, helper, targets } => bench::hold(count, helper, &targets),
         Task::Run { args } => {
-            setup::all()?;
+            setup::for_agent()?;
             run::agent("run", &args)
         }
         Task::Demo { args } => {
-            setup::all()?;
+            setup::for_agent()?;
             run::agent("demo", &args)
         }
         Task::VmTest { kernels } => vm::vm_test(&kernels),

@@ -4,7 +4,9 @@
 
 mod check_config;
 mod demo;
+mod fetch;
 mod run;
+mod top;
 mod uninstall;
 
 use std::process::ExitCode;
@@ -21,8 +23,11 @@ const EXIT_CONFIG: u8 = 2;
 
 pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format);
-    match dispatch(cli.command) {
+    // The demo logs to a file of its own unless `--verbose`: it sets logging up itself.
+    if !matches!(cli.command, Command::Demo(_)) {
+        logging::init(cli.log_format);
+    }
+    match dispatch(cli.command, cli.log_format) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let code = match e.downcast_ref::<run::RunError>() {
@@ -49,10 +54,11 @@ fn sentence(e: &anyhow::Error) -> String {
     out
 }
 
-fn dispatch(command: Command) -> anyhow::Result<()> {
+fn dispatch(command: Command, log_format: logging::LogFormat) -> anyhow::Result<()> {
     match command {
         Command::Run(args) => run::run(&args)?,
-        Command::Demo(args) => demo::demo(&args)?,
+        Command::Demo(args) => demo::demo(&args, log_format)?,
+        Command::Top(args) => top::top(&args)?,
         Command::CheckConfig { file } => check_config::check_config(&file)?,
         Command::Uninstall { bpffs } => uninstall::uninstall(&bpffs)?,
     }

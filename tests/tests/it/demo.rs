@@ -1,24 +1,34 @@
 //! `cellwatch demo`: it runs the agent with its sample traffic, prints where to look and
-//! a table whose numbers match the traffic it made, marks the leaks, and stops by itself
-//! or on SIGINT, leaving no program loaded and no server listening.
+//! a table whose numbers match the traffic it made, marks the leaks, shows the newest
+//! violation of each pair, keeps its log lines in a file (on stderr with `--verbose`),
+//! and stops by itself or on SIGINT, leaving no program loaded and no server listening.
+//! On a pipe it appends its frames; in a terminal (tmux) it redraws them in place.
 //!
-//! One test function: two demos side by side would count each other's connections
-//! (both watch 127.100.0.0/16).
+//! Two demos side by side would count each other's connections (both watch
+//! 127.100.0.0/16), so the tests take turns ([`turn`]).
 use std::{
     io::{BufRead, BufReader, Read},
     net::TcpListener,
     process::{Child, Command, Stdio},
-    sync::mpsc,
+    sync::{Mutex, MutexGuard, mpsc},
     thread,
     time::{Duration, Instant},
 };
 
 use cellwatch_tests::{agent_bin, prog_ids_of, ranges::DEMO};
 
+use crate::top::Tmux;
+
+fn turn() -> MutexGuard<'static, ()> {
+    static DEMO_CELLS: Mutex<()> = Mutex::new(());
+    DEMO_CELLS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Starts `cellwatch demo` with stdout piped; stdout lines arrive on the receiver.
-fn spawn_demo(duration: u32) -> (Child, mpsc::Receiver<String>) {
+fn spawn_demo(duration: u32, more: &[&str]) -> (Child, mpsc::Receiver<String>) {
     let mut child = Command::new(agent_bin())
         .args(["demo", "--duration", &duration.to_string(), "--listen", "127.0.0.1:0"])
+        .args(more)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -106,24 +116,18 @@ fn assert_unloaded(ids: &[u32]) {
     cellwatch_tests::assert_unloaded(ids, "the demo exited");
 }
 
-#[test]
-fn demo_counts_exactly_marks_leaks_and_cleans_up() {
-    // Runs to the end by itself.
-    let (child, rx) = spawn_demo(7);
-    let head = lines_until(&rx, Duration::from_secs(30), |l| l.contains("/violations"));
-    assert!(
-        head.iter().any(|l| l.contains("metrics:") && l.contains("http://127.0.0.1:")),
-        "{head:?}"
-    );
-    let ids = prog_ids_of(child.id());
-    let all = lines_until(&rx, Duration::from_secs(40), |l| l.starts_with("cellwatch demo: made"));
-    let (status, err) = finish(child, Duration::from_secs(15));
-    assert!(status.success(), "demo exited with {status}:\n{err}");
-    assert_unloaded(&ids);
+/// The demo's log file, from the `log:` line of its head.
+fn log_file(head: &[String]) -> std::path::PathBuf {
+    let line = head.iter().find_map(|l| l.trim().strip_prefix("log:")).expect("a log: line");
+    let path = line.split_whitespace().next().expect("a path");
+    assert!(path.starts_with('/') && path.ends_with(".log"), "{line}");
+    path.into()
+}
 
-    let summary = all.last().expect("summary");
-    let final_at = all.iter().position(|l| l.contains("(final)")).expect("a final table");
-    let table = &all[final_at..];
+/// Asserts the final table (from its `(final)` heading on) against the summary line,
+/// and that the violation panel has one line per leaking pair, with the demo's process
+/// and both addresses.
+fn assert_final(table: &[String], summary: &str, pid: &str) {
     let in_cell = count_before(summary, "allowed in-cell");
     let by_rule = count_before(summary, "allowed by");
     let leaks = count_before(summary, "cross-cell leaks");
@@ -140,17 +144,114 @@ fn demo_counts_exactly_marks_leaks_and_cleans_up() {
     assert_eq!(row(table, "cell-1", "cell-3"), [0, refused, 0, refused, 0, 0]);
     let marked: Vec<_> = table.iter().filter(|l| l.contains("<- cross-cell leak")).collect();
     assert_eq!(marked.len(), 2, "{}", table.join("\n"));
-    assert!(err.contains("cross-cell connection against policy"), "violations are logged:\n{err}");
+    for (pair, from, to) in [
+        ("cell-3 -> cell-2", "127.100.3.10:", "127.100.2.1:"),
+        ("cell-1 -> cell-3", "127.100.1.10:", "127.100.3.1:"),
+    ] {
+        let lines: Vec<&String> = table.iter().filter(|l| l.contains(pair)).collect();
+        assert_eq!(lines.len(), 1, "one line for {pair}:\n{}", table.join("\n"));
+        let l = lines[0];
+        assert!(
+            l.contains(&format!("[{pid}]")) && l.contains(from) && l.contains(&format!("-> {to}")),
+            "{l}"
+        );
+    }
+}
 
-    // Stopped early by SIGINT: exits 0, programs unloaded, its servers gone.
-    let (child, rx) = spawn_demo(600);
-    lines_until(&rx, Duration::from_secs(40), |l| l.starts_with("cell pairs"));
+#[test]
+fn demo_counts_exactly_marks_leaks_and_cleans_up() {
+    let _turn = turn();
+    // Runs to the end by itself.
+    let (child, rx) = spawn_demo(7, &[]);
+    let head = lines_until(&rx, Duration::from_secs(30), |l| l.trim().starts_with("log:"));
+    assert!(
+        head.iter().any(|l| l.contains("metrics:") && l.contains("http://127.0.0.1:")),
+        "{head:?}"
+    );
+    let log = log_file(&head);
+    let ids = prog_ids_of(child.id());
+    let all = lines_until(&rx, Duration::from_secs(40), |l| l.starts_with("cellwatch demo: made"));
+    let (status, err) = finish(child, Duration::from_secs(15));
+    assert!(status.success(), "demo exited with {status}:\n{err}");
+    assert_unloaded(&ids);
+
+    let summary = all.last().expect("summary");
+    let final_at = all.iter().position(|l| l.contains("(final)")).expect("a final table");
+    assert_final(&all[final_at..], summary, &pid_of_log(&log));
+    // On a pipe, every frame is appended.
+    let frames = all.iter().filter(|l| l.starts_with("cell pairs, client side")).count();
+    assert!(frames >= 2, "{}", all.join("\n"));
+    // The log lines went to the file, not to the screen.
+    assert!(err.is_empty(), "stderr without --verbose:\n{err}");
+    let logged = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+    let _ = std::fs::remove_file(&log);
+    assert!(
+        logged.contains("cross-cell connection against policy"),
+        "violations are logged:\n{logged}"
+    );
+
+    // Stopped early by SIGINT: exits 0, programs unloaded, its servers gone. With
+    // --verbose, the log is on stderr.
+    let (child, rx) = spawn_demo(600, &["--verbose"]);
+    let head = lines_until(&rx, Duration::from_secs(40), |l| l.starts_with("cell pairs"));
+    assert!(head.iter().any(|l| l.trim() == "log:         stderr"), "{head:?}");
     let ids = prog_ids_of(child.id());
     let ok = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
     assert!(ok.is_ok_and(|s| s.success()));
     let (status, err) = finish(child, Duration::from_secs(15));
     assert!(status.success(), "demo exited with {status} on SIGINT:\n{err}");
+    assert!(err.contains("SIGINT: stopping"), "--verbose logs on stderr:\n{err}");
     assert_unloaded(&ids);
     let rebind = TcpListener::bind((DEMO.ip(0, 2, 1), 15432));
     assert!(rebind.is_ok(), "the demo's database port is still taken: {rebind:?}");
+}
+
+/// The pid in the log file's name (`cellwatch-demo-PID.log`): the demo's process.
+fn pid_of_log(log: &std::path::Path) -> String {
+    let name = log.file_name().and_then(|n| n.to_str()).expect("a file name");
+    name.trim_start_matches("cellwatch-demo-").trim_end_matches(".log").to_owned()
+}
+
+#[test]
+fn in_a_terminal_the_demo_redraws_in_place() {
+    let _turn = turn();
+    let tmux = Tmux::start(200, 50);
+    let command = format!("{} demo --duration 8 --listen 127.0.0.1:0", agent_bin().display());
+    tmux.line(&command);
+    // A few frames in: still one table and one panel, in place, under the head.
+    let s = tmux.wait_for("a frame after 3 s", Duration::from_secs(40), |s| {
+        s.lines().any(|l| {
+            l.starts_with("cell pairs, client side (after ")
+                && !l.contains("(after 1 s")
+                && !l.contains("(after 2 s")
+        })
+    });
+    let history = tmux.history();
+    assert_eq!(
+        history.matches("cell pairs, client side").count(),
+        1,
+        "redrawn, not appended:\n{history}"
+    );
+    assert_eq!(history.matches("newest violations").count(), 1, "{history}");
+    assert!(
+        !history.contains(" INFO ") && !history.contains("against policy"),
+        "log lines on screen:\n{history}"
+    );
+    let head: Vec<String> = s.lines().map(str::to_owned).collect();
+    let log = log_file(&head);
+    assert!(log.exists(), "{}", log.display());
+
+    // The end: the final frame in place, the summary under it, the prompt back.
+    let s = tmux
+        .wait_for("the summary", Duration::from_secs(40), |s| s.contains("cellwatch demo: made"));
+    tmux.assert_restored(&command);
+    let history = tmux.history();
+    assert_eq!(history.matches("cell pairs, client side").count(), 1, "{history}");
+    let lines: Vec<String> = s.lines().map(str::to_owned).collect();
+    let summary = lines.iter().find(|l| l.starts_with("cellwatch demo: made")).expect("summary");
+    let final_at = lines.iter().position(|l| l.contains("(final)")).expect("the final table");
+    assert_final(&lines[final_at..], summary, &pid_of_log(&log));
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert!(logged.contains("cross-cell connection against policy"), "{logged}");
 }

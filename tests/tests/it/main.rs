@@ -15,3 +15,4 @@ mod prometheus;
 mod restart;
 mod startup;
 mod telemetry;
+mod top;

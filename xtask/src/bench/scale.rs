@@ -54,7 +54,7 @@ pub(crate) fn scale(smoke: bool) -> Result<()> {
     let window = Duration::from_secs(if smoke { 6 } else { 40 });
     let mut held_rows = String::from(
         "| connections open (tracked sockets) | opened in | agent CPU, share of one core | CPU per \
-         sweep | `/metrics`, gzip | `/connections?limit=100` | agent RSS | kernel map memory |\n\
+         sweep | `/metrics`, gzip | `/connections?limit=100` | agent RSS | kernel map memory (`bytes_memlock`; socket storage is charged per socket, not here) |\n\
          |---|---|---|---|---|---|---|---|\n",
     );
     for &n in held {
@@ -78,9 +78,11 @@ pub(crate) fn scale(smoke: bool) -> Result<()> {
          Targets (issue 17): at most 40 samples per active pair; `/metrics` at 10,000 active \
          pairs in under 100 ms and under 20 MB, with agent RSS under 40 MiB.\n\n\
          Pair-table losses: the per-pair map allocates an entry on first use (no \
-         preallocation, so idle capacity costs nothing). Under a burst of thousands of new \
-         pairs at once, the kernel's BPF allocator can run dry and an insert fails. The loss \
-         is counted in `cellwatch_events_lost_total{{source=\"pair_table_full\"}}`.\n\n\
+         preallocation, so idle capacity costs nothing). A burst of thousands of new pairs at \
+         once can drain the kernel's per-CPU allocator caches; those pairs' figures then go \
+         to a small preallocated table shared by the CPUs (`pair_overflow`), so none is lost. \
+         Only both tables full would count in \
+         `cellwatch_events_lost_total{{source=\"pair_table_full\"}}`.\n\n\
          Connections held open from cell-a to cell-b by three helper processes, at the \
          default `--live-interval` (10 s): the agent's CPU (user and system, the sweep's \
          kernel iterator included: it runs in the agent's read) over {} s, and what that is \

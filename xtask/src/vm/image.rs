@@ -61,10 +61,9 @@ pub(super) fn initramfs(work: &Path, agent: &Path, tests: &Path) -> Result<PathB
     if root_dir.exists() {
         std::fs::remove_dir_all(&root_dir)?;
     }
-    for d in [
-        "bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "tests", "etc",
-        "var/run",
-    ] {
+    for d in
+        ["bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "tests", "etc", "run"]
+    {
         std::fs::create_dir_all(root_dir.join(d))?;
     }
     let mut elves = Vec::new();

@@ -32,8 +32,8 @@ pub(crate) fn main() -> ! {
         ("sysfs", "/sys"),
         ("devtmpfs", "/dev"),
         ("tmpfs", "/tmp"),
-        // `ip netns` keeps its namespaces under /var/run/netns, bind mounts on a tmpfs.
-        ("tmpfs", "/var/run"),
+        // `ip netns` keeps its namespaces under /run/netns, bind mounts on a tmpfs.
+        ("tmpfs", "/run"),
         ("cgroup2", "/sys/fs/cgroup"),
         ("bpf", "/sys/fs/bpf"),
         ("tracefs", "/sys/kernel/tracing"),

@@ -1,40 +1,52 @@
 //! `cellwatch demo`: the agent on an embedded demo cell map over loopback addresses,
-//! with sample traffic (leakage included) and a live per-pair table on stdout.
+//! with sample traffic (leakage included) and a live screen on stdout: the per-pair
+//! table and the newest violation of each pair, redrawn in place on a terminal
+//! ([`screen`]). Log lines go to a file named on screen, or to stderr ([`log`]).
 #![forbid(unsafe_code)]
 
+mod log;
+mod screen;
 mod table;
 mod traffic;
 
 use std::{
-    io::IsTerminal,
     net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
     time::Duration,
 };
 
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
     task::JoinSet,
     time::{Instant, MissedTickBehavior},
 };
 
-use agent_core::{config::Config, promtext};
+use agent_core::{config::Config, promtext, top};
 
-use super::run::{self, RunError};
+use super::{
+    fetch,
+    run::{self, RunError},
+};
 use crate::{
     cli::{self, DemoArgs, RunArgs},
     kernel::unpin,
+    logging::LogFormat,
 };
+use screen::Screen;
 
 /// The demo's cell map: global and cell-1 to cell-3 on 127.100.0.0/16.
 pub(crate) const DEMO_YAML: &str = include_str!("demo.yaml");
 
-/// How often the table is printed.
-const TABLE_EVERY: Duration = Duration::from_secs(3);
+/// How long a read of the agent's own endpoints may take.
+const FETCH_LIMIT: Duration = Duration::from_secs(5);
+/// How many pairs the violation panel shows at most.
+const PANEL_PAIRS: usize = 6;
 
 /// Runs the agent and the demo traffic for `args.duration`, or until SIGINT/SIGTERM.
-pub(crate) fn demo(args: &DemoArgs) -> Result<(), RunError> {
+/// It sets up its own logging (a file, or stderr with `--verbose`).
+pub(crate) fn demo(args: &DemoArgs, log_format: LogFormat) -> Result<(), RunError> {
     let started = std::time::Instant::now();
+    let log = log::init(log_format, args.verbose)?;
+    let screen = Screen::new(args.verbose);
     let config = Config::parse("<embedded demo>", DEMO_YAML)?;
     let parsed_ms = started.elapsed().as_secs_f64() * 1e3;
     let bpffs = args.node.bpffs_or(cli::DEFAULT_DEMO_BPFFS);
@@ -54,7 +66,7 @@ pub(crate) fn demo(args: &DemoArgs) -> Result<(), RunError> {
     };
     let duration = Duration::from_secs(args.duration);
     let outcome = run::run_with(&run_args, config, DEMO_YAML.as_bytes(), parsed_ms, move |addr| {
-        session(addr, duration)
+        session(addr, duration, screen, log)
     });
     // The demo leaves nothing behind: its pinned programs and maps go with it.
     let removed = unpin::uninstall(&bpffs);
@@ -68,15 +80,25 @@ pub(crate) fn demo(args: &DemoArgs) -> Result<(), RunError> {
     }
 }
 
-/// The demo proper, once the agent serves at `addr`: traffic, a table every few seconds,
-/// and a summary. Dropping it (on a signal) stops the traffic and the servers.
-async fn session(addr: SocketAddr, duration: Duration) -> Result<(), String> {
+/// The demo proper, once the agent serves at `addr`: traffic, a frame every second or
+/// few, and a summary. Dropping it (on a signal) stops the traffic and the servers.
+async fn session(
+    addr: SocketAddr,
+    duration: Duration,
+    mut screen: Screen,
+    log: Option<PathBuf>,
+) -> Result<(), String> {
     let base = format!("http://{}", local(addr));
+    let log = match log {
+        Some(p) => format!("{} (--verbose puts it on stderr)", p.display()),
+        None => "stderr".to_owned(),
+    };
     println!(
         "cellwatch demo: the agent watches cells global, cell-1, cell-2 and cell-3 on \
-         127.100.0.0/16 for {} s (Ctrl-C stops it sooner).\n  metrics:     {base}/metrics\n  \
+         127.100.0.0/16\nfor {} s (Ctrl-C stops it sooner).\n  metrics:     {base}/metrics\n  \
          connections: {base}/connections\n  violations:  {base}/violations\n  try:         curl -s \
-         {base}/metrics | grep cellwatch_boundary_violations_total\n",
+         {base}/metrics | grep cellwatch_boundary_violations_total\n  live view:   cellwatch top \
+         --url {base}\n  log:         {log}\n",
         duration.as_secs()
     );
     // Dropping these sets (at the end, or on a signal) stops every task in them.
@@ -85,14 +107,15 @@ async fn session(addr: SocketAddr, duration: Duration) -> Result<(), String> {
     let deadline = Instant::now() + duration;
     let mut generator = JoinSet::new();
     generator.spawn(async move { traffic.generate(deadline).await });
-    let color = std::io::stdout().is_terminal();
     let started = Instant::now();
-    let mut tick = tokio::time::interval_at(Instant::now() + TABLE_EVERY, TABLE_EVERY);
+    let every = screen.every();
+    let mut tick = tokio::time::interval_at(Instant::now() + every, every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let done = loop {
         tokio::select! {
             _ = tick.tick() => {
-                print_table(addr, color, &format!("after {} s", started.elapsed().as_secs())).await;
+                let (now, all) = (started.elapsed().as_secs(), duration.as_secs());
+                screen.show(&frame(addr, screen.color(), &format!("after {now} s of {all}")).await);
             }
             done = generator.join_next() => break done,
         }
@@ -100,7 +123,7 @@ async fn session(addr: SocketAddr, duration: Duration) -> Result<(), String> {
     let Some(Ok(tally)) = done else {
         return Err("the demo traffic generator stopped unexpectedly".to_owned());
     };
-    print_table(addr, color, "final").await;
+    screen.show(&frame(addr, screen.color(), "final").await);
     println!(
         "cellwatch demo: made {} connections: {} allowed in-cell or to global, {} allowed by \
          the cell-1 -> cell-2 rule, {} cross-cell leaks, {} refused leaks{}. Stopping.",
@@ -129,34 +152,28 @@ fn local(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-async fn print_table(addr: SocketAddr, color: bool, when: &str) {
-    match scrape(local(addr)).await {
-        Ok(text) => {
-            let t = table::build(&promtext::parse(&text));
-            println!("cell pairs, client side ({when}):\n{}", table::render(&t, color));
-        }
-        Err(e) => println!("cellwatch demo: reading {addr}/metrics failed: {e}"),
-    }
-}
-
-/// GET /metrics from the agent itself, as any scraper would.
-async fn scrape(addr: SocketAddr) -> std::io::Result<String> {
-    let fetch = async {
-        let mut s = TcpStream::connect(addr).await?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await?;
-        let mut raw = String::new();
-        s.read_to_string(&mut raw).await?;
-        Ok::<_, std::io::Error>(raw)
+/// One frame, read from the agent's own `/metrics` and `/violations`.
+async fn frame(addr: SocketAddr, color: bool, when: &str) -> String {
+    let at = local(addr);
+    let heading = format!("cell pairs, client side ({when}):");
+    let table = match fetch::get(at, "/metrics", FETCH_LIMIT).await {
+        Ok(text) => table::render(&table::build(&promtext::parse(&text)), color),
+        Err(e) => format!("  reading {at}/metrics failed: {e}\n"),
     };
-    let raw = tokio::time::timeout(Duration::from_secs(5), fetch)
-        .await
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-    match raw.split_once("\r\n\r\n") {
-        Some((head, body))
-            if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") =>
-        {
-            Ok(body.to_owned())
-        }
-        _ => Err(std::io::Error::other(raw.lines().next().unwrap_or("empty answer").to_owned())),
-    }
+    let panel = match fetch::get(at, "/violations?limit=256", FETCH_LIMIT).await {
+        Ok(body) => match top::parse_violations(&body) {
+            Ok(events) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64());
+                top::latest_per_pair(&events, None, PANEL_PAIRS)
+                    .into_iter()
+                    .map(|v| top::violation_line(v, now))
+                    .collect()
+            }
+            Err(e) => vec![e.to_string()],
+        },
+        Err(e) => vec![format!("reading {at}/violations failed: {e}")],
+    };
+    screen::frame(&heading, &table, &panel)
 }
