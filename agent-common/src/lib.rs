@@ -31,6 +31,8 @@ pub const PAIR_OVERFLOW_CAPACITY: u32 = 4096;
 pub const CELLS_V4_CAPACITY: u32 = 262_144;
 pub const CELLS_V6_CAPACITY: u32 = 262_144;
 pub const POLICY_CAPACITY: u32 = 65536;
+/// Prefixes of services with ports, each port an entry (per address family).
+pub const SERVICES_CAPACITY: u32 = 65_536;
 /// Network namespaces whose source address the programs remember (for enforce mode).
 pub const NETNS_CAPACITY: u32 = 16384;
 /// Connections older than the agent that it can count (seeded at its first start).
@@ -185,7 +187,10 @@ pub const SETTING_DESTROY_SKADDR_OFFSET: u32 = 9;
 pub const SETTING_LIST_CELL: u32 = 10;
 pub const SETTING_LIST_VERDICT: u32 = 11;
 pub const LIST_ANY: u32 = u32::MAX;
-pub const SETTINGS_LEN: u32 = 12;
+/// 1 when set A's config has services with ports (so the programs look up the ported
+/// services' tries at all); set B's is at the next index.
+pub const SETTING_PORTED_SERVICES: u32 = 12;
+pub const SETTINGS_LEN: u32 = 14;
 
 /// `sk_flags` bit set by `tcp_fin` when the peer's FIN arrives (`enum sock_flags`).
 pub const SOCK_DONE: u64 = 1 << 1;
@@ -242,13 +247,60 @@ pub struct PairKey {
     pub direction: u8,
     /// [`VERDICT_ALLOWED`] or [`VERDICT_VIOLATION`].
     pub verdict: u8,
-    pub _pad: [u8; 6],
+    /// Service id of the server's end (config `services:`), or [`NO_SERVICE`]. A pair's
+    /// figures are split by service; the pair's own families add them up.
+    pub service: u16,
+    pub _pad: [u8; 4],
 }
 
 impl PairKey {
     pub const fn new(src_cell: u32, dst_cell: u32, direction: u8, verdict: u8) -> Self {
-        Self { src_cell, dst_cell, direction, verdict, _pad: [0; 6] }
+        Self { src_cell, dst_cell, direction, verdict, service: NO_SERVICE, _pad: [0; 4] }
     }
+
+    /// The same pair, for connections to `service`.
+    #[must_use]
+    pub const fn with_service(mut self, service: u16) -> Self {
+        self.service = service;
+        self
+    }
+}
+
+/// Key of the tries of services with ports: the port (network order) first, then the
+/// address, so one longest-prefix lookup matches both (`prefix_len` = 16 + the CIDR's).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceKeyV4 {
+    pub port: [u8; 2],
+    pub addr: [u8; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceKeyV6 {
+    pub port: [u8; 2],
+    pub addr: [u8; 16],
+}
+
+/// [`PairKey::service`] of a connection to no configured service.
+pub const NO_SERVICE: u16 = 0;
+
+/// What the cell tries hold for a prefix: the cell id in the low 16 bits and, for a
+/// prefix of a service without ports, the service id in the high 16 ([`CELL_IGNORED`]
+/// for an ignored range). So the one cell lookup a connection makes also names such a
+/// service.
+pub const fn cell_entry(cell: u32, service: u16) -> u32 {
+    cell | ((service as u32) << 16)
+}
+
+/// The cell of a cell-trie entry (see [`cell_entry`]).
+pub const fn entry_cell(entry: u32) -> u32 {
+    if entry == CELL_IGNORED { CELL_IGNORED } else { entry & 0xffff }
+}
+
+/// The service of a cell-trie entry (see [`cell_entry`]), [`NO_SERVICE`] if none.
+pub const fn entry_service(entry: u32) -> u16 {
+    if entry == CELL_IGNORED { NO_SERVICE } else { (entry >> 16) as u16 }
 }
 
 /// Counters and histograms of one cell pair, one copy per CPU.
@@ -366,7 +418,8 @@ pub struct Conn {
     pub family: u16,
     pub local_port: u16,
     pub remote_port: u16,
-    pub _pad1: u16,
+    /// The server's service ([`PairKey::service`]).
+    pub service: u16,
     pub _pad2: u32,
     /// Local and remote address, network byte order; IPv4 in the first 4 bytes.
     pub local_addr: [u8; 16],
@@ -425,6 +478,7 @@ impl Conn {
     /// The statistics key this connection counts under.
     pub const fn pair_key(&self) -> PairKey {
         PairKey::new(self.src_cell, self.dst_cell, self.direction, self.verdict)
+            .with_service(self.service)
     }
 }
 
@@ -570,6 +624,8 @@ const _: () = assert!(core::mem::size_of::<Claimed>() == 24);
 const _: () = assert!(core::mem::size_of::<Seeded>() == 72);
 const _: () = assert!(core::mem::size_of::<SweepTail>() == 32);
 const _: () = assert!(core::mem::size_of::<Brief>() == 16);
+const _: () = assert!(core::mem::size_of::<ServiceKeyV4>() == 6);
+const _: () = assert!(core::mem::size_of::<ServiceKeyV6>() == 18);
 const _: () = assert!(core::mem::size_of::<CellInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<ViolationEvent>() == 96);
 const _: () = assert!(core::mem::size_of::<PolicyKey>() == 16);
@@ -610,6 +666,8 @@ mod user {
         Seeded,
         SweepTail,
         Brief,
+        ServiceKeyV4,
+        ServiceKeyV6,
         CellInfo,
         PolicyKey,
         ViolationEvent,

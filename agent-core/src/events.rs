@@ -113,7 +113,7 @@ pub fn decode_sweep(b: &[u8]) -> Result<Vec<(Conn, SweepTail)>, BadSweep> {
                 family: f.u16(offset_of!(C, family)),
                 local_port: f.u16(offset_of!(C, local_port)),
                 remote_port: f.u16(offset_of!(C, remote_port)),
-                _pad1: 0,
+                service: f.u16(offset_of!(C, service)),
                 _pad2: 0,
                 local_addr: f.a16(offset_of!(C, local_addr)),
                 remote_addr: f.a16(offset_of!(C, remote_addr)),

@@ -24,6 +24,9 @@ pub struct CellIds {
 )]
 pub struct IdsExhausted;
 
+/// What a service's name is kept under among the cell names (`/` is in no cell name).
+const SERVICE_PREFIX: &str = "service/";
+
 impl CellIds {
     /// The id of `name`, assigning the next free one if it is new.
     pub fn id(&mut self, name: &str) -> Result<u32, IdsExhausted> {
@@ -64,6 +67,23 @@ impl CellIds {
         let mut v: Vec<_> = self.names.iter().map(|(id, n)| (*id, n.clone())).collect();
         v.sort_unstable();
         v
+    }
+
+    /// The id of service `name`: services share the id space with cells (and the record
+    /// a restarted agent reads back), under a prefix no cell name can have.
+    pub fn service_id(&mut self, name: &str) -> Result<u16, IdsExhausted> {
+        let id = self.id(&format!("{SERVICE_PREFIX}{name}"))?;
+        u16::try_from(id).map_err(|_| IdsExhausted)
+    }
+
+    /// The id of a known service, without assigning one.
+    pub fn service_lookup(&self, name: &str) -> Option<u16> {
+        self.by_name.get(&format!("{SERVICE_PREFIX}{name}")).and_then(|id| u16::try_from(*id).ok())
+    }
+
+    /// The name of a service id, if it is one.
+    pub fn service_name(&self, id: u16) -> Option<&str> {
+        self.names.get(&u32::from(id)).and_then(|n| n.strip_prefix(SERVICE_PREFIX))
     }
 
     /// The label of a kernel cell id.

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use agent_common::{
     CELL_FLAG_ENFORCE, CELL_FLAG_GLOBAL, CELL_IGNORED, CellInfo, EXTERNAL_ALLOW, EXTERNAL_IGNORE,
-    EXTERNAL_VIOLATION, PolicyKey,
+    EXTERNAL_VIOLATION, PolicyKey, cell_entry,
 };
 use ipnet::IpNet;
 
@@ -18,8 +18,14 @@ use crate::{
 /// The contents of the kernel's cell and policy maps for one config.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Compiled {
-    /// Prefix -> cell id, ignored ranges included (as [`CELL_IGNORED`]).
+    /// Prefix -> cell-trie entry: the cell id, with the service id of a service without
+    /// ports whose prefix it is (`agent_common::cell_entry`); ignored ranges as
+    /// [`CELL_IGNORED`].
     pub prefixes: Vec<(IpNet, u32)>,
+    /// Services with ports: (prefix, port, service id), for the ported services' tries.
+    pub ported: Vec<(IpNet, u16, u16)>,
+    /// Every service: id, name and the id of the cell it lies in.
+    pub services: Vec<(u16, String, u32)>,
     /// Per cell id, its flags.
     pub info: Vec<(u32, CellInfo)>,
     /// Allow-rule keys (port 0 = every port).
@@ -53,6 +59,23 @@ pub fn compile(cfg: &Config, ids: &mut CellIds) -> Result<Compiled, IdsExhausted
         out.prefixes.extend(cell.cidrs.iter().map(|n| (*n, id)));
     }
     out.prefixes.extend(cfg.ignore_cidrs.iter().map(|n| (*n, CELL_IGNORED)));
+    for svc in &cfg.services {
+        let (id, cell) = (ids.service_id(&svc.name)?, ids.id(&svc.cell)?);
+        out.services.push((id, svc.name.clone(), cell));
+        for net in &svc.cidrs {
+            if svc.ports.is_empty() {
+                // Its prefix in the cell trie, naming the service (a prefix equal to a
+                // cell's own is that entry).
+                let entry = cell_entry(cell, id);
+                match out.prefixes.iter_mut().find(|(n, _)| n == net) {
+                    Some(e) => e.1 = entry,
+                    None => out.prefixes.push((*net, entry)),
+                }
+            } else {
+                out.ported.extend(svc.ports.iter().map(|port| (*net, *port, id)));
+            }
+        }
+    }
     for rule in &cfg.allow {
         let (src_cell, dst_cell) = (ids.id(&rule.from)?, ids.id(&rule.to)?);
         let key = |port| PolicyKey { src_cell, dst_cell, port, _pad: [0; 6] };
@@ -121,6 +144,21 @@ pub fn place(cfg: &Config, addr: IpAddr) -> Place<'_> {
         .filter(|(n, _)| n.contains(&addr))
         .max_by_key(|(n, _)| n.prefix_len())
         .map_or(Place::External, |(_, p)| p)
+}
+
+/// The reference service of a server at `server`:`port`: a service with ports whose
+/// prefix holds it and that serves `port`, else one without ports whose prefix holds it
+/// (validation leaves at most one of each kind); `None` for an address in no cell or an
+/// ignored range.
+pub fn service(cfg: &Config, server: IpAddr, port: u16) -> Option<&str> {
+    let addr = canonical(server);
+    if !matches!(place(cfg, addr), Place::Cell(_)) {
+        return None;
+    }
+    let holds = |s: &&crate::config::Service| s.cidrs.iter().any(|n| n.contains(&addr));
+    let mut held = cfg.services.iter().filter(holds);
+    let ported = cfg.services.iter().filter(holds).find(|s| s.ports.contains(&port));
+    ported.or_else(|| held.find(|s| s.ports.is_empty())).map(|s| s.name.as_str())
 }
 
 /// The reference verdict of a connection from `client` to `server` on server `port`;

@@ -6,13 +6,14 @@
 use agent_common::{
     CELL_EXTERNAL, CELL_FLAG_ENFORCE, CELL_FLAG_GLOBAL, CELL_IGNORED, EXTERNAL_IGNORE,
     EXTERNAL_VIOLATION, PolicyKey, SETTING_ENFORCE, SETTING_EXTERNAL, SETTING_GENERATION,
-    VERDICT_ALLOWED, VERDICT_VIOLATION,
+    SETTING_PORTED_SERVICES, ServiceKeyV4, ServiceKeyV6, VERDICT_ALLOWED, VERDICT_VIOLATION,
+    entry_cell, entry_service,
 };
 use aya_ebpf::maps::lpm_trie::Key;
 
 use crate::maps::{
     CELL_INFO_A, CELL_INFO_B, CELLS_V4_A, CELLS_V4_B, CELLS_V6_A, CELLS_V6_B, POLICY_A, POLICY_B,
-    SETTINGS,
+    SERVICES_V4_A, SERVICES_V4_B, SERVICES_V6_A, SERVICES_V6_B, SETTINGS,
 };
 
 /// One consistent set of cell maps: the one in force when the view was taken.
@@ -36,6 +37,13 @@ impl View {
     /// IPv6 address (`::ffff:a.b.c.d`) resolves as the IPv4 address.
     #[inline(always)]
     pub(crate) fn cell_of(&self, addr: &[u8; 16], v6: bool) -> u32 {
+        entry_cell(self.entry_of(addr, v6))
+    }
+
+    /// The cell trie's entry for an address: its cell, and a service without ports
+    /// whose prefix holds it (`agent_common::cell_entry`); [`CELL_EXTERNAL`] if none.
+    #[inline(always)]
+    fn entry_of(&self, addr: &[u8; 16], v6: bool) -> u32 {
         let v4 = if v6 { v4_mapped(addr) } else { Some([addr[0], addr[1], addr[2], addr[3]]) };
         let found = match (v4, self.b) {
             (Some(a), false) => CELLS_V4_A.get(Key::new(32, a)),
@@ -44,6 +52,36 @@ impl View {
             (None, true) => CELLS_V6_B.get(Key::new(128, *addr)),
         };
         found.copied().unwrap_or(CELL_EXTERNAL)
+    }
+
+    /// A server's cell and service: the cell lookup names a service without ports; one
+    /// more lookup, only when the config has services with ports, finds one of those on
+    /// `port` (which then wins).
+    #[inline(always)]
+    pub(crate) fn server_of(&self, addr: &[u8; 16], v6: bool, port: u16) -> (u32, u16) {
+        let entry = self.entry_of(addr, v6);
+        let (cell, service) = (entry_cell(entry), entry_service(entry));
+        if cell == CELL_IGNORED || cell == CELL_EXTERNAL || !self.ported_services() {
+            return (cell, service);
+        }
+        let port = port.to_be_bytes();
+        let v4 = if v6 { v4_mapped(addr) } else { Some([addr[0], addr[1], addr[2], addr[3]]) };
+        let found = match (v4, self.b) {
+            (Some(a), false) => SERVICES_V4_A.get(Key::new(48, ServiceKeyV4 { port, addr: a })),
+            (Some(a), true) => SERVICES_V4_B.get(Key::new(48, ServiceKeyV4 { port, addr: a })),
+            (None, false) => SERVICES_V6_A.get(Key::new(144, ServiceKeyV6 { port, addr: *addr })),
+            (None, true) => SERVICES_V6_B.get(Key::new(144, ServiceKeyV6 { port, addr: *addr })),
+        };
+        match found {
+            #[expect(clippy::cast_possible_truncation, reason = "service ids are below 2^16")]
+            Some(id) => (cell, *id as u16),
+            None => (cell, service),
+        }
+    }
+
+    #[inline(always)]
+    fn ported_services(&self) -> bool {
+        SETTINGS.get(SETTING_PORTED_SERVICES + u32::from(self.b)).is_some_and(|s| *s == 1)
     }
 
     /// Verdict of a connection from `src` (client cell) to `dst` (server cell) on the

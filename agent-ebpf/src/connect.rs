@@ -75,7 +75,7 @@ fn try_connect(c: &Connect<'_>, v6: bool) -> i32 {
     }
     let view = View::current();
     let dst = c.dst_addr(v6);
-    let dst_cell = view.cell_of(&dst, v6);
+    let (dst_cell, service) = view.server_of(&dst, v6, c.dst_port());
     // Loopback and the like: not watched, nothing to record.
     if dst_cell == CELL_IGNORED {
         return ALLOW;
@@ -95,6 +95,7 @@ fn try_connect(c: &Connect<'_>, v6: bool) -> i32 {
         (*c).pid = who.pid;
         (*c).comm = who.comm;
         (*c).dst_cell = dst_cell;
+        (*c).service = service;
         (*c).generation = view.generation();
     }
     ALLOW

@@ -2,7 +2,7 @@
 //! in `agent/src/kernel/object.rs` (a unit test there checks the two lists agree).
 use agent_common::{
     CellInfo, CellName, Conn, FieldOffsets, NetnsAddr, NetnsKey, OpCost, PairKey, PairStats,
-    PolicyKey, Seeded,
+    PolicyKey, Seeded, ServiceKeyV4, ServiceKeyV6,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -49,6 +49,24 @@ pub(crate) static CELLS_V6_A: LpmTrie<[u8; 16], u32> =
 #[map]
 pub(crate) static CELLS_V6_B: LpmTrie<[u8; 16], u32> =
     LpmTrie::with_max_entries(agent_common::CELLS_V6_CAPACITY, 0);
+
+/// Services with ports, per set: (port, address prefix) -> service id. Services without
+/// ports are in the cell tries themselves (see `agent_common::cell_entry`).
+#[map]
+pub(crate) static SERVICES_V4_A: LpmTrie<ServiceKeyV4, u32> =
+    LpmTrie::with_max_entries(agent_common::SERVICES_CAPACITY, 0);
+
+#[map]
+pub(crate) static SERVICES_V4_B: LpmTrie<ServiceKeyV4, u32> =
+    LpmTrie::with_max_entries(agent_common::SERVICES_CAPACITY, 0);
+
+#[map]
+pub(crate) static SERVICES_V6_A: LpmTrie<ServiceKeyV6, u32> =
+    LpmTrie::with_max_entries(agent_common::SERVICES_CAPACITY, 0);
+
+#[map]
+pub(crate) static SERVICES_V6_B: LpmTrie<ServiceKeyV6, u32> =
+    LpmTrie::with_max_entries(agent_common::SERVICES_CAPACITY, 0);
 
 /// Per cell id: flags such as global, set A.
 #[map]

@@ -108,13 +108,14 @@ fn on_connect(ops: &Ops<'_>) {
     let view = View::current();
     // SAFETY: `c` points to this socket's storage; only its own callbacks, run under
     // the socket lock, write it.
-    let (generation, known_dst) = unsafe { ((*c).generation, (*c).dst_cell) };
-    // The server's cell as connect4 found it, unless a reload came in between.
-    let dst =
-        if generation == view.generation() { known_dst } else { view.cell_of(&e.remote, e.v6) };
+    let (generation, known) = unsafe { ((*c).generation, ((*c).dst_cell, (*c).service)) };
+    let port = ops.remote_port();
+    // The server's cell and service as connect4 found them, unless a reload came in
+    // between.
+    let (dst, service) =
+        if generation == view.generation() { known } else { view.server_of(&e.remote, e.v6, port) };
     let src = view.cell_of(&e.local, e.v6);
     netns::learn(ops.netns_cookie(), &e.local, e.v6, src);
-    let port = ops.remote_port();
     let Some(verdict) = view.verdict(src, dst, port) else {
         conn::forget(sk);
         return;
@@ -135,6 +136,7 @@ fn on_connect(ops: &Ops<'_>) {
         (*c).cookie = ops.cookie();
         (*c).src_cell = src;
         (*c).dst_cell = dst;
+        (*c).service = service;
         (*c).closed = 0;
         (*c).direction = DIR_EGRESS;
         (*c).verdict = verdict;
@@ -205,9 +207,10 @@ fn handshake(ops: &Ops<'_>) -> Progress {
 fn on_passive_established(ops: &Ops<'_>) {
     let e = ends(ops);
     let view = View::current();
-    let (src, dst) = (view.cell_of(&e.remote, e.v6), view.cell_of(&e.local, e.v6));
-    netns::learn(ops.netns_cookie(), &e.local, e.v6, dst);
     let port = ops.local_port();
+    let src = view.cell_of(&e.remote, e.v6);
+    let (dst, service) = view.server_of(&e.local, e.v6, port);
+    netns::learn(ops.netns_cookie(), &e.local, e.v6, dst);
     let Some(verdict) = view.verdict(src, dst, port) else { return };
     let Some(sk) = ops.sk() else { return };
     if !conn::admit() {
@@ -231,6 +234,7 @@ fn on_passive_established(ops: &Ops<'_>) {
         (*c).cookie = ops.cookie();
         (*c).src_cell = src;
         (*c).dst_cell = dst;
+        (*c).service = service;
         (*c).direction = DIR_INGRESS;
         (*c).verdict = verdict;
         (*c).generation = view.generation();

@@ -49,6 +49,17 @@ fn try_sweep(it: &Iter) {
     if flags & wanted != wanted || closed != 0 {
         return;
     }
+    let records = SETTINGS.get(SETTING_SWEEP_RECORDS).copied().unwrap_or(0);
+    // A listing's first pass only says which connections there are; its second claims
+    // and reports the ones it chose (the others count at the next periodic sweep).
+    if records == SWEEP_BRIEF {
+        brief(it, c, cookie, src_cell);
+        return;
+    }
+    // SAFETY: the value is only tested for presence.
+    if records == SWEEP_WANTED && unsafe { WANTED.get(cookie) }.is_none() {
+        return;
+    }
     count(CTR_SWEEP_VISITED);
     let seeded = flags & CONN_SEEDED != 0;
     let reading = Sock::of(it.sk().cast_const()).and_then(|s| s.read_quiet());
@@ -84,33 +95,31 @@ fn try_sweep(it: &Iter) {
             }
         }
     }
-    match SETTINGS.get(SETTING_SWEEP_RECORDS).copied().unwrap_or(0) {
-        SWEEP_BRIEF => {
+    if records == SWEEP_WANTED {
+        let claimed: Claimed = if seeded {
+            // SAFETY: the value is copied out at once.
+            unsafe { SEEDED.get(cookie) }.map_or_else(Claimed::default, |s| s.claimed)
+        } else {
             // SAFETY: as above.
-            let (start_ns, dst_cell, verdict) =
-                unsafe { ((*c).start_ns, (*c).dst_cell, (*c).verdict) };
-            let setting = |i| SETTINGS.get(i).copied().unwrap_or(LIST_ANY);
-            let cell = setting(SETTING_LIST_CELL);
-            let want_verdict = setting(SETTING_LIST_VERDICT);
-            let cell_ok = cell == LIST_ANY || cell == src_cell || cell == dst_cell;
-            if cell_ok && (want_verdict == LIST_ANY || want_verdict == u32::from(verdict)) {
-                it.write(&Brief { cookie, start_ns });
-            }
-        }
-        // SAFETY: the value is only tested for presence.
-        SWEEP_WANTED if unsafe { WANTED.get(cookie) }.is_some() => {
-            let claimed: Claimed = if seeded {
-                // SAFETY: the value is copied out at once.
-                unsafe { SEEDED.get(cookie) }.map_or_else(Claimed::default, |s| s.claimed)
-            } else {
-                // SAFETY: as above.
-                unsafe { (*c).claimed }
-            };
-            // One record: the connection as stored, then what the sweep found.
-            // SAFETY: as above.
-            it.write(unsafe { &*c });
-            it.write(&SweepTail { claimed, srtt_us, _pad: 0 });
-        }
-        _ => {}
+            unsafe { (*c).claimed }
+        };
+        // One record: the connection as stored, then what the sweep found.
+        // SAFETY: as above.
+        it.write(unsafe { &*c });
+        it.write(&SweepTail { claimed, srtt_us, _pad: 0 });
+    }
+}
+
+/// A listing's brief of a connection that passes its filter (`SETTING_LIST_*`).
+#[inline(always)]
+fn brief(it: &Iter, c: *mut Conn, cookie: u64, src_cell: u32) {
+    // SAFETY: as in `try_sweep`.
+    let (start_ns, dst_cell, verdict) = unsafe { ((*c).start_ns, (*c).dst_cell, (*c).verdict) };
+    let setting = |i| SETTINGS.get(i).copied().unwrap_or(LIST_ANY);
+    let cell = setting(SETTING_LIST_CELL);
+    let want_verdict = setting(SETTING_LIST_VERDICT);
+    let cell_ok = cell == LIST_ANY || cell == src_cell || cell == dst_cell;
+    if cell_ok && (want_verdict == LIST_ANY || want_verdict == u32::from(verdict)) {
+        it.write(&Brief { cookie, start_ns });
     }
 }

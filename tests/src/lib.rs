@@ -464,7 +464,12 @@ pub struct Server {
 
 impl Server {
     pub fn start(ip: IpAddr, n: usize, req: usize, resp: usize) -> Self {
-        let l = TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("bind {ip}: {e}"));
+        Self::start_on(SocketAddr::new(ip, 0), n, req, resp)
+    }
+
+    /// [`Server::start`] on a given port (0: one the kernel picks).
+    pub fn start_on(at: SocketAddr, n: usize, req: usize, resp: usize) -> Self {
+        let l = TcpListener::bind(at).unwrap_or_else(|e| panic!("bind {at}: {e}"));
         let addr = l.local_addr().expect("local addr");
         l.set_nonblocking(true).expect("nonblocking");
         let deadline = Instant::now() + Duration::from_secs(60);

@@ -30,6 +30,19 @@ pub struct Config {
     pub mode: Mode,
     /// Client cells enforce mode applies to; `None` = every cell.
     pub enforce_cells: Option<Vec<String>>,
+    /// Named destinations inside cells, counted per (client cell, service).
+    pub services: Vec<Service>,
+}
+
+/// A named destination (a shared database, a queue): its prefixes, all inside one cell,
+/// and its server ports (empty = every port).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub cidrs: Vec<IpNet>,
+    pub ports: Vec<u16>,
+    /// The cell its prefixes lie in.
+    pub cell: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -20,6 +20,18 @@ pub(super) struct RawConfig {
     pub(super) mode: Option<S<String>>,
     #[serde(default)]
     pub(super) enforce_cells: Option<Vec<S<String>>>,
+    #[serde(default)]
+    pub(super) services: Vec<RawService>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawService {
+    pub(super) name: S<String>,
+    #[serde(default)]
+    pub(super) cidrs: Vec<S<String>>,
+    #[serde(default)]
+    pub(super) ports: Option<Vec<S<i64>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -161,3 +161,88 @@ fn control_characters_and_long_values_stay_on_one_line() {
     assert!(got[1].len() < 200, "long value not cut: {}", got[1]);
     assert!(got[1].contains("xxxx…"), "{}", got[1]);
 }
+
+const SERVICES: &str = "\
+cells:
+  - name: global
+    global: true
+    cidrs: [\"10.0.0.0/16\", \"fd00::/48\"]
+  - name: cell-1
+    cidrs: [\"10.1.0.0/16\", \"10.1.9.0/24\"]
+  - name: cell-2
+    cidrs: [\"10.2.0.0/16\", \"10.0.7.0/24\"]
+ignore_cidrs: [\"10.0.200.0/24\"]
+";
+
+#[test]
+fn services_parse_with_their_cell() {
+    let c = Config::parse(
+        "c.yaml",
+        &format!(
+            "{SERVICES}services:\n  - {{ name: orders-db, cidrs: [\"10.0.5.0/24\", \"fd00::5/128\"], ports: [5432, 5432, 6432] }}\n  - {{ name: queue, cidrs: [\"10.0.5.0/24\"], ports: [5672] }}\n  - {{ name: store, cidrs: [\"10.0.6.0/24\"] }}\n"
+        ),
+    )
+    .unwrap();
+    assert_eq!(c.services.len(), 3);
+    assert_eq!(c.services[0].cell, "global");
+    assert_eq!(c.services[0].ports, vec![5432, 6432]);
+    assert!(c.services[2].ports.is_empty());
+}
+
+#[test]
+fn bad_services_are_each_reported_where_they_are() {
+    let svc = |s: &str| format!("{SERVICES}services:\n{s}");
+    let cases: &[(&str, &str)] = &[
+        (
+            "  - { name: Orders, cidrs: [\"10.0.5.0/24\"] }\n",
+            "c.yaml:11:13: invalid service name `Orders`",
+        ),
+        (
+            "  - { name: db, cidrs: [\"10.0.5.0/24\"], ports: [5432] }\n  - { name: db, cidrs: [\"10.0.6.0/24\"] }\n",
+            "c.yaml:12:13: duplicate service name `db`",
+        ),
+        (
+            "  - { name: db, cidrs: [\"10.0.5.0/24\"], ports: [0] }\n",
+            "c.yaml:11:49: port 0 is out of range",
+        ),
+        (
+            "  - { name: db, cidrs: [\"10.0.5.0/24\"], ports: [] }\n",
+            "c.yaml:11:13: service has an empty `ports` list",
+        ),
+        ("  - { name: db }\n", "c.yaml:11:13: service `db` has no `cidrs`"),
+        (
+            "  - { name: db, cidrs: [\"10.9.0.0/24\"] }\n",
+            "c.yaml:11:25: prefix 10.9.0.0/24 of service `db` is in no cell",
+        ),
+        ("  - { name: db, cidrs: [\"10.0.200.0/25\"] }\n", "is in an ignored range"),
+        (
+            "  - { name: db, cidrs: [\"10.0.0.0/20\"] }\n",
+            "spans cell `global` and cell `cell-2` (10.0.7.0/24)",
+        ),
+        (
+            "  - { name: db, cidrs: [\"10.0.192.0/18\"] }\n",
+            "spans cell `global` and an ignored range (10.0.200.0/24)",
+        ),
+        (
+            "  - { name: db, cidrs: [\"10.0.5.0/24\", \"10.2.5.0/24\"] }\n",
+            "c.yaml:11:40: service `db` lies in two cells, `global` and `cell-2`",
+        ),
+        (
+            "  - { name: db, cidrs: [\"10.0.5.0/24\", \"10.0.5.0/24\"] }\n",
+            "prefix 10.0.5.0/24 is listed twice in service `db`",
+        ),
+        (
+            "  - { name: db, cidrs: [\"10.0.5.0/24\"], ports: [5432] }\n  - { name: db2, cidrs: [\"10.0.5.7/32\"], ports: [5432, 80] }\n",
+            "c.yaml:12:26: prefix 10.0.5.7/32 of service `db2` overlaps 10.0.5.0/24 of service `db`",
+        ),
+        (
+            "  - { name: db, cidrs: [\"10.0.5.0/24\"], ports: [5432] }\n  - { name: all, cidrs: [\"10.0.5.128/25\"] }\n",
+            "c.yaml:12:26: prefix 10.0.5.128/25 of service `all` overlaps 10.0.5.0/24 of service `db`",
+        ),
+        ("  - { name: db, cidrs: [\"10.0.5.0/24\"], port: [1] }\n", "unknown field `port`"),
+    ];
+    for (yaml, want) in cases {
+        let got = problems(&svc(yaml));
+        assert!(got.iter().any(|l| l.contains(want)), "{yaml}: want {want:?}, got {got:?}");
+    }
+}

@@ -5,8 +5,8 @@ use std::collections::{HashMap, HashSet};
 use ipnet::IpNet;
 
 use super::{
-    AllowRule, Cell, Config, External, Mode, Problem,
-    raw::{RawConfig, S},
+    AllowRule, Cell, Config, External, Mode, Problem, Service,
+    raw::{RawConfig, RawService, S},
 };
 
 use crate::names::{EXTERNAL, NAME_MAX, is_cell_name};
@@ -141,12 +141,155 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             .collect()
     });
 
+    let services = services(&mut p, &raw.services, &cells, &ignore_cidrs);
+    if cells.len() + services.len() > max_cells
+        && let Some(s) = raw.services.first()
+    {
+        p.at(
+            &s.name,
+            format!("too many cells and services: at most {max_cells} together are supported"),
+        );
+    }
+
     if p.0.is_empty() {
-        Ok(Config { cells, allow, external, ignore_cidrs, mode, enforce_cells })
+        Ok(Config { cells, allow, external, ignore_cidrs, mode, enforce_cells, services })
     } else {
         p.0.sort_by_key(|x| (x.line, x.column));
         Err(p.0)
     }
+}
+
+/// Services: names, prefixes (each inside one cell, all of a service in the same one),
+/// ports, and no two services on the same address and port.
+fn services(
+    p: &mut Problems,
+    raw: &[RawService],
+    cells: &[Cell],
+    ignored: &[IpNet],
+) -> Vec<Service> {
+    let mut names = HashSet::new();
+    let mut out: Vec<Service> = Vec::with_capacity(raw.len());
+    // Where each accepted service prefix came from, to locate overlap problems.
+    for rs in raw {
+        let name = rs.name.value.clone();
+        if is_cell_name(&name) {
+            if !names.insert(name.clone()) {
+                p.at(&rs.name, format!("duplicate service name `{}`", shown(&name)));
+            }
+        } else {
+            p.at(
+                &rs.name,
+                format!(
+                    "invalid service name `{}`: use at most {NAME_MAX} lower-case letters, \
+                     digits and `-`, starting and ending with a letter or digit",
+                    shown(&name)
+                ),
+            );
+        }
+        let mut ports = Vec::new();
+        for port in rs.ports.iter().flatten() {
+            match u16::try_from(port.value) {
+                Ok(v) if v > 0 => ports.push(v),
+                _ => p.at(port, format!("port {} is out of range (1-65535)", port.value)),
+            }
+        }
+        if rs.ports.as_ref().is_some_and(Vec::is_empty) {
+            p.at(&rs.name, "service has an empty `ports` list: omit it for every port");
+        }
+        ports.sort_unstable();
+        ports.dedup();
+        if rs.cidrs.is_empty() {
+            p.at(&rs.name, format!("service `{}` has no `cidrs`", shown(&name)));
+        }
+        let mut cidrs = Vec::with_capacity(rs.cidrs.len());
+        let mut cell: Option<String> = None;
+        for c in &rs.cidrs {
+            let Some(net) = cidr(p, c) else { continue };
+            let here = match home(net, cells, ignored) {
+                Err(why) => {
+                    p.at(c, format!("prefix {net} of service `{}` {why}", shown(&name)));
+                    continue;
+                }
+                Ok(h) => h,
+            };
+            match &cell {
+                Some(first) if *first != here => {
+                    p.at(
+                        c,
+                        format!(
+                            "service `{}` lies in two cells, `{first}` and `{here}`: a service \
+                             lies inside one cell",
+                            shown(&name)
+                        ),
+                    );
+                    continue;
+                }
+                _ => cell = Some(here),
+            }
+            if cidrs.contains(&net) {
+                p.at(c, format!("prefix {net} is listed twice in service `{}`", shown(&name)));
+                continue;
+            }
+            for other in &out {
+                let common = other.ports.is_empty()
+                    || ports.is_empty()
+                    || other.ports.iter().any(|q| ports.contains(q));
+                if let Some(theirs) = other.cidrs.iter().find(|o| overlap(**o, net))
+                    && common
+                {
+                    p.at(
+                        c,
+                        format!(
+                            "prefix {net} of service `{}` overlaps {theirs} of service `{}` on \
+                             a port both serve: a connection would belong to two services",
+                            shown(&name),
+                            other.name
+                        ),
+                    );
+                }
+            }
+            cidrs.push(net);
+        }
+        if let Some(cell) = cell {
+            out.push(Service { name, cidrs, ports, cell });
+        }
+    }
+    out
+}
+
+fn overlap(a: IpNet, b: IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// The cell a service prefix lies in: the cell of the longest prefix (cells' and
+/// ignored ranges') that holds it all, with no other cell's or ignored prefix inside it.
+fn home(net: IpNet, cells: &[Cell], ignored: &[IpNet]) -> Result<String, String> {
+    let places = cells
+        .iter()
+        .flat_map(|c| c.cidrs.iter().map(move |n| (*n, Some(c.name.as_str()))))
+        .chain(ignored.iter().map(|n| (*n, None)));
+    let mut holder: Option<(IpNet, Option<&str>)> = None;
+    let mut inside: Vec<(IpNet, Option<&str>)> = Vec::new();
+    for (n, owner) in places {
+        if n.contains(&net) {
+            if holder.is_none_or(|(h, _)| n.prefix_len() > h.prefix_len()) {
+                holder = Some((n, owner));
+            }
+        } else if net.contains(&n) {
+            inside.push((n, owner));
+        }
+    }
+    let Some((_, owner)) = holder else {
+        return Err("is in no cell: a service lies inside a cell".to_owned());
+    };
+    let Some(cell) = owner else {
+        return Err("is in an ignored range".to_owned());
+    };
+    if let Some((n, other)) = inside.iter().find(|(_, o)| *o != Some(cell)) {
+        let what = other.map_or("an ignored range".to_owned(), |o| format!("cell `{o}`"));
+        return Err(format!("spans cell `{cell}` and {what} ({n})"));
+    }
+    Ok(cell.to_owned())
 }
 
 /// A user value as quoted in a message: at most 64 characters.

@@ -3,6 +3,7 @@
 //! chose ([`Buckets`]). The agent appends its own metrics ([`encode`]).
 
 mod buckets;
+mod services;
 mod text;
 
 use agent_common::{COUNTERS_LEN, PairKey, PairStats};
@@ -14,7 +15,7 @@ pub use text::{render, render_chunked};
 /// Everything a scrape needs from the kernel, read in one pass.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
-    /// Per (src, dst, direction, verdict), summed over CPUs, sorted by key.
+    /// Per (src, dst, direction, verdict, service), summed over CPUs, sorted by key.
     pub pairs: Vec<(PairKey, PairStats)>,
     /// `CTR_*` counters summed over CPUs.
     pub counters: [u64; COUNTERS_LEN as usize],
@@ -24,6 +25,17 @@ pub struct Snapshot {
     pub undecodable_events: u64,
     /// Time per `sock_ops` op, when the agent profiles the kernel (`--profile-kernel`).
     pub ops: Vec<OpTime>,
+    /// The config's cells and services, for `cellwatch_cell_info` and
+    /// `cellwatch_service_info`.
+    pub catalog: Catalog,
+}
+
+/// What the config in force names: each cell (id, global) and each service (id, name,
+/// the id of its cell). Names of cells come from the cell ids.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Catalog {
+    pub cells: Vec<(u32, bool)>,
+    pub services: Vec<(u16, String, u32)>,
 }
 
 /// Runs and time of one profiled `sock_ops` op, summed over CPUs.

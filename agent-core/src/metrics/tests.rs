@@ -1,8 +1,10 @@
-use agent_common::{DIR_EGRESS, DIR_INGRESS, FAIL_REFUSED, PairKey, PairStats, VERDICT_VIOLATION};
+use agent_common::{
+    DIR_EGRESS, DIR_INGRESS, FAIL_REFUSED, PairKey, PairStats, VERDICT_ALLOWED, VERDICT_VIOLATION,
+};
 
 use crate::{
     ids::CellIds,
-    metrics::{Buckets, MapFill, Snapshot},
+    metrics::{Buckets, Catalog, MapFill, Snapshot},
 };
 
 fn key(src: u32, dst: u32, dir: u8, verdict: u8) -> PairKey {
@@ -39,6 +41,7 @@ fn snapshot_renders_the_contract_metrics() {
         fill: vec![MapFill { map: "conns", entries: 2, capacity: 10 }],
         undecodable_events: 3,
         ops: Vec::new(),
+        catalog: Catalog::default(),
     };
     let text = render(&snap, &ids);
     for want in [
@@ -166,4 +169,54 @@ fn chunked_rendering_is_the_same_text_in_whole_lines() {
         assert!(c.len() < 80 * 1024, "a chunk of {} bytes", c.len());
     }
     assert_eq!(chunks.concat(), whole);
+}
+
+/// Connections to a service count in the pair's families (summed with the rest) and in
+/// the service's, per client cell; the catalog names cells and services.
+#[test]
+fn services_have_their_families_and_the_pair_adds_them_up() {
+    let mut ids = CellIds::default();
+    let (a, g) = (ids.id("cell-a").unwrap(), ids.id("global").unwrap());
+    let db = ids.service_id("orders-db").unwrap();
+    let mut plain = PairStats::ZERO;
+    plain.opened = 2;
+    plain.bytes_sent = 10;
+    let mut to_db = PairStats::ZERO;
+    to_db.opened = 3;
+    to_db.closed = 1;
+    to_db.bytes_sent = 300;
+    to_db.failed[FAIL_REFUSED] = 1;
+    to_db.latency_hist[9] = 3;
+    to_db.latency_sum_ns = 900_000;
+    let snap = Snapshot {
+        pairs: vec![
+            (key(a, g, DIR_EGRESS, VERDICT_ALLOWED), plain),
+            (key(a, g, DIR_EGRESS, VERDICT_ALLOWED).with_service(db), to_db),
+        ],
+        catalog: Catalog {
+            cells: vec![(a, false), (g, true)],
+            services: vec![(db, "orders-db".into(), g)],
+        },
+        ..Snapshot::default()
+    };
+    let text = render(&snap, &ids);
+    for want in [
+        r#"cellwatch_connections_opened_total{src_cell="cell-a",dst_cell="global",direction="egress",verdict="allowed"} 5"#,
+        r#"cellwatch_bytes_sent_total{src_cell="cell-a",dst_cell="global",direction="egress"} 310"#,
+        r#"cellwatch_service_connections_opened_total{src_cell="cell-a",service="orders-db",direction="egress",verdict="allowed"} 3"#,
+        r#"cellwatch_service_connections_active{src_cell="cell-a",service="orders-db",direction="egress"} 2"#,
+        r#"cellwatch_service_connections_failed_total{src_cell="cell-a",service="orders-db",reason="refused"} 1"#,
+        r#"cellwatch_service_bytes_sent_total{src_cell="cell-a",service="orders-db",direction="egress"} 300"#,
+        r#"cellwatch_service_connect_latency_seconds_count{src_cell="cell-a",service="orders-db"} 3"#,
+        r#"cellwatch_connect_latency_seconds_count{src_cell="cell-a",dst_cell="global"} 3"#,
+        r#"cellwatch_cell_info{cell="global",global="true"} 1"#,
+        r#"cellwatch_cell_info{cell="cell-a",global="false"} 1"#,
+        r#"cellwatch_service_info{service="orders-db",cell="global"} 1"#,
+    ] {
+        assert!(text.lines().any(|l| l == want), "missing {want}\n---\n{text}");
+    }
+    // One series per pair and direction, the services folded in.
+    let opened =
+        text.lines().filter(|l| l.starts_with("cellwatch_connections_opened_total{")).count();
+    assert_eq!(opened, 1, "{text}");
 }

@@ -28,24 +28,25 @@ struct Dir {
     // Client side only (egress).
     failed: [u64; FAIL_REASONS],
     denied: u64,
-    /// Which verdicts (allowed, violation) have a key, and its index in the snapshot:
-    /// each gets its series.
-    keys: [Option<usize>; 2],
+    /// Which verdicts (allowed, violation) have a key: each gets its series.
+    has: [bool; 2],
+    /// Its keys (by verdict and service): `order[span.0..span.1]`.
+    span: (usize, usize),
 }
 
 impl Dir {
     fn violating(&self) -> bool {
-        self.keys[1].is_some()
+        self.has[1]
     }
 
     fn has(&self, verdict: u8) -> bool {
-        self.keys[usize::from(verdict == VERDICT_VIOLATION)].is_some()
+        self.has[usize::from(verdict == VERDICT_VIOLATION)]
     }
 
-    /// One histogram of the pair, summed over its verdicts.
-    fn hist(&self, snap: &Snapshot, which: fn(&PairStats) -> (&[u64; HIST_BUCKETS], f64)) -> Hist {
+    /// One histogram of the pair, summed over its keys.
+    fn hist(&self, snap: &Snapshot, order: &[usize], which: HistOf) -> Hist {
         let mut h = Hist::default();
-        for i in self.keys.iter().flatten() {
+        for i in &order[self.span.0..self.span.1] {
             let (buckets, sum) = which(&snap.pairs[*i].1);
             h.add(buckets, sum);
         }
@@ -53,15 +54,18 @@ impl Dir {
     }
 }
 
-fn latency_of(s: &PairStats) -> (&[u64; HIST_BUCKETS], f64) {
+/// Which histogram of a pair's statistics, with its sum in seconds.
+pub(super) type HistOf = fn(&PairStats) -> (&[u64; HIST_BUCKETS], f64);
+
+pub(super) fn latency_of(s: &PairStats) -> (&[u64; HIST_BUCKETS], f64) {
     (&s.latency_hist, s.latency_sum_ns as f64 * 1e-9)
 }
 
-fn rtt_of(s: &PairStats) -> (&[u64; HIST_BUCKETS], f64) {
+pub(super) fn rtt_of(s: &PairStats) -> (&[u64; HIST_BUCKETS], f64) {
     (&s.rtt_hist, s.rtt_sum_us as f64 * 1e-6)
 }
 
-struct Hist {
+pub(super) struct Hist {
     buckets: [u64; HIST_BUCKETS],
     sum_seconds: f64,
 }
@@ -73,14 +77,14 @@ impl Default for Hist {
 }
 
 impl Hist {
-    fn add(&mut self, buckets: &[u64; HIST_BUCKETS], sum_seconds: f64) {
+    pub(super) fn add(&mut self, buckets: &[u64; HIST_BUCKETS], sum_seconds: f64) {
         for (a, b) in self.buckets.iter_mut().zip(buckets) {
             *a += b;
         }
         self.sum_seconds += sum_seconds;
     }
 
-    fn count(&self) -> u64 {
+    pub(super) fn count(&self) -> u64 {
         self.buckets.iter().sum()
     }
 }
@@ -91,24 +95,25 @@ type PairDir = (u32, u32, u8);
 /// A per-(pair, direction) counter family: name, help, and its value.
 type Scalar = (&'static str, &'static str, fn(&Dir) -> u64);
 
-/// The snapshot by (pair, direction), in key order: keys sort by source, destination,
-/// direction and then verdict, so a (pair, direction)'s verdicts are neighbours. (The
-/// kernel's snapshot comes sorted; any other is sorted here.)
-fn group(snap: &Snapshot) -> Vec<(PairDir, Dir)> {
+/// The snapshot's indices in key order (keys sort by source, destination, direction,
+/// verdict and service, so a (pair, direction)'s keys are neighbours; the kernel's
+/// snapshot comes sorted, any other is sorted here), and the rows by (pair, direction).
+fn group(snap: &Snapshot) -> (Vec<usize>, Vec<(PairDir, Dir)>) {
     let mut order: Vec<usize> = (0..snap.pairs.len()).collect();
     if !snap.pairs.is_sorted_by_key(|(k, _)| *k) {
         order.sort_by_key(|&i| snap.pairs[i].0);
     }
     let mut out: Vec<(PairDir, Dir)> = Vec::new();
-    for i in order {
+    for (at, &i) in order.iter().enumerate() {
         let (k, s) = &snap.pairs[i];
         let pd = (k.src_cell, k.dst_cell, k.direction);
         if out.last().is_none_or(|(last, _)| *last != pd) {
-            out.push((pd, Dir::default()));
+            out.push((pd, Dir { span: (at, at), ..Dir::default() }));
         }
         let Some((_, d)) = out.last_mut() else { continue };
+        d.span.1 = at + 1;
         let v = usize::from(k.verdict == VERDICT_VIOLATION);
-        d.keys[v] = Some(i);
+        d.has[v] = true;
         d.opened[v] += s.opened;
         d.closed[v] += s.closed;
         d.sent += s.bytes_sent;
@@ -124,12 +129,12 @@ fn group(snap: &Snapshot) -> Vec<(PairDir, Dir)> {
             d.denied += s.denied;
         }
     }
-    out
+    (order, out)
 }
 
 /// One sample line: `name{labels[,extra]} value`, written piece by piece (a scrape of
 /// 10,000 pairs is 400,000 of them).
-fn sample(out: &mut String, name: &str, labels: &str, extra: &str, value: u64) {
+pub(super) fn sample(out: &mut String, name: &str, labels: &str, extra: &str, value: u64) {
     out.push_str(name);
     out.push('{');
     out.push_str(labels);
@@ -143,7 +148,7 @@ fn sample(out: &mut String, name: &str, labels: &str, extra: &str, value: u64) {
 }
 
 /// Label values as they appear in the text, quoted and escaped.
-fn quoted(v: &str) -> String {
+pub(super) fn quoted(v: &str) -> String {
     let mut out = String::with_capacity(v.len() + 2);
     out.push('"');
     for c in v.chars() {
@@ -163,7 +168,7 @@ const CHUNK: usize = 64 * 1024;
 
 /// Where the text goes: a buffer, handed to `drain` (when there is one) whenever it
 /// holds `CHUNK` bytes or more at the start of a line, so every chunk ends a line.
-struct Out<'d> {
+pub(super) struct Out<'d> {
     buf: String,
     drain: Option<&'d mut dyn FnMut(&str)>,
 }
@@ -183,7 +188,7 @@ impl Out<'_> {
 
 /// One family: its `# HELP` and `# TYPE` lines go out before its first sample, and not
 /// at all when it has none (no traffic yet).
-struct Family<'o, 'd> {
+pub(super) struct Family<'o, 'd> {
     out: &'o mut Out<'d>,
     name: &'static str,
     kind: &'static str,
@@ -192,7 +197,7 @@ struct Family<'o, 'd> {
 }
 
 impl<'o, 'd> Family<'o, 'd> {
-    fn new(
+    pub(super) fn new(
         out: &'o mut Out<'d>,
         name: &'static str,
         kind: &'static str,
@@ -202,7 +207,7 @@ impl<'o, 'd> Family<'o, 'd> {
     }
 
     /// The buffer to write one sample line into, after the header if it is the first.
-    fn line(&mut self) -> &mut String {
+    pub(super) fn line(&mut self) -> &mut String {
         let out = self.out.line();
         if !self.started {
             self.started = true;
@@ -236,7 +241,7 @@ pub fn render_chunked(
 }
 
 fn render_into(snap: &Snapshot, ids: &CellIds, buckets: &Buckets, out: &mut Out<'_>) {
-    let groups = group(snap);
+    let (order, groups) = group(snap);
     // `src_cell="a",dst_cell="b"` and the same with `,direction="…"`, once per key.
     let labels: Vec<(String, String)> = groups
         .iter()
@@ -339,7 +344,7 @@ fn render_into(snap: &Snapshot, ids: &CellIds, buckets: &Buckets, out: &mut Out<
         if *dir != DIR_EGRESS {
             continue;
         }
-        let h = d.hist(snap, latency_of);
+        let h = d.hist(snap, &order, latency_of);
         if h.count() > 0 {
             histogram(f.line(), &latency, p, &h, &bounds);
         }
@@ -357,23 +362,24 @@ fn render_into(snap: &Snapshot, ids: &CellIds, buckets: &Buckets, out: &mut Out<
         if !side {
             continue;
         }
-        let h = d.hist(snap, rtt_of);
+        let h = d.hist(snap, &order, rtt_of);
         if h.count() > 0 {
             histogram(f.line(), &rtt, pd, &h, &bounds);
         }
     }
+    super::services::render(snap, ids, &bounds, out);
     bookkeeping(snap, out);
 }
 
 /// The three names of a histogram's lines.
-struct HistNames {
+pub(super) struct HistNames {
     bucket: String,
     sum: String,
     count: String,
 }
 
 impl HistNames {
-    fn of(name: &str) -> Self {
+    pub(super) fn of(name: &str) -> Self {
         Self {
             bucket: format!("{name}_bucket"),
             sum: format!("{name}_sum"),
@@ -383,7 +389,7 @@ impl HistNames {
 }
 
 /// The exported buckets and their `le` labels, formatted once.
-struct Bounds<'b> {
+pub(super) struct Bounds<'b> {
     buckets: &'b Buckets,
     le: Vec<String>,
 }
@@ -394,7 +400,13 @@ impl<'b> Bounds<'b> {
     }
 }
 
-fn histogram(out: &mut String, names: &HistNames, labels: &str, h: &Hist, bounds: &Bounds<'_>) {
+pub(super) fn histogram(
+    out: &mut String,
+    names: &HistNames,
+    labels: &str,
+    h: &Hist,
+    bounds: &Bounds<'_>,
+) {
     for (le, n) in bounds.le.iter().zip(bounds.buckets.cumulative(&h.buckets)) {
         sample(out, &names.bucket, labels, le, n);
     }

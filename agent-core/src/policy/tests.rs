@@ -133,3 +133,39 @@ fn enforce_flags_follow_mode_and_enforce_cells() {
     let (_, a, b, said) = flags(&text("enforce", "enforce_cells: []\n"));
     assert_eq!((a, b, said.as_str()), (false, false, "on, for no cell"));
 }
+
+#[test]
+fn services_compile_into_the_tries_and_match_the_reference() {
+    let c = Config::parse(
+        "t.yaml",
+        &format!(
+            "{CFG}services:\n  - {{ name: db, cidrs: [\"10.0.5.0/24\"], ports: [5432] }}\n  - {{ name: store, cidrs: [\"10.0.6.0/24\", \"10.0.0.0/16\"] }}\n"
+        ),
+    );
+    // A service without ports may not share addresses with any other.
+    assert!(c.is_err());
+    let c = Config::parse(
+        "t.yaml",
+        &format!(
+            "{CFG}services:\n  - {{ name: db, cidrs: [\"10.0.5.0/24\"], ports: [5432] }}\n  - {{ name: store, cidrs: [\"10.0.6.0/24\"] }}\n"
+        ),
+    )
+    .unwrap();
+    let mut ids = CellIds::default();
+    let k = compile(&c, &mut ids).unwrap();
+    let (g, db, store) = (
+        ids.lookup("global").unwrap(),
+        ids.service_lookup("db").unwrap(),
+        ids.service_lookup("store").unwrap(),
+    );
+    let net = |s: &str| s.parse::<IpNet>().unwrap();
+    assert!(k.prefixes.contains(&(net("10.0.6.0/24"), agent_common::cell_entry(g, store))));
+    assert_eq!(k.ported, vec![(net("10.0.5.0/24"), 5432, db)]);
+    assert_eq!(k.services.len(), 2);
+    assert_eq!(service(&c, ip("10.0.5.9"), 5432), Some("db"));
+    assert_eq!(service(&c, ip("10.0.5.9"), 80), None);
+    assert_eq!(service(&c, ip("10.0.6.1"), 80), Some("store"));
+    assert_eq!(service(&c, ip("::ffff:10.0.6.1"), 1), Some("store"));
+    assert_eq!(service(&c, ip("10.0.7.1"), 5432), None);
+    assert_eq!(service(&c, ip("192.0.2.1"), 5432), None);
+}

@@ -8,7 +8,7 @@ use std::{
 
 use agent_common::{
     CELL_NAME_MAX, CellInfo, CellName, MAX_CELLS, SETTING_ENFORCE, SETTING_EXTERNAL,
-    SETTING_GENERATION,
+    SETTING_GENERATION, SETTING_PORTED_SERVICES, ServiceKeyV4, ServiceKeyV6,
 };
 use agent_core::{config::IpNet, policy::Compiled};
 use aya::maps::lpm_trie::Key;
@@ -48,6 +48,9 @@ pub(super) fn apply(m: &mut Maps, next: &Compiled) -> Result<(), KernelError> {
     m.settings.set(SETTING_EXTERNAL + set_index, next.external, 0).map_err(settings)?;
     let settings = map_err(object::SETTINGS);
     m.settings.set(SETTING_ENFORCE + set_index, next.enforce, 0).map_err(settings)?;
+    let ported = u32::from(!next.ported.is_empty());
+    let settings = map_err(object::SETTINGS);
+    m.settings.set(SETTING_PORTED_SERVICES + set_index, ported, 0).map_err(settings)?;
     let settings = map_err(object::SETTINGS);
     m.settings.set(SETTING_GENERATION, set_index, 0).map_err(settings)?;
     m.generation = Generation { active: target, since: Instant::now() };
@@ -90,8 +93,50 @@ fn write_set(set: &mut CellSet, next: &Compiled) -> Result<(), KernelError> {
     for k in next.allow.iter().filter(|k| !had.contains(k)) {
         set.policy.insert(k, 1, 0).map_err(map_err(set.names.policy))?;
     }
+    let keep: HashSet<(IpNet, u16)> = next.ported.iter().map(|(n, p, _)| (*n, *p)).collect();
+    let stale: Vec<(IpNet, u16)> =
+        set.holds.ported.iter().map(|(n, p, _)| (*n, *p)).filter(|k| !keep.contains(k)).collect();
+    for (net, port) in stale {
+        service_entry(set, net, port, None)?;
+    }
+    let had: HashMap<(IpNet, u16), u16> =
+        set.holds.ported.iter().map(|(n, p, id)| ((*n, *p), *id)).collect();
+    for (net, port, id) in &next.ported {
+        if had.get(&(*net, *port)) != Some(id) {
+            service_entry(set, *net, *port, Some(*id))?;
+        }
+    }
     set.holds = next.clone();
     Ok(())
+}
+
+/// Puts (`Some(id)`) or removes a ported service's entry: the port, then the prefix.
+fn service_entry(
+    set: &mut CellSet,
+    net: IpNet,
+    port: u16,
+    id: Option<u16>,
+) -> Result<(), KernelError> {
+    let len = 16 + u32::from(net.prefix_len());
+    let port_be = port.to_be_bytes();
+    match net {
+        IpNet::V4(n) => {
+            let key = Key::new(len, ServiceKeyV4 { port: port_be, addr: n.network().octets() });
+            let r = match id {
+                Some(id) => set.svc_v4.insert(&key, u32::from(id), 0),
+                None => set.svc_v4.remove(&key),
+            };
+            r.map_err(map_err(set.names.svc_v4))
+        }
+        IpNet::V6(n) => {
+            let key = Key::new(len, ServiceKeyV6 { port: port_be, addr: n.network().octets() });
+            let r = match id {
+                Some(id) => set.svc_v6.insert(&key, u32::from(id), 0),
+                None => set.svc_v6.remove(&key),
+            };
+            r.map_err(map_err(set.names.svc_v6))
+        }
+    }
 }
 
 /// Records the names of cell ids not recorded yet.
@@ -135,6 +180,30 @@ fn read_set(set: &CellSet) -> Result<Compiled, KernelError> {
     }
     for key in set.policy.keys() {
         out.allow.push(key.map_err(map_err(set.names.policy))?);
+    }
+    for entry in set.svc_v4.iter() {
+        let (k, id) = entry.map_err(map_err(set.names.svc_v4))?;
+        let d = k.data();
+        let net = k
+            .prefix_len()
+            .checked_sub(16)
+            .and_then(prefix_len)
+            .and_then(|len| ipnet::Ipv4Net::new(d.addr.into(), len).ok());
+        if let (Some(n), Ok(id)) = (net, u16::try_from(id)) {
+            out.ported.push((IpNet::V4(n), u16::from_be_bytes(d.port), id));
+        }
+    }
+    for entry in set.svc_v6.iter() {
+        let (k, id) = entry.map_err(map_err(set.names.svc_v6))?;
+        let d = k.data();
+        let net = k
+            .prefix_len()
+            .checked_sub(16)
+            .and_then(prefix_len)
+            .and_then(|len| ipnet::Ipv6Net::new(d.addr.into(), len).ok());
+        if let (Some(n), Ok(id)) = (net, u16::try_from(id)) {
+            out.ported.push((IpNet::V6(n), u16::from_be_bytes(d.port), id));
+        }
     }
     Ok(out)
 }

@@ -4,7 +4,7 @@ use std::{collections::HashSet, time::Instant};
 use agent_common::{
     CELLS_V4_CAPACITY, CELLS_V6_CAPACITY, CellInfo, CellName, Conn, FieldOffsets, OpCost,
     PAIR_STATS_CAPACITY, POLICY_CAPACITY, PairKey, PairStats, PolicyKey, SETTING_CONN_CAPACITY,
-    SETTING_GENERATION, Seeded,
+    SETTING_GENERATION, Seeded, ServiceKeyV4, ServiceKeyV6,
 };
 use agent_core::policy::Compiled;
 use aya::{
@@ -56,6 +56,8 @@ pub(super) struct CellSet {
     pub(super) v6: LpmTrie<MapData, [u8; 16], u32>,
     pub(super) info: Array<MapData, CellInfo>,
     pub(super) policy: HashMap<MapData, PolicyKey, u8>,
+    pub(super) svc_v4: LpmTrie<MapData, ServiceKeyV4, u32>,
+    pub(super) svc_v6: LpmTrie<MapData, ServiceKeyV6, u32>,
     /// What this set holds now.
     pub(super) holds: Compiled,
     /// Whether `holds` is known: false for a pinned set not read back yet.
@@ -105,6 +107,8 @@ fn cell_set(ebpf: &mut Ebpf, names: SetNames) -> Result<CellSet, KernelError> {
         v6: take(ebpf, names.v6)?,
         info: take(ebpf, names.info)?,
         policy: take(ebpf, names.policy)?,
+        svc_v4: take(ebpf, names.svc_v4)?,
+        svc_v6: take(ebpf, names.svc_v6)?,
         holds: Compiled::default(),
         known: true,
     })

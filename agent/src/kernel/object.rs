@@ -65,12 +65,29 @@ pub(super) struct SetNames {
     pub(super) v6: &'static str,
     pub(super) info: &'static str,
     pub(super) policy: &'static str,
+    /// The tries of services with ports.
+    pub(super) svc_v4: &'static str,
+    pub(super) svc_v6: &'static str,
 }
 
 /// Sets A and B, in generation order.
 pub(super) const SETS: [SetNames; 2] = [
-    SetNames { v4: "CELLS_V4_A", v6: "CELLS_V6_A", info: "CELL_INFO_A", policy: "POLICY_A" },
-    SetNames { v4: "CELLS_V4_B", v6: "CELLS_V6_B", info: "CELL_INFO_B", policy: "POLICY_B" },
+    SetNames {
+        v4: "CELLS_V4_A",
+        v6: "CELLS_V6_A",
+        info: "CELL_INFO_A",
+        policy: "POLICY_A",
+        svc_v4: "SERVICES_V4_A",
+        svc_v6: "SERVICES_V6_A",
+    },
+    SetNames {
+        v4: "CELLS_V4_B",
+        v6: "CELLS_V6_B",
+        info: "CELL_INFO_B",
+        policy: "POLICY_B",
+        svc_v4: "SERVICES_V4_B",
+        svc_v6: "SERVICES_V6_B",
+    },
 ];
 
 /// The maps that outlive the agent: every map of the object. The programs keep their
@@ -88,6 +105,10 @@ pub(super) const PINNED_MAPS: &[&str] = &[
     SETS[1].info,
     SETS[0].policy,
     SETS[1].policy,
+    SETS[0].svc_v4,
+    SETS[1].svc_v4,
+    SETS[0].svc_v6,
+    SETS[1].svc_v6,
     "NETNS_ADDR",
     EVENTS,
     SEEDED,

@@ -4,9 +4,10 @@
 use std::os::fd::AsFd;
 
 use agent_common::{
-    COUNTERS_LEN, LIVE_CONNS, PAIR_OVERFLOW_CAPACITY, PROFILE_SLOTS, PairKey, PairStats,
+    CELL_FLAG_GLOBAL, COUNTERS_LEN, LIVE_CONNS, PAIR_OVERFLOW_CAPACITY, PROFILE_SLOTS, PairKey,
+    PairStats,
 };
-use agent_core::metrics::{MapFill, OpTime, Snapshot};
+use agent_core::metrics::{Catalog, MapFill, OpTime, Snapshot};
 
 use super::{
     error::{KernelError, map_err},
@@ -77,7 +78,11 @@ pub(super) fn read(m: &Maps) -> Result<Snapshot, KernelError> {
         MapFill { map: "cells_v6", entries: v6, capacity: cap.cells_v6.into() },
         MapFill { map: "policy", entries: c.allow.len() as u64, capacity: cap.policy.into() },
     ];
-    Ok(Snapshot { pairs, counters, fill, undecodable_events: 0, ops })
+    let catalog = Catalog {
+        cells: c.info.iter().map(|(id, i)| (*id, i.flags & CELL_FLAG_GLOBAL != 0)).collect(),
+        services: c.services.clone(),
+    };
+    Ok(Snapshot { pairs, counters, fill, undecodable_events: 0, ops, catalog })
 }
 
 fn one_by_one(m: &Maps) -> Result<Vec<(PairKey, PairStats)>, KernelError> {

@@ -58,12 +58,13 @@ impl Sweeper {
         self.pass(maps, SWEEP_COUNT).map(drop)
     }
 
-    /// A listing: a sweep that also writes a brief of each open connection; `choose`
-    /// picks the cookies to list (at most `LIST_MAX`) from them; a second sweep writes
-    /// the full record of those, as the counters now hold them. Two passes, because the
-    /// kernel's iterator over socket storage walks its few buckets again from the start
-    /// each time its output buffer fills: full records of 100,000 connections in one
-    /// pass would cost the square of that.
+    /// A listing, in two passes: the first writes a brief of each open connection the
+    /// filter passes (and reads no socket); `choose` picks the cookies to list (at most
+    /// `LIST_MAX`); the second claims what those moved and writes their full records,
+    /// as the counters now hold them. The first pass is kept small because the kernel's
+    /// iterator over socket storage walks its few buckets again from the start each
+    /// time its output buffer fills: full records of 100,000 connections in one pass
+    /// would cost the square of that.
     pub(super) fn list(
         &self,
         maps: &Mutex<Maps>,

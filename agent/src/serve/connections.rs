@@ -42,6 +42,8 @@ pub(crate) struct Connection {
     /// first counted: what the pair's byte counters hold of it.
     pub(crate) bytes_sent: Option<u64>,
     pub(crate) bytes_received: Option<u64>,
+    /// The configured service the server's end is, if any.
+    pub(crate) service: Option<String>,
     pub(crate) age_seconds: f64,
     /// Found open when the agent started.
     pub(crate) seeded: bool,
@@ -126,6 +128,7 @@ pub(crate) fn list(
                 srtt_us: (now.srtt_us != 0).then_some(now.srtt_us),
                 bytes_sent: Some(now.claimed.sent),
                 bytes_received: Some(now.claimed.received),
+                service: ids.service_name(c.service).map(str::to_owned),
                 age_seconds: clock::age_seconds(c.start_ns),
                 seeded: c.flags & CONN_SEEDED != 0,
             }

@@ -1,5 +1,5 @@
-//! The cell map in the kernel: verdicts checked against the plain-Rust reference over
-//! random configs and real connections, and reloads (signal, file change, ConfigMap
+//! The cell map in the kernel: verdicts and services checked against the plain-Rust
+//! reference over random configs and real connections, and reloads (signal, file change, ConfigMap
 //! symlink swap, bad file, deleted file) under live traffic.
 use std::{
     collections::BTreeMap,
@@ -66,13 +66,23 @@ impl Drop for Sink {
     }
 }
 
-/// Series of `cellwatch_connections_opened_total` as (src, dst, direction, verdict).
+/// Series of `cellwatch_connections_opened_total` as (src, dst, direction, verdict), or
+/// of `cellwatch_service_connections_opened_total` as (src, service, direction, verdict).
 type Key = (String, String, String, String);
 
 fn opened(m: &Metrics) -> BTreeMap<Key, f64> {
+    series(m, "cellwatch_connections_opened_total", "dst_cell")
+}
+
+fn service_opened(m: &Metrics) -> BTreeMap<Key, f64> {
+    series(m, "cellwatch_service_connections_opened_total", "service")
+}
+
+fn series(m: &Metrics, family: &str, to: &str) -> BTreeMap<Key, f64> {
     let mut out = BTreeMap::new();
+    let prefix = format!("{family}{{");
     for (series, v) in &m.0 {
-        let Some(rest) = series.strip_prefix("cellwatch_connections_opened_total{") else {
+        let Some(rest) = series.strip_prefix(&prefix) else {
             continue;
         };
         let mut l = BTreeMap::new();
@@ -81,12 +91,8 @@ fn opened(m: &Metrics) -> BTreeMap<Key, f64> {
                 l.insert(k, v.trim_matches('"').to_owned());
             }
         }
-        let key = (
-            l["src_cell"].clone(),
-            l["dst_cell"].clone(),
-            l["direction"].clone(),
-            l["verdict"].clone(),
-        );
+        let key =
+            (l["src_cell"].clone(), l[to].clone(), l["direction"].clone(), l["verdict"].clone());
         out.insert(key, *v);
     }
     out
@@ -162,7 +168,32 @@ fn random_config(rng: &mut Rng, addrs: &[Ipv4Addr], ports: &[u16]) -> String {
         }
     }
     y += &format!("ignore_cidrs: [{}]\n", ignore.join(", "));
-    y
+    with_services(rng, y, addrs, ports)
+}
+
+/// `base` with up to four random services around the addresses in play, with or without
+/// the listeners' ports; a candidate the config would refuse (in no cell, across cells,
+/// overlapping another) is left out, so the config stays valid.
+fn with_services(rng: &mut Rng, base: String, addrs: &[Ipv4Addr], ports: &[u16]) -> String {
+    let mut kept: Vec<String> = Vec::new();
+    for i in 0..rng.below(5) {
+        let a = u32::from(*rng.pick(addrs));
+        let len = 22 + rng.small(11); // /22 .. /32
+        let net = Ipv4Addr::from(a & (u32::MAX << (32 - len)));
+        let ports = if rng.chance(50) {
+            String::new()
+        } else {
+            let picked: Vec<String> =
+                (0..1 + rng.below(2)).map(|_| rng.pick(ports).to_string()).collect();
+            format!(", ports: [{}]", picked.join(", "))
+        };
+        let candidate = format!("  - {{ name: s{i}, cidrs: [\"{net}/{len}\"]{ports} }}\n");
+        let trial = format!("{base}services:\n{}{candidate}", kept.concat());
+        if Config::parse("trial.yaml", &trial).is_ok() {
+            kept.push(candidate);
+        }
+    }
+    if kept.is_empty() { base } else { format!("{base}services:\n{}", kept.concat()) }
 }
 
 #[test]
@@ -189,7 +220,9 @@ fn kernel_verdicts_match_the_reference() {
             await_reloads(&agent, "success", round as f64);
         }
         let cfg = Config::parse("round.yaml", &yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
-        let before = opened(&agent.metrics());
+        let m = agent.metrics();
+        let (before, services_before) = (opened(&m), service_opened(&m));
+        let mut want_services: BTreeMap<Key, f64> = BTreeMap::new();
         let accepted_before = sink.accepted.load(Ordering::Relaxed);
         let mut want: BTreeMap<Key, f64> = BTreeMap::new();
         for _ in 0..CONNS {
@@ -213,22 +246,33 @@ fn kernel_verdicts_match_the_reference() {
                 continue;
             };
             let v = if v == Verdict::Violation { "violation" } else { "allowed" };
+            let service = policy::service(&cfg, to.ip(), to.port());
             for dir in ["egress", "ingress"] {
                 *want.entry((src.clone(), dst.clone(), dir.into(), v.into())).or_default() += 1.0;
+                if let Some(svc) = service {
+                    let k = (src.clone(), svc.to_owned(), dir.into(), v.into());
+                    *want_services.entry(k).or_default() += 1.0;
+                }
             }
         }
         // Connections between two peers in no cell include other tests' traffic: left out.
         want.retain(|k, _| !(k.0 == "external" && k.1 == "external"));
         let deadline = Instant::now() + Duration::from_secs(10);
-        let got = loop {
-            let mut got = delta(&opened(&agent.metrics()), &before);
+        let (got, got_services) = loop {
+            let m = agent.metrics();
+            let mut got = delta(&opened(&m), &before);
             got.retain(|k, _| !(k.0 == "external" && k.1 == "external"));
-            if got == want || Instant::now() > deadline {
-                break got;
+            let got_services = delta(&service_opened(&m), &services_before);
+            if (got == want && got_services == want_services) || Instant::now() > deadline {
+                break (got, got_services);
             }
             thread::sleep(Duration::from_millis(50));
         };
         assert_eq!(got, want, "round {round}: kernel vs reference\nconfig:\n{yaml}");
+        assert_eq!(
+            got_services, want_services,
+            "round {round}: kernel vs reference, services\nconfig:\n{yaml}"
+        );
         assert!(sink.accepted.load(Ordering::Relaxed) >= accepted_before);
     }
 }

@@ -13,6 +13,7 @@ mod http;
 mod live;
 mod prometheus;
 mod restart;
+mod services;
 mod startup;
 mod telemetry;
 mod top;

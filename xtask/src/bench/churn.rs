@@ -125,7 +125,10 @@ pub(crate) fn churn(smoke: bool, baseline: Option<PathBuf>) -> Result<()> {
          each variant per path, interleaved (each round starts with the next variant); median \
          [min, max]. Enforce mode refuses cell-a's violations only (`enforce_cells`), so \
          cell-c's are judged and counted but go through: a refused connect would measure nothing \
-         comparable with no agent.\n\n{summary}\n{out}"
+         comparable with no agent. The config has two services in cell-b, one without \
+         ports (the server is in it) and one with a port, so every connection pays for the \
+         service lookup (the earlier build, which knows no services, runs the same cells \
+         without them).\n\n{summary}\n{out}"
     );
     record::update("churn", &section)?;
     ok("BENCHMARKS.md updated");

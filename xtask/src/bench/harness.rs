@@ -34,6 +34,18 @@ pub(super) const VIOLATOR: Ipv4Addr = Ipv4Addr::new(127, 173, 0, 2);
 
 /// The churn and bulk cell map, in audit or enforce mode.
 pub(super) fn config(mode: &str) -> String {
+    format!("{}{SERVICES}", config_without_services(mode))
+}
+
+/// Services on the server's cell: the server is in `store` (a service without ports,
+/// found by the cell lookup itself), and a service with a port makes every connection
+/// also look up the ported services' trie (a miss costs as much as a hit): the most a
+/// connection pays for services.
+const SERVICES: &str = "services:\n  - { name: store, cidrs: [127.172.0.0/24] }\n  \
+                        - { name: orders-db, cidrs: [127.172.1.0/24], ports: [5432] }\n";
+
+/// The same cells, for an earlier build that knows no services.
+fn config_without_services(mode: &str) -> String {
     format!(
         "cells:\n  - {{ name: global, global: true, cidrs: [127.170.0.0/16] }}\n  \
          - {{ name: cell-a, cidrs: [127.171.0.0/16] }}\n  - {{ name: cell-b, cidrs: [127.172.0.0/16] }}\n  \
@@ -197,7 +209,9 @@ impl Beside {
             (Variant::None, _) => Self::Nothing,
             (Variant::Audit, _) => agent(&bins.agent, "audit")?,
             (Variant::Enforce, _) => agent(&bins.agent, "enforce")?,
-            (Variant::Baseline, Some(bin)) => agent(bin, "audit")?,
+            (Variant::Baseline, Some(bin)) => {
+                Self::Agent(start_agent(bin, &config_without_services("audit"), &[])?)
+            }
             (Variant::Baseline, None) => bail!("no --baseline binary was given"),
             (Variant::Tcplife, _) => {
                 let mut c = Command::new("stdbuf")

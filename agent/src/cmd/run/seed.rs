@@ -9,7 +9,7 @@
 use std::{collections::HashSet, net::SocketAddr};
 
 use agent_common::{
-    AF_INET, AF_INET6, CELL_EXTERNAL, Claimed, Conn, DIR_EGRESS, DIR_INGRESS, Progress,
+    AF_INET, AF_INET6, CELL_EXTERNAL, Claimed, Conn, DIR_EGRESS, DIR_INGRESS, NO_SERVICE, Progress,
     VERDICT_ALLOWED, VERDICT_VIOLATION,
 };
 use agent_core::{
@@ -89,7 +89,9 @@ fn judge(cfg: &Config, ids: &mut CellIds, s: &TcpSocket, listening: &HashSet<u16
         family: if s.local.is_ipv6() { AF_INET6 } else { AF_INET },
         local_port: s.local.port(),
         remote_port: s.remote.port(),
-        _pad1: 0,
+        service: policy::service(cfg, server.ip(), server.port())
+            .and_then(|name| ids.service_lookup(name))
+            .unwrap_or(NO_SERVICE),
         _pad2: 0,
         local_addr: raw_addr(s.local.ip()),
         remote_addr: raw_addr(s.remote.ip()),
