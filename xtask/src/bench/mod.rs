@@ -40,6 +40,9 @@ pub(crate) enum Bench {
         /// A small run, nothing recorded (what CI runs).
         #[arg(long)]
         smoke: bool,
+        /// An earlier agent binary whose `/connections` is timed beside this one's.
+        #[arg(long, value_name = "BINARY")]
+        baseline: Option<PathBuf>,
     },
     /// Connection churn between two cells (allowed and violation, FIN and RST close): no
     /// agent, audit, enforce, and tcplife.
@@ -59,7 +62,7 @@ pub(crate) fn run(which: Bench) -> Result<()> {
         Bench::ConfigLoad => config_load::config_load(),
         Bench::Bulk { smoke, baseline } => bulk::bulk(smoke, baseline),
         Bench::Micro => micro::micro(),
-        Bench::Scale { smoke } => scale::scale(smoke),
+        Bench::Scale { smoke, baseline } => scale::scale(smoke, baseline),
         Bench::Churn { smoke, baseline } => churn::churn(smoke, baseline),
     }
 }
@@ -68,5 +71,5 @@ pub(crate) fn run(which: Bench) -> Result<()> {
 pub(crate) fn smoke() -> Result<()> {
     churn::churn(true, None)?;
     bulk::bulk(true, None)?;
-    scale::scale(true)
+    scale::scale(true, None)
 }

@@ -37,7 +37,7 @@ fn cell_ip(i: usize, host: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, b, c, host))
 }
 
-pub(crate) fn scale(smoke: bool) -> Result<()> {
+pub(crate) fn scale(smoke: bool, baseline: Option<std::path::PathBuf>) -> Result<()> {
     let bin = agent_build(smoke)?;
     let sizes: &[(usize, usize)] =
         if smoke { &[(10, 100)] } else { &[(10, 100), (100, 10_000), (1000, 10_000)] };
@@ -61,6 +61,28 @@ pub(crate) fn scale(smoke: bool) -> Result<()> {
         step(&format!("{n} connections held open"));
         held_rows.push_str(&concurrent(&bin, n, window)?);
     }
+    let listing_rows = match &baseline {
+        Some(before) if !smoke => {
+            step("/connections beside the earlier build, 50,000 connections held");
+            let (mut now, mut then) = (Vec::new(), Vec::new());
+            for _ in 0..2 {
+                now.extend(listing(&bin, 50_000)?);
+                then.extend(listing(before, 50_000)?);
+            }
+            let rows = format!(
+                "`--baseline {}`: `/connections?limit=100` with 50,000 connections held \
+                 (100,000 tracked), two fresh agents of each build in turn, five requests each:\n\n\
+                 | build | `/connections?limit=100`, median [min, max] |\n|---|---|\n\
+                 | this one | {} |\n| earlier | {} |\n",
+                before.display(),
+                stats(&now),
+                stats(&then)
+            );
+            ok(&rows);
+            rows
+        }
+        _ => String::new(),
+    };
     if smoke {
         ok("smoke run done (nothing recorded)");
         return Ok(());
@@ -88,7 +110,7 @@ pub(crate) fn scale(smoke: bool) -> Result<()> {
          kernel iterator included: it runs in the agent's read) over {} s, and what that is \
          per sweep. The first row is the idle agent.\n\n{held_rows}\n\
          Target (issue 14): at most 1% of one core at 100,000 live connections with the \
-         default interval.\n",
+         default interval.\n\n{listing_rows}",
         window.as_secs()
     );
     record::update("scale", &section)?;
@@ -156,40 +178,10 @@ fn concurrent(bin: &Path, held: usize, window: Duration) -> Result<String> {
     );
     let agent = start_agent(bin, &cfg, &["--conn-capacity", "262144"])?;
     let port = agent.port;
-    let listeners: Vec<std::net::TcpListener> = (1..=20u8)
-        .map(|h| listen(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 191, 0, h)), 0), 4096))
-        .collect::<Result<_>>()?;
-    let targets: Vec<String> = listeners
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.to_string()))
-        .collect::<Result<_, _>>()?;
-    let helpers = if held == 0 { 0 } else { 3 };
-    let per = if held == 0 { 0 } else { held.div_ceil(helpers) };
     let t = Instant::now();
-    let mut children = Vec::new();
     let result = (|| -> Result<String> {
-        for h in 0..helpers {
-            let mut c = Command::new(std::env::current_exe()?)
-                .args([
-                    "hold",
-                    "--count",
-                    &per.to_string(),
-                    "--helper",
-                    &h.to_string(),
-                    "--targets",
-                ])
-                .arg(targets.join(","))
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()?;
-            let out = c.stdout.take().context("helper stdout");
-            children.push(c);
-            let mut line = String::new();
-            BufReader::new(out?).read_line(&mut line)?;
-            if !line.starts_with("held") {
-                bail!("connection helper {h} failed: {line}");
-            }
-        }
+        let held_now = Held::open(held)?;
+        let per_helper = held_now.per;
         let opening = t.elapsed().as_secs_f64();
         // Past the first sweep after the opening (the default interval is 10 s), so the
         // window sees steady sweeps.
@@ -211,32 +203,105 @@ fn concurrent(bin: &Path, held: usize, window: Duration) -> Result<String> {
             "-".to_owned()
         };
         let gz_times = scrapes(port, true)?.times;
-        let t = Instant::now();
-        let (status, list) = http_get(port, "/connections?limit=100")?;
-        let list_time = t.elapsed().as_secs_f64();
-        if status != 200 || !list.starts_with('[') {
-            bail!("/connections answered {status}");
+        let mut list_times = Vec::new();
+        for _ in 0..5 {
+            let t = Instant::now();
+            let (status, list) = http_get(port, "/connections?limit=100")?;
+            list_times.push(t.elapsed().as_secs_f64());
+            if status != 200 || !list.starts_with('[') {
+                bail!("/connections answered {status}");
+            }
         }
         let memlock = map_memlock(agent.pid())?;
         let row = format!(
-            "| {} ({tracked:.0}) | {opening:.1} s | {:.2}% | {per_sweep} | {} | {:.1} ms | {:.1} MiB \
+            "| {} ({tracked:.0}) | {opening:.1} s | {:.2}% | {per_sweep} | {} | {} | {:.1} MiB \
              | {:.1} MiB |\n",
-            per * helpers,
+            per_helper * held_now.helpers,
             share * 100.0,
             stats(&gz_times),
-            list_time * 1e3,
+            stats(&list_times),
             rss_mib(agent.pid()),
             memlock as f64 / (1u64 << 20) as f64,
         );
         ok(&row);
         Ok(row)
     })();
-    for c in &mut children {
-        drop(c.stdin.take());
-        let _ = c.wait();
-    }
     drop(agent);
     result
+}
+
+/// Connections held open from cell-a to cell-b by helper processes (`xtask hold`), each
+/// under the open-file limit; closed when dropped.
+struct Held {
+    children: Vec<std::process::Child>,
+    _listeners: Vec<std::net::TcpListener>,
+    helpers: usize,
+    per: usize,
+}
+
+impl Held {
+    fn open(held: usize) -> Result<Self> {
+        let listeners: Vec<std::net::TcpListener> = (1..=20u8)
+            .map(|h| listen(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 191, 0, h)), 0), 4096))
+            .collect::<Result<_>>()?;
+        let targets: Vec<String> = listeners
+            .iter()
+            .map(|l| l.local_addr().map(|a| a.to_string()))
+            .collect::<Result<_, _>>()?;
+        let helpers = if held == 0 { 0 } else { 3 };
+        let per = if held == 0 { 0 } else { held.div_ceil(helpers) };
+        let mut me = Self { children: Vec::new(), _listeners: listeners, helpers, per };
+        for h in 0..helpers {
+            let mut c = Command::new(std::env::current_exe()?)
+                .args(["hold", "--count", &per.to_string(), "--helper", &h.to_string()])
+                .arg("--targets")
+                .arg(targets.join(","))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()?;
+            let out = c.stdout.take().context("helper stdout");
+            me.children.push(c);
+            let mut line = String::new();
+            BufReader::new(out?).read_line(&mut line)?;
+            if !line.starts_with("held") {
+                bail!("connection helper {h} failed: {line}");
+            }
+        }
+        Ok(me)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            drop(c.stdin.take());
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `GET /connections?limit=100` timed five times with `held` connections open, on a
+/// fresh agent `bin` (this build or an earlier one): the listing beside the earlier
+/// build's, in one run.
+fn listing(bin: &Path, held: usize) -> Result<Vec<f64>> {
+    let cfg = format!(
+        "cells:\n  - {{ name: cell-a, cidrs: [127.190.0.0/16] }}\n  - {{ name: cell-b, cidrs: [127.191.0.0/16] }}\n\
+         ignore_cidrs: [{}]\n",
+        HARNESS.cidr(0)
+    );
+    let agent = start_agent(bin, &cfg, &["--conn-capacity", "262144"])?;
+    let _held = Held::open(held)?;
+    std::thread::sleep(Duration::from_secs(2));
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let (status, list) = http_get(agent.port, "/connections?limit=100")?;
+        times.push(t.elapsed().as_secs_f64());
+        if status != 200 || !list.starts_with('[') {
+            bail!("/connections answered {status}");
+        }
+    }
+    Ok(times)
 }
 
 /// The sum of every sample of `name` in one scrape.
