@@ -12,6 +12,8 @@
 //! - [`events`]: ring-buffer records decoded, and the kernel's address encodings.
 //! - [`query`]: the query strings of the JSON endpoints.
 //! - [`top`]: `cellwatch top`'s rows from two scrapes, and the newest violation per pair.
+//! - [`report`]: `cellwatch report`'s model from Prometheus' answers (blast radius,
+//!   dependencies, containment, outlier cells) and its text, JSON and dot.
 #![forbid(unsafe_code)]
 
 pub mod btf;
@@ -23,4 +25,5 @@ pub mod names;
 pub mod policy;
 pub mod promtext;
 pub mod query;
+pub mod report;
 pub mod top;

@@ -1,9 +1,9 @@
-//! The command line: `run`, `demo`, `top`, `check-config` and `uninstall`.
+//! The command line: `run`, `demo`, `top`, `report`, `check-config` and `uninstall`.
 #![forbid(unsafe_code)]
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use agent_core::metrics::Buckets;
+use agent_core::{metrics::Buckets, report::Range};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::logging::LogFormat;
@@ -53,6 +53,10 @@ pub(crate) enum Command {
     /// violations per second, bytes per second, connect latency and RTT; and the newest
     /// violations. Keys: q quits, s cycles the sort, / filters by cell.
     Top(TopArgs),
+    /// Read a Prometheus that scrapes the agents: the blast radius of each service (the
+    /// cells that call it, with their share of its connections and bytes), each cell's
+    /// dependencies and containment, and outlier cells.
+    Report(ReportArgs),
     /// Check a config file: exit 0 with a summary, or 2 with FILE:LINE:COL per problem.
     CheckConfig {
         /// The YAML cell map to check.
@@ -155,6 +159,27 @@ pub(crate) struct TopArgs {
     /// Show only the pairs with this cell at either end (the `/` key changes it).
     #[arg(long)]
     pub(crate) cell: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ReportArgs {
+    /// Prometheus' URL, plain http (a path prefix is kept), e.g. http://prometheus:9090.
+    #[arg(long, value_name = "URL")]
+    pub(crate) prometheus: String,
+    /// The time range, up to now: 30m, 1h, 7d, ... (one unit: s, m, h, d or w; 1m to 366d).
+    #[arg(long, default_value = "1h", value_parser = Range::parse)]
+    pub(crate) range: Range,
+    /// text for people, json for scripts, dot for graphviz (`| dot -Tsvg > cells.svg`).
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    pub(crate) format: ReportFormat,
+}
+
+/// `report --format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ReportFormat {
+    Text,
+    Json,
+    Dot,
 }
 
 /// `top --sort`: opened or violations per second, bytes per second, or RTT p99.

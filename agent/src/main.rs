@@ -1,7 +1,8 @@
 //! `cellwatch`: an eBPF-assisted cell telemetry agent. The layers, top down:
 //!
-//! - [`cli`] and [`cmd`]: the command line and each command (`run`, `demo`,
-//!   `check-config`, `uninstall`), errors turned into one sentence and an exit code.
+//! - [`cli`] and [`cmd`]: the command line and each command (`run`, `demo`, `top`,
+//!   `report`, `check-config`, `uninstall`), errors turned into one sentence and an exit
+//!   code.
 //! - [`serve`]: the HTTP endpoints (`/metrics`, `/connections`, `/violations`, health)
 //!   and the kernel's violation events drained for them.
 //! - [`kernel`]: the embedded eBPF programs on their hooks, their pinned maps read and

@@ -28,6 +28,7 @@ const TEST_DEBIAN: &[Package] = &[
     ("cpio", "the kernel matrix's initramfs"),
     ("busybox-static", "the kernel matrix's shell"),
     ("tmux", "a real terminal for the tests of the demo's screen and `cellwatch top`"),
+    ("graphviz", "dot, which must draw `cellwatch report --format dot` in the tests"),
 ];
 const BPF_LINKER: &str = "0.13.0";
 const CARGO_DENY: &str = "0.20.2";

@@ -1,6 +1,6 @@
 //! The small HTTP/1.0 client that the demo and `top` read an agent's endpoints with, as
-//! any scraper would: one GET per connection, the whole answer read until the server
-//! closes, bounded in time.
+//! any scraper would, and `report` Prometheus' query API: one GET per connection, the
+//! whole answer read until the server closes, bounded in time. Plain http only.
 #![forbid(unsafe_code)]
 
 use std::{io, net::SocketAddr, time::Duration};
@@ -10,12 +10,26 @@ use tokio::{
     net::TcpStream,
 };
 
-/// `GET path` from `addr`: the body of a 200 answer; any other status is an error
-/// naming the status line.
-pub(crate) async fn get(addr: SocketAddr, path: &str, limit: Duration) -> io::Result<String> {
+/// An answer, whatever its status.
+pub(crate) struct Answer {
+    /// The status code; 0 when the status line has none.
+    pub(crate) status: u16,
+    /// The status line, as `HTTP/1.1 200 OK`.
+    pub(crate) status_line: String,
+    pub(crate) body: String,
+}
+
+/// `GET path` from `addr`, naming `host` in the `Host` header: the answer, whatever its
+/// status.
+pub(crate) async fn request(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    limit: Duration,
+) -> io::Result<Answer> {
     let fetch = async {
         let mut s = TcpStream::connect(addr).await?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes()).await?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).await?;
         Ok::<_, io::Error>(String::from_utf8_lossy(&raw).into_owned())
@@ -23,15 +37,119 @@ pub(crate) async fn get(addr: SocketAddr, path: &str, limit: Duration) -> io::Re
     let raw = tokio::time::timeout(limit, fetch)
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer in time"))??;
-    match raw.split_once("\r\n\r\n") {
-        Some((head, body))
-            if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") =>
-        {
-            Ok(body.to_owned())
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw.as_str(), ""));
+    let status_line = head.lines().next().unwrap_or("").to_owned();
+    let status = match status_line.split_whitespace().collect::<Vec<_>>()[..] {
+        [version, code, ..] if version.starts_with("HTTP/") => code.parse().unwrap_or(0),
+        _ => 0,
+    };
+    Ok(Answer { status, status_line, body: body.to_owned() })
+}
+
+/// `GET path` from `addr`: the body of a 200 answer; any other status is an error
+/// naming the status line.
+pub(crate) async fn get(addr: SocketAddr, path: &str, limit: Duration) -> io::Result<String> {
+    let answer = request(addr, "localhost", path, limit).await?;
+    if answer.status == 200 {
+        return Ok(answer.body);
+    }
+    let line = if answer.status_line.is_empty() { "nothing" } else { &answer.status_line };
+    Err(io::Error::other(format!("answered `{line}`")))
+}
+
+/// `http://host[:port][/prefix]` as (host, port, prefix); or why not. A URL without a
+/// scheme is taken as http, with port 80 when it names none; https is refused.
+pub(crate) fn split_url(url: &str) -> Result<(String, u16, String), String> {
+    let rest = match url.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
+        Some(_) => return Err("only plain http:// is spoken".to_owned()),
+        None => url,
+    };
+    let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
+    let prefix = path.trim_end_matches('/').to_owned();
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']').ok_or("an unclosed `[`")?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
         }
-        _ => Err(io::Error::other(format!(
-            "answered `{}`",
-            raw.lines().next().filter(|l| !l.is_empty()).unwrap_or("nothing")
-        ))),
+    };
+    if host.is_empty() {
+        return Err("no host".to_owned());
+    }
+    let port = match port {
+        None => 80,
+        Some(p) => p.parse().map_err(|_| format!("`{p}` is not a port"))?,
+    };
+    Ok((host.to_owned(), port, prefix))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(url: &str) -> (String, u16, String) {
+        split_url(url).unwrap_or_else(|e| panic!("{url}: {e}"))
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(parts("http://127.0.0.1:9473"), ("127.0.0.1".into(), 9473, String::new()));
+        assert_eq!(parts("http://127.0.0.1:9473/"), ("127.0.0.1".into(), 9473, String::new()));
+        assert_eq!(parts("127.0.0.1:1"), ("127.0.0.1".into(), 1, String::new()));
+        assert_eq!(parts("HTTP://[::1]:9/agent/"), ("::1".into(), 9, "/agent".into()));
+        assert_eq!(parts("http://localhost"), ("localhost".into(), 80, String::new()));
+        assert_eq!(
+            parts("http://prom:9090/prometheus"),
+            ("prom".into(), 9090, "/prometheus".into())
+        );
+        for bad in ["https://x:1", "http://:1", "http://x:port", "http://[::1:9"] {
+            assert!(split_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// A server that answers one request with `raw`, and the request it read.
+    fn serve_once(raw: &'static str) -> (SocketAddr, std::thread::JoinHandle<String>) {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut req = vec![0u8; 4096];
+            let n = s.read(&mut req).unwrap();
+            s.write_all(raw.as_bytes()).unwrap();
+            String::from_utf8_lossy(&req[..n]).into_owned()
+        });
+        (addr, t)
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+
+    #[test]
+    fn answers_of_any_status() {
+        let (addr, t) =
+            serve_once("HTTP/1.1 400 Bad Request\r\nX: y\r\n\r\n{\"status\":\"error\"}");
+        let a = rt()
+            .block_on(request(addr, "prom:9090", "/api/v1/query?query=up", Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!((a.status, a.status_line.as_str()), (400, "HTTP/1.1 400 Bad Request"));
+        assert_eq!(a.body, "{\"status\":\"error\"}");
+        assert_eq!(
+            t.join().unwrap(),
+            "GET /api/v1/query?query=up HTTP/1.0\r\nHost: prom:9090\r\n\r\n"
+        );
+
+        let (addr, _t) = serve_once("HTTP/1.0 404 Not Found\r\n\r\nno");
+        let e = rt().block_on(get(addr, "/metrics", Duration::from_secs(5))).unwrap_err();
+        assert_eq!(e.to_string(), "answered `HTTP/1.0 404 Not Found`");
+        let (addr, _t) = serve_once("HTTP/1.0 200 OK\r\n\r\nbody");
+        assert_eq!(rt().block_on(get(addr, "/metrics", Duration::from_secs(5))).unwrap(), "body");
+        let (addr, _t) = serve_once("");
+        let e = rt().block_on(get(addr, "/metrics", Duration::from_secs(5))).unwrap_err();
+        assert_eq!(e.to_string(), "answered `nothing`");
     }
 }

@@ -5,6 +5,7 @@
 mod check_config;
 mod demo;
 mod fetch;
+mod report;
 mod run;
 mod top;
 mod uninstall;
@@ -59,6 +60,7 @@ fn dispatch(command: Command, log_format: logging::LogFormat) -> anyhow::Result<
         Command::Run(args) => run::run(&args)?,
         Command::Demo(args) => demo::demo(&args, log_format)?,
         Command::Top(args) => top::top(&args)?,
+        Command::Report(args) => report::report(&args)?,
         Command::CheckConfig { file } => check_config::check_config(&file)?,
         Command::Uninstall { bpffs } => uninstall::uninstall(&bpffs)?,
     }

@@ -12,6 +12,7 @@ mod foundation;
 mod http;
 mod live;
 mod prometheus;
+mod report;
 mod restart;
 mod services;
 mod startup;

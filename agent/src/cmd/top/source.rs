@@ -75,53 +75,7 @@ impl Source {
     }
 }
 
-/// `http://host[:port][/prefix]` as (host, port, prefix). A URL without a scheme is
-/// taken as http; https is refused (the agent serves plain HTTP).
+/// `--url` as (host, port, prefix): see [`fetch::split_url`].
 fn split_url(url: &str) -> Result<(String, u16, String), TopError> {
-    let bad = |why: &str| TopError::Url { url: url.to_owned(), why: why.to_owned() };
-    let rest = match url.split_once("://") {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
-        Some(_) => return Err(bad("the agent serves plain http://")),
-        None => url,
-    };
-    let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
-    let prefix = path.trim_end_matches('/').to_owned();
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6.split_once(']').ok_or_else(|| bad("an unclosed `[`"))?;
-        (host, after.strip_prefix(':'))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
-        }
-    };
-    if host.is_empty() {
-        return Err(bad("no host"));
-    }
-    let port = match port {
-        None => 80,
-        Some(p) => p.parse().map_err(|_| bad(&format!("`{p}` is not a port")))?,
-    };
-    Ok((host.to_owned(), port, prefix))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parts(url: &str) -> (String, u16, String) {
-        split_url(url).unwrap_or_else(|e| panic!("{url}: {e}"))
-    }
-
-    #[test]
-    fn urls() {
-        assert_eq!(parts("http://127.0.0.1:9473"), ("127.0.0.1".into(), 9473, String::new()));
-        assert_eq!(parts("http://127.0.0.1:9473/"), ("127.0.0.1".into(), 9473, String::new()));
-        assert_eq!(parts("127.0.0.1:1"), ("127.0.0.1".into(), 1, String::new()));
-        assert_eq!(parts("HTTP://[::1]:9/agent/"), ("::1".into(), 9, "/agent".into()));
-        assert_eq!(parts("http://localhost"), ("localhost".into(), 80, String::new()));
-        for bad in ["https://x:1", "http://:1", "http://x:port", "http://[::1:9"] {
-            assert!(split_url(bad).is_err(), "{bad}");
-        }
-    }
+    fetch::split_url(url).map_err(|why| TopError::Url { url: url.to_owned(), why })
 }

@@ -1,0 +1,413 @@
+//! `cellwatch report`'s three outputs: text for people, JSON for scripts (the model as
+//! serde writes it: see the README for its shape), and graphviz dot, where cells and
+//! services are nodes (a service inside the box of the cell it lies in) and each
+//! dependency is an edge as wide as its share of the busiest one's connections.
+#![forbid(unsafe_code)]
+
+use std::fmt::Write as _;
+
+use super::{
+    Destination, FACTOR, FAILURE_RATIO_FLOOR, MIN_CONNECTS_PER_SECOND, Outlier, P99_FLOOR_SECONDS,
+    Report, Share, Signal,
+};
+use crate::top::{EXTERNAL, fmt_bytes, fmt_duration};
+
+/// A share as `62.5%`; `-` with nothing to share.
+fn pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{:.1}%", v * 100.0))
+}
+
+fn bytes(v: u64) -> String {
+    fmt_bytes(Some(v as f64))
+}
+
+/// Rows as aligned columns under `header`, each line indented by `indent`; `numeric`
+/// columns are aligned right.
+fn table(indent: &str, header: &[&str], numeric: &[bool], rows: &[Vec<String>]) -> String {
+    let width = |i: usize| {
+        rows.iter().map(|r| r[i].chars().count()).chain([header[i].len()]).max().unwrap_or(0)
+    };
+    let widths: Vec<usize> = (0..header.len()).map(width).collect();
+    let line = |row: &[String]| {
+        let mut out = indent.to_owned();
+        for (i, c) in row.iter().enumerate() {
+            let pad = " ".repeat(widths[i].saturating_sub(c.chars().count()));
+            out.push_str(if i == 0 { "" } else { "  " });
+            if numeric[i] {
+                out.push_str(&pad);
+                out.push_str(c);
+            } else {
+                out.push_str(c);
+                out.push_str(&pad);
+            }
+        }
+        format!("{}\n", out.trim_end())
+    };
+    let mut out = line(&header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>());
+    for r in rows {
+        out.push_str(&line(r));
+    }
+    out
+}
+
+impl Outlier {
+    /// The cell's figure, or its peers' median, as text.
+    fn figure(&self, v: f64) -> String {
+        match self.signal {
+            Signal::ConnectFailures => pct(Some(v)),
+            Signal::ConnectP99 => fmt_duration(v),
+        }
+    }
+
+    fn destination(&self) -> String {
+        match &self.destination {
+            Destination::Service(s) => format!("service {s}"),
+            Destination::Cell(c) => format!("cell {c}"),
+        }
+    }
+
+    /// `cell-1 -> service orders-db: 30.0% of connects failed; the other 3 cells' median 0.0% (600 connects)`
+    pub(super) fn line(&self) -> String {
+        let what = match self.signal {
+            Signal::ConnectFailures => format!("{} of connects failed", self.figure(self.value)),
+            Signal::ConnectP99 => format!("connect p99 {}", self.figure(self.value)),
+        };
+        let peers = if self.peers == 1 {
+            "the other cell's".to_owned()
+        } else {
+            format!("the other {} cells' median", self.peers)
+        };
+        format!(
+            "{} -> {}: {what}; {peers} {} ({} connects)",
+            self.cell,
+            self.destination(),
+            self.figure(self.peer_median),
+            self.connects
+        )
+    }
+}
+
+impl Report {
+    /// The report for people; `source` names the Prometheus it was read from.
+    pub fn text(&self, source: &str) -> String {
+        let mut out = String::new();
+        let globals = self.cells.iter().filter(|c| c.global).count();
+        let _ = writeln!(
+            out,
+            "cellwatch report  {source}  the last {}  cells: {} ({globals} global)  services: {}",
+            self.range,
+            self.cells.len(),
+            self.services.len()
+        );
+        self.text_blast_radius(&mut out);
+        self.text_dependencies(&mut out);
+        self.text_containment(&mut out);
+        self.text_outliers(&mut out);
+        for n in &self.notes {
+            let _ = writeln!(out, "\nnote: {n}");
+        }
+        out
+    }
+
+    fn text_blast_radius(&self, out: &mut String) {
+        out.push_str(
+            "\nBLAST RADIUS of each service: the cells that called it, and their share of its \
+             connections and bytes\n",
+        );
+        if self.services.is_empty() {
+            out.push_str("  (no service: name them under `services:` in the agents' config)\n");
+        }
+        for s in &self.services {
+            let place = match (&s.cell, s.global) {
+                (Some(c), true) => format!("in {c}, a global cell"),
+                (Some(c), false) => format!("in {c}"),
+                (None, _) => "in no known cell".to_owned(),
+            };
+            if s.dependents.is_empty() && s.external.is_none() {
+                let _ = writeln!(out, "  {} ({place}): no caller", s.service);
+                continue;
+            }
+            let cells = match s.dependents.len() {
+                1 => "1 cell".to_owned(),
+                n => format!("{n} cells"),
+            };
+            let _ = writeln!(
+                out,
+                "  {} ({place}): {cells}, {} connections, {}",
+                s.service,
+                s.connections,
+                bytes(s.bytes)
+            );
+            let row = |name: &str, sh: &Share| {
+                vec![
+                    name.to_owned(),
+                    sh.connections.to_string(),
+                    pct(sh.connections_share),
+                    bytes(sh.bytes),
+                    pct(sh.bytes_share),
+                ]
+            };
+            let mut rows: Vec<Vec<String>> =
+                s.dependents.iter().map(|d| row(&d.cell, &d.share)).collect();
+            if let Some(e) = &s.external {
+                rows.push(row("(external)", e));
+            }
+            out.push_str(&table(
+                "    ",
+                &["CELL", "CONNECTIONS", "SHARE", "BYTES", "SHARE"],
+                &[false, true, true, true, true],
+                &rows,
+            ));
+        }
+    }
+
+    fn text_dependencies(&self, out: &mut String) {
+        out.push_str(
+            "\nDEPENDENCIES of each cell: the services and the other cells its clients called\n",
+        );
+        let rows: Vec<Vec<String>> = self
+            .cells
+            .iter()
+            .map(|c| {
+                let services: Vec<String> = c
+                    .services
+                    .iter()
+                    .map(|s| match &s.cell {
+                        Some(home) => format!("{} (in {home})", s.service),
+                        None => s.service.clone(),
+                    })
+                    .collect();
+                let cells = |global: bool| {
+                    c.cells.iter().filter(|d| d.global == global).map(|d| d.cell.clone()).collect()
+                };
+                let list =
+                    |l: Vec<String>| if l.is_empty() { "-".to_owned() } else { l.join(", ") };
+                vec![c.cell.clone(), list(services), list(cells(true)), list(cells(false))]
+            })
+            .collect();
+        if rows.is_empty() {
+            out.push_str("  (no cell)\n");
+            return;
+        }
+        out.push_str(&table(
+            "  ",
+            &["CELL", "SERVICES", "GLOBAL CELLS", "OTHER CELLS"],
+            &[false; 4],
+            &rows,
+        ));
+    }
+
+    fn text_containment(&self, out: &mut String) {
+        out.push_str("\nCONTAINMENT of each cell: where its clients' connections and bytes went\n");
+        if self.cells.is_empty() {
+            out.push_str("  (no cell)\n");
+            return;
+        }
+        let rows: Vec<Vec<String>> = self
+            .cells
+            .iter()
+            .map(|c| {
+                let k = &c.containment;
+                let scopes = [&k.inside, &k.global, &k.other_cells, &k.external];
+                let mut row = vec![c.cell.clone(), c.connections.to_string()];
+                row.extend(scopes.iter().map(|s| pct(s.connections_share)));
+                row.push(bytes(c.bytes));
+                row.extend(scopes.iter().map(|s| pct(s.bytes_share)));
+                row
+            })
+            .collect();
+        let scopes = ["INSIDE", "GLOBAL", "OTHER CELLS", "EXTERNAL"];
+        let mut header = vec!["CELL", "CONNECTIONS"];
+        header.extend(scopes);
+        header.push("BYTES");
+        header.extend(scopes);
+        let mut numeric = vec![true; header.len()];
+        numeric[0] = false;
+        out.push_str(&table("  ", &header, &numeric, &rows));
+    }
+
+    fn text_outliers(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "\nOUTLIERS: cells more than {FACTOR}x the median of the other cells calling the same \
+             destination\n  (failures above {}, connect p99 above {}; cells with at least {} \
+             connects/s to it)",
+            pct(Some(FAILURE_RATIO_FLOOR)),
+            fmt_duration(P99_FLOOR_SECONDS),
+            MIN_CONNECTS_PER_SECOND
+        );
+        if self.outliers.is_empty() {
+            out.push_str("  (none)\n");
+        }
+        for o in &self.outliers {
+            let _ = writeln!(out, "  {}", o.line());
+        }
+    }
+
+    /// The report as pretty JSON, one line per field.
+    pub fn json(&self) -> Result<String, serde_json::Error> {
+        Ok(format!("{}\n", serde_json::to_string_pretty(self)?))
+    }
+
+    /// The dependency graph in graphviz dot: `dot -Tsvg` draws it.
+    pub fn dot(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "digraph cellwatch {{");
+        let _ = writeln!(
+            out,
+            "  graph [rankdir=LR, fontname=\"Helvetica\", labelloc=t, label={}];",
+            quote(&format!("cellwatch report: dependencies over the last {}", self.range))
+        );
+        out.push_str("  node [fontname=\"Helvetica\", fontsize=11];\n");
+        out.push_str("  edge [fontname=\"Helvetica\", fontsize=9];\n");
+
+        let outlier_cells: Vec<&str> = self.outliers.iter().map(|o| o.cell.as_str()).collect();
+        let cell_node = |name: &str, global: bool, inside: Option<f64>| {
+            let mut label = name.to_owned();
+            if global {
+                label.push_str("\n(global)");
+            }
+            if let Some(v) = inside {
+                let _ = write!(label, "\n{} inside", pct(Some(v)));
+            }
+            let style = if global { "rounded,filled" } else { "rounded" };
+            let color = if outlier_cells.contains(&name) { ", color=red, penwidth=2" } else { "" };
+            format!(
+                "{} [label={}, shape=box, style=\"{style}\", fillcolor=\"#e8e8e8\"{color}];",
+                quote(&id("cell", name)),
+                quote(&label)
+            )
+        };
+        let service_node = |name: &str| {
+            format!("{} [label={}, shape=cylinder];", quote(&id("service", name)), quote(name))
+        };
+
+        // Each cell, in a box with the services that lie in it.
+        for c in &self.cells {
+            let node = cell_node(&c.cell, c.global, c.containment.inside.connections_share);
+            let inside: Vec<&str> = self
+                .services
+                .iter()
+                .filter(|s| s.cell.as_deref() == Some(c.cell.as_str()))
+                .map(|s| s.service.as_str())
+                .collect();
+            if inside.is_empty() {
+                let _ = writeln!(out, "  {node}");
+                continue;
+            }
+            let _ = writeln!(out, "  subgraph {} {{", quote(&id("cluster", &c.cell)));
+            let _ = writeln!(
+                out,
+                "    label={}; style=\"rounded,dashed\"; color=\"#999999\";",
+                quote(&c.cell)
+            );
+            let _ = writeln!(out, "    {node}");
+            for s in inside {
+                let _ = writeln!(out, "    {}", service_node(s));
+            }
+            out.push_str("  }\n");
+        }
+        // Services in no cell the report knows.
+        for s in &self.services {
+            if s.cell.as_deref().is_none_or(|c| self.cell(c).is_none()) {
+                let _ = writeln!(out, "  {}", service_node(&s.service));
+            }
+        }
+
+        // (from, to, connections, bytes, outlier mark)
+        let mut edges: Vec<(String, String, u64, u64, Option<String>)> = Vec::new();
+        let mark = |cell: &str, dest: &Destination| {
+            let marks: Vec<String> = self
+                .outliers
+                .iter()
+                .filter(|o| o.cell == cell && &o.destination == dest)
+                .map(|o| match o.signal {
+                    Signal::ConnectFailures => format!("outlier: {} failed", o.figure(o.value)),
+                    Signal::ConnectP99 => format!("outlier: p99 {}", o.figure(o.value)),
+                })
+                .collect();
+            (!marks.is_empty()).then(|| marks.join("\n"))
+        };
+        for c in &self.cells {
+            for s in &c.services {
+                let m = mark(&c.cell, &Destination::Service(s.service.clone()));
+                edges.push((
+                    id("cell", &c.cell),
+                    id("service", &s.service),
+                    s.connections,
+                    s.bytes,
+                    m,
+                ));
+            }
+            for d in &c.cells {
+                let m = mark(&c.cell, &Destination::Cell(d.cell.clone()));
+                edges.push((id("cell", &c.cell), id("cell", &d.cell), d.connections, d.bytes, m));
+            }
+        }
+        for s in &self.services {
+            if let Some(e) = &s.external {
+                edges.push((
+                    id("cell", EXTERNAL),
+                    id("service", &s.service),
+                    e.connections,
+                    e.bytes,
+                    None,
+                ));
+            }
+        }
+        if edges.iter().any(|(a, b, ..)| *a == id("cell", EXTERNAL) || *b == id("cell", EXTERNAL)) {
+            let _ = writeln!(
+                out,
+                "  {} [label=\"external\\n(no cell)\", shape=ellipse, style=dashed];",
+                quote(&id("cell", EXTERNAL))
+            );
+        }
+        // Widths by connections, or by bytes when no edge has a connection in the range.
+        let by_conns = edges.iter().any(|e| e.2 > 0);
+        let size = |e: &(String, String, u64, u64, Option<String>)| {
+            (if by_conns { e.2 } else { e.3 }) as f64
+        };
+        let max = edges.iter().map(size).fold(0.0, f64::max);
+        for e in &edges {
+            let share = if max > 0.0 { size(e) / max } else { 0.0 };
+            let mut label = format!("{} conn\n{}", e.2, bytes(e.3));
+            let mut color = String::new();
+            if let Some(m) = &e.4 {
+                let _ = write!(label, "\n{m}");
+                color = ", color=red, fontcolor=red".to_owned();
+            }
+            let _ = writeln!(
+                out,
+                "  {} -> {} [label={}, penwidth={:.2}, weight={}{color}];",
+                quote(&e.0),
+                quote(&e.1),
+                quote(&label),
+                1.0 + 4.0 * share,
+                1 + whole_tenths(share)
+            );
+        }
+        out.push_str("}\n");
+        out
+    }
+}
+
+/// A share (0 to 1) in tenths, for dot's integer edge weights.
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "0 <= share <= 1: 0 to 10"
+)]
+fn whole_tenths(share: f64) -> u32 {
+    (share.clamp(0.0, 1.0) * 10.0).round() as u32
+}
+
+/// A node's id: its kind and name, so a cell and a service of the same name differ.
+fn id(kind: &str, name: &str) -> String {
+    format!("{kind}:{name}")
+}
+
+/// A dot string: quoted, with `"` and `\` escaped and newlines as dot's `\n`.
+pub(super) fn quote(s: &str) -> String {
+    let escaped = s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+    format!("\"{escaped}\"")
+}

@@ -1,0 +1,604 @@
+//! The report from canned answers of Prometheus' query API, as JSON text: the answers
+//! parsed, the model built, and its text, JSON and dot (which graphviz must draw).
+use std::{
+    io::Write as _,
+    process::{Command, Stdio},
+};
+
+use serde_json::{Value, json};
+
+use super::*;
+
+/// An instant-vector answer as Prometheus writes it.
+fn answer(series: &[(&[(&str, &str)], &str)]) -> String {
+    let result: Vec<Value> = series
+        .iter()
+        .map(|(labels, v)| {
+            let metric: serde_json::Map<String, Value> =
+                labels.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
+            json!({ "metric": metric, "value": [1_760_000_000.123, v] })
+        })
+        .collect();
+    json!({ "status": "success", "data": { "resultType": "vector", "result": result } }).to_string()
+}
+
+type Canned<'a> = &'a [(Family, &'a [(&'a [(&'a str, &'a str)], &'a str)])];
+
+/// Answers for the families given; the others answer an empty vector.
+fn answers(canned: Canned<'_>) -> Answers {
+    Family::ALL
+        .iter()
+        .map(|f| {
+            let series = canned.iter().find(|(g, _)| g == f).map_or(&[][..], |(_, s)| s);
+            (*f, parse_answer(&answer(series)).expect("a canned answer parses"))
+        })
+        .collect()
+}
+
+fn hour() -> Range {
+    Range::parse("1h").unwrap()
+}
+
+const CELLS: &[(&[(&str, &str)], &str)] = &[
+    (&[("cell", "global"), ("global", "true")], "1"),
+    (&[("cell", "cell-1"), ("global", "false")], "1"),
+    (&[("cell", "cell-2"), ("global", "false")], "1"),
+    (&[("cell", "cell-3"), ("global", "false")], "1"),
+];
+const SERVICES: &[(&[(&str, &str)], &str)] = &[
+    (&[("service", "orders-db"), ("cell", "global")], "1"),
+    (&[("service", "ledger"), ("cell", "global")], "1"),
+];
+
+/// Two cells call `orders-db` (in global), a third calls the global cell but not the
+/// service; `ledger` has no caller. cell-1's connections: half inside, 40% to global,
+/// 10% to cell-2.
+fn two_dependents() -> Report {
+    Report::build(
+        hour(),
+        &answers(&[
+            (Family::Cells, CELLS),
+            (Family::Services, SERVICES),
+            (
+                Family::ServiceOpened,
+                &[
+                    (&[("src_cell", "cell-1"), ("service", "orders-db")], "799.6"),
+                    (&[("src_cell", "cell-2"), ("service", "orders-db")], "400"),
+                    (&[("src_cell", "cell-3"), ("service", "orders-db")], "0"),
+                ],
+            ),
+            (
+                Family::ServiceSent,
+                &[
+                    (&[("src_cell", "cell-1"), ("service", "orders-db")], "3000"),
+                    (&[("src_cell", "cell-2"), ("service", "orders-db")], "1000"),
+                ],
+            ),
+            (
+                Family::ServiceReceived,
+                &[
+                    (&[("src_cell", "cell-1"), ("service", "orders-db")], "3000"),
+                    (&[("src_cell", "cell-2"), ("service", "orders-db")], "1000"),
+                ],
+            ),
+            (
+                Family::PairOpened,
+                &[
+                    (&[("src_cell", "cell-1"), ("dst_cell", "cell-1")], "1000"),
+                    (&[("src_cell", "cell-1"), ("dst_cell", "global")], "800"),
+                    (&[("src_cell", "cell-1"), ("dst_cell", "cell-2")], "200"),
+                    (&[("src_cell", "cell-2"), ("dst_cell", "global")], "400"),
+                    (&[("src_cell", "cell-2"), ("dst_cell", "cell-2")], "400"),
+                    (&[("src_cell", "cell-3"), ("dst_cell", "cell-3")], "300"),
+                    (&[("src_cell", "cell-3"), ("dst_cell", "global")], "100"),
+                    (&[("src_cell", "external"), ("dst_cell", "cell-1")], "50"),
+                ],
+            ),
+            (
+                Family::PairSent,
+                &[
+                    (&[("src_cell", "cell-1"), ("dst_cell", "cell-1")], "1000"),
+                    (&[("src_cell", "cell-1"), ("dst_cell", "global")], "3000"),
+                ],
+            ),
+            (
+                Family::PairReceived,
+                &[
+                    (&[("src_cell", "cell-1"), ("dst_cell", "cell-1")], "1000"),
+                    (&[("src_cell", "cell-1"), ("dst_cell", "global")], "3000"),
+                ],
+            ),
+        ]),
+    )
+    .expect("a report")
+}
+
+#[test]
+fn ranges() {
+    assert_eq!(hour().seconds(), 3600);
+    assert_eq!(hour().promql(), "3600s");
+    assert_eq!(hour().to_string(), "1h");
+    assert_eq!(Range::parse("90m").unwrap().to_string(), "90m");
+    assert_eq!(Range::parse("120m").unwrap().to_string(), "2h");
+    assert_eq!(Range::parse("7d").unwrap().to_string(), "1w");
+    assert_eq!(Range::parse("60s").unwrap().seconds(), 60);
+    assert_eq!(Range::parse("366d").unwrap().seconds(), 366 * 86_400);
+    assert!(Range::parse("59s").unwrap_err().contains("outside"));
+    assert!(Range::parse("367d").unwrap_err().contains("outside"));
+    assert!(Range::parse("0h").unwrap_err().contains("outside"));
+    assert!(Range::parse("99999999999999999w").unwrap_err().contains("outside"));
+    assert!(Range::parse("1").unwrap_err().contains("needs a unit"));
+    assert!(Range::parse("1y").unwrap_err().contains("needs a unit"));
+    assert!(Range::parse("soon").unwrap_err().contains("not a range"));
+    assert!(Range::parse("").unwrap_err().contains("not a range"));
+}
+
+#[test]
+fn queries_count_each_connection_once_over_the_range() {
+    let q = Family::PairOpened.query(hour());
+    assert_eq!(
+        q,
+        "sum by (src_cell, dst_cell) (\
+         ((increase(cellwatch_connections_opened_total{direction=\"egress\"}[3600s]) \
+         and cellwatch_connections_opened_total{direction=\"egress\"} offset 3600s) \
+         or (cellwatch_connections_opened_total{direction=\"egress\"} \
+         unless cellwatch_connections_opened_total{direction=\"egress\"} offset 3600s)) \
+         or ((increase(cellwatch_connections_opened_total{direction=\"ingress\", src_cell=\"external\"}[3600s]) \
+         and cellwatch_connections_opened_total{direction=\"ingress\", src_cell=\"external\"} offset 3600s) \
+         or (cellwatch_connections_opened_total{direction=\"ingress\", src_cell=\"external\"} \
+         unless cellwatch_connections_opened_total{direction=\"ingress\", src_cell=\"external\"} offset 3600s)))"
+    );
+    // The client's bytes: for an external client, what the server received is what it sent.
+    let sent = Family::ServiceSent.query(hour());
+    assert!(sent.contains("cellwatch_service_bytes_sent_total{direction=\"egress\"}"), "{sent}");
+    assert!(
+        sent.contains(
+            "cellwatch_service_bytes_received_total{direction=\"ingress\", src_cell=\"external\"}"
+        ),
+        "{sent}"
+    );
+    assert!(sent.starts_with("sum by (src_cell, service) ("), "{sent}");
+    // Failures and latency are the client's only: no direction to choose.
+    let failed = Family::ServiceFailed.query(hour());
+    assert!(!failed.contains("direction"), "{failed}");
+    assert!(failed.contains("cellwatch_service_connections_failed_total"), "{failed}");
+    let latency = Family::PairLatency.query(hour());
+    assert!(latency.starts_with("sum by (src_cell, dst_cell, le) ("), "{latency}");
+    assert_eq!(
+        Family::Cells.query(hour()),
+        "max by (cell, global) (last_over_time(cellwatch_cell_info[3600s]))"
+    );
+    let all: std::collections::BTreeSet<String> =
+        Family::ALL.iter().map(|f| f.query(hour())).collect();
+    assert_eq!(all.len(), Family::ALL.len(), "one query per family");
+    assert!(all.iter().all(|q| q.contains("[3600s]")), "{all:?}");
+}
+
+#[test]
+fn answers_parse_or_say_why_not() {
+    let series = parse_answer(&answer(&[
+        (&[("src_cell", "a"), ("dst_cell", "b")], "12.5"),
+        (&[("le", "+Inf")], "+Inf"),
+        (&[], "NaN"),
+    ]))
+    .unwrap();
+    assert_eq!(series.len(), 3);
+    assert_eq!(series[0].label("dst_cell"), "b");
+    assert_eq!(series[0].label("service"), "");
+    assert_eq!(series[0].value, 12.5);
+    assert_eq!(series[1].value, f64::INFINITY);
+    assert!(series[2].value.is_nan());
+
+    let refused = r#"{"status":"error","errorType":"bad_data","error":"invalid parameter \"query\": 1:5: parse error"}"#;
+    assert_eq!(
+        parse_answer(refused),
+        Err(AnswerError::Refused(
+            "bad_data: invalid parameter \"query\": 1:5: parse error".to_owned()
+        ))
+    );
+    assert!(matches!(parse_answer("<html>Grafana</html>"), Err(AnswerError::NotApi(_))));
+    assert!(matches!(parse_answer(r#"{"status":"success"}"#), Err(AnswerError::NotApi(_))));
+    let matrix = r#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#;
+    assert_eq!(parse_answer(matrix), Err(AnswerError::NotVector("matrix".to_owned())));
+    let bad_value = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"many"]}]}}"#;
+    assert!(matches!(parse_answer(bad_value), Err(AnswerError::NotApi(m)) if m.contains("many")));
+}
+
+#[test]
+fn no_cellwatch_data_is_an_error() {
+    let err = Report::build(hour(), &answers(&[])).unwrap_err();
+    assert_eq!(err, NoData(hour()));
+    assert!(err.to_string().starts_with("no cellwatch data over the last 1h"), "{err}");
+    // Series of other families alone (latency without any opened) are no report either.
+    let err = Report::build(
+        hour(),
+        &answers(&[(
+            Family::PairLatency,
+            &[(&[("src_cell", "a"), ("dst_cell", "b"), ("le", "+Inf")], "3")],
+        )]),
+    );
+    assert!(err.is_err());
+    // The cell map alone is a report: cells that called nothing.
+    let r = Report::build(hour(), &answers(&[(Family::Cells, CELLS)])).unwrap();
+    assert_eq!(r.cells.len(), 4);
+    assert!(r.cells.iter().all(|c| c.connections == 0 && c.services.is_empty()));
+    assert_eq!(r.cell("cell-1").unwrap().containment.inside.connections_share, None);
+    assert!(r.services.is_empty() && r.outliers.is_empty() && r.notes.is_empty());
+}
+
+#[test]
+fn a_service_with_two_dependent_cells() {
+    let r = two_dependents();
+    assert_eq!(r.range, "1h");
+    assert_eq!(r.range_seconds, 3600);
+    let names: Vec<&str> = r.cells.iter().map(|c| c.cell.as_str()).collect();
+    assert_eq!(names, ["cell-1", "cell-2", "cell-3", "global"], "external is no cell");
+
+    let db = r.service("orders-db").unwrap();
+    assert_eq!((db.cell.as_deref(), db.global), (Some("global"), true));
+    let dependents: Vec<&str> = db.dependents.iter().map(|d| d.cell.as_str()).collect();
+    assert_eq!(dependents, ["cell-1", "cell-2"], "cell-3 opened nothing to it in the range");
+    assert_eq!((db.connections, db.bytes), (1200, 8000));
+    let c1 = &db.dependents[0].share;
+    assert_eq!((c1.connections, c1.bytes), (800, 6000), "rounded: 799.6 is 800");
+    assert!((c1.connections_share.unwrap() - 799.6 / 1199.6).abs() < 1e-12);
+    assert_eq!(c1.bytes_share, Some(0.75));
+    assert_eq!(db.dependents[1].share.bytes_share, Some(0.25));
+    assert_eq!(db.external, None);
+
+    let ledger = r.service("ledger").unwrap();
+    assert!(ledger.dependents.is_empty() && ledger.connections == 0);
+
+    let cell1 = r.cell("cell-1").unwrap();
+    assert_eq!((cell1.connections, cell1.bytes), (2000, 8000));
+    let k = &cell1.containment;
+    assert_eq!(k.inside.connections_share, Some(0.5));
+    assert_eq!(k.global.connections_share, Some(0.4));
+    assert_eq!(k.other_cells.connections_share, Some(0.1));
+    assert_eq!(k.external.connections_share, Some(0.0));
+    assert_eq!(k.inside.bytes_share, Some(0.25));
+    assert_eq!(k.global.bytes_share, Some(0.75));
+    assert_eq!(k.other_cells.bytes_share, Some(0.0));
+    let deps: Vec<(&str, Option<&str>)> =
+        cell1.services.iter().map(|s| (s.service.as_str(), s.cell.as_deref())).collect();
+    assert_eq!(deps, [("orders-db", Some("global"))]);
+    let cells: Vec<(&str, bool)> =
+        cell1.cells.iter().map(|c| (c.cell.as_str(), c.global)).collect();
+    assert_eq!(cells, [("cell-2", false), ("global", true)]);
+
+    let cell3 = r.cell("cell-3").unwrap();
+    assert!(cell3.services.is_empty());
+    assert_eq!(cell3.containment.inside.connections_share, Some(0.75));
+    let g = r.cell("global").unwrap();
+    assert!(g.global && g.connections == 0 && g.cells.is_empty());
+    assert!(r.outliers.is_empty(), "{:?}", r.outliers);
+}
+
+#[test]
+fn clients_in_no_cell_are_apart() {
+    let r = Report::build(
+        hour(),
+        &answers(&[
+            (Family::Cells, CELLS),
+            (Family::Services, SERVICES),
+            (
+                Family::ServiceOpened,
+                &[
+                    (&[("src_cell", "cell-1"), ("service", "orders-db")], "30"),
+                    (&[("src_cell", "external"), ("service", "orders-db")], "10"),
+                ],
+            ),
+            (Family::PairOpened, &[(&[("src_cell", "cell-1"), ("dst_cell", "external")], "5")]),
+        ]),
+    )
+    .unwrap();
+    let db = r.service("orders-db").unwrap();
+    assert_eq!(db.dependents.len(), 1);
+    assert_eq!(db.dependents[0].share.connections_share, Some(0.75));
+    let ext = db.external.as_ref().unwrap();
+    assert_eq!((ext.connections, ext.connections_share), (10, Some(0.25)));
+    assert!(r.cell(EXTERNAL).is_none());
+    let cell1 = r.cell("cell-1").unwrap();
+    assert_eq!(cell1.containment.external.connections_share, Some(1.0));
+    assert_eq!(cell1.cells[0].cell, EXTERNAL);
+}
+
+#[test]
+fn without_the_cell_map_global_cells_are_unknown() {
+    let r = Report::build(
+        hour(),
+        &answers(&[(
+            Family::PairOpened,
+            &[
+                (&[("src_cell", "cell-1"), ("dst_cell", "global")], "10"),
+                (&[("src_cell", "cell-1"), ("dst_cell", "cell-1")], "10"),
+            ],
+        )]),
+    )
+    .unwrap();
+    assert_eq!(r.notes.len(), 1, "{:?}", r.notes);
+    assert!(r.notes[0].contains("cellwatch_cell_info"));
+    let k = &r.cell("cell-1").unwrap().containment;
+    assert_eq!(
+        (k.inside.connections_share, k.other_cells.connections_share),
+        (Some(0.5), Some(0.5))
+    );
+}
+
+#[test]
+fn outliers_as_the_alert_finds_them() {
+    // At least 0.2 connects a second over an hour: 720.
+    let r = Report::build(
+        hour(),
+        &answers(&[
+            (Family::Cells, CELLS),
+            (
+                Family::ServiceOpened,
+                &[
+                    // orders-db: cell-1 fails 30%, its peers 0%, 0% and 2%.
+                    (&[("src_cell", "cell-1"), ("service", "orders-db")], "700"),
+                    (&[("src_cell", "cell-2"), ("service", "orders-db")], "1000"),
+                    (&[("src_cell", "cell-3"), ("service", "orders-db")], "1000"),
+                    (&[("src_cell", "cell-4"), ("service", "orders-db")], "980"),
+                    // ledger: everyone fails 30%.
+                    (&[("src_cell", "cell-1"), ("service", "ledger")], "700"),
+                    (&[("src_cell", "cell-2"), ("service", "ledger")], "700"),
+                    (&[("src_cell", "cell-3"), ("service", "ledger")], "700"),
+                    // cache: cell-1 fails half of too few connects.
+                    (&[("src_cell", "cell-1"), ("service", "cache")], "100"),
+                    (&[("src_cell", "cell-2"), ("service", "cache")], "1000"),
+                    // queue: two cells, 40% and 0%.
+                    (&[("src_cell", "cell-1"), ("service", "queue")], "600"),
+                    (&[("src_cell", "cell-2"), ("service", "queue")], "1000"),
+                    // Clients in no cell are never compared.
+                    (&[("src_cell", "external"), ("service", "queue")], "1000"),
+                ],
+            ),
+            (
+                Family::ServiceFailed,
+                &[
+                    (&[("src_cell", "cell-1"), ("service", "orders-db")], "300"),
+                    (&[("src_cell", "cell-3"), ("service", "orders-db")], "0"),
+                    (&[("src_cell", "cell-4"), ("service", "orders-db")], "20"),
+                    (&[("src_cell", "cell-1"), ("service", "ledger")], "300"),
+                    (&[("src_cell", "cell-2"), ("service", "ledger")], "300"),
+                    (&[("src_cell", "cell-3"), ("service", "ledger")], "300"),
+                    (&[("src_cell", "cell-1"), ("service", "cache")], "100"),
+                    (&[("src_cell", "cell-1"), ("service", "queue")], "400"),
+                ],
+            ),
+            (
+                Family::PairOpened,
+                &[
+                    (&[("src_cell", "cell-1"), ("dst_cell", "global")], "1000"),
+                    (&[("src_cell", "cell-2"), ("dst_cell", "global")], "1000"),
+                    (&[("src_cell", "cell-3"), ("dst_cell", "global")], "1000"),
+                    (&[("src_cell", "cell-4"), ("dst_cell", "global")], "100"),
+                ],
+            ),
+            (
+                Family::PairLatency,
+                &[
+                    // cell-1: every connect between 262 and 524 ms.
+                    (&[("src_cell", "cell-1"), ("dst_cell", "global"), ("le", "0.001024")], "0"),
+                    (&[("src_cell", "cell-1"), ("dst_cell", "global"), ("le", "0.262144")], "0"),
+                    (&[("src_cell", "cell-1"), ("dst_cell", "global"), ("le", "0.524288")], "1000"),
+                    (&[("src_cell", "cell-1"), ("dst_cell", "global"), ("le", "+Inf")], "1000"),
+                    // cell-2, cell-3: under a millisecond.
+                    (&[("src_cell", "cell-2"), ("dst_cell", "global"), ("le", "0.001024")], "1000"),
+                    (&[("src_cell", "cell-2"), ("dst_cell", "global"), ("le", "+Inf")], "1000"),
+                    (&[("src_cell", "cell-3"), ("dst_cell", "global"), ("le", "0.001024")], "1000"),
+                    (&[("src_cell", "cell-3"), ("dst_cell", "global"), ("le", "+Inf")], "1000"),
+                    // cell-4: as slow as cell-1, with too few connects.
+                    (&[("src_cell", "cell-4"), ("dst_cell", "global"), ("le", "0.524288")], "100"),
+                    (&[("src_cell", "cell-4"), ("dst_cell", "global"), ("le", "+Inf")], "100"),
+                ],
+            ),
+        ]),
+    )
+    .unwrap();
+    let found: Vec<(&str, &Destination, Signal, usize)> =
+        r.outliers.iter().map(|o| (o.cell.as_str(), &o.destination, o.signal, o.peers)).collect();
+    assert_eq!(
+        found,
+        [
+            ("cell-1", &Destination::Service("orders-db".to_owned()), Signal::ConnectFailures, 3),
+            ("cell-1", &Destination::Service("queue".to_owned()), Signal::ConnectFailures, 1),
+            ("cell-1", &Destination::Cell("global".to_owned()), Signal::ConnectP99, 2),
+        ]
+    );
+    let db = &r.outliers[0];
+    assert_eq!((db.value, db.peer_median, db.connects), (0.3, 0.0, 1000));
+    assert_eq!((r.outliers[1].value, r.outliers[1].peer_median), (0.4, 0.0));
+    // histogram_quantile's figure, as the promtool test's alert says: 521.7ms.
+    let p99 = &r.outliers[2];
+    assert!((p99.value - 0.521_666_56).abs() < 1e-9, "{}", p99.value);
+    assert!((p99.peer_median - 0.001_013_76).abs() < 1e-9, "{}", p99.peer_median);
+    assert_eq!(
+        p99.line(),
+        "cell-1 -> cell global: connect p99 522ms; the other 2 cells' median 1.01ms (1000 connects)"
+    );
+    assert_eq!(
+        r.outliers[1].line(),
+        "cell-1 -> service queue: 40.0% of connects failed; the other cell's 0.0% (1000 connects)"
+    );
+}
+
+#[test]
+fn the_median_is_promql_s() {
+    assert_eq!(median(&mut []), None);
+    assert_eq!(median(&mut [3.0]), Some(3.0));
+    assert_eq!(median(&mut [4.0, 1.0]), Some(2.5));
+    assert_eq!(median(&mut [9.0, 1.0, 2.0]), Some(2.0));
+    assert_eq!(median(&mut [9.0, 1.0, 2.0, 3.0]), Some(2.5));
+}
+
+#[test]
+fn the_text_for_people() {
+    let text = two_dependents().text("http://prometheus:9090");
+    let expected = "\
+cellwatch report  http://prometheus:9090  the last 1h  cells: 4 (1 global)  services: 2
+
+BLAST RADIUS of each service: the cells that called it, and their share of its connections and bytes
+  ledger (in global, a global cell): no caller
+  orders-db (in global, a global cell): 2 cells, 1200 connections, 7.8 KiB
+    CELL    CONNECTIONS  SHARE    BYTES  SHARE
+    cell-1          800  66.7%  5.9 KiB  75.0%
+    cell-2          400  33.3%  2.0 KiB  25.0%
+
+DEPENDENCIES of each cell: the services and the other cells its clients called
+  CELL    SERVICES               GLOBAL CELLS  OTHER CELLS
+  cell-1  orders-db (in global)  global        cell-2
+  cell-2  orders-db (in global)  global        -
+  cell-3  -                      global        -
+  global  -                      -             -
+
+CONTAINMENT of each cell: where its clients' connections and bytes went
+  CELL    CONNECTIONS  INSIDE  GLOBAL  OTHER CELLS  EXTERNAL    BYTES  INSIDE  GLOBAL  OTHER CELLS  EXTERNAL
+  cell-1         2000   50.0%   40.0%        10.0%      0.0%  7.8 KiB   25.0%   75.0%         0.0%      0.0%
+  cell-2          800   50.0%   50.0%         0.0%      0.0%      0 B       -       -            -         -
+  cell-3          400   75.0%   25.0%         0.0%      0.0%      0 B       -       -            -         -
+  global            0       -       -            -         -      0 B       -       -            -         -
+
+OUTLIERS: cells more than 3x the median of the other cells calling the same destination
+  (failures above 5.0%, connect p99 above 50.0ms; cells with at least 0.2 connects/s to it)
+  (none)
+";
+    assert_eq!(text, expected, "got:\n{text}");
+}
+
+#[test]
+fn the_json_for_scripts() {
+    let r = two_dependents();
+    let v: Value = serde_json::from_str(&r.json().unwrap()).unwrap();
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, ["cells", "notes", "outliers", "range", "range_seconds", "services"]);
+    let db =
+        v["services"].as_array().unwrap().iter().find(|s| s["service"] == "orders-db").unwrap();
+    assert_eq!(db["cell"], "global");
+    assert_eq!(db["global"], true);
+    assert_eq!(db["external"], Value::Null);
+    let dependents: Vec<&str> =
+        db["dependents"].as_array().unwrap().iter().map(|d| d["cell"].as_str().unwrap()).collect();
+    assert_eq!(dependents, ["cell-1", "cell-2"]);
+    assert_eq!(db["dependents"][1]["connections"], 400);
+    assert_eq!(db["dependents"][1]["bytes_share"], 0.25);
+    let cell1 = &v["cells"][0];
+    assert_eq!(cell1["cell"], "cell-1");
+    assert_eq!(cell1["containment"]["inside"]["connections_share"], 0.5);
+    assert_eq!(cell1["services"][0]["service"], "orders-db");
+    assert_eq!(
+        cell1["cells"][1],
+        json!({"cell": "global", "global": true, "connections": 800, "bytes": 6000})
+    );
+    assert_eq!(v["cells"][3]["containment"]["inside"]["connections_share"], Value::Null);
+    let o = Outlier {
+        cell: "cell-1".to_owned(),
+        destination: Destination::Service("orders-db".to_owned()),
+        signal: Signal::ConnectP99,
+        value: 0.5,
+        peer_median: 0.001,
+        peers: 3,
+        connects: 1000,
+    };
+    assert_eq!(
+        serde_json::to_value(&o).unwrap(),
+        json!({
+            "cell": "cell-1",
+            "destination": {"kind": "service", "name": "orders-db"},
+            "signal": "connect_p99",
+            "value": 0.5,
+            "peer_median": 0.001,
+            "peers": 3,
+            "connects": 1000
+        })
+    );
+}
+
+#[test]
+fn the_dot_graph() {
+    let dot = two_dependents().dot();
+    assert!(dot.starts_with("digraph cellwatch {\n") && dot.ends_with("}\n"), "{dot}");
+    // The services in the global cell's box, with the global cell.
+    let cluster = dot.split("subgraph \"cluster:global\" {").nth(1).expect("global's box");
+    let cluster = cluster.split("\n  }").next().unwrap();
+    assert!(cluster.contains("\"service:orders-db\" [label=\"orders-db\", shape=cylinder];"));
+    assert!(cluster.contains("\"service:ledger\""));
+    assert!(cluster.contains("\"cell:global\" [label=\"global\\n(global)\""));
+    assert!(dot.contains("\"cell:cell-1\" [label=\"cell-1\\n50.0% inside\", shape=box"));
+    // Edges: cell -> service and cell -> cell, the busiest the widest.
+    let edges: Vec<&str> = dot.lines().filter(|l| l.contains(" -> ")).collect();
+    assert_eq!(edges.len(), 6, "{dot}");
+    assert!(dot.contains(
+        "  \"cell:cell-1\" -> \"cell:global\" [label=\"800 conn\\n5.9 KiB\", penwidth=5.00, weight=11];"
+    ));
+    assert!(dot.contains(
+        "  \"cell:cell-2\" -> \"service:orders-db\" [label=\"400 conn\\n2.0 KiB\", penwidth=3.00, weight=6];"
+    ));
+    assert!(!dot.contains("\"cell:cell-3\" -> \"service:orders-db\""), "no traffic, no edge");
+    assert!(!dot.contains("\"cell:cell-1\" -> \"cell:cell-1\""), "in-cell traffic is in the node");
+    assert!(!dot.contains("cell:external"));
+}
+
+#[test]
+fn dot_quotes_what_it_must() {
+    assert_eq!(render::quote("orders-db"), "\"orders-db\"");
+    assert_eq!(render::quote("a\"b\\c\nd"), "\"a\\\"b\\\\c\\nd\"");
+}
+
+/// Graphviz draws the graph: every node and edge is in the SVG.
+#[test]
+fn graphviz_renders_the_dot_graph() {
+    let mut r = two_dependents();
+    // An outlier and a name dot would choke on unquoted.
+    r.outliers.push(Outlier {
+        cell: "cell-2".to_owned(),
+        destination: Destination::Service("orders-db".to_owned()),
+        signal: Signal::ConnectFailures,
+        value: 0.4,
+        peer_median: 0.0,
+        peers: 1,
+        connects: 900,
+    });
+    r.services[0].service = "odd \"name\" \\ here".to_owned();
+    let dot = r.dot();
+    let svg = render_svg(&dot);
+    assert!(svg.contains("<svg"), "{svg}");
+    let titles = svg.matches("<title>").count();
+    let nodes = dot.lines().filter(|l| l.contains("shape=")).count();
+    let edges = dot.lines().filter(|l| l.contains(" -> ")).count();
+    // One title per node, per edge, per cluster and for the graph.
+    let clusters = dot.matches("subgraph ").count();
+    assert_eq!(titles, nodes + edges + clusters + 1, "{svg}");
+    assert_eq!(svg.matches("class=\"edge\"").count(), edges);
+    // Graphviz writes `-` as `&#45;` in SVG text.
+    let drawn = svg.replace("&#45;", "-");
+    for name in ["cell-1", "cell-2", "cell-3", "orders-db", "odd &quot;name&quot; \\ here"] {
+        assert!(drawn.contains(&format!(">{name}</text>")), "{name} is not drawn:\n{svg}");
+    }
+    assert!(svg.contains("outlier: 40.0% failed"), "{svg}");
+    assert!(svg.contains("stroke=\"red\""), "the outlier's edge is red:\n{svg}");
+}
+
+fn render_svg(dot: &str) -> String {
+    let mut child = Command::new("dot")
+        .arg("-Tsvg")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "graphviz's `dot` is needed (apt-get install graphviz, or cargo xtask setup): {e}"
+            )
+        });
+    child.stdin.take().unwrap().write_all(dot.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "dot refused the graph ({}): {}\n{dot}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
