@@ -9,6 +9,7 @@
 
 pub mod churn;
 pub mod netns;
+pub mod prometheus;
 pub mod ranges;
 
 use std::{

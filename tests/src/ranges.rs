@@ -18,7 +18,7 @@
 //! | churn | 127.160–162 | cell-a (allowed clients), cell-c (violating clients), cell-b (the server) |
 //! | live | 127.240–245 | three tests, two cells each (240–241, 242–243, 244–245) |
 //! | live, network namespace | 10.240.0.0/16 | the veth pair of the slow, lossy path the test makes |
-//! | services | 127.110–113 | global (its services' addresses), cell-a, cell-b, cell-c |
+//! | services | 127.110–117 | 110–113: global (its services' addresses), cell-a, cell-b, cell-c; 114–117 the same for the real-Prometheus test |
 //! | top | 127.246–247 | top-a, top-b: shared by the area's tests, which take turns (a lock in `top.rs`) |
 //! | enforce, network namespace | 10.251.0.0/16, and fd00:251::/64 | the veth pair of the pod-like namespace the test makes |
 //! | deploy | 10.0–2 | fixed by the shipped cell map (`deploy/kustomize/cells.yaml`); no traffic |
@@ -74,7 +74,7 @@ pub const CHURN: Block = Block::new(127, 160, 162);
 /// The veth pairs of the live area's network namespaces (a slow, lossy path).
 pub const LIVE_NETNS: Block = Block::new(10, 240, 240);
 pub const TOP: Block = Block::new(127, 246, 247);
-pub const SERVICES: Block = Block::new(127, 110, 113);
+pub const SERVICES: Block = Block::new(127, 110, 117);
 /// With fd00:251::/64 for IPv6 (`fd00:{ENFORCE_NETNS.first}::`).
 pub const ENFORCE_NETNS: Block = Block::new(10, 251, 251);
 pub const DEPLOY: Block = Block::new(10, 0, 2);

@@ -137,7 +137,25 @@ fn assert_final(table: &[String], summary: &str, pid: &str) {
     // Each exchange sends 5 bytes each way; refused connects open nothing.
     let [o1, v1, a1, r1, s1, rc1] = row(table, "cell-1", "cell-1");
     let [og, vg, ..] = row(table, "cell-2", "global");
-    assert_eq!((o1 + og, v1 + vg, a1, r1), (in_cell, 0, 0, 0), "{summary}\n{}", table.join("\n"));
+    // cell-1's calls to the global cell are all to the shared `ledger`.
+    let [o1g, v1g, ..] = row(table, "cell-1", "global");
+    assert_eq!(
+        (o1 + og + o1g, v1 + vg + v1g, a1, r1),
+        (in_cell, 0, 0, 0),
+        "{summary}\n{}",
+        table.join("\n")
+    );
+    // Its blast radius: cell-2 (every round) and cell-1 (every other), never cell-3.
+    let blast: Vec<&String> =
+        table.iter().filter(|l| l.starts_with("blast radius of ledger (in global): ")).collect();
+    assert_eq!(blast.len(), 1, "{}", table.join("\n"));
+    assert!(
+        blast[0].contains(&format!("cell-1 {o1g} connections"))
+            && blast[0].contains("cell-2 ")
+            && !blast[0].contains("cell-3"),
+        "{}",
+        blast[0]
+    );
     assert_eq!((s1, rc1), (5 * o1, 5 * o1));
     assert_eq!(row(table, "cell-1", "cell-2"), [by_rule, 0, 0, 0, 5 * by_rule, 5 * by_rule]);
     assert_eq!(row(table, "cell-3", "cell-2"), [leaks, leaks, 0, 0, 5 * leaks, 5 * leaks]);

@@ -2,14 +2,12 @@
 //! strictly against the Kubernetes schemas (`kubernetes-validate`), its PrometheusRule is
 //! the plain rule file, and its DaemonSet's arguments, config and capabilities are ones
 //! the agent really runs with.
-use std::{path::PathBuf, process::Command};
+use std::process::Command;
 
-use cellwatch_tests::{Agent, AgentOpts, Pins, TempDir, cellwatch, cgroup2_root, http_get};
+use cellwatch_tests::{
+    Agent, AgentOpts, Pins, TempDir, cellwatch, cgroup2_root, http_get, prometheus::repo,
+};
 use serde_json::Value;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// Runs a tool the test needs; panics (never skips) when it is missing or fails.
 fn tool(cmd: &str, args: &[&str]) -> String {

@@ -9,22 +9,20 @@
 use std::{
     io::{Read, Write},
     net::TcpListener,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use cellwatch_tests::{TempDir, cellwatch, free_port, http_get};
+use cellwatch_tests::{
+    cellwatch, free_port,
+    prometheus::{PromOpts, Prometheus, repo},
+};
 use serde_json::Value;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// The exporter's text at its `k`th scrape: each counter is `k` times its step.
 fn exposition(k: u64) -> String {
@@ -154,96 +152,6 @@ impl Drop for Exporter {
     }
 }
 
-/// A Prometheus with its own config and storage, stopped and removed on drop.
-struct Prometheus {
-    child: Child,
-    port: u16,
-    dir: TempDir,
-}
-
-impl Prometheus {
-    /// Scraping `target` (if any) every second, with the rule file.
-    fn start(target: Option<u16>) -> Self {
-        let dir = TempDir::new("report-prometheus");
-        let rules = repo().join("deploy/prometheus/cellwatch-rules.yaml");
-        let mut config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n",
-            rules.canonicalize().expect("rule file").display()
-        );
-        if let Some(t) = target {
-            config.push_str(&format!(
-                "scrape_configs:\n  - job_name: cellwatch\n    static_configs:\n      - targets: [\"127.0.0.1:{t}\"]\n"
-            ));
-        }
-        let config = dir.write("prometheus.yml", &config);
-        let port = free_port();
-        let log = std::fs::File::create(dir.0.join("prometheus.log")).expect("log file");
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.0.join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("prometheus is needed (run `cargo xtask setup`): {e}"));
-        let p = Self { child, port, dir };
-        p.wait_for("ready", || http_get(p.port, "/-/ready").is_ok_and(|(s, _)| s == 200));
-        p
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn wait_for(&self, what: &str, mut ok: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !ok() {
-            let log =
-                std::fs::read_to_string(self.dir.0.join("prometheus.log")).unwrap_or_default();
-            assert!(Instant::now() < deadline, "prometheus: not {what} in 60 s:\n{log}");
-            thread::sleep(Duration::from_millis(250));
-        }
-    }
-
-    /// An instant query: (accepted, result).
-    fn query(&self, q: &str) -> (bool, Vec<Value>) {
-        let (status, body) =
-            http_get(self.port, &format!("/api/v1/query?query={}", encode(q))).expect("query");
-        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-        (
-            status == 200 && v["status"] == "success",
-            v["data"]["result"].as_array().cloned().unwrap_or_default(),
-        )
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// `cellwatch report --prometheus URL ARGS...`: (exit code, stdout, stderr).
 fn report(url: &str, args: &[&str]) -> (Option<i32>, String, String) {
     let mut all = vec!["report", "--prometheus", url];
@@ -273,10 +181,10 @@ fn dot_to_svg(dot: &str) -> String {
 #[test]
 fn report_dashboard_and_rules_read_a_real_prometheus() {
     let exporter = Exporter::start();
-    let prom = Prometheus::start(Some(exporter.port));
+    let prom = Prometheus::start(PromOpts { target: Some(exporter.port), ..PromOpts::default() });
     // Five scrapes: rate() and increase() have something to work on, and the recording
     // rules have run.
-    prom.wait_for("recording containment", || {
+    prom.wait_for("recording containment", Duration::from_secs(60), || {
         exporter.scrapes.load(Ordering::Relaxed) >= 5
             && !prom.query("cellwatch:cell_containment_connections:ratio5m").1.is_empty()
     });
@@ -403,7 +311,7 @@ fn report_dashboard_and_rules_read_a_real_prometheus() {
         found
     };
     let expected = ["cell-1 global connect_failures", "cell-1 orders-db connect_failures"];
-    prom.wait_for("finding cell-1 an outlier", || {
+    prom.wait_for("finding cell-1 an outlier", Duration::from_secs(60), || {
         let found = outliers();
         assert!(found.iter().all(|f| expected.contains(&f.as_str())), "{found:?}");
         found == expected
@@ -434,7 +342,7 @@ fn report_failures_are_one_sentence_and_exit_1() {
     );
 
     // A Prometheus that scrapes no agent.
-    let prom = Prometheus::start(None);
+    let prom = Prometheus::start(PromOpts::default());
     let (code, out, err) = report(&prom.url(), &["--format", "dot"]);
     assert_eq!(code, Some(1), "{out}{err}");
     assert!(out.is_empty(), "{out}");

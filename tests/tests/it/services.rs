@@ -1,14 +1,19 @@
 //! Services (`services:` in the config): connections to a named destination counted per
 //! (client cell, service) in the kernel, exactly, beside the pair families that still
 //! hold them; a service with ports and one without; the catalog of cells and services;
-//! `/connections` naming the service; a reload that adds a service.
+//! `/connections` naming the service; a reload that adds a service; and the blast radius
+//! read back from a real Prometheus: `cellwatch report`, the dashboard and the alerts.
 use std::{
     io::Read,
     net::{SocketAddr, TcpListener},
 };
 
+use std::time::Duration;
+
 use cellwatch_tests::{
-    Agent, AgentOpts, Metrics, Server, await_reloads, clients, connect_from, json,
+    Agent, AgentOpts, Metrics, Server, TempDir, await_reloads, cellwatch, clients, connect_from,
+    json,
+    prometheus::{PromOpts, Prometheus, repo, shipped_rules},
     ranges::{HARNESS, SERVICES},
     settle, write_atomic,
 };
@@ -192,4 +197,196 @@ fn a_service_connection_lists_its_service() {
     let active = "cellwatch_service_connections_active";
     assert_eq!(m.get(active, &svc("cell-c", "store", "egress")), 1.0);
     drop((c, s));
+}
+
+/// The blast radius end to end: a real agent counts two cells calling `orders-db` (and a
+/// third calling the global cell, not the service), a real Prometheus scrapes it, on a
+/// day of history in which only cell-1 ever called `orders-db`. Then `cellwatch report`
+/// names exactly cell-1 and cell-2 as the service's blast radius (text, JSON, and a dot
+/// graph that graphviz renders), every Blast radius panel returns data,
+/// `CellNewSharedDependency` fires for cell-2 (new) and not cell-1 (old), and
+/// `CellOutlier` fires for cell-3, whose connects to the global cell fail, and nobody else.
+#[test]
+fn blast_radius_report_and_alerts_from_a_real_prometheus() {
+    const SECONDS: usize = 40;
+    let (g, one, two, three) = (4, 5, 6, 7);
+    let config = format!(
+        "cells:\n  - {{ name: global, global: true, cidrs: [\"{}\"] }}\n  \
+         - {{ name: cell-1, cidrs: [\"{}\"] }}\n  - {{ name: cell-2, cidrs: [\"{}\"] }}\n  \
+         - {{ name: cell-3, cidrs: [\"{}\"] }}\n\
+         services:\n  - {{ name: orders-db, cidrs: [\"{}.{}.5.0/24\"], ports: [{DB_PORT}] }}\n\
+         ignore_cidrs: [\"{}\"]\n",
+        SERVICES.cidr(g),
+        SERVICES.cidr(one),
+        SERVICES.cidr(two),
+        SERVICES.cidr(three),
+        SERVICES.net,
+        SERVICES.at(g),
+        HARNESS.cidr(0),
+    );
+    let agent = Agent::start(AgentOpts {
+        config: Some(&config),
+        args: &["--live-interval", "1s"],
+        ..AgentOpts::default()
+    });
+    let rules = quick_rules();
+    let prom = Prometheus::start(PromOpts {
+        target: Some(agent.port),
+        rules: Some(&rules.0.join("rules.yaml")),
+        history: Some(&history(agent.port)),
+    });
+
+    // SECONDS of traffic, bounded: each second cell-1 and cell-2 call orders-db three
+    // times, cell-3 calls a plain global server three times and a closed global port once,
+    // and cell-1 calls a server of its own twice (traffic that stays inside).
+    let db = SocketAddr::new(SERVICES.ip(g, 5, 1), DB_PORT);
+    let per = 3 * SECONDS;
+    let db_server = Server::start_on(db, 2 * per, REQ, RESP);
+    let plain = Server::start(SERVICES.ip(g, 9, 1), per, REQ, RESP);
+    let closed = SocketAddr::new(SERVICES.ip(g, 9, 2), cellwatch_tests::free_port());
+    let own = Server::start(SERVICES.ip(one, 9, 1), 2 * SECONDS, REQ, RESP);
+    let started = std::time::Instant::now();
+    for s in 0..SECONDS {
+        assert_eq!(clients(SERVICES.ip(one, 0, 1), db, 3, REQ, RESP), 3);
+        assert_eq!(clients(SERVICES.ip(two, 0, 1), db, 3, REQ, RESP), 3);
+        assert_eq!(clients(SERVICES.ip(three, 0, 1), plain.addr, 3, REQ, RESP), 3);
+        assert!(connect_from(SERVICES.ip(three, 0, 2), closed).is_err(), "{closed} is closed");
+        assert_eq!(clients(SERVICES.ip(one, 0, 3), own.addr, 2, REQ, RESP), 2);
+        let next = started + std::time::Duration::from_secs(s as u64 + 1);
+        std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
+    }
+    assert_eq!(db_server.join() + plain.join() + own.join(), 3 * per + 2 * SECONDS);
+
+    // The alerts, on the shipped expressions.
+    let new_dep = |src: &str| {
+        prom.firing("CellNewSharedDependency")
+            .iter()
+            .any(|a| a["labels"]["src_cell"] == src && a["labels"]["service"] == "orders-db")
+    };
+    prom.wait_for("firing CellNewSharedDependency", Duration::from_secs(60), || new_dep("cell-2"));
+    assert!(!new_dep("cell-1"), "cell-1 called orders-db the day before: {:?}", prom.alerts());
+    assert_eq!(prom.firing("CellNewSharedDependency").len(), 1, "{:?}", prom.alerts());
+    prom.wait_for("firing CellOutlier", Duration::from_secs(60), || {
+        !prom.firing("CellOutlier").is_empty()
+    });
+    let outliers = prom.firing("CellOutlier");
+    assert!(
+        outliers.iter().all(|a| a["labels"]["src_cell"] == "cell-3"
+            && a["labels"]["dst_cell"] == "global"
+            && a["labels"]["signal"] == "connect_failures"),
+        "only cell-3's failures to global: {outliers:?}"
+    );
+
+    // The report: orders-db's blast radius is exactly cell-1 and cell-2.
+    let url = prom.url();
+    let (status, out, err) =
+        cellwatch(&[], &["report", "--prometheus", &url, "--range", "10m", "--format", "json"]);
+    assert!(status.success(), "report: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("report JSON");
+    let svc = v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service"] == "orders-db")
+        .unwrap_or_else(|| panic!("orders-db in {out}"));
+    let mut dependents: Vec<&str> =
+        svc["dependents"].as_array().unwrap().iter().map(|d| d["cell"].as_str().unwrap()).collect();
+    dependents.sort_unstable();
+    assert_eq!(dependents, ["cell-1", "cell-2"], "{out}");
+    let outlier_cells: Vec<&str> =
+        v["outliers"].as_array().unwrap().iter().map(|o| o["cell"].as_str().unwrap()).collect();
+    assert!(outlier_cells.iter().all(|c| *c == "cell-3") && !outlier_cells.is_empty(), "{out}");
+    let (status, text, err) = cellwatch(&[], &["report", "--prometheus", &url, "--range", "10m"]);
+    assert!(status.success(), "report: {err}");
+    assert!(text.contains("orders-db (in global"), "{text}");
+    let (status, dot, err) =
+        cellwatch(&[], &["report", "--prometheus", &url, "--range", "10m", "--format", "dot"]);
+    assert!(status.success(), "report: {err}");
+    // graphviz writes `-` as `&#45;` in SVG text.
+    let svg = render_dot(&dot).replace("&#45;", "-");
+    for node in ["cell-1", "cell-2", "cell-3", "orders-db"] {
+        assert!(svg.contains(node), "{node} in the SVG");
+    }
+
+    // Every panel of the Blast radius dashboard has data.
+    let d: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("dashboards/blast-radius.json")).unwrap(),
+    )
+    .unwrap();
+    let mut empty = Vec::new();
+    for p in d["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let q = t["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "1m")
+                .replace("$__range", "5m")
+                .replace("$__interval", "15s")
+                .replace("$src_cell", ".*")
+                .replace("$service", ".*")
+                .replace("$instance", ".*");
+            assert!(!q.contains('$'), "a variable is left unfilled in {q}");
+            let (accepted, result) = prom.query(&q);
+            assert!(accepted, "{}: Prometheus rejected {q}", p["title"]);
+            if result.is_empty() {
+                empty.push(format!("{}: {q}", p["title"]));
+            }
+        }
+    }
+    assert!(empty.is_empty(), "panels without data:\n{}", empty.join("\n"));
+}
+
+/// The shipped rules with every `for:` cut to 0 s, so alerts fire in seconds, not
+/// minutes; the expressions are the shipped ones.
+fn quick_rules() -> TempDir {
+    let text = std::fs::read_to_string(shipped_rules()).unwrap();
+    let quick: String = text
+        .lines()
+        .map(|l| match l.trim_start().strip_prefix("for: ") {
+            Some(_) => format!("{}for: 0s", &l[..l.len() - l.trim_start().len()]),
+            None => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dir = TempDir::new("quick-rules");
+    dir.write("rules.yaml", &quick);
+    dir
+}
+
+/// A day of history (OpenMetrics, every 5 minutes, until 2 hours ago): the agent at
+/// `port` reporting, and cell-1 already calling orders-db.
+fn history(port: u16) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is past 1970")
+        .as_secs();
+    let target = format!("instance=\"127.0.0.1:{port}\",job=\"cellwatch\"");
+    let times: Vec<u64> = (now - 26 * 3600..now - 2 * 3600).step_by(300).collect();
+    let mut om = String::from("# TYPE up gauge\n");
+    for t in &times {
+        om += &format!("up{{{target}}} 1 {t}\n");
+    }
+    om += "# TYPE cellwatch_service_connections_opened counter\n";
+    for t in &times {
+        om += &format!(
+            "cellwatch_service_connections_opened_total{{direction=\"egress\",{target},service=\"orders-db\",src_cell=\"cell-1\",verdict=\"allowed\"}} 5 {t}\n"
+        );
+    }
+    om + "# EOF\n"
+}
+
+/// `dot -Tsvg` of a graph; fails the test if graphviz cannot draw it.
+fn render_dot(dot: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("dot")
+        .arg("-Tsvg")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("graphviz's dot is needed (run `cargo xtask setup`): {e}"));
+    child.stdin.take().unwrap().write_all(dot.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "dot: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
 }

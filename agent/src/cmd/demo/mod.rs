@@ -4,6 +4,7 @@
 //! ([`screen`]). Log lines go to a file named on screen, or to stderr ([`log`]).
 #![forbid(unsafe_code)]
 
+mod blast;
 mod log;
 mod screen;
 mod table;
@@ -124,6 +125,10 @@ async fn session(
         return Err("the demo traffic generator stopped unexpectedly".to_owned());
     };
     screen.show(&frame(addr, screen.color(), "final").await);
+    match fetch::get(local(addr), "/metrics", FETCH_LIMIT).await {
+        Ok(text) => print!("{}", blast::render(&blast::radius(&promtext::parse(&text)))),
+        Err(e) => println!("reading the blast radius failed: {e}"),
+    }
     println!(
         "cellwatch demo: made {} connections: {} allowed in-cell or to global, {} allowed by \
          the cell-1 -> cell-2 rule, {} cross-cell leaks, {} refused leaks{}. Stopping.",

@@ -23,6 +23,8 @@ const MAX_ROUNDS: u64 = 9_000;
 const STEP_TIMEOUT: Duration = Duration::from_secs(2);
 /// cell-2's database port, which the demo config lets cell-1 call.
 const DB_PORT: u16 = 15432;
+/// The port of `ledger`, the shared service in the global cell (demo.yaml).
+const LEDGER_PORT: u16 = 15433;
 
 /// `127.100.<cell>.<host>`: cell 0 is global, 1 to 3 are cell-1 to cell-3.
 const fn demo_ip(cell: u8, host: u8) -> IpAddr {
@@ -68,7 +70,7 @@ impl Tally {
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum TrafficError {
     #[error(
-        "the demo cannot listen on {addr}: {source} (the demo needs 127.100.0.0/16 and port {DB_PORT} there)"
+        "the demo cannot listen on {addr}: {source} (the demo needs 127.100.0.0/16 and ports {DB_PORT} and {LEDGER_PORT} there)"
     )]
     Bind { addr: SocketAddr, source: io::Error },
 }
@@ -79,13 +81,15 @@ pub(crate) struct Traffic {
 }
 
 impl Traffic {
-    /// Starts one echo-style server in global, cell-1 and cell-2 (two there: an API and
-    /// the database), and finds a closed port in cell-3 for refused connects.
+    /// Starts one echo-style server in global (and the shared `ledger` there), cell-1 and
+    /// cell-2 (two there: an API and the database), and finds a closed port in cell-3 for
+    /// refused connects.
     pub(crate) async fn start(set: &mut JoinSet<()>) -> Result<Self, TrafficError> {
         let global = listen(set, SocketAddr::new(demo_ip(0, 1), 0)).await?;
         let cell1 = listen(set, SocketAddr::new(demo_ip(1, 1), 0)).await?;
         let cell2 = listen(set, SocketAddr::new(demo_ip(2, 1), 0)).await?;
         let db = listen(set, SocketAddr::new(demo_ip(2, 1), DB_PORT)).await?;
+        let ledger = listen(set, SocketAddr::new(demo_ip(0, 5), LEDGER_PORT)).await?;
         // A port bound and released at once: nothing listens there, so connects are refused.
         let closed = bind(SocketAddr::new(demo_ip(3, 1), 0))?.local_addr().map_err(|source| {
             TrafficError::Bind { addr: SocketAddr::new(demo_ip(3, 1), 0), source }
@@ -96,6 +100,9 @@ impl Traffic {
                 Flow { kind: Kind::Allowed, from: c1, to: cell1, every: 1 },
                 Flow { kind: Kind::Allowed, from: c2, to: global, every: 1 },
                 Flow { kind: Kind::AllowedByRule, from: c1, to: db, every: 1 },
+                // The shared ledger: cell-2 calls it every round, cell-1 every other one.
+                Flow { kind: Kind::Allowed, from: c2, to: ledger, every: 1 },
+                Flow { kind: Kind::Allowed, from: c1, to: ledger, every: 2 },
                 Flow { kind: Kind::Leak, from: c3, to: cell2, every: 2 },
                 Flow { kind: Kind::RefusedLeak, from: c1, to: closed, every: 5 },
             ],
