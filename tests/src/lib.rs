@@ -609,3 +609,22 @@ pub fn await_reloads(agent: &Agent, result: &str, n: f64) {
         thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// `dot -Tsvg` of a graph (Debian's graphviz); fails the test if it cannot draw it.
+pub fn dot_to_svg(dot: &str) -> String {
+    let mut child = Command::new("dot")
+        .arg("-Tsvg")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("graphviz's dot is needed (run `cargo xtask setup`): {e}"));
+    child.stdin.take().expect("stdin").write_all(dot.as_bytes()).expect("write the graph");
+    let out = child.wait_with_output().expect("dot's output");
+    assert!(
+        out.status.success(),
+        "dot refused the graph: {}\n{dot}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("SVG is text")
+}

@@ -87,21 +87,14 @@ fn dump_family(
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     let socket_id = if family == AF_INET { SocketId::new_v4() } else { SocketId::new_v6() };
-    let mut packet = NetlinkMessage::new(
-        header,
-        SockDiagMessage::InetRequest(InetRequest {
-            family,
-            protocol: IPPROTO_TCP,
-            extensions: ExtensionFlags::INFO,
-            states,
-            socket_id,
-        })
-        .into(),
-    );
-    packet.finalize();
-    let mut buf = vec![0; packet.buffer_len()];
-    packet.serialize(&mut buf[..]);
-    socket.send(&buf[..], 0)?;
+    let request = InetRequest {
+        family,
+        protocol: IPPROTO_TCP,
+        extensions: ExtensionFlags::INFO,
+        states,
+        socket_id,
+    };
+    send(&socket, header, request)?;
 
     let mut rx = Vec::with_capacity(64 * 1024);
     loop {
@@ -126,6 +119,15 @@ fn dump_family(
             offset += len;
         }
     }
+}
+
+/// Sends one sock_diag request.
+fn send(socket: &Socket, header: NetlinkHeader, request: InetRequest) -> io::Result<()> {
+    let mut packet = NetlinkMessage::new(header, SockDiagMessage::InetRequest(request).into());
+    packet.finalize();
+    let mut buf = vec![0; packet.buffer_len()];
+    packet.serialize(&mut buf[..]);
+    socket.send(&buf[..], 0).map(drop)
 }
 
 /// A socket as sock_diag describes it.
@@ -176,21 +178,14 @@ pub(crate) fn find(
         socket_id.cookie = cookie.to_ne_bytes();
         let mut header = NetlinkHeader::default();
         header.flags = NLM_F_REQUEST;
-        let mut packet = NetlinkMessage::new(
-            header,
-            SockDiagMessage::InetRequest(InetRequest {
-                family,
-                protocol: IPPROTO_TCP,
-                extensions: ExtensionFlags::empty(),
-                states: StateFlags::all(),
-                socket_id,
-            })
-            .into(),
-        );
-        packet.finalize();
-        let mut buf = vec![0; packet.buffer_len()];
-        packet.serialize(&mut buf[..]);
-        socket.send(&buf[..], 0)?;
+        let request = InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::empty(),
+            states: StateFlags::all(),
+            socket_id,
+        };
+        send(&socket, header, request)?;
         rx.clear();
         let size = socket.recv(&mut rx, 0)?;
         let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&rx[..size])

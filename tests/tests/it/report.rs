@@ -9,7 +9,6 @@
 use std::{
     io::{Read, Write},
     net::TcpListener,
-    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -19,7 +18,7 @@ use std::{
 };
 
 use cellwatch_tests::{
-    cellwatch, free_port,
+    cellwatch, dot_to_svg, free_port,
     prometheus::{PromOpts, Prometheus, repo},
 };
 use serde_json::Value;
@@ -158,24 +157,6 @@ fn report(url: &str, args: &[&str]) -> (Option<i32>, String, String) {
     all.extend(args);
     let (status, out, err) = cellwatch(&[], &all);
     (status.code(), out, err)
-}
-
-fn dot_to_svg(dot: &str) -> String {
-    let mut child = Command::new("dot")
-        .arg("-Tsvg")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("graphviz's dot is needed (run `cargo xtask setup`): {e}"));
-    child.stdin.take().unwrap().write_all(dot.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "dot refused the report's graph: {}\n{dot}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use cellwatch_tests::{
     Agent, AgentOpts, Metrics, Server, TempDir, await_reloads, cellwatch, clients, connect_from,
-    json,
+    dot_to_svg, json,
     prometheus::{PromOpts, Prometheus, repo, shipped_rules},
     ranges::{HARNESS, SERVICES},
     settle, write_atomic,
@@ -147,15 +147,10 @@ fn a_reload_adds_a_service_and_an_open_connection_keeps_its_own() {
     let l = TcpListener::bind((SERVICES.ip(0, 7, 1), 0)).unwrap();
     let held = connect_from(SERVICES.ip(1, 0, 9), l.local_addr().unwrap()).unwrap();
     let (mut accepted, _) = l.accept().unwrap();
-    let conns = json(&agent, "/connections?cell=cell-a");
-    let mine: Vec<_> = conns
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["dst"]["port"] == l.local_addr().unwrap().port())
-        .collect();
-    assert_eq!(mine.len(), 2, "both ends listed: {conns}");
-    assert!(mine.iter().all(|c| c["service"].is_null()), "{conns}");
+    let port = l.local_addr().unwrap().port();
+    let mine = listed_to(&agent, port);
+    assert_eq!(mine.len(), 2, "both ends listed: {mine:?}");
+    assert!(mine.iter().all(|c| c["service"].is_null()), "{mine:?}");
 
     let extra =
         format!("  - {{ name: cache, cidrs: [\"{}.{}.7.0/24\"] }}\n", SERVICES.net, SERVICES.at(0));
@@ -168,19 +163,20 @@ fn a_reload_adds_a_service_and_an_open_connection_keeps_its_own() {
     let m = settle(&agent, |m| opened(m, "cell-a", "cache", "ingress") >= n as f64);
     assert_eq!(opened(&m, "cell-a", "cache", "egress"), n as f64);
     assert_eq!(opened(&m, "cell-a", "cache", "ingress"), n as f64);
-    let conns = json(&agent, "/connections?cell=cell-a");
-    let mine: Vec<_> = conns
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["dst"]["port"] == l.local_addr().unwrap().port())
-        .collect();
-    assert!(mine.iter().all(|c| c["service"].is_null()), "judged when first seen: {conns}");
+    let mine = listed_to(&agent, port);
+    assert_eq!(mine.len(), 2, "both ends listed: {mine:?}");
+    assert!(mine.iter().all(|c| c["service"].is_null()), "judged when first seen: {mine:?}");
     drop(held);
     let mut buf = [0u8; 1];
     assert_eq!(accepted.read(&mut buf).unwrap(), 0, "the held connection closed");
     let info = [("service", "cache"), ("cell", "global")];
     assert_eq!(agent.metrics().get("cellwatch_service_info", &info), 1.0);
+}
+
+/// cell-a's connections in `/connections` whose server port is `port`.
+fn listed_to(agent: &Agent, port: u16) -> Vec<serde_json::Value> {
+    let conns = json(agent, "/connections?cell=cell-a");
+    conns.as_array().unwrap().iter().filter(|c| c["dst"]["port"] == port).cloned().collect()
 }
 
 #[test]
@@ -303,7 +299,7 @@ fn blast_radius_report_and_alerts_from_a_real_prometheus() {
         cellwatch(&[], &["report", "--prometheus", &url, "--range", "10m", "--format", "dot"]);
     assert!(status.success(), "report: {err}");
     // graphviz writes `-` as `&#45;` in SVG text.
-    let svg = render_dot(&dot).replace("&#45;", "-");
+    let svg = dot_to_svg(&dot).replace("&#45;", "-");
     for node in ["cell-1", "cell-2", "cell-3", "orders-db"] {
         assert!(svg.contains(node), "{node} in the SVG");
     }
@@ -373,20 +369,4 @@ fn history(port: u16) -> String {
         );
     }
     om + "# EOF\n"
-}
-
-/// `dot -Tsvg` of a graph; fails the test if graphviz cannot draw it.
-fn render_dot(dot: &str) -> String {
-    use std::io::Write;
-    let mut child = std::process::Command::new("dot")
-        .arg("-Tsvg")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("graphviz's dot is needed (run `cargo xtask setup`): {e}"));
-    child.stdin.take().unwrap().write_all(dot.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "dot: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
 }
