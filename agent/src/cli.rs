@@ -111,7 +111,7 @@ pub(crate) struct RunArgs {
     /// Upper bounds of the latency and RTT histogram buckets in /metrics, e.g.
     /// `100us,1ms,10ms,100ms,1s` (each rounds up to the next power of two of
     /// microseconds, the kernel's buckets), or `all` for all 27 [default: 64us, 256us,
-    /// 512us, 1ms, 2ms, 4ms, 8ms, 16ms, 65ms, 262ms and 1.05s].
+    /// 512us, 1ms, 2ms, 4ms, 16ms, 65ms, 262ms and 1.05s].
     #[arg(long, value_parser = Buckets::parse)]
     pub(crate) histogram_buckets: Option<Buckets>,
     /// Time every sock_ops op and export it (`cellwatch_kernel_op_*`): for benchmarks, it

@@ -36,7 +36,12 @@ pub(crate) fn main() -> ExitCode {
                 _ if e.is::<agent_core::config::ConfigError>() => EXIT_CONFIG,
                 _ => 1,
             };
-            eprintln!("cellwatch: {}", sentence(&e));
+            if e.is::<agent_core::config::ConfigError>() {
+                // `check-config`: every line is `FILE:LINE:COL: problem`, the first too.
+                eprintln!("{}", sentence(&e));
+            } else {
+                eprintln!("cellwatch: {}", sentence(&e));
+            }
             ExitCode::from(code)
         }
     }

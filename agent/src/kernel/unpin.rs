@@ -15,7 +15,7 @@ use aya::programs::{
     loaded_programs,
 };
 
-use crate::host::bpffs::PinDir;
+use crate::host::{bpffs::PinDir, mounts::Mounts};
 
 /// How long uninstall waits for the kernel to free the detached programs.
 const SETTLE: Duration = Duration::from_secs(5);
@@ -87,6 +87,17 @@ fn remove(dir: &Path, and_dir: bool) -> Result<usize, UninstallError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(err(dir)(e)),
         Ok(_) => {}
+    }
+    // Everything under the directory goes: make sure it is pins, not a directory given
+    // by mistake.
+    let mounts = Mounts::read();
+    let fstype = mounts.covering(dir).map(|m| m.fstype.as_str());
+    if fstype != Some("bpf") {
+        let on = fstype
+            .map_or_else(|| "no known filesystem".to_owned(), |t| format!("a {t} filesystem"));
+        return Err(err(dir)(io::Error::other(format!(
+            "it is on {on}, not a bpf filesystem, so it holds no pins; nothing was removed"
+        ))));
     }
     let mut removed = 0;
     remove_tree(dir, &mut removed, &err)?;

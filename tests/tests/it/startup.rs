@@ -246,6 +246,17 @@ fn uninstall_with_nothing_pinned_exits_zero() {
 }
 
 #[test]
+fn uninstall_refuses_a_directory_that_is_not_bpffs_and_removes_nothing() {
+    let dir = TempDir::new("not-bpffs");
+    let kept = dir.write("precious.txt", "keep me");
+    let (status, _, err) = cellwatch(&[], &["uninstall", "--bpffs", dir.0.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert_one_sentence(&err);
+    assert!(err.contains("not a bpf filesystem"), "{err}");
+    assert_eq!(std::fs::read_to_string(&kept).unwrap(), "keep me");
+}
+
+#[test]
 fn check_config_summarises_or_locates() {
     let dir = TempDir::new("check");
     let good = dir.write(
@@ -264,6 +275,8 @@ fn check_config_summarises_or_locates() {
     let p = bad.display();
     assert!(err.contains(&format!("{p}:5:13: prefix 10.1.0.0/16 is in two cells")), "{err}");
     assert!(err.contains(&format!("{p}:6:7: unknown `mode` value `loud`")), "{err}");
+    // Every line is FILE:LINE:COL: problem, the first one too.
+    assert!(err.lines().all(|l| l.starts_with(&format!("{p}:"))), "{err}");
     assert!(!err.contains("panicked"));
 }
 
@@ -292,7 +305,7 @@ fn a_50_mb_config_is_refused_located() {
     assert_eq!(status.code(), Some(2), "{err}");
     assert!(
         err.starts_with(&format!(
-            "cellwatch: {}:1:1: the config file is {} bytes",
+            "{}:1:1: the config file is {} bytes",
             path.display(),
             text.len()
         )),
