@@ -610,6 +610,10 @@ pub struct CellName {
 pub const META_LAYOUT: u32 = 0;
 /// Hash of the eBPF object whose programs the pinned links run.
 pub const META_BUILD: u32 = 1;
+/// Config reloads that succeeded and that failed, kept across restarts (written by the
+/// agent alone, so `cellwatch_config_reloads_total` never goes back).
+pub const META_RELOADS_SUCCESS: u32 = 2;
+pub const META_RELOADS_ERROR: u32 = 3;
 pub const META_LEN: u32 = 4;
 
 const _: () = assert!(core::mem::size_of::<PairKey>() == 16);

@@ -120,6 +120,26 @@ impl MapsHandle {
         crate::sync::lock(&self.0.maps)
     }
 
+    /// Config reloads counted so far (successes, failures), by this agent and the ones
+    /// before it on the same pinned maps.
+    pub(crate) fn reloads(&self) -> (u64, u64) {
+        let m = self.lock();
+        let get = |i| m.meta.get(&i, 0).map_or(0, u64::from);
+        (get(agent_common::META_RELOADS_SUCCESS), get(agent_common::META_RELOADS_ERROR))
+    }
+
+    /// Counts one config reload in the pinned maps. The agent is their only writer.
+    pub(crate) fn count_reload(&self, success: bool) -> Result<(), KernelError> {
+        let i = if success {
+            agent_common::META_RELOADS_SUCCESS
+        } else {
+            agent_common::META_RELOADS_ERROR
+        };
+        let mut m = self.lock();
+        let n = m.meta.get(&i, 0).unwrap_or(0).wrapping_add(1);
+        m.meta.set(i, n, 0).map_err(error::map_err(object::META))
+    }
+
     /// Reads every counter the metrics need.
     pub(crate) fn snapshot(&self) -> Result<Snapshot, KernelError> {
         stats::read(&self.lock())

@@ -292,5 +292,23 @@ fn an_adopting_agent_judges_by_its_own_config_and_reloads_cleanly() {
     thread::sleep(Duration::from_millis(300));
     let m2 = agent.metrics();
     assert_eq!((opened(&m, "egress"), opened(&m2, "egress")), (10.0, 10.0), "{}", only(2, b));
+
+    // A failed reload too; then both counts carry over a restart (counters never go
+    // back, agent restarts included).
+    std::fs::write(agent.config_path(), "cells: [").unwrap();
+    agent.signal("HUP");
+    settle(&agent, |m| reloads(m, "error") >= 1.0);
+    thread::sleep(Duration::from_millis(300));
+    let before = agent.metrics();
+    let before = (reloads(&before, "success"), reloads(&before, "error"));
+    assert!(before.0 >= 1.0 && before.1 >= 1.0, "{before:?}");
     assert!(agent.stop().success());
+    let mut agent = start(&pins, &first, &[]);
+    let after = agent.metrics();
+    assert_eq!((reloads(&after, "success"), reloads(&after, "error")), before);
+    assert!(agent.stop().success());
+}
+
+fn reloads(m: &Metrics, result: &str) -> f64 {
+    m.get("cellwatch_config_reloads_total", &[("result", result)])
 }

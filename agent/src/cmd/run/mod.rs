@@ -214,6 +214,10 @@ where
         kernel.features(),
         args.histogram_buckets.clone().unwrap_or_default(),
     );
+    // Reloads counted by the agents before this one on the same pinned maps.
+    let (succeeded, failed) = kernel.maps().reloads();
+    metrics.config_reloads.with_label_values(&["success"]).inc_by(succeeded);
+    metrics.config_reloads.with_label_values(&["error"]).inc_by(failed);
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<Trigger>(4);
     let reloader = args.config.as_ref().map(|path| {
         let r = Reloader::new(

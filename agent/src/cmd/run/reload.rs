@@ -121,6 +121,9 @@ impl Reloader {
 
     fn count(&self, result: &str) {
         self.results.with_label_values(&[result]).inc();
+        if let Err(e) = self.maps.count_reload(result == "success") {
+            warn!(error = %e, "cannot keep the reload count in the pinned maps");
+        }
     }
 
     /// Watches the config's directory and sends [`Trigger::Watch`] after each burst of
