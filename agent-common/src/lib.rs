@@ -9,13 +9,20 @@
 
 /// Layout version of the maps below. Bumped whenever a key or value changes shape, so an
 /// agent that finds maps from an older version knows it cannot read them as they are.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Cell id of a peer that is in no cell (`external` in metrics).
 pub const CELL_EXTERNAL: u32 = 0;
 /// Cell id written into the cell tries for `ignore_cidrs`: connections touching such an
 /// address are not tracked at all.
 pub const CELL_IGNORED: u32 = u32::MAX;
+/// Cell id written into the cell tries for `service_cidrs`: a Kubernetes Service's
+/// virtual address. A connection to one is judged by the backend its DNAT chose, which
+/// the agent finds in conntrack and writes into `RESOLVED`; never a label.
+pub const CELL_VIRTUAL: u32 = 0xfffe;
+/// The server cell of a connection to a virtual address whose backend could not be
+/// found (no conntrack entry, or not NATed): `unresolved` in metrics.
+pub const CELL_UNRESOLVED: u32 = 0xfffd;
 /// Largest number of cells a config may hold (ids 1..=MAX_CELLS).
 pub const MAX_CELLS: u32 = 4096;
 
@@ -37,6 +44,11 @@ pub const SERVICES_CAPACITY: u32 = 65_536;
 pub const NETNS_CAPACITY: u32 = 16384;
 /// Connections older than the agent that it can count (seeded at its first start).
 pub const SEEDED_CAPACITY: u32 = 65_536;
+/// Connections to virtual addresses that closed before their backend was known, kept
+/// until the agent settles them (`DEFERRED`), and resolutions the agent wrote
+/// (`RESOLVED`, least recently used first out).
+pub const DEFERRED_CAPACITY: u32 = 16_384;
+pub const RESOLVED_CAPACITY: u32 = 262_144;
 /// Default ring buffer for violation events (bytes; a power of two, page multiple).
 pub const EVENTS_DEFAULT_BYTES: u32 = 256 * 1024;
 /// Default bound on live connections tracked at once (`--conn-capacity`).
@@ -215,7 +227,12 @@ pub const CTR_ENFORCE_UNRESOLVED: u32 = 7;
 /// in a row and left for the next sweep.
 pub const CTR_SWEEP_VISITED: u32 = 8;
 pub const CTR_SWEEP_BUSY: u32 = 9;
-pub const COUNTERS_LEN: u32 = 10;
+/// Connections to a virtual address: whose backend request was dropped (ring buffer
+/// full; the sweep or the agent's scan of `DEFERRED` asks again), and that closed before
+/// their backend was known but found `DEFERRED` full (not counted: lost).
+pub const CTR_RESOLVE_RINGBUF_FULL: u32 = 10;
+pub const CTR_DEFERRED_FULL: u32 = 11;
+pub const COUNTERS_LEN: u32 = 12;
 
 /// Slots of the `PROFILE` map (kept only when the agent runs with `--profile-kernel`):
 /// one per `sock_ops` op (`BPF_SOCK_OPS_*`, below 16), and [`PROFILE_STATE_CLOSE`] for
@@ -388,6 +405,9 @@ pub const CONN_TRACKED: u8 = 2;
 /// Older than the agent: put in by the seeding iterator at the agent's first start. Its
 /// claims are kept in `SEEDED` under its cookie, where `tcp:tcp_destroy_sock` finds them.
 pub const CONN_SEEDED: u8 = 4;
+/// To a virtual address (`service_cidrs`): its server cell, service and verdict come from
+/// `RESOLVED`, and nothing is counted before they do.
+pub const CONN_VIRTUAL: u8 = 8;
 
 /// What the kernel keeps about one connection, in the socket's own storage (`CONN`): made
 /// by `connect4`/`connect6` for a client (with its owner), by `sock_ops` for a server,
@@ -433,6 +453,10 @@ pub struct Conn {
     /// forward with an atomic exchange, so the sweep and the close never count a byte
     /// twice.
     pub claimed: Claimed,
+    /// A connection to a virtual address: 1 once its open (and violation) is counted
+    /// under its backend, by whichever of the sweep, the close or the settling got there
+    /// first (a compare-and-swap: 64 bits, as BPF's is). 0 otherwise.
+    pub counted: u64,
 }
 
 /// Cumulative socket counters, as the kernel keeps them.
@@ -524,6 +548,41 @@ pub const SWEEP_RECORD_BYTES: usize =
 pub const EVENT_VIOLATION: u8 = 1;
 /// [`ViolationEvent::kind`]: a connect refused by enforce mode.
 pub const EVENT_DENIED: u8 = 2;
+/// [`ViolationEvent::kind`]: not a violation but a request: find the backend of this
+/// connection to a virtual address (`src` is the client, `dst` the virtual address).
+pub const EVENT_RESOLVE: u8 = 3;
+
+/// Where a connection to a virtual address went, as the agent judged its backend
+/// (`RESOLVED`, by socket cookie).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Resolution {
+    pub dst_cell: u32,
+    pub service: u16,
+    pub verdict: u8,
+    pub _pad: u8,
+}
+
+/// A connection to a virtual address that closed before its backend was known
+/// (`DEFERRED`, by socket cookie): the connection and its last figures, counted when the
+/// agent has written its resolution and run the settling iterator.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deferred {
+    pub conn: Conn,
+    /// The socket's counters at its close.
+    pub last: Progress,
+    /// The failure index (`FAIL_*`) of its end, or [`NO_FAILURE`].
+    pub failure: u32,
+    pub srtt_us: u32,
+    /// 1 when the peer's FIN had come.
+    pub fin: u32,
+    /// 1 once the settling counted it (the agent then removes it).
+    pub settled: u32,
+}
+
+/// [`Deferred::failure`] of a connection that ended without one.
+pub const NO_FAILURE: u32 = u32::MAX;
 
 /// Key of the learned source address of a network namespace, per address family.
 #[repr(C)]
@@ -617,10 +676,12 @@ pub const META_RELOADS_ERROR: u32 = 3;
 pub const META_LEN: u32 = 4;
 
 const _: () = assert!(core::mem::size_of::<PairKey>() == 16);
+const _: () = assert!(core::mem::size_of::<Resolution>() == 8);
+const _: () = assert!(core::mem::size_of::<Deferred>() == core::mem::size_of::<Conn>() + 32 + 16);
 const _: () = assert!(core::mem::size_of::<CellName>() == 64);
 const _: () =
     assert!(core::mem::size_of::<PairStats>() == (11 + FAIL_REASONS + 2 * HIST_BUCKETS) * 8);
-const _: () = assert!(core::mem::size_of::<Conn>() == 168);
+const _: () = assert!(core::mem::size_of::<Conn>() == 176);
 const _: () = assert!(core::mem::size_of::<FieldOffsets>() == 48);
 const _: () = assert!(core::mem::size_of::<OpCost>() == 16);
 const _: () = assert!(core::mem::size_of::<Progress>() == 32);
@@ -665,6 +726,8 @@ mod user {
         PairKey,
         PairStats,
         Conn,
+        Resolution,
+        Deferred,
         Progress,
         Claimed,
         Seeded,

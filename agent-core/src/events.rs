@@ -115,6 +115,7 @@ pub fn decode_sweep(b: &[u8]) -> Result<Vec<(Conn, SweepTail)>, BadSweep> {
                 remote_port: f.u16(offset_of!(C, remote_port)),
                 service: f.u16(offset_of!(C, service)),
                 _pad2: 0,
+                counted: 0,
                 local_addr: f.a16(offset_of!(C, local_addr)),
                 remote_addr: f.a16(offset_of!(C, remote_addr)),
                 comm: f.a16(offset_of!(C, comm)),

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use agent_common::{CELL_EXTERNAL, MAX_CELLS};
+use agent_common::{CELL_EXTERNAL, CELL_UNRESOLVED, CELL_VIRTUAL, MAX_CELLS};
 
 /// Label value of a peer in no cell.
 pub const EXTERNAL_LABEL: &str = crate::names::EXTERNAL;
@@ -46,6 +46,9 @@ impl CellIds {
     pub fn lookup(&self, name: &str) -> Option<u32> {
         if name == EXTERNAL_LABEL {
             return Some(CELL_EXTERNAL);
+        }
+        if name == crate::names::UNRESOLVED {
+            return Some(CELL_UNRESOLVED);
         }
         self.by_name.get(name).copied()
     }
@@ -90,6 +93,7 @@ impl CellIds {
     pub fn name(&self, id: u32) -> &str {
         match id {
             CELL_EXTERNAL => EXTERNAL_LABEL,
+            CELL_UNRESOLVED | CELL_VIRTUAL => crate::names::UNRESOLVED,
             _ => self.names.get(&id).map_or("unknown", String::as_str),
         }
     }

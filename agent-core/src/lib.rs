@@ -18,6 +18,7 @@
 
 pub mod btf;
 pub mod config;
+pub mod conntrack;
 pub mod events;
 pub mod ids;
 pub mod metrics;

@@ -4,6 +4,10 @@
 /// The label of a peer in no cell; no cell may take this name.
 pub const EXTERNAL: &str = "external";
 
+/// The server cell of a connection to a Kubernetes Service's virtual address whose
+/// backend was not found (or not yet); no cell may take this name.
+pub const UNRESOLVED: &str = "unresolved";
+
 /// Longest cell name (a Kubernetes label value).
 pub const NAME_MAX: usize = agent_common::CELL_NAME_MAX;
 

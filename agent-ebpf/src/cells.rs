@@ -4,10 +4,10 @@
 //! then looks only in that set, so one verdict never mixes two configs.
 #![expect(unsafe_code, reason = "an allow rule is looked up through a map pointer")]
 use agent_common::{
-    CELL_EXTERNAL, CELL_FLAG_ENFORCE, CELL_FLAG_GLOBAL, CELL_IGNORED, EXTERNAL_IGNORE,
-    EXTERNAL_VIOLATION, PolicyKey, SETTING_ENFORCE, SETTING_EXTERNAL, SETTING_GENERATION,
-    SETTING_PORTED_SERVICES, ServiceKeyV4, ServiceKeyV6, VERDICT_ALLOWED, VERDICT_VIOLATION,
-    entry_cell, entry_service,
+    CELL_EXTERNAL, CELL_FLAG_ENFORCE, CELL_FLAG_GLOBAL, CELL_IGNORED, CELL_VIRTUAL,
+    EXTERNAL_IGNORE, EXTERNAL_VIOLATION, PolicyKey, SETTING_ENFORCE, SETTING_EXTERNAL,
+    SETTING_GENERATION, SETTING_PORTED_SERVICES, ServiceKeyV4, ServiceKeyV6, VERDICT_ALLOWED,
+    VERDICT_VIOLATION, entry_cell, entry_service,
 };
 use aya_ebpf::maps::lpm_trie::Key;
 
@@ -61,7 +61,11 @@ impl View {
     pub(crate) fn server_of(&self, addr: &[u8; 16], v6: bool, port: u16) -> (u32, u16) {
         let entry = self.entry_of(addr, v6);
         let (cell, service) = (entry_cell(entry), entry_service(entry));
-        if cell == CELL_IGNORED || cell == CELL_EXTERNAL || !self.ported_services() {
+        if cell == CELL_IGNORED
+            || cell == CELL_EXTERNAL
+            || cell == CELL_VIRTUAL
+            || !self.ported_services()
+        {
             return (cell, service);
         }
         let port = port.to_be_bytes();
@@ -91,6 +95,11 @@ impl View {
     pub(crate) fn verdict(&self, src: u32, dst: u32, port: u16) -> Option<u8> {
         if src == CELL_IGNORED || dst == CELL_IGNORED {
             return None;
+        }
+        // A virtual address: tracked, and judged by its backend once the agent has found
+        // it (`vip.rs`); enforce lets the connect through.
+        if dst == CELL_VIRTUAL {
+            return Some(VERDICT_ALLOWED);
         }
         if src == CELL_EXTERNAL || dst == CELL_EXTERNAL {
             let mode = SETTINGS.get(SETTING_EXTERNAL + u32::from(self.b)).copied().unwrap_or(0);

@@ -275,6 +275,24 @@ pub(crate) struct TcpIterCtx {
     uid: u32,
 }
 
+/// `struct bpf_iter__bpf_map_elem`: one element of a hash map.
+#[repr(C)]
+pub(crate) struct MapElemIterCtx {
+    meta: *mut IterMeta,
+    map: *mut c_void,
+    key: *mut c_void,
+    value: *mut c_void,
+}
+
+/// A step of a map-element iterator: the element's key and value; `None` for the final
+/// call (no element).
+#[inline(always)]
+pub(crate) fn map_elem(ctx: *mut MapElemIterCtx) -> Option<(*mut c_void, *mut c_void)> {
+    // SAFETY: `ctx` is the iterator's context; its fields are loads the verifier types.
+    let (key, value) = unsafe { ((*ctx).key, (*ctx).value) };
+    (!key.is_null() && !value.is_null()).then_some((key, value))
+}
+
 /// One step of an iterator: where it writes, and what it is at.
 pub(crate) struct Iter {
     seq: *mut c_void,

@@ -5,8 +5,8 @@
 #![expect(unsafe_code, reason = "the rate window is updated in place in the pair's slot")]
 
 use agent_common::{
-    CTR_EVENTS_RATE_LIMITED, CTR_EVENTS_RINGBUF_FULL, CTR_EVENTS_SENT, Conn, DIR_EGRESS,
-    EVENT_VIOLATION, SETTING_EVENT_RATE, ViolationEvent,
+    CTR_EVENTS_RATE_LIMITED, CTR_EVENTS_RINGBUF_FULL, CTR_EVENTS_SENT, CTR_RESOLVE_RINGBUF_FULL,
+    Conn, DIR_EGRESS, EVENT_RESOLVE, EVENT_VIOLATION, SETTING_EVENT_RATE, ViolationEvent,
 };
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 
@@ -75,9 +75,30 @@ pub(crate) fn send(flow: &Flow, slot: &Slot, kind: u8) {
         count(CTR_EVENTS_RATE_LIMITED);
         return;
     }
-    let Some(mut entry) = EVENTS.reserve::<ViolationEvent>(0) else {
+    if emit(flow, kind, now) {
+        count(CTR_EVENTS_SENT);
+    } else {
         count(CTR_EVENTS_RINGBUF_FULL);
-        return;
+    }
+}
+
+/// Asks the agent to find the backend of a connection to a virtual address (no rate
+/// limit: every such connection needs its answer). A full ring buffer drops the request;
+/// the sweep, or the agent's scan of `DEFERRED`, asks again.
+#[inline(always)]
+pub(crate) fn resolve_request(conn: &Conn) {
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !emit(&Flow::of(conn), EVENT_RESOLVE, now) {
+        count(CTR_RESOLVE_RINGBUF_FULL);
+    }
+}
+
+/// Writes one record; false when the ring buffer is full.
+#[inline(always)]
+fn emit(flow: &Flow, kind: u8, now: u64) -> bool {
+    let Some(mut entry) = EVENTS.reserve::<ViolationEvent>(0) else {
+        return false;
     };
     entry.write(ViolationEvent {
         ts_ns: now,
@@ -97,7 +118,7 @@ pub(crate) fn send(flow: &Flow, slot: &Slot, kind: u8) {
         comm: flow.comm,
     });
     entry.submit(0);
-    count(CTR_EVENTS_SENT);
+    true
 }
 
 /// A fixed one-second window per pair and direction on this CPU. A program interrupted

@@ -10,6 +10,9 @@
 //! - [`conn`]: a connection's state in its socket's storage, and the capacity.
 //! - [`netns`]: each network namespace's source address, for enforce on unbound sockets.
 //! - [`events`]: violation events through the ring buffer, rate-limited.
+//! - [`vip`] and [`settle`]: connections to a Service's virtual address, counted under
+//!   the backend the agent found in conntrack.
+//! - [`close`]: what a connection's end adds to its pair.
 //! - [`cells`]: address -> cell and the verdict of a (client cell, server cell, port).
 //! - [`stats`]: per-CPU aggregation per cell pair, and claims.
 //! - [`ctx`] and [`kread`]: every read of a context or of kernel memory.
@@ -22,6 +25,7 @@
 #![expect(internal_features, reason = "atomic_xadd is the BPF atomic add")]
 
 mod cells;
+mod close;
 mod conn;
 mod connect;
 mod ctx;
@@ -31,9 +35,11 @@ mod kread;
 mod maps;
 mod netns;
 mod seed;
+mod settle;
 mod sockops;
 mod stats;
 mod sweep;
+mod vip;
 
 #[cfg(not(test))]
 #[panic_handler]

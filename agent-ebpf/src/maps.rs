@@ -1,8 +1,8 @@
 //! Every map the programs share with the agent. Names are the contract with the loader
 //! in `agent/src/kernel/object.rs` (a unit test there checks the two lists agree).
 use agent_common::{
-    CellInfo, CellName, Conn, FieldOffsets, NetnsAddr, NetnsKey, OpCost, PairKey, PairStats,
-    PolicyKey, Seeded, ServiceKeyV4, ServiceKeyV6,
+    CellInfo, CellName, Conn, Deferred, FieldOffsets, NetnsAddr, NetnsKey, OpCost, PairKey,
+    PairStats, PolicyKey, Resolution, Seeded, ServiceKeyV4, ServiceKeyV6,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -105,6 +105,23 @@ pub(crate) static SEEDED: HashMap<u64, Seeded> =
 #[map]
 pub(crate) static SEED_PLAN: HashMap<u64, Conn> =
     HashMap::with_max_entries(agent_common::SEEDED_CAPACITY, BPF_F_NO_PREALLOC);
+
+/// Where each connection to a virtual address went, by socket cookie: written by the
+/// agent from conntrack, read by the sweep, the close and the settling (see `vip.rs`).
+#[map]
+pub(crate) static RESOLVED: LruHashMap<u64, Resolution> =
+    LruHashMap::with_max_entries(agent_common::RESOLVED_CAPACITY, 0);
+
+/// Connections to a virtual address that closed before their backend was known, by
+/// socket cookie, until the settling counts them (see `settle.rs`).
+#[map]
+pub(crate) static DEFERRED: HashMap<u64, Deferred> =
+    HashMap::with_max_entries(agent_common::DEFERRED_CAPACITY, BPF_F_NO_PREALLOC);
+
+/// Where a `DEFERRED` entry is put together before it is inserted (a `Deferred` would
+/// not fit the 512-byte stack beside the rest).
+#[map]
+pub(crate) static DEFER_SCRATCH: PerCpuArray<Deferred> = PerCpuArray::with_max_entries(1, 0);
 
 /// Scalar settings (`SETTING_*` indices).
 #[map]

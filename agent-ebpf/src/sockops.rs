@@ -6,9 +6,10 @@
 #![expect(unsafe_code, reason = "a connection's storage is written in place through its pointer")]
 
 use agent_common::{
-    AF_INET6, CONN_ESTABLISHED, CONN_SEEDED, CONN_TRACKED, CTR_CONN_TABLE_FULL, Claimed,
-    DIR_EGRESS, DIR_INGRESS, ECONNREFUSED, ECONNRESET, EPIPE, ETIMEDOUT, FAIL_OTHER, FAIL_REFUSED,
-    FAIL_RESET, FAIL_TIMEOUT, PROFILE_SLOTS, PROFILE_STATE_CLOSE, Progress, VERDICT_VIOLATION,
+    AF_INET6, CELL_VIRTUAL, CONN_ESTABLISHED, CONN_SEEDED, CONN_TRACKED, CONN_VIRTUAL,
+    CTR_CONN_TABLE_FULL, Claimed, DIR_EGRESS, DIR_INGRESS, ECONNREFUSED, ECONNRESET, EPIPE,
+    ETIMEDOUT, FAIL_OTHER, FAIL_REFUSED, FAIL_RESET, FAIL_TIMEOUT, NO_FAILURE, PROFILE_SLOTS,
+    PROFILE_STATE_CLOSE, Progress, VERDICT_VIOLATION,
 };
 use aya_ebpf::{
     bindings::{
@@ -24,12 +25,14 @@ use aya_log_ebpf::warn;
 
 use crate::{
     cells::View,
+    close::{End, account},
     conn,
     ctx::Ops,
     events,
     kread::Sock,
     netns,
     stats::{Slot, add, count, observe},
+    vip,
 };
 
 /// 1 when the agent loaded the programs with `--profile-kernel`. A read-only global: the
@@ -140,7 +143,9 @@ fn on_connect(ops: &Ops<'_>) {
         (*c).closed = 0;
         (*c).direction = DIR_EGRESS;
         (*c).verdict = verdict;
-        (*c).flags = CONN_TRACKED;
+        (*c).counted = 0;
+        // To a virtual address: judged by its backend, once the agent has found it.
+        (*c).flags = if dst == CELL_VIRTUAL { CONN_TRACKED | CONN_VIRTUAL } else { CONN_TRACKED };
         (*c).family = ops.family();
         (*c).local_port = ops.local_port();
         (*c).remote_port = port;
@@ -174,6 +179,11 @@ fn on_active_established(ops: &Ops<'_>) {
         (*c).established_ns = now;
         (*c).flags |= CONN_ESTABLISHED;
         (*c).base = handshake(ops);
+        if (*c).flags & CONN_VIRTUAL != 0 {
+            // Counted under its backend once the agent has found it.
+            crate::events::resolve_request(&*c);
+            return;
+        }
         ((*c).pair_key(), (*c).start_ns)
     };
     let latency_ns = now.saturating_sub(start);
@@ -263,14 +273,15 @@ fn on_passive_established(ops: &Ops<'_>) {
 }
 
 /// The socket reached CLOSE: claim the rest of what it moved, count it closed (or
-/// failed, if it never got established) and free its place.
+/// failed, if it never got established) and free its place. A connection to a virtual
+/// address whose backend is not known yet is kept for the settling instead.
 #[inline(always)]
 fn on_close(ops: &Ops<'_>) {
     let Some(sk) = ops.sk() else { return };
     let Some(c) = conn::get(sk) else { return };
     // SAFETY: `c` points to this socket's storage; `closed` is set, as one word, before
     // the last claim, so a sweep that starts after it claims nothing.
-    let (flags, key, direction) = unsafe {
+    let (flags, mut key, direction, cookie) = unsafe {
         let flags = (*c).flags;
         // A seeded connection's end is its destroy's to count (`destroy.rs`), even when an
         // earlier agent's programs asked for its state changes.
@@ -278,52 +289,76 @@ fn on_close(ops: &Ops<'_>) {
             return;
         }
         core::ptr::write_volatile(&raw mut (*c).closed, 1);
-        (flags, (*c).pair_key(), (*c).direction)
+        (flags, (*c).pair_key(), (*c).direction, (*c).cookie)
     };
     conn::release();
-    let sock = Sock::of(sk.cast_const());
-    let Some(slot) = Slot::of(&key) else { return };
-    let s = slot.stats();
-    if flags & CONN_ESTABLISHED != 0 {
-        let err = sock.map_or(0, |s| s.err());
-        // The context has most counters; the socket itself the rest. The socket is
-        // locked, so they belong together.
-        let sent_once = sock.and_then(|s| s.sent_once());
-        let fin_received = sock.and_then(|s| s.fin_received());
-        if let (Some(sent_once), Some(fin)) = (sent_once, fin_received) {
-            let now = Progress {
-                acked: ops.bytes_acked(),
-                sent_once,
-                received: ops.bytes_received(),
-                retrans: u64::from(ops.total_retrans()),
-            };
+    let established = flags & CONN_ESTABLISHED != 0;
+    let end = end_of(ops, sk, established, direction);
+    if flags & CONN_VIRTUAL != 0 {
+        let Some(r) = vip::resolution(cookie) else {
             // SAFETY: `c` as above.
-            unsafe { slot.claim(&raw mut (*c).claimed, &(*c).base, &now, fin) };
+            unsafe { vip::defer(c, &end) };
+            return;
+        };
+        // SAFETY: `c` as above.
+        key = unsafe { vip::apply(c, &r) };
+    }
+    let Some(slot) = Slot::of(&key) else { return };
+    // RTT once per connection at its close: the client's, or the server's when the client
+    // is in no cell (no cellwatch sees it as egress).
+    let rtt_sample = direction == DIR_EGRESS || key.src_cell == agent_common::CELL_EXTERNAL;
+    // SAFETY: `c` as above.
+    unsafe {
+        if flags & CONN_VIRTUAL != 0 {
+            vip::count_open(c, &slot);
+            vip::forget(cookie);
         }
-        // RTT once per connection at its close: the client's, or the server's when the
-        // client is in no cell (no cellwatch sees it as egress).
-        if direction == DIR_EGRESS || key.src_cell == agent_common::CELL_EXTERNAL {
-            slot.rtt(ops.srtt_us());
-        }
-        // SAFETY: `s` is this CPU's value of a live pair entry.
-        unsafe {
-            add(&raw mut (*s).closed, 1);
-            // A RST ended it (the kernel says EPIPE once our side had seen the FIN).
-            if err == ECONNRESET || err == EPIPE {
-                add(&raw mut (*s).failed[FAIL_RESET], 1);
-            }
-        }
+        account(&slot, &raw mut (*c).claimed, &(*c).base, &end, established, rtt_sample);
+    }
+}
+
+/// A failure index as `End` keeps it.
+#[inline(always)]
+fn index(failure: usize) -> u32 {
+    u32::try_from(failure).unwrap_or(NO_FAILURE)
+}
+
+/// A connection's figures at its close. The context has most counters, the socket itself
+/// the rest; the socket is locked, so they belong together.
+#[inline(always)]
+fn end_of(ops: &Ops<'_>, sk: *mut core::ffi::c_void, established: bool, direction: u8) -> End {
+    let sock = Sock::of(sk.cast_const());
+    let err = sock.as_ref().map_or(0, |s| s.err());
+    if established {
+        let sent_once = sock.as_ref().and_then(|s| s.sent_once());
+        let fin_received = sock.as_ref().and_then(|s| s.fin_received());
+        let last = match (sent_once, fin_received) {
+            (Some(sent_once), Some(fin)) => Some((
+                Progress {
+                    acked: ops.bytes_acked(),
+                    sent_once,
+                    received: ops.bytes_received(),
+                    retrans: u64::from(ops.total_retrans()),
+                },
+                fin,
+            )),
+            _ => None,
+        };
+        // A RST ended it (the kernel says EPIPE once our side had seen the FIN).
+        let failure =
+            if err == ECONNRESET || err == EPIPE { index(FAIL_RESET) } else { NO_FAILURE };
+        End { last, failure, srtt_us: ops.srtt_us() }
     } else if direction == DIR_EGRESS {
-        let err = sock.map_or(0, |s| s.err());
-        let reason = match err {
+        let failure = match err {
             ECONNREFUSED => FAIL_REFUSED,
             ETIMEDOUT => FAIL_TIMEOUT,
             // The SYN was retransmitted and the caller gave up first.
             0 if ops.total_retrans() > 0 => FAIL_TIMEOUT,
             _ => FAIL_OTHER,
         };
-        // SAFETY: as above.
-        unsafe { add(&raw mut (*s).failed[reason], 1) };
+        End { last: None, failure: index(failure), srtt_us: 0 }
+    } else {
+        End { last: None, failure: NO_FAILURE, srtt_us: 0 }
     }
 }
 

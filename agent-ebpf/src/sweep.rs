@@ -8,9 +8,9 @@
 #![expect(unsafe_code, reason = "the iterator hands the storage value as a raw pointer")]
 
 use agent_common::{
-    Brief, CELL_EXTERNAL, CONN_ESTABLISHED, CONN_SEEDED, CONN_TRACKED, CTR_SWEEP_BUSY,
-    CTR_SWEEP_VISITED, Claimed, Conn, DIR_EGRESS, LIST_ANY, SETTING_LIST_CELL,
-    SETTING_LIST_VERDICT, SETTING_SWEEP_RECORDS, SWEEP_BRIEF, SWEEP_WANTED, SweepTail,
+    Brief, CELL_EXTERNAL, CONN_ESTABLISHED, CONN_SEEDED, CONN_TRACKED, CONN_VIRTUAL,
+    CTR_SWEEP_BUSY, CTR_SWEEP_VISITED, Claimed, Conn, DIR_EGRESS, LIST_ANY, SETTING_LIST_CELL,
+    SETTING_LIST_VERDICT, SETTING_SWEEP_RECORDS, SWEEP_BRIEF, SWEEP_COUNT, SWEEP_WANTED, SweepTail,
 };
 
 use crate::{
@@ -18,6 +18,7 @@ use crate::{
     kread::Sock,
     maps::{SEEDED, SETTINGS, WANTED},
     stats::{Slot, count},
+    vip,
 };
 
 #[unsafe(no_mangle)]
@@ -35,7 +36,7 @@ fn try_sweep(it: &Iter) {
     // SAFETY: the iterator's value is this socket's `Conn` storage, valid for the step;
     // `closed` is read as the one word the close stores. Fields are read one by one
     // (the whole `Conn` would not fit the stack beside the rest).
-    let (flags, closed, key, cookie, direction, src_cell) = unsafe {
+    let (flags, closed, mut key, cookie, direction, src_cell) = unsafe {
         (
             (*c).flags,
             core::ptr::read_volatile(&raw const (*c).closed),
@@ -50,6 +51,23 @@ fn try_sweep(it: &Iter) {
         return;
     }
     let records = SETTINGS.get(SETTING_SWEEP_RECORDS).copied().unwrap_or(0);
+    // A connection to a virtual address counts once the agent has found its backend.
+    let pending = flags & CONN_VIRTUAL != 0 && {
+        match vip::resolution(cookie) {
+            Some(r) => {
+                // SAFETY: as above; the resolution is the same whoever applies it.
+                key = unsafe { vip::apply(c, &r) };
+                false
+            }
+            None => true,
+        }
+    };
+    if pending && records == SWEEP_COUNT {
+        // Asked again at each sweep until answered (a request can be dropped).
+        // SAFETY: as above.
+        crate::events::resolve_request(unsafe { &*c });
+        return;
+    }
     // A listing's first pass only says which connections there are; its second claims
     // and reports the ones it chose (the others count at the next periodic sweep).
     if records == SWEEP_BRIEF {
@@ -68,7 +86,11 @@ fn try_sweep(it: &Iter) {
         None => count(CTR_SWEEP_BUSY),
         Some(r) => {
             srtt_us = r.srtt_us;
-            if let Some(slot) = Slot::of(&key) {
+            if let Some(slot) = Slot::of(&key).filter(|_| !pending) {
+                if flags & CONN_VIRTUAL != 0 {
+                    // SAFETY: as above.
+                    unsafe { vip::count_open(c, &slot) };
+                }
                 if seeded {
                     // A connection older than the agent keeps its claims where its
                     // destroy can find them.

@@ -8,6 +8,7 @@
 #![deny(unsafe_code)]
 
 pub mod churn;
+pub mod kubeproxy;
 pub mod netns;
 pub mod prometheus;
 pub mod ranges;
@@ -134,6 +135,8 @@ pub struct Agent {
     stderr: PathBuf,
     /// When the process was spawned.
     spawned: Instant,
+    /// The network namespace the agent runs in (`AgentOpts::netns`).
+    netns: Option<String>,
     /// Dropped after the agent stops (fields drop after `Drop::drop`).
     _own_pins: Option<Pins>,
 }
@@ -152,6 +155,9 @@ pub struct AgentOpts<'a> {
     /// The binary to run instead of [`agent_bin`] (e.g. a copy with file capabilities,
     /// or a release build).
     pub bin: Option<&'a Path>,
+    /// A network namespace (`ip netns` name) to run the agent in, as a node's agent runs
+    /// in the node's: its HTTP endpoints are then reached from inside it.
+    pub netns: Option<&'a str>,
 }
 
 impl Agent {
@@ -179,6 +185,10 @@ impl Agent {
         let listen = format!("127.0.0.1:{port}");
         let stderr = dir.0.join("stderr.log");
         let mut argv: Vec<String> = opts.wrapper.iter().map(|s| (*s).to_owned()).collect();
+        if let Some(ns) = opts.netns {
+            // The network namespace only: the mounts (cgroup2, bpffs) stay the host's.
+            argv.extend(["nsenter".to_owned(), format!("--net=/run/netns/{ns}")]);
+        }
         argv.push(opts.bin.map_or_else(agent_bin, Path::to_owned).display().to_string());
         argv.extend(["run".into(), "--listen".into(), listen]);
         let own_pins = match (opts.pins, opts.args.contains(&"--bpffs")) {
@@ -207,7 +217,15 @@ impl Agent {
             .stderr(log)
             .spawn()
             .map_err(|e| format!("cannot start {argv:?}: {e}"))?;
-        Ok(Self { child: Some(child), port, dir, stderr, spawned, _own_pins: own_pins })
+        Ok(Self {
+            child: Some(child),
+            port,
+            dir,
+            stderr,
+            spawned,
+            netns: opts.netns.map(str::to_owned),
+            _own_pins: own_pins,
+        })
     }
 
     /// Asks `/readyz` every `every` until it answers 200: the time from spawning the
@@ -216,7 +234,7 @@ impl Agent {
     pub fn wait_ready(&mut self, every: Duration) -> Result<Duration, String> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if let Ok((200, _)) = http_get(self.port, "/readyz") {
+            if let Ok((200, _)) = self.get("/readyz") {
                 return Ok(self.spawned.elapsed());
             }
             if let Some(status) = self.try_wait() {
@@ -282,9 +300,17 @@ impl Agent {
             .unwrap_or_else(|| panic!("agent ignored SIGTERM:\n{}", self.stderr()))
     }
 
+    /// A GET of one of the agent's endpoints, from inside its network namespace.
+    pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        match &self.netns {
+            None => http_get(self.port, path),
+            Some(ns) => netns::enter(ns, || http_get(self.port, path)),
+        }
+    }
+
     /// Scrapes `/metrics`.
     pub fn metrics(&self) -> Metrics {
-        let (status, body) = http_get(self.port, "/metrics").expect("scrape");
+        let (status, body) = self.get("/metrics").expect("scrape");
         assert_eq!(status, 200, "/metrics answered {status}: {body}");
         Metrics::parse(&body)
     }
@@ -451,7 +477,7 @@ pub fn settle(agent: &Agent, f: impl Fn(&Metrics) -> bool) -> Metrics {
 }
 
 pub fn json(agent: &Agent, path: &str) -> serde_json::Value {
-    let (status, body) = http_get(agent.port, path).unwrap();
+    let (status, body) = agent.get(path).unwrap();
     assert_eq!(status, 200, "{path}: {body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
 }

@@ -33,7 +33,7 @@ pub struct Netns {
 
 /// Runs `cmd` (words split at spaces; no shell, whose built-in applets could shadow
 /// iproute2 where busybox is the shell).
-fn run(cmd: &str) {
+pub fn run(cmd: &str) {
     let mut words = cmd.split_whitespace();
     let program = words.next().unwrap_or_default();
     let (ok, why) = match Command::new(program).args(words).output() {
@@ -44,7 +44,7 @@ fn run(cmd: &str) {
 }
 
 /// `nodad` for IPv6 (usable at once, no duplicate address detection); IPv4 has none.
-fn nodad(a: IpAddr) -> &'static str {
+pub fn nodad(a: IpAddr) -> &'static str {
     if a.is_ipv6() { " nodad" } else { "" }
 }
 
@@ -141,19 +141,7 @@ impl Netns {
     /// Runs `f` on a thread that entered the namespace, so sockets and devices it makes
     /// live there.
     pub fn inside<T: Send>(&self, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
-        let ns = File::open(format!("/run/netns/{}", self.name))?;
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                // SAFETY: setns(2) with an open namespace file and CLONE_NEWNET changes only
-                // this thread's network namespace; the thread ends right after.
-                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                f()
-            })
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("the namespace thread panicked")))
-        })
+        enter(&self.name, f)
     }
 
     /// A TCP connection from `from` (an address inside the namespace) to `to`, opened
@@ -167,6 +155,24 @@ impl Netns {
     pub fn connect_unbound(&self, to: SocketAddr) -> io::Result<TcpStream> {
         self.inside(|| TcpStream::connect_timeout(&to, Duration::from_secs(5)))
     }
+}
+
+/// Runs `f` on a thread that entered the network namespace `name` (`ip netns`), so
+/// sockets and devices it makes live there.
+pub fn enter<T: Send>(name: &str, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+    let ns = File::open(format!("/run/netns/{name}"))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns(2) with an open namespace file and CLONE_NEWNET changes only
+            // this thread's network namespace; the thread ends right after.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the namespace thread panicked")))
+    })
 }
 
 impl Drop for Netns {

@@ -21,6 +21,7 @@
 //! | services | 127.110–117 | 110–113: global (its services' addresses), cell-a, cell-b, cell-c; 114–117 the same for the real-Prometheus test |
 //! | top | 127.246–247 | top-a, top-b: shared by the area's tests, which take turns (a lock in `top.rs`) |
 //! | enforce, network namespace | 10.251.0.0/16, and fd00:251::/64 | the veth pair of the pod-like namespace the test makes |
+//! | vip, network namespaces | 10.252.0.0/16, and fd00:252::/48 | kube-proxy's layout: node and pod namespaces; test `t` takes 10.252.(20t)–(20t+9) |
 //! | deploy | 10.0–2 | fixed by the shipped cell map (`deploy/kustomize/cells.yaml`); no traffic |
 //!
 //! The startup area makes no traffic and uses the harness range only. A new test takes
@@ -78,6 +79,8 @@ pub const SERVICES: Block = Block::new(127, 110, 117);
 /// With fd00:251::/64 for IPv6 (`fd00:{ENFORCE_NETNS.first}::`).
 pub const ENFORCE_NETNS: Block = Block::new(10, 251, 251);
 pub const DEPLOY: Block = Block::new(10, 0, 2);
+/// With fd00:252::/48 for IPv6: the node and pod namespaces of kube-proxy's layout.
+pub const KUBEPROXY_NETNS: Block = Block::new(10, 252, 252);
 
 /// Every block, by area.
 pub const TABLE: &[(&str, Block)] = &[
@@ -97,6 +100,7 @@ pub const TABLE: &[(&str, Block)] = &[
     ("services", SERVICES),
     ("enforce, network namespace", ENFORCE_NETNS),
     ("deploy", DEPLOY),
+    ("vip, network namespaces", KUBEPROXY_NETNS),
 ];
 
 #[cfg(test)]

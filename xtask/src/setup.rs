@@ -29,6 +29,7 @@ const TEST_DEBIAN: &[Package] = &[
     ("busybox-static", "the kernel matrix's shell"),
     ("tmux", "a real terminal for the tests of the demo's screen and `cellwatch top`"),
     ("graphviz", "dot, which must draw `cellwatch report --format dot` in the tests"),
+    ("iptables", "kube-proxy's DNAT in the Service tests' network namespaces"),
 ];
 const BPF_LINKER: &str = "0.13.0";
 const CARGO_DENY: &str = "0.20.2";

@@ -32,6 +32,9 @@ pub struct Config {
     pub enforce_cells: Option<Vec<String>>,
     /// Named destinations inside cells, counted per (client cell, service).
     pub services: Vec<Service>,
+    /// Kubernetes Service ranges: their addresses are virtual, and a connection to one
+    /// is judged by the backend its DNAT chose.
+    pub service_cidrs: Vec<IpNet>,
 }
 
 /// A named destination (a shared database, a queue): its prefixes, all inside one cell,

@@ -22,6 +22,8 @@ pub(super) struct RawConfig {
     pub(super) enforce_cells: Option<Vec<S<String>>>,
     #[serde(default)]
     pub(super) services: Vec<RawService>,
+    #[serde(default)]
+    pub(super) service_cidrs: Vec<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

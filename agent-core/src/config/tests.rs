@@ -246,3 +246,38 @@ fn bad_services_are_each_reported_where_they_are() {
         assert!(got.iter().any(|l| l.contains(want)), "{yaml}: want {want:?}, got {got:?}");
     }
 }
+
+#[test]
+fn service_cidrs_are_parsed_and_each_problem_located() {
+    let ok = Config::parse(
+        "c.yaml",
+        "cells:\n  - name: a\n    cidrs: [10.1.0.0/16]\nservice_cidrs: [10.96.0.0/12, \"fd00:96::/108\"]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        ok.service_cidrs,
+        vec!["10.96.0.0/12".parse::<IpNet>().unwrap(), "fd00:96::/108".parse().unwrap()]
+    );
+    let got = problems(
+        "cells:\n  - name: a\n    cidrs: [10.1.0.0/16]\n  - name: unresolved\n    cidrs: [10.2.0.0/16]\n\
+         service_cidrs: [10.96.0.0/12, 10.1.0.0/16, bad, 10.96.0.0/12, 127.0.0.0/8]\n",
+    );
+    assert_eq!(got.len(), 5, "{got:?}");
+    assert!(got[0].starts_with("c.yaml:4:11: the cell name `unresolved` is reserved"), "{got:?}");
+    assert!(
+        got[1]
+            .starts_with("c.yaml:6:31: prefix 10.1.0.0/16 is both a Service range and in cell `a`"),
+        "{got:?}"
+    );
+    assert!(got[2].starts_with("c.yaml:6:44: invalid CIDR `bad`"), "{got:?}");
+    assert!(got[3].starts_with("c.yaml:6:49: prefix 10.96.0.0/12 is listed twice"), "{got:?}");
+    assert!(
+        got[4].starts_with("c.yaml:6:63: prefix 127.0.0.0/8 is both a Service range and ignored"),
+        "{got:?}"
+    );
+    // The kernel's tries hold each range as the virtual-address entry.
+    let compiled = crate::policy::compile(&ok, &mut crate::ids::CellIds::default()).unwrap();
+    assert!(
+        compiled.prefixes.contains(&("10.96.0.0/12".parse().unwrap(), agent_common::CELL_VIRTUAL))
+    );
+}

@@ -9,7 +9,7 @@ use super::{
     raw::{RawConfig, RawService, S},
 };
 
-use crate::names::{EXTERNAL, NAME_MAX, is_cell_name};
+use crate::names::{EXTERNAL, NAME_MAX, UNRESOLVED, is_cell_name};
 
 #[derive(Default)]
 struct Problems(Vec<Problem>);
@@ -142,6 +142,19 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     });
 
     let services = services(&mut p, &raw.services, &cells, &ignore_cidrs);
+    let mut service_cidrs: Vec<IpNet> = Vec::with_capacity(raw.service_cidrs.len());
+    for c in &raw.service_cidrs {
+        let Some(net) = cidr(&mut p, c) else { continue };
+        if let Some(cell) = owner.get(&net) {
+            p.at(c, format!("prefix {net} is both a Service range and in cell `{cell}`"));
+        } else if ignore_cidrs.contains(&net) {
+            p.at(c, format!("prefix {net} is both a Service range and ignored"));
+        } else if service_cidrs.contains(&net) {
+            p.at(c, format!("prefix {net} is listed twice in `service_cidrs`"));
+        } else {
+            service_cidrs.push(net);
+        }
+    }
     if cells.len() + services.len() > max_cells
         && let Some(s) = raw.services.first()
     {
@@ -152,7 +165,16 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     }
 
     if p.0.is_empty() {
-        Ok(Config { cells, allow, external, ignore_cidrs, mode, enforce_cells, services })
+        Ok(Config {
+            cells,
+            allow,
+            external,
+            ignore_cidrs,
+            mode,
+            enforce_cells,
+            services,
+            service_cidrs,
+        })
     } else {
         p.0.sort_by_key(|x| (x.line, x.column));
         Err(p.0)
@@ -318,6 +340,11 @@ fn check_name(p: &mut Problems, s: &S<String>) {
         );
     } else if n == EXTERNAL {
         p.at(s, "the cell name `external` is reserved for peers in no cell");
+    } else if n == UNRESOLVED {
+        p.at(
+            s,
+            "the cell name `unresolved` is reserved for Service addresses with no backend found",
+        );
     }
 }
 

@@ -7,6 +7,7 @@
 pub(crate) mod bpffs;
 pub(crate) mod cgroups;
 pub(crate) mod clock;
+pub(crate) mod conntrack;
 pub(crate) mod mounts;
 pub(crate) mod preflight;
 pub(crate) mod procs;

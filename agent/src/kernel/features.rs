@@ -18,6 +18,9 @@ pub(crate) enum Feature {
     /// `tcp:tcp_destroy_sock` carries `sock_cookie` (and `skaddr`): connections older
     /// than the agent are seen closing.
     DestroySockCookie,
+    /// This network namespace answers conntrack lookups (ctnetlink): connections to
+    /// `service_cidrs` are judged by their backend (probed by `run`, not here).
+    ConntrackLookup,
 }
 
 /// One optional feature: its label, the tracepoint whose record has the fields, the
@@ -44,6 +47,9 @@ const FEATURES: [Row; 1] = [Row {
 impl Feature {
     /// The `feature` label of `cellwatch_kernel_feature`.
     pub(crate) fn as_str(self) -> &'static str {
+        if self == Self::ConntrackLookup {
+            return "conntrack_lookup";
+        }
         FEATURES.iter().find(|r| r.feature == self).map_or("unknown", |r| r.label)
     }
 }
@@ -102,5 +108,6 @@ mod tests {
     #[test]
     fn every_feature_has_its_row() {
         assert_eq!(super::Feature::DestroySockCookie.as_str(), "destroy_sock_cookie");
+        assert_eq!(super::Feature::ConntrackLookup.as_str(), "conntrack_lookup");
     }
 }

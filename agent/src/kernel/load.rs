@@ -178,6 +178,7 @@ impl Staged {
         );
         let installed = attach::install(&mut self.ebpf, &self.dir, self.pinned, &self.cgroup_root)?;
         let sweeper = Sweeper::new(&mut self.ebpf, &self.btf)?;
+        let settler = super::settle::Settler::new(&mut self.ebpf, &self.btf, &self.dir)?;
         let meta = &mut self.maps.meta;
         meta.set(META_BUILD, self.build, 0).map_err(map_err(object::META))?;
         meta.set(META_LAYOUT, LAYOUT_VERSION, 0).map_err(map_err(object::META))?;
@@ -187,6 +188,7 @@ impl Staged {
             shared: std::sync::Arc::new(Shared {
                 maps: std::sync::Mutex::new(self.maps),
                 sweeper,
+                settler,
                 dir: self.dir,
             }),
             events: Some(self.events),

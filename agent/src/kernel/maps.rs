@@ -2,9 +2,9 @@
 use std::{collections::HashSet, time::Instant};
 
 use agent_common::{
-    CELLS_V4_CAPACITY, CELLS_V6_CAPACITY, CellInfo, CellName, Conn, FieldOffsets, OpCost,
-    PAIR_STATS_CAPACITY, POLICY_CAPACITY, PairKey, PairStats, PolicyKey, SETTING_CONN_CAPACITY,
-    SETTING_GENERATION, Seeded, ServiceKeyV4, ServiceKeyV6,
+    CELLS_V4_CAPACITY, CELLS_V6_CAPACITY, CellInfo, CellName, Conn, Deferred, FieldOffsets, OpCost,
+    PAIR_STATS_CAPACITY, POLICY_CAPACITY, PairKey, PairStats, PolicyKey, Resolution,
+    SETTING_CONN_CAPACITY, SETTING_GENERATION, Seeded, ServiceKeyV4, ServiceKeyV6,
 };
 use agent_core::policy::Compiled;
 use aya::{
@@ -27,6 +27,8 @@ pub(super) struct Maps {
     pub(super) wanted_now: Vec<u64>,
     pub(super) seeded: HashMap<MapData, u64, Seeded>,
     pub(super) seed_plan: HashMap<MapData, u64, Conn>,
+    pub(super) resolved: HashMap<MapData, u64, Resolution>,
+    pub(super) deferred: HashMap<MapData, u64, Deferred>,
     pub(super) fields: Array<MapData, FieldOffsets>,
     pub(super) live: Array<MapData, u64>,
     pub(super) profile: PerCpuArray<MapData, OpCost>,
@@ -139,6 +141,8 @@ pub(super) fn take_all(ebpf: &mut Ebpf) -> Result<Maps, KernelError> {
         wanted_now: Vec::new(),
         seeded: take(ebpf, object::SEEDED)?,
         seed_plan: take(ebpf, object::SEED_PLAN)?,
+        resolved: take(ebpf, object::RESOLVED)?,
+        deferred: take(ebpf, object::DEFERRED)?,
         fields: take(ebpf, object::FIELDS)?,
         live: take(ebpf, object::LIVE)?,
         profile: take(ebpf, object::PROFILE)?,

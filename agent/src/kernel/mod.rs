@@ -22,6 +22,7 @@ mod logs;
 mod maps;
 mod object;
 mod pins;
+mod settle;
 mod stats;
 mod sweep;
 pub(crate) mod unpin;
@@ -66,6 +67,7 @@ pub(crate) struct Kernel {
 struct Shared {
     maps: Mutex<maps::Maps>,
     sweeper: sweep::Sweeper,
+    settler: settle::Settler,
     dir: PinDir,
 }
 
@@ -118,6 +120,21 @@ impl Kernel {
 impl MapsHandle {
     fn lock(&self) -> MutexGuard<'_, maps::Maps> {
         crate::sync::lock(&self.0.maps)
+    }
+
+    /// Writes where connections to virtual addresses went (socket cookie, resolution)
+    /// and counts those of them that closed before; returns how many of those it counted.
+    pub(crate) fn resolve(
+        &self,
+        resolved: &[(u64, agent_common::Resolution)],
+    ) -> Result<usize, KernelError> {
+        self.0.settler.resolve(&self.0.maps, resolved)
+    }
+
+    /// Connections to virtual addresses that closed before their backend was known and
+    /// wait for it still.
+    pub(crate) fn waiting_deferred(&self) -> Vec<agent_common::Deferred> {
+        settle::Settler::waiting(&self.0.maps)
     }
 
     /// Config reloads counted so far (successes, failures), by this agent and the ones

@@ -12,6 +12,7 @@ pub(super) const CONNECT6: &str = "cellwatch_connect6";
 pub(super) const DESTROY: &str = "cellwatch_destroy";
 pub(super) const SWEEP: &str = "cellwatch_sweep";
 pub(super) const SEED: &str = "cellwatch_seed";
+pub(super) const SETTLE: &str = "cellwatch_settle";
 
 /// The tracepoint category of the destroy program.
 pub(super) const TCP: &str = "tcp";
@@ -39,7 +40,8 @@ pub(super) const SEEDED_CLOSE: (&str, Hook) = (DESTROY, Hook::Tracepoint(DESTROY
 /// Iterators, run by the agent (never attached to a hook): the live sweep over the
 /// connection storage, and the seeding walk over the TCP sockets, with the kernel's
 /// iterator target of each.
-pub(super) const ITERATORS: [(&str, &str); 2] = [(SWEEP, "bpf_sk_storage_map"), (SEED, "tcp")];
+pub(super) const ITERATORS: [(&str, &str); 3] =
+    [(SWEEP, "bpf_sk_storage_map"), (SEED, "tcp"), (SETTLE, "bpf_map_elem")];
 
 pub(super) const CONN: &str = "CONN";
 pub(super) const PAIR_STATS: &str = "PAIR_STATS";
@@ -57,6 +59,8 @@ pub(super) const PROFILE: &str = "PROFILE";
 pub(super) const PROFILE_KERNEL: &str = "PROFILE_KERNEL";
 pub(super) const CELL_NAMES: &str = "CELL_NAMES";
 pub(super) const META: &str = "META";
+pub(super) const RESOLVED: &str = "RESOLVED";
+pub(super) const DEFERRED: &str = "DEFERRED";
 
 /// The maps of one cell-map set: IPv4 trie, IPv6 trie, cell flags, allow rules.
 #[derive(Clone, Copy, Debug)]
@@ -113,6 +117,9 @@ pub(super) const PINNED_MAPS: &[&str] = &[
     EVENTS,
     SEEDED,
     SEED_PLAN,
+    RESOLVED,
+    DEFERRED,
+    "DEFER_SCRATCH",
     WANTED,
     SETTINGS,
     FIELDS,

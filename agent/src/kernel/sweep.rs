@@ -34,7 +34,11 @@ pub(super) struct Sweeper {
 }
 
 /// Loads an iterator program for its kernel target; its descriptor, owned.
-fn load_iterator(ebpf: &mut Ebpf, btf: &Btf, name: &'static str) -> Result<ProgramFd, KernelError> {
+pub(super) fn load_iterator(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    name: &'static str,
+) -> Result<ProgramFd, KernelError> {
     let target = ITERATORS.iter().find(|(n, _)| *n == name).map_or("", |(_, t)| *t);
     let prog = ebpf.program_mut(name).ok_or(KernelError::Missing(name))?;
     let typed = |source| KernelError::Program { name, source };

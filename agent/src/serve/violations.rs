@@ -161,11 +161,19 @@ pub(crate) fn spawn_drain(
     ids: Arc<RwLock<CellIds>>,
     cgroups: Arc<Resolver>,
     recent: Arc<Recent>,
+    resolve: std::sync::mpsc::Sender<ViolationEvent>,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
             while let Some(item) = ring.next() {
+                // Requests to find a Service backend share the ring buffer.
+                if let Ok(e) = decode(&item)
+                    && e.kind == agent_common::EVENT_RESOLVE
+                {
+                    let _ = resolve.send(e);
+                    continue;
+                }
                 recent.ingest(&item, &ids, &cgroups);
             }
             std::thread::sleep(DRAIN_EVERY);

@@ -18,3 +18,4 @@ mod services;
 mod startup;
 mod telemetry;
 mod top;
+mod vip;

@@ -5,6 +5,7 @@
 
 mod reload;
 mod seed;
+mod vip;
 
 use std::{
     future::Future,
@@ -207,11 +208,20 @@ where
     }
 
     let ids = Arc::new(RwLock::new(ids));
+    let mut features = kernel.features().to_vec();
+    let conntrack = vip::probe();
+    if !conntrack {
+        warn!(
+            "this network namespace answers no conntrack lookups (nf_conntrack_netlink): \
+             connections to service_cidrs count under the cell `unresolved`"
+        );
+    }
+    features.push((crate::kernel::Feature::ConntrackLookup, conntrack));
     let metrics = AgentMetrics::new(
         env!("CARGO_PKG_VERSION"),
         &node.kernel,
         kernel.pinned_state(),
-        kernel.features(),
+        &features,
         args.histogram_buckets.clone().unwrap_or_default(),
     );
     // Reloads counted by the agents before this one on the same pinned maps.
@@ -219,12 +229,16 @@ where
     metrics.config_reloads.with_label_values(&["success"]).inc_by(succeeded);
     metrics.config_reloads.with_label_values(&["error"]).inc_by(failed);
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<Trigger>(4);
+    // The running config, for judging the backends of connections to service_cidrs.
+    let shared_config = Arc::new(RwLock::new(config.clone()));
+    let (resolve_tx, resolve_rx) = std::sync::mpsc::channel::<agent_common::ViolationEvent>();
     let reloader = args.config.as_ref().map(|path| {
         let r = Reloader::new(
             path.clone(),
             source,
             kernel.maps(),
             ids.clone(),
+            shared_config.clone(),
             metrics.config_reloads.clone(),
         );
         (Arc::new(r), Reloader::spawn_watch(path, reload_tx.clone()))
@@ -238,9 +252,12 @@ where
             ids.clone(),
             cgroups.clone(),
             recent.clone(),
+            resolve_tx,
             stop_drain.clone(),
         )
     });
+    let resolver =
+        vip::spawn(kernel.maps(), shared_config, ids.clone(), resolve_rx, stop_drain.clone());
     let sweeps = spawn_sweeps(kernel.maps(), args.live_interval);
     let agent = Arc::new(Agent { maps: kernel.maps(), ids, metrics, cgroups, recent });
     // What the start parsed (the kernel's BTF among it) is freed: give it back.
@@ -292,6 +309,7 @@ where
     if let Some(d) = drain {
         let _ = d.join();
     }
+    let _ = resolver.join();
     drop(kernel);
     info!(
         bpffs = %bpffs.display(),

@@ -43,6 +43,8 @@ pub(crate) struct Reloader {
     path: PathBuf,
     maps: MapsHandle,
     ids: std::sync::Arc<RwLock<CellIds>>,
+    /// The running config, for whoever judges by it after the start.
+    config: std::sync::Arc<RwLock<Config>>,
     results: IntCounterVec,
     /// Hash of the content now applied.
     applied: Mutex<Option<u64>>,
@@ -61,9 +63,10 @@ impl Reloader {
         initial: &[u8],
         maps: MapsHandle,
         ids: std::sync::Arc<RwLock<CellIds>>,
+        config: std::sync::Arc<RwLock<Config>>,
         results: IntCounterVec,
     ) -> Self {
-        Self { path, maps, ids, results, applied: Mutex::new(Some(content_hash(initial))) }
+        Self { path, maps, ids, config, results, applied: Mutex::new(Some(content_hash(initial))) }
     }
 
     /// Reloads the file; a failure keeps the running config, logs each problem and is
@@ -109,6 +112,7 @@ impl Reloader {
                     elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
                     "config reloaded"
                 );
+                *sync::write(&self.config) = cfg;
             }
             Err(e) => {
                 self.count("error");

@@ -9,11 +9,12 @@
 use std::{collections::HashSet, net::SocketAddr};
 
 use agent_common::{
-    AF_INET, AF_INET6, CELL_EXTERNAL, Claimed, Conn, DIR_EGRESS, DIR_INGRESS, NO_SERVICE, Progress,
-    VERDICT_ALLOWED, VERDICT_VIOLATION,
+    AF_INET, AF_INET6, CELL_EXTERNAL, CELL_UNRESOLVED, Claimed, Conn, DIR_EGRESS, DIR_INGRESS,
+    NO_SERVICE, Progress, VERDICT_ALLOWED, VERDICT_VIOLATION,
 };
 use agent_core::{
     config::Config,
+    conntrack::Tuple,
     events::raw_addr,
     ids::CellIds,
     policy::{self, Place, Verdict},
@@ -23,6 +24,7 @@ use tracing::{info, warn};
 
 use crate::{
     host::{
+        conntrack::{Conntrack, Destination},
         sockdiag::{self, TCP_LISTEN, TcpSocket},
         sys,
     },
@@ -40,10 +42,11 @@ pub(crate) fn seed(kernel: &mut Kernel, cfg: &Config, ids: &mut CellIds) {
     };
     let listening: HashSet<u16> =
         sockets.iter().filter(|s| s.state == TCP_LISTEN).map(|s| s.local.port()).collect();
+    let mut ct = (!cfg.service_cidrs.is_empty()).then(|| Conntrack::open().ok()).flatten();
     let plan: Vec<(u64, Conn)> = sockets
         .iter()
         .filter(|s| s.state != TCP_LISTEN)
-        .filter_map(|s| judge(cfg, ids, s, &listening).map(|c| (s.cookie, c)))
+        .filter_map(|s| judge(cfg, ids, s, &listening, &mut ct).map(|c| (s.cookie, c)))
         .collect();
     match kernel.seed(&plan) {
         Ok(done) => info!(
@@ -59,18 +62,41 @@ pub(crate) fn seed(kernel: &mut Kernel, cfg: &Config, ids: &mut CellIds) {
 
 /// The connection an existing socket is, or `None` when it is not tracked. The side
 /// whose local port is listening is the server.
-fn judge(cfg: &Config, ids: &mut CellIds, s: &TcpSocket, listening: &HashSet<u16>) -> Option<Conn> {
+fn judge(
+    cfg: &Config,
+    ids: &mut CellIds,
+    s: &TcpSocket,
+    listening: &HashSet<u16>,
+    ct: &mut Option<Conntrack>,
+) -> Option<Conn> {
     let server_side = listening.contains(&s.local.port());
-    let (client, server): (SocketAddr, SocketAddr) =
+    let (client, mut server): (SocketAddr, SocketAddr) =
         if server_side { (s.remote, s.local) } else { (s.local, s.remote) };
-    let verdict = policy::verdict(cfg, client.ip(), server.ip(), server.port())?;
+    // A client of a Service's virtual address: judged by the backend its DNAT chose.
+    let mut unresolved = false;
+    if !server_side && cfg.service_cidrs.iter().any(|n| n.contains(&server.ip().to_canonical())) {
+        let t = Tuple {
+            src: SocketAddr::new(client.ip().to_canonical(), client.port()),
+            dst: SocketAddr::new(server.ip().to_canonical(), server.port()),
+        };
+        match ct.as_mut().map(|c| c.destination(&t)) {
+            Some(Ok(Destination::Backend(b))) => server = b,
+            _ => unresolved = true,
+        }
+    }
+    let verdict = if unresolved {
+        Verdict::Allowed
+    } else {
+        policy::verdict(cfg, client.ip(), server.ip(), server.port())?
+    };
     let id = |ids: &mut CellIds, p: Place<'_>| match p {
         Place::Cell(n) => ids.id(n).ok(),
         Place::External => Some(CELL_EXTERNAL),
         Place::Ignored => None,
     };
     let src_cell = id(ids, policy::place(cfg, client.ip()))?;
-    let dst_cell = id(ids, policy::place(cfg, server.ip()))?;
+    let dst_cell =
+        if unresolved { CELL_UNRESOLVED } else { id(ids, policy::place(cfg, server.ip()))? };
     let now = sys::monotonic_ns();
     Some(Conn {
         start_ns: now,
@@ -93,6 +119,7 @@ fn judge(cfg: &Config, ids: &mut CellIds, s: &TcpSocket, listening: &HashSet<u16
             .and_then(|name| ids.service_lookup(name))
             .unwrap_or(NO_SERVICE),
         _pad2: 0,
+        counted: 0,
         local_addr: raw_addr(s.local.ip()),
         remote_addr: raw_addr(s.remote.ip()),
         comm: [0; 16],

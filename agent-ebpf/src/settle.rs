@@ -1,0 +1,58 @@
+//! The settling: an iterator over `DEFERRED`, the connections to a virtual address that
+//! closed before the agent had found their backend. The agent runs it after it writes
+//! resolutions; each entry whose resolution is there counts as its close would have
+//! (open, violation, bytes, RTT, closed or failed) under the backend's pair, and is
+//! marked settled for the agent to remove.
+#![expect(unsafe_code, reason = "the iterator hands the key as a raw pointer")]
+
+use agent_common::{CELL_EXTERNAL, CONN_ESTABLISHED, DIR_EGRESS};
+
+use crate::{
+    close::{End, account},
+    ctx::{MapElemIterCtx, map_elem},
+    maps::DEFERRED,
+    stats::Slot,
+    vip,
+};
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/bpf_map_elem")]
+fn cellwatch_settle(ctx: *mut MapElemIterCtx) -> i32 {
+    if let Some((key, _)) = map_elem(ctx) {
+        // SAFETY: the key of a `DEFERRED` element is its socket cookie, 8 readable bytes.
+        let cookie = unsafe { core::ptr::read_unaligned(key.cast::<u64>()) };
+        try_settle(cookie);
+    }
+    0
+}
+
+#[inline(always)]
+fn try_settle(cookie: u64) {
+    // The element again, as a map value the atomic claims can work on.
+    let Some(d) = DEFERRED.get_ptr_mut(cookie) else { return };
+    // SAFETY: `d` points to a live element; only this iterator and the agent (after it)
+    // write it.
+    unsafe {
+        if (*d).settled != 0 {
+            return;
+        }
+    }
+    let Some(r) = vip::resolution(cookie) else { return };
+    // SAFETY: as above.
+    unsafe {
+        let c = &raw mut (*d).conn;
+        let key = vip::apply(c, &r);
+        let Some(slot) = Slot::of(&key) else { return };
+        vip::count_open(c, &slot);
+        let end = End {
+            last: Some(((*d).last, (*d).fin != 0)),
+            failure: (*d).failure,
+            srtt_us: (*d).srtt_us,
+        };
+        let established = (*c).flags & CONN_ESTABLISHED != 0;
+        let rtt_sample = (*c).direction == DIR_EGRESS || key.src_cell == CELL_EXTERNAL;
+        account(&slot, &raw mut (*c).claimed, &(*c).base, &end, established, rtt_sample);
+        (*d).settled = 1;
+    }
+    vip::forget(cookie);
+}

@@ -1,0 +1,239 @@
+//! Connections to Kubernetes Services' virtual addresses (`service_cidrs`): the agent
+//! finds where each went (the reply tuple of its conntrack entry, in the node's network
+//! namespace where kube-proxy's DNAT ran), judges that backend by the running config and
+//! hands the answer to the kernel, which counts the connection under it from then on
+//! (`vip.rs` and `settle.rs` in the programs).
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
+};
+
+use agent_common::{
+    CELL_EXTERNAL, CELL_UNRESOLVED, Deferred, NO_SERVICE, Resolution, VERDICT_ALLOWED,
+    VERDICT_VIOLATION, ViolationEvent,
+};
+use agent_core::{
+    config::Config,
+    conntrack::Tuple,
+    events::addr,
+    ids::CellIds,
+    policy::{self, Place, Verdict},
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    host::conntrack::{Conntrack, Destination, NewEntries},
+    kernel::MapsHandle,
+    sync,
+};
+
+/// How often connections that closed before their answer are looked for (a request can
+/// be lost when the ring buffer is full, and an agent that restarts finds them there).
+const SCAN_EVERY: Duration = Duration::from_secs(1);
+/// The most requests answered in one batch.
+const BATCH: usize = 4096;
+/// How long an announced entry is kept for a request that may still come.
+const ANNOUNCED_FOR: Duration = Duration::from_secs(60);
+
+/// Find the backend of this connection: its cookie, its client and the virtual address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Request {
+    cookie: u64,
+    tuple: Tuple,
+}
+
+impl Request {
+    fn of_event(e: &ViolationEvent) -> Self {
+        Self {
+            cookie: e.cookie,
+            tuple: tuple(
+                addr(e.family, e.src_addr),
+                e.src_port,
+                addr(e.family, e.dst_addr),
+                e.dst_port,
+            ),
+        }
+    }
+
+    fn of_deferred(d: &Deferred) -> Self {
+        let c = &d.conn;
+        Self {
+            cookie: c.cookie,
+            tuple: tuple(
+                addr(c.family, c.local_addr),
+                c.local_port,
+                addr(c.family, c.remote_addr),
+                c.remote_port,
+            ),
+        }
+    }
+}
+
+/// Conntrack sees an IPv4 connection of an IPv6 socket (`::ffff:a.b.c.d`) as IPv4.
+fn tuple(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16) -> Tuple {
+    Tuple {
+        src: SocketAddr::new(src.to_canonical(), src_port),
+        dst: SocketAddr::new(dst.to_canonical(), dst_port),
+    }
+}
+
+/// Where a connection from `client` went, judged by `cfg`: the backend's cell, service
+/// and the verdict; the cell `unresolved` (allowed, and visible as such) when no backend
+/// was found.
+pub(crate) fn judge(cfg: &Config, ids: &CellIds, client: IpAddr, to: Destination) -> Resolution {
+    let Destination::Backend(backend) = to else {
+        return Resolution {
+            dst_cell: CELL_UNRESOLVED,
+            service: NO_SERVICE,
+            verdict: VERDICT_ALLOWED,
+            _pad: 0,
+        };
+    };
+    let (ip, port) = (backend.ip().to_canonical(), backend.port());
+    let dst_cell = match policy::place(cfg, ip) {
+        Place::Cell(name) => ids.lookup(name).unwrap_or(CELL_EXTERNAL),
+        Place::External | Place::Ignored => CELL_EXTERNAL,
+    };
+    let service = policy::service(cfg, ip, port)
+        .and_then(|name| ids.service_lookup(name))
+        .unwrap_or(NO_SERVICE);
+    let verdict = match policy::verdict(cfg, client.to_canonical(), ip, port) {
+        Some(Verdict::Violation) => VERDICT_VIOLATION,
+        Some(Verdict::Allowed) | None => VERDICT_ALLOWED,
+    };
+    Resolution { dst_cell, service, verdict, _pad: 0 }
+}
+
+/// Answers requests on a thread of its own until `stop` is set.
+pub(crate) fn spawn(
+    maps: MapsHandle,
+    config: Arc<RwLock<Config>>,
+    ids: Arc<RwLock<CellIds>>,
+    requests: mpsc::Receiver<ViolationEvent>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut ct = match Conntrack::open() {
+            Ok(ct) => Some(ct),
+            Err(e) => {
+                warn!(
+                    error = %e,
+                    "no conntrack lookups (ctnetlink): connections to service_cidrs count \
+                     under the cell `unresolved`"
+                );
+                None
+            }
+        };
+        let mut announced = Announced::new();
+        let mut last_scan = Instant::now().checked_sub(SCAN_EVERY).unwrap_or_else(Instant::now);
+        while !stop.load(Ordering::Relaxed) {
+            let mut batch: HashMap<u64, Tuple> = HashMap::new();
+            if let Ok(e) = requests.recv_timeout(Duration::from_millis(100)) {
+                let r = Request::of_event(&e);
+                batch.insert(r.cookie, r.tuple);
+                while batch.len() < BATCH {
+                    let Ok(e) = requests.try_recv() else { break };
+                    let r = Request::of_event(&e);
+                    batch.insert(r.cookie, r.tuple);
+                }
+            }
+            if last_scan.elapsed() >= SCAN_EVERY {
+                last_scan = Instant::now();
+                for d in maps.waiting_deferred() {
+                    let r = Request::of_deferred(&d);
+                    batch.insert(r.cookie, r.tuple);
+                }
+            }
+            announced.take(&sync::read(&config));
+            if batch.is_empty() {
+                continue;
+            }
+            let answers: Vec<(u64, Resolution)> = {
+                let cfg = sync::read(&config);
+                let ids = sync::read(&ids);
+                batch
+                    .iter()
+                    .map(|(cookie, t)| {
+                        let to = match lookup(&mut ct, t) {
+                            Destination::NoEntry => announced.get(t),
+                            found => found,
+                        };
+                        (*cookie, judge(&cfg, &ids, t.src.ip(), to))
+                    })
+                    .collect()
+            };
+            match maps.resolve(&answers) {
+                Ok(settled) => debug!(answered = answers.len(), settled, "service backends"),
+                Err(e) => warn!(error = %e, "cannot hand service backends to the kernel"),
+            }
+        }
+        info!("service backend lookups stopped");
+    })
+}
+
+/// The NATed entries to Service addresses conntrack announced lately, by original tuple:
+/// the answer for a connection whose entry is gone by the time it is asked about (one
+/// the backend refused).
+struct Announced {
+    new: Option<NewEntries>,
+    by_tuple: HashMap<Tuple, (SocketAddr, Instant)>,
+}
+
+impl Announced {
+    fn new() -> Self {
+        let new = NewEntries::subscribe()
+            .map_err(|e| warn!(error = %e, "no conntrack announcements; lookups only"))
+            .ok();
+        Self { new, by_tuple: HashMap::new() }
+    }
+
+    /// Keeps what was announced since the last call, of connections to `service_cidrs`.
+    fn take(&mut self, cfg: &Config) {
+        let Some(new) = &mut self.new else { return };
+        let entries = new.drain();
+        if cfg.service_cidrs.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for (orig, reply) in entries {
+            let virtual_ = cfg.service_cidrs.iter().any(|n| n.contains(&orig.dst.ip()));
+            if let (true, Some(backend)) = (virtual_, Tuple::backend_of(&orig, &reply)) {
+                self.by_tuple.insert(orig, (backend, now));
+            }
+        }
+        self.by_tuple.retain(|_, (_, at)| now.duration_since(*at) < ANNOUNCED_FOR);
+    }
+
+    fn get(&self, t: &Tuple) -> Destination {
+        self.by_tuple.get(t).map_or(Destination::NoEntry, |(b, _)| Destination::Backend(*b))
+    }
+}
+
+/// The conntrack answer for `t`; no backend when lookups are not possible.
+fn lookup(ct: &mut Option<Conntrack>, t: &Tuple) -> Destination {
+    let Some(c) = ct else { return Destination::NoEntry };
+    match c.destination(t) {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(error = %e, "conntrack lookup failed");
+            Destination::NoEntry
+        }
+    }
+}
+
+/// Whether this network namespace answers conntrack lookups (ctnetlink): a lookup of a
+/// tuple no connection has is answered "no such entry".
+pub(crate) fn probe() -> bool {
+    let Ok(mut ct) = Conntrack::open() else { return false };
+    let t = Tuple {
+        src: SocketAddr::from(([127, 0, 0, 1], 1)),
+        dst: SocketAddr::from(([127, 0, 0, 1], 1)),
+    };
+    ct.destination(&t).is_ok()
+}
