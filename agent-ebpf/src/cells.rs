@@ -99,7 +99,10 @@ impl View {
         // A virtual address: tracked, and judged by its backend once the agent has found
         // it (`vip.rs`); enforce lets the connect through.
         if dst == CELL_VIRTUAL {
-            return Some(VERDICT_ALLOWED);
+            let ignored = src == CELL_EXTERNAL
+                && SETTINGS.get(SETTING_EXTERNAL + u32::from(self.b)).copied()
+                    == Some(EXTERNAL_IGNORE);
+            return (!ignored).then_some(VERDICT_ALLOWED);
         }
         if src == CELL_EXTERNAL || dst == CELL_EXTERNAL {
             let mode = SETTINGS.get(SETTING_EXTERNAL + u32::from(self.b)).copied().unwrap_or(0);

@@ -22,6 +22,7 @@
 //! | top | 127.246–247 | top-a, top-b: shared by the area's tests, which take turns (a lock in `top.rs`) |
 //! | enforce, network namespace | 10.251.0.0/16, and fd00:251::/64 | the veth pair of the pod-like namespace the test makes |
 //! | vip, network namespaces | 10.252.0.0/16, and fd00:252::/48 | kube-proxy's layout: node and pod namespaces; test `t` takes 10.252.(20t)–(20t+9) |
+//! | bench vip, network namespaces | 10.253.0.0/16 | `cargo xtask bench vip`'s cluster |
 //! | deploy | 10.0–2 | fixed by the shipped cell map (`deploy/kustomize/cells.yaml`); no traffic |
 //!
 //! The startup area makes no traffic and uses the harness range only. A new test takes
@@ -81,6 +82,8 @@ pub const ENFORCE_NETNS: Block = Block::new(10, 251, 251);
 pub const DEPLOY: Block = Block::new(10, 0, 2);
 /// With fd00:252::/48 for IPv6: the node and pod namespaces of kube-proxy's layout.
 pub const KUBEPROXY_NETNS: Block = Block::new(10, 252, 252);
+/// `cargo xtask bench vip`'s cluster (never beside the tests, but kept apart anyway).
+pub const VIP_BENCH: Block = Block::new(10, 253, 253);
 
 /// Every block, by area.
 pub const TABLE: &[(&str, Block)] = &[
@@ -101,6 +104,7 @@ pub const TABLE: &[(&str, Block)] = &[
     ("enforce, network namespace", ENFORCE_NETNS),
     ("deploy", DEPLOY),
     ("vip, network namespaces", KUBEPROXY_NETNS),
+    ("bench vip, network namespaces", VIP_BENCH),
 ];
 
 #[cfg(test)]

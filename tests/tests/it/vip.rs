@@ -313,14 +313,24 @@ fn enforce_lets_service_connects_through_and_counts_their_leaks() {
         // The refused direct connect is the one denied, and a violation too.
         (3.0, 1.0, 4.0)
     );
-    let v = cellwatch_tests::json(&a, "/violations?limit=10");
-    let through: Vec<_> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["denied"] == false && e["dst"]["cell"] == "cell-b")
-        .collect();
-    assert_eq!(through.len(), 3, "one event per leak through the Service: {v}");
+    // The events come through the ring buffer: wait for them (bounded).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (v, through) = loop {
+        let v = cellwatch_tests::json(&a, "/violations?limit=10");
+        let through = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                e["denied"] == false && e["direction"] == "egress" && e["dst"]["cell"] == "cell-b"
+            })
+            .count();
+        if through >= 3 || Instant::now() > deadline {
+            break (v, through);
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(through, 3, "one event per leak through the Service: {v}");
 }
 
 /// Forwards 127.0.0.1:<returned port> here to 127.0.0.1:`port` inside namespace `ns`

@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: benchmarks whose results go into BENCHMARKS.md ([`record`]), each
 //! measured side by side in one run (interleaved, several runs each, median and spread).
 //! This module is their command line and dispatch. One module per benchmark
-//! ([`churn`], [`bulk`], [`scale`], [`micro`], [`config_load`]) uses what they share,
+//! ([`churn`], [`bulk`], [`scale`], [`micro`], [`config_load`], [`vip`]) uses what they share,
 //! the bench harness ([`harness`]), [`stats`] and [`record`]; none of those imports this
 //! module or a benchmark.
 mod bulk;
@@ -12,6 +12,7 @@ mod micro;
 mod record;
 mod scale;
 mod stats;
+mod vip;
 
 use std::path::PathBuf;
 
@@ -55,6 +56,13 @@ pub(crate) enum Bench {
         #[arg(long, value_name = "BINARY")]
         baseline: Option<PathBuf>,
     },
+    /// Churn through a Kubernetes Service address and directly, with and without the
+    /// agent, in kube-proxy's layout in network namespaces.
+    Vip {
+        /// One short run of each variant, nothing recorded (what CI runs).
+        #[arg(long)]
+        smoke: bool,
+    },
 }
 
 pub(crate) fn run(which: Bench) -> Result<()> {
@@ -64,6 +72,7 @@ pub(crate) fn run(which: Bench) -> Result<()> {
         Bench::Micro => micro::micro(),
         Bench::Scale { smoke, baseline } => scale::scale(smoke, baseline),
         Bench::Churn { smoke, baseline } => churn::churn(smoke, baseline),
+        Bench::Vip { smoke } => vip::vip(smoke),
     }
 }
 
@@ -71,5 +80,6 @@ pub(crate) fn run(which: Bench) -> Result<()> {
 pub(crate) fn smoke() -> Result<()> {
     churn::churn(true, None)?;
     bulk::bulk(true, None)?;
-    scale::scale(true, None)
+    scale::scale(true, None)?;
+    vip::vip(true)
 }

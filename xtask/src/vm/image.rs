@@ -11,10 +11,36 @@ use anyhow::{Context, Result, bail};
 use super::init;
 
 /// Kernel modules a node loads on demand and the tests need: sock_diag for TCP (the
-/// agent's seeding and its `/connections` details, and `ss`), and veth and netem for the
-/// live area's slow, lossy path between network namespaces. Loaded by /init in order.
-const MODULES: &[&str] =
-    &["net/ipv4/inet_diag", "net/ipv4/tcp_diag", "drivers/net/veth", "net/sched/sch_netem"];
+/// agent's seeding and its `/connections` details, and `ss`), veth and netem for the
+/// live area's slow, lossy path between network namespaces, and what kube-proxy's
+/// iptables (nft) DNAT and REJECT and the agent's conntrack lookups (ctnetlink) need in
+/// the vip area. Loaded by /init in this order, each after the modules it depends on.
+const MODULES: &[&str] = &[
+    "net/ipv4/inet_diag",
+    "net/ipv4/tcp_diag",
+    "drivers/net/veth",
+    "net/sched/sch_netem",
+    "net/netfilter/nfnetlink",
+    "net/ipv4/netfilter/nf_defrag_ipv4",
+    "net/ipv6/netfilter/nf_defrag_ipv6",
+    "lib/libcrc32c",
+    "net/netfilter/nf_conntrack",
+    "net/netfilter/nf_conntrack_netlink",
+    "net/netfilter/nf_nat",
+    "net/netfilter/nf_tables",
+    "net/netfilter/nft_chain_nat",
+    "net/netfilter/x_tables",
+    "net/netfilter/nft_compat",
+    "net/netfilter/nft_nat",
+    "net/netfilter/xt_nat",
+    "net/netfilter/xt_tcpudp",
+    "net/ipv4/netfilter/nf_reject_ipv4",
+    "net/ipv4/netfilter/ipt_REJECT",
+    "net/ipv6/netfilter/nf_reject_ipv6",
+    "net/ipv6/netfilter/ip6t_REJECT",
+    "net/netfilter/nft_reject",
+    "net/netfilter/nft_reject_inet",
+];
 /// Host tools the tests call, copied in with their libraries (busybox gives the rest):
 /// where each is on the host, and where it goes. iproute2's `ip` and `tc` go to /bin, so
 /// busybox's smaller applets of the same names (installed there without overwriting) do
@@ -25,7 +51,13 @@ const TOOLS: &[(&str, &str)] = &[
     ("/usr/bin/ss", "/usr/bin/ss"),
     ("/usr/bin/ip", "/bin/ip"),
     ("/usr/sbin/tc", "/bin/tc"),
+    ("/usr/bin/nsenter", "/usr/bin/nsenter"),
+    // iptables-nft picks its mode by the name it is called under.
+    ("/usr/sbin/xtables-nft-multi", "/usr/sbin/iptables"),
+    ("/usr/sbin/xtables-nft-multi", "/usr/sbin/ip6tables"),
 ];
+/// iptables' extensions (matches and targets), loaded by name at run time.
+const XTABLES: &str = "/usr/lib/x86_64-linux-gnu/xtables";
 /// The integration-test target (`tests/tests/it/`).
 const TEST_TARGET: &str = "it";
 
@@ -83,6 +115,14 @@ pub(super) fn initramfs(work: &Path, agent: &Path, tests: &Path) -> Result<PathB
         }
         put(p, to)?;
     }
+    let xt = root_dir.join(XTABLES.trim_start_matches('/'));
+    std::fs::create_dir_all(&xt)?;
+    for e in std::fs::read_dir(XTABLES)
+        .with_context(|| format!("{XTABLES} is missing: run `cargo xtask setup`"))?
+    {
+        let p = e?.path();
+        std::fs::copy(&p, xt.join(p.file_name().unwrap_or_default()))?;
+    }
     std::fs::copy("/bin/busybox", root_dir.join("bin/busybox"))
         .context("/bin/busybox (busybox-static) is missing: run `cargo xtask setup`")?;
     for lib in libraries(&elves)? {
@@ -127,7 +167,7 @@ pub(super) fn with_modules(common: &Path, vmlinuz: &Path, work: &Path) -> Result
     std::fs::create_dir_all(stage.join("modules"))?;
     for (i, m) in MODULES.iter().enumerate() {
         let name = m.rsplit('/').next().unwrap_or(m);
-        let dst = stage.join(format!("modules/{i}-{name}.ko"));
+        let dst = stage.join(format!("modules/{i:02}-{name}.ko"));
         let plain = kernel_dir.join(format!("{m}.ko"));
         if plain.exists() {
             std::fs::copy(&plain, &dst)?;

@@ -40,6 +40,10 @@ const SCAN_EVERY: Duration = Duration::from_secs(1);
 const BATCH: usize = 4096;
 /// How long an announced entry is kept for a request that may still come.
 const ANNOUNCED_FOR: Duration = Duration::from_secs(60);
+/// A connection conntrack has no entry for is asked about once more this much later
+/// before it counts as `unresolved` (an entry can be briefly out of the table, as when a
+/// reused port's old entry is replaced).
+const RETRY_AFTER: Duration = Duration::from_millis(300);
 
 /// Find the backend of this connection: its cookie, its client and the virtual address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,6 +135,8 @@ pub(crate) fn spawn(
             }
         };
         let mut announced = Announced::new();
+        // Connections to ask about again: when, and what.
+        let mut again: Vec<(Instant, u64, Tuple)> = Vec::new();
         let mut last_scan = Instant::now().checked_sub(SCAN_EVERY).unwrap_or_else(Instant::now);
         while !stop.load(Ordering::Relaxed) {
             let mut batch: HashMap<u64, Tuple> = HashMap::new();
@@ -150,6 +156,14 @@ pub(crate) fn spawn(
                     batch.insert(r.cookie, r.tuple);
                 }
             }
+            // The second asking of those whose time has come: their last.
+            let now = Instant::now();
+            let (due, wait): (Vec<_>, Vec<_>) = again.drain(..).partition(|(at, ..)| *at <= now);
+            again = wait;
+            let last: std::collections::HashSet<u64> = due.iter().map(|(_, c, _)| *c).collect();
+            for (_, cookie, t) in due {
+                batch.entry(cookie).or_insert(t);
+            }
             announced.take(&sync::read(&config));
             if batch.is_empty() {
                 continue;
@@ -159,12 +173,19 @@ pub(crate) fn spawn(
                 let ids = sync::read(&ids);
                 batch
                     .iter()
-                    .map(|(cookie, t)| {
+                    .filter_map(|(cookie, t)| {
                         let to = match lookup(&mut ct, t) {
                             Destination::NoEntry => announced.get(t),
                             found => found,
                         };
-                        (*cookie, judge(&cfg, &ids, t.src.ip(), to))
+                        if to == Destination::NoEntry && !last.contains(cookie) {
+                            again.push((now + RETRY_AFTER, *cookie, *t));
+                            return None;
+                        }
+                        if !matches!(to, Destination::Backend(_)) {
+                            debug!(client = %t.src, service = %t.dst, ?to, "no backend found");
+                        }
+                        Some((*cookie, judge(&cfg, &ids, t.src.ip(), to)))
                     })
                     .collect()
             };
