@@ -183,6 +183,29 @@ pub fn parse_new_entries(buf: &[u8]) -> Vec<(Tuple, Tuple)> {
     out
 }
 
+/// Where IPVS sent the connection `t` (client to virtual server), from the text of
+/// `/proc/net/ip_vs_conn`: kube-proxy's IPVS mode keeps its connections there, not where
+/// a conntrack lookup finds them. Rows are `TCP <client> <port> <virtual> <port> <real>
+/// <port> ...`, IPv4 addresses and ports in hex, IPv6 addresses written out.
+pub fn ipvs_backend(text: &str, t: &Tuple) -> Option<SocketAddr> {
+    let addr = |s: &str| -> Option<IpAddr> {
+        if s.len() == 8 && !s.contains(':') {
+            u32::from_str_radix(s, 16).ok().map(|v| IpAddr::from(std::net::Ipv4Addr::from(v)))
+        } else {
+            s.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::from)
+        }
+    };
+    let end = |a: &str, p: &str| Some(SocketAddr::new(addr(a)?, u16::from_str_radix(p, 16).ok()?));
+    text.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 7 || f[0] != "TCP" {
+            return None;
+        }
+        let (client, virt) = (end(f[1], f[2])?, end(f[3], f[4])?);
+        (client == t.src && virt == t.dst).then(|| end(f[5], f[6])).flatten()
+    })
+}
+
 /// The payload of the first attribute of type `kind` in `attrs`.
 fn find(attrs: &[u8], kind: u16) -> Option<&[u8]> {
     let mut at = 0;
@@ -284,6 +307,19 @@ mod tests {
             assert!(parse_new_entries(&buf[..n]).len() <= 2);
         }
         assert!(parse_new_entries(&[0xff; 64]).is_empty());
+    }
+
+    #[test]
+    fn ipvs_connections_name_their_real_server() {
+        let text = "Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Expires PEName PEData\n\
+                    TCP 0AFC790A 9695 0AFC810A 0050 0AFC820A 1F90 ESTABLISHED     899\n\
+                    TCP FD00:0252:0001:0000:0000:0000:0000:0005 0001 FD00:0096:0000:0000:0000:0000:0000:000A 0050 FD00:0252:0002:0000:0000:0000:0000:0007 1F90 SYN_RECV 60\n";
+        let t = tuple("10.252.121.10:38549", "10.252.129.10:80");
+        assert_eq!(ipvs_backend(text, &t), Some("10.252.130.10:8080".parse().unwrap()));
+        let t6 = tuple("[fd00:252:1::5]:1", "[fd00:96::a]:80");
+        assert_eq!(ipvs_backend(text, &t6), Some("[fd00:252:2::7]:8080".parse().unwrap()));
+        assert_eq!(ipvs_backend(text, &tuple("10.252.121.10:1", "10.252.129.10:80")), None);
+        assert_eq!(ipvs_backend("garbage\nTCP x y", &t), None);
     }
 
     #[test]

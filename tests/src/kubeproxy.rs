@@ -96,6 +96,18 @@ impl Cluster {
         }
     }
 
+    /// A Service as kube-proxy's IPVS mode makes it: the virtual address on the node, a
+    /// virtual server for it and `backend` as its real server (masquerading), with
+    /// `net.ipv4.vs.conntrack=1`. Needs a kernel with IPVS (and fails, saying so, on one
+    /// without).
+    pub fn ipvs_service(&self, vip: SocketAddr, backend: SocketAddr) {
+        let n = &self.node;
+        self.sysctl("net.ipv4.vs.conntrack=1");
+        run(&format!("ip -n {n} addr add {}/32 dev lo", vip.ip()));
+        run(&format!("ip netns exec {n} ipvsadm -A -t {vip} -s rr"));
+        run(&format!("ip netns exec {n} ipvsadm -a -t {vip} -r {backend} -m"));
+    }
+
     /// A Service with no endpoints: its connects are refused, as kube-proxy's REJECT
     /// rule does.
     pub fn service_without_endpoints(&self, vip: SocketAddr) {

@@ -30,6 +30,7 @@ const TEST_DEBIAN: &[Package] = &[
     ("tmux", "a real terminal for the tests of the demo's screen and `cellwatch top`"),
     ("graphviz", "dot, which must draw `cellwatch report --format dot` in the tests"),
     ("iptables", "kube-proxy's DNAT in the Service tests' network namespaces"),
+    ("ipvsadm", "kube-proxy's IPVS mode in the kernel matrix's Service test"),
 ];
 const BPF_LINKER: &str = "0.13.0";
 const CARGO_DENY: &str = "0.20.2";

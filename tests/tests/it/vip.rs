@@ -249,6 +249,47 @@ fn host_network_clients_through_output_dnat_count_under_the_pod_they_reach() {
     through_services(2, false, Clients::Node);
 }
 
+/// kube-proxy's IPVS mode: the same exact counts under the pod reached. The host's
+/// kernel has no IPVS, so this test runs in the kernel matrix's VMs (Debian's 6.1 and
+/// 6.12 kernels have it); `cargo xtask test` leaves it out of the host's run, and run
+/// alone on such a host it fails, naming what is missing.
+#[test]
+fn ipvs_pod_clients_count_under_the_pod_they_reach() {
+    const N: usize = 6;
+    let t = 6;
+    let mut c = Cluster::new(&format!("v{t}"));
+    let client = c.pod("a", ip(t, 1, 10, false), ip(t, 0, 1, false));
+    let server = c.pod("b", ip(t, 2, 10, false), ip(t, 0, 2, false));
+    let vip = SocketAddr::new(ip(t, 9, 10, false), 80);
+    c.ipvs_service(vip, SocketAddr::new(server.addr, 8080));
+    let a = agent(&c, &config(t, false, "audit"));
+    let served = serve(c.listen(&server, 8080), N, 1, 2);
+    for _ in 0..N {
+        exchange(c.connect(&client, vip).expect("through the IPVS virtual server"), 1, 2);
+    }
+    assert_eq!(served.join().unwrap(), N);
+    let n = N as f64;
+    let m = settle(&a, |m| {
+        closed(m, "cell-a", "cell-b", "egress", "violation") >= n
+            && closed(m, "cell-a", "cell-b", "ingress", "violation") >= n
+    });
+    thread::sleep(Duration::from_millis(300));
+    let m2 = a.metrics();
+    for dir in ["egress", "ingress"] {
+        assert_eq!(
+            (
+                opened(&m, "cell-a", "cell-b", dir, "violation"),
+                closed(&m2, "cell-a", "cell-b", dir, "violation"),
+            ),
+            (n, n),
+            "{dir}"
+        );
+    }
+    for other in ["external", "unresolved"] {
+        assert_eq!(opened_to(&m2, "cell-a", other), 0.0, "nothing counts under `{other}`");
+    }
+}
+
 /// A Service with no endpoints: its connects are refused before any DNAT, so no backend
 /// exists. They count under `unresolved`, never as `external`.
 #[test]

@@ -13,8 +13,8 @@ use super::init;
 /// Kernel modules a node loads on demand and the tests need: sock_diag for TCP (the
 /// agent's seeding and its `/connections` details, and `ss`), veth and netem for the
 /// live area's slow, lossy path between network namespaces, and what kube-proxy's
-/// iptables (nft) DNAT and REJECT and the agent's conntrack lookups (ctnetlink) need in
-/// the vip area. Loaded by /init in this order, each after the modules it depends on.
+/// iptables (nft) DNAT and REJECT, its IPVS mode and the agent's conntrack lookups
+/// (ctnetlink) need in the vip area. Loaded by /init in this order, each after the modules it depends on.
 const MODULES: &[&str] = &[
     "net/ipv4/inet_diag",
     "net/ipv4/tcp_diag",
@@ -26,6 +26,8 @@ const MODULES: &[&str] = &[
     "lib/libcrc32c",
     "net/netfilter/nf_conntrack",
     "net/netfilter/nf_conntrack_netlink",
+    "net/netfilter/ipvs/ip_vs",
+    "net/netfilter/ipvs/ip_vs_rr",
     "net/netfilter/nf_nat",
     "net/netfilter/nf_tables",
     "net/netfilter/nft_chain_nat",
@@ -52,6 +54,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("/usr/bin/ip", "/bin/ip"),
     ("/usr/sbin/tc", "/bin/tc"),
     ("/usr/bin/nsenter", "/usr/bin/nsenter"),
+    ("/usr/sbin/ipvsadm", "/usr/sbin/ipvsadm"),
     // iptables-nft picks its mode by the name it is called under.
     ("/usr/sbin/xtables-nft-multi", "/usr/sbin/iptables"),
     ("/usr/sbin/xtables-nft-multi", "/usr/sbin/ip6tables"),

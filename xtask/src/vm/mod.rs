@@ -12,7 +12,7 @@ mod kernel;
 
 use anyhow::{Result, bail};
 
-pub(crate) use self::init::AREAS;
+pub(crate) use self::init::{AREAS, VM_ONLY};
 use self::{boot::Outcome, image::initramfs};
 use crate::util::{build_agent, ok, root, step};
 

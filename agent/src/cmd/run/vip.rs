@@ -20,7 +20,7 @@ use agent_common::{
 };
 use agent_core::{
     config::Config,
-    conntrack::Tuple,
+    conntrack::{Tuple, ipvs_backend},
     events::addr,
     ids::CellIds,
     policy::{self, Place, Verdict},
@@ -38,6 +38,8 @@ use crate::{
 const SCAN_EVERY: Duration = Duration::from_secs(1);
 /// The most requests answered in one batch.
 const BATCH: usize = 4096;
+/// IPVS's connections in this network namespace (kube-proxy's IPVS mode).
+const IPVS_CONNS: &str = "/proc/net/ip_vs_conn";
 /// How long an announced entry is kept for a request that may still come.
 const ANNOUNCED_FOR: Duration = Duration::from_secs(60);
 /// A connection conntrack has no entry for is asked about once more this much later
@@ -171,11 +173,22 @@ pub(crate) fn spawn(
             let answers: Vec<(u64, Resolution)> = {
                 let cfg = sync::read(&config);
                 let ids = sync::read(&ids);
+                // kube-proxy's IPVS mode: its connections, read once a batch if needed.
+                let mut ipvs: Option<String> = None;
                 batch
                     .iter()
                     .filter_map(|(cookie, t)| {
                         let to = match lookup(&mut ct, t) {
-                            Destination::NoEntry => announced.get(t),
+                            Destination::NoEntry => match announced.get(t) {
+                                Destination::NoEntry => {
+                                    let text = ipvs.get_or_insert_with(|| {
+                                        std::fs::read_to_string(IPVS_CONNS).unwrap_or_default()
+                                    });
+                                    ipvs_backend(text, t)
+                                        .map_or(Destination::NoEntry, Destination::Backend)
+                                }
+                                found => found,
+                            },
                             found => found,
                         };
                         if to == Destination::NoEntry && !last.contains(cookie) {
