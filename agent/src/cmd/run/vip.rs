@@ -55,37 +55,21 @@ struct Request {
 }
 
 impl Request {
+    /// The request the kernel sent (`src` is the client, `dst` the virtual address).
     fn of_event(e: &ViolationEvent) -> Self {
-        Self {
-            cookie: e.cookie,
-            tuple: tuple(
-                addr(e.family, e.src_addr),
-                e.src_port,
-                addr(e.family, e.dst_addr),
-                e.dst_port,
-            ),
-        }
+        Self::new(e.cookie, e.family, (e.src_addr, e.src_port), (e.dst_addr, e.dst_port))
     }
 
+    /// A client's connection that closed before its answer (local end is the client).
     fn of_deferred(d: &Deferred) -> Self {
         let c = &d.conn;
-        Self {
-            cookie: c.cookie,
-            tuple: tuple(
-                addr(c.family, c.local_addr),
-                c.local_port,
-                addr(c.family, c.remote_addr),
-                c.remote_port,
-            ),
-        }
+        Self::new(c.cookie, c.family, (c.local_addr, c.local_port), (c.remote_addr, c.remote_port))
     }
-}
 
-/// Conntrack sees an IPv4 connection of an IPv6 socket (`::ffff:a.b.c.d`) as IPv4.
-fn tuple(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16) -> Tuple {
-    Tuple {
-        src: SocketAddr::new(src.to_canonical(), src_port),
-        dst: SocketAddr::new(dst.to_canonical(), dst_port),
+    /// Conntrack sees an IPv4 connection of an IPv6 socket (`::ffff:a.b.c.d`) as IPv4.
+    fn new(cookie: u64, family: u16, src: ([u8; 16], u16), dst: ([u8; 16], u16)) -> Self {
+        let end = |(raw, port)| SocketAddr::new(addr(family, raw).to_canonical(), port);
+        Self { cookie, tuple: Tuple { src: end(src), dst: end(dst) } }
     }
 }
 
@@ -137,6 +121,8 @@ pub(crate) fn spawn(
             }
         };
         let mut announced = Announced::new();
+        // Subscribed at once when the config has service_cidrs, before any request.
+        announced.take(&sync::read(&config));
         // Connections to ask about again: when, and what.
         let mut again: Vec<(Instant, u64, Tuple)> = Vec::new();
         let mut last_scan = Instant::now().checked_sub(SCAN_EVERY).unwrap_or_else(Instant::now);
@@ -221,19 +207,25 @@ struct Announced {
 
 impl Announced {
     fn new() -> Self {
-        let new = NewEntries::subscribe()
-            .map_err(|e| warn!(error = %e, "no conntrack announcements; lookups only"))
-            .ok();
-        Self { new, by_tuple: HashMap::new() }
+        Self { new: None, by_tuple: HashMap::new() }
     }
 
     /// Keeps what was announced since the last call, of connections to `service_cidrs`.
+    /// Subscribed only while the config has `service_cidrs`: the kernel announces every
+    /// new conntrack entry of the node, which a node without them need not be sent.
     fn take(&mut self, cfg: &Config) {
-        let Some(new) = &mut self.new else { return };
-        let entries = new.drain();
         if cfg.service_cidrs.is_empty() {
+            self.new = None;
+            self.by_tuple.clear();
             return;
         }
+        if self.new.is_none() {
+            self.new = NewEntries::subscribe()
+                .map_err(|e| warn!(error = %e, "no conntrack announcements; lookups only"))
+                .ok();
+        }
+        let Some(new) = &mut self.new else { return };
+        let entries = new.drain();
         let now = Instant::now();
         for (orig, reply) in entries {
             let virtual_ = cfg.service_cidrs.iter().any(|n| n.contains(&orig.dst.ip()));
