@@ -1,8 +1,11 @@
-//! The settling: an iterator over `DEFERRED`, the connections to a virtual address that
-//! closed before the agent had found their backend. The agent runs it after it writes
-//! resolutions; each entry whose resolution is there counts as its close would have
-//! (open, violation, bytes, RTT, closed or failed) under the backend's pair, and is
-//! marked settled for the agent to remove.
+//! The settling of `DEFERRED`, the connections to a virtual address that closed before
+//! the agent had found their backend. The agent settles after it writes resolutions;
+//! each entry whose resolution is there counts as its close would have (open, violation,
+//! bytes, RTT, closed or failed) under the backend's pair, and is marked settled for the
+//! agent to remove. Two ways in, whichever the kernel loads (probed in this order):
+//! [`cellwatch_settle`], an iterator over every element of `DEFERRED`, and
+//! [`cellwatch_settle_one`], a raw-tracepoint program the agent runs once per cookie
+//! with `BPF_PROG_TEST_RUN` (never attached to a tracepoint).
 #![expect(unsafe_code, reason = "the iterator hands the key as a raw pointer")]
 
 use agent_common::{CELL_EXTERNAL, CONN_ESTABLISHED, DIR_EGRESS};
@@ -23,6 +26,18 @@ fn cellwatch_settle(ctx: *mut MapElemIterCtx) -> i32 {
         let cookie = unsafe { core::ptr::read_unaligned(key.cast::<u64>()) };
         try_settle(cookie);
     }
+    0
+}
+
+/// The cookie to settle is the first of the run's arguments (`ctx_in` of
+/// `BPF_PROG_TEST_RUN`, one u64).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "raw_tp")]
+fn cellwatch_settle_one(ctx: *const u64) -> i32 {
+    // SAFETY: a raw tracepoint's context is its array of u64 arguments; the agent passes
+    // one, and the kernel refuses a run whose context is shorter than what is read.
+    let cookie = unsafe { core::ptr::read(ctx) };
+    try_settle(cookie);
     0
 }
 

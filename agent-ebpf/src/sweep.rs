@@ -1,8 +1,11 @@
-//! The live sweep: an iterator over every socket that has connection storage, in every
-//! network namespace. The agent runs it every `--live-interval`; for each open tracked
-//! connection it claims what the connection moved since the last claim (bytes each way,
+//! The live sweep: every `--live-interval` the agent walks the open tracked connections;
+//! for each it claims what the connection moved since the last claim (bytes each way,
 //! retransmits) into its pair's counters and observes its smoothed RTT, so long-lived
-//! connections count while they are open. With `SETTING_SWEEP_RECORDS` it also writes a
+//! connections count while they are open. Two walks do the same work, whichever the
+//! kernel loads (the agent probes them in this order): [`cellwatch_sweep`], an iterator
+//! over the connection storage (every socket that has it, in every network namespace, in
+//! one walk), and [`cellwatch_sweep_tcp`], the TCP iterator, which walks one network
+//! namespace's sockets (the agent runs it in each) and holds each socket's lock. With `SETTING_SWEEP_RECORDS` it also writes a
 //! brief of every connection, or the full record of the ones `WANTED` names, which
 //! `/connections` serves: the same figures the counters hold.
 #![expect(unsafe_code, reason = "the iterator hands the storage value as a raw pointer")]
@@ -14,7 +17,8 @@ use agent_common::{
 };
 
 use crate::{
-    ctx::{Iter, StorageIterCtx},
+    conn,
+    ctx::{Iter, StorageIterCtx, TcpIterCtx},
     kread::Sock,
     maps::{SEEDED, SETTINGS, WANTED},
     stats::{Slot, count},
@@ -25,15 +29,30 @@ use crate::{
 #[unsafe(link_section = "iter/bpf_sk_storage_map")]
 fn cellwatch_sweep(ctx: *mut StorageIterCtx) -> i32 {
     if let Some(it) = Iter::storage(ctx) {
-        try_sweep(&it);
+        try_sweep::<false>(&it, it.value().cast());
     }
     0
 }
 
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/tcp")]
+fn cellwatch_sweep_tcp(ctx: *mut TcpIterCtx) -> i32 {
+    if let Some(it) = Iter::tcp(ctx)
+        && let Some(c) = conn::get(it.sk())
+    {
+        try_sweep::<true>(&it, c);
+    }
+    0
+}
+
+/// One open connection `c` (its socket's storage) at a step of either walk. `LOCKED`:
+/// the walk holds the socket's lock while the program runs (the TCP iterator does, since
+/// Linux 6.0), so one read is consistent; otherwise the read waits for a quiet moment.
+/// (A constant, so each walk's program has only its own read: a run-time choice between
+/// the two makes code the verifier refuses.)
 #[inline(always)]
-fn try_sweep(it: &Iter) {
-    let c: *mut Conn = it.value().cast();
-    // SAFETY: the iterator's value is this socket's `Conn` storage, valid for the step;
+fn try_sweep<const LOCKED: bool>(it: &Iter, c: *mut Conn) {
+    // SAFETY: `c` is this socket's `Conn` storage, valid for the step;
     // `closed` is read as the one word the close stores. Fields are read one by one
     // (the whole `Conn` would not fit the stack beside the rest).
     let (flags, closed, mut key, cookie, direction, src_cell) = unsafe {
@@ -80,7 +99,8 @@ fn try_sweep(it: &Iter) {
     }
     count(CTR_SWEEP_VISITED);
     let seeded = flags & CONN_SEEDED != 0;
-    let reading = Sock::of(it.sk().cast_const()).and_then(|s| s.read_quiet());
+    let reading =
+        Sock::of(it.sk().cast_const()).and_then(|s| if LOCKED { s.read() } else { s.read_quiet() });
     let mut srtt_us = 0;
     match reading {
         None => count(CTR_SWEEP_BUSY),

@@ -85,6 +85,12 @@ pub(crate) struct NodeArgs {
     /// The cgroup v2 root to attach to (default: found in /proc/self/mounts).
     #[arg(long)]
     pub(crate) cgroup: Option<PathBuf>,
+    /// Do without these optional kernel features, as if the kernel had refused them, to
+    /// see a fallback on any kernel: the `feature` labels of `cellwatch_kernel_feature`
+    /// (sk_storage_iter, tcp_iter, map_elem_iter, prog_test_run, destroy_sock_cookie,
+    /// conntrack_lookup), comma-separated or the flag repeated.
+    #[arg(long, value_name = "FEATURE[,FEATURE...]")]
+    pub(crate) without: Vec<String>,
 }
 
 impl NodeArgs {

@@ -126,6 +126,17 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
 }
 
+/// The environment variable that makes every agent a test starts do without these
+/// optional kernel features (`--without`), so the same tests prove the fallbacks:
+/// `cargo xtask test` runs the live, connection-listing, Service and restart areas once
+/// more with it set.
+pub const WITHOUT_ENV: &str = "CELLWATCH_TEST_WITHOUT";
+
+/// The features forced off for this run of the tests, if any.
+pub fn forced_without() -> Option<String> {
+    std::env::var(WITHOUT_ENV).ok().filter(|v| !v.trim().is_empty())
+}
+
 /// A running agent. Dropping it stops it (SIGTERM, then SIGKILL after 10 s), then
 /// removes its pins unless the test gave their directory (`AgentOpts::pins`).
 pub struct Agent {
@@ -169,8 +180,18 @@ impl Agent {
 
     /// [`Agent::start`], with the failure (its stderr included) returned instead.
     pub fn try_start(opts: AgentOpts<'_>) -> Result<Self, String> {
+        let forced = forced_without().filter(|_| !opts.args.contains(&"--without"));
         let mut a = Self::launch(opts)?;
         a.wait_ready(READY_POLL)?;
+        // A forced run proves the fallbacks only if the agent really went without.
+        if let Some(forced) = forced {
+            let m = a.metrics();
+            for f in forced.split(',').map(str::trim) {
+                if m.get("cellwatch_kernel_feature", &[("feature", f)]) != 0.0 {
+                    return Err(format!("{WITHOUT_ENV}={forced}, but the agent reports {f}"));
+                }
+            }
+        }
         Ok(a)
     }
 
@@ -208,6 +229,9 @@ impl Agent {
             argv.push(dir.write("cells.yaml", cfg).display().to_string());
         }
         argv.extend(opts.args.iter().map(|s| (*s).to_owned()));
+        if let Some(forced) = forced_without().filter(|_| !opts.args.contains(&"--without")) {
+            argv.extend(["--without".to_owned(), forced]);
+        }
         let log = std::fs::File::create(&stderr).map_err(|e| format!("stderr file: {e}"))?;
         let spawned = Instant::now();
         let child = Command::new(&argv[0])

@@ -20,6 +20,7 @@
 //! | live, network namespace | 10.240.0.0/16 | the veth pair of the slow, lossy path the test makes |
 //! | services | 127.110–117 | 110–113: global (its services' addresses), cell-a, cell-b, cell-c; 114–117 the same for the real-Prometheus test |
 //! | top | 127.246–247 | top-a, top-b: shared by the area's tests, which take turns (a lock in `top.rs`) |
+//! | ladder | 127.248–249 | cell-a, cell-b: the agent on the core alone |
 //! | enforce, network namespace | 10.251.0.0/16, and fd00:251::/64 | the veth pair of the pod-like namespace the test makes |
 //! | vip, network namespaces | 10.252.0.0/16, and fd00:252::/48 | kube-proxy's layout: node and pod namespaces; test `t` takes 10.252.(20t)–(20t+9) |
 //! | bench vip, network namespaces | 10.253.0.0/16 | `cargo xtask bench vip`'s cluster |
@@ -76,6 +77,7 @@ pub const CHURN: Block = Block::new(127, 160, 162);
 /// The veth pairs of the live area's network namespaces (a slow, lossy path).
 pub const LIVE_NETNS: Block = Block::new(10, 240, 240);
 pub const TOP: Block = Block::new(127, 246, 247);
+pub const LADDER: Block = Block::new(127, 248, 249);
 pub const SERVICES: Block = Block::new(127, 110, 117);
 /// With fd00:251::/64 for IPv6 (`fd00:{ENFORCE_NETNS.first}::`).
 pub const ENFORCE_NETNS: Block = Block::new(10, 251, 251);
@@ -100,6 +102,7 @@ pub const TABLE: &[(&str, Block)] = &[
     ("churn", CHURN),
     ("live, network namespace", LIVE_NETNS),
     ("top", TOP),
+    ("ladder", LADDER),
     ("services", SERVICES),
     ("enforce, network namespace", ENFORCE_NETNS),
     ("deploy", DEPLOY),

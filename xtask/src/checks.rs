@@ -98,11 +98,32 @@ pub(crate) fn test() -> Result<()> {
             )
         },
     )?;
+    let forced_filters: Vec<String> = vm::FORCED_AREAS.iter().map(|a| format!("{a}::")).collect();
     timed(
         &format!(
-            "kernel matrix: the {} tests on {} under qemu",
+            "the {} tests again with the fallbacks forced (--without {})",
+            vm::FORCED_AREAS.join(", "),
+            vm::FORCED
+        ),
+        &|| {
+            let mut cmd = vec!["cargo", "test", "--locked", "-p", "cellwatch-tests", "--"];
+            cmd.extend(forced_filters.iter().map(String::as_str));
+            cmd.extend(["--skip", vm::VM_ONLY]);
+            run_env(
+                &cmd,
+                &[
+                    ("CELLWATCH_BIN", bin.to_str().unwrap_or_default()),
+                    (vm::FORCED_ENV, vm::FORCED),
+                ],
+            )
+        },
+    )?;
+    timed(
+        &format!(
+            "kernel matrix: the {} tests on {} under qemu, and {} again with the fallbacks forced",
             vm::AREAS.join(", "),
-            vm::DEFAULT_KERNELS.join(" and ")
+            vm::DEFAULT_KERNELS.join(" and "),
+            vm::FORCED_AREAS.join(", ")
         ),
         &|| vm::vm_test(&[]),
     )?;

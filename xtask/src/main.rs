@@ -60,8 +60,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run the connection-counting, cell-verdict, telemetry and restart tests on other
-    /// kernels, each booted under qemu (default: Debian's cloud kernels 6.1 and 6.12).
+    /// Run the counting, cell, telemetry, restart, live, Service and ladder tests on other
+    /// kernels, each booted under qemu (default: Debian's cloud kernels 6.1 and 6.12),
+    /// and the live, telemetry, Service and restart tests again with the fallbacks forced.
     VmTest {
         /// Kernel series (`6.1`: the newest Debian cloud package of it) or vmlinuz paths.
         kernels: Vec<String>,
@@ -75,12 +76,25 @@ enum Task {
     },
 }
 
-fn main() -> Result<()> {
+/// A failed step ends the task with one line (its error and causes, joined), never a
+/// backtrace, whatever `RUST_BACKTRACE` says: the step's own output above it has the
+/// detail.
+fn main() -> std::process::ExitCode {
     // In a kernel-matrix VM this binary is /init.
     if std::process::id() == 1 {
         vm::init::main();
     }
-    match Cli::parse().task {
+    match task(Cli::parse().task) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn task(task: Task) -> Result<()> {
+    match task {
         Task::Setup => setup::all(),
         Task::Test => checks::test(),
         Task::Ci => {

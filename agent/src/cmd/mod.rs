@@ -32,7 +32,7 @@ pub(crate) fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let code = match e.downcast_ref::<run::RunError>() {
-                Some(run::RunError::Config(_)) => EXIT_CONFIG,
+                Some(run::RunError::Config(_) | run::RunError::Without(_)) => EXIT_CONFIG,
                 _ if e.is::<agent_core::config::ConfigError>() => EXIT_CONFIG,
                 _ => 1,
             };

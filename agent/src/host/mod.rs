@@ -2,13 +2,15 @@
 //! ([`preflight`]), mounts ([`mounts`]) and the pin directory's layout ([`bpffs`]), the
 //! few raw system calls ([`sys`]), and what names a socket's owner: cgroups
 //! ([`cgroups`]), processes ([`procs`]) and `sock_diag` ([`sockdiag`]). [`clock`] turns
-//! kernel timestamps into ages and wall times.
+//! kernel timestamps into ages and wall times. [`netns`] finds the node's network
+//! namespaces and enters them, for walks that see one at a time.
 
 pub(crate) mod bpffs;
 pub(crate) mod cgroups;
 pub(crate) mod clock;
 pub(crate) mod conntrack;
 pub(crate) mod mounts;
+pub(crate) mod netns;
 pub(crate) mod preflight;
 pub(crate) mod procs;
 pub(crate) mod sockdiag;

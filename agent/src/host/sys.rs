@@ -54,6 +54,7 @@ pub(crate) fn monotonic_ns() -> u64 {
     (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
 }
 
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_LINK_CREATE: libc::c_long = 28;
@@ -94,6 +95,27 @@ struct IterLinkAttr {
 #[repr(C)]
 struct IterMapInfo {
     map_fd: u32,
+    _pad: u32,
+}
+
+/// The `bpf(2)` attributes of `BPF_PROG_TEST_RUN` (`test` in `union bpf_attr`).
+#[repr(C)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
     _pad: u32,
 }
 
@@ -214,6 +236,58 @@ pub(crate) fn bpf_map_iter_link(prog: BorrowedFd<'_>, map: BorrowedFd<'_>) -> io
         _pad: 0,
     };
     owned(bpf(BPF_LINK_CREATE, &attr)?)
+}
+
+/// A link of the iterator program `prog` over a target that takes no map (`tcp`).
+pub(crate) fn bpf_iter_link(prog: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let attr = IterLinkAttr {
+        prog_fd: fd_u32(prog)?,
+        target_fd: 0,
+        attach_type: BPF_TRACE_ITER,
+        flags: 0,
+        iter_info: 0,
+        iter_info_len: 0,
+        _pad: 0,
+    };
+    owned(bpf(BPF_LINK_CREATE, &attr)?)
+}
+
+/// Runs the raw-tracepoint program `prog` once, on this CPU, with `args` as its
+/// arguments (`BPF_PROG_TEST_RUN`); its return value.
+pub(crate) fn bpf_prog_test_run(prog: BorrowedFd<'_>, args: &[u64]) -> io::Result<u32> {
+    let attr = TestRunAttr {
+        prog_fd: fd_u32(prog)?,
+        retval: 0,
+        data_size_in: 0,
+        data_size_out: 0,
+        data_in: 0,
+        data_out: 0,
+        repeat: 0,
+        duration: 0,
+        ctx_size_in: u32::try_from(size_of_val(args)).map_err(io::Error::other)?,
+        ctx_size_out: 0,
+        ctx_in: args.as_ptr() as u64,
+        ctx_out: 0,
+        flags: 0,
+        cpu: 0,
+        batch_size: 0,
+        _pad: 0,
+    };
+    let size = u32::try_from(size_of::<TestRunAttr>()).map_err(io::Error::other)?;
+    let mut attr = attr;
+    // SAFETY: `attr` is a valid #[repr(C)] prefix of `union bpf_attr` whose `ctx_in`
+    // points to `ctx_size_in` readable bytes (`args`, alive across the call); the kernel
+    // writes back only `retval` and `duration` into `attr` itself.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &raw mut attr, size) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(attr.retval) }
+}
+
+/// Moves the calling thread into the network namespace `ns` (an open `/proc/PID/ns/net`
+/// or a bind mount of one). Only the calling thread moves.
+pub(crate) fn setns_net(ns: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: setns takes a descriptor and a flag; it reads no memory of ours.
+    let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 /// A new run of an iterator link: reading the file to its end runs the program once

@@ -170,19 +170,32 @@ fn pin(link: FdLink, path: &Path) -> Result<(), KernelError> {
 }
 
 /// A failed program load. A verifier rejection is logged in full (it is what a kernel
-/// developer needs) and summed up by the verifier's own reason.
+/// developer needs) and summed up by the verifier's own reason. EPERM with a log that
+/// looked at no instruction is no verdict of the verifier: the kernel's policy or build
+/// refuses the program kind, and the error says so.
 pub(super) fn refused(name: &'static str, e: ProgramError) -> KernelError {
     match e {
         ProgramError::LoadError { io_error, verifier_log } => {
             let log = verifier_log.to_string();
+            if io_error.raw_os_error() == Some(libc::EPERM) && looked_at_nothing(&log) {
+                debug!(program = name, error = %io_error, verifier_log = %log, "program refused");
+                return KernelError::Refused { name, source: io_error };
+            }
             error!(program = name, error = %io_error, verifier_log = %log, "the verifier refused a program");
             KernelError::Verifier {
                 name,
                 reason: verifier_reason(&log).unwrap_or_else(|| io_error.to_string()),
+                source: io_error,
             }
         }
         source => KernelError::Program { name, source },
     }
+}
+
+/// Whether a verifier log shows that no instruction was looked at (empty, or
+/// "processed 0 insns").
+fn looked_at_nothing(log: &str) -> bool {
+    log.trim().is_empty() || log.contains("processed 0 insns")
 }
 
 /// The verifier's verdict: the last line that is neither an instruction nor a statistic.

@@ -14,7 +14,22 @@ pub(crate) enum KernelError {
         "the kernel's verifier refused the eBPF program {name} ({reason}); the full verifier \
          log is in the agent's log"
     )]
-    Verifier { name: &'static str, reason: String },
+    Verifier {
+        name: &'static str,
+        reason: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Refused before the verifier looked at an instruction (EPERM and an empty log).
+    #[error(
+        "the kernel refused to load the eBPF program {name} ({source}: {meaning})",
+        meaning = super::features::refusal_meaning(source)
+    )]
+    Refused {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the kernel refused the eBPF program {name}: {source}")]
     Program {
         name: &'static str,
@@ -58,12 +73,31 @@ pub(crate) enum KernelError {
     Sweep(#[source] std::io::Error),
     #[error("cannot link the connection sweep to the connection storage: {0}")]
     IterLink(#[source] std::io::Error),
+    #[error(
+        "this kernel runs neither of the live sweep's iterators, so open connections cannot \
+         be listed (see cellwatch_kernel_feature and the agent's log)"
+    )]
+    NoWalk,
+    #[error("cannot settle a connection to a Service address: {0}")]
+    Settle(#[source] std::io::Error),
     #[error("eBPF map {name}: {source}")]
     Map {
         name: &'static str,
         #[source]
         source: MapError,
     },
+}
+
+impl KernelError {
+    /// The system error behind a refused program or a failed run, if that is what it is.
+    pub(crate) fn errno(&self) -> Option<&std::io::Error> {
+        match self {
+            Self::Verifier { source, .. } | Self::Refused { source, .. } => Some(source),
+            Self::IterLink(e) | Self::Sweep(e) | Self::Settle(e) => Some(e),
+            Self::Program { source: ProgramError::SyscallError(e), .. } => Some(&e.io_error),
+            _ => None,
+        }
+    }
 }
 
 /// Names the map an error came from; `name` is the map's name in the object.

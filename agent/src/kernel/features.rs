@@ -1,7 +1,12 @@
-//! Optional kernel features, probed at start: each is one row of [`FEATURES`] (what
-//! the agent looks for, where its finding goes, what is lost without it), reported in
-//! `cellwatch_kernel_feature` and, when missing, in one log line. (What the agent cannot
-//! do without, the socket fields of `fields.rs`, is no feature: without them it stops.)
+//! The capability ladder: what the agent can do without. The core (the `sock_ops` and
+//! connect programs, the socket fields of `fields.rs`) must load, or the agent stops
+//! with one sentence; every mechanism named here is optional, probed at start by loading
+//! (and running) it, and reported in `cellwatch_kernel_feature{feature}` and, when
+//! missing, in one log line saying what is used instead and what is lost.
+//! `cellwatch run --without FEATURE` makes the agent behave as if the kernel had refused
+//! it, so every fallback can be proven on a kernel that grants everything.
+use std::fmt;
+
 use agent_common::{SETTING_DESTROY_COOKIE_OFFSET, SETTING_DESTROY_SKADDR_OFFSET};
 use aya::maps::{Array, MapData};
 use tracing::warn;
@@ -12,69 +17,258 @@ use super::{
 };
 use crate::host::preflight::TRACEFS_PATH;
 
-/// What the running kernel offers that the agent can do without.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One optional mechanism.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum Feature {
+    /// `iter/bpf_sk_storage_map`: the live sweep walks the connection storage, every
+    /// network namespace at once.
+    SkStorageIter,
+    /// `iter/tcp`: the live sweep's second mechanism (one walk per network namespace),
+    /// and the seeding of connections older than the agent.
+    TcpIter,
+    /// `iter/bpf_map_elem`: connections to Service addresses that closed before their
+    /// backend was found are settled in one walk.
+    MapElemIter,
+    /// `BPF_PROG_TEST_RUN` of a raw-tracepoint program: the settling's second mechanism,
+    /// one run per connection.
+    ProgTestRun,
     /// `tcp:tcp_destroy_sock` carries `sock_cookie` (and `skaddr`): connections older
     /// than the agent are seen closing.
     DestroySockCookie,
     /// This network namespace answers conntrack lookups (ctnetlink): connections to
-    /// `service_cidrs` are judged by their backend (probed by `run`, not here).
+    /// `service_cidrs` are judged by their backend (probed by `run`).
     ConntrackLookup,
 }
 
-/// One optional feature: its label, the tracepoint whose record has the fields, the
-/// `SETTINGS` index each field's offset goes to, and what the agent cannot tell without.
+/// What each feature is called, and what the agent does without it.
 struct Row {
     feature: Feature,
     label: &'static str,
-    event: &'static str,
-    fields: [(&'static str, u32); 2],
+    /// What the agent does instead, or what it cannot tell, when the feature is missing.
     without: &'static str,
 }
 
-const FEATURES: [Row; 1] = [Row {
-    feature: Feature::DestroySockCookie,
-    label: "destroy_sock_cookie",
-    event: DESTROY_EVENT,
-    fields: [
-        ("sock_cookie", SETTING_DESTROY_COOKIE_OFFSET),
-        ("skaddr", SETTING_DESTROY_SKADDR_OFFSET),
-    ],
-    without: "connections older than the agent are not seen closing",
-}];
+/// Every optional feature, in the order the agent probes them.
+const ROWS: [Row; 6] = [
+    Row {
+        feature: Feature::SkStorageIter,
+        label: "sk_storage_iter",
+        without: "the live sweep walks each network namespace with the TCP iterator instead \
+                  (tcp_iter)",
+    },
+    Row {
+        feature: Feature::TcpIter,
+        label: "tcp_iter",
+        without: "without sk_storage_iter too, open connections count their bytes, RTT and \
+                  retransmits only when they close, /connections cannot list them, and \
+                  connections to Service addresses count when they close; connections older \
+                  than the agent are not counted",
+    },
+    Row {
+        feature: Feature::MapElemIter,
+        label: "map_elem_iter",
+        without: "connections to Service addresses that closed before their backend was found \
+                  are settled one at a time with BPF_PROG_TEST_RUN instead (prog_test_run)",
+    },
+    Row {
+        feature: Feature::ProgTestRun,
+        label: "prog_test_run",
+        without: "without map_elem_iter too, connections to Service addresses that close \
+                  before their backend is found are not counted",
+    },
+    Row {
+        feature: Feature::DestroySockCookie,
+        label: "destroy_sock_cookie",
+        without: "connections older than the agent are not seen closing, so they are not \
+                  seeded",
+    },
+    Row {
+        feature: Feature::ConntrackLookup,
+        label: "conntrack_lookup",
+        without: "connections to service_cidrs count under the cell `unresolved`",
+    },
+];
 
 impl Feature {
+    /// Every feature, in probing order.
+    pub(crate) const ALL: [Feature; 6] = [
+        Self::SkStorageIter,
+        Self::TcpIter,
+        Self::MapElemIter,
+        Self::ProgTestRun,
+        Self::DestroySockCookie,
+        Self::ConntrackLookup,
+    ];
+
+    fn row(self) -> &'static Row {
+        // Every feature has its row (a unit test checks it); the first is a safe default.
+        ROWS.iter().find(|r| r.feature == self).unwrap_or(&ROWS[0])
+    }
+
     /// The `feature` label of `cellwatch_kernel_feature`.
     pub(crate) fn as_str(self) -> &'static str {
-        if self == Self::ConntrackLookup {
-            return "conntrack_lookup";
-        }
-        FEATURES.iter().find(|r| r.feature == self).map_or("unknown", |r| r.label)
+        self.row().label
+    }
+
+    /// What the agent does instead, or cannot tell, without it.
+    pub(crate) fn without(self) -> &'static str {
+        self.row().without
+    }
+
+    /// The feature of a label.
+    pub(crate) fn parse(label: &str) -> Result<Self, UnknownFeature> {
+        ROWS.iter()
+            .find(|r| r.label == label)
+            .map(|r| r.feature)
+            .ok_or_else(|| UnknownFeature { name: label.to_owned() })
     }
 }
 
-/// Probes every feature, tells the programs what was found (through `settings`) and
-/// logs what is missing.
-pub(super) fn probe(
-    settings: &mut Array<MapData, u32>,
-) -> Result<Vec<(Feature, bool)>, KernelError> {
-    let mut found = Vec::with_capacity(FEATURES.len());
-    for row in &FEATURES {
-        let path = format!("{TRACEFS_PATH}/events/{TCP}/{}/format", row.event);
-        let format = std::fs::read_to_string(path).unwrap_or_default();
-        let offsets = row.fields.map(|(field, _)| field_offset(&format, field));
-        let has = offsets.iter().all(Option::is_some);
-        if has {
-            // The programs find each field at its offset (0 = absent).
-            for ((_, setting), off) in row.fields.iter().zip(offsets) {
-                let off = off.unwrap_or(0);
-                settings.set(*setting, off, 0).map_err(map_err(object::SETTINGS))?;
+impl fmt::Display for Feature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A `--without` name that is no feature.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "unknown feature `{name}` for --without; the features are {}",
+    ROWS.iter().map(|r| r.label).collect::<Vec<_>>().join(", ")
+)]
+pub(crate) struct UnknownFeature {
+    name: String,
+}
+
+/// The features a run does without (`--without`), as if the kernel had refused them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Without(Vec<Feature>);
+
+impl Without {
+    /// `--without`'s value: comma-separated feature labels.
+    pub(crate) fn parse(list: &str) -> Result<Self, UnknownFeature> {
+        let mut out = Vec::new();
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let f = Feature::parse(name)?;
+            if !out.contains(&f) {
+                out.push(f);
             }
-        } else {
-            warn!("{TCP}:{} lacks a field cellwatch reads here: {}", row.event, row.without);
         }
-        found.push((row.feature, has));
+        Ok(Self(out))
+    }
+
+    /// Several `--without` flags add up.
+    pub(crate) fn extend(&mut self, other: &Self) {
+        for f in &other.0 {
+            if !self.0.contains(f) {
+                self.0.push(*f);
+            }
+        }
+    }
+
+    pub(crate) fn has(&self, f: Feature) -> bool {
+        self.0.contains(&f)
+    }
+}
+
+/// Whether a feature works here, and if not, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Found {
+    Works,
+    /// Forced off by `--without`.
+    Forced,
+    /// The kernel refused it: the sentence that says how.
+    Refused(String),
+}
+
+impl Found {
+    pub(crate) fn works(&self) -> bool {
+        *self == Self::Works
+    }
+}
+
+/// What the probes found, feature by feature.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Findings(Vec<(Feature, Found)>);
+
+impl Findings {
+    /// Records one finding and, for a missing feature, logs the one line that says what
+    /// the agent does instead.
+    pub(crate) fn record(&mut self, feature: Feature, found: Found) {
+        say(feature, &found);
+        self.0.retain(|(f, _)| *f != feature);
+        self.0.push((feature, found));
+    }
+
+    pub(crate) fn works(&self, feature: Feature) -> bool {
+        self.0.iter().any(|(f, found)| *f == feature && found.works())
+    }
+
+    /// Every feature probed, and whether it works, in probing order.
+    pub(crate) fn rows(&self) -> Vec<(Feature, bool)> {
+        let mut rows: Vec<_> = self.0.iter().map(|(f, found)| (*f, found.works())).collect();
+        rows.sort_by_key(|(f, _)| Feature::ALL.iter().position(|a| a == f));
+        rows
+    }
+
+    /// One line for the log: `sk_storage_iter=yes tcp_iter=no ...`.
+    pub(crate) fn summary(&self) -> String {
+        self.rows()
+            .iter()
+            .map(|(f, ok)| format!("{f}={}", if *ok { "yes" } else { "no" }))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// The one log line of a missing feature: why, and what the agent does instead.
+pub(crate) fn say(feature: Feature, found: &Found) {
+    match found {
+        Found::Works => {}
+        Found::Forced => warn!(%feature, "{feature} is off (--without): {}", feature.without()),
+        Found::Refused(why) => warn!(%feature, "{why}; so {}", feature.without()),
+    }
+}
+
+/// What a refused load or run means, by its errno: EPERM before any instruction was
+/// looked at is a policy (LSM, sysctl) or kernel-build refusal, not a verifier verdict.
+pub(crate) fn refusal_meaning(e: &std::io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EPERM) => {
+            "a policy or kernel-build refusal (an LSM, a sysctl, a config option), not a \
+             verdict of the verifier"
+        }
+        Some(libc::EACCES) => "the verifier refused it",
+        Some(libc::EINVAL) => "this kernel does not know this kind of program or its target",
+        Some(libc::ENOTSUP | 524) => "this kernel does not support it",
+        Some(libc::ENOENT) => "this kernel lacks the target it needs",
+        _ => "this kernel cannot run it",
+    }
+}
+
+/// The `tcp:tcp_destroy_sock` fields (`destroy_sock_cookie`): tells the programs where
+/// they are (through `settings`), unless `--without` says otherwise.
+pub(super) fn probe_destroy_cookie(
+    settings: &mut Array<MapData, u32>,
+    without: &Without,
+) -> Result<Found, KernelError> {
+    let feature = Feature::DestroySockCookie;
+    let fields =
+        [("sock_cookie", SETTING_DESTROY_COOKIE_OFFSET), ("skaddr", SETTING_DESTROY_SKADDR_OFFSET)];
+    let path = format!("{TRACEFS_PATH}/events/{TCP}/{DESTROY_EVENT}/format");
+    let format = std::fs::read_to_string(path).unwrap_or_default();
+    let offsets = fields.map(|(field, _)| field_offset(&format, field));
+    let found = if without.has(feature) {
+        Found::Forced
+    } else if offsets.iter().all(Option::is_some) {
+        Found::Works
+    } else {
+        Found::Refused(format!("{TCP}:{DESTROY_EVENT} lacks a field cellwatch reads here"))
+    };
+    // The programs find each field at its offset (0 = absent).
+    for ((_, setting), off) in fields.iter().zip(offsets) {
+        let off = if found.works() { off.unwrap_or(0) } else { 0 };
+        settings.set(*setting, off, 0).map_err(map_err(object::SETTINGS))?;
     }
     Ok(found)
 }
@@ -94,6 +288,8 @@ fn field_offset(format: &str, field: &str) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+    use super::{Feature, Without};
+
     #[test]
     fn tracefs_field_offsets_parse() {
         let fmt = "name: tcp_receive_reset\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
@@ -106,8 +302,28 @@ mod tests {
     }
 
     #[test]
-    fn every_feature_has_its_row() {
-        assert_eq!(super::Feature::DestroySockCookie.as_str(), "destroy_sock_cookie");
-        assert_eq!(super::Feature::ConntrackLookup.as_str(), "conntrack_lookup");
+    fn every_feature_has_its_own_row_and_label() {
+        let mut labels: Vec<_> = Feature::ALL.iter().map(|f| f.as_str()).collect();
+        for f in Feature::ALL {
+            assert_eq!(super::ROWS.iter().filter(|r| r.feature == f).count(), 1, "{f:?}");
+            assert_eq!(Feature::parse(f.as_str()).ok(), Some(f));
+        }
+        labels.dedup();
+        assert_eq!(labels.len(), Feature::ALL.len());
+        assert_eq!(Feature::DestroySockCookie.as_str(), "destroy_sock_cookie");
+        assert_eq!(Feature::ConntrackLookup.as_str(), "conntrack_lookup");
+    }
+
+    #[test]
+    fn without_takes_a_list_and_names_the_valid_ones_when_wrong() {
+        let w = Without::parse("sk_storage_iter, map_elem_iter,sk_storage_iter").unwrap();
+        assert!(w.has(Feature::SkStorageIter) && w.has(Feature::MapElemIter));
+        assert!(!w.has(Feature::TcpIter));
+        let e = Without::parse("sk_storage_iter,fentry").unwrap_err().to_string();
+        assert!(e.starts_with("unknown feature `fentry` for --without; the features are "), "{e}");
+        for f in Feature::ALL {
+            assert!(e.contains(f.as_str()), "{e}");
+        }
+        assert!(!e.contains('\n'));
     }
 }

@@ -23,7 +23,7 @@ use super::{
     attach::{self, Installed},
     cellmap,
     error::{KernelError, map_err},
-    features::{self, Feature},
+    features::{self, Feature, Findings, Without},
     fields, logs,
     maps::{self, Maps},
     object::{self, EBPF_OBJECT},
@@ -48,6 +48,8 @@ pub(crate) struct LoadOptions {
     pub(crate) event_rate: u32,
     /// Time every `sock_ops` op (for benchmarks; costs a clock read per run).
     pub(crate) profile_kernel: bool,
+    /// Optional features to do without, as if the kernel had refused them (`--without`).
+    pub(crate) without: Without,
 }
 
 /// The object with its maps open, before any program is on a hook.
@@ -60,7 +62,8 @@ pub(crate) struct Staged {
     pinned: PinnedState,
     cgroup_root: PathBuf,
     build: u32,
-    features: Vec<(Feature, bool)>,
+    findings: Findings,
+    without: Without,
     btf: Btf,
 }
 
@@ -128,7 +131,9 @@ fn open_in(
     set(settings, SETTING_EVENT_RATE, opts.event_rate)?;
     set(settings, SETTING_CONN_CAPACITY, opts.conn_capacity)?;
     maps.capacity.conns = opts.conn_capacity;
-    let features = features::probe(&mut maps.settings)?;
+    let mut findings = Findings::default();
+    let destroy = features::probe_destroy_cookie(&mut maps.settings, &opts.without)?;
+    findings.record(Feature::DestroySockCookie, destroy);
     let btf = Btf::from_sys_fs().map_err(|e| KernelError::Btf(e.to_string()))?;
     Ok(Staged {
         ebpf,
@@ -139,7 +144,8 @@ fn open_in(
         pinned,
         cgroup_root: opts.cgroup_root.clone(),
         build,
-        features,
+        findings,
+        without: opts.without.clone(),
         btf,
     })
 }
@@ -177,23 +183,23 @@ impl Staged {
             "cell map written"
         );
         let installed = attach::install(&mut self.ebpf, &self.dir, self.pinned, &self.cgroup_root)?;
-        let sweeper = Sweeper::new(&mut self.ebpf, &self.btf)?;
-        let settler = super::settle::Settler::new(&mut self.ebpf, &self.btf, &self.dir)?;
         let meta = &mut self.maps.meta;
         meta.set(META_BUILD, self.build, 0).map_err(map_err(object::META))?;
         meta.set(META_LAYOUT, LAYOUT_VERSION, 0).map_err(map_err(object::META))?;
         log_attached(self.pinned, installed, &self.dir, &self.cgroup_root);
+        // The optional mechanisms, each probed by loading and running it: none of them
+        // stops the agent (the core is on its hooks already).
+        let maps = std::sync::Mutex::new(self.maps);
+        let (ebpf, btf, found) = (&mut self.ebpf, &self.btf, &mut self.findings);
+        let sweeper = Sweeper::new(ebpf, btf, &maps, &self.without, found);
+        let settler = super::settle::Settler::new(ebpf, btf, &self.dir, &self.without, found);
+        info!(features = %self.findings.summary(), "kernel features probed");
         Ok(Kernel {
             ebpf: self.ebpf,
-            shared: std::sync::Arc::new(Shared {
-                maps: std::sync::Mutex::new(self.maps),
-                sweeper,
-                settler,
-                dir: self.dir,
-            }),
+            shared: std::sync::Arc::new(Shared { maps, sweeper, settler, dir: self.dir }),
             events: Some(self.events),
             pinned: self.pinned,
-            features: self.features,
+            findings: self.findings,
             btf: self.btf,
             cgroup_root: self.cgroup_root,
             _log_task: self.log_task,

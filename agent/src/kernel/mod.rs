@@ -5,9 +5,11 @@
 //!   what to make of it; [`unpin`]: removing it all (`cellwatch uninstall`);
 //! - [`cellmap`]: the cell and policy maps written; [`stats`]: counters read;
 //!   [`sweep`]: the live sweep and the seeding walk (the kernel's iterators);
+//!   [`settle`]: connections to Service addresses counted once their backend is known;
 //!   [`conns`]: the live connections they report;
-//! - [`fields`]: the socket fields' offsets from the kernel's BTF; [`features`]:
-//!   optional kernel features probed; [`logs`]: aya-log forwarded;
+//! - [`fields`]: the socket fields' offsets from the kernel's BTF; [`features`]: the
+//!   capability ladder (optional kernel features, probed, and `--without`); [`logs`]:
+//!   aya-log forwarded;
 //! - [`maps`]: the typed map handles; [`object`]: the object and the names in it;
 //!   [`error`]: what can go wrong.
 
@@ -36,7 +38,7 @@ use agent_common::{Brief, Conn};
 use agent_core::{metrics::Snapshot, policy::Compiled};
 pub(crate) use conns::LiveConn;
 pub(crate) use error::KernelError;
-pub(crate) use features::Feature;
+pub(crate) use features::{Feature, Found, UnknownFeature, Without, say as say_feature};
 pub(crate) use load::{LoadOptions, Staged};
 pub(crate) use pins::PinnedState;
 pub(crate) use sweep::ListFilter;
@@ -55,8 +57,8 @@ pub(crate) struct Kernel {
     events: Option<aya::maps::RingBuf<aya::maps::MapData>>,
     /// What this run made of the pinned state it found.
     pinned: PinnedState,
-    /// Optional kernel features, and whether this kernel has them.
-    features: Vec<(Feature, bool)>,
+    /// What the probes found of each optional kernel feature.
+    findings: features::Findings,
     btf: aya::Btf,
     cgroup_root: PathBuf,
     /// Forwards `aya-log` records from the kernel into `tracing`.
@@ -88,9 +90,15 @@ impl Kernel {
         self.pinned
     }
 
-    /// Optional kernel features, and whether this kernel has them.
-    pub(crate) fn features(&self) -> &[(Feature, bool)] {
-        &self.features
+    /// Optional kernel features, and whether each works here (probed, not forced off).
+    pub(crate) fn features(&self) -> Vec<(Feature, bool)> {
+        self.findings.rows()
+    }
+
+    /// Whether connections older than the agent can be seeded: the TCP iterator finds
+    /// their sockets, and the destroy tracepoint's cookie sees them close.
+    pub(crate) fn can_seed(&self) -> bool {
+        self.findings.works(Feature::TcpIter) && self.findings.works(Feature::DestroySockCookie)
     }
 
     pub(crate) fn maps(&self) -> MapsHandle {

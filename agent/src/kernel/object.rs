@@ -11,8 +11,11 @@ pub(super) const CONNECT4: &str = "cellwatch_connect4";
 pub(super) const CONNECT6: &str = "cellwatch_connect6";
 pub(super) const DESTROY: &str = "cellwatch_destroy";
 pub(super) const SWEEP: &str = "cellwatch_sweep";
+pub(super) const SWEEP_TCP: &str = "cellwatch_sweep_tcp";
 pub(super) const SEED: &str = "cellwatch_seed";
 pub(super) const SETTLE: &str = "cellwatch_settle";
+/// Run by the agent with `BPF_PROG_TEST_RUN`, never attached.
+pub(super) const SETTLE_ONE: &str = "cellwatch_settle_one";
 
 /// The tracepoint category of the destroy program.
 pub(super) const TCP: &str = "tcp";
@@ -38,10 +41,11 @@ pub(super) const PROGRAMS: [(&str, Hook); 3] =
 pub(super) const SEEDED_CLOSE: (&str, Hook) = (DESTROY, Hook::Tracepoint(DESTROY_EVENT));
 
 /// Iterators, run by the agent (never attached to a hook): the live sweep over the
-/// connection storage, and the seeding walk over the TCP sockets, with the kernel's
-/// iterator target of each.
-pub(super) const ITERATORS: [(&str, &str); 3] =
-    [(SWEEP, "bpf_sk_storage_map"), (SEED, "tcp"), (SETTLE, "bpf_map_elem")];
+/// connection storage or over each namespace's TCP sockets, the seeding walk over the
+/// TCP sockets, and the settling over `DEFERRED`, with the kernel's iterator target of
+/// each.
+pub(super) const ITERATORS: [(&str, &str); 4] =
+    [(SWEEP, "bpf_sk_storage_map"), (SWEEP_TCP, "tcp"), (SEED, "tcp"), (SETTLE, "bpf_map_elem")];
 
 pub(super) const CONN: &str = "CONN";
 pub(super) const PAIR_STATS: &str = "PAIR_STATS";
@@ -165,7 +169,7 @@ mod tests {
         let known: BTreeSet<String> = PROGRAMS
             .iter()
             .map(|(n, _)| *n)
-            .chain([SEEDED_CLOSE.0])
+            .chain([SEEDED_CLOSE.0, SETTLE_ONE])
             .chain(ITERATORS.iter().map(|(n, _)| *n))
             .map(str::to_owned)
             .collect();

@@ -1,5 +1,6 @@
-//! Running the kernel's iterators: the live sweep over the connection storage (every
-//! `--live-interval`, and for each `/connections` request), and the seeding walk over
+//! Running the kernel's iterators: the live sweep (every `--live-interval`, and for
+//! each `/connections` request) over the connection storage, or over each network
+//! namespace's TCP sockets where the kernel refuses the first; and the seeding walk over
 //! the TCP sockets at a first start. One sweep runs at a time.
 use std::{
     io::Read,
@@ -20,17 +21,29 @@ use aya::{
 
 use super::{
     error::{KernelError, map_err},
+    features::{Feature, Findings, Found, Without},
     maps::{self, Maps},
-    object::{ITERATORS, SEED, SWEEP},
+    object::{ITERATORS, SEED, SWEEP, SWEEP_TCP},
 };
-use crate::{host::sys, sync};
+use crate::{
+    host::{netns, sys},
+    sync,
+};
 
-/// The sweep's iterator, linked to the connection storage map.
+/// The live sweep, by whichever walk this kernel runs (see [`Walk`]).
 pub(super) struct Sweeper {
-    link: OwnedFd,
+    walk: Option<Walk>,
     /// One sweep at a time: their claims are safe together, but the records setting is
     /// one word for both.
     running: Mutex<()>,
+}
+
+/// How the sweep reaches every open connection: the rungs of its ladder, best first.
+enum Walk {
+    /// The iterator over the connection storage, linked to it: every namespace at once.
+    Storage(OwnedFd),
+    /// The TCP iterator, linked: run once in each network namespace of the node.
+    Tcp(OwnedFd),
 }
 
 /// Loads an iterator program for its kernel target; its descriptor, owned.
@@ -47,17 +60,92 @@ pub(super) fn load_iterator(
     iter.fd().map_err(typed)?.try_clone().map_err(KernelError::Sweep)
 }
 
+/// Why an optional program cannot serve: the sentence of its refusal.
+pub(super) fn refusal(what: &str, e: &KernelError) -> String {
+    match e.errno() {
+        Some(io) => {
+            format!("the kernel refused {what} ({io}: {})", super::features::refusal_meaning(io))
+        }
+        None => format!("the kernel refused {what} ({e})"),
+    }
+}
+
 impl Sweeper {
-    pub(super) fn new(ebpf: &mut Ebpf, btf: &Btf) -> Result<Self, KernelError> {
-        let prog = load_iterator(ebpf, btf, SWEEP)?;
-        let map: &MapData = maps::conn_storage(ebpf)?;
-        let link = sys::bpf_map_iter_link(prog.as_fd(), map.fd().as_fd())
-            .map_err(KernelError::IterLink)?;
-        Ok(Self { link, running: Mutex::new(()) })
+    /// Probes the walks in order, unless `without` rules them out, and keeps the first
+    /// that loads, links and runs; records what it found of each.
+    pub(super) fn new(
+        ebpf: &mut Ebpf,
+        btf: &Btf,
+        maps: &Mutex<Maps>,
+        without: &Without,
+        found: &mut Findings,
+    ) -> Self {
+        let mut s = Self { walk: None, running: Mutex::new(()) };
+        for feature in [Feature::SkStorageIter, Feature::TcpIter] {
+            if without.has(feature) {
+                found.record(feature, Found::Forced);
+                continue;
+            }
+            let tried = Self::link(ebpf, btf, feature).and_then(|walk| {
+                // One run proves it (a sweep like any other).
+                s.walk = Some(walk);
+                s.pass(maps, SWEEP_COUNT).map(drop)
+            });
+            match tried {
+                Ok(()) => {
+                    found.record(feature, Found::Works);
+                    // The first that works is the one used; the next is not needed.
+                    if feature == Feature::SkStorageIter {
+                        let tcp = Self::probe_tcp(ebpf, btf, without);
+                        found.record(Feature::TcpIter, tcp);
+                    }
+                    break;
+                }
+                Err(e) => {
+                    s.walk = None;
+                    let what = match feature {
+                        Feature::SkStorageIter => {
+                            "the iterator over socket storage (iter/bpf_sk_storage_map)"
+                        }
+                        _ => "the TCP iterator (iter/tcp)",
+                    };
+                    found.record(feature, Found::Refused(refusal(what, &e)));
+                }
+            }
+        }
+        s
     }
 
-    /// One sweep: claims what every open connection moved into the counters.
+    /// Whether the TCP iterator loads (seeding needs it even where the sweep does not).
+    fn probe_tcp(ebpf: &mut Ebpf, btf: &Btf, without: &Without) -> Found {
+        if without.has(Feature::TcpIter) {
+            return Found::Forced;
+        }
+        match load_iterator(ebpf, btf, SWEEP_TCP) {
+            Ok(_) => Found::Works,
+            Err(e) => Found::Refused(refusal("the TCP iterator (iter/tcp)", &e)),
+        }
+    }
+
+    fn link(ebpf: &mut Ebpf, btf: &Btf, feature: Feature) -> Result<Walk, KernelError> {
+        if feature == Feature::SkStorageIter {
+            let prog = load_iterator(ebpf, btf, SWEEP)?;
+            let map: &MapData = maps::conn_storage(ebpf)?;
+            let link = sys::bpf_map_iter_link(prog.as_fd(), map.fd().as_fd())
+                .map_err(KernelError::IterLink)?;
+            Ok(Walk::Storage(link))
+        } else {
+            let prog = load_iterator(ebpf, btf, SWEEP_TCP)?;
+            Ok(Walk::Tcp(sys::bpf_iter_link(prog.as_fd()).map_err(KernelError::IterLink)?))
+        }
+    }
+
+    /// One sweep: claims what every open connection moved into the counters. Without a
+    /// walk, nothing (connections count when they close).
     pub(super) fn run(&self, maps: &Mutex<Maps>) -> Result<(), KernelError> {
+        if self.walk.is_none() {
+            return Ok(());
+        }
         let _one = sync::lock(&self.running);
         self.pass(maps, SWEEP_COUNT).map(drop)
     }
@@ -75,6 +163,9 @@ impl Sweeper {
         filter: ListFilter,
         choose: impl FnOnce(Vec<Brief>) -> Vec<u64>,
     ) -> Result<Vec<(Conn, SweepTail)>, KernelError> {
+        if self.walk.is_none() {
+            return Err(KernelError::NoWalk);
+        }
         let _one = sync::lock(&self.running);
         {
             let mut m = sync::lock(maps);
@@ -104,23 +195,65 @@ impl Sweeper {
             .map_err(|e| KernelError::Sweep(std::io::Error::other(e)))
     }
 
-    /// One run of the iterator, writing `records` (`SWEEP_*`); its output.
+    /// One run of the walk, writing `records` (`SWEEP_*`); its output (the TCP walk's
+    /// runs in each namespace, one after the other: a socket is in one namespace only).
     fn pass(&self, maps: &Mutex<Maps>, records: u32) -> Result<Vec<u8>, KernelError> {
         sync::lock(maps)
             .settings
             .set(SETTING_SWEEP_RECORDS, records, 0)
             .map_err(map_err(super::object::SETTINGS))?;
         let t = std::time::Instant::now();
-        let mut file = sys::bpf_iter_create(self.link.as_fd()).map_err(KernelError::Sweep)?;
         let mut out = Vec::new();
-        let read = file.read_to_end(&mut out).map_err(KernelError::Sweep);
+        let read = match &self.walk {
+            Some(Walk::Storage(link)) => read_run(link, &mut out),
+            Some(Walk::Tcp(link)) => each_namespace(link, &mut out),
+            None => Ok(()),
+        };
         tracing::debug!(records, bytes = out.len(), took = ?t.elapsed(), "sweep pass");
         // Back to counting only, whatever happened.
         let reset = sync::lock(maps).settings.set(SETTING_SWEEP_RECORDS, SWEEP_COUNT, 0);
-        read?;
+        read.map_err(KernelError::Sweep)?;
         reset.map_err(map_err(super::object::SETTINGS))?;
         Ok(out)
     }
+}
+
+/// One run of an iterator link, read to its end into `out`.
+fn read_run(link: &OwnedFd, out: &mut Vec<u8>) -> std::io::Result<()> {
+    sys::bpf_iter_create(link.as_fd())?.read_to_end(out).map(drop)
+}
+
+/// Namespaces the TCP walk could not enter were said once; a new kind of failure is
+/// said again.
+static SKIP_SAID: Mutex<Option<std::io::ErrorKind>> = Mutex::new(None);
+
+/// The TCP walk: a run in each network namespace of the node. The iterator takes the
+/// namespace of the thread that makes the run, so each run is made inside it (and read
+/// there too: the run is read at once). A namespace that cannot be entered is left out
+/// and said in the log.
+fn each_namespace(link: &OwnedFd, out: &mut Vec<u8>) -> std::io::Result<()> {
+    let namespaces = netns::all();
+    let each = netns::in_each(&namespaces, || {
+        let mut buf = Vec::new();
+        read_run(link, &mut buf).map(|()| buf)
+    })?;
+    for buf in each.done {
+        out.extend_from_slice(&buf);
+    }
+    if let Some((ns, e)) =
+        each.skipped.iter().find(|(_, e)| e.kind() != std::io::ErrorKind::NotFound)
+    {
+        let mut said = sync::lock(&SKIP_SAID);
+        if *said != Some(e.kind()) {
+            *said = Some(e.kind());
+            tracing::warn!(
+                namespace = %ns.display(), error = %e, skipped = each.skipped.len(),
+                "the live sweep (TCP iterator) cannot enter some network namespaces; their \
+                 connections count when they close (entering one needs CAP_SYS_ADMIN)"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Which connections a listing wants: of this cell (source or destination), with this

@@ -17,10 +17,10 @@ use agent_core::{
 };
 use serde::Serialize;
 
-use super::violations::End;
+use super::{http::Unanswered, violations::End};
 use crate::{
     host::{cgroups::Resolver, clock, procs, sockdiag},
-    kernel::{ListFilter, LiveConn, MapsHandle},
+    kernel::{KernelError, ListFilter, LiveConn, MapsHandle},
 };
 
 #[derive(Debug, Serialize)]
@@ -54,7 +54,7 @@ pub(crate) fn list(
     ids: &CellIds,
     cgroups: &Resolver,
     q: &Query,
-) -> Result<Vec<Connection>, String> {
+) -> Result<Vec<Connection>, Unanswered> {
     let cell = match q.cell.as_ref().map(|c| ids.lookup(c)) {
         // A cell no connection was ever counted in has none open.
         Some(None) => return Ok(Vec::new()),
@@ -69,9 +69,11 @@ pub(crate) fn list(
         briefs.truncate(q.limit.min(LIST_MAX as usize));
         briefs.into_iter().map(|b| b.cookie).collect()
     };
-    let mut live: Vec<LiveConn> = maps
-        .live(ListFilter { cell, verdict }, choose)
-        .map_err(|e| format!("reading the live connections failed: {e}"))?;
+    let mut live: Vec<LiveConn> =
+        maps.live(ListFilter { cell, verdict }, choose).map_err(|e| match e {
+            KernelError::NoWalk => Unanswered::Unavailable(e.to_string()),
+            e => Unanswered::Failed(format!("reading the live connections failed: {e}")),
+        })?;
     // Newest first (a connection that closed between the two passes is not listed).
     live.sort_unstable_by_key(|l| std::cmp::Reverse(l.conn.start_ns));
     live.truncate(q.limit);

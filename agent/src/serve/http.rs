@@ -41,9 +41,19 @@ pub(crate) trait Endpoints: Send + Sync + 'static {
     /// unavailable.
     fn metrics(&self, out: &mut dyn std::io::Write) -> Result<(), String>;
     /// Live connections as JSON.
-    fn connections(&self, q: &Query) -> Result<String, String>;
+    fn connections(&self, q: &Query) -> Result<String, Unanswered>;
     /// Recent violations as JSON.
-    fn violations(&self, q: &Query) -> Result<String, String>;
+    fn violations(&self, q: &Query) -> Result<String, Unanswered>;
+}
+
+/// Why a JSON endpoint has no answer, as one sentence.
+#[derive(Debug)]
+pub(crate) enum Unanswered {
+    /// This agent cannot answer it on this node (503): e.g. a kernel that runs neither
+    /// of the live sweep's iterators.
+    Unavailable(String),
+    /// Reading it failed (500).
+    Failed(String),
 }
 
 /// What each JSON endpoint accepts.
@@ -159,7 +169,7 @@ impl<E: Endpoints> Server<E> {
         &self,
         raw: Option<&str>,
         allowed: &'static [&'static str],
-        f: fn(&E, &Query) -> Result<String, String>,
+        f: fn(&E, &Query) -> Result<String, Unanswered>,
     ) -> Resp {
         let q = match query::parse(raw, allowed) {
             Ok(q) => q,
@@ -175,7 +185,12 @@ impl<E: Endpoints> Server<E> {
                 );
                 r
             }
-            Ok(Err(why)) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{why}\n")),
+            Ok(Err(Unanswered::Unavailable(why))) => {
+                text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"))
+            }
+            Ok(Err(Unanswered::Failed(why))) => {
+                text(StatusCode::INTERNAL_SERVER_ERROR, format!("{why}\n"))
+            }
             Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "the request failed\n"),
         }
     }
@@ -272,10 +287,10 @@ mod tests {
             }
             Ok(())
         }
-        fn connections(&self, _: &Query) -> Result<String, String> {
+        fn connections(&self, _: &Query) -> Result<String, Unanswered> {
             Ok("[]".into())
         }
-        fn violations(&self, _: &Query) -> Result<String, String> {
+        fn violations(&self, _: &Query) -> Result<String, Unanswered> {
             Ok("[]".into())
         }
     }

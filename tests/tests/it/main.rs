@@ -10,6 +10,7 @@ mod deploy;
 mod enforce;
 mod foundation;
 mod http;
+mod ladder;
 mod live;
 mod prometheus;
 mod report;

@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: benchmarks whose results go into BENCHMARKS.md ([`record`]), each
 //! measured side by side in one run (interleaved, several runs each, median and spread).
 //! This module is their command line and dispatch. One module per benchmark
-//! ([`churn`], [`bulk`], [`scale`], [`micro`], [`config_load`], [`vip`]) uses what they share,
+//! ([`churn`], [`bulk`], [`scale`], [`sweep`], [`micro`], [`config_load`], [`vip`]) uses
+//! what they share,
 //! the bench harness ([`harness`]), [`stats`] and [`record`]; none of those imports this
 //! module or a benchmark.
 mod bulk;
@@ -12,6 +13,7 @@ mod micro;
 mod record;
 mod scale;
 mod stats;
+mod sweep;
 mod vip;
 
 use std::path::PathBuf;
@@ -56,6 +58,13 @@ pub(crate) enum Bench {
         #[arg(long, value_name = "BINARY")]
         baseline: Option<PathBuf>,
     },
+    /// The live sweep's CPU by mechanism (the socket-storage iterator, the TCP iterator in
+    /// each network namespace) at 10,000 and 100,000 tracked sockets, and per namespace.
+    Sweep {
+        /// One short run of each, nothing recorded (what CI runs).
+        #[arg(long)]
+        smoke: bool,
+    },
     /// Churn through a Kubernetes Service address and directly, with and without the
     /// agent, in kube-proxy's layout in network namespaces.
     Vip {
@@ -73,6 +82,7 @@ pub(crate) fn run(which: Bench) -> Result<()> {
         Bench::Scale { smoke, baseline } => scale::scale(smoke, baseline),
         Bench::Churn { smoke, baseline } => churn::churn(smoke, baseline),
         Bench::Vip { smoke } => vip::vip(smoke),
+        Bench::Sweep { smoke } => sweep::sweep(smoke),
     }
 }
 
@@ -81,5 +91,6 @@ pub(crate) fn smoke() -> Result<()> {
     churn::churn(true, None)?;
     bulk::bulk(true, None)?;
     scale::scale(true, None)?;
+    sweep::sweep(true)?;
     vip::vip(true)
 }

@@ -232,7 +232,7 @@ fn concurrent(bin: &Path, held: usize, window: Duration) -> Result<String> {
 
 /// Connections held open from cell-a to cell-b by helper processes (`xtask hold`), each
 /// under the open-file limit; closed when dropped.
-struct Held {
+pub(super) struct Held {
     children: Vec<std::process::Child>,
     _listeners: Vec<std::net::TcpListener>,
     helpers: usize,
@@ -240,7 +240,7 @@ struct Held {
 }
 
 impl Held {
-    fn open(held: usize) -> Result<Self> {
+    pub(super) fn open(held: usize) -> Result<Self> {
         let listeners: Vec<std::net::TcpListener> = (1..=20u8)
             .map(|h| listen(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 191, 0, h)), 0), 4096))
             .collect::<Result<_>>()?;
@@ -305,7 +305,7 @@ fn listing(bin: &Path, held: usize) -> Result<Vec<f64>> {
 }
 
 /// The sum of every sample of `name` in one scrape.
-fn gauge_sum(port: u16, name: &str) -> Result<f64> {
+pub(super) fn gauge_sum(port: u16, name: &str) -> Result<f64> {
     let (status, body) = http_get(port, "/metrics")?;
     if status != 200 {
         bail!("/metrics answered {status}");
@@ -318,7 +318,7 @@ fn gauge_sum(port: u16, name: &str) -> Result<f64> {
 }
 
 /// The process's user and system CPU time, seconds.
-fn cpu_seconds(pid: u32) -> Result<f64> {
+pub(super) fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command (which may hold spaces) in parentheses: utime and stime are
     // the 12th and 13th of them.

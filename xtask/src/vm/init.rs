@@ -12,9 +12,23 @@ use std::{
 };
 
 /// The areas of the integration tests (modules of the `it` binary) that run in every VM:
-/// connection counting, cell verdicts, telemetry, restarts, live counting and Kubernetes
-/// Services (kube-proxy's DNAT and the conntrack lookups).
-pub(crate) const AREAS: &[&str] = &["foundation", "cells", "telemetry", "restart", "live", "vip"];
+/// connection counting, cell verdicts, telemetry, restarts, live counting, Kubernetes
+/// Services (kube-proxy's DNAT and the conntrack lookups) and the capability ladder.
+pub(crate) const AREAS: &[&str] =
+    &["foundation", "cells", "telemetry", "restart", "live", "vip", "ladder"];
+/// The areas run a second time with the ladder's fallbacks forced (`--without FORCED` on
+/// every agent they start, through the tests' `CELLWATCH_TEST_WITHOUT`): the live sweep
+/// by the TCP iterator in each network namespace, and the settling of Service
+/// connections by `BPF_PROG_TEST_RUN`. Their result lines are `<area>/without`.
+pub(crate) const FORCED_AREAS: &[&str] = &["live", "telemetry", "vip", "restart"];
+/// What the forced run does without.
+pub(crate) const FORCED: &str = "sk_storage_iter,map_elem_iter";
+/// The environment variable the tests read it from (`cellwatch_tests::WITHOUT_ENV`).
+pub(crate) const FORCED_ENV: &str = "CELLWATCH_TEST_WITHOUT";
+/// Every result line a VM prints: one per area, and one per forced area.
+pub(crate) fn result_count() -> usize {
+    AREAS.len() + FORCED_AREAS.len()
+}
 /// Tests of those areas the matrix leaves to the host, by name: moving more than 4 GiB
 /// under software emulation would take minutes, and the VMs have no Prometheus.
 const SKIPPED: &[&str] = &[
@@ -82,39 +96,50 @@ pub(crate) fn main() -> ! {
 }
 
 /// The test binary with one name filter per area (`foundation::` ...), as libtest takes
-/// them.
-fn tests(extra: &[&str]) -> Command {
+/// them; with the fallbacks forced when `forced`.
+fn tests(areas: &[&str], forced: bool, extra: &[&str]) -> Command {
     let mut c = Command::new(TESTS);
     c.args(extra)
-        .args(AREAS.iter().map(|a| format!("{a}::")))
+        .args(areas.iter().map(|a| format!("{a}::")))
         .args(SKIPPED.iter().flat_map(|t| ["--skip", t]))
         .env("CELLWATCH_BIN", "/bin/cellwatch")
         .env("PATH", "/bin:/sbin:/usr/bin:/usr/sbin")
         .env("HOME", "/tmp")
         .env("RUST_BACKTRACE", "0")
         .env("CELLWATCH_IN_VM", "1");
+    if forced {
+        c.env(FORCED_ENV, FORCED);
+    }
     c
+}
+
+/// Both runs: every area as the kernel grants it, then the forced areas with the
+/// fallbacks. True when both passed.
+fn run_tests() -> bool {
+    let plain = run_pass(AREAS, false);
+    let forced = run_pass(FORCED_AREAS, true);
+    plain && forced
 }
 
 /// Runs the areas' tests in one run of the binary, its output echoed to the console, and
 /// prints a result line per area: it passes when it has tests and every one of them
 /// passed. True when the binary passed.
-fn run_tests() -> bool {
+fn run_pass(names: &[&str], forced: bool) -> bool {
     // The tests of each area, so that an area whose tests did not all report is a failure.
-    let listed = match tests(&["--list"]).stderr(Stdio::inherit()).output() {
+    let listed = match tests(names, forced, &["--list"]).stderr(Stdio::inherit()).output() {
         Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
         Err(e) => {
             println!("init: cannot run {TESTS}: {e}");
             String::new()
         }
     };
-    let mut areas: BTreeMap<&str, (usize, usize)> = AREAS.iter().map(|a| (*a, (0, 0))).collect();
+    let mut areas: BTreeMap<&str, (usize, usize)> = names.iter().map(|a| (*a, (0, 0))).collect();
     for name in listed.lines().filter_map(|l| l.strip_suffix(": test")) {
         if let Some(n) = area_of(&mut areas, name) {
             n.1 += 1;
         }
     }
-    let status = tests(&[]).stdout(Stdio::piped()).spawn().and_then(|mut child| {
+    let status = tests(names, forced, &[]).stdout(Stdio::piped()).spawn().and_then(|mut child| {
         if let Some(out) = child.stdout.take() {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 println!("{line}");
@@ -134,9 +159,10 @@ fn run_tests() -> bool {
     if let Err(e) = status {
         println!("init: cannot run {TESTS}: {e}");
     }
+    let suffix = if forced { "/without" } else { "" };
     for (area, (passed, total)) in &areas {
         let verdict = if *total > 0 && passed == total { "pass" } else { "fail" };
-        println!("{RESULT} {area} {verdict} {passed}/{total}");
+        println!("{RESULT} {area}{suffix} {verdict} {passed}/{total}");
     }
     ok
 }

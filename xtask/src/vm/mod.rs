@@ -1,6 +1,7 @@
 //! `cargo xtask vm-test [KERNEL...]`: the privileged tests of connection counting, the
-//! cell verdict, telemetry and restarts ([`AREAS`]), run inside qemu on each kernel of a
-//! matrix. The kernels are Debian's packaged cloud kernels (`6.1`, `6.12`: the newest
+//! cell verdict, telemetry, restarts, live counting, Services and the capability ladder
+//! ([`AREAS`]), run inside qemu on each kernel of a matrix, and [`FORCED_AREAS`] once more
+//! with the ladder's fallbacks forced ([`FORCED`]). The kernels are Debian's packaged cloud kernels (`6.1`, `6.12`: the newest
 //! package of the series, from `apt-get download`), or a vmlinuz path ([`kernel`]). The
 //! initramfs ([`image`]) holds the integration-test binary, the agent, the tools the
 //! tests call and every library they load; its /init is this very binary ([`init`]),
@@ -12,7 +13,7 @@ mod kernel;
 
 use anyhow::{Result, bail};
 
-pub(crate) use self::init::{AREAS, VM_ONLY};
+pub(crate) use self::init::{AREAS, FORCED, FORCED_AREAS, FORCED_ENV, VM_ONLY};
 use self::{boot::Outcome, image::initramfs};
 use crate::util::{build_agent, ok, root, step};
 
@@ -59,14 +60,14 @@ fn report(outcomes: &[Outcome]) -> Result<()> {
             "    {} ({}): {passed} of {} areas passed, {:.0} s",
             o.kernel,
             if o.release.is_empty() { "did not boot" } else { &o.release },
-            AREAS.len(),
+            init::result_count(),
             o.secs
         );
         for (name, ok, counts) in &o.areas {
-            println!("      {name:<12} {} {counts} tests", if *ok { "pass" } else { "FAIL" });
+            println!("      {name:<18} {} {counts} tests", if *ok { "pass" } else { "FAIL" });
         }
         println!("      {}", if o.summary.is_empty() { "no test result" } else { &o.summary });
-        if o.done != Some(true) || passed != AREAS.len() {
+        if o.done != Some(true) || passed != init::result_count() {
             failed.push(o.kernel.clone());
         }
     }

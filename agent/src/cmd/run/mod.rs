@@ -38,10 +38,12 @@ use crate::{
         preflight::{self, PreflightError},
         sys,
     },
-    kernel::{Kernel, KernelError, LoadOptions, MapsHandle},
+    kernel::{
+        Feature, Found, Kernel, KernelError, LoadOptions, MapsHandle, UnknownFeature, Without,
+    },
     serve::{
         connections,
-        http::{Endpoints, Server},
+        http::{Endpoints, Server, Unanswered},
         metrics::AgentMetrics,
         violations::{self, Recent},
     },
@@ -58,6 +60,8 @@ pub(crate) enum RunError {
     Kernel(#[from] KernelError),
     #[error(transparent)]
     Ids(#[from] IdsExhausted),
+    #[error(transparent)]
+    Without(#[from] UnknownFeature),
     #[error(
         "{addr} is already in use; stop what listens there or choose another address with --listen"
     )]
@@ -103,18 +107,19 @@ impl Endpoints for Agent {
         rendered
     }
 
-    fn connections(&self, q: &Query) -> Result<String, String> {
+    fn connections(&self, q: &Query) -> Result<String, Unanswered> {
         let ids = sync::read(&self.ids);
         let list = connections::list(&self.maps, &ids, &self.cgroups, q)?;
-        let json = serde_json::to_string(&list).map_err(|e| e.to_string());
+        let json = serde_json::to_string(&list).map_err(|e| Unanswered::Failed(e.to_string()));
         drop(list);
         // The sweep behind the list read every open connection, however few it shows.
         sys::release_free_memory();
         json
     }
 
-    fn violations(&self, q: &Query) -> Result<String, String> {
-        serde_json::to_string(&self.recent.latest(q.limit)).map_err(|e| e.to_string())
+    fn violations(&self, q: &Query) -> Result<String, Unanswered> {
+        serde_json::to_string(&self.recent.latest(q.limit))
+            .map_err(|e| Unanswered::Failed(e.to_string()))
     }
 }
 
@@ -145,6 +150,8 @@ where
     F: FnOnce(SocketAddr) -> Fut,
     Fut: Future<Output = Result<(), String>>,
 {
+    // A wrong feature name is a usage error: said before anything else is looked at.
+    let without = parse_without(&args.node.without)?;
     let bpffs = args.node.bpffs_or(crate::cli::DEFAULT_BPFFS);
     let node = preflight::check(args.node.cgroup.as_deref(), &bpffs)?;
     // Logged only once the node checks passed: a run that cannot start prints nothing
@@ -160,7 +167,16 @@ where
         .enable_all()
         .build()
         .map_err(RunError::Runtime)?;
-    rt.block_on(serve(args, config, source, node, &bpffs, session))
+    rt.block_on(serve(args, config, source, node, &bpffs, without, session))
+}
+
+/// `--without`'s values, each a comma-separated list of feature labels.
+fn parse_without(values: &[String]) -> Result<Without, UnknownFeature> {
+    let mut all = Without::default();
+    for v in values {
+        all.extend(&Without::parse(v)?);
+    }
+    Ok(all)
 }
 
 async fn serve<F, Fut>(
@@ -169,6 +185,7 @@ async fn serve<F, Fut>(
     source: &[u8],
     node: preflight::Node,
     bpffs: &std::path::Path,
+    without: Without,
     session: F,
 ) -> Result<(), RunError>
 where
@@ -195,28 +212,38 @@ where
         events_bytes: args.events_buffer_kib * 1024,
         event_rate: args.violation_event_rate,
         profile_kernel: args.profile_kernel,
+        without: without.clone(),
     };
     let staged = Kernel::open(&opts)?;
     // Ids the pinned state already uses first, so adopted counters keep their labels.
     let mut ids = staged.cell_ids();
     let compiled = compile(&config, &mut ids)?;
     let mut kernel = staged.attach(&compiled)?;
-    if kernel.pinned_state().is_new() {
+    if kernel.pinned_state().is_new() && kernel.can_seed() {
         seed::seed(&mut kernel, &config, &mut ids);
+    } else if kernel.pinned_state().is_new() {
+        warn!(
+            "connections older than the agent are not counted: seeding needs the TCP iterator \
+             and the destroy tracepoint's cookie (cellwatch_kernel_feature)"
+        );
     } else {
         info!("the pinned programs ran throughout: no connection needs seeding");
     }
 
     let ids = Arc::new(RwLock::new(ids));
-    let mut features = kernel.features().to_vec();
-    let conntrack = vip::probe();
-    if !conntrack {
-        warn!(
-            "this network namespace answers no conntrack lookups (nf_conntrack_netlink): \
-             connections to service_cidrs count under the cell `unresolved`"
-        );
-    }
-    features.push((crate::kernel::Feature::ConntrackLookup, conntrack));
+    let conntrack = if without.has(Feature::ConntrackLookup) {
+        Found::Forced
+    } else if vip::probe() {
+        Found::Works
+    } else {
+        Found::Refused(
+            "this network namespace answers no conntrack lookups (nf_conntrack_netlink)".into(),
+        )
+    };
+    crate::kernel::say_feature(Feature::ConntrackLookup, &conntrack);
+    let mut features = kernel.features();
+    let conntrack_works = conntrack.works();
+    features.push((Feature::ConntrackLookup, conntrack_works));
     let metrics = AgentMetrics::new(
         env!("CARGO_PKG_VERSION"),
         &node.kernel,
@@ -256,8 +283,14 @@ where
             stop_drain.clone(),
         )
     });
-    let resolver =
-        vip::spawn(kernel.maps(), shared_config, ids.clone(), resolve_rx, stop_drain.clone());
+    let resolver = vip::spawn(
+        kernel.maps(),
+        shared_config,
+        ids.clone(),
+        resolve_rx,
+        stop_drain.clone(),
+        conntrack_works,
+    );
     let sweeps = spawn_sweeps(kernel.maps(), args.live_interval);
     let agent = Arc::new(Agent { maps: kernel.maps(), ids, metrics, cgroups, recent });
     // What the start parsed (the kernel's BTF among it) is freed: give it back.

@@ -100,16 +100,28 @@ pub(crate) fn judge(cfg: &Config, ids: &CellIds, client: IpAddr, to: Destination
     Resolution { dst_cell, service, verdict, _pad: 0 }
 }
 
-/// Answers requests on a thread of its own until `stop` is set.
+/// Conntrack lookups forced off (`--without conntrack_lookup`).
+#[derive(Debug, thiserror::Error)]
+#[error("off (--without conntrack_lookup)")]
+struct ForcedOff;
+
+/// Answers requests on a thread of its own until `stop` is set; without `conntrack`
+/// (`--without conntrack_lookup`) as where ctnetlink is missing.
 pub(crate) fn spawn(
     maps: MapsHandle,
     config: Arc<RwLock<Config>>,
     ids: Arc<RwLock<CellIds>>,
     requests: mpsc::Receiver<ViolationEvent>,
     stop: Arc<AtomicBool>,
+    conntrack: bool,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let mut ct = match Conntrack::open() {
+        let opened = if conntrack {
+            Conntrack::open()
+        } else {
+            Err(std::io::Error::other(ForcedOff).into())
+        };
+        let mut ct = match opened {
             Ok(ct) => Some(ct),
             Err(e) => {
                 warn!(
@@ -121,8 +133,13 @@ pub(crate) fn spawn(
             }
         };
         let mut announced = Announced::new();
+        let announce = |a: &mut Announced, cfg: &RwLock<Config>| {
+            if conntrack {
+                a.take(&sync::read(cfg));
+            }
+        };
         // Subscribed at once when the config has service_cidrs, before any request.
-        announced.take(&sync::read(&config));
+        announce(&mut announced, &config);
         // Connections to ask about again: when, and what.
         let mut again: Vec<(Instant, u64, Tuple)> = Vec::new();
         let mut last_scan = Instant::now().checked_sub(SCAN_EVERY).unwrap_or_else(Instant::now);
@@ -152,7 +169,7 @@ pub(crate) fn spawn(
             for (_, cookie, t) in due {
                 batch.entry(cookie).or_insert(t);
             }
-            announced.take(&sync::read(&config));
+            announce(&mut announced, &config);
             if batch.is_empty() {
                 continue;
             }
