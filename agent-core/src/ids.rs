@@ -20,7 +20,9 @@ pub struct CellIds {
 
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "more than {MAX_CELLS} distinct cell names were used since the agent started; restart it to renumber"
+    "more than {MAX_CELLS} distinct cell and service names were used over the life of the pinned \
+     state (ids are kept across restarts so counters keep their labels); `cellwatch uninstall` and \
+     a fresh start number them anew, counting from zero"
 )]
 pub struct IdsExhausted;
 

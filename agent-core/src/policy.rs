@@ -15,6 +15,77 @@ use crate::{
     ids::{CellIds, IdsExhausted},
 };
 
+/// A config whose compiled form does not fit one of the kernel's maps: it is refused
+/// before anything is written (by `check-config`, at start and on reload), so a write
+/// never fails part-way for want of room.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the config needs {needed} entries in the kernel map {map} ({what}), which holds {capacity}"
+)]
+pub struct TooBig {
+    pub map: &'static str,
+    pub what: &'static str,
+    pub needed: usize,
+    pub capacity: u32,
+}
+
+impl TooBig {
+    /// As a config problem of the file `path` (a whole-file one, so at 1:1).
+    pub fn located(&self, path: &str) -> crate::config::ConfigError {
+        crate::config::ConfigError::Invalid {
+            path: path.to_owned(),
+            problems: vec![crate::config::Problem {
+                line: 1,
+                column: 1,
+                message: self.to_string(),
+            }],
+        }
+    }
+}
+
+impl Compiled {
+    /// Checks every map the config fills against its capacity.
+    pub fn fits(&self) -> Result<(), TooBig> {
+        use agent_common::{
+            CELLS_V4_CAPACITY, CELLS_V6_CAPACITY, POLICY_CAPACITY, SERVICES_CAPACITY,
+        };
+        let v4 = |n: &IpNet| matches!(n, IpNet::V4(_));
+        let tries = [
+            (
+                "CELLS_V4_A/_B",
+                "IPv4 prefixes of cells, ignored ranges, service_cidrs and services",
+                self.prefixes.iter().filter(|(n, _)| v4(n)).count(),
+                CELLS_V4_CAPACITY,
+            ),
+            (
+                "CELLS_V6_A/_B",
+                "IPv6 prefixes of cells, ignored ranges, service_cidrs and services",
+                self.prefixes.iter().filter(|(n, _)| !v4(n)).count(),
+                CELLS_V6_CAPACITY,
+            ),
+            (
+                "SERVICES_V4_A/_B",
+                "IPv4 prefixes times ports of the services with ports",
+                self.ported.iter().filter(|(n, ..)| v4(n)).count(),
+                SERVICES_CAPACITY,
+            ),
+            (
+                "SERVICES_V6_A/_B",
+                "IPv6 prefixes times ports of the services with ports",
+                self.ported.iter().filter(|(n, ..)| !v4(n)).count(),
+                SERVICES_CAPACITY,
+            ),
+            ("POLICY_A/_B", "allow rules times their ports", self.allow.len(), POLICY_CAPACITY),
+        ];
+        for (map, what, needed, capacity) in tries {
+            if needed > capacity as usize {
+                return Err(TooBig { map, what, needed, capacity });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The contents of the kernel's cell and policy maps for one config.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Compiled {
@@ -71,6 +142,16 @@ pub fn compile(cfg: &Config, ids: &mut CellIds) -> Result<Compiled, IdsExhausted
                 match out.prefixes.iter_mut().find(|(n, _)| n == net) {
                     Some(e) => e.1 = entry,
                     None => out.prefixes.push((*net, entry)),
+                }
+                // The cell's own more specific prefixes inside it win the longest-prefix
+                // match, so they name the service too (no other cell's prefix, and no
+                // other service without ports, lies inside it: the config is validated).
+                for e in out.prefixes.iter_mut().filter(|(n, _)| n != net && net.contains(n)) {
+                    if agent_common::entry_cell(e.1) == cell
+                        && agent_common::entry_service(e.1) == agent_common::NO_SERVICE
+                    {
+                        e.1 = entry;
+                    }
                 }
             } else {
                 out.ported.extend(svc.ports.iter().map(|port| (*net, *port, id)));

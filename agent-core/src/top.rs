@@ -535,7 +535,22 @@ pub fn violation_line(v: &Violation, now: f64) -> String {
     if v.denied {
         let _ = write!(line, "  (refused: enforce mode)");
     }
-    line
+    printable(&line)
+}
+
+/// `s` with every control character escaped (`\u{1b}`...): a process can name itself
+/// anything, escape sequences that would erase or rewrite the operator's screen included.
+pub fn printable(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_owned();
+    }
+    s.chars()
+        .flat_map(|c| {
+            let esc: Vec<char> =
+                if c.is_control() { c.escape_default().collect() } else { vec![c] };
+            esc
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -807,6 +822,14 @@ cellwatch_live_sweep_connections_total{result=\"kept\"} 9
         let denied = Violation { denied: true, ..violation(0.0, "a", "b", "egress", None) };
         assert!(violation_line(&denied, 7200.0).contains("2h ago  a -> b  -  "));
         assert!(violation_line(&denied, 0.0).ends_with("(refused: enforce mode)"));
+        // A process that names itself with escape sequences erases nothing on screen.
+        let rogue = Violation {
+            comm: Some("\u{1b}[2J\u{1b}[Hok\r".to_owned()),
+            ..violation(0.0, "a", "b", "egress", Some(7))
+        };
+        let shown = violation_line(&rogue, 0.0);
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(shown.contains("\\u{1b}[2J\\u{1b}[Hok\\r[7]"), "{shown}");
     }
 
     #[test]

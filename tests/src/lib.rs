@@ -169,6 +169,8 @@ pub struct AgentOpts<'a> {
     /// A network namespace (`ip netns` name) to run the agent in, as a node's agent runs
     /// in the node's: its HTTP endpoints are then reached from inside it.
     pub netns: Option<&'a str>,
+    /// Listen on every address (`0.0.0.0`, as the DaemonSet does) rather than loopback.
+    pub listen_all: bool,
 }
 
 impl Agent {
@@ -203,7 +205,8 @@ impl Agent {
     fn launch(opts: AgentOpts<'_>) -> Result<Self, String> {
         let dir = TempDir::new("agent");
         let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
+        let host = if opts.listen_all { "0.0.0.0" } else { "127.0.0.1" };
+        let listen = format!("{host}:{port}");
         let stderr = dir.0.join("stderr.log");
         let mut argv: Vec<String> = opts.wrapper.iter().map(|s| (*s).to_owned()).collect();
         if let Some(ns) = opts.netns {
@@ -381,10 +384,12 @@ pub fn cellwatch(wrapper: &[&str], args: &[&str]) -> (ExitStatus, String, String
 
 /// A minimal HTTP/1.0 GET on loopback: (status, body).
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(
-        &SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_secs(2),
-    )?;
+    http_get_at(SocketAddr::from(([127, 0, 0, 1], port)), path)
+}
+
+/// [`http_get`] from any address: the status code and the body.
+pub fn http_get_at(at: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&at, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
     let mut raw = String::new();

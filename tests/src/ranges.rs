@@ -24,6 +24,7 @@
 //! | enforce, network namespace | 10.251.0.0/16, and fd00:251::/64 | the veth pair of the pod-like namespace the test makes |
 //! | vip, network namespaces | 10.252.0.0/16, and fd00:252::/48 | kube-proxy's layout: node and pod namespaces; test `t` takes 10.252.(20t)–(20t+9) |
 //! | bench vip, network namespaces | 10.253.0.0/16 | `cargo xtask bench vip`'s cluster |
+//! | http, network namespace | 10.254.0.0/16 | the veth pair of a pod-like client of the agent's endpoints |
 //! | deploy | 10.0–2 | fixed by the shipped cell map (`deploy/kustomize/cells.yaml`); no traffic |
 //!
 //! The startup area makes no traffic and uses the harness range only. A new test takes
@@ -84,6 +85,8 @@ pub const ENFORCE_NETNS: Block = Block::new(10, 251, 251);
 pub const DEPLOY: Block = Block::new(10, 0, 2);
 /// With fd00:252::/48 for IPv6: the node and pod namespaces of kube-proxy's layout.
 pub const KUBEPROXY_NETNS: Block = Block::new(10, 252, 252);
+/// The veth pair of the http area's pod-like namespace (a client off the node).
+pub const HTTP_NETNS: Block = Block::new(10, 254, 254);
 /// `cargo xtask bench vip`'s cluster (never beside the tests, but kept apart anyway).
 pub const VIP_BENCH: Block = Block::new(10, 253, 253);
 
@@ -108,6 +111,7 @@ pub const TABLE: &[(&str, Block)] = &[
     ("deploy", DEPLOY),
     ("vip, network namespaces", KUBEPROXY_NETNS),
     ("bench vip, network namespaces", VIP_BENCH),
+    ("http, network namespace", HTTP_NETNS),
 ];
 
 #[cfg(test)]

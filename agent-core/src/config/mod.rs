@@ -144,18 +144,8 @@ impl Config {
 
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let shown = path.display().to_string();
-        let read_err = |source| ConfigError::Read { path: shown.clone(), source };
-        let meta = std::fs::metadata(path).map_err(read_err)?;
-        if meta.len() > MAX_CONFIG_BYTES {
-            return Err(ConfigError::TooLarge {
-                path: shown,
-                size: meta.len(),
-                max: MAX_CONFIG_BYTES,
-            });
-        }
-        let bytes = std::fs::read(path).map_err(read_err)?;
-        Self::from_bytes(&shown, &bytes)
+        let bytes = read_file(path)?;
+        Self::from_bytes(&path.display().to_string(), &bytes)
     }
 
     /// Parses and validates a config file's content; `path` only names it in messages.
@@ -187,6 +177,32 @@ impl Config {
     pub fn prefix_count(&self) -> usize {
         self.cells.iter().map(|c| c.cidrs.len()).sum()
     }
+}
+
+/// A config file's bytes: a regular file (a link to one, as a ConfigMap mounts it, is
+/// followed), read up to one byte past the most a cell map can need, so a FIFO or a
+/// device never hangs the read and a huge file is never read whole.
+pub fn read_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    use std::io::Read;
+    let shown = path.display().to_string();
+    let read_err = |source| ConfigError::Read { path: shown.clone(), source };
+    let meta = std::fs::metadata(path).map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(read_err(std::io::Error::other("it is not a regular file")));
+    }
+    let too_large =
+        |size| ConfigError::TooLarge { path: shown.clone(), size, max: MAX_CONFIG_BYTES };
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(too_large(meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
 }
 
 /// v4-mapped IPv6 addresses resolve as IPv4, as in the kernel.

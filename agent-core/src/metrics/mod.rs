@@ -23,6 +23,9 @@ pub struct Snapshot {
     /// Ring-buffer records the agent could not decode (never expected; counted to be
     /// seen): `cellwatch_events_lost_total{source="violation_undecodable"}`.
     pub undecodable_events: u64,
+    /// Violation log lines the agent's node-wide rate held back (the events are served
+    /// at `/violations` all the same): `cellwatch_violation_log_suppressed_total`.
+    pub log_suppressed: u64,
     /// Time per `sock_ops` op, when the agent profiles the kernel (`--profile-kernel`).
     pub ops: Vec<OpTime>,
     /// The config's cells and services, for `cellwatch_cell_info` and

@@ -40,6 +40,7 @@ fn snapshot_renders_the_contract_metrics() {
         counters: [0; agent_common::COUNTERS_LEN as usize],
         fill: vec![MapFill { map: "conns", entries: 2, capacity: 10 }],
         undecodable_events: 3,
+        log_suppressed: 4,
         ops: Vec::new(),
         catalog: Catalog::default(),
     };
@@ -62,6 +63,7 @@ fn snapshot_renders_the_contract_metrics() {
         r#"cellwatch_map_capacity{map="conns"} 10"#,
         r#"cellwatch_events_lost_total{source="conn_table_full"} 0"#,
         r#"cellwatch_events_lost_total{source="violation_undecodable"} 3"#,
+        "cellwatch_violation_log_suppressed_total 4",
         "# TYPE cellwatch_rtt_seconds histogram",
         "# TYPE cellwatch_connections_active gauge",
     ] {

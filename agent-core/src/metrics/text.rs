@@ -430,6 +430,11 @@ fn bookkeeping(snap: &Snapshot, out: &mut Out<'_>) {
     ] {
         let _ = writeln!(f.line(), "{name}{{source=\"{source}\"}} {n}");
     }
+    let name = "cellwatch_violation_log_suppressed_total";
+    let help = "Violation log lines held back by the agent's node-wide log rate (20 a second, \
+                bursts of 100); the events are served at /violations all the same";
+    let mut f = Family::new(out, name, "counter", help);
+    let _ = writeln!(f.line(), "{name} {}", snap.log_suppressed);
     let name = "cellwatch_events_total";
     let mut f =
         Family::new(out, name, "counter", "Kernel events delivered to the agent, by source");

@@ -169,3 +169,53 @@ fn services_compile_into_the_tries_and_match_the_reference() {
     assert_eq!(service(&c, ip("10.0.7.1"), 5432), None);
     assert_eq!(service(&c, ip("192.0.2.1"), 5432), None);
 }
+
+/// A service with ports is cidrs x ports entries: past the tries' capacity the compiled
+/// config says which map and how many, before anything is written.
+#[test]
+fn a_config_past_a_maps_capacity_names_the_map_and_the_figures() {
+    let cidrs: Vec<String> =
+        (0..300).map(|i| format!("\"10.0.{}.{}/32\"", i / 250, i % 250)).collect();
+    let ports: Vec<String> = (1..=300).map(|p| p.to_string()).collect();
+    let yaml = format!(
+        "cells:\n  - {{ name: global, global: true, cidrs: [\"10.0.0.0/16\"] }}\n\
+         services:\n  - {{ name: big, cidrs: [{}], ports: [{}] }}\n",
+        cidrs.join(", "),
+        ports.join(", ")
+    );
+    let cfg = Config::parse("t.yaml", &yaml).unwrap();
+    let c = compile(&cfg, &mut CellIds::default()).unwrap();
+    let e = c.fits().unwrap_err();
+    assert_eq!((e.map, e.needed, e.capacity), ("SERVICES_V4_A/_B", 90_000, 65_536));
+    let shown = e.located("t.yaml").to_string();
+    assert!(
+        shown.starts_with(
+            "t.yaml:1:1: the config needs 90000 entries in the kernel map SERVICES_V4_A/_B"
+        ),
+        "{shown}"
+    );
+    assert!(compile(&cfg_of_default(), &mut CellIds::default()).unwrap().fits().is_ok());
+}
+
+fn cfg_of_default() -> Config {
+    cfg("allow")
+}
+
+/// A cell's more specific prefix inside a service without ports wins the kernel's
+/// longest-prefix match, so it names the service too, as the reference does (found by
+/// the kernel-vs-reference property test on 6.12).
+#[test]
+fn a_cells_nested_prefix_inside_a_service_names_the_service() {
+    let yaml = "cells:\n  - name: g\n    global: true\n    cidrs: [\"10.6.0.0/22\", \"10.6.0.0/23\"]\n\
+                services:\n  - { name: s2, cidrs: [\"10.6.0.0/22\"] }\n";
+    let cfg = Config::parse("t.yaml", yaml).unwrap();
+    let mut ids = CellIds::default();
+    let c = compile(&cfg, &mut ids).unwrap();
+    let svc = ids.service_id("s2").unwrap();
+    for p in ["10.6.0.0/22", "10.6.0.0/23"] {
+        let net: IpNet = p.parse().unwrap();
+        let entry = c.prefixes.iter().find(|(n, _)| *n == net).unwrap().1;
+        assert_eq!(agent_common::entry_service(entry), svc, "{p}");
+    }
+    assert_eq!(service(&cfg, ip("10.6.1.9"), 80), Some("s2"));
+}

@@ -3,10 +3,21 @@
 
 use std::path::Path;
 
-use agent_core::config::{Config, ConfigError};
+use agent_core::{
+    config::{Config, ConfigError, Problem},
+    ids::CellIds,
+    policy::compile,
+};
 
 pub(crate) fn check_config(file: &Path) -> Result<(), ConfigError> {
     let cfg = Config::load(file)?;
+    // What the kernel's maps would hold: a config they cannot hold is refused here too.
+    let shown = file.display().to_string();
+    let compiled = compile(&cfg, &mut CellIds::default()).map_err(|e| ConfigError::Invalid {
+        path: shown.clone(),
+        problems: vec![Problem { line: 1, column: 1, message: e.to_string() }],
+    })?;
+    compiled.fits().map_err(|e| e.located(&shown))?;
     println!("{}: ok: {}", file.display(), summary(&cfg));
     Ok(())
 }

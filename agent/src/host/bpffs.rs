@@ -11,8 +11,8 @@ use std::{
 pub(crate) struct PinDir(PathBuf);
 
 impl PinDir {
-    const MAPS: &str = "maps";
-    const LINKS: &str = "links";
+    pub(crate) const MAPS: &str = "maps";
+    pub(crate) const LINKS: &str = "links";
 
     pub(crate) fn new(root: &Path) -> Self {
         Self(root.to_owned())

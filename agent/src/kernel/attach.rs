@@ -15,7 +15,7 @@ use tracing::{debug, error};
 
 use super::{
     error::KernelError,
-    object::{Hook, PROGRAMS, SEEDED_CLOSE, TCP},
+    object::{Hook, NEXT_SUFFIX, PROGRAMS, SEEDED_CLOSE, TCP},
     pins::{self, PinnedState},
 };
 use crate::host::bpffs::PinDir;
@@ -60,8 +60,7 @@ pub(super) fn install(
             // by whichever removes it from SEEDED), so the overlap counts nothing twice.
             (true, Hook::Tracepoint(_)) => {
                 let link = attach(ebpf, name, hook, &cgroup, cgroup_root)?;
-                // bpffs refuses names with a dot.
-                let next = dir.link(&format!("{name}_next"));
+                let next = dir.link(&format!("{name}{NEXT_SUFFIX}"));
                 pin(link, &next)?;
                 std::fs::rename(&next, &path)
                     .map_err(|source| KernelError::Pin { path: path.clone(), source })?;

@@ -42,7 +42,13 @@ pub(super) fn apply(m: &mut Maps, next: &Compiled) -> Result<(), KernelError> {
         set.holds = read_set(set)?;
         set.known = true;
     }
-    write_set(set, next)?;
+    if let Err(e) = write_set(set, next) {
+        // Part of it may be written: what the set holds is known no more, and is read
+        // back from the kernel before the next write, which then brings it to the config
+        // whole. The programs go on reading the other set, untouched.
+        set.known = false;
+        return Err(e);
+    }
     let set_index = u32::from(target == 1);
     let settings = map_err(object::SETTINGS);
     m.settings.set(SETTING_EXTERNAL + set_index, next.external, 0).map_err(settings)?;

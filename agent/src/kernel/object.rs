@@ -137,6 +137,39 @@ pub(super) const PINNED_MAPS: &[&str] = &[
     AYA_LOGS,
 ];
 
+/// Maps and links that earlier layouts pinned (before layout 4), so that discarding or
+/// uninstalling their state removes them too: the only names beside this build's that
+/// uninstall removes.
+pub(super) const RETIRED_MAPS: &[&str] = &[
+    "CELLS_V4",
+    "CELLS_V6",
+    "CELL_INFO",
+    "CONNS",
+    "EVENT_RATE",
+    "OWNERS",
+    "POLICY",
+    "SEED_OPENED",
+];
+pub(super) const RETIRED_LINKS: &[&str] = &["cellwatch_rst"];
+
+/// The suffix of a link pinned beside the one it replaces, for a moment (bpffs refuses
+/// names with a dot).
+pub(super) const NEXT_SUFFIX: &str = "_next";
+
+/// Whether `name` is a map the agent pins (now or in an earlier layout).
+pub(super) fn is_our_map(name: &str) -> bool {
+    PINNED_MAPS.contains(&name) || RETIRED_MAPS.contains(&name)
+}
+
+/// Whether `name` is a link the agent pins: a program on a hook (now or in an earlier
+/// layout), or one about to replace it.
+pub(super) fn is_our_link(name: &str) -> bool {
+    let base = name.strip_suffix(NEXT_SUFFIX).unwrap_or(name);
+    PROGRAMS.iter().any(|(n, _)| *n == base)
+        || SEEDED_CLOSE.0 == base
+        || RETIRED_LINKS.contains(&base)
+}
+
 /// aya-log's ring buffer, made by `aya-log-ebpf`.
 const AYA_LOGS: &str = "AYA_LOGS";
 

@@ -82,7 +82,7 @@ pub(super) fn read(m: &Maps) -> Result<Snapshot, KernelError> {
         cells: c.info.iter().map(|(id, i)| (*id, i.flags & CELL_FLAG_GLOBAL != 0)).collect(),
         services: c.services.clone(),
     };
-    Ok(Snapshot { pairs, counters, fill, undecodable_events: 0, ops, catalog })
+    Ok(Snapshot { pairs, counters, fill, undecodable_events: 0, log_suppressed: 0, ops, catalog })
 }
 
 fn one_by_one(m: &Maps) -> Result<Vec<(PairKey, PairStats)>, KernelError> {

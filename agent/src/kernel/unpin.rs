@@ -6,7 +6,7 @@
 use std::{
     collections::HashSet,
     fs, io,
-    path::Path,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -15,6 +15,7 @@ use aya::programs::{
     loaded_programs,
 };
 
+use super::object;
 use crate::host::{bpffs::PinDir, mounts::Mounts};
 
 /// How long uninstall waits for the kernel to free the detached programs.
@@ -50,8 +51,9 @@ pub(crate) fn clear(dir: &Path) -> Result<Removed, UninstallError> {
 }
 
 fn unpin(dir: &Path, and_dir: bool) -> Result<Removed, UninstallError> {
-    let programs = linked_programs(dir);
-    let objects = remove(dir, and_dir)?;
+    let Some(plan) = plan(dir)? else { return Ok(Removed::default()) };
+    let programs = linked_programs(&plan);
+    let objects = remove(&plan, and_dir)?;
     let deadline = Instant::now() + SETTLE;
     let mut left = programs;
     while !left.is_empty() {
@@ -65,62 +67,128 @@ fn unpin(dir: &Path, and_dir: bool) -> Result<Removed, UninstallError> {
     Ok(Removed { objects, still_loaded: left.len() })
 }
 
-/// Ids of the programs the links pinned under `dir` run.
-fn linked_programs(dir: &Path) -> Vec<u32> {
-    let Ok(entries) = fs::read_dir(PinDir::new(dir).links()) else { return Vec::new() };
-    entries
-        .flatten()
-        .filter_map(|e| PinnedLink::from_pin(e.path()).ok())
+/// Ids of the programs the planned link pins run.
+fn linked_programs(plan: &Plan) -> Vec<u32> {
+    let links = PinDir::new(&plan.root).links();
+    plan.pins
+        .iter()
+        .filter(|p| p.starts_with(&links))
+        .filter_map(|p| PinnedLink::from_pin(p).ok())
         .filter_map(|l| FdLink::from(l).info().ok())
         .map(|i| i.program_id())
         .collect()
 }
 
-/// Removes what is under the pin directory, and the directory itself when `and_dir`;
-/// returns how many pinned objects were removed (0 when there was nothing).
-fn remove(dir: &Path, and_dir: bool) -> Result<usize, UninstallError> {
+/// Removes the planned pins and subdirectories, and the directory itself when
+/// `and_dir`; returns how many pinned objects were removed. Only what the agent pins
+/// goes, and only once all of it is known to be that (see [`plan`]): anything else there,
+/// a symbolic link anywhere, or a directory that is not on a bpf filesystem, and nothing
+/// is removed.
+fn remove(plan: &Plan, and_dir: bool) -> Result<usize, UninstallError> {
     let err = |p: &Path| {
         let path = p.display().to_string();
         move |source| UninstallError { path, source }
     };
-    match fs::symlink_metadata(dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(err(dir)(e)),
-        Ok(_) => {}
+    for pin in &plan.pins {
+        fs::remove_file(pin).map_err(err(pin))?;
     }
-    // Everything under the directory goes: make sure it is pins, not a directory given
-    // by mistake.
-    let mounts = Mounts::read();
-    let fstype = mounts.covering(dir).map(|m| m.fstype.as_str());
-    if fstype != Some("bpf") {
-        let on = fstype
-            .map_or_else(|| "no known filesystem".to_owned(), |t| format!("a {t} filesystem"));
-        return Err(err(dir)(io::Error::other(format!(
-            "it is on {on}, not a bpf filesystem, so it holds no pins; nothing was removed"
-        ))));
+    for sub in &plan.subdirs {
+        fs::remove_dir(sub).map_err(err(sub))?;
     }
-    let mut removed = 0;
-    remove_tree(dir, &mut removed, &err)?;
     if and_dir {
-        fs::remove_dir(dir).map_err(err(dir))?;
+        fs::remove_dir(&plan.root).map_err(err(&plan.root))?;
     }
-    Ok(removed)
+    Ok(plan.pins.len())
 }
 
-fn remove_tree<F, G>(dir: &Path, removed: &mut usize, err: &F) -> Result<(), UninstallError>
-where
-    F: Fn(&Path) -> G,
-    G: FnOnce(io::Error) -> UninstallError,
-{
-    for entry in fs::read_dir(dir).map_err(err(dir))? {
-        let path = entry.map_err(err(dir))?.path();
-        if path.is_dir() {
-            remove_tree(&path, removed, err)?;
-            fs::remove_dir(&path).map_err(err(&path))?;
-        } else {
-            fs::remove_file(&path).map_err(err(&path))?;
-            *removed += 1;
+/// What removing a pin directory removes: its pins, then its two subdirectories.
+#[derive(Debug)]
+struct Plan {
+    root: PathBuf,
+    pins: Vec<PathBuf>,
+    subdirs: Vec<PathBuf>,
+}
+
+/// Checks every entry of the pin directory before anything is removed; `None` when the
+/// directory does not exist. The directory is taken as the kernel resolves it (`..` and
+/// links in the path above it resolved), must not itself be a symbolic link, must be on
+/// a bpf filesystem but not its root, and may hold only `maps/` with the agent's map
+/// names and `links/` with its program names, each a pin (no link, no directory).
+fn plan(dir: &Path) -> Result<Option<Plan>, UninstallError> {
+    let refuse = |p: &Path, why: String| UninstallError {
+        path: p.display().to_string(),
+        source: io::Error::other(format!("{why}; nothing was removed")),
+    };
+    let io_err = |p: &Path| {
+        let path = p.display().to_string();
+        move |source| UninstallError { path, source }
+    };
+    match fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(dir)(e)),
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(refuse(dir, "it is a symbolic link; name the pin directory itself".into()));
+        }
+        Ok(m) if !m.is_dir() => return Err(refuse(dir, "it is not a directory".into())),
+        Ok(_) => {}
+    }
+    let root = fs::canonicalize(dir).map_err(io_err(dir))?;
+    let mounts = Mounts::read();
+    match mounts.covering(&root) {
+        Some(m) if m.fstype == "bpf" && m.point == root => {
+            return Err(refuse(
+                dir,
+                "it is the root of a bpf filesystem, where other tools pin too, not a pin \
+                 directory of cellwatch"
+                    .into(),
+            ));
+        }
+        Some(m) if m.fstype == "bpf" => {}
+        other => {
+            let on = other.map_or_else(
+                || "no known filesystem".to_owned(),
+                |m| format!("a {} filesystem", m.fstype),
+            );
+            return Err(refuse(
+                dir,
+                format!("it is on {on}, not a bpf filesystem, so it holds no pins"),
+            ));
         }
     }
-    Ok(())
+    let mut plan = Plan { root: root.clone(), pins: Vec::new(), subdirs: Vec::new() };
+    for entry in fs::read_dir(&root).map_err(io_err(&root))? {
+        let entry = entry.map_err(io_err(&root))?;
+        let path = entry.path();
+        let kind = entry.file_type().map_err(io_err(&path))?;
+        let name = entry.file_name();
+        let sub: Option<fn(&str) -> bool> = match name.to_str() {
+            Some(PinDir::MAPS) => Some(object::is_our_map),
+            Some(PinDir::LINKS) => Some(object::is_our_link),
+            _ => None,
+        };
+        let Some(ours) = sub.filter(|_| kind.is_dir()) else {
+            return Err(refuse(&path, stray(&kind)));
+        };
+        for pin in fs::read_dir(&path).map_err(io_err(&path))? {
+            let pin = pin.map_err(io_err(&path))?;
+            let pin_path = pin.path();
+            let pin_kind = pin.file_type().map_err(io_err(&pin_path))?;
+            let known = pin.file_name().to_str().is_some_and(ours);
+            if !known || !pin_kind.is_file() {
+                return Err(refuse(&pin_path, stray(&pin_kind)));
+            }
+            plan.pins.push(pin_path);
+        }
+        plan.subdirs.push(path);
+    }
+    Ok(Some(plan))
+}
+
+/// Why an entry of a pin directory is not the agent's, as the refusal says it.
+fn stray(kind: &fs::FileType) -> String {
+    if kind.is_symlink() {
+        "it is a symbolic link, which cellwatch never pins and uninstall never follows".into()
+    } else {
+        "it is not something cellwatch pins (another tool's pin, or a file put there)".into()
+    }
 }

@@ -7,6 +7,7 @@
 use std::{
     convert::Infallible,
     future::Future,
+    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -54,6 +55,17 @@ pub(crate) enum Unanswered {
     Unavailable(String),
     /// Reading it failed (500).
     Failed(String),
+}
+
+/// The endpoints that name pods, processes and addresses: answered only to clients on
+/// this node, whatever address the agent listens on (`/metrics`, `/healthz` and
+/// `/readyz` answer everyone, as a scraper and the kubelet expect).
+const DETAIL: [&str; 2] = ["/connections", "/violations"];
+
+/// Whether a client is on this node: it connected from a loopback address (a pod, even
+/// one reaching the agent's host-network listener, comes from its own address).
+fn on_this_node(peer: SocketAddr) -> bool {
+    peer.ip().to_canonical().is_loopback()
 }
 
 /// What each JSON endpoint accepts.
@@ -114,13 +126,28 @@ fn exposition(e: &impl Endpoints, gzip: bool) -> Result<Bytes, String> {
 }
 
 impl<E: Endpoints> Server<E> {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Resp, Infallible> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported\n");
             r.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
             return Ok(r);
         }
-        Ok(match req.uri().path() {
+        let path = req.uri().path();
+        if DETAIL.contains(&path) && !on_this_node(peer) {
+            return Ok(text(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{path} names this node's pods and processes, so it is served only to \
+                     clients on the node (loopback), not to {}\n",
+                    peer.ip()
+                ),
+            ));
+        }
+        Ok(match path {
             "/metrics" => {
                 let e = self.endpoints.clone();
                 let gzip = accepts_gzip(req.headers());
@@ -221,7 +248,7 @@ impl<E: Endpoints> Server<E> {
             let mut stop = stop_rx.clone();
             conns.spawn(async move {
                 let _permit = permit;
-                let svc = service_fn(move |req| server.clone().handle(req));
+                let svc = service_fn(move |req| server.clone().handle(req, peer));
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(HEADER_TIMEOUT)

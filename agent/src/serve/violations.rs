@@ -10,7 +10,7 @@ use std::{
         Arc, Mutex, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use agent_common::{ViolationEvent, direction_label};
@@ -63,11 +63,53 @@ pub(crate) struct Recent {
     events: Mutex<VecDeque<Violation>>,
     /// Records the agent could not decode (never expected; counted to be seen).
     bad_records: AtomicU64,
+    /// How many violation log lines may be written now: one node-wide bucket, whatever
+    /// the per-pair rate lets through, so a storm of leaking pairs cannot flood the
+    /// node's logs.
+    log: Mutex<LogBucket>,
+    /// Log lines the bucket held back (the events are kept and served all the same).
+    log_suppressed: AtomicU64,
 }
 
 impl Default for Recent {
     fn default() -> Self {
-        Self { events: Mutex::new(VecDeque::with_capacity(RECENT)), bad_records: AtomicU64::new(0) }
+        Self {
+            events: Mutex::new(VecDeque::with_capacity(RECENT)),
+            bad_records: AtomicU64::new(0),
+            log: Mutex::new(LogBucket::new(Instant::now())),
+            log_suppressed: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Violation log lines per second, node-wide, and the burst allowed.
+const LOG_RATE: f64 = 20.0;
+const LOG_BURST: f64 = 100.0;
+
+/// A token bucket: `LOG_RATE` tokens a second, at most `LOG_BURST`.
+struct LogBucket {
+    tokens: f64,
+    at: Instant,
+    /// Held back since the last line written, said in the next one.
+    held_back: u64,
+}
+
+impl LogBucket {
+    fn new(now: Instant) -> Self {
+        Self { tokens: LOG_BURST, at: now, held_back: 0 }
+    }
+
+    /// `Some(lines held back before this one)` when a line may be written at `now`.
+    fn take(&mut self, now: Instant) -> Option<u64> {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + dt * LOG_RATE).min(LOG_BURST);
+        self.at = now;
+        if self.tokens < 1.0 {
+            self.held_back += 1;
+            return None;
+        }
+        self.tokens -= 1.0;
+        Some(std::mem::take(&mut self.held_back))
     }
 }
 
@@ -83,6 +125,11 @@ impl Recent {
     /// How many ring-buffer records could not be decoded.
     pub(crate) fn undecodable(&self) -> u64 {
         self.bad_records.load(Ordering::Relaxed)
+    }
+
+    /// How many violation log lines the node-wide bucket held back.
+    pub(crate) fn log_suppressed(&self) -> u64 {
+        self.log_suppressed.load(Ordering::Relaxed)
     }
 
     /// The most recent `limit`, newest first.
@@ -132,6 +179,11 @@ impl Recent {
             }
         };
         let v = view(&e, &sync::read(ids), cgroups);
+        let Some(held_back) = sync::lock(&self.log).take(Instant::now()) else {
+            self.log_suppressed.fetch_add(1, Ordering::Relaxed);
+            self.push(v);
+            return;
+        };
         info!(
             target: "cellwatch::violation",
             src_cell = %v.src.cell,
@@ -144,6 +196,7 @@ impl Recent {
             container_id = v.container_id.as_deref(),
             pod_uid = v.pod_uid.as_deref(),
             denied = v.denied,
+            log_lines_held_back = held_back,
             "{}",
             if v.denied {
                 "cross-cell connect refused (enforce mode)"
@@ -184,6 +237,19 @@ pub(crate) fn spawn_drain(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_log_bucket_lets_a_burst_through_then_its_rate_and_counts_the_rest() {
+        let t0 = Instant::now();
+        let mut b = LogBucket::new(t0);
+        let burst = (0..1000).filter(|_| b.take(t0).is_some()).count();
+        assert_eq!(burst, 100);
+        // One second later: 20 more, the first of which says what was held back.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(b.take(t1), Some(900));
+        let more = (0..100).filter(|_| b.take(t1).is_some()).count();
+        assert_eq!(more, 19);
+    }
 
     #[test]
     fn recent_keeps_the_newest() {

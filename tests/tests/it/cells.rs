@@ -421,6 +421,41 @@ fn bad_and_deleted_configs_keep_the_running_one() {
         agent.stderr()
     );
 
+    // A valid config whose services with ports need more trie entries (300 addresses
+    // times 300 ports) than the kernel's map holds: refused before anything is written,
+    // with the map and the figures, and the old config still judges.
+    let octet = |v: u16| u8::try_from(v).unwrap();
+    let hosts: Vec<String> = (0..300u16)
+        .map(|i| format!("\"{}/32\"", CELLS.ip(RED + 1, 1 + octet(i / 250), 1 + octet(i % 250))))
+        .collect();
+    let ports: Vec<String> = (1..=300).map(|p: u16| p.to_string()).collect();
+    let too_big = format!(
+        "{}services:\n  - {{ name: wide, cidrs: [{}], ports: [{}] }}\n",
+        two_cells("huge", RED),
+        hosts.join(", "),
+        ports.join(", ")
+    );
+    let before = errors(&agent);
+    write_atomic(&agent.config_path(), &too_big);
+    await_reloads(&agent, "error", before + 1.0);
+    assert!(
+        agent
+            .stderr()
+            .contains("the config needs 90000 entries in the kernel map SERVICES_V4_A/_B"),
+        "{}",
+        agent.stderr()
+    );
+    assert_eq!(egress(&probe(&agent, &sink), "red-a", "red-b"), 3.0);
+    let dir = cellwatch_tests::TempDir::new("too-big");
+    let file = dir.write("cells.yaml", &too_big);
+    let (status, out, err) =
+        cellwatch_tests::cellwatch(&[], &["check-config", file.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(2), "{out}{err}");
+    assert!(
+        err.starts_with(&format!("{}:1:1: the config needs 90000 entries", file.display())),
+        "{err}"
+    );
+
     // A good file again: picked up by the directory watch.
     write_atomic(&agent.config_path(), &two_cells("rose", RED));
     await_reloads(&agent, "success", 1.0);

@@ -9,8 +9,9 @@ use std::{
 };
 
 use cellwatch_tests::{
-    Agent, AgentOpts, Metrics, Server, clients, http_get,
-    ranges::{HARNESS, HTTP},
+    Agent, AgentOpts, Metrics, Server, clients, http_get, http_get_at,
+    netns::Netns,
+    ranges::{HARNESS, HTTP, HTTP_NETNS},
 };
 
 fn cells() -> String {
@@ -136,4 +137,37 @@ fn oversized_headers_slow_clients_and_bad_parameters_are_refused_without_harm() 
         assert!(body.contains(want), "{path}: {body}");
     }
     assert_eq!(http_get(port, "/metrics").unwrap().0, 200, "still serving after all that");
+}
+
+/// Listening on every address as the DaemonSet does (`hostNetwork`, `0.0.0.0`), the agent
+/// answers `/metrics` and the probes to a pod (a network namespace of its own, joined by
+/// a veth pair), but not `/connections` or `/violations`, which name the node's pods and
+/// processes: those are for clients on the node, over loopback.
+#[test]
+fn detail_endpoints_answer_clients_on_the_node_only() {
+    let agent = Agent::start(AgentOpts { listen_all: true, ..AgentOpts::default() });
+    let (node, pod_ip) = (HTTP_NETNS.ip(0, 0, 1), HTTP_NETNS.ip(0, 0, 2));
+    let pod = Netns::new("detail", &[(node, pod_ip, 24)]);
+    let at = std::net::SocketAddr::new(node, agent.port);
+    for (path, want) in [
+        ("/metrics", 200),
+        ("/healthz", 200),
+        ("/readyz", 200),
+        ("/connections", 403),
+        ("/violations?limit=5", 403),
+    ] {
+        let (code, body) = pod.inside(|| http_get_at(at, path)).unwrap();
+        assert_eq!(code, want, "{path} from the pod: {body}");
+        if want == 403 {
+            assert_eq!(body.trim().lines().count(), 1, "{body}");
+            assert!(body.contains("served only to clients on the node"), "{body}");
+            assert!(body.contains(&pod_ip.to_string()), "{body}");
+            assert!(!body.contains("cell"), "nothing of the detail leaks: {body}");
+        }
+    }
+    for path in ["/connections", "/violations"] {
+        let (code, body) = agent.get(path).unwrap();
+        assert_eq!(code, 200, "{path} over loopback: {body}");
+        assert!(body.starts_with('['), "{body}");
+    }
 }

@@ -256,6 +256,90 @@ fn uninstall_refuses_a_directory_that_is_not_bpffs_and_removes_nothing() {
     assert_eq!(std::fs::read_to_string(&kept).unwrap(), "keep me");
 }
 
+/// A pin directory the agent made and left (SIGTERM): its maps and links.
+fn left_pins() -> (Pins, Vec<u32>) {
+    let pins = Pins::new();
+    let mut agent = Agent::start(AgentOpts { pins: Some(&pins), ..AgentOpts::default() });
+    let ids = prog_ids_of(agent.pid());
+    assert!(agent.stop().success(), "{}", agent.stderr());
+    (pins, ids)
+}
+
+/// The pins under a directory, by relative path.
+fn pinned(dir: &std::path::Path) -> Vec<String> {
+    let mut all = Vec::new();
+    for sub in ["maps", "links"] {
+        for e in std::fs::read_dir(dir.join(sub)).unwrap().flatten() {
+            all.push(format!("{sub}/{}", e.file_name().to_string_lossy()));
+        }
+    }
+    all.sort();
+    all
+}
+
+/// A symbolic link planted among the pins (the pin directory is the agent's user's, so a
+/// compromised agent could plant one) is never followed: uninstall refuses in one
+/// sentence and removes nothing, neither the link's target nor the pins; without the
+/// link it removes everything.
+#[test]
+fn uninstall_follows_no_symlink_and_removes_nothing_beside_one() {
+    let (pins, ids) = left_pins();
+    let scratch = TempDir::new("symlink-target");
+    let precious = scratch.write("precious.txt", "keep me");
+    for planted in ["maps/x", "links/cellwatch_sockops_next", "x"] {
+        let link = pins.0.join(planted);
+        std::os::unix::fs::symlink(&scratch.0, &link).unwrap();
+        let before = pinned(&pins.0);
+        let (status, out, err) = cellwatch(&[], &["uninstall", "--bpffs", pins.path()]);
+        assert_eq!(status.code(), Some(1), "{planted}: {out}{err}");
+        assert_one_sentence(&err);
+        assert!(err.contains("symbolic link") && err.contains("nothing was removed"), "{err}");
+        assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me", "{planted}");
+        assert_eq!(pinned(&pins.0), before, "{planted}: the pins are all there");
+        std::fs::remove_file(&link).unwrap();
+    }
+    // The pin directory itself given as a link to it: refused too.
+    let alias = std::path::PathBuf::from(format!("{}-alias", pins.path()));
+    std::os::unix::fs::symlink(&pins.0, &alias).unwrap();
+    let (status, _, err) = cellwatch(&[], &["uninstall", "--bpffs", alias.to_str().unwrap()]);
+    std::fs::remove_file(&alias).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("symbolic link"), "{err}");
+    let (status, out, err) = cellwatch(&[], &["uninstall", "--bpffs", pins.path()]);
+    assert!(status.success(), "{err}");
+    assert!(out.starts_with("removed "), "{out}");
+    assert!(!pins.0.exists());
+    cellwatch_tests::assert_unloaded(&ids, "uninstall");
+}
+
+/// What is not the agent's is never removed: another tool's entry in the pin directory
+/// (here a directory, as bpftool makes them), the bpf filesystem's root (where other
+/// tools pin), or that root reached through `..`.
+#[test]
+fn uninstall_removes_only_what_cellwatch_pins() {
+    let (pins, ids) = left_pins();
+    let other = pins.0.join("links/other-tool");
+    std::fs::create_dir(&other).unwrap();
+    let before = pinned(&pins.0);
+    let (status, _, err) = cellwatch(&[], &["uninstall", "--bpffs", pins.path()]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert_one_sentence(&err);
+    assert!(err.contains("other-tool") && err.contains("not something cellwatch pins"), "{err}");
+    assert_eq!(pinned(&pins.0), before);
+    std::fs::remove_dir(&other).unwrap();
+    let before = pinned(&pins.0);
+    for root in ["/sys/fs/bpf".to_owned(), format!("{}/..", pins.path())] {
+        let (status, _, err) = cellwatch(&[], &["uninstall", "--bpffs", &root]);
+        assert_eq!(status.code(), Some(1), "{root}: {err}");
+        assert_one_sentence(&err);
+        assert!(err.contains("root of a bpf filesystem"), "{root}: {err}");
+        assert_eq!(pinned(&pins.0), before, "{root}");
+    }
+    let (status, _, err) = cellwatch(&[], &["uninstall", "--bpffs", pins.path()]);
+    assert!(status.success(), "{err}");
+    cellwatch_tests::assert_unloaded(&ids, "uninstall");
+}
+
 #[test]
 fn check_config_summarises_or_locates() {
     let dir = TempDir::new("check");

@@ -95,6 +95,7 @@ impl Endpoints for Agent {
         let mut snap =
             self.maps.snapshot().map_err(|e| format!("reading kernel maps failed: {e}"))?;
         snap.undecodable_events = self.recent.undecodable();
+        snap.log_suppressed = self.recent.log_suppressed();
         let read = t.elapsed();
         let ids = sync::read(&self.ids);
         let rendered = self.metrics.render(&snap, &ids, out).map_err(|e| e.to_string());
@@ -127,8 +128,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), RunError> {
     let started = std::time::Instant::now();
     let (config, source) = match &args.config {
         Some(p) => {
-            let bytes = std::fs::read(p)
-                .map_err(|source| ConfigError::Read { path: p.display().to_string(), source })?;
+            let bytes = agent_core::config::read_file(p)?;
             (Config::from_bytes(&p.display().to_string(), &bytes)?, bytes)
         }
         None => (Config::embedded_default(), Vec::new()),
@@ -152,6 +152,13 @@ where
 {
     // A wrong feature name is a usage error: said before anything else is looked at.
     let without = parse_without(&args.node.without)?;
+    // A config the kernel's maps cannot hold is refused before they are touched (the
+    // counts do not depend on the ids the pinned state hands out).
+    let shown =
+        args.config.as_ref().map_or_else(|| "<embedded>".into(), |p| p.display().to_string());
+    compile(&config, &mut CellIds::default())?
+        .fits()
+        .map_err(|e| RunError::Config(e.located(&shown)))?;
     let bpffs = args.node.bpffs_or(crate::cli::DEFAULT_BPFFS);
     let node = preflight::check(args.node.cgroup.as_deref(), &bpffs)?;
     // Logged only once the node checks passed: a run that cannot start prints nothing
@@ -319,11 +326,11 @@ where
             done = &mut session => break done.map_err(RunError::Session),
             _ = sighup.recv() => { let _ = reload_tx.try_send(Trigger::Signal); }
             Some(trigger) = reload_rx.recv() => match &reloader {
+                // Off the loop, so a signal to stop is not kept waiting by a reload (the
+                // reloads themselves take turns on the reloader's lock).
                 Some((r, _)) => {
                     let r = r.clone();
-                    if let Err(e) = tokio::task::spawn_blocking(move || r.reload(trigger)).await {
-                        warn!(error = %e, "config reload task failed");
-                    }
+                    drop(tokio::task::spawn_blocking(move || r.reload(trigger)));
                 }
                 None => info!("running on an embedded config; nothing to reload"),
             },

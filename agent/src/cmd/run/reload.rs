@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use agent_core::{
-    config::Config,
+    config::{Config, ConfigError},
     ids::CellIds,
     policy::{compile, enforce_summary},
 };
@@ -73,21 +73,23 @@ impl Reloader {
     /// counted as `result="error"`.
     pub(crate) fn reload(&self, trigger: Trigger) {
         let started = Instant::now();
-        let bytes = match std::fs::read(&self.path) {
+        // One reload at a time, from reading the file on: the newest content is applied
+        // last.
+        let mut applied = sync::lock(&self.applied);
+        let bytes = match agent_core::config::read_file(&self.path) {
             Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(ConfigError::Read { source: e, .. }) if e.kind() == io::ErrorKind::NotFound => {
                 warn!(path = %self.path.display(), "the config file is gone; the running config stays");
                 self.count("error");
                 return;
             }
             Err(e) => {
-                error!(path = %self.path.display(), error = %e, "cannot read the config; the running config stays");
+                error!(error = %e, "cannot read the config; the running config stays");
                 self.count("error");
                 return;
             }
         };
         let hash = content_hash(&bytes);
-        let mut applied = sync::lock(&self.applied);
         if trigger == Trigger::Watch && *applied == Some(hash) {
             debug!("config directory changed but the config did not");
             return;
@@ -97,6 +99,7 @@ impl Reloader {
             Config::from_bytes(&shown, &bytes).map_err(|e| e.to_string()).and_then(|cfg| {
                 let mut ids = sync::write(&self.ids);
                 let compiled = compile(&cfg, &mut ids).map_err(|e| e.to_string())?;
+                compiled.fits().map_err(|e| e.to_string())?;
                 self.maps.apply(&compiled).map_err(|e| e.to_string())?;
                 Ok(cfg)
             });
