@@ -408,6 +408,10 @@ pub const CONN_SEEDED: u8 = 4;
 /// To a virtual address (`service_cidrs`): its server cell, service and verdict come from
 /// `RESOLVED`, and nothing is counted before they do.
 pub const CONN_VIRTUAL: u8 = 8;
+/// Set by `connect4`/`connect6` only, until `sock_ops` sees the SYN: the process bound
+/// the socket to a source address itself (perhaps one not its own, with IP_FREEBIND),
+/// so that address teaches nothing about the namespace's.
+pub const CONN_USER_BOUND: u8 = 16;
 
 /// What the kernel keeps about one connection, in the socket's own storage (`CONN`): made
 /// by `connect4`/`connect6` for a client (with its owner), by `sock_ops` for a server,

@@ -14,8 +14,8 @@
 #![expect(unsafe_code, reason = "the statistics slot is updated in place; raw helpers")]
 
 use agent_common::{
-    AF_INET, AF_INET6, CELL_IGNORED, CTR_ENFORCE_UNRESOLVED, DIR_EGRESS, EVENT_DENIED, PairKey,
-    VERDICT_VIOLATION,
+    AF_INET, AF_INET6, CELL_IGNORED, CONN_USER_BOUND, CTR_ENFORCE_UNRESOLVED, DIR_EGRESS,
+    EVENT_DENIED, PairKey, VERDICT_VIOLATION,
 };
 use aya_ebpf::{
     helpers::{
@@ -84,12 +84,13 @@ fn try_connect(c: &Connect<'_>, v6: bool) -> i32 {
     if view.enforcing() && !view.is_global(dst_cell) && refuse(c, &view, &dst, dst_cell, v6, &who) {
         return DENY;
     }
+    let bound = if c.bound_src(v6).is_some() { CONN_USER_BOUND } else { 0 };
     let Some(c) = c.sk().and_then(|sk| conn::get_or_make(sk, None)) else { return ALLOW };
     // SAFETY: `c` points to this socket's storage, new or left by an earlier connection
     // of the same socket (connect after a disconnect): it starts over, flags first, so a
     // sweep skips it until `sock_ops` has made it a tracked connection again.
     unsafe {
-        core::ptr::write_volatile(&raw mut (*c).flags, 0);
+        core::ptr::write_volatile(&raw mut (*c).flags, bound);
         (*c).closed = 0;
         (*c).cgroup_id = who.cgroup_id;
         (*c).pid = who.pid;

@@ -23,8 +23,12 @@ fn key(netns_cookie: u64, addr: &[u8; 16], v6: bool) -> (NetnsKey, [u8; 16]) {
 }
 
 /// Notes that a socket of `netns_cookie` has local address `addr`, whose cell the
-/// caller looked up already. Ignored ranges (loopback) say nothing about the
-/// namespace's address and are skipped.
+/// caller looked up already, from a connection that got established (so the address is
+/// really the namespace's). Ignored ranges (loopback) and link-local addresses
+/// (169.254.0.0/16, fe80::/10: never the source towards a cell's routable address) say
+/// nothing about the address unbound sockets use, and are skipped: otherwise one
+/// link-local connection would make the namespace ambiguous, and its unbound connects
+/// unjudged.
 ///
 /// A function of its own (a BPF-to-BPF call): inlined, its locals would push the
 /// `sock_ops` program past the 512-byte stack.
@@ -34,6 +38,14 @@ pub(crate) fn learn(netns_cookie: u64, addr: &[u8; 16], v6: bool, cell: u32) {
         return;
     }
     let (k, a) = key(netns_cookie, addr, v6);
+    let link_local = if k.family == u32::from(AF_INET6) {
+        a[0] == 0xfe && a[1] & 0xc0 == 0x80
+    } else {
+        a[0] == 169 && a[1] == 254
+    };
+    if link_local {
+        return;
+    }
     match NETNS_ADDR.get_ptr_mut(k) {
         Some(known) => {
             // SAFETY: `known` points to a live entry; a racing writer can only set the

@@ -6,10 +6,10 @@
 #![expect(unsafe_code, reason = "a connection's storage is written in place through its pointer")]
 
 use agent_common::{
-    AF_INET6, CELL_VIRTUAL, CONN_ESTABLISHED, CONN_SEEDED, CONN_TRACKED, CONN_VIRTUAL,
-    CTR_CONN_TABLE_FULL, Claimed, DIR_EGRESS, DIR_INGRESS, ECONNREFUSED, ECONNRESET, EPIPE,
-    ETIMEDOUT, FAIL_OTHER, FAIL_REFUSED, FAIL_RESET, FAIL_TIMEOUT, NO_FAILURE, PROFILE_SLOTS,
-    PROFILE_STATE_CLOSE, Progress, VERDICT_VIOLATION,
+    AF_INET6, CELL_VIRTUAL, CONN_ESTABLISHED, CONN_SEEDED, CONN_TRACKED, CONN_USER_BOUND,
+    CONN_VIRTUAL, CTR_CONN_TABLE_FULL, Claimed, DIR_EGRESS, DIR_INGRESS, ECONNREFUSED, ECONNRESET,
+    EPIPE, ETIMEDOUT, FAIL_OTHER, FAIL_REFUSED, FAIL_RESET, FAIL_TIMEOUT, NO_FAILURE,
+    PROFILE_SLOTS, PROFILE_STATE_CLOSE, Progress, VERDICT_VIOLATION,
 };
 use aya_ebpf::{
     bindings::{
@@ -111,14 +111,19 @@ fn on_connect(ops: &Ops<'_>) {
     let view = View::current();
     // SAFETY: `c` points to this socket's storage; only its own callbacks, run under
     // the socket lock, write it.
-    let (generation, known) = unsafe { ((*c).generation, ((*c).dst_cell, (*c).service)) };
+    let (generation, known, flags) =
+        unsafe { ((*c).generation, ((*c).dst_cell, (*c).service), (*c).flags) };
     let port = ops.remote_port();
     // The server's cell and service as connect4 found them, unless a reload came in
     // between.
     let (dst, service) =
         if generation == view.generation() { known } else { view.server_of(&e.remote, e.v6, port) };
     let src = view.cell_of(&e.local, e.v6);
-    netns::learn(ops.netns_cookie(), &e.local, e.v6, src);
+    // The kernel chose this source, so it is the namespace's; one the process bound
+    // itself may be any address (IP_FREEBIND) and teaches nothing.
+    if flags & CONN_USER_BOUND == 0 {
+        netns::learn(ops.netns_cookie(), &e.local, e.v6, src);
+    }
     let Some(verdict) = view.verdict(src, dst, port) else {
         conn::forget(sk);
         return;

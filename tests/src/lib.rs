@@ -153,7 +153,7 @@ pub struct Agent {
 }
 
 /// The options to start an agent with.
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 pub struct AgentOpts<'a> {
     /// Config YAML; `None` runs on the embedded default.
     pub config: Option<&'a str>,
@@ -183,8 +183,18 @@ impl Agent {
     /// [`Agent::start`], with the failure (its stderr included) returned instead.
     pub fn try_start(opts: AgentOpts<'_>) -> Result<Self, String> {
         let forced = forced_without().filter(|_| !opts.args.contains(&"--without"));
-        let mut a = Self::launch(opts)?;
-        a.wait_ready(READY_POLL)?;
+        // The port was free when chosen; another test's socket may take it before the
+        // agent binds (ports chosen by the kernel come from one range for everyone):
+        // then a new one, a few times.
+        let mut tries = 0;
+        let mut a = loop {
+            let mut a = Self::launch(opts)?;
+            match a.wait_ready(READY_POLL) {
+                Ok(_) => break a,
+                Err(e) if e.contains("is already in use") && tries < 4 => tries += 1,
+                Err(e) => return Err(e),
+            }
+        };
         // A forced run proves the fallbacks only if the agent really went without.
         if let Some(forced) = forced {
             let m = a.metrics();

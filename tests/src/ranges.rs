@@ -21,7 +21,7 @@
 //! | services | 127.110–117 | 110–113: global (its services' addresses), cell-a, cell-b, cell-c; 114–117 the same for the real-Prometheus test |
 //! | top | 127.246–247 | top-a, top-b: shared by the area's tests, which take turns (a lock in `top.rs`) |
 //! | ladder | 127.248–249 | cell-a, cell-b: the agent on the core alone |
-//! | enforce, network namespace | 10.251.0.0/16, and fd00:251::/64 | the veth pair of the pod-like namespace the test makes |
+//! | enforce, network namespace | 10.251.0.0/16, and fd00:251::/48 | the veth pairs of the pod-like namespaces the tests make: 10.251.0.0/24 and fd00:251::/64 for one, 10.251.1.0/24 and fd00:251:0:1::/64 for the other |
 //! | vip, network namespaces | 10.252.0.0/16, and fd00:252::/48 | kube-proxy's layout: node and pod namespaces; test `t` takes 10.252.(20t)–(20t+9) |
 //! | bench vip, network namespaces | 10.253.0.0/16 | `cargo xtask bench vip`'s cluster |
 //! | http, network namespace | 10.254.0.0/16 | the veth pair of a pod-like client of the agent's endpoints |

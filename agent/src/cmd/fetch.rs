@@ -1,6 +1,7 @@
 //! The small HTTP/1.0 client that the demo and `top` read an agent's endpoints with, as
 //! any scraper would, and `report` Prometheus' query API: one GET per connection, the
-//! whole answer read until the server closes, bounded in time. Plain http only.
+//! whole answer read until the server closes, bounded in time and in size. Plain http
+//! only.
 #![forbid(unsafe_code)]
 
 use std::{io, net::SocketAddr, time::Duration};
@@ -9,6 +10,11 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
+
+/// The largest answer read (head and body): a `/metrics` of 10,000 cell pairs is about
+/// 40 MB of text, a Prometheus answer for a report of a large fleet a few; a server that
+/// sends more is refused rather than read whole.
+pub(crate) const MAX_ANSWER: u64 = 256 << 20;
 
 /// An answer, whatever its status.
 pub(crate) struct Answer {
@@ -27,11 +33,27 @@ pub(crate) async fn request(
     path: &str,
     limit: Duration,
 ) -> io::Result<Answer> {
+    request_at_most(addr, host, path, limit, MAX_ANSWER).await
+}
+
+/// [`request`], refusing an answer of more than `max` bytes.
+async fn request_at_most(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    limit: Duration,
+    max: u64,
+) -> io::Result<Answer> {
     let fetch = async {
         let mut s = TcpStream::connect(addr).await?;
         s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes()).await?;
         let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await?;
+        (&mut s).take(max + 1).read_to_end(&mut raw).await?;
+        if raw.len() as u64 > max {
+            return Err(io::Error::other(format!(
+                "the answer is larger than {max} bytes; refused"
+            )));
+        }
         Ok::<_, io::Error>(String::from_utf8_lossy(&raw).into_owned())
     };
     let raw = tokio::time::timeout(limit, fetch)
@@ -54,7 +76,14 @@ pub(crate) async fn get(addr: SocketAddr, path: &str, limit: Duration) -> io::Re
         return Ok(answer.body);
     }
     let line = if answer.status_line.is_empty() { "nothing" } else { &answer.status_line };
-    Err(io::Error::other(format!("answered `{line}`")))
+    // The server's own sentence, when it gave one (the agent's 403 says why).
+    let why = answer.body.lines().next().map(str::trim).filter(|l| !l.is_empty() && l.len() < 300);
+    match why {
+        Some(why) => {
+            Err(io::Error::other(format!("answered `{line}`: {}", agent_core::top::printable(why))))
+        }
+        None => Err(io::Error::other(format!("answered `{line}`"))),
+    }
 }
 
 /// `http://host[:port][/prefix]` as (host, port, prefix); or why not. A URL without a
@@ -89,6 +118,28 @@ pub(crate) fn split_url(url: &str) -> Result<(String, u16, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server that sends more than the bound is refused, not read whole.
+    #[test]
+    fn an_answer_past_the_bound_is_refused() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let server = tokio::spawn(async move {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut head = [0u8; 256];
+                let _ = s.read(&mut head).await;
+                let body = vec![b'x'; 4096];
+                let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\n").await;
+                let _ = s.write_all(&body).await;
+            });
+            let e = request_at_most(addr, "h", "/", Duration::from_secs(5), 1024).await;
+            let e = e.err().expect("refused");
+            assert!(e.to_string().contains("larger than 1024 bytes"), "{e}");
+            let _ = server.await;
+        });
+    }
 
     fn parts(url: &str) -> (String, u16, String) {
         split_url(url).unwrap_or_else(|e| panic!("{url}: {e}"))
@@ -145,7 +196,7 @@ mod tests {
 
         let (addr, _t) = serve_once("HTTP/1.0 404 Not Found\r\n\r\nno");
         let e = rt().block_on(get(addr, "/metrics", Duration::from_secs(5))).unwrap_err();
-        assert_eq!(e.to_string(), "answered `HTTP/1.0 404 Not Found`");
+        assert_eq!(e.to_string(), "answered `HTTP/1.0 404 Not Found`: no", "with its sentence");
         let (addr, _t) = serve_once("HTTP/1.0 200 OK\r\n\r\nbody");
         assert_eq!(rt().block_on(get(addr, "/metrics", Duration::from_secs(5))).unwrap(), "body");
         let (addr, _t) = serve_once("");

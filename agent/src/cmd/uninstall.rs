@@ -8,8 +8,13 @@ use crate::kernel::unpin::{self, Removed, UninstallError};
 pub(crate) fn uninstall(bpffs: &Path) -> Result<(), UninstallError> {
     match unpin::uninstall(bpffs)? {
         Removed { objects: 0, .. } => println!("nothing to uninstall under {}", bpffs.display()),
-        Removed { objects, still_loaded } => {
+        Removed { objects, still_loaded, kept_dir } => {
             println!("removed {objects} pinned objects under {}", bpffs.display());
+            if kept_dir {
+                println!(
+                    "the directory itself stays, empty: its parent is not this user's to write"
+                );
+            }
             if still_loaded > 0 {
                 println!(
                     "{still_loaded} programs are detached but still held open by a running \

@@ -3,7 +3,7 @@
 //! DNAT chose, PREROUTING for pod clients and OUTPUT for host-network ones alike).
 #![forbid(unsafe_code)]
 
-use std::{io, net::SocketAddr};
+use std::{io, net::SocketAddr, os::fd::AsRawFd};
 
 use agent_core::conntrack::{
     Answer, DecodeError, Tuple, get_request, parse_answer, parse_new_entries,
@@ -48,16 +48,30 @@ impl Conntrack {
         let mut socket = Socket::new(NETLINK_NETFILTER)?;
         socket.bind_auto()?;
         socket.connect(&NlAddr::new(0, 0))?;
+        // A lookup the kernel does not answer fails after a while instead of holding
+        // the resolver forever.
+        super::sys::set_recv_timeout(socket.as_raw_fd(), LOOKUP_TIMEOUT)?;
         Ok(Self { socket, seq: 0, rx: Vec::with_capacity(4096) })
     }
 
     /// Where the connection whose client holds `original` (client to virtual address)
-    /// went.
+    /// went. An answer to an earlier lookup (one that timed out) is passed over: only
+    /// the answer with this lookup's sequence number counts.
     pub(crate) fn destination(&mut self, original: &Tuple) -> Result<Destination, ConntrackError> {
         self.seq = self.seq.wrapping_add(1);
         self.socket.send(&get_request(original, self.seq), 0)?;
-        self.rx.clear();
-        let size = self.socket.recv(&mut self.rx, 0)?;
+        let mut size = 0;
+        for _ in 0..STALE_ANSWERS {
+            self.rx.clear();
+            size = self.socket.recv(&mut self.rx, 0)?;
+            if answer_seq(&self.rx[..size]) == Some(self.seq) {
+                break;
+            }
+            size = 0;
+        }
+        if size == 0 {
+            return Err(ConntrackError::Io(io::Error::other("no answer to this lookup")));
+        }
         match parse_answer(&self.rx[..size])? {
             Answer::Found { reply } => Ok(Tuple::backend_of(original, &reply)
                 .map_or(Destination::NotNated, Destination::Backend)),
@@ -65,6 +79,18 @@ impl Conntrack {
             Answer::Errno(e) => Err(ConntrackError::Refused(e)),
         }
     }
+}
+
+/// How long a lookup waits for its answer.
+const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+/// Answers to earlier lookups passed over before this one's is given up on.
+const STALE_ANSWERS: usize = 8;
+/// Entries taken from the announcements at one drain; the rest wait for the next.
+const DRAIN_MAX: usize = 65_536;
+
+/// The sequence number of a netlink answer (bytes 8..12 of its header).
+fn answer_seq(msg: &[u8]) -> Option<u32> {
+    Some(u32::from_ne_bytes(msg.get(8..12)?.try_into().ok()?))
 }
 
 /// The conntrack entries this network namespace makes, as they are made: a connection
@@ -84,10 +110,11 @@ impl NewEntries {
         Ok(Self { socket, rx: Vec::with_capacity(256 * 1024) })
     }
 
-    /// Every entry announced since the last call: (original tuple, reply tuple).
+    /// The entries announced since the last call, at most `DRAIN_MAX`: (original
+    /// tuple, reply tuple).
     pub(crate) fn drain(&mut self) -> Vec<(Tuple, Tuple)> {
         let mut out = Vec::new();
-        loop {
+        while out.len() < DRAIN_MAX {
             self.rx.clear();
             match self.socket.recv(&mut self.rx, 0) {
                 Ok(0) => break,

@@ -282,6 +282,24 @@ pub(crate) fn bpf_prog_test_run(prog: BorrowedFd<'_>, args: &[u64]) -> io::Resul
     if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(attr.retval) }
 }
 
+/// Makes a blocking receive on `socket` fail (EAGAIN) after `limit`.
+pub(crate) fn set_recv_timeout(
+    socket: std::os::fd::RawFd,
+    limit: std::time::Duration,
+) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: libc::time_t::try_from(limit.as_secs()).map_err(io::Error::other)?,
+        tv_usec: libc::suseconds_t::from(limit.subsec_micros()),
+    };
+    let len = libc::socklen_t::try_from(size_of::<libc::timeval>()).map_err(io::Error::other)?;
+    // SAFETY: `tv` is a valid timeval that lives across the call, and `len` is its size;
+    // a descriptor that is no socket only makes the call fail.
+    let rc = unsafe {
+        libc::setsockopt(socket, libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&raw const tv).cast(), len)
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
 /// Moves the calling thread into the network namespace `ns` (an open `/proc/PID/ns/net`
 /// or a bind mount of one). Only the calling thread moves.
 pub(crate) fn setns_net(ns: BorrowedFd<'_>) -> io::Result<()> {

@@ -29,6 +29,9 @@ pub(crate) struct Removed {
     /// Programs detached but still loaded after the wait: a process holds them open
     /// (a `cellwatch run` still running on this directory).
     pub(crate) still_loaded: usize,
+    /// The directory itself stayed, empty: its parent is not this user's to write (the
+    /// agent's own user in a pod, under the host's root-owned bpffs).
+    pub(crate) kept_dir: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +56,7 @@ pub(crate) fn clear(dir: &Path) -> Result<Removed, UninstallError> {
 fn unpin(dir: &Path, and_dir: bool) -> Result<Removed, UninstallError> {
     let Some(plan) = plan(dir)? else { return Ok(Removed::default()) };
     let programs = linked_programs(&plan);
-    let objects = remove(&plan, and_dir)?;
+    let (objects, kept_dir) = remove(&plan, and_dir)?;
     let deadline = Instant::now() + SETTLE;
     let mut left = programs;
     while !left.is_empty() {
@@ -64,7 +67,7 @@ fn unpin(dir: &Path, and_dir: bool) -> Result<Removed, UninstallError> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(Removed { objects, still_loaded: left.len() })
+    Ok(Removed { objects, still_loaded: left.len(), kept_dir })
 }
 
 /// Ids of the programs the planned link pins run.
@@ -80,11 +83,12 @@ fn linked_programs(plan: &Plan) -> Vec<u32> {
 }
 
 /// Removes the planned pins and subdirectories, and the directory itself when
-/// `and_dir`; returns how many pinned objects were removed. Only what the agent pins
+/// `and_dir`; returns how many pinned objects were removed, and whether the (empty)
+/// directory had to stay. Only what the agent pins
 /// goes, and only once all of it is known to be that (see [`plan`]): anything else there,
 /// a symbolic link anywhere, or a directory that is not on a bpf filesystem, and nothing
 /// is removed.
-fn remove(plan: &Plan, and_dir: bool) -> Result<usize, UninstallError> {
+fn remove(plan: &Plan, and_dir: bool) -> Result<(usize, bool), UninstallError> {
     let err = |p: &Path| {
         let path = p.display().to_string();
         move |source| UninstallError { path, source }
@@ -95,10 +99,15 @@ fn remove(plan: &Plan, and_dir: bool) -> Result<usize, UninstallError> {
     for sub in &plan.subdirs {
         fs::remove_dir(sub).map_err(err(sub))?;
     }
+    let mut kept = false;
     if and_dir {
-        fs::remove_dir(&plan.root).map_err(err(&plan.root))?;
+        match fs::remove_dir(&plan.root) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => kept = true,
+            Err(e) => return Err(err(&plan.root)(e)),
+        }
     }
-    Ok(plan.pins.len())
+    Ok((plan.pins.len(), kept))
 }
 
 /// What removing a pin directory removes: its pins, then its two subdirectories.

@@ -1,7 +1,9 @@
 //! The HTTP endpoints: `/metrics`, `/healthz`, `/readyz`, `/connections` and
-//! `/violations` (JSON). Hardened for a node agent:
-//! bounded connections, header size and read-time limits, and a graceful drain with a
-//! time limit on shutdown.
+//! `/violations` (JSON). Hardened for a node agent: bounded connections, header size and
+//! read-time limits, a write time limit (a client that stops reading is cut off), one
+//! render of `/metrics` at a time per encoding (scrapes that arrive together share it),
+//! the probes answered even when every connection slot is taken, the detail endpoints
+//! for clients on the node only, and a graceful drain with a time limit on shutdown.
 #![forbid(unsafe_code)]
 
 use std::{
@@ -27,8 +29,16 @@ use tracing::{debug, warn};
 
 use agent_core::query::{self, Query};
 
-/// Most concurrent client connections; more wait in the accept queue.
+use super::timed::Timed;
+
+/// Most concurrent client connections served in full.
 const MAX_CONNECTIONS: usize = 128;
+/// Past those, connections that may ask only for `/healthz` and `/readyz` (anything else
+/// is a 503), so the kubelet's probes never wait behind busy clients; past these too, a
+/// connection is closed at once.
+const PROBE_CONNECTIONS: usize = 32;
+/// A write that waits this long for the client to read fails, and the connection goes.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client must send its request headers within this time (slowloris guard).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest request head accepted.
@@ -76,7 +86,16 @@ pub(crate) struct Server<E> {
     pub(crate) endpoints: Arc<E>,
     /// Programs attached and config loaded.
     pub(crate) ready: Arc<AtomicBool>,
+    /// The `/metrics` render in flight, plain and gzip (see [`Server::render`]).
+    pub(crate) renders: Renders,
 }
+
+/// A render's outcome, shared by every scrape that waited for it.
+type Rendered = Option<Result<Bytes, String>>;
+
+/// The renders in flight, by encoding (plain, gzip).
+#[derive(Default)]
+pub(crate) struct Renders(std::sync::Mutex<[Option<tokio::sync::watch::Receiver<Rendered>>; 2]>);
 
 type Resp = Response<Full<Bytes>>;
 
@@ -130,6 +149,7 @@ impl<E: Endpoints> Server<E> {
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
+        probes_only: bool,
     ) -> Result<Resp, Infallible> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported\n");
@@ -137,6 +157,12 @@ impl<E: Endpoints> Server<E> {
             return Ok(r);
         }
         let path = req.uri().path();
+        if probes_only && !matches!(path, "/healthz" | "/readyz") {
+            return Ok(text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "every connection slot is taken; only /healthz and /readyz are answered now\n",
+            ));
+        }
         if DETAIL.contains(&path) && !on_this_node(peer) {
             return Ok(text(
                 StatusCode::FORBIDDEN,
@@ -149,11 +175,9 @@ impl<E: Endpoints> Server<E> {
         }
         Ok(match path {
             "/metrics" => {
-                let e = self.endpoints.clone();
                 let gzip = accepts_gzip(req.headers());
-                let answer = tokio::task::spawn_blocking(move || exposition(&*e, gzip));
-                match answer.await {
-                    Ok(Ok(body)) => {
+                match self.render(gzip).await {
+                    Ok(body) => {
                         let mut r = text(StatusCode::OK, body);
                         let h = r.headers_mut();
                         h.insert(
@@ -170,8 +194,7 @@ impl<E: Endpoints> Server<E> {
                         }
                         r
                     }
-                    Ok(Err(why)) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{why}\n")),
-                    Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "metrics rendering failed\n"),
+                    Err(why) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{why}\n")),
                 }
             }
             "/connections" => {
@@ -188,6 +211,38 @@ impl<E: Endpoints> Server<E> {
                 "not found; try /metrics, /healthz, /readyz, /connections or /violations\n",
             ),
         })
+    }
+
+    /// The exposition in `gzip` or not: the render in flight in that encoding, or a new
+    /// one. A render runs on a task of its own, so a scraper that goes away leaves it to
+    /// the others; at most one per encoding runs at a time, however many scrape.
+    async fn render(self: &Arc<Self>, gzip: bool) -> Result<Bytes, String> {
+        let slot = usize::from(gzip);
+        let mut rx = {
+            let mut slots = crate::sync::lock(&self.renders.0);
+            match &slots[slot] {
+                Some(rx) => rx.clone(),
+                None => {
+                    let (tx, rx) = tokio::sync::watch::channel(None);
+                    slots[slot] = Some(rx.clone());
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        let e = me.endpoints.clone();
+                        let done = tokio::task::spawn_blocking(move || exposition(&*e, gzip))
+                            .await
+                            .unwrap_or_else(|_| Err("metrics rendering failed".to_owned()));
+                        // Scrapes from now on render anew; those waiting take this one.
+                        crate::sync::lock(&me.renders.0)[slot] = None;
+                        let _ = tx.send(Some(done));
+                    });
+                    rx
+                }
+            }
+        };
+        match rx.wait_for(Option::is_some).await {
+            Ok(done) => done.clone().unwrap_or_else(|| Err("metrics rendering failed".to_owned())),
+            Err(_) => Err("metrics rendering failed".to_owned()),
+        }
     }
 
     /// A JSON endpoint: the query checked first (400 with a sentence), then the answer
@@ -229,14 +284,11 @@ impl<E: Endpoints> Server<E> {
         shutdown: impl Future<Output = ()>,
     ) {
         let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let probes = Arc::new(Semaphore::new(PROBE_CONNECTIONS));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut conns = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
-            let permit = tokio::select! {
-                p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                () = &mut shutdown => break,
-            };
             let (stream, peer) = tokio::select! {
                 a = listener.accept() => match a {
                     Ok(a) => a,
@@ -244,16 +296,26 @@ impl<E: Endpoints> Server<E> {
                 },
                 () = &mut shutdown => break,
             };
+            let (permit, probes_only) = match limit.clone().try_acquire_owned() {
+                Ok(p) => (p, false),
+                Err(_) => match probes.clone().try_acquire_owned() {
+                    Ok(p) => (p, true),
+                    Err(_) => {
+                        debug!(%peer, "every connection slot is taken: closed");
+                        continue;
+                    }
+                },
+            };
             let server = self.clone();
             let mut stop = stop_rx.clone();
             conns.spawn(async move {
                 let _permit = permit;
-                let svc = service_fn(move |req| server.clone().handle(req, peer));
+                let svc = service_fn(move |req| server.clone().handle(req, peer, probes_only));
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(HEADER_TIMEOUT)
                     .max_buf_size(MAX_HEAD_BYTES)
-                    .serve_connection(TokioIo::new(stream), svc);
+                    .serve_connection(TokioIo::new(Timed::new(stream, WRITE_TIMEOUT)), svc);
                 tokio::pin!(conn);
                 let res = tokio::select! {
                     r = conn.as_mut() => r,
@@ -302,6 +364,79 @@ mod tests {
         assert!(!accepts_gzip(&headers(&["br, deflate"])));
         assert!(!accepts_gzip(&headers(&["gzip;q=0"])));
         assert!(!accepts_gzip(&headers(&["xgzip"])));
+    }
+
+    /// Endpoints that count their renders, each taking a while.
+    struct Slow(std::sync::atomic::AtomicUsize);
+
+    impl Endpoints for Slow {
+        fn metrics(&self, out: &mut dyn std::io::Write) -> Result<(), String> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(300));
+            out.write_all(b"cellwatch_x 1\n").map_err(|e| e.to_string())
+        }
+        fn connections(&self, _: &Query) -> Result<String, Unanswered> {
+            Ok("[]".into())
+        }
+        fn violations(&self, _: &Query) -> Result<String, Unanswered> {
+            Ok("[]".into())
+        }
+    }
+
+    /// Scrapes that arrive together share one render per encoding, whatever their number.
+    #[test]
+    fn scrapes_that_arrive_together_share_one_render() {
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        let server = Arc::new(Server {
+            endpoints: Arc::new(Slow(std::sync::atomic::AtomicUsize::new(0))),
+            ready: Arc::new(AtomicBool::new(true)),
+            renders: Renders::default(),
+        });
+        let bodies = rt.block_on(async {
+            let mut all = JoinSet::new();
+            for i in 0..20 {
+                let s = server.clone();
+                all.spawn(async move { s.render(i % 2 == 0).await });
+            }
+            let mut bodies = Vec::new();
+            while let Some(b) = all.join_next().await {
+                bodies.push(b.unwrap().unwrap());
+            }
+            bodies
+        });
+        assert_eq!(bodies.len(), 20);
+        assert_eq!(server.endpoints.0.load(Ordering::SeqCst), 2, "one render per encoding");
+        // A later scrape renders anew.
+        rt.block_on(server.render(false)).unwrap();
+        assert_eq!(server.endpoints.0.load(Ordering::SeqCst), 3);
+    }
+
+    /// A client that stops reading: the write that waits for it fails after the limit,
+    /// instead of holding the connection (a real TCP pair on loopback).
+    #[test]
+    fn a_write_to_a_client_that_stopped_reading_times_out() {
+        use tokio::io::AsyncWriteExt;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let client = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            let (stream, _) = l.accept().await.unwrap();
+            let mut w = Timed::new(stream, Duration::from_millis(300));
+            let chunk = vec![0u8; 1 << 20];
+            let started = std::time::Instant::now();
+            let mut failed = None;
+            // Bounded: at most 256 MiB, far past any socket buffers.
+            for _ in 0..256 {
+                if let Err(e) = w.write_all(&chunk).await {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            let e = failed.expect("the writes never stalled");
+            assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+            assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+            drop(client);
+        });
     }
 
     /// Endpoints whose exposition is one line written many times, in pieces.

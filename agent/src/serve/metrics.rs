@@ -16,7 +16,14 @@ pub(crate) struct AgentMetrics {
     registry: Registry,
     buckets: Buckets,
     pub(crate) config_reloads: IntCounterVec,
+    /// Work on connections to Service addresses that a bound turned away, by reason.
+    pub(crate) service_lookups_dropped: IntCounterVec,
 }
+
+/// The reasons of `cellwatch_service_lookups_dropped_total`.
+pub(crate) const DROPPED_QUEUE_FULL: &str = "request_queue_full";
+pub(crate) const DROPPED_ANNOUNCED_FULL: &str = "announced_table_full";
+pub(crate) const DROPPED_IPVS_TOO_LARGE: &str = "ipvs_table_too_large";
 
 impl AgentMetrics {
     pub(crate) fn new(
@@ -43,6 +50,19 @@ impl AgentMetrics {
         .expect("static metric definition");
         for r in ["success", "error"] {
             config_reloads.with_label_values(&[r]);
+        }
+        let service_lookups_dropped = IntCounterVec::new(
+            Opts::new(
+                "cellwatch_service_lookups_dropped_total",
+                "Backend lookups of connections to Service addresses turned away by a bound: \
+                 requests past the queue (asked again at the next sweep or scan), announced \
+                 conntrack entries past the table, an IPVS table past the size read",
+            ),
+            &["reason"],
+        )
+        .expect("static metric definition");
+        for r in [DROPPED_QUEUE_FULL, DROPPED_ANNOUNCED_FULL, DROPPED_IPVS_TOO_LARGE] {
+            service_lookups_dropped.with_label_values(&[r]);
         }
         let started = IntGaugeVec::new(
             Opts::new(
@@ -81,12 +101,13 @@ impl AgentMetrics {
         registry.register(Box::new(started)).expect("unique metric");
         registry.register(Box::new(discarded)).expect("unique metric");
         registry.register(Box::new(config_reloads.clone())).expect("unique metric");
+        registry.register(Box::new(service_lookups_dropped.clone())).expect("unique metric");
         // process_cpu_seconds_total, process_resident_memory_bytes, open fds: the agent's
         // own cost, for the agent-health dashboard.
         registry
             .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
             .expect("unique metric");
-        Self { registry, buckets, config_reloads }
+        Self { registry, buckets, config_reloads, service_lookups_dropped }
     }
 
     /// The whole exposition, kernel families followed by the agent's own, written to

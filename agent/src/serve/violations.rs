@@ -214,7 +214,8 @@ pub(crate) fn spawn_drain(
     ids: Arc<RwLock<CellIds>>,
     cgroups: Arc<Resolver>,
     recent: Arc<Recent>,
-    resolve: std::sync::mpsc::Sender<ViolationEvent>,
+    resolve: std::sync::mpsc::SyncSender<ViolationEvent>,
+    dropped: prometheus::IntCounter,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
@@ -224,7 +225,11 @@ pub(crate) fn spawn_drain(
                 if let Ok(e) = decode(&item)
                     && e.kind == agent_common::EVENT_RESOLVE
                 {
-                    let _ = resolve.send(e);
+                    // A request past the bound is asked again: by the next sweep for an
+                    // open connection, by the resolver's scan of DEFERRED for a closed one.
+                    if let Err(std::sync::mpsc::TrySendError::Full(_)) = resolve.try_send(e) {
+                        dropped.inc();
+                    }
                     continue;
                 }
                 recent.ingest(&item, &ids, &cgroups);

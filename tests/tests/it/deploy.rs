@@ -22,7 +22,12 @@ fn tool(cmd: &str, args: &[&str]) -> String {
 }
 
 fn render() -> (String, Vec<Value>) {
-    let dir = repo().join("deploy/kustomize");
+    render_dir("deploy/kustomize")
+}
+
+/// A kustomize directory of the repository, rendered: the text and each document.
+fn render_dir(rel: &str) -> (String, Vec<Value>) {
+    let dir = repo().join(rel);
     let text = tool("kubectl", &["kustomize", dir.to_str().unwrap()]);
     let docs = text
         .split("\n---\n")
@@ -160,7 +165,11 @@ fn the_daemonset_runs_the_agent_it_ships() {
     file_caps.sort();
     caps.sort();
     assert_eq!(file_caps, caps, "the image's file capabilities are the DaemonSet's");
-    assert!(dockerfile.contains("USER 65534:65534"), "the image runs as 65534");
+    assert!(dockerfile.contains("USER 10473:10473"), "the image runs as its own uid");
+    assert!(
+        dockerfile.contains("find / -xdev -type f -perm /6000 -exec chmod a-s {} +"),
+        "the image keeps no setuid or setgid binary"
+    );
     let (_image, bin) = cellwatch_tests::with_file_caps(setcap);
 
     // The pod gets bpffs and tracefs from hostPath mounts; have them here too.
@@ -189,7 +198,17 @@ fn the_daemonset_runs_the_agent_it_ships() {
 
     // The container: its user and group, its bounding set, the image's binary.
     let (uid, gid) = (sc["runAsUser"].as_u64().unwrap(), sc["runAsGroup"].as_u64().unwrap());
-    assert_eq!((uid, gid, &sc["runAsNonRoot"]), (65534, 65534, &Value::Bool(true)));
+    assert_eq!((uid, gid, &sc["runAsNonRoot"]), (10473, 10473, &Value::Bool(true)));
+    // A seccomp profile on every container: the runtime's default.
+    for c in
+        pod["initContainers"].as_array().into_iter().chain(pod["containers"].as_array()).flatten()
+    {
+        assert_eq!(
+            c["securityContext"]["seccompProfile"]["type"], "RuntimeDefault",
+            "{}",
+            c["name"]
+        );
+    }
     let (reuid, regid) = (format!("--reuid={uid}"), format!("--regid={gid}"));
     let caps_bounding = bounding(&caps);
     let wrapper = ["setpriv", &reuid, &regid, "--clear-groups", &caps_bounding, "--inh-caps=-all"];
@@ -206,7 +225,7 @@ fn the_daemonset_runs_the_agent_it_ships() {
     let mut agent = start();
     let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
     let line = |key: &str| status.lines().find(|l| l.starts_with(key)).unwrap().to_owned();
-    assert_eq!(line("Uid:").split_whitespace().nth(1), Some("65534"), "{}", line("Uid:"));
+    assert_eq!(line("Uid:").split_whitespace().nth(1), Some("10473"), "{}", line("Uid:"));
     // CAP_DAC_READ_SEARCH (2), CAP_NET_ADMIN (12), CAP_PERFMON (38), CAP_BPF (39).
     assert!(line("CapEff:").ends_with("000000c000001004"), "capabilities: {}", line("CapEff:"));
     for probe in ["/healthz", "/readyz"] {
@@ -225,5 +244,59 @@ fn the_daemonset_runs_the_agent_it_ships() {
     let mut agent = start();
     let m = agent.metrics();
     assert_eq!(m.get("cellwatch_start_info", &[("pinned_state", "adopted")]), 1.0);
+    let ids = cellwatch_tests::prog_ids_of(agent.pid());
     assert!(agent.stop().success(), "{}", agent.stderr());
+
+    // The clean-up DaemonSet (deploy/uninstall), its init container's user, bounding set
+    // and arguments, with the image's binary: the node is left with nothing of cellwatch.
+    let (text, docs) = render_dir("deploy/uninstall");
+    let dir = TempDir::new("deploy-uninstall");
+    let file = dir.write("rendered.yaml", &text);
+    let report = tool("kubernetes-validate", &["--strict", file.to_str().unwrap()]);
+    assert!(report.contains("passed for resource daemonset/cellwatch-uninstall"), "{report}");
+    let undo = &kind(&docs, "DaemonSet")["spec"]["template"]["spec"]["initContainers"][0];
+    let usc = &undo["securityContext"];
+    assert_eq!((usc["runAsUser"].as_u64(), usc["runAsGroup"].as_u64()), (Some(uid), Some(gid)));
+    let undo_caps = bounding(&added(usc));
+    let args: Vec<String> = undo["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().replace("/sys/fs/bpf/cellwatch", pins.path()))
+        .collect();
+    let mut argv = vec!["setpriv", &reuid, &regid, "--clear-groups", &undo_caps, "--inh-caps=-all"];
+    argv.push(bin.to_str().unwrap());
+    argv.extend(args.iter().map(String::as_str));
+    let out = tool(argv[0], &argv[1..]);
+    assert!(out.contains("removed ") && out.contains("pinned objects"), "{out}");
+    // The agent's user may not remove the directory from the host's root-owned bpffs:
+    // it stays, empty, and says so.
+    let left: Vec<_> =
+        std::fs::read_dir(&pins.0).map(|d| d.flatten().collect()).unwrap_or_default();
+    assert!(left.is_empty(), "left under the pin directory: {left:?}");
+    assert!(out.contains("the directory itself stays, empty"), "{out}");
+    cellwatch_tests::assert_unloaded(&ids, "the clean-up DaemonSet's uninstall");
+}
+
+/// The Localhost seccomp profile shipped for runtimes whose default refuses bpf(): it
+/// refuses what CAP_DAC_READ_SEARCH would open up across host mounts
+/// (`open_by_handle_at`) and the like, and nothing the agent calls.
+#[test]
+fn the_seccomp_profile_refuses_handle_opens_and_allows_the_agents_calls() {
+    let text = std::fs::read_to_string(repo().join("deploy/seccomp/cellwatch.json")).unwrap();
+    let p: Value = serde_json::from_str(&text).expect("the profile is JSON");
+    assert_eq!(p["defaultAction"], "SCMP_ACT_ALLOW");
+    let rules = p["syscalls"].as_array().expect("syscalls");
+    let denied: Vec<&str> = rules
+        .iter()
+        .filter(|r| r["action"] == "SCMP_ACT_ERRNO" && r["errnoRet"] == 1)
+        .flat_map(|r| r["names"].as_array().into_iter().flatten())
+        .filter_map(Value::as_str)
+        .collect();
+    for call in ["open_by_handle_at", "name_to_handle_at", "init_module", "kexec_load", "ptrace"] {
+        assert!(denied.contains(&call), "{call} is not refused");
+    }
+    for call in ["bpf", "perf_event_open", "setns", "socket", "sendmsg", "recvmsg"] {
+        assert!(!denied.contains(&call), "{call}, which the agent needs, is refused");
+    }
 }

@@ -259,10 +259,28 @@ fn v6(h: u8) -> IpAddr {
     format!("fd00:{}::{h}", ENFORCE_NETNS.at(0)).parse().expect("an IPv6 address")
 }
 
+/// `ignore_cidrs` for the pod test on subnet `mine` (0 or 1 of the area's namespace
+/// block): loopback, and the other pod test's subnets, whose unbound connects this
+/// test's agent (its programs see every connect on the node) must not count.
+fn ignoring_the_other_pod(mine: u8) -> String {
+    let other = 1 - mine;
+    let at = ENFORCE_NETNS.at(0);
+    let v6 = if other == 0 { format!("fd00:{at}::/64") } else { format!("fd00:{at}:0:1::/64") };
+    format!(
+        "ignore_cidrs: [\"127.0.0.0/8\", \"::1/128\", \"{}/24\", \"{v6}\"]\n",
+        ENFORCE_NETNS.ip(0, other, 0)
+    )
+}
+
 /// A pod's namespace: one veth pair, removed on drop.
 fn pod() -> Netns {
-    let ns = Netns::new("enf", &[(v4(1), v4(2), 24), (v6(1), v6(2), 64)]);
-    // A second address here, in another cell.
+    pod_on("enf", v4, v6)
+}
+
+/// A pod's namespace `tag` on the subnets of `v4` and `v6`: the pod at host 2, this
+/// namespace's end at 1, and a second address here at 3, in another cell.
+fn pod_on(tag: &str, v4: fn(u8) -> IpAddr, v6: fn(u8) -> IpAddr) -> Netns {
+    let ns = Netns::new(tag, &[(v4(1), v4(2), 24), (v6(1), v6(2), 64)]);
     ns.alias(v4(3), 24);
     ns.alias(v6(3), 64);
     ns
@@ -282,13 +300,14 @@ fn an_unbound_socket_in_a_pod_namespace_is_judged_by_the_namespace_address() {
     let config = format!(
         "cells:\n  - {{ name: global, global: true, cidrs: [{}/32, \"{}/128\"] }}\n  \
          - {{ name: pod-cell, cidrs: [{}/32, \"{}/128\"] }}\n  \
-         - {{ name: other, cidrs: [{}/32, \"{}/128\"] }}\nmode: enforce\n",
+         - {{ name: other, cidrs: [{}/32, \"{}/128\"] }}\nmode: enforce\n{}",
         v4(1),
         v6(1),
         v4(2),
         v6(2),
         v4(3),
-        v6(3)
+        v6(3),
+        ignoring_the_other_pod(0)
     );
     let agent = Agent::start(AgentOpts { config: Some(&config), ..AgentOpts::default() });
     // The namespace has made no connection yet: its address is unknown, so the first
@@ -313,4 +332,111 @@ fn an_unbound_socket_in_a_pod_namespace_is_judged_by_the_namespace_address() {
     let m = settle(&agent, |m| denied(m, "pod-cell", "other") >= 5.0);
     assert_eq!(denied(&m, "pod-cell", "other"), 5.0);
     assert_eq!(m.get("cellwatch_enforce_unresolved_total", &[]), 1.0);
+}
+
+/// The host end's link-local IPv6 address, once duplicate address detection is done
+/// (bounded wait).
+fn link_local(dev: &str, netns: Option<&str>) -> std::net::Ipv6Addr {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let mut cmd = std::process::Command::new("ip");
+        if let Some(n) = netns {
+            cmd.args(["-n", n]);
+        }
+        let out = cmd.args(["-6", "-o", "addr", "show", "dev", dev, "scope", "link"]).output();
+        let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        let ready = text.lines().find(|l| !l.contains("tentative"));
+        if let Some(addr) =
+            ready.and_then(|l| l.split_whitespace().nth(3)?.split('/').next()?.parse().ok())
+        {
+            return addr;
+        }
+        assert!(std::time::Instant::now() < deadline, "no link-local address on {dev}: {text}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A pod cannot switch enforce off for itself by showing the agent a second source
+/// address: not with a connect from an address bound with IP_FREEBIND (another cell's,
+/// never routed back to it: the connection never establishes, and only an established
+/// one teaches an address), nor with an IPv6 link-local connection (link-local addresses
+/// are never the source towards a cell). Its unbound leaks stay refused.
+#[test]
+fn a_pod_cannot_switch_enforce_off_with_a_freebind_or_link_local_connect() {
+    // Subnets of their own (10.251.1.0/24, fd00:251:0:1::/64): the other tests' pods
+    // run beside this one.
+    fn v4(h: u8) -> IpAddr {
+        ENFORCE_NETNS.ip(0, 1, h)
+    }
+    fn v6(h: u8) -> IpAddr {
+        format!("fd00:{}:0:1::{h}", ENFORCE_NETNS.at(0)).parse().expect("an IPv6 address")
+    }
+    let ns = pod_on("enfb", v4, v6);
+    let global = TcpListener::bind((v4(1), 0)).unwrap();
+    let other = TcpListener::bind((v4(3), 0)).unwrap();
+    let global6 = TcpListener::bind((v6(1), 0)).unwrap();
+    let other6 = TcpListener::bind((v6(3), 0)).unwrap();
+    let config = format!(
+        "cells:\n  - {{ name: global, global: true, cidrs: [{}/32, \"{}/128\"] }}\n  \
+         - {{ name: pod-cell, cidrs: [{}/32, \"{}/128\"] }}\n  \
+         - {{ name: other, cidrs: [{}/32, \"{}/128\"] }}\nmode: enforce\n{}",
+        v4(1),
+        v6(1),
+        v4(2),
+        v6(2),
+        v4(3),
+        v6(3),
+        ignoring_the_other_pod(1)
+    );
+    let agent = Agent::start(AgentOpts { config: Some(&config), ..AgentOpts::default() });
+    // The namespace's addresses are learned from its connections to the global cell.
+    assert!(connects(&ns, global.local_addr().unwrap()));
+    assert!(connects(&ns, global6.local_addr().unwrap()));
+    assert!(!connects(&ns, other.local_addr().unwrap()), "a known namespace's leak is refused");
+
+    // A connect from another cell's address, bound with IP_FREEBIND: the SYN leaves with
+    // it, the answer goes elsewhere, and the connect never completes.
+    let spoofed = ns.inside(|| {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        s.set_freebind_v4(true)?;
+        s.bind(&SocketAddr::new(v4(3), 0).into())?;
+        let r = s.connect_timeout(
+            &global.local_addr().unwrap().into(),
+            std::time::Duration::from_millis(500),
+        );
+        Ok(r.is_ok())
+    });
+    assert_eq!(spoofed.ok(), Some(false), "the spoofed connect does not complete");
+
+    // A link-local IPv6 connection to the node's end of the link: it completes.
+    let host_ll = link_local(&ns.host_if, None);
+    let ll_listener = TcpListener::bind((IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0)).unwrap();
+    let port = ll_listener.local_addr().unwrap().port();
+    let pod_if = format!("{}n", ns.name);
+    let _ = link_local(&pod_if, Some(&ns.name));
+    let index = ns
+        .inside(|| {
+            let out =
+                std::process::Command::new("ip").args(["-o", "link", "show", &pod_if]).output()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.split(':')
+                .next()
+                .and_then(|n| n.trim().parse::<u32>().ok())
+                .ok_or_else(|| std::io::Error::other(text))
+        })
+        .unwrap();
+    let to = SocketAddr::V6(std::net::SocketAddrV6::new(host_ll, port, 0, index));
+    let ll = ns.inside(|| TcpStream::connect_timeout(&to, std::time::Duration::from_secs(5)));
+    assert!(ll.is_ok(), "the link-local connection: {ll:?}");
+    drop((ll, ll_listener.accept()));
+
+    // Neither taught the agent anything: the pod's unbound leaks are still refused, in
+    // both families, and nothing more was let through unjudged.
+    let unresolved = agent.metrics().get("cellwatch_enforce_unresolved_total", &[]);
+    assert!(!connects(&ns, other.local_addr().unwrap()), "IPv4 leak after the FREEBIND connect");
+    assert!(!connects(&ns, other6.local_addr().unwrap()), "IPv6 leak after the link-local one");
+    let m = settle(&agent, |m| denied(m, "pod-cell", "other") >= 3.0);
+    assert_eq!(denied(&m, "pod-cell", "other"), 3.0);
+    assert_eq!(m.get("cellwatch_enforce_unresolved_total", &[]), unresolved);
 }

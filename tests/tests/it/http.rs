@@ -171,3 +171,47 @@ fn detail_endpoints_answer_clients_on_the_node_only() {
         assert!(body.starts_with('['), "{body}");
     }
 }
+
+/// Clients that take every connection slot (128 that never finish a request) do not keep
+/// the kubelet's probes waiting: `/healthz` and `/readyz` are answered at once on the
+/// probe path, which answers nothing else (503), and everything is served again once the
+/// header timeout has freed the slots.
+#[test]
+fn probes_are_answered_while_every_slot_is_taken() {
+    let agent = Agent::start(AgentOpts::default());
+    let port = agent.port;
+    let hogs: Vec<TcpStream> = (0..128)
+        .map(|_| {
+            let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            c.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+            c
+        })
+        .collect();
+    // Until the agent has taken them all: then a request for anything but a probe is
+    // turned away at once.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut turned_away = (0, String::new());
+    while Instant::now() < deadline {
+        turned_away = http_get(port, "/metrics").unwrap();
+        if turned_away.0 == 503 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(turned_away.0, 503, "{}", turned_away.1);
+    assert!(turned_away.1.contains("only /healthz and /readyz"), "{}", turned_away.1);
+    for path in ["/healthz", "/readyz"] {
+        let t = Instant::now();
+        let (code, _) = http_get(port, path).unwrap();
+        assert_eq!(code, 200, "{path}");
+        assert!(t.elapsed() < Duration::from_secs(1), "{path} took {:?}", t.elapsed());
+    }
+    drop(hogs);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut code = 0;
+    while code != 200 && Instant::now() < deadline {
+        code = http_get(port, "/metrics").unwrap().0;
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(code, 200, "served again once the slots are free");
+}

@@ -230,6 +230,13 @@ fn through_services(t: u8, v6: bool, clients: Clients) {
         assert_eq!(opened_to(&m, src, other), 0.0, "nothing counts under `{other}`");
     }
     assert_eq!(m.get("cellwatch_kernel_feature", &[("feature", "conntrack_lookup")]), 1.0);
+    for reason in ["request_queue_full", "announced_table_full", "ipvs_table_too_large"] {
+        let dropped = m.get("cellwatch_service_lookups_dropped_total", &[("reason", reason)]);
+        assert_eq!(dropped, 0.0, "{reason}: nothing past a bound in this test");
+    }
+    assert!(
+        m.0.contains_key("cellwatch_service_lookups_dropped_total{reason=\"request_queue_full\"}")
+    );
     drop(a);
     let _ = &client_pod;
 }

@@ -44,7 +44,7 @@ use crate::{
     serve::{
         connections,
         http::{Endpoints, Server, Unanswered},
-        metrics::AgentMetrics,
+        metrics::{AgentMetrics, DROPPED_QUEUE_FULL},
         violations::{self, Recent},
     },
     sync,
@@ -76,6 +76,9 @@ pub(crate) enum RunError {
     #[error("{0}")]
     Session(String),
 }
+
+/// Requests to find a Service backend waiting for the resolver, at most.
+const RESOLVE_QUEUE: usize = 16_384;
 
 /// Past this many pairs, a scrape's memory is handed back to the kernel when it is done.
 const BIG: usize = 1000;
@@ -265,7 +268,9 @@ where
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<Trigger>(4);
     // The running config, for judging the backends of connections to service_cidrs.
     let shared_config = Arc::new(RwLock::new(config.clone()));
-    let (resolve_tx, resolve_rx) = std::sync::mpsc::channel::<agent_common::ViolationEvent>();
+    // Bounded: a flood of connections to Service addresses cannot grow the agent.
+    let (resolve_tx, resolve_rx) =
+        std::sync::mpsc::sync_channel::<agent_common::ViolationEvent>(RESOLVE_QUEUE);
     let reloader = args.config.as_ref().map(|path| {
         let r = Reloader::new(
             path.clone(),
@@ -287,23 +292,29 @@ where
             cgroups.clone(),
             recent.clone(),
             resolve_tx,
+            metrics.service_lookups_dropped.with_label_values(&[DROPPED_QUEUE_FULL]),
             stop_drain.clone(),
         )
     });
-    let resolver = vip::spawn(
-        kernel.maps(),
-        shared_config,
-        ids.clone(),
-        resolve_rx,
-        stop_drain.clone(),
-        conntrack_works,
-    );
+    let resolver = vip::spawn(vip::Resolver {
+        maps: kernel.maps(),
+        config: shared_config,
+        ids: ids.clone(),
+        requests: resolve_rx,
+        stop: stop_drain.clone(),
+        conntrack: conntrack_works,
+        dropped: metrics.service_lookups_dropped.clone(),
+    });
     let sweeps = spawn_sweeps(kernel.maps(), args.live_interval);
     let agent = Arc::new(Agent { maps: kernel.maps(), ids, metrics, cgroups, recent });
     // What the start parsed (the kernel's BTF among it) is freed: give it back.
     sys::release_free_memory();
     let ready = Arc::new(AtomicBool::new(true));
-    let server = Arc::new(Server { endpoints: agent.clone(), ready: ready.clone() });
+    let server = Arc::new(Server {
+        endpoints: agent.clone(),
+        ready: ready.clone(),
+        renders: Default::default(),
+    });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let bound = listener.local_addr().unwrap_or(args.node.listen);
     let http = tokio::spawn(server.serve(listener, async {

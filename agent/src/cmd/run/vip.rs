@@ -30,6 +30,7 @@ use tracing::{debug, info, warn};
 use crate::{
     host::conntrack::{Conntrack, Destination, NewEntries},
     kernel::MapsHandle,
+    serve::metrics::{DROPPED_ANNOUNCED_FULL, DROPPED_IPVS_TOO_LARGE},
     sync,
 };
 
@@ -40,6 +41,11 @@ const SCAN_EVERY: Duration = Duration::from_secs(1);
 const BATCH: usize = 4096;
 /// IPVS's connections in this network namespace (kube-proxy's IPVS mode).
 const IPVS_CONNS: &str = "/proc/net/ip_vs_conn";
+/// The most bytes of IPVS's connection table read for one batch (a table past it is
+/// read that far, and counted).
+const IPVS_MAX: u64 = 64 << 20;
+/// The most announced entries kept at once.
+const ANNOUNCED_MAX: usize = 65_536;
 /// How long an announced entry is kept for a request that may still come.
 const ANNOUNCED_FOR: Duration = Duration::from_secs(60);
 /// A connection conntrack has no entry for is asked about once more this much later
@@ -105,16 +111,23 @@ pub(crate) fn judge(cfg: &Config, ids: &CellIds, client: IpAddr, to: Destination
 #[error("off (--without conntrack_lookup)")]
 struct ForcedOff;
 
-/// Answers requests on a thread of its own until `stop` is set; without `conntrack`
-/// (`--without conntrack_lookup`) as where ctnetlink is missing.
-pub(crate) fn spawn(
-    maps: MapsHandle,
-    config: Arc<RwLock<Config>>,
-    ids: Arc<RwLock<CellIds>>,
-    requests: mpsc::Receiver<ViolationEvent>,
-    stop: Arc<AtomicBool>,
-    conntrack: bool,
-) -> std::thread::JoinHandle<()> {
+/// What the resolver thread works with.
+pub(crate) struct Resolver {
+    pub(crate) maps: MapsHandle,
+    pub(crate) config: Arc<RwLock<Config>>,
+    pub(crate) ids: Arc<RwLock<CellIds>>,
+    pub(crate) requests: mpsc::Receiver<ViolationEvent>,
+    pub(crate) stop: Arc<AtomicBool>,
+    /// Conntrack lookups allowed (false with `--without conntrack_lookup`: as where
+    /// ctnetlink is missing).
+    pub(crate) conntrack: bool,
+    /// `cellwatch_service_lookups_dropped_total`, by reason.
+    pub(crate) dropped: prometheus::IntCounterVec,
+}
+
+/// Answers requests on a thread of its own until `stop` is set.
+pub(crate) fn spawn(r: Resolver) -> std::thread::JoinHandle<()> {
+    let Resolver { maps, config, ids, requests, stop, conntrack, dropped } = r;
     std::thread::spawn(move || {
         let opened = if conntrack {
             Conntrack::open()
@@ -133,11 +146,14 @@ pub(crate) fn spawn(
             }
         };
         let mut announced = Announced::new();
+        let full = dropped.with_label_values(&[DROPPED_ANNOUNCED_FULL]);
         let announce = |a: &mut Announced, cfg: &RwLock<Config>| {
             if conntrack {
-                a.take(&sync::read(cfg));
+                let over = a.take(&sync::read(cfg));
+                full.inc_by(over);
             }
         };
+        let ipvs_too_large = dropped.with_label_values(&[DROPPED_IPVS_TOO_LARGE]);
         // Subscribed at once when the config has service_cidrs, before any request.
         announce(&mut announced, &config);
         // Connections to ask about again: when, and what.
@@ -185,7 +201,11 @@ pub(crate) fn spawn(
                             Destination::NoEntry => match announced.get(t) {
                                 Destination::NoEntry => {
                                     let text = ipvs.get_or_insert_with(|| {
-                                        std::fs::read_to_string(IPVS_CONNS).unwrap_or_default()
+                                        let (text, whole) = read_bounded(IPVS_CONNS, IPVS_MAX);
+                                        if !whole {
+                                            ipvs_too_large.inc();
+                                        }
+                                        text
                                     });
                                     ipvs_backend(text, t)
                                         .map_or(Destination::NoEntry, Destination::Backend)
@@ -227,35 +247,60 @@ impl Announced {
         Self { new: None, by_tuple: HashMap::new() }
     }
 
-    /// Keeps what was announced since the last call, of connections to `service_cidrs`.
+    /// Keeps what was announced since the last call, of connections to `service_cidrs`,
+    /// up to `ANNOUNCED_MAX` entries; returns how many were left out for want of room.
     /// Subscribed only while the config has `service_cidrs`: the kernel announces every
     /// new conntrack entry of the node, which a node without them need not be sent.
-    fn take(&mut self, cfg: &Config) {
+    fn take(&mut self, cfg: &Config) -> u64 {
         if cfg.service_cidrs.is_empty() {
             self.new = None;
             self.by_tuple.clear();
-            return;
+            return 0;
         }
         if self.new.is_none() {
             self.new = NewEntries::subscribe()
                 .map_err(|e| warn!(error = %e, "no conntrack announcements; lookups only"))
                 .ok();
         }
-        let Some(new) = &mut self.new else { return };
+        let Some(new) = &mut self.new else { return 0 };
         let entries = new.drain();
         let now = Instant::now();
+        self.by_tuple.retain(|_, (_, at)| now.duration_since(*at) < ANNOUNCED_FOR);
+        let mut over = 0;
         for (orig, reply) in entries {
             let virtual_ = cfg.service_cidrs.iter().any(|n| n.contains(&orig.dst.ip()));
             if let (true, Some(backend)) = (virtual_, Tuple::backend_of(&orig, &reply)) {
+                if self.by_tuple.len() >= ANNOUNCED_MAX && !self.by_tuple.contains_key(&orig) {
+                    over += 1;
+                    continue;
+                }
                 self.by_tuple.insert(orig, (backend, now));
             }
         }
-        self.by_tuple.retain(|_, (_, at)| now.duration_since(*at) < ANNOUNCED_FOR);
+        over
     }
 
     fn get(&self, t: &Tuple) -> Destination {
         self.by_tuple.get(t).map_or(Destination::NoEntry, |(b, _)| Destination::Backend(*b))
     }
+}
+
+/// A file's text, up to `max` bytes; and whether that was all of it.
+fn read_bounded(path: &str, max: u64) -> (String, bool) {
+    use std::io::Read;
+    let mut text = String::new();
+    let read = std::fs::File::open(path).and_then(|f| f.take(max + 1).read_to_string(&mut text));
+    if read.is_err() {
+        return (String::new(), true);
+    }
+    if text.len() as u64 > max {
+        // Cut at the last whole line within the bound.
+        let cut =
+            text[..usize::try_from(max).unwrap_or(usize::MAX)].rfind('\n').map_or(0, |i| i + 1);
+        text.truncate(cut);
+        return (text, false);
+    }
+    (text, true)
 }
 
 /// The conntrack answer for `t`; no backend when lookups are not possible.
@@ -279,4 +324,20 @@ pub(crate) fn probe() -> bool {
         dst: SocketAddr::from(([127, 0, 0, 1], 1)),
     };
     ct.destination(&t).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_table_past_the_bound_is_read_to_its_last_whole_line_and_said() {
+        let dir = std::env::temp_dir().join(format!("cellwatch-ipvs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("ip_vs_conn");
+        std::fs::write(&p, "header\nline one\nline two\n").unwrap();
+        let path = p.to_str().unwrap();
+        assert_eq!(super::read_bounded(path, 1024), ("header\nline one\nline two\n".into(), true));
+        assert_eq!(super::read_bounded(path, 20), ("header\nline one\n".into(), false));
+        assert_eq!(super::read_bounded("/nonexistent/ip_vs_conn", 20), (String::new(), true));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
