@@ -190,7 +190,22 @@ fn plan(dir: &Path) -> Result<Option<Plan>, UninstallError> {
         }
         plan.subdirs.push(path);
     }
+    // The agent's own record of its layout, when there: a BPF map, or this is no pin
+    // directory of cellwatch's.
+    let meta = PinDir::new(&root).map(object::META);
+    if plan.pins.contains(&meta) && !is_map(&meta) {
+        return Err(refuse(&meta, "it is not the BPF map cellwatch keeps its layout in".into()));
+    }
     Ok(Some(plan))
+}
+
+/// Whether the pin at `path` is a BPF map (the kernel names each object's descriptor by
+/// its kind: `anon_inode:bpf-map`, `bpf-prog`, `bpf_link`).
+fn is_map(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(fd) = crate::host::sys::bpf_obj_get(path) else { return false };
+    fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .is_ok_and(|t| t.as_os_str() == "anon_inode:bpf-map")
 }
 
 /// Why an entry of a pin directory is not the agent's, as the refusal says it.

@@ -327,6 +327,17 @@ fn uninstall_removes_only_what_cellwatch_pins() {
     assert!(err.contains("other-tool") && err.contains("not something cellwatch pins"), "{err}");
     assert_eq!(pinned(&pins.0), before);
     std::fs::remove_dir(&other).unwrap();
+    // Its layout record must be the BPF map it keeps: a link pinned under that name
+    // (renamed there, as a compromised agent could) makes the directory not cellwatch's.
+    // (META waits under a name of an earlier layout, which uninstall accepts.)
+    let (meta, kept) = (pins.0.join("maps/META"), pins.0.join("maps/CONNS"));
+    std::fs::rename(&meta, &kept).unwrap_or_else(|e| panic!("rename META: {e}"));
+    std::fs::rename(pins.0.join("links/cellwatch_connect4"), &meta).unwrap();
+    let (status, _, err) = cellwatch(&[], &["uninstall", "--bpffs", pins.path()]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("not the BPF map cellwatch keeps its layout in"), "{err}");
+    std::fs::rename(&meta, pins.0.join("links/cellwatch_connect4")).unwrap();
+    std::fs::rename(&kept, &meta).unwrap();
     let before = pinned(&pins.0);
     for root in ["/sys/fs/bpf".to_owned(), format!("{}/..", pins.path())] {
         let (status, _, err) = cellwatch(&[], &["uninstall", "--bpffs", &root]);
@@ -396,4 +407,26 @@ fn a_50_mb_config_is_refused_located() {
         "{err}"
     );
     assert!(!err.contains("panicked"));
+}
+
+/// A config path that is a FIFO (or a device) is refused at once, never read until a
+/// writer comes: `check-config` and `run` say so in one sentence and exit 2.
+#[test]
+fn a_config_that_is_not_a_regular_file_is_refused_at_once() {
+    let dir = TempDir::new("fifo");
+    let fifo = dir.0.join("cells.yaml");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    let t = std::time::Instant::now();
+    let (status, _, err) = cellwatch(&[], &["check-config", fifo.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(2), "{err}");
+    // check-config's lines name the file first.
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.starts_with(&format!("{}: ", fifo.display())), "{err}");
+    assert!(err.contains("not a regular file"), "{err}");
+    let (status, _, err) = cellwatch(&[], &["run", "--config", fifo.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert_one_sentence(&err);
+    assert!(err.contains("not a regular file"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
 }
