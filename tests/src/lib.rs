@@ -187,7 +187,7 @@ impl Agent {
         // agent binds (ports chosen by the kernel come from one range for everyone):
         // then a new one, a few times.
         let mut tries = 0;
-        let mut a = loop {
+        let a = loop {
             let mut a = Self::launch(opts)?;
             match a.wait_ready(READY_POLL) {
                 Ok(_) => break a,
