@@ -131,6 +131,10 @@ pub(crate) struct RunArgs {
     /// Ring buffer for violation events, in KiB: a power of two, 4 to 65536.
     #[arg(long, default_value_t = DEFAULT_EVENTS_BUFFER_KIB, value_parser = pow2_kib)]
     pub(crate) events_buffer_kib: u32,
+    /// Entries of each of the two pair tables, for tests that fill them (the default is
+    /// the build's); only maps made by this start take it.
+    #[arg(long, hide = true, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pub(crate) pair_table_capacity: Option<u32>,
     /// Swap this build's programs onto the pinned links even if they run them already
     /// (an upgrade does this by itself). Maps and counts are kept.
     #[arg(long)]

@@ -11,7 +11,7 @@
 //! | telemetry | 127.50–99, and ::1 | six tests, three cells each (shared, blue, green) from 50, 60, 70, 80, 90, 95; blue also holds ::1, which no other area uses |
 //! | demo | 127.100 | fixed by the demo's embedded cell map (`agent/src/cmd/demo/demo.yaml`) |
 //! | prometheus | 127.120–123 | global, cell-a, cell-b, cell-c (a connection open all along) |
-//! | enforce | 127.140–153 | 140–143 and 144–145 (one test each), 150–153 (the dry run) |
+//! | enforce | 127.140–153 | 140–143 and 144–145 (one test each), 146 (the full pair tables, a /24 per cell), 150–153 (the dry run) |
 //! | restart | 127.170–178 | four tests: 170–171, 172–173, 174–175, 176–178 |
 //! | cells | 127.200–215 | 200–207 the property test's universe (127.200.0.0/13), 210–215 the reload tests |
 //! | http | 127.230–231 | cell-a, cell-b |

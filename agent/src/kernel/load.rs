@@ -50,6 +50,8 @@ pub(crate) struct LoadOptions {
     pub(crate) profile_kernel: bool,
     /// Optional features to do without, as if the kernel had refused them (`--without`).
     pub(crate) without: Without,
+    /// Entries of each of the two pair tables when they are made (tests fill them).
+    pub(crate) pair_tables: Option<u32>,
 }
 
 /// The object with its maps open, before any program is on a hook.
@@ -108,6 +110,10 @@ fn open_in(
         object::PINNED_MAPS.iter().map(|m| (*m, dir.map(m))).collect();
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(object::EVENTS, opts.events_bytes);
+    if let Some(n) = opts.pair_tables {
+        loader.map_max_entries(object::PAIR_STATS, n);
+        loader.map_max_entries(object::PAIR_OVERFLOW, n);
+    }
     let profile = u32::from(opts.profile_kernel);
     loader.override_global(object::PROFILE_KERNEL, &profile, true);
     for (name, path) in &paths {
@@ -131,6 +137,9 @@ fn open_in(
     set(settings, SETTING_EVENT_RATE, opts.event_rate)?;
     set(settings, SETTING_CONN_CAPACITY, opts.conn_capacity)?;
     maps.capacity.conns = opts.conn_capacity;
+    if let Some(n) = opts.pair_tables {
+        (maps.capacity.pair_stats, maps.capacity.pair_overflow) = (n, n);
+    }
     let mut findings = Findings::default();
     let destroy = features::probe_destroy_cookie(&mut maps.settings, &opts.without)?;
     findings.record(Feature::DestroySockCookie, destroy);

@@ -83,6 +83,7 @@ impl Generation {
 pub(super) struct Capacity {
     pub(super) conns: u32,
     pub(super) pair_stats: u32,
+    pub(super) pair_overflow: u32,
     pub(super) cells_v4: u32,
     pub(super) cells_v6: u32,
     pub(super) policy: u32,
@@ -160,6 +161,7 @@ pub(super) fn take_all(ebpf: &mut Ebpf) -> Result<Maps, KernelError> {
         capacity: Capacity {
             conns,
             pair_stats: PAIR_STATS_CAPACITY,
+            pair_overflow: agent_common::PAIR_OVERFLOW_CAPACITY,
             cells_v4: CELLS_V4_CAPACITY,
             cells_v6: CELLS_V6_CAPACITY,
             policy: POLICY_CAPACITY,

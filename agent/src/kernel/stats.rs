@@ -3,10 +3,7 @@
 
 use std::os::fd::AsFd;
 
-use agent_common::{
-    CELL_FLAG_GLOBAL, COUNTERS_LEN, LIVE_CONNS, PAIR_OVERFLOW_CAPACITY, PROFILE_SLOTS, PairKey,
-    PairStats,
-};
+use agent_common::{CELL_FLAG_GLOBAL, COUNTERS_LEN, LIVE_CONNS, PROFILE_SLOTS, PairKey, PairStats};
 use agent_core::metrics::{Catalog, MapFill, OpTime, Snapshot};
 
 use super::{
@@ -69,11 +66,7 @@ pub(super) fn read(m: &Maps) -> Result<Snapshot, KernelError> {
     let fill = vec![
         MapFill { map: "conns", entries: live, capacity: cap.conns.into() },
         MapFill { map: "pair_stats", entries: pairs.len() as u64, capacity: cap.pair_stats.into() },
-        MapFill {
-            map: "pair_overflow",
-            entries: overflow_len,
-            capacity: PAIR_OVERFLOW_CAPACITY.into(),
-        },
+        MapFill { map: "pair_overflow", entries: overflow_len, capacity: cap.pair_overflow.into() },
         MapFill { map: "cells_v4", entries: v4, capacity: cap.cells_v4.into() },
         MapFill { map: "cells_v6", entries: v6, capacity: cap.cells_v6.into() },
         MapFill { map: "policy", entries: c.allow.len() as u64, capacity: cap.policy.into() },

@@ -272,6 +272,23 @@ fn ignoring_the_other_pod(mine: u8) -> String {
     )
 }
 
+/// The pod tests' cell map, enforced: `global` at host 1, the pod's cell at 2, `other`
+/// at 3 of the subnets of `v4` and `v6` (subnet `mine` of the area's block).
+fn pod_config(v4: fn(u8) -> IpAddr, v6: fn(u8) -> IpAddr, mine: u8) -> String {
+    format!(
+        "cells:\n  - {{ name: global, global: true, cidrs: [{}/32, \"{}/128\"] }}\n  \
+         - {{ name: pod-cell, cidrs: [{}/32, \"{}/128\"] }}\n  \
+         - {{ name: other, cidrs: [{}/32, \"{}/128\"] }}\nmode: enforce\n{}",
+        v4(1),
+        v6(1),
+        v4(2),
+        v6(2),
+        v4(3),
+        v6(3),
+        ignoring_the_other_pod(mine)
+    )
+}
+
 /// A pod's namespace: one veth pair, removed on drop.
 fn pod() -> Netns {
     pod_on("enf", v4, v6)
@@ -297,18 +314,7 @@ fn an_unbound_socket_in_a_pod_namespace_is_judged_by_the_namespace_address() {
     let ns = pod();
     let global = TcpListener::bind((v4(1), 0)).unwrap();
     let other = TcpListener::bind((v4(3), 0)).unwrap();
-    let config = format!(
-        "cells:\n  - {{ name: global, global: true, cidrs: [{}/32, \"{}/128\"] }}\n  \
-         - {{ name: pod-cell, cidrs: [{}/32, \"{}/128\"] }}\n  \
-         - {{ name: other, cidrs: [{}/32, \"{}/128\"] }}\nmode: enforce\n{}",
-        v4(1),
-        v6(1),
-        v4(2),
-        v6(2),
-        v4(3),
-        v6(3),
-        ignoring_the_other_pod(0)
-    );
+    let config = pod_config(v4, v6, 0);
     let agent = Agent::start(AgentOpts { config: Some(&config), ..AgentOpts::default() });
     // The namespace has made no connection yet: its address is unknown, so the first
     // unbound connect is let through, and counted as unresolved. It teaches the address.
@@ -376,18 +382,7 @@ fn a_pod_cannot_switch_enforce_off_with_a_freebind_or_link_local_connect() {
     let other = TcpListener::bind((v4(3), 0)).unwrap();
     let global6 = TcpListener::bind((v6(1), 0)).unwrap();
     let other6 = TcpListener::bind((v6(3), 0)).unwrap();
-    let config = format!(
-        "cells:\n  - {{ name: global, global: true, cidrs: [{}/32, \"{}/128\"] }}\n  \
-         - {{ name: pod-cell, cidrs: [{}/32, \"{}/128\"] }}\n  \
-         - {{ name: other, cidrs: [{}/32, \"{}/128\"] }}\nmode: enforce\n{}",
-        v4(1),
-        v6(1),
-        v4(2),
-        v6(2),
-        v4(3),
-        v6(3),
-        ignoring_the_other_pod(1)
-    );
+    let config = pod_config(v4, v6, 1);
     let agent = Agent::start(AgentOpts { config: Some(&config), ..AgentOpts::default() });
     // The namespace's addresses are learned from its connections to the global cell.
     assert!(connects(&ns, global.local_addr().unwrap()));
@@ -439,4 +434,44 @@ fn a_pod_cannot_switch_enforce_off_with_a_freebind_or_link_local_connect() {
     let m = settle(&agent, |m| denied(m, "pod-cell", "other") >= 3.0);
     assert_eq!(denied(&m, "pod-cell", "other"), 3.0);
     assert_eq!(m.get("cellwatch_enforce_unresolved_total", &[]), unresolved);
+}
+
+/// A connect refused while both pair tables are full (made tiny here) is still counted:
+/// refused with EPERM, and, having no pair entry to count its denial in, counted as a
+/// pair-table loss, exactly once.
+#[test]
+fn a_connect_refused_with_both_pair_tables_full_is_counted_as_a_loss() {
+    const CELLS: u8 = 6;
+    let cidr = |i: u8| format!("127.{}.{i}.0/24", ENFORCE.at(6));
+    let ip = |i: u8| ENFORCE.ip(6, i, 1);
+    let mut config = String::from("cells:\n");
+    for i in 0..CELLS {
+        config.push_str(&format!("  - {{ name: c{i}, cidrs: [\"{}\"] }}\n", cidr(i)));
+    }
+    // Peers in no cell (every other test's traffic) are not counted at all here.
+    config.push_str("external: ignore\nmode: enforce\n");
+    let agent = Agent::start(AgentOpts {
+        config: Some(&config),
+        args: &["--pair-table-capacity", "4"],
+        ..AgentOpts::default()
+    });
+    let lost = |m: &Metrics| m.get("cellwatch_events_lost_total", &[("source", "pair_table_full")]);
+    // In-cell connections, two pair keys each (egress and ingress): 6 cells need 12,
+    // and the two tables hold 8.
+    for i in 0..CELLS {
+        let l = TcpListener::bind((ip(i), 0)).unwrap();
+        drop(connect_from(ip(i), l.local_addr().unwrap()).unwrap());
+        drop(l.accept().unwrap());
+    }
+    let m = settle(&agent, |m| lost(m) >= 1.0);
+    let capacity = |map| m.get("cellwatch_map_capacity", &[("map", map)]);
+    assert_eq!((capacity("pair_stats"), capacity("pair_overflow")), (4.0, 4.0));
+    let before = lost(&m);
+    assert!(before >= 1.0, "the tables are full");
+    let target = TcpListener::bind((ip(CELLS - 1), 0)).unwrap();
+    let refused = connect_from(ip(0), target.local_addr().unwrap());
+    assert_eq!(refused.err().and_then(|e| e.raw_os_error()), Some(EPERM), "refused");
+    let m = settle(&agent, |m| lost(m) > before);
+    assert_eq!(lost(&m), before + 1.0, "the refusal is counted once, as a loss");
+    assert_eq!(denied(&m, "c0", &format!("c{}", CELLS - 1)), 0.0, "no entry to count it in");
 }

@@ -64,6 +64,7 @@ pub(crate) fn demo(args: &DemoArgs, log_format: LogFormat) -> Result<(), RunErro
         violation_event_rate: 2,
         events_buffer_kib: cli::DEFAULT_EVENTS_BUFFER_KIB,
         replace_programs: false,
+        pair_table_capacity: None,
     };
     let duration = Duration::from_secs(args.duration);
     let outcome = run::run_with(&run_args, config, DEMO_YAML.as_bytes(), parsed_ms, move |addr| {

@@ -223,6 +223,7 @@ where
         event_rate: args.violation_event_rate,
         profile_kernel: args.profile_kernel,
         without: without.clone(),
+        pair_tables: args.pair_table_capacity,
     };
     let staged = Kernel::open(&opts)?;
     // Ids the pinned state already uses first, so adopted counters keep their labels.
