@@ -225,7 +225,7 @@ fn read_run(link: &OwnedFd, out: &mut Vec<u8>) -> std::io::Result<()> {
 
 /// Namespaces the TCP walk could not enter were said once; a new kind of failure is
 /// said again.
-static SKIP_SAID: Mutex<Option<std::io::ErrorKind>> = Mutex::new(None);
+static ENTER_FAILURE_SAID: Mutex<Option<std::io::ErrorKind>> = Mutex::new(None);
 
 /// The TCP walk: a run in each network namespace of the node. The iterator takes the
 /// namespace of the thread that makes the run, so each run is made inside it (and read
@@ -243,7 +243,7 @@ fn each_namespace(link: &OwnedFd, out: &mut Vec<u8>) -> std::io::Result<()> {
     if let Some((ns, e)) =
         each.skipped.iter().find(|(_, e)| e.kind() != std::io::ErrorKind::NotFound)
     {
-        let mut said = sync::lock(&SKIP_SAID);
+        let mut said = sync::lock(&ENTER_FAILURE_SAID);
         if *said != Some(e.kind()) {
             *said = Some(e.kind());
             tracing::warn!(
