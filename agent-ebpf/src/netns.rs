@@ -4,7 +4,7 @@
 //! family; a node's own has many and is marked ambiguous, and its unbound sockets are then
 //! not judged (counted as unresolved).
 #![expect(unsafe_code, reason = "a namespace entry is updated in place through its map pointer")]
-use agent_common::{AF_INET, AF_INET6, CELL_IGNORED, NetnsAddr, NetnsKey};
+use agent_common::{AF_INET, AF_INET6, CELL_IGNORED, CONN_USER_BOUND, Conn, NetnsAddr, NetnsKey};
 
 use crate::maps::NETNS_ADDR;
 
@@ -32,20 +32,18 @@ fn key(netns_cookie: u64, addr: &[u8; 16], v6: bool) -> (NetnsKey, [u8; 16]) {
 ///
 /// A function of its own (a BPF-to-BPF call): inlined, its locals would push the
 /// `sock_ops` program past the 512-byte stack.
+///
+/// `conn`, the client connection's storage (null for a server's socket): a source the
+/// process bound itself (`CONN_USER_BOUND`, perhaps an address not its own, with
+/// IP_FREEBIND) teaches nothing; only one the kernel chose does.
 #[inline(never)]
-pub(crate) fn learn(netns_cookie: u64, addr: &[u8; 16], v6: bool, cell: u32) {
-    if cell == CELL_IGNORED {
+pub(crate) fn learn(netns_cookie: u64, addr: &[u8; 16], v6: bool, cell: u32, conn: *const Conn) {
+    // SAFETY: `conn` is null or the live socket storage of the connection; one byte read.
+    let bound = !conn.is_null() && unsafe { (*conn).flags } & CONN_USER_BOUND != 0;
+    if cell == CELL_IGNORED || bound || link_local(addr, v6) {
         return;
     }
     let (k, a) = key(netns_cookie, addr, v6);
-    let link_local = if k.family == u32::from(AF_INET6) {
-        a[0] == 0xfe && a[1] & 0xc0 == 0x80
-    } else {
-        a[0] == 169 && a[1] == 254
-    };
-    if link_local {
-        return;
-    }
     match NETNS_ADDR.get_ptr_mut(k) {
         Some(known) => {
             // SAFETY: `known` points to a live entry; a racing writer can only set the
@@ -60,6 +58,18 @@ pub(crate) fn learn(netns_cookie: u64, addr: &[u8; 16], v6: bool, cell: u32) {
             let _ = NETNS_ADDR.insert(k, NetnsAddr { addr: a, ambiguous: 0, _pad: 0 }, 0);
         }
     }
+}
+
+/// Whether `addr` is link-local: 169.254.0.0/16 (also v4-mapped) or fe80::/10. Read in
+/// place, so `learn`'s frame holds no copy of it.
+#[inline(always)]
+fn link_local(addr: &[u8; 16], v6: bool) -> bool {
+    let mapped = v6 && addr[..10].iter().all(|b| *b == 0) && addr[10] == 0xff && addr[11] == 0xff;
+    if v6 && !mapped {
+        return addr[0] == 0xfe && addr[1] & 0xc0 == 0x80;
+    }
+    let v4 = if mapped { &addr[12..14] } else { &addr[0..2] };
+    v4[0] == 169 && v4[1] == 254
 }
 
 /// The address an unbound socket of `netns_cookie` connecting to `dst` will use, when

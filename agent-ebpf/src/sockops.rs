@@ -6,10 +6,10 @@
 #![expect(unsafe_code, reason = "a connection's storage is written in place through its pointer")]
 
 use agent_common::{
-    AF_INET6, CELL_VIRTUAL, CONN_ESTABLISHED, CONN_SEEDED, CONN_TRACKED, CONN_USER_BOUND,
-    CONN_VIRTUAL, CTR_CONN_TABLE_FULL, Claimed, DIR_EGRESS, DIR_INGRESS, ECONNREFUSED, ECONNRESET,
-    EPIPE, ETIMEDOUT, FAIL_OTHER, FAIL_REFUSED, FAIL_RESET, FAIL_TIMEOUT, NO_FAILURE,
-    PROFILE_SLOTS, PROFILE_STATE_CLOSE, Progress, VERDICT_VIOLATION,
+    AF_INET6, CELL_VIRTUAL, CONN_ESTABLISHED, CONN_SEEDED, CONN_TRACKED, CONN_VIRTUAL,
+    CTR_CONN_TABLE_FULL, Claimed, DIR_EGRESS, DIR_INGRESS, ECONNREFUSED, ECONNRESET, EPIPE,
+    ETIMEDOUT, FAIL_OTHER, FAIL_REFUSED, FAIL_RESET, FAIL_TIMEOUT, NO_FAILURE, PROFILE_SLOTS,
+    PROFILE_STATE_CLOSE, Progress, VERDICT_VIOLATION,
 };
 use aya_ebpf::{
     bindings::{
@@ -111,19 +111,16 @@ fn on_connect(ops: &Ops<'_>) {
     let view = View::current();
     // SAFETY: `c` points to this socket's storage; only its own callbacks, run under
     // the socket lock, write it.
-    let (generation, known, flags) =
-        unsafe { ((*c).generation, ((*c).dst_cell, (*c).service), (*c).flags) };
+    let (generation, known) = unsafe { ((*c).generation, ((*c).dst_cell, (*c).service)) };
     let port = ops.remote_port();
     // The server's cell and service as connect4 found them, unless a reload came in
     // between.
     let (dst, service) =
         if generation == view.generation() { known } else { view.server_of(&e.remote, e.v6, port) };
     let src = view.cell_of(&e.local, e.v6);
-    // The kernel chose this source, so it is the namespace's; one the process bound
-    // itself may be any address (IP_FREEBIND) and teaches nothing.
-    if flags & CONN_USER_BOUND == 0 {
-        netns::learn(ops.netns_cookie(), &e.local, e.v6, src);
-    }
+    // Only if the kernel chose this source (`learn` reads that in `c`, so this frame
+    // keeps nothing more: `sock_ops` is at the 512-byte stack on 6.1).
+    netns::learn(ops.netns_cookie(), &e.local, e.v6, src, c);
     let Some(verdict) = view.verdict(src, dst, port) else {
         conn::forget(sk);
         return;
@@ -225,7 +222,7 @@ fn on_passive_established(ops: &Ops<'_>) {
     let port = ops.local_port();
     let src = view.cell_of(&e.remote, e.v6);
     let (dst, service) = view.server_of(&e.local, e.v6, port);
-    netns::learn(ops.netns_cookie(), &e.local, e.v6, dst);
+    netns::learn(ops.netns_cookie(), &e.local, e.v6, dst, core::ptr::null());
     let Some(verdict) = view.verdict(src, dst, port) else { return };
     let Some(sk) = ops.sk() else { return };
     if !conn::admit() {
