@@ -16,7 +16,8 @@
 //! - [`cells`]: address -> cell and the verdict of a (client cell, server cell, port).
 //! - [`stats`]: per-CPU aggregation per cell pair, and claims.
 //! - [`ctx`] and [`kread`]: every read of a context or of kernel memory.
-//! - [`maps`]: every map, in one place.
+//! - [`maps`]: every map, in one place; [`probe`]: the smallest programs of two optional
+//!   kinds, to tell whether the kernel takes them.
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
@@ -34,6 +35,7 @@ mod events;
 mod kread;
 mod maps;
 mod netns;
+mod probe;
 mod seed;
 mod settle;
 mod sockops;

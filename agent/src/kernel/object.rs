@@ -16,6 +16,9 @@ pub(super) const SEED: &str = "cellwatch_seed";
 pub(super) const SETTLE: &str = "cellwatch_settle";
 /// Run by the agent with `BPF_PROG_TEST_RUN`, never attached.
 pub(super) const SETTLE_ONE: &str = "cellwatch_settle_one";
+/// The smallest programs of the optional kinds, loaded only to probe them.
+pub(super) const PROBE_TCP: &str = "cellwatch_probe_tcp";
+pub(super) const PROBE_RAW_TP: &str = "cellwatch_probe_raw_tp";
 
 /// The tracepoint category of the destroy program.
 pub(super) const TCP: &str = "tcp";
@@ -44,8 +47,13 @@ pub(super) const SEEDED_CLOSE: (&str, Hook) = (DESTROY, Hook::Tracepoint(DESTROY
 /// connection storage or over each namespace's TCP sockets, the seeding walk over the
 /// TCP sockets, and the settling over `DEFERRED`, with the kernel's iterator target of
 /// each.
-pub(super) const ITERATORS: [(&str, &str); 4] =
-    [(SWEEP, "bpf_sk_storage_map"), (SWEEP_TCP, "tcp"), (SEED, "tcp"), (SETTLE, "bpf_map_elem")];
+pub(super) const ITERATORS: [(&str, &str); 5] = [
+    (SWEEP, "bpf_sk_storage_map"),
+    (SWEEP_TCP, "tcp"),
+    (PROBE_TCP, "tcp"),
+    (SEED, "tcp"),
+    (SETTLE, "bpf_map_elem"),
+];
 
 pub(super) const CONN: &str = "CONN";
 pub(super) const PAIR_STATS: &str = "PAIR_STATS";
@@ -202,7 +210,7 @@ mod tests {
         let known: BTreeSet<String> = PROGRAMS
             .iter()
             .map(|(n, _)| *n)
-            .chain([SEEDED_CLOSE.0, SETTLE_ONE])
+            .chain([SEEDED_CLOSE.0, SETTLE_ONE, PROBE_RAW_TP])
             .chain(ITERATORS.iter().map(|(n, _)| *n))
             .map(str::to_owned)
             .collect();

@@ -19,7 +19,7 @@ use super::{
     error::{KernelError, map_err},
     features::{Feature, Findings, Found, Without},
     maps::Maps,
-    object::{self, SETTLE, SETTLE_ONE},
+    object::{self, PROBE_RAW_TP, SETTLE, SETTLE_ONE},
     sweep::{load_iterator, refusal},
 };
 use crate::{
@@ -57,8 +57,9 @@ impl Settler {
                 continue;
             }
             if way.is_some() {
-                // Only the first that works is used; the next is probed for the record.
-                let tried = Self::make(ebpf, btf, dir, feature).and_then(|w| w.run_probe());
+                // Only the first that works is used; the next is probed for the record,
+                // with the smallest program of its kind.
+                let tried = test_run_probe(ebpf, PROBE_RAW_TP).and_then(|w| w.run_probe());
                 found.record(
                     feature,
                     tried.map_or_else(|e| Self::refused(feature, &e), |()| Found::Works),
@@ -99,13 +100,7 @@ impl Settler {
                 .map_err(KernelError::IterLink)?;
             return Ok(Way::Iterator(link));
         }
-        let name = SETTLE_ONE;
-        let prog = ebpf.program_mut(name).ok_or(KernelError::Missing(name))?;
-        let typed = |source| KernelError::Program { name, source };
-        let raw: &mut RawTracePoint = prog.try_into().map_err(typed)?;
-        raw.load().map_err(|e| super::attach::refused(name, e))?;
-        let fd = raw.fd().map_err(typed)?.try_clone().map_err(KernelError::Settle)?;
-        Ok(Way::TestRun(fd))
+        test_run_probe(ebpf, SETTLE_ONE)
     }
 
     /// Writes `resolved` (socket cookie, where it went), then counts the deferred
@@ -165,6 +160,16 @@ impl Settler {
             .filter(|d| d.settled == 0)
             .collect()
     }
+}
+
+/// The raw-tracepoint program `name`, loaded to be run with `BPF_PROG_TEST_RUN`.
+fn test_run_probe(ebpf: &mut Ebpf, name: &'static str) -> Result<Way, KernelError> {
+    let prog = ebpf.program_mut(name).ok_or(KernelError::Missing(name))?;
+    let typed = |source| KernelError::Program { name, source };
+    let raw: &mut RawTracePoint = prog.try_into().map_err(typed)?;
+    raw.load().map_err(|e| super::attach::refused(name, e))?;
+    let fd = raw.fd().map_err(typed)?.try_clone().map_err(KernelError::Settle)?;
+    Ok(Way::TestRun(fd))
 }
 
 impl Way {

@@ -23,7 +23,7 @@ use super::{
     error::{KernelError, map_err},
     features::{Feature, Findings, Found, Without},
     maps::{self, Maps},
-    object::{ITERATORS, SEED, SWEEP, SWEEP_TCP},
+    object::{ITERATORS, PROBE_TCP, SEED, SWEEP, SWEEP_TCP},
 };
 use crate::{
     host::{netns, sys},
@@ -116,13 +116,18 @@ impl Sweeper {
         s
     }
 
-    /// Whether the TCP iterator loads (seeding needs it even where the sweep does not).
+    /// Whether the TCP iterator loads and runs (seeding needs it even where the sweep
+    /// does not), told by the smallest program of its kind.
     fn probe_tcp(ebpf: &mut Ebpf, btf: &Btf, without: &Without) -> Found {
         if without.has(Feature::TcpIter) {
             return Found::Forced;
         }
-        match load_iterator(ebpf, btf, SWEEP_TCP) {
-            Ok(_) => Found::Works,
+        let ran = load_iterator(ebpf, btf, PROBE_TCP).and_then(|prog| {
+            let link = sys::bpf_iter_link(prog.as_fd()).map_err(KernelError::IterLink)?;
+            read_run(&link, &mut Vec::new()).map_err(KernelError::Sweep)
+        });
+        match ran {
+            Ok(()) => Found::Works,
             Err(e) => Found::Refused(refusal("the TCP iterator (iter/tcp)", &e)),
         }
     }
