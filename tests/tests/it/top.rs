@@ -497,7 +497,10 @@ fn the_live_view_in_a_terminal_counts_obeys_keys_follows_restarts_and_restores()
     tmux.wait_for("the filter prompt", Duration::from_secs(5), |s| s.contains("filter by cell:"));
     tmux.tmux(&["send-keys", "-t", "t", "-l", "top-b"]);
     tmux.keys(&["Enter"]);
-    let s = tmux.wait_for("cell: top-b", Duration::from_secs(5), |s| s.contains("cell: top-b"));
+    // The header, not the prompt (whose "filter by cell: top-b" shows until Enter lands).
+    let s = tmux.wait_for("cell: top-b", Duration::from_secs(5), |s| {
+        s.contains("cell: top-b  pairs:") && !s.contains("filter by cell:")
+    });
     assert_eq!(order(&s), ["top-a>top-b", "top-b>top-a"], "{s}");
     assert!(s.contains("pairs: 2 of 3"), "{s}");
     tmux.keys(&["Escape"]);
