@@ -6,7 +6,7 @@
 //! Run with `cargo bench -p agent-core --bench hot_paths`; CI only builds them.
 use std::hint::black_box;
 
-use agent_common::{COUNTERS_LEN, DIR_EGRESS, DIR_INGRESS, HIST_BUCKETS, PairKey, PairStats};
+use agent_common::{COUNTERS_LEN, Direction, HIST_BUCKETS, PairKey, PairStats, Verdict};
 use agent_core::{
     config::Config,
     ids::CellIds,
@@ -37,8 +37,8 @@ fn snapshot(cells: u32) -> (Snapshot, CellIds) {
     let mut pairs = Vec::new();
     for s in 1..=cells {
         for d in 1..=cells {
-            for direction in [DIR_EGRESS, DIR_INGRESS] {
-                let key = PairKey::new(s, d, direction, 0);
+            for direction in [Direction::EGRESS, Direction::INGRESS] {
+                let key = PairKey::new(s, d, direction, Verdict::ALLOWED);
                 pairs.push((key, stats));
             }
         }

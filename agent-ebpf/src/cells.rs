@@ -6,8 +6,8 @@
 use agent_common::{
     CELL_EXTERNAL, CELL_FLAG_ENFORCE, CELL_FLAG_GLOBAL, CELL_IGNORED, CELL_VIRTUAL,
     EXTERNAL_IGNORE, EXTERNAL_VIOLATION, PolicyKey, SETTING_ENFORCE, SETTING_EXTERNAL,
-    SETTING_GENERATION, SETTING_PORTED_SERVICES, ServiceKeyV4, ServiceKeyV6, VERDICT_ALLOWED,
-    VERDICT_VIOLATION, entry_cell, entry_service,
+    SETTING_GENERATION, SETTING_PORTED_SERVICES, ServiceKeyV4, ServiceKeyV6, Verdict, entry_cell,
+    entry_service,
 };
 use aya_ebpf::maps::lpm_trie::Key;
 
@@ -92,7 +92,7 @@ impl View {
     /// server `port`, or `None` when it is not to be tracked (ignored range, or
     /// `external: ignore`).
     #[inline(always)]
-    pub(crate) fn verdict(&self, src: u32, dst: u32, port: u16) -> Option<u8> {
+    pub(crate) fn verdict(&self, src: u32, dst: u32, port: u16) -> Option<Verdict> {
         if src == CELL_IGNORED || dst == CELL_IGNORED {
             return None;
         }
@@ -102,16 +102,16 @@ impl View {
             let ignored = src == CELL_EXTERNAL
                 && SETTINGS.get(SETTING_EXTERNAL + u32::from(self.b)).copied()
                     == Some(EXTERNAL_IGNORE);
-            return (!ignored).then_some(VERDICT_ALLOWED);
+            return (!ignored).then_some(Verdict::ALLOWED);
         }
         if src == CELL_EXTERNAL || dst == CELL_EXTERNAL {
             let mode = SETTINGS.get(SETTING_EXTERNAL + u32::from(self.b)).copied().unwrap_or(0);
             return match mode {
                 EXTERNAL_IGNORE => None,
                 // Neither end in a cell: no boundary is crossed.
-                _ if src == dst => Some(VERDICT_ALLOWED),
-                EXTERNAL_VIOLATION => Some(VERDICT_VIOLATION),
-                _ => Some(VERDICT_ALLOWED),
+                _ if src == dst => Some(Verdict::ALLOWED),
+                EXTERNAL_VIOLATION => Some(Verdict::VIOLATION),
+                _ => Some(Verdict::ALLOWED),
             };
         }
         if src == dst
@@ -120,9 +120,9 @@ impl View {
             || self.allowed(src, dst, port)
             || self.allowed(src, dst, 0)
         {
-            return Some(VERDICT_ALLOWED);
+            return Some(Verdict::ALLOWED);
         }
-        Some(VERDICT_VIOLATION)
+        Some(Verdict::VIOLATION)
     }
 
     /// Whether this config is `mode: enforce` at all.

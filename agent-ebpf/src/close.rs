@@ -4,7 +4,7 @@
 //! the same.
 #![expect(unsafe_code, reason = "pair entries and claims are updated in place")]
 
-use agent_common::{Claimed, FAIL_REASONS, NO_FAILURE, Progress};
+use agent_common::{Claimed, Failure, Progress};
 
 use crate::stats::{Slot, add};
 
@@ -12,8 +12,8 @@ use crate::stats::{Slot, add};
 pub(crate) struct End {
     /// The socket's counters and whether the peer's FIN had come (`None`: unreadable).
     pub(crate) last: Option<(Progress, bool)>,
-    /// The failure index (`FAIL_*`) its end counts, or [`NO_FAILURE`].
-    pub(crate) failure: u32,
+    /// The failure its end counts, or [`Failure::NONE`].
+    pub(crate) failure: Failure,
     pub(crate) srtt_us: u32,
 }
 
@@ -35,7 +35,8 @@ pub(crate) unsafe fn account(
     let s = slot.stats();
     if established {
         if let Some((now, fin)) = &end.last {
-            slot.claim(claimed, base, now, *fin);
+            // SAFETY: `claimed` per the contract.
+            unsafe { slot.claim(claimed, base, now, *fin) };
         }
         if rtt_sample {
             slot.rtt(end.srtt_us);
@@ -43,8 +44,7 @@ pub(crate) unsafe fn account(
         // SAFETY: `s` is this CPU's value of a live pair entry.
         unsafe { add(&raw mut (*s).closed, 1) };
     }
-    let f = end.failure as usize;
-    if end.failure != NO_FAILURE && f < FAIL_REASONS {
+    if let Some(f) = end.failure.index() {
         // SAFETY: as above; `f` is in bounds.
         unsafe { add(&raw mut (*s).failed[f], 1) };
     }

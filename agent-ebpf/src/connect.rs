@@ -14,8 +14,8 @@
 #![expect(unsafe_code, reason = "the statistics slot is updated in place; raw helpers")]
 
 use agent_common::{
-    AF_INET, AF_INET6, CELL_IGNORED, CONN_USER_BOUND, CTR_ENFORCE_UNRESOLVED, DIR_EGRESS,
-    EVENT_DENIED, PairKey, VERDICT_VIOLATION,
+    AF_INET, AF_INET6, CELL_IGNORED, CONN_USER_BOUND, CTR_ENFORCE_UNRESOLVED, Direction, EventKind,
+    PairKey, Verdict,
 };
 use aya_ebpf::{
     helpers::{
@@ -128,10 +128,10 @@ fn refuse(
         return false;
     }
     let port = c.dst_port();
-    if view.verdict(src_cell, dst_cell, port) != Some(VERDICT_VIOLATION) {
+    if view.verdict(src_cell, dst_cell, port) != Some(Verdict::VIOLATION) {
         return false;
     }
-    let key = PairKey::new(src_cell, dst_cell, DIR_EGRESS, VERDICT_VIOLATION);
+    let key = PairKey::new(src_cell, dst_cell, Direction::EGRESS, Verdict::VIOLATION);
     let Some(slot) = Slot::of(&key) else { return true };
     let s = slot.stats();
     // SAFETY: `s` is this CPU's value of a live pair entry.
@@ -147,12 +147,12 @@ fn refuse(
         dst_port: port,
         src_cell,
         dst_cell,
-        direction: DIR_EGRESS,
+        direction: Direction::EGRESS,
         cookie: c.cookie(),
         pid: who.pid,
         cgroup_id: who.cgroup_id,
         comm: who.comm,
     };
-    events::send(&flow, &slot, EVENT_DENIED);
+    events::send(&flow, &slot, EventKind::DENIED);
     true
 }

@@ -3,9 +3,7 @@
 //! moved is claimed from the dead socket's counters, it is counted closed, then
 //! forgotten. The agent attaches this tracepoint only while such connections exist.
 #![expect(unsafe_code, reason = "the seeded entry is updated in place through its pointer")]
-use agent_common::{
-    CELL_EXTERNAL, DIR_EGRESS, SETTING_DESTROY_COOKIE_OFFSET, SETTING_DESTROY_SKADDR_OFFSET,
-};
+use agent_common::{SETTING_DESTROY_COOKIE_OFFSET, SETTING_DESTROY_SKADDR_OFFSET, observes_rtt};
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
 use crate::{
@@ -41,12 +39,12 @@ fn try_destroy(ctx: &TracePointContext) {
                     r.fin_received,
                 );
             }
-            if key.direction == DIR_EGRESS || key.src_cell == CELL_EXTERNAL {
+            if observes_rtt(key.direction(), key.src_cell) {
                 slot.rtt(r.srtt_us);
             }
         }
         // SAFETY: the slot's pointer is this CPU's value of a live pair entry.
-        add(unsafe { &raw mut (*slot.stats()).closed }, 1);
+        unsafe { add(&raw mut (*slot.stats()).closed, 1) };
     }
     if SEEDED.remove(cookie).is_ok() {
         conn::release();

@@ -6,7 +6,7 @@
 
 use agent_common::{
     CTR_EVENTS_RATE_LIMITED, CTR_EVENTS_RINGBUF_FULL, CTR_EVENTS_SENT, CTR_RESOLVE_RINGBUF_FULL,
-    Conn, DIR_EGRESS, EVENT_RESOLVE, EVENT_VIOLATION, SETTING_EVENT_RATE, ViolationEvent,
+    Conn, Direction, EventKind, SETTING_EVENT_RATE, ViolationEvent,
 };
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 
@@ -27,7 +27,7 @@ pub(crate) struct Flow {
     pub(crate) dst_port: u16,
     pub(crate) src_cell: u32,
     pub(crate) dst_cell: u32,
-    pub(crate) direction: u8,
+    pub(crate) direction: Direction,
     pub(crate) cookie: u64,
     pub(crate) pid: u32,
     pub(crate) cgroup_id: u64,
@@ -37,7 +37,7 @@ pub(crate) struct Flow {
 impl Flow {
     #[inline(always)]
     fn of(conn: &Conn) -> Self {
-        let egress = conn.direction == DIR_EGRESS;
+        let egress = conn.direction() == Direction::EGRESS;
         let (src_addr, src_port, dst_addr, dst_port) = if egress {
             (conn.local_addr, conn.local_port, conn.remote_addr, conn.remote_port)
         } else {
@@ -51,7 +51,7 @@ impl Flow {
             dst_port,
             src_cell: conn.src_cell,
             dst_cell: conn.dst_cell,
-            direction: conn.direction,
+            direction: conn.direction(),
             cookie: conn.cookie,
             pid: conn.pid,
             cgroup_id: conn.cgroup_id,
@@ -63,12 +63,12 @@ impl Flow {
 /// Sends the event of a violating connection, unless its pair is over its rate.
 #[inline(always)]
 pub(crate) fn violation(conn: &Conn, slot: &Slot) {
-    send(&Flow::of(conn), slot, EVENT_VIOLATION);
+    send(&Flow::of(conn), slot, EventKind::VIOLATION);
 }
 
-/// Sends an event of `kind` (`EVENT_*`), unless its pair is over its rate.
+/// Sends an event of `kind`, unless its pair is over its rate.
 #[inline(always)]
-pub(crate) fn send(flow: &Flow, slot: &Slot, kind: u8) {
+pub(crate) fn send(flow: &Flow, slot: &Slot, kind: EventKind) {
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if !within_rate(slot, now) {
@@ -89,14 +89,14 @@ pub(crate) fn send(flow: &Flow, slot: &Slot, kind: u8) {
 pub(crate) fn resolve_request(conn: &Conn) {
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    if !emit(&Flow::of(conn), EVENT_RESOLVE, now) {
+    if !emit(&Flow::of(conn), EventKind::RESOLVE, now) {
         count(CTR_RESOLVE_RINGBUF_FULL);
     }
 }
 
 /// Writes one record; false when the ring buffer is full.
 #[inline(always)]
-fn emit(flow: &Flow, kind: u8, now: u64) -> bool {
+fn emit(flow: &Flow, kind: EventKind, now: u64) -> bool {
     let Some(mut entry) = EVENTS.reserve::<ViolationEvent>(0) else {
         return false;
     };
@@ -110,8 +110,8 @@ fn emit(flow: &Flow, kind: u8, now: u64) -> bool {
         family: flow.family,
         src_port: flow.src_port,
         dst_port: flow.dst_port,
-        direction: flow.direction,
-        kind,
+        direction: flow.direction.0,
+        kind: kind.0,
         _pad: 0,
         src_addr: flow.src_addr,
         dst_addr: flow.dst_addr,

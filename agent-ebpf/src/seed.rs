@@ -8,7 +8,7 @@
 #![expect(unsafe_code, reason = "the plan and the statistics slot are updated in place")]
 
 use agent_common::{
-    CONN_ESTABLISHED, CONN_SEEDED, CONN_TRACKED, Claimed, Seeded, VERDICT_VIOLATION,
+    CONN_ESTABLISHED, CONN_SEEDED, CONN_TRACKED, Claimed, SeedOutcome, Seeded, Verdict,
 };
 
 use crate::{
@@ -18,15 +18,6 @@ use crate::{
     maps::{SEED_PLAN, SEEDED},
     stats::{Slot, add},
 };
-
-/// What seeding did with one planned socket, written for the agent to report.
-#[repr(C)]
-struct Outcome {
-    cookie: u64,
-    /// 1 seeded, 2 already tracked (it opened after the programs were attached), 3 not
-    /// tracked (no room).
-    what: u64,
-}
 
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/tcp")]
@@ -43,13 +34,13 @@ fn try_seed(it: &Iter) {
     let Some(plan) = SEED_PLAN.get_ptr_mut(cookie) else { return };
     if conn::get(it.sk()).is_some() {
         let _ = SEED_PLAN.remove(cookie);
-        it.write(&Outcome { cookie, what: 2 });
+        it.write(&SeedOutcome { cookie, what: SeedOutcome::ALREADY_TRACKED });
         return;
     }
     let Some(now) = Sock::of(it.sk().cast_const()).and_then(|s| s.read()) else { return };
     if !conn::admit() {
         let _ = SEED_PLAN.remove(cookie);
-        it.write(&Outcome { cookie, what: 3 });
+        it.write(&SeedOutcome { cookie, what: SeedOutcome::NO_ROOM });
         return;
     }
     // The plan entry is the storage's first value: the connection as the agent judged
@@ -61,7 +52,7 @@ fn try_seed(it: &Iter) {
         (*plan).base = now.progress;
         (*plan).claimed = Claimed::default();
         (*plan).flags = CONN_TRACKED | CONN_ESTABLISHED | CONN_SEEDED;
-        ((*plan).pair_key(), (*plan).verdict)
+        ((*plan).pair_key(), (*plan).verdict())
     };
     let seeded = Seeded { key, base: now.progress, claimed: Claimed::default() };
     let made = SEEDED.insert(cookie, seeded, 0).is_ok()
@@ -70,7 +61,7 @@ fn try_seed(it: &Iter) {
     if !made {
         let _ = SEEDED.remove(cookie);
         conn::release();
-        it.write(&Outcome { cookie, what: 3 });
+        it.write(&SeedOutcome { cookie, what: SeedOutcome::NO_ROOM });
         return;
     }
     if let Some(slot) = Slot::of(&key) {
@@ -78,10 +69,10 @@ fn try_seed(it: &Iter) {
         // SAFETY: `s` is this CPU's value of a live pair entry.
         unsafe {
             add(&raw mut (*s).opened, 1);
-            if verdict == VERDICT_VIOLATION {
+            if verdict == Verdict::VIOLATION {
                 add(&raw mut (*s).violations, 1);
             }
         }
     }
-    it.write(&Outcome { cookie, what: 1 });
+    it.write(&SeedOutcome { cookie, what: SeedOutcome::SEEDED });
 }

@@ -8,7 +8,7 @@
 //! with `BPF_PROG_TEST_RUN` (never attached to a tracepoint).
 #![expect(unsafe_code, reason = "the iterator hands the key as a raw pointer")]
 
-use agent_common::{CELL_EXTERNAL, CONN_ESTABLISHED, DIR_EGRESS};
+use agent_common::{CONN_ESTABLISHED, observes_rtt};
 
 use crate::{
     close::{End, account},
@@ -61,11 +61,11 @@ fn try_settle(cookie: u64) {
         vip::count_open(c, &slot);
         let end = End {
             last: Some(((*d).last, (*d).fin != 0)),
-            failure: (*d).failure,
+            failure: (*d).failure(),
             srtt_us: (*d).srtt_us,
         };
         let established = (*c).flags & CONN_ESTABLISHED != 0;
-        let rtt_sample = (*c).direction == DIR_EGRESS || key.src_cell == CELL_EXTERNAL;
+        let rtt_sample = observes_rtt((*c).direction(), key.src_cell);
         account(&slot, &raw mut (*c).claimed, &(*c).base, &end, established, rtt_sample);
         (*d).settled = 1;
     }

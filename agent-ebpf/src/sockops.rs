@@ -7,9 +7,8 @@
 
 use agent_common::{
     AF_INET6, CELL_VIRTUAL, CONN_ESTABLISHED, CONN_SEEDED, CONN_TRACKED, CONN_VIRTUAL,
-    CTR_CONN_TABLE_FULL, Claimed, DIR_EGRESS, DIR_INGRESS, ECONNREFUSED, ECONNRESET, EPIPE,
-    ETIMEDOUT, FAIL_OTHER, FAIL_REFUSED, FAIL_RESET, FAIL_TIMEOUT, NO_FAILURE, PROFILE_SLOTS,
-    PROFILE_STATE_CLOSE, Progress, VERDICT_VIOLATION,
+    CTR_CONN_TABLE_FULL, Claimed, Conn, Direction, ECONNREFUSED, ECONNRESET, EPIPE, ETIMEDOUT,
+    Failure, PROFILE_SLOTS, PROFILE_STATE_CLOSE, Progress, Verdict, observes_rtt,
 };
 use aya_ebpf::{
     bindings::{
@@ -31,7 +30,7 @@ use crate::{
     events,
     kread::Sock,
     netns,
-    stats::{Slot, add, count, observe},
+    stats::{Slot, add, count},
     vip,
 };
 
@@ -134,36 +133,80 @@ fn on_connect(ops: &Ops<'_>) {
         conn::forget(sk);
         return;
     }
+    let start = Start {
+        start_ns: now_ns(),
+        established_ns: 0,
+        src,
+        dst,
+        service,
+        direction: Direction::EGRESS,
+        verdict,
+        local_port: ops.local_port(),
+        remote_port: port,
+    };
     // SAFETY: as above.
     let key = unsafe {
-        (*c).start_ns = now_ns();
-        (*c).established_ns = 0;
-        (*c).cookie = ops.cookie();
-        (*c).src_cell = src;
-        (*c).dst_cell = dst;
-        (*c).service = service;
+        fill(c, ops, &e, &start, Progress::default);
         (*c).closed = 0;
-        (*c).direction = DIR_EGRESS;
-        (*c).verdict = verdict;
         (*c).counted = 0;
         // To a virtual address: judged by its backend, once the agent has found it.
         (*c).flags = if dst == CELL_VIRTUAL { CONN_TRACKED | CONN_VIRTUAL } else { CONN_TRACKED };
-        (*c).family = ops.family();
-        (*c).local_port = ops.local_port();
-        (*c).remote_port = port;
-        (*c).local_addr = e.local;
-        (*c).remote_addr = e.remote;
-        (*c).base = Progress::default();
         (*c).claimed = Claimed::default();
         (*c).pair_key()
     };
-    if verdict == VERDICT_VIOLATION
+    if verdict == Verdict::VIOLATION
         && let Some(slot) = Slot::of(&key)
     {
         // SAFETY: the slot's pointer is this CPU's value of a live pair entry.
-        add(unsafe { &raw mut (*slot.stats()).violations }, 1);
+        unsafe { add(&raw mut (*slot.stats()).violations, 1) };
         // SAFETY: `c` as above.
         events::violation(unsafe { &*c }, &slot);
+    }
+}
+
+/// What a connection starts being tracked with, besides what its socket says.
+struct Start {
+    start_ns: u64,
+    established_ns: u64,
+    src: u32,
+    dst: u32,
+    service: u16,
+    direction: Direction,
+    verdict: Verdict,
+    local_port: u16,
+    remote_port: u16,
+}
+
+/// Fills the storage `c` of a connection to be tracked, in place (a `Conn` on the stack
+/// would not fit beside the rest): `start`, the socket's cookie, family and ends `e`,
+/// and `base()`, what it moved before it was counted. The flags are the caller's.
+///
+/// # Safety
+/// `c` must point to this socket's storage, written only under the socket lock.
+#[inline(always)]
+unsafe fn fill(
+    c: *mut Conn,
+    ops: &Ops<'_>,
+    e: &Ends,
+    start: &Start,
+    base: impl FnOnce() -> Progress,
+) {
+    // SAFETY: per the contract.
+    unsafe {
+        (*c).start_ns = start.start_ns;
+        (*c).established_ns = start.established_ns;
+        (*c).cookie = ops.cookie();
+        (*c).src_cell = start.src;
+        (*c).dst_cell = start.dst;
+        (*c).service = start.service;
+        (*c).direction = start.direction.0;
+        (*c).verdict = start.verdict.0;
+        (*c).family = ops.family();
+        (*c).local_port = start.local_port;
+        (*c).remote_port = start.remote_port;
+        (*c).local_addr = e.local;
+        (*c).remote_addr = e.remote;
+        (*c).base = base();
     }
 }
 
@@ -188,15 +231,8 @@ fn on_active_established(ops: &Ops<'_>) {
         }
         ((*c).pair_key(), (*c).start_ns)
     };
-    let latency_ns = now.saturating_sub(start);
     if let Some(slot) = Slot::of(&key) {
-        let s = slot.stats();
-        // SAFETY: `s` is this CPU's value of a live pair entry.
-        unsafe {
-            add(&raw mut (*s).opened, 1);
-            add(&raw mut (*s).latency_sum_ns, latency_ns);
-            observe(&raw mut (*s).latency_hist, latency_ns / 1000);
-        }
+        slot.opened(now.saturating_sub(start));
     }
 }
 
@@ -238,24 +274,22 @@ fn on_passive_established(ops: &Ops<'_>) {
         return;
     };
     let now = now_ns();
+    let start = Start {
+        start_ns: now,
+        established_ns: now,
+        src,
+        dst,
+        service,
+        direction: Direction::INGRESS,
+        verdict,
+        local_port: port,
+        remote_port: ops.remote_port(),
+    };
     // SAFETY: `c` points to this socket's new storage; the flags go last, so a sweep
     // never takes it for a tracked connection half written.
     let key = unsafe {
-        (*c).start_ns = now;
-        (*c).established_ns = now;
-        (*c).cookie = ops.cookie();
-        (*c).src_cell = src;
-        (*c).dst_cell = dst;
-        (*c).service = service;
-        (*c).direction = DIR_INGRESS;
-        (*c).verdict = verdict;
+        fill(c, ops, &e, &start, || handshake(ops));
         (*c).generation = view.generation();
-        (*c).family = ops.family();
-        (*c).local_port = port;
-        (*c).remote_port = ops.remote_port();
-        (*c).local_addr = e.local;
-        (*c).remote_addr = e.remote;
-        (*c).base = handshake(ops);
         core::ptr::write_volatile(&raw mut (*c).flags, CONN_TRACKED | CONN_ESTABLISHED);
         (*c).pair_key()
     };
@@ -264,11 +298,11 @@ fn on_passive_established(ops: &Ops<'_>) {
     // SAFETY: `s` is this CPU's value of a live pair entry.
     unsafe {
         add(&raw mut (*s).opened, 1);
-        if verdict == VERDICT_VIOLATION {
+        if verdict == Verdict::VIOLATION {
             add(&raw mut (*s).violations, 1);
         }
     }
-    if verdict == VERDICT_VIOLATION {
+    if verdict == Verdict::VIOLATION {
         // SAFETY: `c` points to this socket's storage.
         events::violation(unsafe { &*c }, &slot);
     }
@@ -291,7 +325,7 @@ fn on_close(ops: &Ops<'_>) {
             return;
         }
         core::ptr::write_volatile(&raw mut (*c).closed, 1);
-        (flags, (*c).pair_key(), (*c).direction, (*c).cookie)
+        (flags, (*c).pair_key(), (*c).direction(), (*c).cookie)
     };
     conn::release();
     let established = flags & CONN_ESTABLISHED != 0;
@@ -306,9 +340,8 @@ fn on_close(ops: &Ops<'_>) {
         key = unsafe { vip::apply(c, &r) };
     }
     let Some(slot) = Slot::of(&key) else { return };
-    // RTT once per connection at its close: the client's, or the server's when the client
-    // is in no cell (no cellwatch sees it as egress).
-    let rtt_sample = direction == DIR_EGRESS || key.src_cell == agent_common::CELL_EXTERNAL;
+    // RTT once per connection at its close, by the side that observes it.
+    let rtt_sample = observes_rtt(direction, key.src_cell);
     // SAFETY: `c` as above.
     unsafe {
         if flags & CONN_VIRTUAL != 0 {
@@ -319,16 +352,15 @@ fn on_close(ops: &Ops<'_>) {
     }
 }
 
-/// A failure index as `End` keeps it.
-#[inline(always)]
-fn index(failure: usize) -> u32 {
-    u32::try_from(failure).unwrap_or(NO_FAILURE)
-}
-
 /// A connection's figures at its close. The context has most counters, the socket itself
 /// the rest; the socket is locked, so they belong together.
 #[inline(always)]
-fn end_of(ops: &Ops<'_>, sk: *mut core::ffi::c_void, established: bool, direction: u8) -> End {
+fn end_of(
+    ops: &Ops<'_>,
+    sk: *mut core::ffi::c_void,
+    established: bool,
+    direction: Direction,
+) -> End {
     let sock = Sock::of(sk.cast_const());
     let err = sock.as_ref().map_or(0, |s| s.err());
     if established {
@@ -348,19 +380,19 @@ fn end_of(ops: &Ops<'_>, sk: *mut core::ffi::c_void, established: bool, directio
         };
         // A RST ended it (the kernel says EPIPE once our side had seen the FIN).
         let failure =
-            if err == ECONNRESET || err == EPIPE { index(FAIL_RESET) } else { NO_FAILURE };
+            if err == ECONNRESET || err == EPIPE { Failure::RESET } else { Failure::NONE };
         End { last, failure, srtt_us: ops.srtt_us() }
-    } else if direction == DIR_EGRESS {
+    } else if direction == Direction::EGRESS {
         let failure = match err {
-            ECONNREFUSED => FAIL_REFUSED,
-            ETIMEDOUT => FAIL_TIMEOUT,
+            ECONNREFUSED => Failure::REFUSED,
+            ETIMEDOUT => Failure::TIMEOUT,
             // The SYN was retransmitted and the caller gave up first.
-            0 if ops.total_retrans() > 0 => FAIL_TIMEOUT,
-            _ => FAIL_OTHER,
+            0 if ops.total_retrans() > 0 => Failure::TIMEOUT,
+            _ => Failure::OTHER,
         };
-        End { last: None, failure: index(failure), srtt_us: 0 }
+        End { last: None, failure, srtt_us: 0 }
     } else {
-        End { last: None, failure: NO_FAILURE, srtt_us: 0 }
+        End { last: None, failure: Failure::NONE, srtt_us: 0 }
     }
 }
 

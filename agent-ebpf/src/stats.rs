@@ -65,8 +65,11 @@ impl Slot {
 
     /// Adds the figures a connection moved since its last claim: the part of `now`
     /// (measured from `base`) that `claimed` does not hold yet.
+    ///
+    /// # Safety
+    /// `claimed` must point into a live map value or socket storage of this connection.
     #[inline(always)]
-    pub(crate) fn claim(
+    pub(crate) unsafe fn claim(
         &self,
         claimed: *mut Claimed,
         base: &Progress,
@@ -74,8 +77,8 @@ impl Slot {
         fin_received: bool,
     ) {
         let s = self.0;
-        // SAFETY: `claimed` points into a live map value or socket storage of this
-        // connection, `s` to this CPU's value of a live pair entry; fields are 8-aligned.
+        // SAFETY: `claimed` per the contract, `s` is this CPU's value of a live pair
+        // entry; their fields are 8-aligned.
         unsafe {
             let sent = take(&raw mut (*claimed).sent, now.payload_sent(base));
             add(&raw mut (*s).bytes_sent, sent);
@@ -97,6 +100,18 @@ impl Slot {
             observe(&raw mut (*s).rtt_hist, u64::from(srtt_us));
         }
     }
+
+    /// One connection opened, with its connect latency.
+    #[inline(always)]
+    pub(crate) fn opened(&self, latency_ns: u64) {
+        let s = self.0;
+        // SAFETY: as in `claim`.
+        unsafe {
+            add(&raw mut (*s).opened, 1);
+            add(&raw mut (*s).latency_sum_ns, latency_ns);
+            observe(&raw mut (*s).latency_hist, latency_ns / 1000);
+        }
+    }
 }
 
 /// Moves a claim forward to `total`, atomically, and returns how much of it is new: 0
@@ -111,26 +126,34 @@ unsafe fn take(field: *mut u64, total: u64) -> u64 {
     total.saturating_sub(before)
 }
 
+/// Adds `v` to a counter, atomically.
+///
+/// # Safety
+/// `field` must point to an 8-aligned u64 of a map value that stays valid for this
+/// program run (as every u64 field of a map value is).
 #[inline(always)]
-pub(crate) fn add(field: *mut u64, v: u64) {
-    // SAFETY: `field` points into a map value that stays valid for this program run, and
-    // u64 fields of map values are 8-byte aligned. This lowers to BPF's `lock xadd`.
+pub(crate) unsafe fn add(field: *mut u64, v: u64) {
+    // SAFETY: per the function's contract; this lowers to BPF's `lock xadd`.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, v) };
 }
 
 /// Counts one observation of `v_us` microseconds into a log2 histogram.
+///
+/// # Safety
+/// `hist` must point to a histogram of a map value, as for [`add`].
 #[inline(always)]
-pub(crate) fn observe(hist: *mut [u64; HIST_BUCKETS], v_us: u64) {
+pub(crate) unsafe fn observe(hist: *mut [u64; HIST_BUCKETS], v_us: u64) {
     let i = hist_bucket(v_us);
-    // SAFETY: `i` < HIST_BUCKETS by construction of hist_bucket; `hist` points into a map value.
-    let cell = unsafe { (hist as *mut u64).add(i) };
-    add(cell, 1);
+    // SAFETY: `i` < HIST_BUCKETS by construction of hist_bucket, so the bucket is within
+    // the histogram `hist` points to (per the contract).
+    unsafe { add((hist as *mut u64).add(i), 1) };
 }
 
 /// Counts one event of `index`.
 #[inline(always)]
 pub(crate) fn count(index: u32) {
     if let Some(p) = COUNTERS.get_ptr_mut(index) {
-        add(p, 1);
+        // SAFETY: `p` is this CPU's value of a live array entry.
+        unsafe { add(p, 1) };
     }
 }

@@ -11,9 +11,10 @@
 #![expect(unsafe_code, reason = "the iterator hands the storage value as a raw pointer")]
 
 use agent_common::{
-    Brief, CELL_EXTERNAL, CONN_ESTABLISHED, CONN_SEEDED, CONN_TRACKED, CONN_VIRTUAL,
-    CTR_SWEEP_BUSY, CTR_SWEEP_VISITED, Claimed, Conn, DIR_EGRESS, LIST_ANY, SETTING_LIST_CELL,
+    Brief, CONN_ESTABLISHED, CONN_SEEDED, CONN_TRACKED, CONN_VIRTUAL, CTR_SWEEP_BUSY,
+    CTR_SWEEP_VISITED, Claimed, Conn, Direction, LIST_ANY, PairKey, SETTING_LIST_CELL,
     SETTING_LIST_VERDICT, SETTING_SWEEP_RECORDS, SWEEP_BRIEF, SWEEP_COUNT, SWEEP_WANTED, SweepTail,
+    observes_rtt,
 };
 
 use crate::{
@@ -61,7 +62,7 @@ fn try_sweep<const LOCKED: bool>(it: &Iter, c: *mut Conn) {
             core::ptr::read_volatile(&raw const (*c).closed),
             (*c).pair_key(),
             (*c).cookie,
-            (*c).direction,
+            (*c).direction(),
             (*c).src_cell,
         )
     };
@@ -99,6 +100,23 @@ fn try_sweep<const LOCKED: bool>(it: &Iter, c: *mut Conn) {
     }
     count(CTR_SWEEP_VISITED);
     let seeded = flags & CONN_SEEDED != 0;
+    let srtt_us = claim::<LOCKED>(it, c, &key, (flags, cookie, direction, src_cell), pending);
+    if records == SWEEP_WANTED {
+        report(it, c, cookie, seeded, srtt_us);
+    }
+}
+
+/// Reads the socket of `c` and, unless its backend is `pending`, claims what it moved
+/// since the last claim into its pair (`key`) and samples its RTT when this side
+/// observes it. Returns the smoothed RTT read (0 when the socket stayed busy).
+#[inline(always)]
+fn claim<const LOCKED: bool>(
+    it: &Iter,
+    c: *mut Conn,
+    key: &PairKey,
+    (flags, cookie, direction, src_cell): (u8, u64, Direction, u32),
+    pending: bool,
+) -> u32 {
     let reading =
         Sock::of(it.sk().cast_const()).and_then(|s| if LOCKED { s.read() } else { s.read_quiet() });
     let mut srtt_us = 0;
@@ -106,12 +124,12 @@ fn try_sweep<const LOCKED: bool>(it: &Iter, c: *mut Conn) {
         None => count(CTR_SWEEP_BUSY),
         Some(r) => {
             srtt_us = r.srtt_us;
-            if let Some(slot) = Slot::of(&key).filter(|_| !pending) {
+            if let Some(slot) = Slot::of(key).filter(|_| !pending) {
                 if flags & CONN_VIRTUAL != 0 {
-                    // SAFETY: as above.
+                    // SAFETY: as in `try_sweep`.
                     unsafe { vip::count_open(c, &slot) };
                 }
-                if seeded {
+                if flags & CONN_SEEDED != 0 {
                     // A connection older than the agent keeps its claims where its
                     // destroy can find them.
                     if let Some(s) = SEEDED.get_ptr_mut(cookie) {
@@ -126,42 +144,45 @@ fn try_sweep<const LOCKED: bool>(it: &Iter, c: *mut Conn) {
                         }
                     }
                 } else {
-                    // SAFETY: as above.
+                    // SAFETY: as in `try_sweep`.
                     unsafe {
                         slot.claim(&raw mut (*c).claimed, &(*c).base, &r.progress, r.fin_received);
                     }
                 }
-                if direction == DIR_EGRESS || src_cell == CELL_EXTERNAL {
+                if observes_rtt(direction, src_cell) {
                     slot.rtt(r.srtt_us);
                 }
             }
         }
     }
-    if records == SWEEP_WANTED {
-        let claimed: Claimed = if seeded {
-            // SAFETY: the value is copied out at once.
-            unsafe { SEEDED.get(cookie) }.map_or_else(Claimed::default, |s| s.claimed)
-        } else {
-            // SAFETY: as above.
-            unsafe { (*c).claimed }
-        };
-        // One record: the connection as stored, then what the sweep found.
-        // SAFETY: as above.
-        it.write(unsafe { &*c });
-        it.write(&SweepTail { claimed, srtt_us, _pad: 0 });
-    }
+    srtt_us
 }
 
+/// The full record of `c` for a listing: the connection as stored, then what the sweep
+/// found (its claims, as its pair's counters now hold them, and `srtt_us`).
+#[inline(always)]
+fn report(it: &Iter, c: *mut Conn, cookie: u64, seeded: bool, srtt_us: u32) {
+    let claimed: Claimed = if seeded {
+        // SAFETY: the value is copied out at once.
+        unsafe { SEEDED.get(cookie) }.map_or_else(Claimed::default, |s| s.claimed)
+    } else {
+        // SAFETY: as in `try_sweep`.
+        unsafe { (*c).claimed }
+    };
+    // SAFETY: as in `try_sweep`.
+    it.write(unsafe { &*c });
+    it.write(&SweepTail { claimed, srtt_us, _pad: 0 });
+}
 /// A listing's brief of a connection that passes its filter (`SETTING_LIST_*`).
 #[inline(always)]
 fn brief(it: &Iter, c: *mut Conn, cookie: u64, src_cell: u32) {
     // SAFETY: as in `try_sweep`.
-    let (start_ns, dst_cell, verdict) = unsafe { ((*c).start_ns, (*c).dst_cell, (*c).verdict) };
+    let (start_ns, dst_cell, verdict) = unsafe { ((*c).start_ns, (*c).dst_cell, (*c).verdict()) };
     let setting = |i| SETTINGS.get(i).copied().unwrap_or(LIST_ANY);
     let cell = setting(SETTING_LIST_CELL);
     let want_verdict = setting(SETTING_LIST_VERDICT);
     let cell_ok = cell == LIST_ANY || cell == src_cell || cell == dst_cell;
-    if cell_ok && (want_verdict == LIST_ANY || want_verdict == u32::from(verdict)) {
+    if cell_ok && (want_verdict == LIST_ANY || want_verdict == u32::from(verdict.0)) {
         it.write(&Brief { cookie, start_ns });
     }
 }

@@ -8,16 +8,14 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
-use agent_common::{
-    CONN_ESTABLISHED, CTR_DEFERRED_FULL, Conn, PairKey, Resolution, VERDICT_VIOLATION,
-};
+use agent_common::{CONN_ESTABLISHED, CTR_DEFERRED_FULL, Conn, PairKey, Resolution, Verdict};
 use aya_ebpf::bindings::BPF_NOEXIST;
 
 use crate::{
     close::End,
     events,
     maps::{DEFER_SCRATCH, DEFERRED, RESOLVED},
-    stats::{Slot, add, count, observe},
+    stats::{Slot, add, count},
 };
 
 /// Where the connection `cookie` went, once the agent has written it.
@@ -71,15 +69,12 @@ pub(crate) unsafe fn count_open(c: *mut Conn, slot: &Slot) {
     let s = slot.stats();
     // SAFETY: `c` as above; `s` is this CPU's value of a live pair entry.
     unsafe {
-        if (*c).verdict == VERDICT_VIOLATION {
+        if (*c).verdict() == Verdict::VIOLATION {
             add(&raw mut (*s).violations, 1);
             events::violation(&*c, slot);
         }
         if (*c).flags & CONN_ESTABLISHED != 0 {
-            let latency_ns = (*c).established_ns.saturating_sub((*c).start_ns);
-            add(&raw mut (*s).opened, 1);
-            add(&raw mut (*s).latency_sum_ns, latency_ns);
-            observe(&raw mut (*s).latency_hist, latency_ns / 1000);
+            slot.opened((*c).established_ns.saturating_sub((*c).start_ns));
         }
     }
 }
@@ -97,7 +92,7 @@ pub(crate) unsafe fn defer(c: *mut Conn, end: &End) {
         (*d).conn = *c;
         (*d).last = end.last.map_or((*c).base, |(p, _)| p);
         (*d).fin = u32::from(end.last.is_some_and(|(_, fin)| fin));
-        (*d).failure = end.failure;
+        (*d).failure = end.failure.0;
         (*d).srtt_us = end.srtt_us;
         (*d).settled = 0;
         (*c).cookie

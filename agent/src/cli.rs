@@ -3,7 +3,8 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use agent_core::{metrics::Buckets, report::Range};
+use agent_core::metrics::Buckets;
+use agent_view::report::Range;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::logging::LogFormat;

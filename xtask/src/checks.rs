@@ -12,13 +12,56 @@ use crate::{
 pub(crate) fn test() -> Result<()> {
     let started = Instant::now();
     std::env::set_current_dir(root())?;
-    let timed = |what: &str, f: &dyn Fn() -> Result<()>| -> Result<()> {
-        step(what);
-        let t = Instant::now();
-        f()?;
-        ok(&format!("passed in {:.1}s", t.elapsed().as_secs_f64()));
-        Ok(())
-    };
+    lints()?;
+    timed("cargo deny (licences, bans, sources)", &|| {
+        run(&["cargo", "deny", "--locked", "check", "licenses", "bans", "sources"])
+    })?;
+    timed("unit tests (every crate but the eBPF one, and the test harness's own)", &unit_tests)?;
+    timed(
+        "the pure core and the fuzz targets build on stable with no eBPF toolchain",
+        &core_alone,
+    )?;
+    timed("build the agent", &|| util::build_agent(false).map(drop))?;
+    if !util::is_root() {
+        bail!(
+            "the privileged integration tests load eBPF programs and need root; run `cargo xtask test` as root"
+        );
+    }
+    privileged()?;
+    timed(
+        &format!(
+            "kernel matrix: the {} tests on {} under qemu, and {} again with the fallbacks forced",
+            vm::AREAS.join(", "),
+            vm::DEFAULT_KERNELS.join(" and "),
+            vm::FORCED_AREAS.join(", ")
+        ),
+        &|| vm::vm_test(&[]),
+    )?;
+    timed(
+        "benchmarks: build the microbenchmarks, smoke-run the rest (timings not checked)",
+        &|| {
+            run(&["cargo", "bench", "--locked", "-p", "agent-core", "--no-run"])?;
+            bench::smoke()
+        },
+    )?;
+    for (target, seconds) in FUZZ_TARGETS {
+        timed(&format!("fuzz {target} ({seconds} s)"), &|| fuzz(target, *seconds))?;
+    }
+    println!("all checks passed in {:.0}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// One check, announced, then said passed with its time.
+fn timed(what: &str, f: &dyn Fn() -> Result<()>) -> Result<()> {
+    step(what);
+    let t = Instant::now();
+    f()?;
+    ok(&format!("passed in {:.1}s", t.elapsed().as_secs_f64()));
+    Ok(())
+}
+
+/// Formatting, and clippy on the userspace crates and on the eBPF one.
+fn lints() -> Result<()> {
     timed("cargo fmt --check", &|| run(&["cargo", "fmt", "--all", "--check"]))?;
     timed("clippy, userspace crates", &|| {
         run(&[
@@ -51,34 +94,28 @@ pub(crate) fn test() -> Result<()> {
             "-D",
             "warnings",
         ])
-    })?;
-    timed("cargo deny (licences, bans, sources)", &|| {
-        run(&["cargo", "deny", "--locked", "check", "licenses", "bans", "sources"])
-    })?;
-    timed("unit tests (every crate but the eBPF one, and the test harness's own)", &|| {
-        run(&[
-            "cargo",
-            "test",
-            "--locked",
-            "--workspace",
-            "--exclude",
-            "agent-ebpf",
-            "--exclude",
-            "cellwatch-tests",
-        ])?;
-        // The harness's unit tests (its address-range table) need no root.
-        run(&["cargo", "test", "--locked", "-p", "cellwatch-tests", "--lib"])
-    })?;
-    timed(
-        "the pure core and the fuzz targets build on stable with no eBPF toolchain",
-        &core_alone,
-    )?;
-    timed("build the agent", &|| util::build_agent(false).map(drop))?;
-    if !util::is_root() {
-        bail!(
-            "the privileged integration tests load eBPF programs and need root; run `cargo xtask test` as root"
-        );
-    }
+    })
+}
+
+/// The unit tests of every crate but the eBPF one, then the test harness's own.
+fn unit_tests() -> Result<()> {
+    run(&[
+        "cargo",
+        "test",
+        "--locked",
+        "--workspace",
+        "--exclude",
+        "agent-ebpf",
+        "--exclude",
+        "cellwatch-tests",
+    ])?;
+    // The harness's unit tests (its address-range table) need no root.
+    run(&["cargo", "test", "--locked", "-p", "cellwatch-tests", "--lib"])
+}
+
+/// The privileged integration tests on this host's kernel: all of them, then the
+/// areas with fallbacks again with those forced.
+fn privileged() -> Result<()> {
     let bin = root().join("target/debug/cellwatch");
     timed(
         "privileged integration tests (real eBPF, real TCP; the IPVS one runs in the kernel matrix)",
@@ -117,28 +154,7 @@ pub(crate) fn test() -> Result<()> {
                 ],
             )
         },
-    )?;
-    timed(
-        &format!(
-            "kernel matrix: the {} tests on {} under qemu, and {} again with the fallbacks forced",
-            vm::AREAS.join(", "),
-            vm::DEFAULT_KERNELS.join(" and "),
-            vm::FORCED_AREAS.join(", ")
-        ),
-        &|| vm::vm_test(&[]),
-    )?;
-    timed(
-        "benchmarks: build the microbenchmarks, smoke-run the rest (timings not checked)",
-        &|| {
-            run(&["cargo", "bench", "--locked", "-p", "agent-core", "--no-run"])?;
-            bench::smoke()
-        },
-    )?;
-    for (target, seconds) in FUZZ_TARGETS {
-        timed(&format!("fuzz {target} ({seconds} s)"), &|| fuzz(target, *seconds))?;
-    }
-    println!("all checks passed in {:.0}s", started.elapsed().as_secs_f64());
-    Ok(())
+    )
 }
 
 /// The cargo-fuzz targets and how long CI fuzzes each: the config parser, the decoding
@@ -170,24 +186,21 @@ fn fuzz(target: &str, seconds: u32) -> Result<()> {
     Ok(())
 }
 
-/// `agent-core` depends on no aya and no tokio, and it and the fuzz targets build with
-/// only the stable toolchain on PATH (no bpf-linker, no nightly).
+/// `agent-core` and `agent-view` depend on no aya and no tokio, and they and the fuzz
+/// targets build with only the stable toolchain on PATH (no bpf-linker, no nightly).
+/// The crates that build on stable Rust alone.
+const PURE: [&str; 2] = ["agent-core", "agent-view"];
+
 fn core_alone() -> Result<()> {
-    let tree = util::output(&[
-        "cargo",
-        "tree",
-        "--locked",
-        "-p",
-        "agent-core",
-        "-e",
-        "normal",
-        "--prefix",
-        "none",
-    ])
-    .unwrap_or_default();
-    for banned in ["aya", "tokio", "agent-ebpf"] {
-        if tree.lines().any(|l| l.split_whitespace().next() == Some(banned)) {
-            bail!("agent-core depends on {banned}: it must stay pure");
+    for krate in PURE {
+        let tree = util::output(&[
+            "cargo", "tree", "--locked", "-p", krate, "-e", "normal", "--prefix", "none",
+        ])
+        .unwrap_or_default();
+        for banned in ["aya", "tokio", "agent-ebpf"] {
+            if tree.lines().any(|l| l.split_whitespace().next() == Some(banned)) {
+                bail!("{krate} depends on {banned}: it must stay pure");
+            }
         }
     }
     let cargo = util::output(&["rustup", "which", "cargo", "--toolchain", "stable"])
@@ -200,7 +213,9 @@ fn core_alone() -> Result<()> {
     }
     let target = root().join("target/core-alone");
     let target = target.to_str().unwrap_or("target/core-alone");
-    run_env(&["cargo", "build", "--locked", "-p", "agent-core", "--target-dir", target], &env)?;
+    let mut build = vec!["cargo", "build", "--locked", "--target-dir", target];
+    build.extend(PURE.iter().flat_map(|k| ["-p", *k]));
+    run_env(&build, &env)?;
     run_env(
         &[
             "cargo",

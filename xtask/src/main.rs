@@ -16,6 +16,8 @@
 
 mod bench;
 mod checks;
+#[cfg(test)]
+mod index;
 mod run;
 mod setup;
 mod util;

@@ -6,7 +6,7 @@ use ipnet::IpNet;
 
 use super::{
     AllowRule, Cell, Config, External, Mode, Problem, Service,
-    raw::{RawConfig, RawService, S},
+    raw::{RawAllow, RawCell, RawConfig, RawService, S},
 };
 
 use crate::names::{EXTERNAL, NAME_MAX, UNRESOLVED, is_cell_name};
@@ -22,6 +22,24 @@ impl Problems {
             message: message.into(),
         });
     }
+
+    /// `value` when nothing was found wrong; every problem otherwise, in file order.
+    fn or<T>(mut self, value: T) -> Result<T, Vec<Problem>> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            self.0.sort_by_key(|x| (x.line, x.column));
+            Err(self.0)
+        }
+    }
+}
+
+/// The cells, checked, with what the later checks look up in them.
+struct Cells {
+    cells: Vec<Cell>,
+    names: HashSet<String>,
+    /// The cell each accepted prefix belongs to.
+    owner: HashMap<IpNet, String>,
 }
 
 pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
@@ -32,19 +50,49 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         p.at(&c.name, format!("too many cells: at most {max_cells} are supported"));
     }
 
-    // Cells: names, then prefixes (unique across all cells).
-    let mut names: HashMap<String, ()> = HashMap::new();
+    let Cells { cells, names, owner } = cells(&mut p, &raw.cells);
+    let allow = raw.allow.iter().map(|r| allow_rule(&mut p, r, &names)).collect();
+    let external = external(&mut p, raw.external.as_ref());
+    let mode = mode(&mut p, raw.mode.as_ref());
+    let ignore_cidrs = ignore_cidrs(&mut p, raw.ignore_cidrs.as_deref(), &owner);
+    let enforce_cells = raw.enforce_cells.as_deref().map(|l| enforce_cells(&mut p, l, &names));
+    let services = services(&mut p, &raw.services, &cells, &ignore_cidrs);
+    let service_cidrs = service_cidrs(&mut p, &raw.service_cidrs, &owner, &ignore_cidrs);
+    if cells.len() + services.len() > max_cells
+        && let Some(s) = raw.services.first()
+    {
+        p.at(
+            &s.name,
+            format!("too many cells and services: at most {max_cells} together are supported"),
+        );
+    }
+
+    p.or(Config {
+        cells,
+        allow,
+        external,
+        ignore_cidrs,
+        mode,
+        enforce_cells,
+        services,
+        service_cidrs,
+    })
+}
+
+/// Cells: names, then prefixes (unique across all cells).
+fn cells(p: &mut Problems, raw: &[RawCell]) -> Cells {
+    let mut names = HashSet::new();
     let mut owner: HashMap<IpNet, String> = HashMap::new();
-    let mut cells = Vec::with_capacity(raw.cells.len());
-    for rc in &raw.cells {
+    let mut cells = Vec::with_capacity(raw.len());
+    for rc in raw {
         let name = rc.name.value.clone();
-        check_name(&mut p, &rc.name);
-        if names.insert(name.clone(), ()).is_some() {
+        check_name(p, &rc.name);
+        if !names.insert(name.clone()) {
             p.at(&rc.name, format!("duplicate cell name `{}`", shown(&name)));
         }
         let mut cidrs = Vec::with_capacity(rc.cidrs.len());
         for c in &rc.cidrs {
-            let Some(net) = cidr(&mut p, c) else { continue };
+            let Some(net) = cidr(p, c) else { continue };
             match owner.get(&net) {
                 Some(other) if *other == name => {
                     p.at(c, format!("prefix {net} is listed twice in cell `{name}`"));
@@ -60,125 +108,117 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         }
         cells.push(Cell { name, global: rc.global, cidrs });
     }
+    Cells { cells, names, owner }
+}
 
-    let known = |n: &str| names.contains_key(n);
-    let mut allow = Vec::with_capacity(raw.allow.len());
-    for r in &raw.allow {
-        for end in [&r.from, &r.to] {
-            if !known(&end.value) {
-                p.at(end, format!("allow rule names unknown cell `{}`", shown(&end.value)));
-            }
+/// An allow rule: both ends known cells, its ports in range.
+fn allow_rule(p: &mut Problems, r: &RawAllow, names: &HashSet<String>) -> AllowRule {
+    for end in [&r.from, &r.to] {
+        if !names.contains(&end.value) {
+            p.at(end, format!("allow rule names unknown cell `{}`", shown(&end.value)));
         }
-        let mut ports = Vec::new();
-        for port in r.ports.iter().flatten() {
-            match u16::try_from(port.value) {
-                Ok(v) if v > 0 => ports.push(v),
-                _ => p.at(port, format!("port {} is out of range (1-65535)", port.value)),
-            }
-        }
-        if r.ports.as_ref().is_some_and(Vec::is_empty) {
-            p.at(&r.from, "allow rule has an empty `ports` list: omit it to allow every port");
-        }
-        ports.sort_unstable();
-        ports.dedup();
-        allow.push(AllowRule { from: r.from.value.clone(), to: r.to.value.clone(), ports });
     }
+    let ports = ports(p, r.ports.as_deref());
+    if r.ports.as_ref().is_some_and(Vec::is_empty) {
+        p.at(&r.from, "allow rule has an empty `ports` list: omit it to allow every port");
+    }
+    AllowRule { from: r.from.value.clone(), to: r.to.value.clone(), ports }
+}
 
-    let external = match &raw.external {
-        None => External::default(),
-        Some(s) => match s.value.as_str() {
-            "allow" => External::Allow,
-            "violation" => External::Violation,
-            "ignore" => External::Ignore,
-            other => {
-                p.at(
-                    s,
-                    format!("unknown `external` value `{other}`: use allow, violation or ignore"),
-                );
-                External::default()
-            }
-        },
-    };
-    let mode = match &raw.mode {
-        None => Mode::default(),
-        Some(s) => match s.value.as_str() {
-            "audit" => Mode::Audit,
-            "enforce" => Mode::Enforce,
-            other => {
-                p.at(s, format!("unknown `mode` value `{}`: use audit or enforce", shown(other)));
-                Mode::default()
-            }
-        },
-    };
-
-    let ignore_cidrs = match &raw.ignore_cidrs {
-        None => default_ignore(),
-        Some(list) => {
-            let mut seen = HashSet::new();
-            let mut out = Vec::with_capacity(list.len());
-            for c in list {
-                let Some(net) = cidr(&mut p, c) else { continue };
-                if let Some(cell) = owner.get(&net) {
-                    p.at(c, format!("prefix {net} is both ignored and in cell `{cell}`"));
-                } else if seen.insert(net) {
-                    out.push(net);
-                }
-            }
-            out
+/// Ports in range (1-65535), sorted, each once; a problem for each one out of range.
+fn ports(p: &mut Problems, raw: Option<&[S<i64>]>) -> Vec<u16> {
+    let mut ports = Vec::new();
+    for port in raw.into_iter().flatten() {
+        match u16::try_from(port.value) {
+            Ok(v) if v > 0 => ports.push(v),
+            _ => p.at(port, format!("port {} is out of range (1-65535)", port.value)),
         }
-    };
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
 
-    let enforce_cells = raw.enforce_cells.as_ref().map(|list| {
-        list.iter()
-            .filter(|s| {
-                let ok = known(&s.value);
-                if !ok {
-                    p.at(*s, format!("`enforce_cells` names unknown cell `{}`", shown(&s.value)));
-                }
-                ok
-            })
-            .map(|s| s.value.clone())
-            .collect()
-    });
+fn external(p: &mut Problems, raw: Option<&S<String>>) -> External {
+    let Some(s) = raw else { return External::default() };
+    match s.value.as_str() {
+        "allow" => External::Allow,
+        "violation" => External::Violation,
+        "ignore" => External::Ignore,
+        other => {
+            p.at(s, format!("unknown `external` value `{other}`: use allow, violation or ignore"));
+            External::default()
+        }
+    }
+}
 
-    let services = services(&mut p, &raw.services, &cells, &ignore_cidrs);
-    let mut service_cidrs: Vec<IpNet> = Vec::with_capacity(raw.service_cidrs.len());
-    for c in &raw.service_cidrs {
-        let Some(net) = cidr(&mut p, c) else { continue };
+fn mode(p: &mut Problems, raw: Option<&S<String>>) -> Mode {
+    let Some(s) = raw else { return Mode::default() };
+    match s.value.as_str() {
+        "audit" => Mode::Audit,
+        "enforce" => Mode::Enforce,
+        other => {
+            p.at(s, format!("unknown `mode` value `{}`: use audit or enforce", shown(other)));
+            Mode::default()
+        }
+    }
+}
+
+/// The ignored prefixes (loopback when the list is absent): none also in a cell.
+fn ignore_cidrs(
+    p: &mut Problems,
+    raw: Option<&[S<String>]>,
+    owner: &HashMap<IpNet, String>,
+) -> Vec<IpNet> {
+    let Some(list) = raw else { return default_ignore() };
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(list.len());
+    for c in list {
+        let Some(net) = cidr(p, c) else { continue };
+        if let Some(cell) = owner.get(&net) {
+            p.at(c, format!("prefix {net} is both ignored and in cell `{cell}`"));
+        } else if seen.insert(net) {
+            out.push(net);
+        }
+    }
+    out
+}
+
+/// The cells enforce mode applies to: the known ones; a problem for each unknown one.
+fn enforce_cells(p: &mut Problems, raw: &[S<String>], names: &HashSet<String>) -> Vec<String> {
+    raw.iter()
+        .filter(|s| {
+            let ok = names.contains(&s.value);
+            if !ok {
+                p.at(*s, format!("`enforce_cells` names unknown cell `{}`", shown(&s.value)));
+            }
+            ok
+        })
+        .map(|s| s.value.clone())
+        .collect()
+}
+
+/// Kubernetes Service ranges: none also in a cell or ignored, each once.
+fn service_cidrs(
+    p: &mut Problems,
+    raw: &[S<String>],
+    owner: &HashMap<IpNet, String>,
+    ignored: &[IpNet],
+) -> Vec<IpNet> {
+    let mut out: Vec<IpNet> = Vec::with_capacity(raw.len());
+    for c in raw {
+        let Some(net) = cidr(p, c) else { continue };
         if let Some(cell) = owner.get(&net) {
             p.at(c, format!("prefix {net} is both a Service range and in cell `{cell}`"));
-        } else if ignore_cidrs.contains(&net) {
+        } else if ignored.contains(&net) {
             p.at(c, format!("prefix {net} is both a Service range and ignored"));
-        } else if service_cidrs.contains(&net) {
+        } else if out.contains(&net) {
             p.at(c, format!("prefix {net} is listed twice in `service_cidrs`"));
         } else {
-            service_cidrs.push(net);
+            out.push(net);
         }
     }
-    if cells.len() + services.len() > max_cells
-        && let Some(s) = raw.services.first()
-    {
-        p.at(
-            &s.name,
-            format!("too many cells and services: at most {max_cells} together are supported"),
-        );
-    }
-
-    if p.0.is_empty() {
-        Ok(Config {
-            cells,
-            allow,
-            external,
-            ignore_cidrs,
-            mode,
-            enforce_cells,
-            services,
-            service_cidrs,
-        })
-    } else {
-        p.0.sort_by_key(|x| (x.line, x.column));
-        Err(p.0)
-    }
+    out
 }
 
 /// Services: names, prefixes (each inside one cell, all of a service in the same one),
@@ -191,92 +231,124 @@ fn services(
 ) -> Vec<Service> {
     let mut names = HashSet::new();
     let mut out: Vec<Service> = Vec::with_capacity(raw.len());
-    // Where each accepted service prefix came from, to locate overlap problems.
     for rs in raw {
         let name = rs.name.value.clone();
-        if is_cell_name(&name) {
-            if !names.insert(name.clone()) {
-                p.at(&rs.name, format!("duplicate service name `{}`", shown(&name)));
-            }
-        } else {
-            p.at(
-                &rs.name,
-                format!(
-                    "invalid service name `{}`: use at most {NAME_MAX} lower-case letters, \
-                     digits and `-`, starting and ending with a letter or digit",
-                    shown(&name)
-                ),
-            );
-        }
-        let mut ports = Vec::new();
-        for port in rs.ports.iter().flatten() {
-            match u16::try_from(port.value) {
-                Ok(v) if v > 0 => ports.push(v),
-                _ => p.at(port, format!("port {} is out of range (1-65535)", port.value)),
-            }
-        }
+        service_name(p, &rs.name, &mut names);
+        let ports = ports(p, rs.ports.as_deref());
         if rs.ports.as_ref().is_some_and(Vec::is_empty) {
             p.at(&rs.name, "service has an empty `ports` list: omit it for every port");
         }
-        ports.sort_unstable();
-        ports.dedup();
         if rs.cidrs.is_empty() {
             p.at(&rs.name, format!("service `{}` has no `cidrs`", shown(&name)));
         }
-        let mut cidrs = Vec::with_capacity(rs.cidrs.len());
-        let mut cell: Option<String> = None;
-        for c in &rs.cidrs {
-            let Some(net) = cidr(p, c) else { continue };
-            let here = match home(net, cells, ignored) {
-                Err(why) => {
-                    p.at(c, format!("prefix {net} of service `{}` {why}", shown(&name)));
-                    continue;
-                }
-                Ok(h) => h,
-            };
-            match &cell {
-                Some(first) if *first != here => {
-                    p.at(
-                        c,
-                        format!(
-                            "service `{}` lies in two cells, `{first}` and `{here}`: a service \
-                             lies inside one cell",
-                            shown(&name)
-                        ),
-                    );
-                    continue;
-                }
-                _ => cell = Some(here),
-            }
-            if cidrs.contains(&net) {
-                p.at(c, format!("prefix {net} is listed twice in service `{}`", shown(&name)));
-                continue;
-            }
-            for other in &out {
-                let common = other.ports.is_empty()
-                    || ports.is_empty()
-                    || other.ports.iter().any(|q| ports.contains(q));
-                if let Some(theirs) = other.cidrs.iter().find(|o| overlap(**o, net))
-                    && common
-                {
-                    p.at(
-                        c,
-                        format!(
-                            "prefix {net} of service `{}` overlaps {theirs} of service `{}` on \
-                             a port both serve: a connection would belong to two services",
-                            shown(&name),
-                            other.name
-                        ),
-                    );
-                }
-            }
-            cidrs.push(net);
-        }
+        let theirs = Theirs { cells, ignored, services: &out };
+        let (cidrs, cell) = service_prefixes(p, rs, &ports, &theirs);
         if let Some(cell) = cell {
             out.push(Service { name, cidrs, ports, cell });
         }
     }
     out
+}
+
+/// A service's name: valid, and not taken by an earlier service.
+fn service_name(p: &mut Problems, s: &S<String>, names: &mut HashSet<String>) {
+    let name = &s.value;
+    if is_cell_name(name) {
+        if !names.insert(name.clone()) {
+            p.at(s, format!("duplicate service name `{}`", shown(name)));
+        }
+    } else {
+        p.at(
+            s,
+            format!(
+                "invalid service name `{}`: use at most {NAME_MAX} lower-case letters, \
+                 digits and `-`, starting and ending with a letter or digit",
+                shown(name)
+            ),
+        );
+    }
+}
+
+/// What a service's prefixes are checked against.
+struct Theirs<'a> {
+    cells: &'a [Cell],
+    ignored: &'a [IpNet],
+    /// The services accepted before this one.
+    services: &'a [Service],
+}
+
+/// A service's prefixes that lie in one cell (each once), and that cell; `None` when
+/// none did.
+fn service_prefixes(
+    p: &mut Problems,
+    rs: &RawService,
+    ports: &[u16],
+    theirs: &Theirs<'_>,
+) -> (Vec<IpNet>, Option<String>) {
+    let name = &rs.name.value;
+    let mut cidrs = Vec::with_capacity(rs.cidrs.len());
+    let mut cell: Option<String> = None;
+    for c in &rs.cidrs {
+        let Some(net) = cidr(p, c) else { continue };
+        let here = match home(net, theirs.cells, theirs.ignored) {
+            Err(why) => {
+                p.at(c, format!("prefix {net} of service `{}` {why}", shown(name)));
+                continue;
+            }
+            Ok(h) => h,
+        };
+        match &cell {
+            Some(first) if *first != here => {
+                p.at(
+                    c,
+                    format!(
+                        "service `{}` lies in two cells, `{first}` and `{here}`: a service \
+                         lies inside one cell",
+                        shown(name)
+                    ),
+                );
+                continue;
+            }
+            _ => cell = Some(here),
+        }
+        if cidrs.contains(&net) {
+            p.at(c, format!("prefix {net} is listed twice in service `{}`", shown(name)));
+            continue;
+        }
+        overlaps(p, c, net, name, ports, theirs.services);
+        cidrs.push(net);
+    }
+    (cidrs, cell)
+}
+
+/// A problem for each earlier service a prefix of service `name` overlaps on a port
+/// both serve.
+fn overlaps(
+    p: &mut Problems,
+    c: &S<String>,
+    net: IpNet,
+    name: &str,
+    ports: &[u16],
+    earlier: &[Service],
+) {
+    for other in earlier {
+        let common = other.ports.is_empty()
+            || ports.is_empty()
+            || other.ports.iter().any(|q| ports.contains(q));
+        if let Some(theirs) = other.cidrs.iter().find(|o| overlap(**o, net))
+            && common
+        {
+            p.at(
+                c,
+                format!(
+                    "prefix {net} of service `{}` overlaps {theirs} of service `{}` on \
+                     a port both serve: a connection would belong to two services",
+                    shown(name),
+                    other.name
+                ),
+            );
+        }
+    }
 }
 
 fn overlap(a: IpNet, b: IpNet) -> bool {

@@ -1,61 +1,59 @@
 //! The Prometheus view of the kernel's counters: a [`Snapshot`] of them, rendered as the
 //! text of the contract's metrics ([`render`]), with the histogram buckets the user
-//! chose ([`Buckets`]). The agent appends its own metrics ([`encode`]).
+//! chose ([`Buckets`]); every family's name is in [`families`]. The agent appends its
+//! own metrics ([`encode`]).
+//!
+//! The text is written straight into a buffer handed on in chunks: no intermediate
+//! metric objects and no whole copy of the text, so a scrape of 10,000 cell pairs costs
+//! one pass and little memory. Pure: the same snapshot and names always render the same
+//! text. The format's primitives are in `text`; each group of families (`pairs`,
+//! `services`, `bookkeeping`) declares its own and writes them with those.
 
+mod bookkeeping;
 mod buckets;
+pub mod families;
+mod pairs;
 mod services;
+mod snapshot;
 mod text;
 
-use agent_common::{COUNTERS_LEN, PairKey, PairStats};
 use prometheus::{Encoder, TextEncoder, proto::MetricFamily};
 
 pub use buckets::Buckets;
-pub use text::{render, render_chunked};
+pub use snapshot::{Catalog, MapFill, OpTime, Snapshot};
 
-/// Everything a scrape needs from the kernel, read in one pass.
-#[derive(Debug, Default, Clone)]
-pub struct Snapshot {
-    /// Per (src, dst, direction, verdict, service), summed over CPUs, sorted by key.
-    pub pairs: Vec<(PairKey, PairStats)>,
-    /// `CTR_*` counters summed over CPUs.
-    pub counters: [u64; COUNTERS_LEN as usize],
-    pub fill: Vec<MapFill>,
-    /// Ring-buffer records the agent could not decode (never expected; counted to be
-    /// seen): `cellwatch_events_lost_total{source="violation_undecodable"}`.
-    pub undecodable_events: u64,
-    /// Violation log lines the agent's node-wide rate held back (the events are served
-    /// at `/violations` all the same): `cellwatch_violation_log_suppressed_total`.
-    pub log_suppressed: u64,
-    /// Time per `sock_ops` op, when the agent profiles the kernel (`--profile-kernel`).
-    pub ops: Vec<OpTime>,
-    /// The config's cells and services, for `cellwatch_cell_info` and
-    /// `cellwatch_service_info`.
-    pub catalog: Catalog,
+use crate::ids::CellIds;
+use text::{Bounds, CHUNK, Out};
+
+/// Every kernel-derived family of the contract, as text, appended to `out`.
+pub fn render(snap: &Snapshot, ids: &CellIds, buckets: &Buckets, out: &mut String) {
+    let mut o = Out { buf: std::mem::take(out), drain: None };
+    render_into(snap, ids, buckets, &mut o);
+    *out = o.buf;
 }
 
-/// What the config in force names: each cell (id, global) and each service (id, name,
-/// the id of its cell). Names of cells come from the cell ids.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Catalog {
-    pub cells: Vec<(u32, bool)>,
-    pub services: Vec<(u16, String, u32)>,
+/// As [`render`], the text handed to `drain` in chunks of about 64 KiB, each ending a
+/// line: what a scrape holds at once is a chunk, not the whole text.
+pub fn render_chunked(
+    snap: &Snapshot,
+    ids: &CellIds,
+    buckets: &Buckets,
+    drain: &mut dyn FnMut(&str),
+) {
+    let mut o = Out { buf: String::with_capacity(CHUNK + 4096), drain: Some(drain) };
+    render_into(snap, ids, buckets, &mut o);
+    if let Some(drain) = o.drain {
+        drain(&o.buf);
+    }
 }
 
-/// Runs and time of one profiled `sock_ops` op, summed over CPUs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OpTime {
-    /// `BPF_SOCK_OPS_*`, or `PROFILE_STATE_CLOSE`.
-    pub op: u32,
-    pub runs: u64,
-    pub ns: u64,
-}
-
-/// Entries and capacity of one kernel map.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MapFill {
-    pub map: &'static str,
-    pub entries: u64,
-    pub capacity: u64,
+/// The pairs' families, the services' (after the catalog), then the bookkeeping.
+fn render_into(snap: &Snapshot, ids: &CellIds, buckets: &Buckets, out: &mut Out<'_>) {
+    // `le="…"` of each exported bound, once.
+    let bounds = Bounds::of(buckets);
+    pairs::render(snap, ids, &bounds, out);
+    services::render(snap, ids, &bounds, out);
+    bookkeeping::render(snap, out);
 }
 
 /// Appends the text exposition of `fams` (the agent's own metrics) to `out`. A family

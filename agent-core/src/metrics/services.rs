@@ -1,15 +1,59 @@
 //! The per-service families: connections, bytes, failures and connect latency per
 //! (client cell, service), and the catalog of cells and services the config names, so
 //! dashboards and rules can tell a global cell and the cell a service lies in.
-use agent_common::{
-    DIR_EGRESS, FAIL_LABELS, FAIL_REASONS, NO_SERVICE, VERDICT_VIOLATION, direction_label,
-};
+use agent_common::{Direction, Failure, NO_SERVICE, Verdict};
 
 use super::{
-    Snapshot,
-    text::{Bounds, Family, Hist, HistNames, Out, histogram, latency_of, quoted, sample},
+    families as f,
+    snapshot::Snapshot,
+    text::{
+        Bounds, Def, Family, Hist, HistNames, Kind, Out, Valued, histogram, latency_of, quoted,
+    },
 };
 use crate::ids::CellIds;
+
+const CELL_INFO: Def = Def {
+    name: f::CELL_INFO,
+    kind: Kind::Gauge,
+    help: "Each configured cell, and whether it is a global cell (of shared services); \
+           always 1",
+};
+const SERVICE_INFO: Def = Def {
+    name: f::SERVICE_INFO,
+    kind: Kind::Gauge,
+    help: "Each configured service and the cell it lies in; always 1",
+};
+const OPENED: Def = Def {
+    name: f::SERVICE_CONNECTIONS_OPENED_TOTAL,
+    kind: Kind::Counter,
+    help: "TCP connections to a configured service that reached ESTABLISHED, per client cell",
+};
+const ACTIVE: Def = Def {
+    name: f::SERVICE_CONNECTIONS_ACTIVE,
+    kind: Kind::Gauge,
+    help: "Established TCP connections to a configured service now open, per client cell",
+};
+const FAILED: Def = Def {
+    name: f::SERVICE_CONNECTIONS_FAILED_TOTAL,
+    kind: Kind::Counter,
+    help: "Connections to a configured service that failed, by reason, per client cell \
+           (client side; from the first failure on)",
+};
+const SENT: Def = Def {
+    name: f::SERVICE_BYTES_SENT_TOTAL,
+    kind: Kind::Counter,
+    help: "Payload bytes this node's sockets sent on connections to a configured service",
+};
+const RECEIVED: Def = Def {
+    name: f::SERVICE_BYTES_RECEIVED_TOTAL,
+    kind: Kind::Counter,
+    help: "Payload bytes this node's sockets received on connections to a configured service",
+};
+const LATENCY: Def = Def {
+    name: f::SERVICE_CONNECT_LATENCY_SECONDS,
+    kind: Kind::Histogram,
+    help: "Client connect latency to a configured service, SYN sent to established",
+};
 
 /// What one (client cell, service, direction) holds, over verdicts.
 #[derive(Default)]
@@ -19,7 +63,7 @@ struct Row {
     has: [bool; 2],
     sent: u64,
     received: u64,
-    failed: [u64; FAIL_REASONS],
+    failed: [u64; Failure::REASONS],
     /// Its keys: `order[span.0..span.1]`.
     span: (usize, usize),
 }
@@ -27,8 +71,13 @@ struct Row {
 /// (client cell id, service id, direction)
 type Key = (u32, u16, u8);
 
-pub(super) fn render(snap: &Snapshot, ids: &CellIds, bounds: &Bounds<'_>, out: &mut Out<'_>) {
-    catalog(snap, ids, out);
+/// The rows and their labels: `src_cell="a",service="s"`, and the same with
+/// `,direction="…"`.
+type Labelled<'a> = (&'a (Key, Row), &'a (String, String));
+
+/// The service keys' indices in (client, service, direction, verdict) order, and the rows
+/// by (client, service, direction).
+fn group(snap: &Snapshot) -> (Vec<usize>, Vec<(Key, Row)>) {
     let mut order: Vec<usize> =
         (0..snap.pairs.len()).filter(|&i| snap.pairs[i].0.service != NO_SERVICE).collect();
     let key = |i: usize| {
@@ -45,7 +94,7 @@ pub(super) fn render(snap: &Snapshot, ids: &CellIds, bounds: &Bounds<'_>, out: &
         }
         let Some((_, r)) = rows.last_mut() else { continue };
         r.span.1 = at + 1;
-        let v = usize::from(k.verdict == VERDICT_VIOLATION);
+        let v = usize::from(k.verdict() == Verdict::VIOLATION);
         r.has[v] = true;
         r.opened[v] += s.opened;
         r.closed[v] += s.closed;
@@ -55,67 +104,76 @@ pub(super) fn render(snap: &Snapshot, ids: &CellIds, bounds: &Bounds<'_>, out: &
             *a += b;
         }
     }
+    (order, rows)
+}
+
+/// The catalog, then every service family, appended to `out`.
+pub(super) fn render(snap: &Snapshot, ids: &CellIds, bounds: &Bounds<'_>, out: &mut Out<'_>) {
+    catalog(snap, ids, out);
+    let (order, rows) = group(snap);
     let labels: Vec<(String, String)> = rows
         .iter()
         .map(|((src, svc, dir), _)| {
             let service = ids.service_name(*svc).unwrap_or("unknown");
             let base = format!("src_cell={},service={}", quoted(ids.name(*src)), quoted(service));
-            let with_dir = format!("{base},direction=\"{}\"", direction_label(*dir));
+            let with_dir = format!("{base},direction=\"{}\"", Direction(*dir).label());
             (base, with_dir)
         })
         .collect();
+    let rows: Vec<Labelled<'_>> = rows.iter().zip(&labels).collect();
+    connections(&rows, out);
+    bytes(&rows, out);
+    latency(snap, &order, &rows, bounds, out);
+}
 
-    let name = "cellwatch_service_connections_opened_total";
-    let help = "TCP connections to a configured service that reached ESTABLISHED, per client cell";
-    let mut f = Family::new(out, name, "counter", help);
-    for ((_, r), (_, pd)) in rows.iter().zip(&labels) {
+/// Opened (by verdict), active and failed (by reason).
+fn connections(rows: &[Labelled<'_>], out: &mut Out<'_>) {
+    let mut f = Family::new(out, &OPENED);
+    for ((_, r), (_, pd)) in rows {
         for (v, verdict) in [(0, "verdict=\"allowed\""), (1, "verdict=\"violation\"")] {
             if r.has[v] {
-                sample(f.line(), name, pd, verdict, r.opened[v]);
+                f.sample(pd, verdict, r.opened[v]);
             }
         }
     }
-    let name = "cellwatch_service_connections_active";
-    let help = "Established TCP connections to a configured service now open, per client cell";
-    let mut f = Family::new(out, name, "gauge", help);
-    for ((_, r), (_, pd)) in rows.iter().zip(&labels) {
+    let mut f = Family::new(out, &ACTIVE);
+    for ((_, r), (_, pd)) in rows {
         let active = (r.opened[0] + r.opened[1]).saturating_sub(r.closed[0] + r.closed[1]);
-        sample(f.line(), name, pd, "", active);
+        f.sample(pd, "", active);
     }
-    let name = "cellwatch_service_connections_failed_total";
-    let help = "Connections to a configured service that failed, by reason, per client cell \
-                (client side; from the first failure on)";
-    let mut f = Family::new(out, name, "counter", help);
-    for (((_, _, dir), r), (p, _)) in rows.iter().zip(&labels) {
-        if *dir == DIR_EGRESS && r.failed.iter().any(|n| *n > 0) {
-            for (reason, n) in FAIL_LABELS.iter().zip(r.failed) {
-                sample(f.line(), name, p, &format!("reason=\"{reason}\""), n);
+    let mut f = Family::new(out, &FAILED);
+    for (((_, _, dir), r), (p, _)) in rows {
+        if Direction(*dir) == Direction::EGRESS && r.failed.iter().any(|n| *n > 0) {
+            for (reason, n) in Failure::LABELS.iter().zip(r.failed) {
+                f.sample(p, &format!("reason=\"{reason}\""), n);
             }
         }
     }
-    for (name, help, sent) in [
-        (
-            "cellwatch_service_bytes_sent_total",
-            "Payload bytes this node's sockets sent on connections to a configured service",
-            true,
-        ),
-        (
-            "cellwatch_service_bytes_received_total",
-            "Payload bytes this node's sockets received on connections to a configured service",
-            false,
-        ),
-    ] {
-        let mut f = Family::new(out, name, "counter", help);
-        for ((_, r), (_, pd)) in rows.iter().zip(&labels) {
-            sample(f.line(), name, pd, "", if sent { r.sent } else { r.received });
+}
+
+/// Bytes both ways.
+fn bytes(rows: &[Labelled<'_>], out: &mut Out<'_>) {
+    let both: [Valued<Row>; 2] = [(&SENT, |r| r.sent), (&RECEIVED, |r| r.received)];
+    for (def, value) in both {
+        let mut f = Family::new(out, def);
+        for ((_, r), (_, pd)) in rows {
+            f.sample(pd, "", value(r));
         }
     }
-    let name = "cellwatch_service_connect_latency_seconds";
-    let latency = HistNames::of(name);
-    let help = "Client connect latency to a configured service, SYN sent to established";
-    let mut f = Family::new(out, name, "histogram", help);
-    for (((_, _, dir), r), (p, _)) in rows.iter().zip(&labels) {
-        if *dir != DIR_EGRESS {
+}
+
+/// Connect latency, client side.
+fn latency(
+    snap: &Snapshot,
+    order: &[usize],
+    rows: &[Labelled<'_>],
+    bounds: &Bounds<'_>,
+    out: &mut Out<'_>,
+) {
+    let names = HistNames::of(LATENCY.name);
+    let mut f = Family::new(out, &LATENCY);
+    for (((_, _, dir), r), (p, _)) in rows {
+        if Direction(*dir) != Direction::EGRESS {
             continue;
         }
         let mut h = Hist::default();
@@ -124,7 +182,7 @@ pub(super) fn render(snap: &Snapshot, ids: &CellIds, bounds: &Bounds<'_>, out: &
             h.add(buckets, sum);
         }
         if h.count() > 0 {
-            histogram(f.line(), &latency, p, &h, bounds);
+            histogram(f.line(), &names, p, &h, bounds);
         }
     }
 }
@@ -132,19 +190,12 @@ pub(super) fn render(snap: &Snapshot, ids: &CellIds, bounds: &Bounds<'_>, out: &
 /// `cellwatch_cell_info` and `cellwatch_service_info`: one series per configured cell
 /// and service, always 1.
 fn catalog(snap: &Snapshot, ids: &CellIds, out: &mut Out<'_>) {
-    let name = "cellwatch_cell_info";
-    let help = "Each configured cell, and whether it is a global cell (of shared services); \
-                always 1";
-    let mut f = Family::new(out, name, "gauge", help);
+    let mut f = Family::new(out, &CELL_INFO);
     for (id, global) in &snap.catalog.cells {
-        let labels = format!("cell={},global=\"{global}\"", quoted(ids.name(*id)));
-        sample(f.line(), name, &labels, "", 1);
+        f.sample(&format!("cell={},global=\"{global}\"", quoted(ids.name(*id))), "", 1);
     }
-    let name = "cellwatch_service_info";
-    let help = "Each configured service and the cell it lies in; always 1";
-    let mut f = Family::new(out, name, "gauge", help);
+    let mut f = Family::new(out, &SERVICE_INFO);
     for (_, service, cell) in &snap.catalog.services {
-        let labels = format!("service={},cell={}", quoted(service), quoted(ids.name(*cell)));
-        sample(f.line(), name, &labels, "", 1);
+        f.sample(&format!("service={},cell={}", quoted(service), quoted(ids.name(*cell))), "", 1);
     }
 }

@@ -1,14 +1,12 @@
-use agent_common::{
-    DIR_EGRESS, DIR_INGRESS, FAIL_REFUSED, PairKey, PairStats, VERDICT_ALLOWED, VERDICT_VIOLATION,
-};
+use agent_common::{Direction, Failure, PairKey, PairStats, Verdict};
 
 use crate::{
     ids::CellIds,
     metrics::{Buckets, Catalog, MapFill, Snapshot},
 };
 
-fn key(src: u32, dst: u32, dir: u8, verdict: u8) -> PairKey {
-    PairKey::new(src, dst, dir, verdict)
+fn key(src: u32, dst: u32, dir: Direction, verdict: u8) -> PairKey {
+    PairKey::new(src, dst, dir, Verdict(verdict))
 }
 
 fn render(snap: &Snapshot, ids: &CellIds) -> String {
@@ -25,7 +23,7 @@ fn snapshot_renders_the_contract_metrics() {
     s.opened = 5;
     s.closed = 3;
     s.violations = 6;
-    s.failed[FAIL_REFUSED] = 1;
+    s.failed[Failure::REFUSED] = 1;
     s.bytes_sent = 1000;
     s.latency_hist[3] = 5; // below 8 µs
     s.latency_sum_ns = 20_000;
@@ -34,8 +32,8 @@ fn snapshot_renders_the_contract_metrics() {
     ing.opened = 5;
     let snap = Snapshot {
         pairs: vec![
-            (key(a, b, DIR_EGRESS, VERDICT_VIOLATION), s),
-            (key(a, b, DIR_INGRESS, VERDICT_VIOLATION), ing),
+            (key(a, b, Direction::EGRESS, Verdict::VIOLATION.0), s),
+            (key(a, b, Direction::INGRESS, Verdict::VIOLATION.0), ing),
         ],
         counters: [0; agent_common::COUNTERS_LEN as usize],
         fill: vec![MapFill { map: "conns", entries: 2, capacity: 10 }],
@@ -83,9 +81,9 @@ fn rtt_is_counted_once_per_connection() {
     s.rtt_hist[4] = 2;
     let snap = Snapshot {
         pairs: vec![
-            (key(a, a, DIR_EGRESS, 0), s),
-            (key(a, a, DIR_INGRESS, 0), s),
-            (key(ext, a, DIR_INGRESS, 0), s),
+            (key(a, a, Direction::EGRESS, 0), s),
+            (key(a, a, Direction::INGRESS, 0), s),
+            (key(ext, a, Direction::INGRESS, 0), s),
         ],
         ..Snapshot::default()
     };
@@ -124,7 +122,10 @@ fn pair_samples(verdict: u8, denied: u64) -> usize {
     s.violations = if verdict == 1 { 10 + denied } else { 0 };
     s.denied = denied;
     let snap = Snapshot {
-        pairs: vec![(key(a, b, DIR_EGRESS, verdict), s), (key(a, b, DIR_INGRESS, verdict), s)],
+        pairs: vec![
+            (key(a, b, Direction::EGRESS, verdict), s),
+            (key(a, b, Direction::INGRESS, verdict), s),
+        ],
         ..Snapshot::default()
     };
     let mut text = String::new();
@@ -159,7 +160,7 @@ fn chunked_rendering_is_the_same_text_in_whole_lines() {
     s.rtt_hist[7] = 3;
     let pairs = cells
         .iter()
-        .flat_map(|a| cells.iter().map(move |b| (key(*a, *b, DIR_EGRESS, 0), s)))
+        .flat_map(|a| cells.iter().map(move |b| (key(*a, *b, Direction::EGRESS, 0), s)))
         .collect();
     let snap = Snapshot { pairs, ..Snapshot::default() };
     let whole = render(&snap, &ids);
@@ -187,13 +188,13 @@ fn services_have_their_families_and_the_pair_adds_them_up() {
     to_db.opened = 3;
     to_db.closed = 1;
     to_db.bytes_sent = 300;
-    to_db.failed[FAIL_REFUSED] = 1;
+    to_db.failed[Failure::REFUSED] = 1;
     to_db.latency_hist[9] = 3;
     to_db.latency_sum_ns = 900_000;
     let snap = Snapshot {
         pairs: vec![
-            (key(a, g, DIR_EGRESS, VERDICT_ALLOWED), plain),
-            (key(a, g, DIR_EGRESS, VERDICT_ALLOWED).with_service(db), to_db),
+            (key(a, g, Direction::EGRESS, Verdict::ALLOWED.0), plain),
+            (key(a, g, Direction::EGRESS, Verdict::ALLOWED.0).with_service(db), to_db),
         ],
         catalog: Catalog {
             cells: vec![(a, false), (g, true)],

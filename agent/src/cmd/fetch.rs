@@ -79,9 +79,10 @@ pub(crate) async fn get(addr: SocketAddr, path: &str, limit: Duration) -> io::Re
     // The server's own sentence, when it gave one (the agent's 403 says why).
     let why = answer.body.lines().next().map(str::trim).filter(|l| !l.is_empty() && l.len() < 300);
     match why {
-        Some(why) => {
-            Err(io::Error::other(format!("answered `{line}`: {}", agent_core::top::printable(why))))
-        }
+        Some(why) => Err(io::Error::other(format!(
+            "answered `{line}`: {}",
+            agent_view::format::printable(why)
+        ))),
         None => Err(io::Error::other(format!("answered `{line}`"))),
     }
 }

@@ -10,7 +10,7 @@ use std::{
 
 use agent_common::{
     Brief, Conn, LIST_ANY, SEEDED_CAPACITY, SETTING_LIST_CELL, SETTING_LIST_VERDICT,
-    SETTING_SWEEP_RECORDS, SWEEP_BRIEF, SWEEP_COUNT, SWEEP_WANTED, SweepTail,
+    SETTING_SWEEP_RECORDS, SWEEP_BRIEF, SWEEP_COUNT, SWEEP_WANTED, SeedOutcome, SweepTail, Verdict,
 };
 use agent_core::events::{decode_briefs, decode_sweep};
 use aya::{
@@ -178,7 +178,7 @@ impl Sweeper {
             m.settings
                 .set(SETTING_LIST_CELL, filter.cell.unwrap_or(LIST_ANY), 0)
                 .map_err(map_err(obj))?;
-            let verdict = filter.verdict.map_or(LIST_ANY, u32::from);
+            let verdict = filter.verdict.map_or(LIST_ANY, |v| u32::from(v.0));
             m.settings.set(SETTING_LIST_VERDICT, verdict, 0).map_err(map_err(obj))?;
         }
         let briefs = decode_briefs(&self.pass(maps, SWEEP_BRIEF)?)
@@ -262,11 +262,11 @@ fn each_namespace(link: &OwnedFd, out: &mut Vec<u8>) -> std::io::Result<()> {
 }
 
 /// Which connections a listing wants: of this cell (source or destination), with this
-/// verdict (`VERDICT_*`); `None` is any.
+/// verdict; `None` is any.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct ListFilter {
     pub(crate) cell: Option<u32>,
-    pub(crate) verdict: Option<u8>,
+    pub(crate) verdict: Option<Verdict>,
 }
 
 /// What seeding did.
@@ -303,10 +303,10 @@ pub(super) fn seed(
     let mut out = Vec::new();
     file.read_to_end(&mut out).map_err(KernelError::Sweep)?;
     let mut done = Seeding { no_room: beyond.len(), ..Seeding::default() };
-    for rec in out.chunks_exact(16) {
-        match u64::from_ne_bytes(rec[8..16].try_into().unwrap_or_default()) {
-            1 => done.seeded += 1,
-            2 => done.already_tracked += 1,
+    for rec in out.chunks_exact(SeedOutcome::BYTES) {
+        match SeedOutcome::decode(rec).map_or(0, |o| o.what) {
+            SeedOutcome::SEEDED => done.seeded += 1,
+            SeedOutcome::ALREADY_TRACKED => done.already_tracked += 1,
             _ => done.no_room += 1,
         }
     }

@@ -6,10 +6,7 @@
 
 use std::{collections::HashMap, net::SocketAddr};
 
-use agent_common::{
-    Brief, CONN_SEEDED, DIR_EGRESS, LIST_MAX, VERDICT_ALLOWED, VERDICT_VIOLATION, direction_label,
-    verdict_label,
-};
+use agent_common::{Brief, CONN_SEEDED, Direction, LIST_MAX, Verdict};
 use agent_core::{
     events::{addr, comm},
     ids::CellIds,
@@ -62,78 +59,101 @@ pub(crate) fn list(
         None => None,
     };
     let verdict =
-        q.verdict.map(|v| if v == "violation" { VERDICT_VIOLATION } else { VERDICT_ALLOWED });
+        q.verdict.map(|v| if v == "violation" { Verdict::VIOLATION } else { Verdict::ALLOWED });
+    let live = newest(maps, ListFilter { cell, verdict }, q.limit)?;
+    let servers = Servers::of(&live);
+    Ok(live.into_iter().map(|l| connection(&l, ids, cgroups, &servers)).collect())
+}
+
+/// The newest `limit` live connections that pass `filter`, newest first.
+fn newest(
+    maps: &MapsHandle,
+    filter: ListFilter,
+    limit: usize,
+) -> Result<Vec<LiveConn>, Unanswered> {
     // The kernel filters; of what passes, the newest `limit`; then their full records.
     let choose = |mut briefs: Vec<Brief>| {
         briefs.sort_unstable_by_key(|b| std::cmp::Reverse(b.start_ns));
-        briefs.truncate(q.limit.min(LIST_MAX as usize));
+        briefs.truncate(limit.min(LIST_MAX as usize));
         briefs.into_iter().map(|b| b.cookie).collect()
     };
-    let mut live: Vec<LiveConn> =
-        maps.live(ListFilter { cell, verdict }, choose).map_err(|e| match e {
-            KernelError::NoWalk => Unanswered::Unavailable(e.to_string()),
-            e => Unanswered::Failed(format!("reading the live connections failed: {e}")),
-        })?;
+    let mut live: Vec<LiveConn> = maps.live(filter, choose).map_err(|e| match e {
+        KernelError::NoWalk => Unanswered::Unavailable(e.to_string()),
+        e => Unanswered::Failed(format!("reading the live connections failed: {e}")),
+    })?;
     // Newest first (a connection that closed between the two passes is not listed).
     live.sort_unstable_by_key(|l| std::cmp::Reverse(l.conn.start_ns));
-    live.truncate(q.limit);
-    // Servers' processes: the kernel records only who connects, so the socket's inode
-    // (from sock_diag, this network namespace) leads to its holder in /proc.
-    let unowned: Vec<(SocketAddr, SocketAddr, u64)> = live
-        .iter()
-        .filter(|l| l.conn.pid == 0)
-        .map(|l| {
-            let c = &l.conn;
-            let end = |a, port| SocketAddr::new(addr(c.family, a), port);
-            (end(c.local_addr, c.local_port), end(c.remote_addr, c.remote_port), c.cookie)
-        })
-        .collect();
-    let inodes: HashMap<u64, u32> = sockdiag::find(&unowned)
-        .map(|v| v.into_iter().filter(|s| s.inode != 0).map(|s| (s.cookie, s.inode)).collect())
-        .unwrap_or_default();
-    let holders = procs::holders(&inodes.values().copied().collect());
+    live.truncate(limit);
+    Ok(live)
+}
 
-    Ok(live
-        .into_iter()
-        .map(|l| {
-            let (c, now) = (&l.conn, &l.now);
-            let egress = c.direction == DIR_EGRESS;
-            let local =
-                End { cell: String::new(), addr: addr(c.family, c.local_addr), port: c.local_port };
-            let remote = End {
-                cell: String::new(),
-                addr: addr(c.family, c.remote_addr),
-                port: c.remote_port,
-            };
-            let (mut src, mut dst) = if egress { (local, remote) } else { (remote, local) };
-            src.cell = ids.name(c.src_cell).to_owned();
-            dst.cell = ids.name(c.dst_cell).to_owned();
-            let (mut pid, mut name) = ((c.pid != 0).then_some(c.pid), comm(&c.comm));
-            if pid.is_none()
-                && let Some((p, n)) = inodes.get(&c.cookie).and_then(|i| holders.get(i))
-            {
-                pid = Some(*p);
-                name = Some(n.clone());
-            }
-            let w = cgroups.workload(c.cgroup_id);
-            Connection {
-                cookie: c.cookie,
-                direction: direction_label(c.direction),
-                verdict: verdict_label(c.verdict),
-                src,
-                dst,
-                pid,
-                comm: name,
-                cgroup_id: (c.cgroup_id != 0).then_some(c.cgroup_id),
-                container_id: w.container_id,
-                pod_uid: w.pod_uid,
-                srtt_us: (now.srtt_us != 0).then_some(now.srtt_us),
-                bytes_sent: Some(now.claimed.sent),
-                bytes_received: Some(now.claimed.received),
-                service: ids.service_name(c.service).map(str::to_owned),
-                age_seconds: clock::age_seconds(c.start_ns),
-                seeded: c.flags & CONN_SEEDED != 0,
-            }
-        })
-        .collect())
+/// Servers' processes: the kernel records only who connects, so the socket's inode
+/// (from sock_diag, this network namespace) leads to its holder in /proc.
+struct Servers {
+    /// Socket inodes, by cookie.
+    inodes: HashMap<u64, u32>,
+    /// Pid and command of each inode's holder.
+    holders: HashMap<u32, (u32, String)>,
+}
+
+impl Servers {
+    /// The holders of the sockets of `live` the kernel knows no process of.
+    fn of(live: &[LiveConn]) -> Self {
+        let unowned: Vec<(SocketAddr, SocketAddr, u64)> = live
+            .iter()
+            .filter(|l| l.conn.pid == 0)
+            .map(|l| {
+                let c = &l.conn;
+                let end = |a, port| SocketAddr::new(addr(c.family, a), port);
+                (end(c.local_addr, c.local_port), end(c.remote_addr, c.remote_port), c.cookie)
+            })
+            .collect();
+        let inodes: HashMap<u64, u32> = sockdiag::find(&unowned)
+            .map(|v| v.into_iter().filter(|s| s.inode != 0).map(|s| (s.cookie, s.inode)).collect())
+            .unwrap_or_default();
+        let holders = procs::holders(&inodes.values().copied().collect());
+        Self { inodes, holders }
+    }
+
+    fn holder(&self, cookie: u64) -> Option<&(u32, String)> {
+        self.inodes.get(&cookie).and_then(|i| self.holders.get(i))
+    }
+}
+
+/// One live connection as `/connections` shows it.
+fn connection(l: &LiveConn, ids: &CellIds, cgroups: &Resolver, servers: &Servers) -> Connection {
+    let (c, now) = (&l.conn, &l.now);
+    let egress = c.direction() == Direction::EGRESS;
+    let local = End { cell: String::new(), addr: addr(c.family, c.local_addr), port: c.local_port };
+    let remote =
+        End { cell: String::new(), addr: addr(c.family, c.remote_addr), port: c.remote_port };
+    let (mut src, mut dst) = if egress { (local, remote) } else { (remote, local) };
+    src.cell = ids.name(c.src_cell).to_owned();
+    dst.cell = ids.name(c.dst_cell).to_owned();
+    let (mut pid, mut name) = ((c.pid != 0).then_some(c.pid), comm(&c.comm));
+    if pid.is_none()
+        && let Some((p, n)) = servers.holder(c.cookie)
+    {
+        pid = Some(*p);
+        name = Some(n.clone());
+    }
+    let w = cgroups.workload(c.cgroup_id);
+    Connection {
+        cookie: c.cookie,
+        direction: c.direction().label(),
+        verdict: c.verdict().label(),
+        src,
+        dst,
+        pid,
+        comm: name,
+        cgroup_id: (c.cgroup_id != 0).then_some(c.cgroup_id),
+        container_id: w.container_id,
+        pod_uid: w.pod_uid,
+        srtt_us: (now.srtt_us != 0).then_some(now.srtt_us),
+        bytes_sent: Some(now.claimed.sent),
+        bytes_received: Some(now.claimed.received),
+        service: ids.service_name(c.service).map(str::to_owned),
+        age_seconds: clock::age_seconds(c.start_ns),
+        seeded: c.flags & CONN_SEEDED != 0,
+    }
 }

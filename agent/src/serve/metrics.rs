@@ -34,70 +34,24 @@ impl AgentMetrics {
         buckets: Buckets,
     ) -> Self {
         let registry = Registry::new();
-        let build = IntGaugeVec::new(
-            Opts::new(
-                "cellwatch_build_info",
-                "cellwatch version and the kernel it runs on; always 1",
-            ),
-            &["version", "kernel"],
-        )
-        .expect("static metric definition");
-        build.with_label_values(&[version, kernel]).set(1);
-        let config_reloads = IntCounterVec::new(
+        let config_reloads = counters(
             Opts::new("cellwatch_config_reloads_total", "Config reloads, by result"),
-            &["result"],
-        )
-        .expect("static metric definition");
-        for r in ["success", "error"] {
-            config_reloads.with_label_values(&[r]);
-        }
-        let service_lookups_dropped = IntCounterVec::new(
+            "result",
+            &["success", "error"],
+        );
+        let service_lookups_dropped = counters(
             Opts::new(
                 "cellwatch_service_lookups_dropped_total",
                 "Backend lookups of connections to Service addresses turned away by a bound: \
                  requests past the queue (asked again at the next sweep or scan), announced \
                  conntrack entries past the table, an IPVS table past the size read",
             ),
-            &["reason"],
-        )
-        .expect("static metric definition");
-        for r in [DROPPED_QUEUE_FULL, DROPPED_ANNOUNCED_FULL, DROPPED_IPVS_TOO_LARGE] {
-            service_lookups_dropped.with_label_values(&[r]);
-        }
-        let started = IntGaugeVec::new(
-            Opts::new(
-                "cellwatch_start_info",
-                "What this agent made of the state pinned under --bpffs: fresh, adopted (this \
-                 build's programs kept running), replaced (another build's programs swapped, \
-                 maps kept) or discarded (unreadable, removed, then fresh); always 1",
-            ),
-            &["pinned_state"],
-        )
-        .expect("static metric definition");
-        started.with_label_values(&[pinned.as_str()]).set(1);
-        let discarded = IntCounter::new(
-            "cellwatch_pinned_state_discarded_total",
-            "Pinned state of another layout (or a start that never finished) that this agent \
-             could not read, and removed: its counts were lost",
-        )
-        .expect("static metric definition");
-        if matches!(pinned, PinnedState::Discarded(_)) {
-            discarded.inc();
-        }
-        let feature = IntGaugeVec::new(
-            Opts::new(
-                "cellwatch_kernel_feature",
-                "Optional kernel features: 1 if this kernel has it, 0 if the agent does \
-                 without (see the log for what it then cannot tell)",
-            ),
-            &["feature"],
-        )
-        .expect("static metric definition");
-        for (f, has) in features {
-            feature.with_label_values(&[f.as_str()]).set(i64::from(*has));
-        }
-        registry.register(Box::new(build)).expect("unique metric");
-        registry.register(Box::new(feature)).expect("unique metric");
+            "reason",
+            &[DROPPED_QUEUE_FULL, DROPPED_ANNOUNCED_FULL, DROPPED_IPVS_TOO_LARGE],
+        );
+        let (started, discarded) = start_info(pinned);
+        registry.register(Box::new(build_info(version, kernel))).expect("unique metric");
+        registry.register(Box::new(kernel_features(features))).expect("unique metric");
         registry.register(Box::new(started)).expect("unique metric");
         registry.register(Box::new(discarded)).expect("unique metric");
         registry.register(Box::new(config_reloads.clone())).expect("unique metric");
@@ -132,6 +86,68 @@ impl AgentMetrics {
         encode(self.registry.gather(), &mut own)?;
         out.write_all(own.as_bytes()).map_err(RenderError::Write)
     }
+}
+
+/// A counter by `label`, each of `values` shown from the start (at 0).
+fn counters(opts: Opts, label: &str, values: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(opts, &[label]).expect("static metric definition");
+    for v in values {
+        c.with_label_values(&[*v]);
+    }
+    c
+}
+
+/// `cellwatch_build_info`.
+fn build_info(version: &str, kernel: &str) -> IntGaugeVec {
+    let build = IntGaugeVec::new(
+        Opts::new("cellwatch_build_info", "cellwatch version and the kernel it runs on; always 1"),
+        &["version", "kernel"],
+    )
+    .expect("static metric definition");
+    build.with_label_values(&[version, kernel]).set(1);
+    build
+}
+
+/// `cellwatch_start_info`, and `cellwatch_pinned_state_discarded_total`.
+fn start_info(pinned: PinnedState) -> (IntGaugeVec, IntCounter) {
+    let started = IntGaugeVec::new(
+        Opts::new(
+            "cellwatch_start_info",
+            "What this agent made of the state pinned under --bpffs: fresh, adopted (this \
+             build's programs kept running), replaced (another build's programs swapped, \
+             maps kept) or discarded (unreadable, removed, then fresh); always 1",
+        ),
+        &["pinned_state"],
+    )
+    .expect("static metric definition");
+    started.with_label_values(&[pinned.as_str()]).set(1);
+    let discarded = IntCounter::new(
+        "cellwatch_pinned_state_discarded_total",
+        "Pinned state of another layout (or a start that never finished) that this agent \
+         could not read, and removed: its counts were lost",
+    )
+    .expect("static metric definition");
+    if matches!(pinned, PinnedState::Discarded(_)) {
+        discarded.inc();
+    }
+    (started, discarded)
+}
+
+/// `cellwatch_kernel_feature`.
+fn kernel_features(features: &[(Feature, bool)]) -> IntGaugeVec {
+    let feature = IntGaugeVec::new(
+        Opts::new(
+            "cellwatch_kernel_feature",
+            "Optional kernel features: 1 if this kernel has it, 0 if the agent does \
+             without (see the log for what it then cannot tell)",
+        ),
+        &["feature"],
+    )
+    .expect("static metric definition");
+    for (f, has) in features {
+        feature.with_label_values(&[f.as_str()]).set(i64::from(*has));
+    }
+    feature
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::{ViolationEvent, direction_label};
+use agent_common::ViolationEvent;
 use agent_core::{
     events::{addr, comm, decode},
     ids::CellIds,
@@ -154,7 +154,7 @@ pub(crate) fn view(e: &ViolationEvent, ids: &CellIds, cgroups: &Resolver) -> Vio
             addr: addr(e.family, e.dst_addr),
             port: e.dst_port,
         },
-        direction: direction_label(e.direction),
+        direction: e.direction().label(),
         pid: (e.pid != 0).then_some(e.pid),
         comm: comm(&e.comm),
         cgroup_id: (e.cgroup_id != 0).then_some(e.cgroup_id),
@@ -162,7 +162,7 @@ pub(crate) fn view(e: &ViolationEvent, ids: &CellIds, cgroups: &Resolver) -> Vio
         container_id: w.container_id,
         pod_uid: w.pod_uid,
         cookie: e.cookie,
-        denied: e.kind == agent_common::EVENT_DENIED,
+        denied: e.kind() == agent_common::EventKind::DENIED,
     }
 }
 
@@ -223,7 +223,7 @@ pub(crate) fn spawn_drain(
             while let Some(item) = ring.next() {
                 // Requests to find a Service backend share the ring buffer.
                 if let Ok(e) = decode(&item)
-                    && e.kind == agent_common::EVENT_RESOLVE
+                    && e.kind() == agent_common::EventKind::RESOLVE
                 {
                     // A request past the bound is asked again: by the next sweep for an
                     // open connection, by the resolver's scan of DEFERRED for a closed one.

@@ -2,7 +2,7 @@
 //! strictly against the Kubernetes schemas (`kubernetes-validate`), its PrometheusRule is
 //! the plain rule file, and its DaemonSet's arguments, config and capabilities are ones
 //! the agent really runs with.
-use std::process::Command;
+use std::{os::unix::fs::PermissionsExt, process::Command};
 
 use cellwatch_tests::{
     Agent, AgentOpts, Pins, TempDir, cellwatch, cgroup2_root, http_get, prometheus::repo,
@@ -267,14 +267,24 @@ fn the_daemonset_runs_the_agent_it_ships() {
     let mut argv = vec!["setpriv", &reuid, &regid, "--clear-groups", &undo_caps, "--inh-caps=-all"];
     argv.push(bin.to_str().unwrap());
     argv.extend(args.iter().map(String::as_str));
+    // Whether the agent's user may remove the directory itself from the host's
+    // root-owned bpffs depends on that root's mode (0700 on some hosts, 1777 on others):
+    // writable by others, and, when sticky, the directory its own.
+    let root_mode = std::fs::metadata(pins.0.parent().unwrap()).unwrap().permissions().mode();
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&pins.0).unwrap());
+    let removable = root_mode & 0o002 != 0 && (root_mode & 0o1000 == 0 || u64::from(owner) == uid);
     let out = tool(argv[0], &argv[1..]);
     assert!(out.contains("removed ") && out.contains("pinned objects"), "{out}");
-    // The agent's user may not remove the directory from the host's root-owned bpffs:
-    // it stays, empty, and says so.
-    let left: Vec<_> =
-        std::fs::read_dir(&pins.0).map(|d| d.flatten().collect()).unwrap_or_default();
-    assert!(left.is_empty(), "left under the pin directory: {left:?}");
-    assert!(out.contains("the directory itself stays, empty"), "{out}");
+    if removable {
+        assert!(!pins.0.exists(), "the pin directory stayed although it could go:\n{out}");
+        assert!(!out.contains("the directory itself stays"), "{out}");
+    } else {
+        // It stays, empty, and says so.
+        let left: Vec<_> =
+            std::fs::read_dir(&pins.0).map(|d| d.flatten().collect()).unwrap_or_default();
+        assert!(left.is_empty(), "left under the pin directory: {left:?}");
+        assert!(out.contains("the directory itself stays, empty"), "{out}");
+    }
     cellwatch_tests::assert_unloaded(&ids, "the clean-up DaemonSet's uninstall");
 }
 

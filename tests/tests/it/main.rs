@@ -2,6 +2,10 @@
 //! `tests/README.md`). Each area builds its addresses from its own block in
 //! `cellwatch_tests::ranges`, so the areas' tests run side by side without counting each
 //! other's connections. One area: `cargo test -p cellwatch-tests -- foundation::`.
+#![expect(
+    clippy::too_many_lines,
+    reason = "a test is one story told start to end: it reads best whole, however long"
+)]
 
 mod cells;
 mod churn;

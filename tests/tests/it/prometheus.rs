@@ -2,7 +2,8 @@
 //! loopback: cross-cell traffic flows, then every dashboard panel query (template variables
 //! filled in) and every rule expression goes through the Prometheus HTTP API. Each is
 //! accepted, each panel returns data, and `CrossCellLeakage` fires for the leaking pair.
-//! A connection that stays open all along shows in the bytes and RTT panels.
+//! A connection that stays open all along shows in the bytes and RTT panels. Every
+//! `cellwatch_*` name a panel or a rule uses is a family the agent declares.
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
@@ -10,6 +11,7 @@ use std::{
     time::Duration,
 };
 
+use agent_core::metrics::families;
 use cellwatch_tests::{
     Agent, AgentOpts, Server, clients, connect_from, free_port,
     prometheus::{PromOpts, Prometheus, repo},
@@ -53,6 +55,8 @@ fn panel_queries_for(src: &str, dst: &str) -> Vec<(String, String, String)> {
         for p in d["panels"].as_array().unwrap() {
             for t in p["targets"].as_array().into_iter().flatten() {
                 let expr = t["expr"].as_str().expect("expr");
+                let undeclared = families::undeclared(expr);
+                assert!(undeclared.is_empty(), "{name}: {undeclared:?} are no family: {expr}");
                 out.push((
                     name.to_owned(),
                     p["title"].as_str().unwrap_or("").to_owned(),
@@ -75,7 +79,10 @@ fn rule_exprs() -> Vec<(String, String)> {
         .flat_map(|g| g["rules"].as_array().unwrap().iter())
         .map(|r| {
             let name = r["alert"].as_str().or(r["record"].as_str()).unwrap().to_owned();
-            (name, r["expr"].as_str().unwrap().to_owned())
+            let expr = r["expr"].as_str().unwrap().to_owned();
+            let undeclared = families::undeclared(&expr);
+            assert!(undeclared.is_empty(), "{name}: {undeclared:?} are no family: {expr}");
+            (name, expr)
         })
         .collect()
 }

@@ -3,7 +3,7 @@
 use std::{
     io::{BufRead, BufReader, Write},
     path::Path,
-    process::{Command, Stdio},
+    process::{Child, ChildStdout, Command, Stdio},
     sync::mpsc,
     thread,
     time::{Duration, Instant},
@@ -34,29 +34,9 @@ pub(super) struct Outcome {
 pub(super) fn boot(kernel: &str, vmlinuz: &Path, image: &Path, log: &Path) -> Result<Outcome> {
     let accel = std::env::var("CELLWATCH_VM_ACCEL").unwrap_or_else(|_| "tcg".to_owned());
     let started = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", &accel, "-cpu", "max", "-smp", "2", "-m", "3072"])
-        .arg("-kernel")
-        .arg(vmlinuz)
-        .arg("-initrd")
-        .arg(image)
-        .args(["-append", "console=ttyS0 panic=-1 quiet", "-nographic", "-no-reboot"])
-        // No NIC and no VGA: the tests use loopback only, and neither option ROM is needed.
-        .args(["-nic", "none", "-vga", "none"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("qemu-system-x86_64 is missing: run `cargo xtask setup`")?;
+    let mut child = qemu(&accel, vmlinuz, image)?;
     let stdout = child.stdout.take().context("qemu stdout")?;
-    let (tx, rx) = mpsc::channel::<String>();
-    let reader = thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (rx, reader) = lines_of(stdout);
     let mut file = std::fs::File::create(log)?;
     let mut out = Outcome {
         kernel: kernel.to_owned(),
@@ -80,11 +60,55 @@ pub(super) fn boot(kernel: &str, vmlinuz: &Path, image: &Path, log: &Path) -> Re
         };
         let line = line.trim_end_matches('\r').to_owned();
         writeln!(file, "{line}")?;
+        out.read(&line);
+    }
+    let _ = child.wait();
+    let _ = reader.join();
+    out.secs = started.elapsed().as_secs_f64();
+    Ok(out)
+}
+
+/// qemu, started on `vmlinuz` and the initramfs `image`, its serial console on stdout.
+fn qemu(accel: &str, vmlinuz: &Path, image: &Path) -> Result<Child> {
+    Command::new("qemu-system-x86_64")
+        .args(["-accel", accel, "-cpu", "max", "-smp", "2", "-m", "3072"])
+        .arg("-kernel")
+        .arg(vmlinuz)
+        .arg("-initrd")
+        .arg(image)
+        .args(["-append", "console=ttyS0 panic=-1 quiet", "-nographic", "-no-reboot"])
+        // No NIC and no VGA: the tests use loopback only, and neither option ROM is needed.
+        .args(["-nic", "none", "-vga", "none"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("qemu-system-x86_64 is missing: run `cargo xtask setup`")
+}
+
+/// The lines of `stdout`, sent one by one from a thread of their own until it closes.
+fn lines_of(stdout: ChildStdout) -> (mpsc::Receiver<String>, thread::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel::<String>();
+    let reader = thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (rx, reader)
+}
+
+impl Outcome {
+    /// One line of the console: what it says of the run is kept, and the lines worth
+    /// seeing at once (failures, the areas' results, the end) are printed.
+    fn read(&mut self, line: &str) {
+        let kernel = &self.kernel;
         if let Some(r) = line.strip_prefix("init: kernel ") {
-            out.release = r.to_owned();
+            self.release = r.to_owned();
         }
         if line.starts_with("test result:") {
-            out.summary = line.clone();
+            self.summary = line.to_owned();
         }
         if line.starts_with("test ") && line.ends_with("FAILED") || line.contains("panicked at") {
             println!("    {kernel}: {line}");
@@ -97,21 +121,17 @@ pub(super) fn boot(kernel: &str, vmlinuz: &Path, image: &Path, log: &Path) -> Re
                 "    {kernel}: test binary {} in {} s ({})",
                 verdict.unwrap_or("?"),
                 secs.unwrap_or("?"),
-                out.summary
+                self.summary
             );
-            out.done = Some(verdict == Some("pass"));
+            self.done = Some(verdict == Some("pass"));
         // `CELLWATCH-VM <area> <pass|fail> <passed>/<tests>`.
         } else if let Some(rest) = line.strip_prefix(&format!("{RESULT} ")) {
             let mut w = rest.split_whitespace();
             if let (Some(area), Some(verdict)) = (w.next(), w.next()) {
                 let counts = w.next().unwrap_or("?");
                 println!("    {kernel}: {area}: {verdict}, {counts} tests");
-                out.areas.push((area.to_owned(), verdict == "pass", counts.to_owned()));
+                self.areas.push((area.to_owned(), verdict == "pass", counts.to_owned()));
             }
         }
     }
-    let _ = child.wait();
-    let _ = reader.join();
-    out.secs = started.elapsed().as_secs_f64();
-    Ok(out)
 }

@@ -1,11 +1,13 @@
 //! The demo's closing lines: the blast radius of each shared service, from the agent's
 //! own `/metrics` (the cells whose clients called it, and their share of its
-//! connections), as `cellwatch report` gives it from Prometheus.
+//! connections), as `cellwatch report` gives it from Prometheus: each connection counted
+//! once by the same rule ([`agent_view::side`]).
 #![forbid(unsafe_code)]
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
-use agent_core::promtext::Sample;
+use agent_core::{metrics::families as f, promtext::Sample};
+use agent_view::side;
 
 /// One service: the cell it lies in, and its callers with their connections, most first.
 #[derive(Debug, PartialEq)]
@@ -18,15 +20,16 @@ pub(crate) struct Radius {
 /// Each configured service's callers, client side (each connection once).
 pub(crate) fn radius(samples: &[Sample]) -> Vec<Radius> {
     let mut out: BTreeMap<String, Radius> = BTreeMap::new();
-    for s in samples.iter().filter(|s| s.name == "cellwatch_service_info") {
+    for s in samples.iter().filter(|s| s.name == f::SERVICE_INFO) {
         let service = s.label("service").to_owned();
         let cell = s.label("cell").to_owned();
         out.insert(service.clone(), Radius { service, cell, callers: Vec::new() });
     }
     let mut calls: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for s in samples.iter().filter(|s| {
-        s.name == "cellwatch_service_connections_opened_total" && s.label("direction") == "egress"
-    }) {
+    for s in samples
+        .iter()
+        .filter(|s| s.name == f::SERVICE_CONNECTIONS_OPENED_TOTAL && side::counts_sample(s))
+    {
         // Counter values are whole numbers below 2^53.
         #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a count")]
         let n = s.value as u64;

@@ -21,7 +21,8 @@ use tokio::{
     time::{Instant, MissedTickBehavior},
 };
 
-use agent_core::{config::Config, promtext, top};
+use agent_core::{config::Config, metrics::families, promtext};
+use agent_view::violations;
 
 use super::{
     fetch,
@@ -99,9 +100,10 @@ async fn session(
         "cellwatch demo: the agent watches cells global, cell-1, cell-2 and cell-3 on \
          127.100.0.0/16\nfor {} s (Ctrl-C stops it sooner).\n  metrics:     {base}/metrics\n  \
          connections: {base}/connections\n  violations:  {base}/violations\n  try:         curl -s \
-         {base}/metrics | grep cellwatch_boundary_violations_total\n  live view:   cellwatch top \
-         --url {base}\n  log:         {log}\n",
-        duration.as_secs()
+         {base}/metrics | grep {family}\n  live view:   cellwatch top --url {base}\n  log:         \
+         {log}\n",
+        duration.as_secs(),
+        family = families::BOUNDARY_VIOLATIONS_TOTAL,
     );
     // Dropping these sets (at the end, or on a signal) stops every task in them.
     let mut servers = JoinSet::new();
@@ -167,14 +169,14 @@ async fn frame(addr: SocketAddr, color: bool, when: &str) -> String {
         Err(e) => format!("  reading {at}/metrics failed: {e}\n"),
     };
     let panel = match fetch::get(at, "/violations?limit=256", FETCH_LIMIT).await {
-        Ok(body) => match top::parse_violations(&body) {
+        Ok(body) => match violations::parse_violations(&body) {
             Ok(events) => {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0.0, |d| d.as_secs_f64());
-                top::latest_per_pair(&events, None, PANEL_PAIRS)
+                violations::latest_per_pair(&events, None, PANEL_PAIRS)
                     .into_iter()
-                    .map(|v| top::violation_line(v, now))
+                    .map(|v| violations::violation_line(v, now))
                     .collect()
             }
             Err(e) => vec![e.to_string()],

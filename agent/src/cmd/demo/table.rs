@@ -1,12 +1,14 @@
-//! The demo's live table: per cell pair, what this node's client sockets saw, read back
-//! from the agent's own `/metrics`, with violations marked.
+//! The demo's live table: per cell pair, what the counted side of each connection saw
+//! ([`agent_view::side`]), read back from the agent's own `/metrics`, with violations
+//! marked.
 #![forbid(unsafe_code)]
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
-use agent_core::promtext::Sample;
+use agent_core::{metrics::families as f, promtext::Sample};
+use agent_view::{format::Table as Columns, side};
 
-/// One client-side (egress) cell pair.
+/// One cell pair, as its clients saw it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct Row {
     pub(crate) opened: f64,
@@ -20,22 +22,20 @@ pub(crate) struct Row {
 /// Rows by (src cell, dst cell).
 pub(crate) type Table = BTreeMap<(String, String), Row>;
 
-/// Builds the table from the egress samples: each connection between two demo cells is
-/// also seen from its server socket (ingress), which would only repeat the numbers.
+/// Builds the table from the counted side of each connection: a connection between two
+/// demo cells is also seen from its server socket (ingress), which would only repeat the
+/// numbers.
 pub(crate) fn build(samples: &[Sample]) -> Table {
     let mut t = Table::new();
-    for s in samples {
-        let egress = s.label("direction") == "egress";
+    for s in samples.iter().filter(|s| side::counts_sample(s)) {
         let field: fn(&mut Row) -> &mut f64 = match s.name.as_str() {
-            "cellwatch_connections_opened_total" if egress => |r| &mut r.opened,
+            f::CONNECTIONS_OPENED_TOTAL => |r| &mut r.opened,
             // Counted at connect: refused attempts are in it too.
-            "cellwatch_boundary_violations_total" if egress => |r| &mut r.violations,
-            "cellwatch_connections_active" if egress => |r| &mut r.active,
-            "cellwatch_bytes_sent_total" if egress => |r| &mut r.sent,
-            "cellwatch_bytes_received_total" if egress => |r| &mut r.received,
-            "cellwatch_connections_failed_total" if s.label("reason") == "refused" => {
-                |r| &mut r.refused
-            }
+            f::BOUNDARY_VIOLATIONS_TOTAL => |r| &mut r.violations,
+            f::CONNECTIONS_ACTIVE => |r| &mut r.active,
+            f::BYTES_SENT_TOTAL => |r| &mut r.sent,
+            f::BYTES_RECEIVED_TOTAL => |r| &mut r.received,
+            f::CONNECTIONS_FAILED_TOTAL if s.label("reason") == "refused" => |r| &mut r.refused,
             _ => continue,
         };
         let key = (s.label("src_cell").to_owned(), s.label("dst_cell").to_owned());
@@ -44,21 +44,42 @@ pub(crate) fn build(samples: &[Sample]) -> Table {
     t
 }
 
+/// The columns: headings, which are numbers, and the least widths.
+const COLUMNS: Columns<'static> = Columns {
+    indent: "  ",
+    gap: " ",
+    header: &[
+        "SRC CELL",
+        "DST CELL",
+        "OPENED",
+        "VIOLATIONS",
+        "ACTIVE",
+        "REFUSED",
+        "SENT B",
+        "RECV B",
+    ],
+    numeric: &[false, false, true, true, true, true, true, true],
+    min: &[9, 9, 8, 10, 7, 8, 8, 9],
+};
+
 /// The table as text. With `color`, violation rows are red (for a terminal); without,
 /// they are marked by words alone.
 pub(crate) fn render(t: &Table, color: bool) -> String {
-    let mut out = format!(
-        "  {:<9} {:<9} {:>8} {:>10} {:>7} {:>8} {:>8} {:>9}\n",
-        "SRC CELL", "DST CELL", "OPENED", "VIOLATIONS", "ACTIVE", "REFUSED", "SENT B", "RECV B"
-    );
+    let rows: Vec<Vec<String>> = t
+        .iter()
+        .map(|((src, dst), r)| {
+            let mut row = vec![src.clone(), dst.clone()];
+            let figures = [r.opened, r.violations, r.active, r.refused, r.sent, r.received];
+            row.extend(figures.iter().map(f64::to_string));
+            row
+        })
+        .collect();
+    let mut lines = COLUMNS.lines(&rows).into_iter();
+    let mut out = lines.next().unwrap_or_default() + "\n";
     if t.is_empty() {
         out.push_str("  (no connections counted yet)\n");
     }
-    for ((src, dst), r) in t {
-        let line = format!(
-            "  {src:<9} {dst:<9} {:>8} {:>10} {:>7} {:>8} {:>8} {:>9}",
-            r.opened, r.violations, r.active, r.refused, r.sent, r.received
-        );
+    for (line, r) in lines.zip(t.values()) {
         if r.violations > 0.0 {
             let mark = "  <- cross-cell leak";
             let _ = if color {

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use agent_core::report::{AnswerError, Answers, Family, Range, Report, Series, parse_answer};
+use agent_view::report::{AnswerError, Answers, Family, Range, Report, Series, parse_answer};
 
 use super::ReportError;
 use crate::cmd::fetch;

@@ -1,6 +1,6 @@
 //! `cellwatch report`: the blast radius of each service, each cell's dependencies and
 //! containment, and the outlier cells, read from a Prometheus that scrapes the agents.
-//! The queries, the model and the three outputs are `agent_core::report`'s; here are
+//! The queries, the model and the three outputs are `agent_view::report`'s; here are
 //! Prometheus' HTTP API ([`api`]) and the command.
 #![forbid(unsafe_code)]
 
@@ -10,7 +10,7 @@ mod tests;
 
 use std::io::{self, Write as _};
 
-use agent_core::report::{NoData, Range};
+use agent_view::report::{NoData, Range};
 
 use crate::cli::{ReportArgs, ReportFormat};
 

@@ -9,7 +9,7 @@ use std::{
     thread,
 };
 
-use agent_core::report::{Family, Range};
+use agent_view::report::{Family, Range};
 use serde_json::{Value, json};
 
 use super::*;

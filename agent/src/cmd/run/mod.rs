@@ -11,6 +11,8 @@ use std::{
     future::Future,
     io,
     net::SocketAddr,
+    path::Path,
+    pin::Pin,
     sync::{
         Arc, RwLock,
         atomic::{AtomicBool, Ordering},
@@ -19,7 +21,7 @@ use std::{
 
 use tokio::{
     net::TcpListener,
-    signal::unix::{SignalKind, signal},
+    signal::unix::{Signal, SignalKind, signal},
 };
 use tracing::{debug, info, warn};
 
@@ -189,12 +191,14 @@ fn parse_without(values: &[String]) -> Result<Without, UnknownFeature> {
     Ok(all)
 }
 
+/// The agent's life, step by step: bind, install the signals, load the programs, start
+/// what runs beside the server, serve until told to stop, then [`stop`] it all.
 async fn serve<F, Fut>(
     args: &RunArgs,
     config: Config,
     source: &[u8],
     node: preflight::Node,
-    bpffs: &std::path::Path,
+    bpffs: &Path,
     without: Without,
     session: F,
 ) -> Result<(), RunError>
@@ -203,17 +207,81 @@ where
     Fut: Future<Output = Result<(), String>>,
 {
     // Bind first: a taken port fails before anything touches the kernel.
-    let listener = TcpListener::bind(args.node.listen).await.map_err(|source| {
-        if source.kind() == io::ErrorKind::AddrInUse {
-            RunError::PortInUse { addr: args.node.listen }
-        } else {
-            RunError::Listen { addr: args.node.listen, source }
-        }
-    })?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
+    let listener = bind(args.node.listen).await?;
+    let mut signals = Signals::install()?;
+    let (mut kernel, ids) = load(args, &config, &node, bpffs, &without)?;
+    let ids = Arc::new(RwLock::new(ids));
+    let conntrack = conntrack_lookups(&without);
+    let metrics = agent_metrics(args, &node, &kernel, conntrack);
+    // The running config, for judging the backends of connections to service_cidrs.
+    let shared_config = Arc::new(RwLock::new(config.clone()));
+    let mut reloads =
+        Reloads::start(args.config.as_deref(), source, &kernel, &ids, &shared_config, &metrics);
+    let cgroups = Arc::new(Resolver::new(node.cgroup_root.clone()));
+    let recent = Arc::new(Recent::default());
+    let threads =
+        Threads::spawn(&mut kernel, &ids, shared_config, &cgroups, &recent, &metrics, conntrack);
+    let sweeps = spawn_sweeps(kernel.maps(), args.live_interval);
+    let agent = Arc::new(Agent { maps: kernel.maps(), ids, metrics, cgroups, recent });
+    // What the start parsed (the kernel's BTF among it) is freed: give it back.
+    sys::release_free_memory();
+    let http = Http::spawn(listener, agent.clone(), args.node.listen);
+    info!(
+        listen = %http.bound,
+        cells = config.cells.len(),
+        prefixes = config.prefix_count(),
+        mode = %config.mode,
+        enforce = %enforce_summary(&config),
+        "cellwatch is running"
+    );
 
+    let mut session = Box::pin(session(http.bound));
+    let outcome = until_stopped(&mut signals, &mut session, &mut reloads).await;
+    stop(session, http, sweeps, threads, kernel).await;
+    info!(
+        bpffs = %bpffs.display(),
+        "cellwatch stopped; its programs stay attached and counting (`cellwatch uninstall` removes them)"
+    );
+    outcome
+}
+
+/// The listener on `addr`; a taken port is said as such.
+async fn bind(addr: SocketAddr) -> Result<TcpListener, RunError> {
+    TcpListener::bind(addr).await.map_err(|source| {
+        if source.kind() == io::ErrorKind::AddrInUse {
+            RunError::PortInUse { addr }
+        } else {
+            RunError::Listen { addr, source }
+        }
+    })
+}
+
+/// SIGTERM and SIGINT stop the agent; SIGHUP reloads its config.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, RunError> {
+        let term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
+        let int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+        let hup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
+        Ok(Self { term, int, hup })
+    }
+}
+
+/// Opens the pinned state, attaches the programs for `config`, and counts the
+/// connections older than the agent where that is needed and possible; with the ids
+/// the kernel's maps now use.
+fn load(
+    args: &RunArgs,
+    config: &Config,
+    node: &preflight::Node,
+    bpffs: &Path,
+    without: &Without,
+) -> Result<(Kernel, CellIds), RunError> {
     let opts = LoadOptions {
         cgroup_root: node.cgroup_root.clone(),
         bpffs: bpffs.to_owned(),
@@ -228,10 +296,10 @@ where
     let staged = Kernel::open(&opts)?;
     // Ids the pinned state already uses first, so adopted counters keep their labels.
     let mut ids = staged.cell_ids();
-    let compiled = compile(&config, &mut ids)?;
+    let compiled = compile(config, &mut ids)?;
     let mut kernel = staged.attach(&compiled)?;
     if kernel.pinned_state().is_new() && kernel.can_seed() {
-        seed::seed(&mut kernel, &config, &mut ids);
+        seed::seed(&mut kernel, config, &mut ids);
     } else if kernel.pinned_state().is_new() {
         warn!(
             "connections older than the agent are not counted: seeding needs the TCP iterator \
@@ -240,8 +308,12 @@ where
     } else {
         info!("the pinned programs ran throughout: no connection needs seeding");
     }
+    Ok((kernel, ids))
+}
 
-    let ids = Arc::new(RwLock::new(ids));
+/// Whether connections to Service addresses can be looked up in conntrack, said as the
+/// kernel's optional features are.
+fn conntrack_lookups(without: &Without) -> bool {
     let conntrack = if without.has(Feature::ConntrackLookup) {
         Found::Forced
     } else if vip::probe() {
@@ -252,9 +324,19 @@ where
         )
     };
     crate::kernel::say_feature(Feature::ConntrackLookup, &conntrack);
+    conntrack.works()
+}
+
+/// The agent's own metrics, the reloads of the agents before it on the same pinned maps
+/// counted in.
+fn agent_metrics(
+    args: &RunArgs,
+    node: &preflight::Node,
+    kernel: &Kernel,
+    conntrack: bool,
+) -> AgentMetrics {
     let mut features = kernel.features();
-    let conntrack_works = conntrack.works();
-    features.push((Feature::ConntrackLookup, conntrack_works));
+    features.push((Feature::ConntrackLookup, conntrack));
     let metrics = AgentMetrics::new(
         env!("CARGO_PKG_VERSION"),
         &node.kernel,
@@ -262,112 +344,203 @@ where
         &features,
         args.histogram_buckets.clone().unwrap_or_default(),
     );
-    // Reloads counted by the agents before this one on the same pinned maps.
     let (succeeded, failed) = kernel.maps().reloads();
     metrics.config_reloads.with_label_values(&["success"]).inc_by(succeeded);
     metrics.config_reloads.with_label_values(&["error"]).inc_by(failed);
-    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<Trigger>(4);
-    // The running config, for judging the backends of connections to service_cidrs.
-    let shared_config = Arc::new(RwLock::new(config.clone()));
-    // Bounded: a flood of connections to Service addresses cannot grow the agent.
-    let (resolve_tx, resolve_rx) =
-        std::sync::mpsc::sync_channel::<agent_common::ViolationEvent>(RESOLVE_QUEUE);
-    let reloader = args.config.as_ref().map(|path| {
-        let r = Reloader::new(
-            path.clone(),
-            source,
-            kernel.maps(),
-            ids.clone(),
-            shared_config.clone(),
-            metrics.config_reloads.clone(),
-        );
-        (Arc::new(r), Reloader::spawn_watch(path, reload_tx.clone()))
-    });
-    let cgroups = Arc::new(Resolver::new(node.cgroup_root.clone()));
-    let recent = Arc::new(Recent::default());
-    let stop_drain = Arc::new(AtomicBool::new(false));
-    let drain = kernel.take_events().map(|ring| {
-        violations::spawn_drain(
-            ring,
-            ids.clone(),
-            cgroups.clone(),
-            recent.clone(),
-            resolve_tx,
-            metrics.service_lookups_dropped.with_label_values(&[DROPPED_QUEUE_FULL]),
-            stop_drain.clone(),
-        )
-    });
-    let resolver = vip::spawn(vip::Resolver {
-        maps: kernel.maps(),
-        config: shared_config,
-        ids: ids.clone(),
-        requests: resolve_rx,
-        stop: stop_drain.clone(),
-        conntrack: conntrack_works,
-        dropped: metrics.service_lookups_dropped.clone(),
-    });
-    let sweeps = spawn_sweeps(kernel.maps(), args.live_interval);
-    let agent = Arc::new(Agent { maps: kernel.maps(), ids, metrics, cgroups, recent });
-    // What the start parsed (the kernel's BTF among it) is freed: give it back.
-    sys::release_free_memory();
-    let ready = Arc::new(AtomicBool::new(true));
-    let server = Arc::new(Server {
-        endpoints: agent.clone(),
-        ready: ready.clone(),
-        renders: Default::default(),
-    });
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let bound = listener.local_addr().unwrap_or(args.node.listen);
-    let http = tokio::spawn(server.serve(listener, async {
-        let _ = stop_rx.await;
-    }));
-    info!(
-        listen = %bound,
-        cells = config.cells.len(),
-        prefixes = config.prefix_count(),
-        mode = %config.mode,
-        enforce = %enforce_summary(&config),
-        "cellwatch is running"
-    );
+    metrics
+}
 
-    let mut session = Box::pin(session(bound));
-    let outcome = loop {
-        tokio::select! {
-            _ = sigterm.recv() => { info!("SIGTERM: stopping"); break Ok(()); }
-            _ = sigint.recv() => { info!("SIGINT: stopping"); break Ok(()); }
-            done = &mut session => break done.map_err(RunError::Session),
-            _ = sighup.recv() => { let _ = reload_tx.try_send(Trigger::Signal); }
-            Some(trigger) = reload_rx.recv() => match &reloader {
-                // Off the loop, so a signal to stop is not kept waiting by a reload (the
-                // reloads themselves take turns on the reloader's lock).
-                Some((r, _)) => {
-                    let r = r.clone();
-                    drop(tokio::task::spawn_blocking(move || r.reload(trigger)));
-                }
-                None => info!("running on an embedded config; nothing to reload"),
-            },
+/// Config reloads: the triggers (SIGHUP, changes in the config file's directory) and
+/// what applies them (nothing on the embedded config).
+struct Reloads {
+    tx: tokio::sync::mpsc::Sender<Trigger>,
+    rx: tokio::sync::mpsc::Receiver<Trigger>,
+    reloader: Option<Arc<Reloader>>,
+    /// The watch of the config file's directory, when it could be set up; it runs as
+    /// long as the runtime does.
+    _watch: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Reloads {
+    /// Starts the watch of `path`'s directory (none without a config file).
+    fn start(
+        path: Option<&Path>,
+        source: &[u8],
+        kernel: &Kernel,
+        ids: &Arc<RwLock<CellIds>>,
+        config: &Arc<RwLock<Config>>,
+        metrics: &AgentMetrics,
+    ) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Trigger>(4);
+        let (reloader, watch) = match path {
+            Some(path) => {
+                let r = Reloader::new(
+                    path.to_owned(),
+                    source,
+                    kernel.maps(),
+                    ids.clone(),
+                    config.clone(),
+                    metrics.config_reloads.clone(),
+                );
+                (Some(Arc::new(r)), Reloader::spawn_watch(path, tx.clone()))
+            }
+            None => (None, None),
+        };
+        Self { tx, rx, reloader, _watch: watch }
+    }
+
+    /// Applies a trigger off the async threads, so a signal to stop is not kept waiting
+    /// by a reload (the reloads themselves take turns on the reloader's lock).
+    fn apply(&self, trigger: Trigger) {
+        match &self.reloader {
+            Some(r) => {
+                let r = r.clone();
+                drop(tokio::task::spawn_blocking(move || r.reload(trigger)));
+            }
+            None => info!("running on an embedded config; nothing to reload"),
         }
-    };
+    }
+}
 
-    // Whatever ran beside the agent stops first, so nothing of it outlives the programs.
+/// The threads beside the async runtime: the ring buffer's drain (violations, and the
+/// requests to find a Service backend) and the resolver that answers those requests.
+struct Threads {
+    /// Set to stop both.
+    stop: Arc<AtomicBool>,
+    drain: Option<std::thread::JoinHandle<()>>,
+    resolver: std::thread::JoinHandle<()>,
+}
+
+impl Threads {
+    fn spawn(
+        kernel: &mut Kernel,
+        ids: &Arc<RwLock<CellIds>>,
+        config: Arc<RwLock<Config>>,
+        cgroups: &Arc<Resolver>,
+        recent: &Arc<Recent>,
+        metrics: &AgentMetrics,
+        conntrack: bool,
+    ) -> Self {
+        // Bounded: a flood of connections to Service addresses cannot grow the agent.
+        let (resolve_tx, resolve_rx) =
+            std::sync::mpsc::sync_channel::<agent_common::ViolationEvent>(RESOLVE_QUEUE);
+        let stop = Arc::new(AtomicBool::new(false));
+        let drain = kernel.take_events().map(|ring| {
+            violations::spawn_drain(
+                ring,
+                ids.clone(),
+                cgroups.clone(),
+                recent.clone(),
+                resolve_tx,
+                metrics.service_lookups_dropped.with_label_values(&[DROPPED_QUEUE_FULL]),
+                stop.clone(),
+            )
+        });
+        let resolver = vip::spawn(vip::Resolver {
+            maps: kernel.maps(),
+            config,
+            ids: ids.clone(),
+            requests: resolve_rx,
+            stop: stop.clone(),
+            conntrack,
+            dropped: metrics.service_lookups_dropped.clone(),
+        });
+        Self { stop, drain, resolver }
+    }
+
+    /// Tells both to stop, and waits for the drain, then for the resolver it feeds.
+    fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(d) = self.drain {
+            let _ = d.join();
+        }
+        let _ = self.resolver.join();
+    }
+}
+
+/// The HTTP server's task, and what stops it.
+struct Http {
+    /// The address it listens on (the port chosen, for `--listen` on port 0).
+    bound: SocketAddr,
+    /// `/readyz`: ready from the start until the shutdown begins.
+    ready: Arc<AtomicBool>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Http {
+    fn spawn(listener: TcpListener, agent: Arc<Agent>, listen: SocketAddr) -> Self {
+        let ready = Arc::new(AtomicBool::new(true));
+        let server = Arc::new(Server {
+            endpoints: agent,
+            ready: ready.clone(),
+            renders: Default::default(),
+        });
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let bound = listener.local_addr().unwrap_or(listen);
+        let task = tokio::spawn(server.serve(listener, async {
+            let _ = stop_rx.await;
+        }));
+        Self { bound, ready, stop, task }
+    }
+
+    /// Not ready from now on; no new connection, and those in flight drained (for at
+    /// most [`DRAIN_TIMEOUT`](crate::serve::http::DRAIN_TIMEOUT)).
+    async fn stop(self) {
+        self.ready.store(false, Ordering::Release);
+        let _ = self.stop.send(());
+        if let Err(e) = self.task.await {
+            warn!(error = %e, "HTTP server task failed");
+        }
+    }
+}
+
+/// Serves until SIGTERM or SIGINT, or until the session ends (its outcome is then the
+/// run's); SIGHUP and changes of the config file reload meanwhile.
+async fn until_stopped<Fut>(
+    signals: &mut Signals,
+    session: &mut Pin<Box<Fut>>,
+    reloads: &mut Reloads,
+) -> Result<(), RunError>
+where
+    Fut: Future<Output = Result<(), String>>,
+{
+    loop {
+        tokio::select! {
+            _ = signals.term.recv() => { info!("SIGTERM: stopping"); return Ok(()); }
+            _ = signals.int.recv() => { info!("SIGINT: stopping"); return Ok(()); }
+            done = &mut *session => return done.map_err(RunError::Session),
+            _ = signals.hup.recv() => { let _ = reloads.tx.try_send(Trigger::Signal); }
+            Some(trigger) = reloads.rx.recv() => reloads.apply(trigger),
+        }
+    }
+}
+
+/// The shutdown, in this order:
+/// 1. the session (what ran beside the agent, such as the demo) is dropped, so nothing
+///    of it outlives the programs;
+/// 2. `/readyz` turns not-ready, then the HTTP server stops taking connections and
+///    drains those in flight (for at most its drain timeout), waited for: the requests
+///    are answered while everything they read from still runs;
+/// 3. the live sweeps are aborted (not waited for: a sweep already on its blocking
+///    thread runs to its end);
+/// 4. the drain and the resolver threads are told to stop and joined, the drain first
+///    (it feeds the resolver's queue);
+/// 5. the kernel handle goes last. The programs stay attached and counting (they and
+///    their maps are pinned); the handles on the maps that the endpoints and reloads
+///    hold go when [`serve`] returns.
+async fn stop<S>(
+    session: S,
+    http: Http,
+    sweeps: tokio::task::JoinHandle<()>,
+    threads: Threads,
+    kernel: Kernel,
+) {
     drop(session);
-    ready.store(false, Ordering::Release);
-    let _ = stop_tx.send(());
-    if let Err(e) = http.await {
-        warn!(error = %e, "HTTP server task failed");
-    }
+    http.stop().await;
     sweeps.abort();
-    stop_drain.store(true, Ordering::Release);
-    if let Some(d) = drain {
-        let _ = d.join();
-    }
-    let _ = resolver.join();
+    threads.stop();
     drop(kernel);
-    info!(
-        bpffs = %bpffs.display(),
-        "cellwatch stopped; its programs stay attached and counting (`cellwatch uninstall` removes them)"
-    );
-    outcome
 }
 
 /// The live sweep every `interval`: open connections add what they moved to the

@@ -9,8 +9,8 @@
 use std::{collections::HashSet, net::SocketAddr};
 
 use agent_common::{
-    AF_INET, AF_INET6, CELL_EXTERNAL, CELL_UNRESOLVED, Claimed, Conn, DIR_EGRESS, DIR_INGRESS,
-    NO_SERVICE, Progress, VERDICT_ALLOWED, VERDICT_VIOLATION,
+    AF_INET, AF_INET6, CELL_EXTERNAL, CELL_UNRESOLVED, Claimed, Conn, Direction, NO_SERVICE,
+    Progress,
 };
 use agent_core::{
     config::Config,
@@ -107,8 +107,12 @@ fn judge(
         src_cell,
         dst_cell,
         closed: 0,
-        direction: if server_side { DIR_INGRESS } else { DIR_EGRESS },
-        verdict: if verdict == Verdict::Violation { VERDICT_VIOLATION } else { VERDICT_ALLOWED },
+        direction: if server_side { Direction::INGRESS.0 } else { Direction::EGRESS.0 },
+        verdict: if verdict == Verdict::Violation {
+            agent_common::Verdict::VIOLATION.0
+        } else {
+            agent_common::Verdict::ALLOWED.0
+        },
         // The kernel sets the flags and what the connection moved so far.
         flags: 0,
         generation: 0,

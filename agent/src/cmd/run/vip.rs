@@ -4,7 +4,7 @@
 //! hands the answer to the kernel, which counts the connection under it from then on
 //! (`vip.rs` and `settle.rs` in the programs).
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
     sync::{
         Arc, RwLock,
@@ -15,8 +15,7 @@ use std::{
 };
 
 use agent_common::{
-    CELL_EXTERNAL, CELL_UNRESOLVED, Deferred, NO_SERVICE, Resolution, VERDICT_ALLOWED,
-    VERDICT_VIOLATION, ViolationEvent,
+    CELL_EXTERNAL, CELL_UNRESOLVED, Deferred, NO_SERVICE, Resolution, ViolationEvent,
 };
 use agent_core::{
     config::Config,
@@ -87,7 +86,7 @@ pub(crate) fn judge(cfg: &Config, ids: &CellIds, client: IpAddr, to: Destination
         return Resolution {
             dst_cell: CELL_UNRESOLVED,
             service: NO_SERVICE,
-            verdict: VERDICT_ALLOWED,
+            verdict: agent_common::Verdict::ALLOWED.0,
             _pad: 0,
         };
     };
@@ -100,10 +99,10 @@ pub(crate) fn judge(cfg: &Config, ids: &CellIds, client: IpAddr, to: Destination
         .and_then(|name| ids.service_lookup(name))
         .unwrap_or(NO_SERVICE);
     let verdict = match policy::verdict(cfg, client.to_canonical(), ip, port) {
-        Some(Verdict::Violation) => VERDICT_VIOLATION,
-        Some(Verdict::Allowed) | None => VERDICT_ALLOWED,
+        Some(Verdict::Violation) => agent_common::Verdict::VIOLATION,
+        Some(Verdict::Allowed) | None => agent_common::Verdict::ALLOWED,
     };
-    Resolution { dst_cell, service, verdict, _pad: 0 }
+    Resolution { dst_cell, service, verdict: verdict.0, _pad: 0 }
 }
 
 /// Conntrack lookups forced off (`--without conntrack_lookup`).
@@ -127,111 +126,177 @@ pub(crate) struct Resolver {
 
 /// Answers requests on a thread of its own until `stop` is set.
 pub(crate) fn spawn(r: Resolver) -> std::thread::JoinHandle<()> {
-    let Resolver { maps, config, ids, requests, stop, conntrack, dropped } = r;
-    std::thread::spawn(move || {
-        let opened = if conntrack {
-            Conntrack::open()
-        } else {
-            Err(std::io::Error::other(ForcedOff).into())
+    std::thread::spawn(move || Answering::new(r).run())
+}
+
+/// The resolver thread's state.
+struct Answering {
+    maps: MapsHandle,
+    config: Arc<RwLock<Config>>,
+    ids: Arc<RwLock<CellIds>>,
+    requests: mpsc::Receiver<ViolationEvent>,
+    stop: Arc<AtomicBool>,
+    finder: Finder,
+    /// Connections to ask about again: when, and what.
+    again: Vec<(Instant, u64, Tuple)>,
+    last_scan: Instant,
+}
+
+impl Answering {
+    fn new(r: Resolver) -> Self {
+        let Resolver { maps, config, ids, requests, stop, conntrack, dropped } = r;
+        let finder = Finder {
+            ct: open_conntrack(conntrack),
+            announced: Announced::new(),
+            conntrack,
+            announced_full: dropped.with_label_values(&[DROPPED_ANNOUNCED_FULL]),
+            ipvs_too_large: dropped.with_label_values(&[DROPPED_IPVS_TOO_LARGE]),
         };
-        let mut ct = match opened {
-            Ok(ct) => Some(ct),
-            Err(e) => {
-                warn!(
-                    error = %e,
-                    "no conntrack lookups (ctnetlink): connections to service_cidrs count \
-                     under the cell `unresolved`"
-                );
-                None
-            }
-        };
-        let mut announced = Announced::new();
-        let full = dropped.with_label_values(&[DROPPED_ANNOUNCED_FULL]);
-        let announce = |a: &mut Announced, cfg: &RwLock<Config>| {
-            if conntrack {
-                let over = a.take(&sync::read(cfg));
-                full.inc_by(over);
-            }
-        };
-        let ipvs_too_large = dropped.with_label_values(&[DROPPED_IPVS_TOO_LARGE]);
+        let last_scan = Instant::now().checked_sub(SCAN_EVERY).unwrap_or_else(Instant::now);
+        Self { maps, config, ids, requests, stop, finder, again: Vec::new(), last_scan }
+    }
+
+    fn run(mut self) {
         // Subscribed at once when the config has service_cidrs, before any request.
-        announce(&mut announced, &config);
-        // Connections to ask about again: when, and what.
-        let mut again: Vec<(Instant, u64, Tuple)> = Vec::new();
-        let mut last_scan = Instant::now().checked_sub(SCAN_EVERY).unwrap_or_else(Instant::now);
-        while !stop.load(Ordering::Relaxed) {
-            let mut batch: HashMap<u64, Tuple> = HashMap::new();
-            if let Ok(e) = requests.recv_timeout(Duration::from_millis(100)) {
-                let r = Request::of_event(&e);
-                batch.insert(r.cookie, r.tuple);
-                while batch.len() < BATCH {
-                    let Ok(e) = requests.try_recv() else { break };
-                    let r = Request::of_event(&e);
-                    batch.insert(r.cookie, r.tuple);
-                }
-            }
-            if last_scan.elapsed() >= SCAN_EVERY {
-                last_scan = Instant::now();
-                for d in maps.waiting_deferred() {
-                    let r = Request::of_deferred(&d);
-                    batch.insert(r.cookie, r.tuple);
-                }
-            }
-            // The second asking of those whose time has come: their last.
+        self.finder.announce(&self.config);
+        while !self.stop.load(Ordering::Relaxed) {
+            let mut batch = self.gather();
             let now = Instant::now();
-            let (due, wait): (Vec<_>, Vec<_>) = again.drain(..).partition(|(at, ..)| *at <= now);
-            again = wait;
-            let last: std::collections::HashSet<u64> = due.iter().map(|(_, c, _)| *c).collect();
-            for (_, cookie, t) in due {
-                batch.entry(cookie).or_insert(t);
-            }
-            announce(&mut announced, &config);
+            let last = self.due_again(&mut batch, now);
+            self.finder.announce(&self.config);
             if batch.is_empty() {
                 continue;
             }
-            let answers: Vec<(u64, Resolution)> = {
-                let cfg = sync::read(&config);
-                let ids = sync::read(&ids);
-                // kube-proxy's IPVS mode: its connections, read once a batch if needed.
-                let mut ipvs: Option<String> = None;
-                batch
-                    .iter()
-                    .filter_map(|(cookie, t)| {
-                        let to = match lookup(&mut ct, t) {
-                            Destination::NoEntry => match announced.get(t) {
-                                Destination::NoEntry => {
-                                    let text = ipvs.get_or_insert_with(|| {
-                                        let (text, whole) = read_bounded(IPVS_CONNS, IPVS_MAX);
-                                        if !whole {
-                                            ipvs_too_large.inc();
-                                        }
-                                        text
-                                    });
-                                    ipvs_backend(text, t)
-                                        .map_or(Destination::NoEntry, Destination::Backend)
-                                }
-                                found => found,
-                            },
-                            found => found,
-                        };
-                        if to == Destination::NoEntry && !last.contains(cookie) {
-                            again.push((now + RETRY_AFTER, *cookie, *t));
-                            return None;
-                        }
-                        if !matches!(to, Destination::Backend(_)) {
-                            debug!(client = %t.src, service = %t.dst, ?to, "no backend found");
-                        }
-                        Some((*cookie, judge(&cfg, &ids, t.src.ip(), to)))
-                    })
-                    .collect()
-            };
-            match maps.resolve(&answers) {
+            let answers = self.answer(&batch, &last, now);
+            match self.maps.resolve(&answers) {
                 Ok(settled) => debug!(answered = answers.len(), settled, "service backends"),
                 Err(e) => warn!(error = %e, "cannot hand service backends to the kernel"),
             }
         }
         info!("service backend lookups stopped");
-    })
+    }
+
+    /// The requests the kernel sent (waited for at most 100 ms, at most [`BATCH`]); and,
+    /// every [`SCAN_EVERY`], the connections that closed before their answer.
+    fn gather(&mut self) -> HashMap<u64, Tuple> {
+        let mut batch: HashMap<u64, Tuple> = HashMap::new();
+        if let Ok(e) = self.requests.recv_timeout(Duration::from_millis(100)) {
+            let r = Request::of_event(&e);
+            batch.insert(r.cookie, r.tuple);
+            while batch.len() < BATCH {
+                let Ok(e) = self.requests.try_recv() else { break };
+                let r = Request::of_event(&e);
+                batch.insert(r.cookie, r.tuple);
+            }
+        }
+        if self.last_scan.elapsed() >= SCAN_EVERY {
+            self.last_scan = Instant::now();
+            for d in self.maps.waiting_deferred() {
+                let r = Request::of_deferred(&d);
+                batch.insert(r.cookie, r.tuple);
+            }
+        }
+        batch
+    }
+
+    /// The second asking of those whose time has come, added to `batch`: their cookies,
+    /// as this asking is their last.
+    fn due_again(&mut self, batch: &mut HashMap<u64, Tuple>, now: Instant) -> HashSet<u64> {
+        let (due, wait): (Vec<_>, Vec<_>) = self.again.drain(..).partition(|(at, ..)| *at <= now);
+        self.again = wait;
+        let last: HashSet<u64> = due.iter().map(|(_, c, _)| *c).collect();
+        for (_, cookie, t) in due {
+            batch.entry(cookie).or_insert(t);
+        }
+        last
+    }
+
+    /// The answers for `batch`, judged by the running config. A connection no backend
+    /// was found for is asked about again later unless this was its `last` asking.
+    fn answer(
+        &mut self,
+        batch: &HashMap<u64, Tuple>,
+        last: &HashSet<u64>,
+        now: Instant,
+    ) -> Vec<(u64, Resolution)> {
+        let cfg = sync::read(&self.config);
+        let ids = sync::read(&self.ids);
+        // kube-proxy's IPVS mode: its connections, read once a batch if needed.
+        let mut ipvs: Option<String> = None;
+        batch
+            .iter()
+            .filter_map(|(cookie, t)| {
+                let to = self.finder.destination(t, &mut ipvs);
+                if to == Destination::NoEntry && !last.contains(cookie) {
+                    self.again.push((now + RETRY_AFTER, *cookie, *t));
+                    return None;
+                }
+                if !matches!(to, Destination::Backend(_)) {
+                    debug!(client = %t.src, service = %t.dst, ?to, "no backend found");
+                }
+                Some((*cookie, judge(&cfg, &ids, t.src.ip(), to)))
+            })
+            .collect()
+    }
+}
+
+/// Conntrack's socket, unless lookups are off or not possible (said once).
+fn open_conntrack(allowed: bool) -> Option<Conntrack> {
+    let opened =
+        if allowed { Conntrack::open() } else { Err(std::io::Error::other(ForcedOff).into()) };
+    match opened {
+        Ok(ct) => Some(ct),
+        Err(e) => {
+            warn!(
+                error = %e,
+                "no conntrack lookups (ctnetlink): connections to service_cidrs count \
+                 under the cell `unresolved`"
+            );
+            None
+        }
+    }
+}
+
+/// Where connections to Service addresses went, asked of each source in turn.
+struct Finder {
+    ct: Option<Conntrack>,
+    announced: Announced,
+    /// Conntrack lookups allowed: the announcements are listened to only then.
+    conntrack: bool,
+    announced_full: prometheus::IntCounter,
+    ipvs_too_large: prometheus::IntCounter,
+}
+
+impl Finder {
+    /// Takes in what conntrack announced since the last call, counting what found no
+    /// room.
+    fn announce(&mut self, config: &RwLock<Config>) {
+        if self.conntrack {
+            let over = self.announced.take(&sync::read(config));
+            self.announced_full.inc_by(over);
+        }
+    }
+
+    /// Where `t` went: its conntrack entry; else the entry conntrack announced for it;
+    /// else IPVS's table (`ipvs`, read the first time a batch needs it).
+    fn destination(&mut self, t: &Tuple, ipvs: &mut Option<String>) -> Destination {
+        let found = lookup(&mut self.ct, t);
+        if found != Destination::NoEntry {
+            return found;
+        }
+        let found = self.announced.get(t);
+        if found != Destination::NoEntry {
+            return found;
+        }
+        let text = ipvs.get_or_insert_with(|| {
+            let (text, whole) = read_bounded(IPVS_CONNS, IPVS_MAX);
+            if !whole {
+                self.ipvs_too_large.inc();
+            }
+            text
+        });
+        ipvs_backend(text, t).map_or(Destination::NoEntry, Destination::Backend)
+    }
 }
 
 /// The NATed entries to Service addresses conntrack announced lately, by original tuple:

@@ -2,7 +2,7 @@
 //! cell name that Enter applies, Esc clears the filter.
 #![forbid(unsafe_code)]
 
-use agent_core::top::SortKey;
+use agent_view::top::SortKey;
 use ratatui_crossterm::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 /// The view's state that the keys change.

@@ -1,5 +1,5 @@
 //! `cellwatch top`: a live terminal view of a running agent, from two scrapes of its
-//! `/metrics` at a time and its `/violations`. The arithmetic is `agent_core::top`'s;
+//! `/metrics` at a time and its `/violations`. The arithmetic is `agent_view`'s;
 //! here are where the agent is read ([`source`]), the keys ([`app`]), the screen
 //! ([`ui`]) and the terminal ([`term`]). `--once` prints one plain table instead.
 #![forbid(unsafe_code)]
@@ -14,7 +14,10 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use agent_core::top::{self, SortKey, Violation};
+use agent_view::{
+    top::{self, SortKey},
+    violations::{self, Violation},
+};
 use ratatui_crossterm::crossterm::event::{self, Event, KeyEventKind};
 
 use crate::cli::{TopArgs, TopSort};
@@ -78,9 +81,9 @@ fn now() -> f64 {
 /// The panel's lines: the newest violation of each pair the filter lets through.
 fn panel(violations: &Result<Vec<Violation>, String>, cell: Option<&str>) -> Vec<String> {
     match violations {
-        Ok(v) => top::latest_per_pair(v, cell, PANEL_PAIRS)
+        Ok(v) => violations::latest_per_pair(v, cell, PANEL_PAIRS)
             .into_iter()
-            .map(|v| top::violation_line(v, now()))
+            .map(|v| violations::violation_line(v, now()))
             .collect(),
         Err(e) => vec![e.clone()],
     }

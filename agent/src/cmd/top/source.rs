@@ -8,9 +8,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_core::{
-    promtext,
-    top::{self, Scrape, Violation},
+use agent_core::{metrics::families, promtext};
+use agent_view::{
+    scrape::{self, Scrape},
+    violations::{self, Violation},
 };
 
 use super::TopError;
@@ -64,14 +65,14 @@ impl Source {
             .map_err(|source| TopError::Unreachable { url: self.url.clone(), source })?;
         let at = Instant::now();
         let samples = promtext::parse(&text);
-        if !samples.iter().any(|s| s.name == "cellwatch_build_info") {
+        if !samples.iter().any(|s| s.name == families::BUILD_INFO) {
             return Err(TopError::NotCellwatch { url: self.url.clone() });
         }
         let violations = self
             .get(VIOLATIONS)
             .map_err(|e| format!("reading /violations failed: {e}"))
-            .and_then(|body| top::parse_violations(&body).map_err(|e| e.to_string()));
-        Ok(Reading { at, pairs: top::read(&samples), violations })
+            .and_then(|body| violations::parse_violations(&body).map_err(|e| e.to_string()));
+        Ok(Reading { at, pairs: scrape::read(&samples), violations })
     }
 }
 

@@ -2,7 +2,10 @@
 //! newest violation of each pair, what the columns mean and what the keys do.
 #![forbid(unsafe_code)]
 
-use agent_core::top::{COLUMNS, FOOTNOTE, NUMERIC, Row, heading};
+use agent_view::{
+    format::widths,
+    top::{COLUMNS, FOOTNOTE, NUMERIC, Row, heading},
+};
 use ratatui::{
     Frame,
     layout::{Constraint, Layout},
@@ -80,11 +83,9 @@ fn key_line(app: &App) -> String {
 
 fn pair_table(rows: &[Row]) -> Table<'static> {
     let cells: Vec<[String; 10]> = rows.iter().map(Row::cells).collect();
-    let widths: Vec<Constraint> = (0..COLUMNS.len())
-        .map(|i| {
-            let w = cells.iter().map(|c| c[i].chars().count()).chain([COLUMNS[i].len()]).max();
-            Constraint::Length(u16::try_from(w.unwrap_or(0)).unwrap_or(u16::MAX))
-        })
+    let widths: Vec<Constraint> = widths(&COLUMNS, &[], &cells)
+        .into_iter()
+        .map(|w| Constraint::Length(u16::try_from(w).unwrap_or(u16::MAX)))
         .collect();
     let cell = |i: usize, text: String| {
         let line = Line::raw(text);
@@ -102,7 +103,7 @@ fn pair_table(rows: &[Row]) -> Table<'static> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agent_core::top::Quantiles;
+    use agent_view::top::Quantiles;
     use ratatui::{Terminal, backend::TestBackend};
 
     fn screen_text(s: &Screen<'_>) -> String {

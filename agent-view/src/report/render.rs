@@ -10,12 +10,9 @@ use super::{
     Destination, FACTOR, FAILURE_RATIO_FLOOR, MIN_CONNECTS_PER_SECOND, Outlier, P99_FLOOR_SECONDS,
     Report, Share, Signal,
 };
-use crate::top::{EXTERNAL, fmt_bytes, fmt_duration};
+use agent_core::names::EXTERNAL;
 
-/// A share as `62.5%`; `-` with nothing to share.
-fn pct(v: Option<f64>) -> String {
-    v.map_or_else(|| "-".to_owned(), |v| format!("{:.1}%", v * 100.0))
-}
+use crate::format::{Table, fmt_bytes, fmt_duration, pct};
 
 fn bytes(v: u64) -> String {
     fmt_bytes(Some(v as f64))
@@ -24,30 +21,7 @@ fn bytes(v: u64) -> String {
 /// Rows as aligned columns under `header`, each line indented by `indent`; `numeric`
 /// columns are aligned right.
 fn table(indent: &str, header: &[&str], numeric: &[bool], rows: &[Vec<String>]) -> String {
-    let width = |i: usize| {
-        rows.iter().map(|r| r[i].chars().count()).chain([header[i].len()]).max().unwrap_or(0)
-    };
-    let widths: Vec<usize> = (0..header.len()).map(width).collect();
-    let line = |row: &[String]| {
-        let mut out = indent.to_owned();
-        for (i, c) in row.iter().enumerate() {
-            let pad = " ".repeat(widths[i].saturating_sub(c.chars().count()));
-            out.push_str(if i == 0 { "" } else { "  " });
-            if numeric[i] {
-                out.push_str(&pad);
-                out.push_str(c);
-            } else {
-                out.push_str(c);
-                out.push_str(&pad);
-            }
-        }
-        format!("{}\n", out.trim_end())
-    };
-    let mut out = line(&header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>());
-    for r in rows {
-        out.push_str(&line(r));
-    }
-    out
+    Table::new(indent, header, numeric).render(rows)
 }
 
 impl Outlier {
@@ -260,31 +234,46 @@ impl Report {
         );
         out.push_str("  node [fontname=\"Helvetica\", fontsize=11];\n");
         out.push_str("  edge [fontname=\"Helvetica\", fontsize=9];\n");
+        self.dot_nodes(&mut out);
+        let edges = self.dot_edges();
+        let external = id("cell", EXTERNAL);
+        if edges.iter().any(|(a, b, ..)| *a == external || *b == external) {
+            let _ = writeln!(
+                out,
+                "  {} [label=\"external\\n(no cell)\", shape=ellipse, style=dashed];",
+                quote(&external)
+            );
+        }
+        write_edges(&edges, &mut out);
+        out.push_str("}\n");
+        out
+    }
 
-        let outlier_cells: Vec<&str> = self.outliers.iter().map(|o| o.cell.as_str()).collect();
-        let cell_node = |name: &str, global: bool, inside: Option<f64>| {
-            let mut label = name.to_owned();
-            if global {
-                label.push_str("\n(global)");
-            }
-            if let Some(v) = inside {
-                let _ = write!(label, "\n{} inside", pct(Some(v)));
-            }
-            let style = if global { "rounded,filled" } else { "rounded" };
-            let color = if outlier_cells.contains(&name) { ", color=red, penwidth=2" } else { "" };
-            format!(
-                "{} [label={}, shape=box, style=\"{style}\", fillcolor=\"#e8e8e8\"{color}];",
-                quote(&id("cell", name)),
-                quote(&label)
-            )
-        };
-        let service_node = |name: &str| {
-            format!("{} [label={}, shape=cylinder];", quote(&id("service", name)), quote(name))
-        };
+    /// A cell's node: a box, filled when global, red when an outlier.
+    fn dot_cell_node(&self, name: &str, global: bool, inside: Option<f64>) -> String {
+        let mut label = name.to_owned();
+        if global {
+            label.push_str("\n(global)");
+        }
+        if let Some(v) = inside {
+            let _ = write!(label, "\n{} inside", pct(Some(v)));
+        }
+        let style = if global { "rounded,filled" } else { "rounded" };
+        let outlier = self.outliers.iter().any(|o| o.cell == name);
+        let color = if outlier { ", color=red, penwidth=2" } else { "" };
+        format!(
+            "{} [label={}, shape=box, style=\"{style}\", fillcolor=\"#e8e8e8\"{color}];",
+            quote(&id("cell", name)),
+            quote(&label)
+        )
+    }
 
-        // Each cell, in a box with the services that lie in it.
+    /// Each cell, in a box with the services that lie in it; then the services in no cell
+    /// the report knows.
+    fn dot_nodes(&self, out: &mut String) {
         for c in &self.cells {
-            let node = cell_node(&c.cell, c.global, c.containment.inside.connections_share);
+            let node =
+                self.dot_cell_node(&c.cell, c.global, c.containment.inside.connections_share);
             let inside: Vec<&str> = self
                 .services
                 .iter()
@@ -307,30 +296,34 @@ impl Report {
             }
             out.push_str("  }\n");
         }
-        // Services in no cell the report knows.
         for s in &self.services {
             if s.cell.as_deref().is_none_or(|c| self.cell(c).is_none()) {
                 let _ = writeln!(out, "  {}", service_node(&s.service));
             }
         }
+    }
 
-        // (from, to, connections, bytes, outlier mark)
-        let mut edges: Vec<(String, String, u64, u64, Option<String>)> = Vec::new();
-        let mark = |cell: &str, dest: &Destination| {
-            let marks: Vec<String> = self
-                .outliers
-                .iter()
-                .filter(|o| o.cell == cell && &o.destination == dest)
-                .map(|o| match o.signal {
-                    Signal::ConnectFailures => format!("outlier: {} failed", o.figure(o.value)),
-                    Signal::ConnectP99 => format!("outlier: p99 {}", o.figure(o.value)),
-                })
-                .collect();
-            (!marks.is_empty()).then(|| marks.join("\n"))
-        };
+    /// What the outliers of `cell` calling `dest` say on its edge, if any.
+    fn dot_mark(&self, cell: &str, dest: &Destination) -> Option<String> {
+        let marks: Vec<String> = self
+            .outliers
+            .iter()
+            .filter(|o| o.cell == cell && &o.destination == dest)
+            .map(|o| match o.signal {
+                Signal::ConnectFailures => format!("outlier: {} failed", o.figure(o.value)),
+                Signal::ConnectP99 => format!("outlier: p99 {}", o.figure(o.value)),
+            })
+            .collect();
+        (!marks.is_empty()).then(|| marks.join("\n"))
+    }
+
+    /// Every dependency: cells to services and to cells, then clients in no cell to
+    /// services.
+    fn dot_edges(&self) -> Vec<Edge> {
+        let mut edges: Vec<Edge> = Vec::new();
         for c in &self.cells {
             for s in &c.services {
-                let m = mark(&c.cell, &Destination::Service(s.service.clone()));
+                let m = self.dot_mark(&c.cell, &Destination::Service(s.service.clone()));
                 edges.push((
                     id("cell", &c.cell),
                     id("service", &s.service),
@@ -340,7 +333,7 @@ impl Report {
                 ));
             }
             for d in &c.cells {
-                let m = mark(&c.cell, &Destination::Cell(d.cell.clone()));
+                let m = self.dot_mark(&c.cell, &Destination::Cell(d.cell.clone()));
                 edges.push((id("cell", &c.cell), id("cell", &d.cell), d.connections, d.bytes, m));
             }
         }
@@ -355,39 +348,41 @@ impl Report {
                 ));
             }
         }
-        if edges.iter().any(|(a, b, ..)| *a == id("cell", EXTERNAL) || *b == id("cell", EXTERNAL)) {
-            let _ = writeln!(
-                out,
-                "  {} [label=\"external\\n(no cell)\", shape=ellipse, style=dashed];",
-                quote(&id("cell", EXTERNAL))
-            );
+        edges
+    }
+}
+
+/// One edge of the graph: from, to, connections, bytes, and the outlier mark.
+type Edge = (String, String, u64, u64, Option<String>);
+
+/// A service's node.
+fn service_node(name: &str) -> String {
+    format!("{} [label={}, shape=cylinder];", quote(&id("service", name)), quote(name))
+}
+
+/// The edges, as wide as their share of the busiest one's connections (or bytes, when
+/// no edge has a connection in the range).
+fn write_edges(edges: &[Edge], out: &mut String) {
+    let by_conns = edges.iter().any(|e| e.2 > 0);
+    let size = |e: &Edge| (if by_conns { e.2 } else { e.3 }) as f64;
+    let max = edges.iter().map(size).fold(0.0, f64::max);
+    for e in edges {
+        let share = if max > 0.0 { size(e) / max } else { 0.0 };
+        let mut label = format!("{} conn\n{}", e.2, bytes(e.3));
+        let mut color = String::new();
+        if let Some(m) = &e.4 {
+            let _ = write!(label, "\n{m}");
+            color = ", color=red, fontcolor=red".to_owned();
         }
-        // Widths by connections, or by bytes when no edge has a connection in the range.
-        let by_conns = edges.iter().any(|e| e.2 > 0);
-        let size = |e: &(String, String, u64, u64, Option<String>)| {
-            (if by_conns { e.2 } else { e.3 }) as f64
-        };
-        let max = edges.iter().map(size).fold(0.0, f64::max);
-        for e in &edges {
-            let share = if max > 0.0 { size(e) / max } else { 0.0 };
-            let mut label = format!("{} conn\n{}", e.2, bytes(e.3));
-            let mut color = String::new();
-            if let Some(m) = &e.4 {
-                let _ = write!(label, "\n{m}");
-                color = ", color=red, fontcolor=red".to_owned();
-            }
-            let _ = writeln!(
-                out,
-                "  {} -> {} [label={}, penwidth={:.2}, weight={}{color}];",
-                quote(&e.0),
-                quote(&e.1),
-                quote(&label),
-                1.0 + 4.0 * share,
-                1 + whole_tenths(share)
-            );
-        }
-        out.push_str("}\n");
-        out
+        let _ = writeln!(
+            out,
+            "  {} -> {} [label={}, penwidth={:.2}, weight={}{color}];",
+            quote(&e.0),
+            quote(&e.1),
+            quote(&label),
+            1.0 + 4.0 * share,
+            1 + whole_tenths(share)
+        );
     }
 }
 

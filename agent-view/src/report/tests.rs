@@ -1,5 +1,10 @@
 //! The report from canned answers of Prometheus' query API, as JSON text: the answers
 //! parsed, the model built, and its text, JSON and dot (which graphviz must draw).
+#![expect(
+    clippy::too_many_lines,
+    reason = "a test's canned answers are one table: it reads best whole, however long"
+)]
+
 use std::{
     io::Write as _,
     process::{Command, Stdio},

@@ -27,11 +27,12 @@ mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use agent_core::{metrics::families as f, names::EXTERNAL};
 use serde::Serialize;
 
 pub use prom::{AnswerError, Family, Range, Series, parse_answer};
 
-use crate::top::{EXTERNAL, Hist};
+use crate::scrape::Hist;
 
 /// How much worse than the other cells' median an outlier is.
 pub const FACTOR: f64 = 3.0;
@@ -48,8 +49,10 @@ pub type Answers = BTreeMap<Family, Vec<Series>>;
 /// Prometheus has none of cellwatch's families over the range.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
-    "no cellwatch data over the last {0} (no cellwatch_cell_info, \
-     cellwatch_connections_opened_total or cellwatch_service_connections_opened_total series)"
+    "no cellwatch data over the last {0} (no {cells}, {pairs} or {services} series)",
+    cells = f::CELL_INFO,
+    pairs = f::CONNECTIONS_OPENED_TOTAL,
+    services = f::SERVICE_CONNECTIONS_OPENED_TOTAL
 )]
 pub struct NoData(pub Range);
 
@@ -312,11 +315,11 @@ impl Report {
             }
         }
         if global.is_empty() {
-            notes.push(
-                "no agent exports cellwatch_cell_info: global cells are not known, so no \
-                 connection counts as going to a global cell"
-                    .to_owned(),
-            );
+            notes.push(format!(
+                "no agent exports {}: global cells are not known, so no connection counts as \
+                 going to a global cell",
+                f::CELL_INFO
+            ));
         }
         let mut home = BTreeMap::<String, String>::new();
         for s in answers.get(&Family::Services).into_iter().flatten() {

@@ -12,7 +12,10 @@
 
 use std::{collections::BTreeMap, fmt};
 
+use agent_core::metrics::families as f;
 use serde::Deserialize;
+
+use crate::side;
 
 /// The report's time range, up to the time of the queries: whole seconds, from a minute
 /// to 366 days.
@@ -110,32 +113,39 @@ impl Family {
         let service = "src_cell, service";
         match self {
             Self::Cells => {
-                format!("max by (cell, global) (last_over_time(cellwatch_cell_info[{r}]))")
+                format!("max by (cell, global) (last_over_time({}[{r}]))", f::CELL_INFO)
             }
             Self::Services => {
-                format!("max by (service, cell) (last_over_time(cellwatch_service_info[{r}]))")
+                format!("max by (service, cell) (last_over_time({}[{r}]))", f::SERVICE_INFO)
             }
-            Self::PairOpened => client_side("cellwatch_connections_opened_total", pair, &r),
-            Self::PairFailed => sum(pair, &counted("cellwatch_connections_failed_total", &r)),
+            Self::PairOpened => client_side(f::CONNECTIONS_OPENED_TOTAL, pair, &r),
+            Self::PairFailed => sum(pair, &counted(f::CONNECTIONS_FAILED_TOTAL, &r)),
             // The client's bytes: sent by the client; for an external client, received by
             // the server.
-            Self::PairSent => client_bytes("sent", "received", "bytes", pair, &r),
-            Self::PairReceived => client_bytes("received", "sent", "bytes", pair, &r),
-            Self::PairLatency => sum(
-                &format!("{pair}, le"),
-                &counted("cellwatch_connect_latency_seconds_bucket", &r),
+            Self::PairSent => client_bytes(f::BYTES_SENT_TOTAL, f::BYTES_RECEIVED_TOTAL, pair, &r),
+            Self::PairReceived => {
+                client_bytes(f::BYTES_RECEIVED_TOTAL, f::BYTES_SENT_TOTAL, pair, &r)
+            }
+            Self::PairLatency => {
+                sum(&format!("{pair}, le"), &counted(f::CONNECT_LATENCY_SECONDS_BUCKET, &r))
+            }
+            Self::ServiceOpened => client_side(f::SERVICE_CONNECTIONS_OPENED_TOTAL, service, &r),
+            Self::ServiceFailed => sum(service, &counted(f::SERVICE_CONNECTIONS_FAILED_TOTAL, &r)),
+            Self::ServiceSent => client_bytes(
+                f::SERVICE_BYTES_SENT_TOTAL,
+                f::SERVICE_BYTES_RECEIVED_TOTAL,
+                service,
+                &r,
             ),
-            Self::ServiceOpened => {
-                client_side("cellwatch_service_connections_opened_total", service, &r)
-            }
-            Self::ServiceFailed => {
-                sum(service, &counted("cellwatch_service_connections_failed_total", &r))
-            }
-            Self::ServiceSent => client_bytes("sent", "received", "service_bytes", service, &r),
-            Self::ServiceReceived => client_bytes("received", "sent", "service_bytes", service, &r),
+            Self::ServiceReceived => client_bytes(
+                f::SERVICE_BYTES_RECEIVED_TOTAL,
+                f::SERVICE_BYTES_SENT_TOTAL,
+                service,
+                &r,
+            ),
             Self::ServiceLatency => sum(
                 &format!("{service}, le"),
-                &counted("cellwatch_service_connect_latency_seconds_bucket", &r),
+                &counted(f::SERVICE_CONNECT_LATENCY_SECONDS_BUCKET, &r),
             ),
         }
     }
@@ -153,23 +163,20 @@ fn counted(selector: &str, r: &str) -> String {
     )
 }
 
-/// A per-direction counter, each connection once.
+/// A per-direction counter, each connection once ([`side::matchers`]).
 fn client_side(metric: &str, by: &str, r: &str) -> String {
-    let egress = counted(&format!("{metric}{{direction=\"egress\"}}"), r);
-    let external = counted(&format!("{metric}{{direction=\"ingress\", src_cell=\"external\"}}"), r);
+    let [mine, external] = side::matchers();
+    let egress = counted(&format!("{metric}{{{mine}}}"), r);
+    let external = counted(&format!("{metric}{{{external}}}"), r);
     sum(by, &format!("({egress}) or ({external})"))
 }
 
-/// The client's bytes one way: `cellwatch_{family}_{mine}_total` on the client's side,
-/// `cellwatch_{family}_{theirs}_total` on the server's for a client in no cell.
-fn client_bytes(mine: &str, theirs: &str, family: &str, by: &str, r: &str) -> String {
-    let egress = counted(&format!("cellwatch_{family}_{mine}_total{{direction=\"egress\"}}"), r);
-    let external = counted(
-        &format!(
-            "cellwatch_{family}_{theirs}_total{{direction=\"ingress\", src_cell=\"external\"}}"
-        ),
-        r,
-    );
+/// The client's bytes one way: `mine` on the client's side, `theirs` (the other way) on
+/// the server's for a client in no cell ([`side::matchers`]).
+fn client_bytes(mine: &str, theirs: &str, by: &str, r: &str) -> String {
+    let [client, external] = side::matchers();
+    let egress = counted(&format!("{mine}{{{client}}}"), r);
+    let external = counted(&format!("{theirs}{{{external}}}"), r);
     sum(by, &format!("({egress}) or ({external})"))
 }
 

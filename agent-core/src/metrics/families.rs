@@ -1,0 +1,182 @@
+//! The name of every metric family cellwatch exports, in one place: the writers here, the
+//! agent's own metrics, `top`, `report`, the demo and the checks of the shipped dashboards
+//! and rules all name families by these constants.
+
+/// Connections that reached ESTABLISHED, per (pair, direction, verdict).
+pub const CONNECTIONS_OPENED_TOTAL: &str = "cellwatch_connections_opened_total";
+pub const CONNECTIONS_CLOSED_TOTAL: &str = "cellwatch_connections_closed_total";
+pub const CONNECTIONS_ACTIVE: &str = "cellwatch_connections_active";
+pub const CONNECTIONS_FAILED_TOTAL: &str = "cellwatch_connections_failed_total";
+pub const BOUNDARY_VIOLATIONS_TOTAL: &str = "cellwatch_boundary_violations_total";
+pub const CONNECTIONS_DENIED_TOTAL: &str = "cellwatch_connections_denied_total";
+pub const BYTES_SENT_TOTAL: &str = "cellwatch_bytes_sent_total";
+pub const BYTES_RECEIVED_TOTAL: &str = "cellwatch_bytes_received_total";
+pub const RETRANSMITS_TOTAL: &str = "cellwatch_retransmits_total";
+/// A histogram: its series are `_bucket`, `_sum` and `_count`.
+pub const CONNECT_LATENCY_SECONDS: &str = "cellwatch_connect_latency_seconds";
+pub const CONNECT_LATENCY_SECONDS_BUCKET: &str = "cellwatch_connect_latency_seconds_bucket";
+/// A histogram.
+pub const RTT_SECONDS: &str = "cellwatch_rtt_seconds";
+pub const RTT_SECONDS_BUCKET: &str = "cellwatch_rtt_seconds_bucket";
+
+/// The catalog: each configured cell, and each configured service.
+pub const CELL_INFO: &str = "cellwatch_cell_info";
+pub const SERVICE_INFO: &str = "cellwatch_service_info";
+/// Per (client cell, service).
+pub const SERVICE_CONNECTIONS_OPENED_TOTAL: &str = "cellwatch_service_connections_opened_total";
+pub const SERVICE_CONNECTIONS_ACTIVE: &str = "cellwatch_service_connections_active";
+pub const SERVICE_CONNECTIONS_FAILED_TOTAL: &str = "cellwatch_service_connections_failed_total";
+pub const SERVICE_BYTES_SENT_TOTAL: &str = "cellwatch_service_bytes_sent_total";
+pub const SERVICE_BYTES_RECEIVED_TOTAL: &str = "cellwatch_service_bytes_received_total";
+/// A histogram.
+pub const SERVICE_CONNECT_LATENCY_SECONDS: &str = "cellwatch_service_connect_latency_seconds";
+pub const SERVICE_CONNECT_LATENCY_SECONDS_BUCKET: &str =
+    "cellwatch_service_connect_latency_seconds_bucket";
+
+/// The kernel side's bookkeeping.
+pub const EVENTS_LOST_TOTAL: &str = "cellwatch_events_lost_total";
+pub const VIOLATION_LOG_SUPPRESSED_TOTAL: &str = "cellwatch_violation_log_suppressed_total";
+pub const EVENTS_TOTAL: &str = "cellwatch_events_total";
+pub const ENFORCE_UNRESOLVED_TOTAL: &str = "cellwatch_enforce_unresolved_total";
+pub const LIVE_SWEEP_CONNECTIONS_TOTAL: &str = "cellwatch_live_sweep_connections_total";
+pub const KERNEL_OP_RUNS_TOTAL: &str = "cellwatch_kernel_op_runs_total";
+pub const KERNEL_OP_SECONDS_TOTAL: &str = "cellwatch_kernel_op_seconds_total";
+pub const MAP_ENTRIES: &str = "cellwatch_map_entries";
+pub const MAP_CAPACITY: &str = "cellwatch_map_capacity";
+
+/// The agent's own metrics (kept by the agent, not read from the kernel).
+pub const BUILD_INFO: &str = "cellwatch_build_info";
+pub const CONFIG_RELOADS_TOTAL: &str = "cellwatch_config_reloads_total";
+pub const SERVICE_LOOKUPS_DROPPED_TOTAL: &str = "cellwatch_service_lookups_dropped_total";
+pub const START_INFO: &str = "cellwatch_start_info";
+pub const PINNED_STATE_DISCARDED_TOTAL: &str = "cellwatch_pinned_state_discarded_total";
+pub const KERNEL_FEATURE: &str = "cellwatch_kernel_feature";
+
+/// Every family, in the order `/metrics` writes them.
+pub const ALL: [&str; 34] = [
+    CONNECTIONS_OPENED_TOTAL,
+    CONNECTIONS_CLOSED_TOTAL,
+    CONNECTIONS_ACTIVE,
+    CONNECTIONS_FAILED_TOTAL,
+    BOUNDARY_VIOLATIONS_TOTAL,
+    CONNECTIONS_DENIED_TOTAL,
+    BYTES_SENT_TOTAL,
+    BYTES_RECEIVED_TOTAL,
+    RETRANSMITS_TOTAL,
+    CONNECT_LATENCY_SECONDS,
+    RTT_SECONDS,
+    CELL_INFO,
+    SERVICE_INFO,
+    SERVICE_CONNECTIONS_OPENED_TOTAL,
+    SERVICE_CONNECTIONS_ACTIVE,
+    SERVICE_CONNECTIONS_FAILED_TOTAL,
+    SERVICE_BYTES_SENT_TOTAL,
+    SERVICE_BYTES_RECEIVED_TOTAL,
+    SERVICE_CONNECT_LATENCY_SECONDS,
+    EVENTS_LOST_TOTAL,
+    VIOLATION_LOG_SUPPRESSED_TOTAL,
+    EVENTS_TOTAL,
+    ENFORCE_UNRESOLVED_TOTAL,
+    LIVE_SWEEP_CONNECTIONS_TOTAL,
+    KERNEL_OP_RUNS_TOTAL,
+    KERNEL_OP_SECONDS_TOTAL,
+    MAP_ENTRIES,
+    MAP_CAPACITY,
+    BUILD_INFO,
+    CONFIG_RELOADS_TOTAL,
+    SERVICE_LOOKUPS_DROPPED_TOTAL,
+    START_INFO,
+    PINNED_STATE_DISCARDED_TOTAL,
+    KERNEL_FEATURE,
+];
+
+/// The histogram families, whose series carry `_bucket`, `_sum` and `_count`.
+pub const HISTOGRAMS: [&str; 3] =
+    [CONNECT_LATENCY_SECONDS, RTT_SECONDS, SERVICE_CONNECT_LATENCY_SECONDS];
+
+/// Whether `series` is a declared family's: its name, or a histogram's `_bucket`, `_sum`
+/// or `_count`.
+pub fn declares(series: &str) -> bool {
+    ALL.contains(&series)
+        || ["_bucket", "_sum", "_count"]
+            .iter()
+            .any(|s| series.strip_suffix(s).is_some_and(|h| HISTOGRAMS.contains(&h)))
+}
+
+/// Every `cellwatch_*` name in `text` (a dashboard, a rule file, a query) that is no
+/// declared family's series, each once, in order of appearance.
+pub fn undeclared(text: &str) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("cellwatch_") {
+        let before = text.len() - rest.len() + at;
+        let tail = &text[before..];
+        let len = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..len];
+        // Part of a longer word (`my_cellwatch_x`) is not a name of ours.
+        let inside = text[..before]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !inside && !declares(name) && !out.contains(&name) {
+            out.push(name);
+        }
+        rest = &tail[len..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_buckets_are_their_histograms() {
+        let mut names = ALL.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ALL.len());
+        let buckets = [
+            CONNECT_LATENCY_SECONDS_BUCKET,
+            RTT_SECONDS_BUCKET,
+            SERVICE_CONNECT_LATENCY_SECONDS_BUCKET,
+        ];
+        for (h, b) in HISTOGRAMS.iter().zip(buckets) {
+            assert!(ALL.contains(h));
+            assert_eq!(format!("{h}_bucket"), b);
+        }
+        assert!(declares(RTT_SECONDS_BUCKET) && declares("cellwatch_rtt_seconds_count"));
+        assert!(!declares("cellwatch_connections_opened_total_bucket"));
+        assert_eq!(
+            undeclared("sum(rate(cellwatch_rtt_seconds_sum[5m])) / cellwatch_nope + cellwatch:x"),
+            ["cellwatch_nope"]
+        );
+    }
+
+    /// Every `cellwatch_*` name the shipped dashboards, rules and the rules' tests use is
+    /// a family the agent declares.
+    #[test]
+    fn the_shipped_dashboards_and_rules_use_declared_families() {
+        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut files: Vec<_> = std::fs::read_dir(repo.join("dashboards"))
+            .expect("dashboards/")
+            .map(|e| e.expect("a dashboard").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        assert!(files.len() >= 4, "{files:?}");
+        for f in [
+            "deploy/prometheus/cellwatch-rules.yaml",
+            "deploy/prometheus/cellwatch-rules.test.yaml",
+            "deploy/kustomize/prometheusrule.yaml",
+        ] {
+            files.push(repo.join(f));
+        }
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("{f:?}: {e}"));
+            assert!(text.contains("cellwatch_"), "{f:?} names no family");
+            assert_eq!(undeclared(&text), Vec::<&str>::new(), "{f:?}");
+        }
+    }
+}

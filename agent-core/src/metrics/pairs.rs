@@ -1,0 +1,270 @@
+//! The per-(cell pair, direction) families: connections opened, closed, active, failed,
+//! denied and in violation, bytes and retransmits, connect latency and RTT.
+use agent_common::{Direction, Failure, Verdict, observes_rtt};
+
+use super::{
+    families as f,
+    snapshot::Snapshot,
+    text::{
+        Bounds, Def, Family, Hist, HistNames, HistOf, Kind, Out, Valued, histogram, latency_of,
+        quoted, rtt_of,
+    },
+};
+use crate::ids::CellIds;
+
+const OPENED: Def = Def {
+    name: f::CONNECTIONS_OPENED_TOTAL,
+    kind: Kind::Counter,
+    help: "TCP connections that reached ESTABLISHED",
+};
+const CLOSED: Def = Def {
+    name: f::CONNECTIONS_CLOSED_TOTAL,
+    kind: Kind::Counter,
+    help: "Established TCP connections that closed",
+};
+const ACTIVE: Def = Def {
+    name: f::CONNECTIONS_ACTIVE,
+    kind: Kind::Gauge,
+    help: "Established TCP connections now open",
+};
+const FAILED: Def = Def {
+    name: f::CONNECTIONS_FAILED_TOTAL,
+    kind: Kind::Counter,
+    help: "Connections that failed, by reason (refused, reset, timeout, other); a pair has \
+           these series from its first failure on",
+};
+const VIOLATIONS: Def = Def {
+    name: f::BOUNDARY_VIOLATIONS_TOTAL,
+    kind: Kind::Counter,
+    help: "Connections that crossed a cell boundary against policy",
+};
+const DENIED: Def = Def {
+    name: f::CONNECTIONS_DENIED_TOTAL,
+    kind: Kind::Counter,
+    help: "Connects refused by enforce mode",
+};
+const SENT: Def = Def {
+    name: f::BYTES_SENT_TOTAL,
+    kind: Kind::Counter,
+    help: "Payload bytes this node's sockets sent and the peer acknowledged, open connections \
+           included (at most one --live-interval behind)",
+};
+const RECEIVED: Def = Def {
+    name: f::BYTES_RECEIVED_TOTAL,
+    kind: Kind::Counter,
+    help: "Payload bytes this node's sockets received, open connections included (at most one \
+           --live-interval behind)",
+};
+const RETRANSMITS: Def = Def {
+    name: f::RETRANSMITS_TOTAL,
+    kind: Kind::Counter,
+    help: "TCP segments retransmitted, open connections included",
+};
+const LATENCY: Def = Def {
+    name: f::CONNECT_LATENCY_SECONDS,
+    kind: Kind::Histogram,
+    help: "Client connect latency, SYN sent to established",
+};
+const RTT: Def = Def {
+    name: f::RTT_SECONDS,
+    kind: Kind::Histogram,
+    help: "Smoothed RTT of each connection: one sample per open connection per \
+           --live-interval and one at its close, on the client's side (and on the server's \
+           when the client is in no cell)",
+};
+
+/// What one (src, dst, direction) holds, summed over verdicts where a family has none.
+/// Histograms stay in the snapshot (`span` points at the entries): copied, 20,000 pairs'
+/// would double a large scrape's memory.
+#[derive(Default)]
+struct Dir {
+    opened: [u64; 2],
+    closed: [u64; 2],
+    violations: u64,
+    sent: u64,
+    received: u64,
+    retrans: u64,
+    // Client side only (egress).
+    failed: [u64; Failure::REASONS],
+    denied: u64,
+    /// Which verdicts (allowed, violation) have a key: each gets its series.
+    has: [bool; 2],
+    /// Its keys (by verdict and service): `order[span.0..span.1]`.
+    span: (usize, usize),
+}
+
+impl Dir {
+    fn violating(&self) -> bool {
+        self.has[1]
+    }
+
+    fn has(&self, verdict: u8) -> bool {
+        self.has[usize::from(Verdict(verdict) == Verdict::VIOLATION)]
+    }
+
+    /// One histogram of the pair, summed over its keys.
+    fn hist(&self, snap: &Snapshot, order: &[usize], which: HistOf) -> Hist {
+        let mut h = Hist::default();
+        for i in &order[self.span.0..self.span.1] {
+            let (buckets, sum) = which(&snap.pairs[*i].1);
+            h.add(buckets, sum);
+        }
+        h
+    }
+}
+
+/// (src cell id, dst cell id, direction)
+type PairDir = (u32, u32, u8);
+
+/// A row and its labels: `src_cell="a",dst_cell="b"`, and the same with
+/// `,direction="…"`.
+type Row<'a> = (&'a PairDir, &'a Dir, &'a (String, String));
+
+/// The snapshot's indices in key order (keys sort by source, destination, direction,
+/// verdict and service, so a (pair, direction)'s keys are neighbours; the kernel's
+/// snapshot comes sorted, any other is sorted here), and the rows by (pair, direction).
+fn group(snap: &Snapshot) -> (Vec<usize>, Vec<(PairDir, Dir)>) {
+    let mut order: Vec<usize> = (0..snap.pairs.len()).collect();
+    if !snap.pairs.is_sorted_by_key(|(k, _)| *k) {
+        order.sort_by_key(|&i| snap.pairs[i].0);
+    }
+    let mut out: Vec<(PairDir, Dir)> = Vec::new();
+    for (at, &i) in order.iter().enumerate() {
+        let (k, s) = &snap.pairs[i];
+        let pd = (k.src_cell, k.dst_cell, k.direction);
+        if out.last().is_none_or(|(last, _)| *last != pd) {
+            out.push((pd, Dir { span: (at, at), ..Dir::default() }));
+        }
+        let Some((_, d)) = out.last_mut() else { continue };
+        d.span.1 = at + 1;
+        let v = usize::from(k.verdict() == Verdict::VIOLATION);
+        d.has[v] = true;
+        d.opened[v] += s.opened;
+        d.closed[v] += s.closed;
+        d.sent += s.bytes_sent;
+        d.received += s.bytes_received;
+        d.retrans += s.retransmits;
+        if k.verdict() == Verdict::VIOLATION {
+            d.violations += s.violations;
+        }
+        if k.direction() == Direction::EGRESS {
+            for (a, b) in d.failed.iter_mut().zip(s.failed) {
+                *a += b;
+            }
+            d.denied += s.denied;
+        }
+    }
+    (order, out)
+}
+
+/// Every pair family, appended to `out`.
+pub(super) fn render(snap: &Snapshot, ids: &CellIds, bounds: &Bounds<'_>, out: &mut Out<'_>) {
+    let (order, groups) = group(snap);
+    let labels: Vec<(String, String)> = groups
+        .iter()
+        .map(|((src, dst, dir), _)| {
+            let pair =
+                format!("src_cell={},dst_cell={}", quoted(ids.name(*src)), quoted(ids.name(*dst)));
+            let with_dir = format!("{pair},direction=\"{}\"", Direction(*dir).label());
+            (pair, with_dir)
+        })
+        .collect();
+    let rows: Vec<Row<'_>> = groups.iter().zip(&labels).map(|((k, d), l)| (k, d, l)).collect();
+    connections(&rows, out);
+    scalars(&rows, out);
+    histograms(snap, &order, &rows, bounds, out);
+}
+
+/// Opened and closed (by verdict), active, failed (by reason), violations and denied.
+fn connections(rows: &[Row<'_>], out: &mut Out<'_>) {
+    for (def, closed) in [(&OPENED, false), (&CLOSED, true)] {
+        let mut f = Family::new(out, def);
+        for (_, d, (_, pd)) in rows {
+            let counts = if closed { d.closed } else { d.opened };
+            for v in [Verdict::ALLOWED.0, Verdict::VIOLATION.0] {
+                // A verdict no connection of the pair got has no series.
+                if d.has(v) {
+                    let extra = if Verdict(v) == Verdict::VIOLATION {
+                        "verdict=\"violation\""
+                    } else {
+                        "verdict=\"allowed\""
+                    };
+                    f.sample(pd, extra, counts[usize::from(v)]);
+                }
+            }
+        }
+    }
+    let mut f = Family::new(out, &ACTIVE);
+    for (_, d, (_, pd)) in rows {
+        let active = (d.opened[0] + d.opened[1]).saturating_sub(d.closed[0] + d.closed[1]);
+        f.sample(pd, "", active);
+    }
+    let mut f = Family::new(out, &FAILED);
+    for ((_, _, dir), d, (p, _)) in rows {
+        if Direction(*dir) == Direction::EGRESS && d.failed.iter().any(|n| *n > 0) {
+            for (reason, n) in Failure::LABELS.iter().zip(d.failed) {
+                f.sample(p, &format!("reason=\"{reason}\""), n);
+            }
+        }
+    }
+    let mut f = Family::new(out, &VIOLATIONS);
+    for (_, d, (_, pd)) in rows {
+        if d.violating() {
+            f.sample(pd, "", d.violations);
+        }
+    }
+    let mut f = Family::new(out, &DENIED);
+    for ((_, _, dir), d, (p, _)) in rows {
+        // From the first refusal on: audit mode refuses nothing, nor does enforce mode for
+        // a source cell outside `enforce_cells`.
+        if Direction(*dir) == Direction::EGRESS && d.denied > 0 {
+            f.sample(p, "", d.denied);
+        }
+    }
+}
+
+/// Bytes both ways and retransmits: one series per (pair, direction).
+fn scalars(rows: &[Row<'_>], out: &mut Out<'_>) {
+    let scalars: [Valued<Dir>; 3] =
+        [(&SENT, |d| d.sent), (&RECEIVED, |d| d.received), (&RETRANSMITS, |d| d.retrans)];
+    for (def, value) in scalars {
+        let mut f = Family::new(out, def);
+        for (_, d, (_, pd)) in rows {
+            f.sample(pd, "", value(d));
+        }
+    }
+}
+
+/// Connect latency (client side) and RTT (once per connection).
+fn histograms(
+    snap: &Snapshot,
+    order: &[usize],
+    rows: &[Row<'_>],
+    bounds: &Bounds<'_>,
+    out: &mut Out<'_>,
+) {
+    let latency = HistNames::of(LATENCY.name);
+    let mut f = Family::new(out, &LATENCY);
+    for ((_, _, dir), d, (p, _)) in rows {
+        if Direction(*dir) != Direction::EGRESS {
+            continue;
+        }
+        let h = d.hist(snap, order, latency_of);
+        if h.count() > 0 {
+            histogram(f.line(), &latency, p, &h, bounds);
+        }
+    }
+    let rtt = HistNames::of(RTT.name);
+    let mut f = Family::new(out, &RTT);
+    for ((src, _, dir), d, (_, pd)) in rows {
+        // RTT once per connection: from the client's socket, and from the server's only
+        // when the client is in no cell (no cellwatch sees it as egress).
+        if !observes_rtt(Direction(*dir), *src) {
+            continue;
+        }
+        let h = d.hist(snap, order, rtt_of);
+        if h.count() > 0 {
+            histogram(f.line(), &rtt, pd, &h, bounds);
+        }
+    }
+}

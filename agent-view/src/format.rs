@@ -1,0 +1,155 @@
+//! How `top`, `report` and the demo print: figures (rates, bytes, durations, shares),
+//! text made safe for a terminal, and tables of aligned columns.
+
+/// `12.5` (per second), with `k` above ten thousand; `-` without a rate yet.
+pub fn fmt_rate(v: Option<f64>) -> String {
+    match v {
+        None => "-".to_owned(),
+        Some(v) if v >= 10_000.0 => format!("{:.1}k", v / 1e3),
+        Some(v) => format!("{v:.1}"),
+    }
+}
+
+/// Bytes in binary units: `512 B`, `1.5 KiB`, `3.2 MiB`, `1.1 GiB`.
+pub fn fmt_bytes(v: Option<f64>) -> String {
+    let Some(v) = v else { return "-".to_owned() };
+    const UNITS: [&str; 3] = ["KiB", "MiB", "GiB"];
+    if v < 1024.0 {
+        return format!("{v:.0} B");
+    }
+    let mut scaled = v / 1024.0;
+    let mut unit = UNITS[0];
+    for u in &UNITS[1..] {
+        if scaled < 1024.0 {
+            break;
+        }
+        scaled /= 1024.0;
+        unit = u;
+    }
+    format!("{scaled:.1} {unit}")
+}
+
+/// Seconds as `64µs`, `1.25ms`, `12.5ms`, `250ms`, `1.05s`.
+pub fn fmt_duration(s: f64) -> String {
+    if s < 1e-3 {
+        format!("{:.0}µs", s * 1e6)
+    } else if s < 1e-2 {
+        format!("{:.2}ms", s * 1e3)
+    } else if s < 0.1 {
+        format!("{:.1}ms", s * 1e3)
+    } else if s < 1.0 {
+        format!("{:.0}ms", s * 1e3)
+    } else {
+        format!("{s:.2}s")
+    }
+}
+
+/// A share as `62.5%`; `-` with nothing to share.
+pub fn pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{:.1}%", v * 100.0))
+}
+
+/// `s` with every control character escaped (`\u{1b}`...): a process can name itself
+/// anything, escape sequences that would erase or rewrite the operator's screen included.
+pub fn printable(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_owned();
+    }
+    s.chars()
+        .flat_map(|c| {
+            let esc: Vec<char> =
+                if c.is_control() { c.escape_default().collect() } else { vec![c] };
+            esc
+        })
+        .collect()
+}
+
+/// Each column's width: its widest cell or its heading, at least `min` (when given).
+pub fn widths<R: AsRef<[String]>>(header: &[&str], min: &[usize], rows: &[R]) -> Vec<usize> {
+    (0..header.len())
+        .map(|i| {
+            let widest = rows.iter().map(|r| r.as_ref()[i].chars().count());
+            let at_least = min.get(i).copied().unwrap_or(0);
+            widest.chain([header[i].len(), at_least]).max().unwrap_or(0)
+        })
+        .collect()
+}
+
+/// A table of aligned columns: each line starts with `indent`, columns are `gap` apart,
+/// as wide as [`widths`] says; `numeric` ones are aligned right. Lines end trimmed.
+#[derive(Clone, Copy)]
+pub struct Table<'a> {
+    pub indent: &'a str,
+    pub gap: &'a str,
+    pub header: &'a [&'a str],
+    pub numeric: &'a [bool],
+    /// Each column's least width (none when empty).
+    pub min: &'a [usize],
+}
+
+impl<'a> Table<'a> {
+    /// Columns two spaces apart, as wide as they need.
+    pub fn new(indent: &'a str, header: &'a [&'a str], numeric: &'a [bool]) -> Self {
+        Self { indent, gap: "  ", header, numeric, min: &[] }
+    }
+
+    /// The heading line, then one line per row, without line ends.
+    pub fn lines<R: AsRef<[String]>>(&self, rows: &[R]) -> Vec<String> {
+        let widths = widths(self.header, self.min, rows);
+        let line = |row: &[String]| {
+            let mut out = self.indent.to_owned();
+            for (i, c) in row.iter().enumerate() {
+                let pad = " ".repeat(widths[i].saturating_sub(c.chars().count()));
+                out.push_str(if i == 0 { "" } else { self.gap });
+                if self.numeric[i] {
+                    out.push_str(&pad);
+                    out.push_str(c);
+                } else {
+                    out.push_str(c);
+                    out.push_str(&pad);
+                }
+            }
+            out.trim_end().to_owned()
+        };
+        let header: Vec<String> = self.header.iter().map(|h| (*h).to_owned()).collect();
+        let mut out = vec![line(&header)];
+        out.extend(rows.iter().map(|r| line(r.as_ref())));
+        out
+    }
+
+    /// [`Table::lines`], each ending a line.
+    pub fn render<R: AsRef<[String]>>(&self, rows: &[R]) -> String {
+        self.lines(rows).into_iter().map(|l| l + "\n").collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures() {
+        assert_eq!(fmt_rate(Some(2.25)), "2.2");
+        assert_eq!(fmt_rate(Some(12_345.0)), "12.3k");
+        assert_eq!(fmt_rate(None), "-");
+        assert_eq!(fmt_bytes(Some(512.0)), "512 B");
+        assert_eq!(fmt_bytes(Some(1536.0)), "1.5 KiB");
+        assert_eq!(fmt_bytes(Some(3.0 * 1024.0 * 1024.0)), "3.0 MiB");
+        assert_eq!(fmt_duration(64e-6), "64µs");
+        assert_eq!(fmt_duration(1.25e-3), "1.25ms");
+        assert_eq!(fmt_duration(0.25), "250ms");
+        assert_eq!(fmt_duration(1.5), "1.50s");
+        assert_eq!((pct(Some(0.625)), pct(None)), ("62.5%".to_owned(), "-".to_owned()));
+        assert_eq!(printable("a\u{1b}[2Jb"), "a\\u{1b}[2Jb");
+    }
+
+    #[test]
+    fn tables_align_their_columns() {
+        let rows =
+            vec![vec!["a".to_owned(), "1".to_owned()], vec!["bcd".to_owned(), "22".to_owned()]];
+        let t = Table::new("  ", &["NAME", "N"], &[false, true]);
+        assert_eq!(t.render(&rows), "  NAME   N\n  a      1\n  bcd   22\n");
+        let wide = Table { gap: " ", min: &[5, 4], ..t };
+        assert_eq!(wide.lines(&rows), ["  NAME     N", "  a        1", "  bcd     22"]);
+    }
+}

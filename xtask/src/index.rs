@@ -1,0 +1,164 @@
+//! Tests that the hand-written indexes cannot drift: every source file is in the README's
+//! map of the tree, and every list of test areas in the docs is `AREAS` or `FORCED_AREAS`.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use crate::vm::init::{AREAS, FORCED_AREAS};
+
+/// The crates whose sources the map must name, as the map's top-level lines spell them.
+const MAPPED: &[&str] = &[
+    "agent-ebpf/src/",
+    "agent-common/src/",
+    "agent-core/src/",
+    "agent-view/src/",
+    "agent/src/",
+    "xtask/",
+];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace").to_path_buf()
+}
+
+fn read(path: &str) -> String {
+    fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The code block that follows "## How it works" in the README.
+fn map(readme: &str) -> &str {
+    let section = &readme[readme.find("## How it works").expect("the README's map section")..];
+    let start = section.find("```\n").expect("the map's code block") + 4;
+    let len = section[start..].find("```").expect("the map's closing fence");
+    &section[start..start + len]
+}
+
+/// The part of the map under the top-level line that starts with `krate`, up to the
+/// next top-level line.
+fn section<'a>(map: &'a str, krate: &str) -> &'a str {
+    let start = map
+        .lines()
+        .position(|l| l.starts_with(krate))
+        .unwrap_or_else(|| panic!("the README's map has no line for {krate}"));
+    let lines: Vec<&str> = map.lines().collect();
+    let end = lines[start + 1..]
+        .iter()
+        .position(|l| !l.starts_with(' '))
+        .map_or(lines.len(), |n| start + 1 + n);
+    let first = lines[start].as_ptr() as usize - map.as_ptr() as usize;
+    let last = lines.get(end).map_or(map.len(), |l| l.as_ptr() as usize - map.as_ptr() as usize);
+    &map[first..last]
+}
+
+/// Every `.rs` file under `dir`, as paths relative to it.
+fn sources(dir: &Path, rel: &Path, out: &mut Vec<PathBuf>) {
+    let mut entries: Vec<_> = fs::read_dir(dir.join(rel))
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.join(rel).display()))
+        .map(|e| e.expect("a directory entry"))
+        .collect();
+    entries.sort_by_key(fs::DirEntry::file_name);
+    for e in entries {
+        let path = rel.join(e.file_name());
+        if e.file_type().expect("a file type").is_dir() {
+            sources(dir, &path, out);
+        } else if path.extension().is_some_and(|x| x == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The word the map names `path` by: a directory module by `dir/`, a file by its name
+/// (or, for xtask's terser lines, its stem). Crate roots and test files need none.
+fn named_by(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    match name {
+        "tests.rs" => None,
+        "lib.rs" | "main.rs" if path.parent() == Some(Path::new("")) => None,
+        "mod.rs" => Some(format!("{}/", path.parent()?.file_name()?.to_str()?)),
+        _ => Some(name.to_owned()),
+    }
+}
+
+/// Whether `text` holds `word` not as part of a longer name.
+fn mentions(text: &str, word: &str) -> bool {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    text.match_indices(word).any(|(i, _)| {
+        !text[..i].chars().next_back().is_some_and(is_name)
+            && !text[i + word.len()..].chars().next().is_some_and(is_name)
+    })
+}
+
+/// The files of `krate` (a map line such as `agent/src/`) that `map` does not name.
+fn unmapped(map: &str, krate: &str) -> Vec<String> {
+    let part = section(map, krate);
+    let dir = if krate == "xtask/" { "xtask/src/" } else { krate };
+    let mut files = Vec::new();
+    sources(&root().join(dir), Path::new(""), &mut files);
+    files
+        .iter()
+        .filter_map(|f| {
+            let word = named_by(f)?;
+            let stem = word.trim_end_matches(".rs").trim_end_matches('/');
+            let found = mentions(part, &word) || (krate == "xtask/" && mentions(part, stem));
+            (!found).then(|| format!("{dir}{}", f.display()))
+        })
+        .collect()
+}
+
+#[test]
+fn every_source_file_is_in_the_readmes_map() {
+    let readme = read("README.md");
+    let map = map(&readme);
+    let missing: Vec<String> = MAPPED.iter().flat_map(|k| unmapped(map, k)).collect();
+    assert!(missing.is_empty(), "the README's map (## How it works) does not name: {missing:?}");
+}
+
+#[test]
+fn a_file_left_out_of_the_map_is_found() {
+    let map = "agent/src/   the agent\n  main.rs, cli.rs  the binary\n  serve/  http.rs\nxtask/\n";
+    assert!(mentions(section(map, "agent/src/"), "http.rs"));
+    assert!(!mentions(section(map, "agent/src/"), "xtask/"));
+    assert!(!mentions("timed.rs", "med.rs"));
+    assert_eq!(named_by(Path::new("serve/mod.rs")).as_deref(), Some("serve/"));
+    assert_eq!(named_by(Path::new("main.rs")), None);
+    assert_eq!(named_by(Path::new("serve/tests.rs")), None);
+}
+
+/// Every "the a, b and c areas" in `text`, each as its list of areas.
+fn area_lists(text: &str) -> Vec<Vec<String>> {
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let word = |w: &str| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase());
+    let mut lists = Vec::new();
+    for (i, _) in flat.match_indices(" areas") {
+        let Some(the) = flat[..i].rfind("the ") else { continue };
+        let Some((head, last)) = flat[the + 4..i].rsplit_once(" and ") else { continue };
+        let mut list: Vec<String> = head.split(", ").map(str::to_owned).collect();
+        list.push(last.to_owned());
+        if list.len() > 1 && list.iter().all(|w| word(w)) {
+            lists.push(list);
+        }
+    }
+    lists
+}
+
+#[test]
+fn the_docs_lists_of_areas_are_the_matrixs() {
+    let known = [AREAS, FORCED_AREAS];
+    let mut seen = 0;
+    for doc in ["README.md", "tests/README.md"] {
+        for list in area_lists(&read(doc)) {
+            assert!(
+                known.iter().any(|k| *k == list.as_slice()),
+                "{doc} lists the areas {list:?}, which are neither AREAS {AREAS:?} nor \
+                 FORCED_AREAS {FORCED_AREAS:?} (xtask/src/vm/init.rs)"
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen >= 2, "the docs list the matrix's areas (README's Development section)");
+    assert_eq!(
+        area_lists("runs the foundation, cells and\n   live areas; the x areas"),
+        [["foundation", "cells", "live"]]
+    );
+}
