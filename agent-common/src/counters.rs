@@ -23,7 +23,7 @@ pub const CTR_ENFORCE_UNRESOLVED: u32 = 7;
 /// in a row and left for the next sweep.
 pub const CTR_SWEEP_VISITED: u32 = 8;
 pub const CTR_SWEEP_BUSY: u32 = 9;
-/// Connections to a virtual address: whose backend request was dropped (ring buffer
+/// Connections to a service address: whose backend request was dropped (ring buffer
 /// full; the sweep or the agent's scan of `DEFERRED` asks again), and that closed before
 /// their backend was known but found `DEFERRED` full (not counted: lost).
 pub const CTR_RESOLVE_RINGBUF_FULL: u32 = 10;
@@ -119,23 +119,4 @@ const _: () =
 const _: () = assert!(core::mem::size_of::<OpCost>() == 16);
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn buckets_are_log2_upper_bounds() {
-        assert_eq!(hist_bucket(0), 0);
-        assert_eq!(hist_bucket(1), 1); // 1 < 2^1
-        assert_eq!(hist_bucket(2), 2);
-        assert_eq!(hist_bucket(3), 2);
-        assert_eq!(hist_bucket(4), 3);
-        assert_eq!(hist_bucket(1023), 10);
-        assert_eq!(hist_bucket(1024), 11);
-        assert_eq!(hist_bucket(u64::MAX), HIST_BUCKETS - 1);
-        for v in [1u64, 7, 100, 5000, 1 << 20] {
-            let i = hist_bucket(v);
-            assert!(v < (1u64 << i), "{v} must be below le=2^{i}");
-            assert!(i == 0 || v >= (1u64 << (i - 1)), "{v} belongs in a lower bucket");
-        }
-    }
-}
+mod tests;

@@ -12,8 +12,8 @@ impl EventKind {
     pub const VIOLATION: Self = Self(1);
     /// A connect refused by enforce mode.
     pub const DENIED: Self = Self(2);
-    /// Not a violation but a request: find the backend of this connection to a virtual
-    /// address (`src` is the client, `dst` the virtual address).
+    /// Not a violation but a request: find the backend of this connection to a service
+    /// address (`src` is the client, `dst` the service address).
     pub const RESOLVE: Self = Self(3);
 }
 
@@ -122,16 +122,4 @@ const _: () = assert!(core::mem::size_of::<Brief>() == 16);
 const _: () = assert!(core::mem::size_of::<SeedOutcome>() == 16);
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn seed_outcomes_decode_as_written() {
-        let mut rec = [0u8; SeedOutcome::BYTES];
-        rec[..8].copy_from_slice(&42u64.to_ne_bytes());
-        rec[8..].copy_from_slice(&SeedOutcome::ALREADY_TRACKED.to_ne_bytes());
-        let o = SeedOutcome::decode(&rec);
-        assert_eq!(o, Some(SeedOutcome { cookie: 42, what: SeedOutcome::ALREADY_TRACKED }));
-        assert_eq!(SeedOutcome::decode(&rec[..15]), None);
-    }
-}
+mod tests;

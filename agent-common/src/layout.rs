@@ -13,10 +13,10 @@ pub const CELL_EXTERNAL: u32 = 0;
 /// address are not tracked at all.
 pub const CELL_IGNORED: u32 = u32::MAX;
 /// Cell id written into the cell tries for `service_cidrs`: a Kubernetes Service's
-/// virtual address. A connection to one is judged by the backend its DNAT chose, which
+/// service address. A connection to one is judged by the backend its DNAT chose, which
 /// the agent finds in conntrack and writes into `RESOLVED`; never a label.
-pub const CELL_VIRTUAL: u32 = 0xfffe;
-/// The server cell of a connection to a virtual address whose backend could not be
+pub const CELL_SERVICE_ADDR: u32 = 0xfffe;
+/// The server cell of a connection to a service address whose backend could not be
 /// found (no conntrack entry, or not NATed): `unresolved` in metrics.
 pub const CELL_UNRESOLVED: u32 = 0xfffd;
 /// Largest number of cells a config may hold (ids 1..=MAX_CELLS).
@@ -40,7 +40,7 @@ pub const SERVICES_CAPACITY: u32 = 65_536;
 pub const NETNS_CAPACITY: u32 = 16384;
 /// Connections older than the agent that it can count (seeded at its first start).
 pub const SEEDED_CAPACITY: u32 = 65_536;
-/// Connections to virtual addresses that closed before their backend was known, kept
+/// Connections to service addresses that closed before their backend was known, kept
 /// until the agent settles them (`DEFERRED`), and resolutions the agent wrote
 /// (`RESOLVED`, least recently used first out).
 pub const DEFERRED_CAPACITY: u32 = 16_384;
@@ -212,9 +212,9 @@ pub const CONN_TRACKED: u8 = 2;
 /// Older than the agent: put in by the seeding iterator at the agent's first start. Its
 /// claims are kept in `SEEDED` under its cookie, where `tcp:tcp_destroy_sock` finds them.
 pub const CONN_SEEDED: u8 = 4;
-/// To a virtual address (`service_cidrs`): its server cell, service and verdict come from
+/// To a service address (`service_cidrs`): its server cell, service and verdict come from
 /// `RESOLVED`, and nothing is counted before they do.
-pub const CONN_VIRTUAL: u8 = 8;
+pub const CONN_SERVICE_ADDR: u8 = 8;
 /// Set by `connect4`/`connect6` only, until `sock_ops` sees the SYN: the process bound
 /// the socket to a source address itself (perhaps one not its own, with IP_FREEBIND),
 /// so that address teaches nothing about the namespace's.
@@ -266,7 +266,7 @@ pub struct Conn {
     /// forward with an atomic exchange, so the sweep and the close never count a byte
     /// twice.
     pub claimed: Claimed,
-    /// A connection to a virtual address: 1 once its open (and violation) is counted
+    /// A connection to a service address: 1 once its open (and violation) is counted
     /// under its backend, by whichever of the sweep, the close or the settling got there
     /// first (a compare-and-swap: 64 bits, as BPF's is). 0 otherwise.
     pub counted: u64,
@@ -338,7 +338,7 @@ pub struct Seeded {
     pub claimed: Claimed,
 }
 
-/// Where a connection to a virtual address went, as the agent judged its backend
+/// Where a connection to a service address went, as the agent judged its backend
 /// (`RESOLVED`, by socket cookie).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -356,7 +356,7 @@ impl Resolution {
     }
 }
 
-/// A connection to a virtual address that closed before its backend was known
+/// A connection to a service address that closed before its backend was known
 /// (`DEFERRED`, by socket cookie): the connection and its last figures, counted when the
 /// agent has written its resolution and run the settling iterator.
 #[repr(C)]

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use agent_common::{CELL_EXTERNAL, CELL_UNRESOLVED, CELL_VIRTUAL, MAX_CELLS};
+use agent_common::{CELL_EXTERNAL, CELL_SERVICE_ADDR, CELL_UNRESOLVED, MAX_CELLS};
 
 /// Label value of a peer in no cell.
 pub const EXTERNAL_LABEL: &str = crate::names::EXTERNAL;
@@ -95,7 +95,7 @@ impl CellIds {
     pub fn name(&self, id: u32) -> &str {
         match id {
             CELL_EXTERNAL => EXTERNAL_LABEL,
-            CELL_UNRESOLVED | CELL_VIRTUAL => crate::names::UNRESOLVED,
+            CELL_UNRESOLVED | CELL_SERVICE_ADDR => crate::names::UNRESOLVED,
             _ => self.names.get(&id).map_or("unknown", String::as_str),
         }
     }

@@ -130,7 +130,7 @@ pub fn compile(cfg: &Config, ids: &mut CellIds) -> Result<Compiled, IdsExhausted
         out.prefixes.extend(cell.cidrs.iter().map(|n| (*n, id)));
     }
     out.prefixes.extend(cfg.ignore_cidrs.iter().map(|n| (*n, CELL_IGNORED)));
-    out.prefixes.extend(cfg.service_cidrs.iter().map(|n| (*n, agent_common::CELL_VIRTUAL)));
+    out.prefixes.extend(cfg.service_cidrs.iter().map(|n| (*n, agent_common::CELL_SERVICE_ADDR)));
     for svc in &cfg.services {
         let (id, cell) = (ids.service_id(&svc.name)?, ids.id(&svc.cell)?);
         out.services.push((id, svc.name.clone(), cell));

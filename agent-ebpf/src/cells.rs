@@ -4,7 +4,7 @@
 //! then looks only in that set, so one verdict never mixes two configs.
 #![expect(unsafe_code, reason = "an allow rule is looked up through a map pointer")]
 use agent_common::{
-    CELL_EXTERNAL, CELL_FLAG_ENFORCE, CELL_FLAG_GLOBAL, CELL_IGNORED, CELL_VIRTUAL,
+    CELL_EXTERNAL, CELL_FLAG_ENFORCE, CELL_FLAG_GLOBAL, CELL_IGNORED, CELL_SERVICE_ADDR,
     EXTERNAL_IGNORE, EXTERNAL_VIOLATION, PolicyKey, SETTING_ENFORCE, SETTING_EXTERNAL,
     SETTING_GENERATION, SETTING_PORTED_SERVICES, ServiceKeyV4, ServiceKeyV6, Verdict, entry_cell,
     entry_service,
@@ -63,7 +63,7 @@ impl View {
         let (cell, service) = (entry_cell(entry), entry_service(entry));
         if cell == CELL_IGNORED
             || cell == CELL_EXTERNAL
-            || cell == CELL_VIRTUAL
+            || cell == CELL_SERVICE_ADDR
             || !self.ported_services()
         {
             return (cell, service);
@@ -96,9 +96,9 @@ impl View {
         if src == CELL_IGNORED || dst == CELL_IGNORED {
             return None;
         }
-        // A virtual address: tracked, and judged by its backend once the agent has found
-        // it (`vip.rs`); enforce lets the connect through.
-        if dst == CELL_VIRTUAL {
+        // A service address: tracked, and judged by its backend once the agent has found
+        // it (`service_addr.rs`); enforce lets the connect through.
+        if dst == CELL_SERVICE_ADDR {
             let ignored = src == CELL_EXTERNAL
                 && SETTINGS.get(SETTING_EXTERNAL + u32::from(self.b)).copied()
                     == Some(EXTERNAL_IGNORE);

@@ -82,7 +82,7 @@ pub(crate) fn send(flow: &Flow, slot: &Slot, kind: EventKind) {
     }
 }
 
-/// Asks the agent to find the backend of a connection to a virtual address (no rate
+/// Asks the agent to find the backend of a connection to a service address (no rate
 /// limit: every such connection needs its answer). A full ring buffer drops the request;
 /// the sweep, or the agent's scan of `DEFERRED`, asks again.
 #[inline(always)]

@@ -10,7 +10,7 @@
 //! - [`conn`]: a connection's state in its socket's storage, and the capacity.
 //! - [`netns`]: each network namespace's source address, for enforce on unbound sockets.
 //! - [`events`]: violation events through the ring buffer, rate-limited.
-//! - [`vip`] and [`settle`]: connections to a Service's virtual address, counted under
+//! - [`service_addr`] and [`settle`]: connections to a Service address, counted under
 //!   the backend the agent found in conntrack.
 //! - [`close`]: what a connection's end adds to its pair.
 //! - [`cells`]: address -> cell and the verdict of a (client cell, server cell, port).
@@ -37,11 +37,11 @@ mod maps;
 mod netns;
 mod probe;
 mod seed;
+mod service_addr;
 mod settle;
 mod sockops;
 mod stats;
 mod sweep;
-mod vip;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -106,13 +106,13 @@ pub(crate) static SEEDED: HashMap<u64, Seeded> =
 pub(crate) static SEED_PLAN: HashMap<u64, Conn> =
     HashMap::with_max_entries(agent_common::SEEDED_CAPACITY, BPF_F_NO_PREALLOC);
 
-/// Where each connection to a virtual address went, by socket cookie: written by the
-/// agent from conntrack, read by the sweep, the close and the settling (see `vip.rs`).
+/// Where each connection to a service address went, by socket cookie: written by the
+/// agent from conntrack, read by the sweep, the close and the settling (see `service_addr.rs`).
 #[map]
 pub(crate) static RESOLVED: LruHashMap<u64, Resolution> =
     LruHashMap::with_max_entries(agent_common::RESOLVED_CAPACITY, 0);
 
-/// Connections to a virtual address that closed before their backend was known, by
+/// Connections to a service address that closed before their backend was known, by
 /// socket cookie, until the settling counts them (see `settle.rs`).
 #[map]
 pub(crate) static DEFERRED: HashMap<u64, Deferred> =

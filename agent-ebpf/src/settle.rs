@@ -1,4 +1,4 @@
-//! The settling of `DEFERRED`, the connections to a virtual address that closed before
+//! The settling of `DEFERRED`, the connections to a service address that closed before
 //! the agent had found their backend. The agent settles after it writes resolutions;
 //! each entry whose resolution is there counts as its close would have (open, violation,
 //! bytes, RTT, closed or failed) under the backend's pair, and is marked settled for the
@@ -14,8 +14,8 @@ use crate::{
     close::{End, account},
     ctx::{MapElemIterCtx, map_elem},
     maps::DEFERRED,
+    service_addr,
     stats::Slot,
-    vip,
 };
 
 #[unsafe(no_mangle)]
@@ -52,13 +52,13 @@ fn try_settle(cookie: u64) {
             return;
         }
     }
-    let Some(r) = vip::resolution(cookie) else { return };
+    let Some(r) = service_addr::resolution(cookie) else { return };
     // SAFETY: as above.
     unsafe {
         let c = &raw mut (*d).conn;
-        let key = vip::apply(c, &r);
+        let key = service_addr::apply(c, &r);
         let Some(slot) = Slot::of(&key) else { return };
-        vip::count_open(c, &slot);
+        service_addr::count_open(c, &slot);
         let end = End {
             last: Some(((*d).last, (*d).fin != 0)),
             failure: (*d).failure(),
@@ -69,5 +69,5 @@ fn try_settle(cookie: u64) {
         account(&slot, &raw mut (*c).claimed, &(*c).base, &end, established, rtt_sample);
         (*d).settled = 1;
     }
-    vip::forget(cookie);
+    service_addr::forget(cookie);
 }

@@ -6,7 +6,7 @@
 #![expect(unsafe_code, reason = "a connection's storage is written in place through its pointer")]
 
 use agent_common::{
-    AF_INET6, CELL_VIRTUAL, CONN_ESTABLISHED, CONN_SEEDED, CONN_TRACKED, CONN_VIRTUAL,
+    AF_INET6, CELL_SERVICE_ADDR, CONN_ESTABLISHED, CONN_SEEDED, CONN_SERVICE_ADDR, CONN_TRACKED,
     CTR_CONN_TABLE_FULL, Claimed, Conn, Direction, ECONNREFUSED, ECONNRESET, EPIPE, ETIMEDOUT,
     Failure, PROFILE_SLOTS, PROFILE_STATE_CLOSE, Progress, Verdict, observes_rtt,
 };
@@ -29,9 +29,8 @@ use crate::{
     ctx::Ops,
     events,
     kread::Sock,
-    netns,
+    netns, service_addr,
     stats::{Slot, add, count},
-    vip,
 };
 
 /// 1 when the agent loaded the programs with `--profile-kernel`. A read-only global: the
@@ -149,8 +148,9 @@ fn on_connect(ops: &Ops<'_>) {
         fill(c, ops, &e, &start, Progress::default);
         (*c).closed = 0;
         (*c).counted = 0;
-        // To a virtual address: judged by its backend, once the agent has found it.
-        (*c).flags = if dst == CELL_VIRTUAL { CONN_TRACKED | CONN_VIRTUAL } else { CONN_TRACKED };
+        // To a service address: judged by its backend, once the agent has found it.
+        (*c).flags =
+            if dst == CELL_SERVICE_ADDR { CONN_TRACKED | CONN_SERVICE_ADDR } else { CONN_TRACKED };
         (*c).claimed = Claimed::default();
         (*c).pair_key()
     };
@@ -224,7 +224,7 @@ fn on_active_established(ops: &Ops<'_>) {
         (*c).established_ns = now;
         (*c).flags |= CONN_ESTABLISHED;
         (*c).base = handshake(ops);
-        if (*c).flags & CONN_VIRTUAL != 0 {
+        if (*c).flags & CONN_SERVICE_ADDR != 0 {
             // Counted under its backend once the agent has found it.
             crate::events::resolve_request(&*c);
             return;
@@ -309,7 +309,7 @@ fn on_passive_established(ops: &Ops<'_>) {
 }
 
 /// The socket reached CLOSE: claim the rest of what it moved, count it closed (or
-/// failed, if it never got established) and free its place. A connection to a virtual
+/// failed, if it never got established) and free its place. A connection to a service
 /// address whose backend is not known yet is kept for the settling instead.
 #[inline(always)]
 fn on_close(ops: &Ops<'_>) {
@@ -330,23 +330,23 @@ fn on_close(ops: &Ops<'_>) {
     conn::release();
     let established = flags & CONN_ESTABLISHED != 0;
     let end = end_of(ops, sk, established, direction);
-    if flags & CONN_VIRTUAL != 0 {
-        let Some(r) = vip::resolution(cookie) else {
+    if flags & CONN_SERVICE_ADDR != 0 {
+        let Some(r) = service_addr::resolution(cookie) else {
             // SAFETY: `c` as above.
-            unsafe { vip::defer(c, &end) };
+            unsafe { service_addr::defer(c, &end) };
             return;
         };
         // SAFETY: `c` as above.
-        key = unsafe { vip::apply(c, &r) };
+        key = unsafe { service_addr::apply(c, &r) };
     }
     let Some(slot) = Slot::of(&key) else { return };
     // RTT once per connection at its close, by the side that observes it.
     let rtt_sample = observes_rtt(direction, key.src_cell);
     // SAFETY: `c` as above.
     unsafe {
-        if flags & CONN_VIRTUAL != 0 {
-            vip::count_open(c, &slot);
-            vip::forget(cookie);
+        if flags & CONN_SERVICE_ADDR != 0 {
+            service_addr::count_open(c, &slot);
+            service_addr::forget(cookie);
         }
         account(&slot, &raw mut (*c).claimed, &(*c).base, &end, established, rtt_sample);
     }

@@ -11,7 +11,7 @@
 #![expect(unsafe_code, reason = "the iterator hands the storage value as a raw pointer")]
 
 use agent_common::{
-    Brief, CONN_ESTABLISHED, CONN_SEEDED, CONN_TRACKED, CONN_VIRTUAL, CTR_SWEEP_BUSY,
+    Brief, CONN_ESTABLISHED, CONN_SEEDED, CONN_SERVICE_ADDR, CONN_TRACKED, CTR_SWEEP_BUSY,
     CTR_SWEEP_VISITED, Claimed, Conn, Direction, LIST_ANY, PairKey, SETTING_LIST_CELL,
     SETTING_LIST_VERDICT, SETTING_SWEEP_RECORDS, SWEEP_BRIEF, SWEEP_COUNT, SWEEP_WANTED, SweepTail,
     observes_rtt,
@@ -22,8 +22,8 @@ use crate::{
     ctx::{Iter, StorageIterCtx, TcpIterCtx},
     kread::Sock,
     maps::{SEEDED, SETTINGS, WANTED},
+    service_addr,
     stats::{Slot, count},
-    vip,
 };
 
 #[unsafe(no_mangle)]
@@ -71,12 +71,12 @@ fn try_sweep<const LOCKED: bool>(it: &Iter, c: *mut Conn) {
         return;
     }
     let records = SETTINGS.get(SETTING_SWEEP_RECORDS).copied().unwrap_or(0);
-    // A connection to a virtual address counts once the agent has found its backend.
-    let pending = flags & CONN_VIRTUAL != 0 && {
-        match vip::resolution(cookie) {
+    // A connection to a service address counts once the agent has found its backend.
+    let pending = flags & CONN_SERVICE_ADDR != 0 && {
+        match service_addr::resolution(cookie) {
             Some(r) => {
                 // SAFETY: as above; the resolution is the same whoever applies it.
-                key = unsafe { vip::apply(c, &r) };
+                key = unsafe { service_addr::apply(c, &r) };
                 false
             }
             None => true,
@@ -125,9 +125,9 @@ fn claim<const LOCKED: bool>(
         Some(r) => {
             srtt_us = r.srtt_us;
             if let Some(slot) = Slot::of(key).filter(|_| !pending) {
-                if flags & CONN_VIRTUAL != 0 {
+                if flags & CONN_SERVICE_ADDR != 0 {
                     // SAFETY: as in `try_sweep`.
-                    unsafe { vip::count_open(c, &slot) };
+                    unsafe { service_addr::count_open(c, &slot) };
                 }
                 if flags & CONN_SEEDED != 0 {
                     // A connection older than the agent keeps its claims where its

@@ -1,6 +1,6 @@
 //! kube-proxy's layout, in network namespaces the test makes itself: a "node" namespace
 //! and "pod" namespaces joined to it by veth pairs (the node routes between them), and
-//! Service virtual addresses that iptables DNAT in the node sends to a pod: in
+//! Service service addresses that iptables DNAT in the node sends to a pod: in
 //! PREROUTING for pod clients, in OUTPUT for the node's own (host-network) clients.
 //! Everything is removed on drop, whatever the test did.
 use std::{
@@ -82,42 +82,42 @@ impl Cluster {
         run(&format!("ip -n {} addr add {addr}/{len} dev lo{}", self.node, nodad(addr)));
     }
 
-    /// A Service: `vip` sent to `backend` by DNAT in the node, in PREROUTING (pod
+    /// A Service: `service_addr` sent to `backend` by DNAT in the node, in PREROUTING (pod
     /// clients) and OUTPUT (the node's own), as kube-proxy's iptables mode does.
-    pub fn service(&self, vip: SocketAddr, backend: SocketAddr) {
-        let tables = if vip.is_ipv6() { "ip6tables" } else { "iptables" };
+    pub fn service(&self, service_addr: SocketAddr, backend: SocketAddr) {
+        let tables = if service_addr.is_ipv6() { "ip6tables" } else { "iptables" };
         for chain in ["PREROUTING", "OUTPUT"] {
             run(&format!(
                 "ip netns exec {} {tables} -w -t nat -A {chain} -d {} -p tcp --dport {} -j DNAT --to-destination {backend}",
                 self.node,
-                vip.ip(),
-                vip.port()
+                service_addr.ip(),
+                service_addr.port()
             ));
         }
     }
 
-    /// A Service as kube-proxy's IPVS mode makes it: the virtual address on the node, a
+    /// A Service as kube-proxy's IPVS mode makes it: the service address on the node, a
     /// virtual server for it and `backend` as its real server (masquerading), with
     /// `net.ipv4.vs.conntrack=1`. Needs a kernel with IPVS (and fails, saying so, on one
     /// without).
-    pub fn ipvs_service(&self, vip: SocketAddr, backend: SocketAddr) {
+    pub fn ipvs_service(&self, service_addr: SocketAddr, backend: SocketAddr) {
         let n = &self.node;
         self.sysctl("net.ipv4.vs.conntrack=1");
-        run(&format!("ip -n {n} addr add {}/32 dev lo", vip.ip()));
-        run(&format!("ip netns exec {n} ipvsadm -A -t {vip} -s rr"));
-        run(&format!("ip netns exec {n} ipvsadm -a -t {vip} -r {backend} -m"));
+        run(&format!("ip -n {n} addr add {}/32 dev lo", service_addr.ip()));
+        run(&format!("ip netns exec {n} ipvsadm -A -t {service_addr} -s rr"));
+        run(&format!("ip netns exec {n} ipvsadm -a -t {service_addr} -r {backend} -m"));
     }
 
     /// A Service with no endpoints: its connects are refused, as kube-proxy's REJECT
     /// rule does.
-    pub fn service_without_endpoints(&self, vip: SocketAddr) {
-        let tables = if vip.is_ipv6() { "ip6tables" } else { "iptables" };
+    pub fn service_without_endpoints(&self, service_addr: SocketAddr) {
+        let tables = if service_addr.is_ipv6() { "ip6tables" } else { "iptables" };
         for chain in ["FORWARD", "OUTPUT"] {
             run(&format!(
                 "ip netns exec {} {tables} -w -A {chain} -d {} -p tcp --dport {} -j REJECT --reject-with tcp-reset",
                 self.node,
-                vip.ip(),
-                vip.port()
+                service_addr.ip(),
+                service_addr.port()
             ));
         }
     }

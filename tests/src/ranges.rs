@@ -22,8 +22,8 @@
 //! | top | 127.246–247 | top-a, top-b: shared by the area's tests, which take turns (a lock in `top.rs`) |
 //! | ladder | 127.248–249 | cell-a, cell-b: the agent on the core alone |
 //! | enforce, network namespace | 10.251.0.0/16, and fd00:251::/48 | the veth pairs of the pod-like namespaces the tests make: 10.251.0.0/24 and fd00:251::/64 for one, 10.251.1.0/24 and fd00:251:0:1::/64 for the other |
-//! | vip, network namespaces | 10.252.0.0/16, and fd00:252::/48 | kube-proxy's layout: node and pod namespaces; test `t` takes 10.252.(20t)–(20t+9) |
-//! | bench vip, network namespaces | 10.253.0.0/16 | `cargo xtask bench vip`'s cluster |
+//! | service_addr, network namespaces | 10.252.0.0/16, and fd00:252::/48 | kube-proxy's layout: node and pod namespaces; test `t` takes 10.252.(20t)–(20t+9) |
+//! | bench service-addr, network namespaces | 10.253.0.0/16 | `cargo xtask bench service-addr`'s cluster |
 //! | http, network namespace | 10.254.0.0/16 | the veth pair of a pod-like client of the agent's endpoints |
 //! | deploy | 10.0–2 | fixed by the shipped cell map (`deploy/kustomize/cells.yaml`); no traffic |
 //!
@@ -87,8 +87,8 @@ pub const DEPLOY: Block = Block::new(10, 0, 2);
 pub const KUBEPROXY_NETNS: Block = Block::new(10, 252, 252);
 /// The veth pair of the http area's pod-like namespace (a client off the node).
 pub const HTTP_NETNS: Block = Block::new(10, 254, 254);
-/// `cargo xtask bench vip`'s cluster (never beside the tests, but kept apart anyway).
-pub const VIP_BENCH: Block = Block::new(10, 253, 253);
+/// `cargo xtask bench service-addr`'s cluster (never beside the tests, but kept apart anyway).
+pub const SERVICE_ADDR_BENCH: Block = Block::new(10, 253, 253);
 
 /// Every block, by area.
 pub const TABLE: &[(&str, Block)] = &[
@@ -109,70 +109,10 @@ pub const TABLE: &[(&str, Block)] = &[
     ("services", SERVICES),
     ("enforce, network namespace", ENFORCE_NETNS),
     ("deploy", DEPLOY),
-    ("vip, network namespaces", KUBEPROXY_NETNS),
-    ("bench vip, network namespaces", VIP_BENCH),
+    ("service_addr, network namespaces", KUBEPROXY_NETNS),
+    ("bench service-addr, network namespaces", SERVICE_ADDR_BENCH),
     ("http, network namespace", HTTP_NETNS),
 ];
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn overlap(x: Block, y: Block) -> bool {
-        x.net == y.net && x.first <= y.last && y.first <= x.last
-    }
-
-    fn contains(b: Block, a: IpAddr) -> bool {
-        let IpAddr::V4(v) = a else { return false };
-        let [net, second, ..] = v.octets();
-        net == b.net && (b.first..=b.last).contains(&second)
-    }
-
-    #[test]
-    fn no_two_areas_share_a_range() {
-        for (i, (a, x)) in TABLE.iter().enumerate() {
-            for (b, y) in &TABLE[i + 1..] {
-                assert!(!overlap(*x, *y), "{a} ({x:?}) and {b} ({y:?}) overlap");
-            }
-        }
-        // The check itself: neighbours and nesting are overlaps, other nets are not.
-        assert!(overlap(Block::new(127, 1, 3), Block::new(127, 3, 9)));
-        assert!(overlap(Block::new(127, 1, 9), Block::new(127, 3, 4)));
-        assert!(!overlap(Block::new(127, 1, 3), Block::new(127, 4, 9)));
-        assert!(!overlap(Block::new(127, 1, 3), Block::new(10, 1, 3)));
-    }
-
-    /// The blocks not chosen by tests hold what the files that fix them say.
-    #[test]
-    fn the_fixed_cell_maps_are_inside_their_blocks() {
-        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        for (file, block) in
-            [("agent/src/cmd/demo/demo.yaml", DEMO), ("deploy/kustomize/cells.yaml", DEPLOY)]
-        {
-            let text = std::fs::read_to_string(repo.join(file))
-                .unwrap_or_else(|e| panic!("{file}: {e} (moved? update the table)"));
-            let config = agent_core::config::Config::parse(file, &text).expect("a valid map");
-            let v4: Vec<_> = config
-                .cells
-                .iter()
-                .flat_map(|c| &c.cidrs)
-                .filter(|n| n.network().is_ipv4())
-                .collect();
-            assert!(!v4.is_empty(), "{file}: no IPv4 cell");
-            for n in v4 {
-                assert!(
-                    contains(block, n.network()) && contains(block, n.broadcast()),
-                    "{file}: {n} is outside {block:?}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn addresses_and_cidrs_are_built_from_the_block() {
-        assert_eq!(FOUNDATION.ip(1, 0, 1), "127.32.0.1".parse::<IpAddr>().unwrap());
-        assert_eq!(FOUNDATION.cidr(7), "127.38.0.0/16");
-        assert_eq!(HARNESS.cidr(0), "127.0.0.0/16");
-        assert!(std::panic::catch_unwind(|| FOUNDATION.at(8)).is_err(), "127.39 is not ours");
-    }
-}
+mod tests;

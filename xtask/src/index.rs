@@ -128,7 +128,7 @@ fn a_file_left_out_of_the_map_is_found() {
 /// Every "the a, b and c areas" in `text`, each as its list of areas.
 fn area_lists(text: &str) -> Vec<Vec<String>> {
     let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    let word = |w: &str| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase());
+    let word = |w: &str| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase() || c == '_');
     let mut lists = Vec::new();
     for (i, _) in flat.match_indices(" areas") {
         let Some(the) = flat[..i].rfind("the ") else { continue };
@@ -161,4 +161,35 @@ fn the_docs_lists_of_areas_are_the_matrixs() {
         area_lists("runs the foundation, cells and\n   live areas; the x areas"),
         [["foundation", "cells", "live"]]
     );
+}
+
+/// Every crate's sources, for the layout rules below.
+const LAID_OUT: &[&str] = &[
+    "agent-ebpf/src",
+    "agent-common/src",
+    "agent-core/src",
+    "agent-view/src",
+    "agent/src",
+    "xtask/src",
+    "tests/src",
+    "tests/tests",
+];
+
+#[test]
+fn one_layout_for_modules_and_unit_tests() {
+    let mut wrong = Vec::new();
+    for dir in LAID_OUT {
+        let mut files = Vec::new();
+        sources(&root().join(dir), Path::new(""), &mut files);
+        for f in files {
+            let path = format!("{dir}/{}", f.display());
+            if f.file_name().is_some_and(|n| n == "mod.rs") {
+                wrong.push(format!("{path}: a module with submodules is `foo.rs` beside `foo/`"));
+            }
+            if read(&path).lines().any(|l| l.trim_start().starts_with("mod tests {")) {
+                wrong.push(format!("{path}: unit tests go in the module's own `tests.rs`"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
 }

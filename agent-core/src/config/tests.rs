@@ -275,9 +275,11 @@ fn service_cidrs_are_parsed_and_each_problem_located() {
         got[4].starts_with("c.yaml:6:63: prefix 127.0.0.0/8 is both a Service range and ignored"),
         "{got:?}"
     );
-    // The kernel's tries hold each range as the virtual-address entry.
+    // The kernel's tries hold each range as the service-address entry.
     let compiled = crate::policy::compile(&ok, &mut crate::ids::CellIds::default()).unwrap();
     assert!(
-        compiled.prefixes.contains(&("10.96.0.0/12".parse().unwrap(), agent_common::CELL_VIRTUAL))
+        compiled
+            .prefixes
+            .contains(&("10.96.0.0/12".parse().unwrap(), agent_common::CELL_SERVICE_ADDR))
     );
 }

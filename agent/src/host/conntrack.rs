@@ -1,5 +1,5 @@
 //! Lookups in this network namespace's conntrack table over ctnetlink: where a
-//! connection to a Kubernetes Service's virtual address really went (the backend its
+//! connection to a Kubernetes Service address really went (the backend its
 //! DNAT chose, PREROUTING for pod clients and OUTPUT for host-network ones alike).
 #![forbid(unsafe_code)]
 
@@ -29,7 +29,7 @@ pub(crate) enum ConntrackError {
 pub(crate) enum Destination {
     /// DNAT sent it to this backend.
     Backend(SocketAddr),
-    /// The entry is there but not NATed: the virtual address answered itself (no
+    /// The entry is there but not NATed: the service address answered itself (no
     /// backend: a REJECT, or a Service with no endpoints).
     NotNated,
     /// No entry for it (gone, or never passed this namespace's conntrack).
@@ -54,7 +54,7 @@ impl Conntrack {
         Ok(Self { socket, seq: 0, rx: Vec::with_capacity(4096) })
     }
 
-    /// Where the connection whose client holds `original` (client to virtual address)
+    /// Where the connection whose client holds `original` (client to service address)
     /// went. An answer to an earlier lookup (one that timed out) is passed over: only
     /// the answer with this lookup's sequence number counts.
     pub(crate) fn destination(&mut self, original: &Tuple) -> Result<Destination, ConntrackError> {

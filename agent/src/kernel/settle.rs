@@ -1,4 +1,4 @@
-//! The agent's side of connections to Services' virtual addresses (`vip.rs` and
+//! The agent's side of connections to Service addresses (`service_addr.rs` and
 //! `settle.rs` in the programs): writing where each went into `RESOLVED`, settling the
 //! connections of `DEFERRED` it answers, and removing what was settled. The settling
 //! runs by whichever way the kernel allows (see [`Way`]).

@@ -14,7 +14,7 @@ use super::init;
 /// agent's seeding and its `/connections` details, and `ss`), veth and netem for the
 /// live area's slow, lossy path between network namespaces, and what kube-proxy's
 /// iptables (nft) DNAT and REJECT, its IPVS mode and the agent's conntrack lookups
-/// (ctnetlink) need in the vip area. Loaded by /init in this order, each after the modules it depends on.
+/// (ctnetlink) need in the service_addr area. Loaded by /init in this order, each after the modules it depends on.
 const MODULES: &[&str] = &[
     "net/ipv4/inet_diag",
     "net/ipv4/tcp_diag",

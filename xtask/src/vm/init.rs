@@ -15,12 +15,12 @@ use std::{
 /// connection counting, cell verdicts, telemetry, restarts, live counting, Kubernetes
 /// Services (kube-proxy's DNAT and the conntrack lookups) and the capability ladder.
 pub(crate) const AREAS: &[&str] =
-    &["foundation", "cells", "telemetry", "restart", "live", "vip", "ladder"];
+    &["foundation", "cells", "telemetry", "restart", "live", "service_addr", "ladder"];
 /// The areas run a second time with the ladder's fallbacks forced (`--without FORCED` on
 /// every agent they start, through the tests' `CELLWATCH_TEST_WITHOUT`): the live sweep
 /// by the TCP iterator in each network namespace, and the settling of Service
 /// connections by `BPF_PROG_TEST_RUN`. Their result lines are `<area>/without`.
-pub(crate) const FORCED_AREAS: &[&str] = &["live", "telemetry", "vip", "restart"];
+pub(crate) const FORCED_AREAS: &[&str] = &["live", "telemetry", "service_addr", "restart"];
 /// What the forced run does without.
 pub(crate) const FORCED: &str = "sk_storage_iter,map_elem_iter";
 /// The environment variable the tests read it from (`cellwatch_tests::WITHOUT_ENV`).
@@ -33,11 +33,11 @@ pub(crate) fn result_count() -> usize {
 /// under software emulation would take minutes, and the VMs have no Prometheus.
 const SKIPPED: &[&str] = &[
     "telemetry::a_connection_older_than_the_agent_that_moved_over_4_gib",
-    "vip::a_leak_through_a_service_address_fires_cross_cell_leakage",
+    "service_addr::a_leak_through_a_service_address_fires_cross_cell_leakage",
 ];
 /// The test the host's run leaves to the VMs: this host's kernel has no IPVS, Debian's
 /// 6.1 and 6.12 kernels do.
-pub(crate) const VM_ONLY: &str = "vip::ipvs_pod_clients_count_under_the_pod_they_reach";
+pub(crate) const VM_ONLY: &str = "service_addr::ipvs_pod_clients_count_under_the_pod_they_reach";
 /// Where the integration-test binary is in the initramfs.
 pub(crate) const TESTS: &str = "/tests/it";
 /// Marks an area's result line on the console:

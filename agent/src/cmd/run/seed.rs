@@ -72,7 +72,7 @@ fn judge(
     let server_side = listening.contains(&s.local.port());
     let (client, mut server): (SocketAddr, SocketAddr) =
         if server_side { (s.remote, s.local) } else { (s.local, s.remote) };
-    // A client of a Service's virtual address: judged by the backend its DNAT chose.
+    // A client of a Service address: judged by the backend its DNAT chose.
     let mut unresolved = false;
     if !server_side && cfg.service_cidrs.iter().any(|n| n.contains(&server.ip().to_canonical())) {
         let t = Tuple {

@@ -130,7 +130,7 @@ impl MapsHandle {
         crate::sync::lock(&self.0.maps)
     }
 
-    /// Writes where connections to virtual addresses went (socket cookie, resolution)
+    /// Writes where connections to service addresses went (socket cookie, resolution)
     /// and counts those of them that closed before; returns how many of those it counted.
     pub(crate) fn resolve(
         &self,
@@ -139,7 +139,7 @@ impl MapsHandle {
         self.0.settler.resolve(&self.0.maps, resolved)
     }
 
-    /// Connections to virtual addresses that closed before their backend was known and
+    /// Connections to service addresses that closed before their backend was known and
     /// wait for it still.
     pub(crate) fn waiting_deferred(&self) -> Vec<agent_common::Deferred> {
         settle::Settler::waiting(&self.0.maps)

@@ -36,7 +36,7 @@ use crate::{
 use screen::Screen;
 
 /// The demo's cell map: global and cell-1 to cell-3 on 127.100.0.0/16.
-pub(crate) const DEMO_YAML: &str = include_str!("demo.yaml");
+pub(crate) const DEMO_YAML: &str = include_str!("demo/demo.yaml");
 
 /// How long a read of the agent's own endpoints may take.
 const FETCH_LIMIT: Duration = Duration::from_secs(5);

@@ -1,8 +1,8 @@
-//! Connections to Kubernetes Services' virtual addresses (`service_cidrs`): the agent
+//! Connections to Kubernetes Service addresses (`service_cidrs`): the agent
 //! finds where each went (the reply tuple of its conntrack entry, in the node's network
 //! namespace where kube-proxy's DNAT ran), judges that backend by the running config and
 //! hands the answer to the kernel, which counts the connection under it from then on
-//! (`vip.rs` and `settle.rs` in the programs).
+//! (`service_addr.rs` and `settle.rs` in the programs).
 use std::{
     collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
@@ -52,7 +52,7 @@ const ANNOUNCED_FOR: Duration = Duration::from_secs(60);
 /// reused port's old entry is replaced).
 const RETRY_AFTER: Duration = Duration::from_millis(300);
 
-/// Find the backend of this connection: its cookie, its client and the virtual address.
+/// Find the backend of this connection: its cookie, its client and the service address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Request {
     cookie: u64,
@@ -60,7 +60,7 @@ struct Request {
 }
 
 impl Request {
-    /// The request the kernel sent (`src` is the client, `dst` the virtual address).
+    /// The request the kernel sent (`src` is the client, `dst` the service address).
     fn of_event(e: &ViolationEvent) -> Self {
         Self::new(e.cookie, e.family, (e.src_addr, e.src_port), (e.dst_addr, e.dst_port))
     }
@@ -333,8 +333,8 @@ impl Announced {
         self.by_tuple.retain(|_, (_, at)| now.duration_since(*at) < ANNOUNCED_FOR);
         let mut over = 0;
         for (orig, reply) in entries {
-            let virtual_ = cfg.service_cidrs.iter().any(|n| n.contains(&orig.dst.ip()));
-            if let (true, Some(backend)) = (virtual_, Tuple::backend_of(&orig, &reply)) {
+            let to_service = cfg.service_cidrs.iter().any(|n| n.contains(&orig.dst.ip()));
+            if let (true, Some(backend)) = (to_service, Tuple::backend_of(&orig, &reply)) {
                 if self.by_tuple.len() >= ANNOUNCED_MAX && !self.by_tuple.contains_key(&orig) {
                     over += 1;
                     continue;
@@ -392,17 +392,4 @@ pub(crate) fn probe() -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    #[test]
-    fn a_table_past_the_bound_is_read_to_its_last_whole_line_and_said() {
-        let dir = std::env::temp_dir().join(format!("cellwatch-ipvs-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("ip_vs_conn");
-        std::fs::write(&p, "header\nline one\nline two\n").unwrap();
-        let path = p.to_str().unwrap();
-        assert_eq!(super::read_bounded(path, 1024), ("header\nline one\nline two\n".into(), true));
-        assert_eq!(super::read_bounded(path, 20), ("header\nline one\n".into(), false));
-        assert_eq!(super::read_bounded("/nonexistent/ip_vs_conn", 20), (String::new(), true));
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
+mod tests;

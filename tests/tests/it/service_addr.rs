@@ -1,4 +1,4 @@
-//! Kubernetes Services: a connection to a Service's virtual address counts under the pod
+//! Kubernetes Services: a connection to a Service address counts under the pod
 //! its DNAT reached, on egress as on ingress, with that pod's cell and verdict. Built as
 //! kube-proxy builds it, in network namespaces the tests make: pods joined to a node,
 //! iptables DNAT in the node (PREROUTING for pod clients, OUTPUT for the node's own), and
@@ -148,10 +148,10 @@ fn through_services(t: u8, v6: bool, clients: Clients) {
     c.default_route("b");
     let node_client = ip(t, 3, 1, v6);
     c.node_addr(node_client);
-    let vip = |port| SocketAddr::new(ip(t, 9, 10, v6), port);
-    c.service(vip(80), SocketAddr::new(server.addr, 8080));
-    c.service(vip(81), SocketAddr::new(server.addr, 8081));
-    c.service(vip(82), SocketAddr::new(server.addr, 8099));
+    let service_addr = |port| SocketAddr::new(ip(t, 9, 10, v6), port);
+    c.service(service_addr(80), SocketAddr::new(server.addr, 8080));
+    c.service(service_addr(81), SocketAddr::new(server.addr, 8081));
+    c.service(service_addr(82), SocketAddr::new(server.addr, 8099));
     let src = if clients == Clients::Pod { "cell-a" } else { "cell-h" };
     let a = agent(&c, &config(t, v6, "audit"));
 
@@ -163,7 +163,7 @@ fn through_services(t: u8, v6: bool, clients: Clients) {
     let allowed = serve(c.listen(&server, 8081), M, 1, 2);
 
     // Held open: counted under the backend while it is open (the sweep finds it).
-    let mut held = connect(vip(80)).expect("connect through the Service address");
+    let mut held = connect(service_addr(80)).expect("connect through the Service address");
     held.write_all(&[1]).unwrap();
     let mut two = [0; 2];
     held.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -179,12 +179,12 @@ fn through_services(t: u8, v6: bool, clients: Clients) {
     );
 
     for _ in 0..N {
-        exchange(connect(vip(80)).unwrap(), 1, 2);
+        exchange(connect(service_addr(80)).unwrap(), 1, 2);
     }
     for _ in 0..M {
-        exchange(connect(vip(81)).unwrap(), 1, 2);
+        exchange(connect(service_addr(81)).unwrap(), 1, 2);
     }
-    let refused = connect(vip(82)).expect_err("nothing listens on the backend's port");
+    let refused = connect(service_addr(82)).expect_err("nothing listens on the backend's port");
     assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused, "{refused}");
     drop(held);
     assert_eq!((denied.join().unwrap(), allowed.join().unwrap()), (N + 1, M));
@@ -267,12 +267,12 @@ fn ipvs_pod_clients_count_under_the_pod_they_reach() {
     let mut c = Cluster::new(&format!("v{t}"));
     let client = c.pod("a", ip(t, 1, 10, false), ip(t, 0, 1, false));
     let server = c.pod("b", ip(t, 2, 10, false), ip(t, 0, 2, false));
-    let vip = SocketAddr::new(ip(t, 9, 10, false), 80);
-    c.ipvs_service(vip, SocketAddr::new(server.addr, 8080));
+    let service_addr = SocketAddr::new(ip(t, 9, 10, false), 80);
+    c.ipvs_service(service_addr, SocketAddr::new(server.addr, 8080));
     let a = agent(&c, &config(t, false, "audit"));
     let served = serve(c.listen(&server, 8080), N, 1, 2);
     for _ in 0..N {
-        exchange(c.connect(&client, vip).expect("through the IPVS virtual server"), 1, 2);
+        exchange(c.connect(&client, service_addr).expect("through the IPVS virtual server"), 1, 2);
     }
     assert_eq!(served.join().unwrap(), N);
     let n = N as f64;
@@ -305,11 +305,11 @@ fn a_service_without_endpoints_counts_as_unresolved_not_external() {
     let mut c = Cluster::new(&format!("v{t}"));
     let client = c.pod("a", ip(t, 1, 10, false), ip(t, 0, 1, false));
     c.default_route("a");
-    let vip = SocketAddr::new(ip(t, 9, 20, false), 80);
-    c.service_without_endpoints(vip);
+    let service_addr = SocketAddr::new(ip(t, 9, 20, false), 80);
+    c.service_without_endpoints(service_addr);
     let a = agent(&c, &config(t, false, "audit"));
     for _ in 0..4 {
-        let e = c.connect(&client, vip).expect_err("a Service without endpoints refuses");
+        let e = c.connect(&client, service_addr).expect_err("a Service without endpoints refuses");
         assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
     }
     let reason = |m: &Metrics, dst| {
@@ -334,8 +334,8 @@ fn enforce_lets_service_connects_through_and_counts_their_leaks() {
     let mut c = Cluster::new(&format!("v{t}"));
     let client = c.pod("a", ip(t, 1, 10, false), ip(t, 0, 1, false));
     let server: Pod = c.pod("b", ip(t, 2, 10, false), ip(t, 0, 2, false));
-    let vip = SocketAddr::new(ip(t, 9, 10, false), 80);
-    c.service(vip, SocketAddr::new(server.addr, 8080));
+    let service_addr = SocketAddr::new(ip(t, 9, 10, false), 80);
+    c.service(service_addr, SocketAddr::new(server.addr, 8080));
     let a = agent(&c, &config(t, false, "enforce"));
     let served = serve(c.listen(&server, 8080), 3, 1, 2);
     // A direct connect from cell-a to cell-b is refused, as enforce does.
@@ -345,7 +345,7 @@ fn enforce_lets_service_connects_through_and_counts_their_leaks() {
         Some(libc::EPERM)
     );
     for _ in 0..3 {
-        exchange(c.connect(&client, vip).expect("through the Service address"), 1, 2);
+        exchange(c.connect(&client, service_addr).expect("through the Service address"), 1, 2);
     }
     assert_eq!(served.join().unwrap(), 3);
     let m = settle(&a, |m| closed(m, "cell-a", "cell-b", "egress", "violation") >= 3.0);
@@ -428,14 +428,14 @@ fn a_leak_through_a_service_address_fires_cross_cell_leakage() {
     let mut c = Cluster::new(&format!("v{t}"));
     let client = c.pod("a", ip(t, 1, 10, false), ip(t, 0, 1, false));
     let server = c.pod("b", ip(t, 2, 10, false), ip(t, 0, 2, false));
-    let vip = SocketAddr::new(ip(t, 9, 10, false), 80);
-    c.service(vip, SocketAddr::new(server.addr, 8080));
+    let service_addr = SocketAddr::new(ip(t, 9, 10, false), 80);
+    c.service(service_addr, SocketAddr::new(server.addr, 8080));
     let a = agent(&c, &config(t, false, "audit"));
     let (port, stop) = forward_into(&c.node, a.port);
     let prom = Prometheus::start(PromOpts { target: Some(port), ..PromOpts::default() });
     let served = serve(c.listen(&server, 8080), 3, 1, 2);
     for _ in 0..3 {
-        exchange(c.connect(&client, vip).unwrap(), 1, 2);
+        exchange(c.connect(&client, service_addr).unwrap(), 1, 2);
     }
     assert_eq!(served.join().unwrap(), 3);
     prom.wait_for("firing CrossCellLeakage for cell-a -> cell-b", Duration::from_secs(90), || {

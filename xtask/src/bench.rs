@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: benchmarks whose results go into BENCHMARKS.md ([`record`]), each
 //! measured side by side in one run (interleaved, several runs each, median and spread).
 //! This module is their command line and dispatch. One module per benchmark
-//! ([`churn`], [`bulk`], [`scale`], [`sweep`], [`micro`], [`config_load`], [`vip`]) uses
+//! ([`churn`], [`bulk`], [`scale`], [`sweep`], [`micro`], [`config_load`], [`service_addr`]) uses
 //! what they share,
 //! the bench harness ([`harness`]), [`stats`] and [`record`]; none of those imports this
 //! module or a benchmark.
@@ -12,9 +12,9 @@ mod harness;
 mod micro;
 mod record;
 mod scale;
+mod service_addr;
 mod stats;
 mod sweep;
-mod vip;
 
 use std::path::PathBuf;
 
@@ -67,7 +67,7 @@ pub(crate) enum Bench {
     },
     /// Churn through a Kubernetes Service address and directly, with and without the
     /// agent, in kube-proxy's layout in network namespaces.
-    Vip {
+    ServiceAddr {
         /// One short run of each variant, nothing recorded (what CI runs).
         #[arg(long)]
         smoke: bool,
@@ -81,7 +81,7 @@ pub(crate) fn run(which: Bench) -> Result<()> {
         Bench::Micro => micro::micro(),
         Bench::Scale { smoke, baseline } => scale::scale(smoke, baseline),
         Bench::Churn { smoke, baseline } => churn::churn(smoke, baseline),
-        Bench::Vip { smoke } => vip::vip(smoke),
+        Bench::ServiceAddr { smoke } => service_addr::service_addr(smoke),
         Bench::Sweep { smoke } => sweep::sweep(smoke),
     }
 }
@@ -92,5 +92,5 @@ pub(crate) fn smoke() -> Result<()> {
     bulk::bulk(true, None)?;
     scale::scale(true, None)?;
     sweep::sweep(true)?;
-    vip::vip(true)
+    service_addr::service_addr(true)
 }

@@ -5,7 +5,7 @@
 
 mod reload;
 mod seed;
-mod vip;
+mod service_addr;
 
 use std::{
     future::Future,
@@ -316,7 +316,7 @@ fn load(
 fn conntrack_lookups(without: &Without) -> bool {
     let conntrack = if without.has(Feature::ConntrackLookup) {
         Found::Forced
-    } else if vip::probe() {
+    } else if service_addr::probe() {
         Found::Works
     } else {
         Found::Refused(
@@ -436,7 +436,7 @@ impl Threads {
                 stop.clone(),
             )
         });
-        let resolver = vip::spawn(vip::Resolver {
+        let resolver = service_addr::spawn(service_addr::Resolver {
             maps: kernel.maps(),
             config,
             ids: ids.clone(),

@@ -1,5 +1,5 @@
-//! Connections to a Kubernetes Service's virtual address (`service_cidrs`). Netfilter
-//! rewrites packets, not sockets: the client's socket only ever holds the virtual
+//! Connections to a Kubernetes Service address (`service_cidrs`). Netfilter
+//! rewrites packets, not sockets: the client's socket only ever holds the service
 //! address. So such a connection counts nothing until the agent has found its backend
 //! in conntrack and written the backend's cell, service and verdict into `RESOLVED`;
 //! then the first of the sweep, the close or the settling (`settle.rs`) to see it counts

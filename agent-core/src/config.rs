@@ -15,7 +15,7 @@ pub use ipnet::IpNet;
 /// The embedded default: no cells, loopback ignored, audit mode. Every peer is then
 /// `external` and allowed, so the agent reports connection telemetry from the first
 /// second without anything to configure.
-pub const DEFAULT_YAML: &str = include_str!("default.yaml");
+pub const DEFAULT_YAML: &str = include_str!("config/default.yaml");
 
 /// Largest config file accepted, so a mistaken path (a log, a disk image) fails fast.
 pub const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;

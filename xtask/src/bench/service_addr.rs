@@ -1,4 +1,4 @@
-//! `cargo xtask bench vip`: connection churn through a Kubernetes Service's virtual
+//! `cargo xtask bench service-addr`: connection churn through a Kubernetes Service
 //! address, side by side with direct connects to the same pod, with and without the
 //! agent. kube-proxy's layout in network namespaces (`cellwatch_tests::kubeproxy`): a
 //! client pod, a server pod, iptables DNAT in the node, the agent in the node's namespace.
@@ -45,20 +45,20 @@ enum Target {
     Service,
 }
 
-pub(crate) fn vip(smoke: bool) -> Result<()> {
+pub(crate) fn service_addr(smoke: bool) -> Result<()> {
     let bin = agent_build(smoke)?;
     let (n, runs) = if smoke { (200, 1) } else { (2000, 5) };
     step(&format!(
-        "vip: {n} connections per run through a Service address and directly, with and \
+        "service_addr: {n} connections per run through a Service address and directly, with and \
          without the agent, {runs} runs of each, interleaved"
     ));
     let mut c = Cluster::new("bench");
     let client = c.pod("a", addr(1, 10), addr(0, 1));
     let server = c.pod("b", addr(2, 10), addr(0, 2));
     c.default_route("b");
-    let vip = SocketAddr::new(addr(9, 10), 80);
+    let service_addr = SocketAddr::new(addr(9, 10), 80);
     let port = 8080;
-    c.service(vip, SocketAddr::new(server.addr, port));
+    c.service(service_addr, SocketAddr::new(server.addr, port));
     let direct = SocketAddr::new(server.addr, port);
     // (agent?, target) in table order.
     let variants = [
@@ -73,7 +73,7 @@ pub(crate) fn vip(smoke: bool) -> Result<()> {
             let i = (k + run) % variants.len();
             let (with_agent, target) = variants[i];
             let agent = with_agent.then(|| start(&bin, &c)).transpose()?;
-            let to = if target == Target::Direct { direct } else { vip };
+            let to = if target == Target::Direct { direct } else { service_addr };
             let rate = churn(&c, &client, &server, port, to, n);
             if let Some(a) = agent {
                 check(&a, n, target)?;
@@ -88,7 +88,7 @@ pub(crate) fn vip(smoke: bool) -> Result<()> {
     }
     let base = median(&rates[0]);
     let mut t = format!(
-        "### Churn through a Service address\n\n`cargo xtask bench vip`: {n} connections per \
+        "### Churn through a Service address\n\n`cargo xtask bench service-addr`: {n} connections per \
          run from a client pod to a server pod, connect, one byte each way, close with RST (no \
          TIME_WAIT to stall a reused port), either to the pod's address or through a Service address that iptables DNAT \
          in the node sends to it, as kube-proxy does; the agent runs in the node's network \
@@ -112,7 +112,7 @@ pub(crate) fn vip(smoke: bool) -> Result<()> {
         ratio(3, 2),
         ratio(1, 0)
     ));
-    record::update("vip", &t)?;
+    record::update("service_addr", &t)?;
     println!("\n{t}\n    BENCHMARKS.md updated");
     Ok(())
 }
