@@ -287,13 +287,12 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// Payload sent and acknowledged since `base`: acknowledged sequence space, bounded
-    /// by the payload ever sent, so the FIN (acknowledged, never payload) is left out
-    /// without knowing whether it was sent.
+    /// Payload this socket sent since `base`, each byte once (a retransmission is not
+    /// sent again; SYN and FIN carry none). Not what the peer acknowledged: a peer that
+    /// resets the connection before its delayed ACK leaves sent bytes unacknowledged,
+    /// and they were sent all the same.
     pub const fn payload_sent(&self, base: &Progress) -> u64 {
-        let acked = self.acked.saturating_sub(base.acked);
-        let sent = self.sent_once.saturating_sub(base.sent_once);
-        if acked < sent { acked } else { sent }
+        self.sent_once.saturating_sub(base.sent_once)
     }
 
     /// Payload received since `base`, less the peer's FIN when it came (`fin`).
@@ -450,3 +449,6 @@ const _: () = assert!(core::mem::size_of::<CellInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<PolicyKey>() == 16);
 const _: () = assert!(core::mem::size_of::<NetnsKey>() == 16);
 const _: () = assert!(core::mem::size_of::<NetnsAddr>() == 24);
+
+#[cfg(test)]
+mod tests;

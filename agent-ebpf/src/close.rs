@@ -9,7 +9,7 @@ use agent_common::{Claimed, Failure, Progress};
 use crate::stats::{Slot, add};
 
 /// The figures of a connection at its end.
-pub(crate) struct End {
+pub(crate) struct Final {
     /// The socket's counters and whether the peer's FIN had come (`None`: unreadable).
     pub(crate) last: Option<(Progress, bool)>,
     /// The failure its end counts, or [`Failure::NONE`].
@@ -28,7 +28,7 @@ pub(crate) unsafe fn account(
     slot: &Slot,
     claimed: *mut Claimed,
     base: &Progress,
-    end: &End,
+    end: &Final,
     established: bool,
     rtt_sample: bool,
 ) {

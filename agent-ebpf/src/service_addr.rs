@@ -12,7 +12,7 @@ use agent_common::{CONN_ESTABLISHED, CTR_DEFERRED_FULL, Conn, PairKey, Resolutio
 use aya_ebpf::bindings::BPF_NOEXIST;
 
 use crate::{
-    close::End,
+    close::Final,
     events,
     maps::{DEFER_SCRATCH, DEFERRED, RESOLVED},
     stats::{Slot, add, count},
@@ -85,7 +85,7 @@ pub(crate) unsafe fn count_open(c: *mut Conn, slot: &Slot) {
 /// # Safety
 /// `c` must point to the connection's socket storage.
 #[inline(always)]
-pub(crate) unsafe fn defer(c: *mut Conn, end: &End) {
+pub(crate) unsafe fn defer(c: *mut Conn, end: &Final) {
     let Some(d) = DEFER_SCRATCH.get_ptr_mut(0) else { return };
     // SAFETY: `d` is this CPU's scratch value; `c` per the contract.
     let cookie = unsafe {

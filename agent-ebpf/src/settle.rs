@@ -11,7 +11,7 @@
 use agent_common::{CONN_ESTABLISHED, observes_rtt};
 
 use crate::{
-    close::{End, account},
+    close::{Final, account},
     ctx::{MapElemIterCtx, map_elem},
     maps::DEFERRED,
     service_addr,
@@ -59,7 +59,7 @@ fn try_settle(cookie: u64) {
         let key = service_addr::apply(c, &r);
         let Some(slot) = Slot::of(&key) else { return };
         service_addr::count_open(c, &slot);
-        let end = End {
+        let end = Final {
             last: Some(((*d).last, (*d).fin != 0)),
             failure: (*d).failure(),
             srtt_us: (*d).srtt_us,

@@ -24,7 +24,7 @@ use aya_log_ebpf::warn;
 
 use crate::{
     cells::View,
-    close::{End, account},
+    close::{Final, account},
     conn,
     ctx::Ops,
     events,
@@ -360,7 +360,7 @@ fn end_of(
     sk: *mut core::ffi::c_void,
     established: bool,
     direction: Direction,
-) -> End {
+) -> Final {
     let sock = Sock::of(sk.cast_const());
     let err = sock.as_ref().map_or(0, |s| s.err());
     if established {
@@ -381,7 +381,7 @@ fn end_of(
         // A RST ended it (the kernel says EPIPE once our side had seen the FIN).
         let failure =
             if err == ECONNRESET || err == EPIPE { Failure::RESET } else { Failure::NONE };
-        End { last, failure, srtt_us: ops.srtt_us() }
+        Final { last, failure, srtt_us: ops.srtt_us() }
     } else if direction == Direction::EGRESS {
         let failure = match err {
             ECONNREFUSED => Failure::REFUSED,
@@ -390,9 +390,9 @@ fn end_of(
             0 if ops.total_retrans() > 0 => Failure::TIMEOUT,
             _ => Failure::OTHER,
         };
-        End { last: None, failure, srtt_us: 0 }
+        Final { last: None, failure, srtt_us: 0 }
     } else {
-        End { last: None, failure: Failure::NONE, srtt_us: 0 }
+        Final { last: None, failure: Failure::NONE, srtt_us: 0 }
     }
 }
 

@@ -1,5 +1,5 @@
 //! `cellwatch report`'s model, with no network: the answers of a Prometheus (one instant
-//! query per [`Family`], see [`prom`]) become the blast radius of each service, each
+//! query per [`Query`], see [`prom`]) become the blast radius of each service, each
 //! cell's dependencies and containment, and the outlier cells; [`render`] writes them as
 //! text, JSON or graphviz dot.
 //!
@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use agent_core::{metrics::families as f, names::EXTERNAL};
 use serde::Serialize;
 
-pub use prom::{AnswerError, Family, Range, Series, parse_answer};
+pub use prom::{AnswerError, Query, Range, Series, parse_answer};
 
 use crate::scrape::Hist;
 
@@ -44,7 +44,7 @@ pub const P99_FLOOR_SECONDS: f64 = 0.05;
 pub const MIN_CONNECTS_PER_SECOND: f64 = 0.2;
 
 /// Each family's series, as Prometheus answered.
-pub type Answers = BTreeMap<Family, Vec<Series>>;
+pub type Answers = BTreeMap<Query, Vec<Series>>;
 
 /// Prometheus has none of cellwatch's families over the range.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -216,35 +216,35 @@ type Compared = (Signal, f64, fn(&Traffic) -> Option<f64>);
 /// The families of one kind of destination (`dst_cell` or `service`).
 struct Kind {
     label: &'static str,
-    opened: Family,
-    failed: Family,
-    sent: Family,
-    received: Family,
-    latency: Family,
+    opened: Query,
+    failed: Query,
+    sent: Query,
+    received: Query,
+    latency: Query,
 }
 
 const PAIRS: Kind = Kind {
     label: "dst_cell",
-    opened: Family::PairOpened,
-    failed: Family::PairFailed,
-    sent: Family::PairSent,
-    received: Family::PairReceived,
-    latency: Family::PairLatency,
+    opened: Query::PairOpened,
+    failed: Query::PairFailed,
+    sent: Query::PairSent,
+    received: Query::PairReceived,
+    latency: Query::PairLatency,
 };
 
 const SERVICES: Kind = Kind {
     label: "service",
-    opened: Family::ServiceOpened,
-    failed: Family::ServiceFailed,
-    sent: Family::ServiceSent,
-    received: Family::ServiceReceived,
-    latency: Family::ServiceLatency,
+    opened: Query::ServiceOpened,
+    failed: Query::ServiceFailed,
+    sent: Query::ServiceSent,
+    received: Query::ServiceReceived,
+    latency: Query::ServiceLatency,
 };
 
 fn flows(answers: &Answers, kind: &Kind) -> Flows {
     let mut flows = Flows::new();
-    let series = |f: Family| answers.get(&f).map(Vec::as_slice).unwrap_or_default();
-    let fields: [(Family, AddTo); 5] = [
+    let series = |f: Query| answers.get(&f).map(Vec::as_slice).unwrap_or_default();
+    let fields: [(Query, AddTo); 5] = [
         (kind.opened, |t, v, _| t.opened += v),
         (kind.failed, |t, v, _| t.failed += v),
         (kind.sent, |t, v, _| t.bytes += v),
@@ -302,13 +302,13 @@ fn median(values: &mut [f64]) -> Option<f64> {
 impl Report {
     /// The report over `range` from Prometheus' answers.
     pub fn build(range: Range, answers: &Answers) -> Result<Self, NoData> {
-        let empty = |f: Family| answers.get(&f).is_none_or(Vec::is_empty);
-        if empty(Family::Cells) && empty(Family::PairOpened) && empty(Family::ServiceOpened) {
+        let empty = |f: Query| answers.get(&f).is_none_or(Vec::is_empty);
+        if empty(Query::Cells) && empty(Query::PairOpened) && empty(Query::ServiceOpened) {
             return Err(NoData(range));
         }
         let mut notes = Vec::new();
         let mut global = BTreeMap::<String, bool>::new();
-        for s in answers.get(&Family::Cells).into_iter().flatten() {
+        for s in answers.get(&Query::Cells).into_iter().flatten() {
             if !s.label("cell").is_empty() {
                 *global.entry(s.label("cell").to_owned()).or_default() |=
                     s.label("global") == "true";
@@ -322,7 +322,7 @@ impl Report {
             ));
         }
         let mut home = BTreeMap::<String, String>::new();
-        for s in answers.get(&Family::Services).into_iter().flatten() {
+        for s in answers.get(&Query::Services).into_iter().flatten() {
             if !s.label("service").is_empty() && !s.label("cell").is_empty() {
                 home.entry(s.label("service").to_owned())
                     .or_insert_with(|| s.label("cell").to_owned());

@@ -1,6 +1,6 @@
 //! kube-proxy's layout, in network namespaces the test makes itself: a "node" namespace
 //! and "pod" namespaces joined to it by veth pairs (the node routes between them), and
-//! Service service addresses that iptables DNAT in the node sends to a pod: in
+//! Service addresses that iptables DNAT in the node sends to a pod: in
 //! PREROUTING for pod clients, in OUTPUT for the node's own (host-network) clients.
 //! Everything is removed on drop, whatever the test did.
 use std::{

@@ -214,8 +214,11 @@ impl Agent {
 
     fn launch(opts: AgentOpts<'_>) -> Result<Self, String> {
         let dir = TempDir::new("agent");
-        let port = free_port();
         let host = if opts.listen_all { "0.0.0.0" } else { "127.0.0.1" };
+        // Free on the address the agent binds: a port free on 127.0.0.1 may be held on
+        // another loopback address by a test's server, which 0.0.0.0 would clash with.
+        let port =
+            TcpListener::bind((host, 0)).and_then(|l| l.local_addr()).expect("free port").port();
         let listen = format!("{host}:{port}");
         let stderr = dir.0.join("stderr.log");
         let mut argv: Vec<String> = opts.wrapper.iter().map(|s| (*s).to_owned()).collect();

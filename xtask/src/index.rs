@@ -186,7 +186,7 @@ fn one_layout_for_modules_and_unit_tests() {
             if f.file_name().is_some_and(|n| n == "mod.rs") {
                 wrong.push(format!("{path}: a module with submodules is `foo.rs` beside `foo/`"));
             }
-            if read(&path).lines().any(|l| l.trim_start().starts_with("mod tests {")) {
+            if read(&path).lines().any(|l| l.ends_with("mod tests {")) {
                 wrong.push(format!("{path}: unit tests go in the module's own `tests.rs`"));
             }
         }

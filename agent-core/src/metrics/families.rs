@@ -52,7 +52,8 @@ pub const START_INFO: &str = "cellwatch_start_info";
 pub const PINNED_STATE_DISCARDED_TOTAL: &str = "cellwatch_pinned_state_discarded_total";
 pub const KERNEL_FEATURE: &str = "cellwatch_kernel_feature";
 
-/// Every family, in the order `/metrics` writes them.
+/// Every family: the kernel-derived ones in the order `/metrics` writes them, then the
+/// agent's own (which the registry writes sorted by name).
 pub const ALL: [&str; 34] = [
     CONNECTIONS_OPENED_TOTAL,
     CONNECTIONS_CLOSED_TOTAL,

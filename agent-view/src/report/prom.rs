@@ -67,7 +67,7 @@ impl fmt::Display for Range {
 
 /// One thing the report reads, as one instant query.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Family {
+pub enum Query {
     /// The configured cells (`cell`) and whether each is global (`global`).
     Cells,
     /// The configured services (`service`) and the cell each lies in (`cell`).
@@ -90,8 +90,8 @@ pub enum Family {
     ServiceLatency,
 }
 
-impl Family {
-    pub const ALL: [Family; 12] = [
+impl Query {
+    pub const ALL: [Query; 12] = [
         Self::Cells,
         Self::Services,
         Self::PairOpened,

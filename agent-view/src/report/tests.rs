@@ -27,11 +27,11 @@ fn answer(series: &[(&[(&str, &str)], &str)]) -> String {
     json!({ "status": "success", "data": { "resultType": "vector", "result": result } }).to_string()
 }
 
-type Canned<'a> = &'a [(Family, &'a [(&'a [(&'a str, &'a str)], &'a str)])];
+type Canned<'a> = &'a [(Query, &'a [(&'a [(&'a str, &'a str)], &'a str)])];
 
 /// Answers for the families given; the others answer an empty vector.
 fn answers(canned: Canned<'_>) -> Answers {
-    Family::ALL
+    Query::ALL
         .iter()
         .map(|f| {
             let series = canned.iter().find(|(g, _)| g == f).map_or(&[][..], |(_, s)| s);
@@ -62,10 +62,10 @@ fn two_dependents() -> Report {
     Report::build(
         hour(),
         &answers(&[
-            (Family::Cells, CELLS),
-            (Family::Services, SERVICES),
+            (Query::Cells, CELLS),
+            (Query::Services, SERVICES),
             (
-                Family::ServiceOpened,
+                Query::ServiceOpened,
                 &[
                     (&[("src_cell", "cell-1"), ("service", "orders-db")], "799.6"),
                     (&[("src_cell", "cell-2"), ("service", "orders-db")], "400"),
@@ -73,21 +73,21 @@ fn two_dependents() -> Report {
                 ],
             ),
             (
-                Family::ServiceSent,
+                Query::ServiceSent,
                 &[
                     (&[("src_cell", "cell-1"), ("service", "orders-db")], "3000"),
                     (&[("src_cell", "cell-2"), ("service", "orders-db")], "1000"),
                 ],
             ),
             (
-                Family::ServiceReceived,
+                Query::ServiceReceived,
                 &[
                     (&[("src_cell", "cell-1"), ("service", "orders-db")], "3000"),
                     (&[("src_cell", "cell-2"), ("service", "orders-db")], "1000"),
                 ],
             ),
             (
-                Family::PairOpened,
+                Query::PairOpened,
                 &[
                     (&[("src_cell", "cell-1"), ("dst_cell", "cell-1")], "1000"),
                     (&[("src_cell", "cell-1"), ("dst_cell", "global")], "800"),
@@ -100,14 +100,14 @@ fn two_dependents() -> Report {
                 ],
             ),
             (
-                Family::PairSent,
+                Query::PairSent,
                 &[
                     (&[("src_cell", "cell-1"), ("dst_cell", "cell-1")], "1000"),
                     (&[("src_cell", "cell-1"), ("dst_cell", "global")], "3000"),
                 ],
             ),
             (
-                Family::PairReceived,
+                Query::PairReceived,
                 &[
                     (&[("src_cell", "cell-1"), ("dst_cell", "cell-1")], "1000"),
                     (&[("src_cell", "cell-1"), ("dst_cell", "global")], "3000"),
@@ -140,7 +140,7 @@ fn ranges() {
 
 #[test]
 fn queries_count_each_connection_once_over_the_range() {
-    let q = Family::PairOpened.query(hour());
+    let q = Query::PairOpened.query(hour());
     assert_eq!(
         q,
         "sum by (src_cell, dst_cell) (\
@@ -154,7 +154,7 @@ fn queries_count_each_connection_once_over_the_range() {
          unless cellwatch_connections_opened_total{direction=\"ingress\", src_cell=\"external\"} offset 3600s)))"
     );
     // The client's bytes: for an external client, what the server received is what it sent.
-    let sent = Family::ServiceSent.query(hour());
+    let sent = Query::ServiceSent.query(hour());
     assert!(sent.contains("cellwatch_service_bytes_sent_total{direction=\"egress\"}"), "{sent}");
     assert!(
         sent.contains(
@@ -164,18 +164,18 @@ fn queries_count_each_connection_once_over_the_range() {
     );
     assert!(sent.starts_with("sum by (src_cell, service) ("), "{sent}");
     // Failures and latency are the client's only: no direction to choose.
-    let failed = Family::ServiceFailed.query(hour());
+    let failed = Query::ServiceFailed.query(hour());
     assert!(!failed.contains("direction"), "{failed}");
     assert!(failed.contains("cellwatch_service_connections_failed_total"), "{failed}");
-    let latency = Family::PairLatency.query(hour());
+    let latency = Query::PairLatency.query(hour());
     assert!(latency.starts_with("sum by (src_cell, dst_cell, le) ("), "{latency}");
     assert_eq!(
-        Family::Cells.query(hour()),
+        Query::Cells.query(hour()),
         "max by (cell, global) (last_over_time(cellwatch_cell_info[3600s]))"
     );
     let all: std::collections::BTreeSet<String> =
-        Family::ALL.iter().map(|f| f.query(hour())).collect();
-    assert_eq!(all.len(), Family::ALL.len(), "one query per family");
+        Query::ALL.iter().map(|f| f.query(hour())).collect();
+    assert_eq!(all.len(), Query::ALL.len(), "one query per family");
     assert!(all.iter().all(|q| q.contains("[3600s]")), "{all:?}");
 }
 
@@ -218,13 +218,13 @@ fn no_cellwatch_data_is_an_error() {
     let err = Report::build(
         hour(),
         &answers(&[(
-            Family::PairLatency,
+            Query::PairLatency,
             &[(&[("src_cell", "a"), ("dst_cell", "b"), ("le", "+Inf")], "3")],
         )]),
     );
     assert!(err.is_err());
     // The cell map alone is a report: cells that called nothing.
-    let r = Report::build(hour(), &answers(&[(Family::Cells, CELLS)])).unwrap();
+    let r = Report::build(hour(), &answers(&[(Query::Cells, CELLS)])).unwrap();
     assert_eq!(r.cells.len(), 4);
     assert!(r.cells.iter().all(|c| c.connections == 0 && c.services.is_empty()));
     assert_eq!(r.cell("cell-1").unwrap().containment.inside.connections_share, None);
@@ -284,16 +284,16 @@ fn clients_in_no_cell_are_apart() {
     let r = Report::build(
         hour(),
         &answers(&[
-            (Family::Cells, CELLS),
-            (Family::Services, SERVICES),
+            (Query::Cells, CELLS),
+            (Query::Services, SERVICES),
             (
-                Family::ServiceOpened,
+                Query::ServiceOpened,
                 &[
                     (&[("src_cell", "cell-1"), ("service", "orders-db")], "30"),
                     (&[("src_cell", "external"), ("service", "orders-db")], "10"),
                 ],
             ),
-            (Family::PairOpened, &[(&[("src_cell", "cell-1"), ("dst_cell", "external")], "5")]),
+            (Query::PairOpened, &[(&[("src_cell", "cell-1"), ("dst_cell", "external")], "5")]),
         ]),
     )
     .unwrap();
@@ -313,7 +313,7 @@ fn without_the_cell_map_global_cells_are_unknown() {
     let r = Report::build(
         hour(),
         &answers(&[(
-            Family::PairOpened,
+            Query::PairOpened,
             &[
                 (&[("src_cell", "cell-1"), ("dst_cell", "global")], "10"),
                 (&[("src_cell", "cell-1"), ("dst_cell", "cell-1")], "10"),
@@ -336,9 +336,9 @@ fn outliers_as_the_alert_finds_them() {
     let r = Report::build(
         hour(),
         &answers(&[
-            (Family::Cells, CELLS),
+            (Query::Cells, CELLS),
             (
-                Family::ServiceOpened,
+                Query::ServiceOpened,
                 &[
                     // orders-db: cell-1 fails 30%, its peers 0%, 0% and 2%.
                     (&[("src_cell", "cell-1"), ("service", "orders-db")], "700"),
@@ -360,7 +360,7 @@ fn outliers_as_the_alert_finds_them() {
                 ],
             ),
             (
-                Family::ServiceFailed,
+                Query::ServiceFailed,
                 &[
                     (&[("src_cell", "cell-1"), ("service", "orders-db")], "300"),
                     (&[("src_cell", "cell-3"), ("service", "orders-db")], "0"),
@@ -373,7 +373,7 @@ fn outliers_as_the_alert_finds_them() {
                 ],
             ),
             (
-                Family::PairOpened,
+                Query::PairOpened,
                 &[
                     (&[("src_cell", "cell-1"), ("dst_cell", "global")], "1000"),
                     (&[("src_cell", "cell-2"), ("dst_cell", "global")], "1000"),
@@ -382,7 +382,7 @@ fn outliers_as_the_alert_finds_them() {
                 ],
             ),
             (
-                Family::PairLatency,
+                Query::PairLatency,
                 &[
                     // cell-1: every connect between 262 and 524 ms.
                     (&[("src_cell", "cell-1"), ("dst_cell", "global"), ("le", "0.001024")], "0"),

@@ -23,7 +23,7 @@ pub(crate) enum KernelError {
     /// Refused before the verifier looked at an instruction (EPERM and an empty log).
     #[error(
         "the kernel refused to load the eBPF program {name} ({source}: {meaning})",
-        meaning = super::features::refusal_meaning(source)
+        meaning = refusal_meaning(source)
     )]
     Refused {
         name: &'static str,
@@ -103,4 +103,20 @@ impl KernelError {
 /// Names the map an error came from; `name` is the map's name in the object.
 pub(super) fn map_err(name: &'static str) -> impl FnOnce(MapError) -> KernelError {
     move |source| KernelError::Map { name, source }
+}
+
+/// What a refused load or run means, by its errno: EPERM before any instruction was
+/// looked at is a policy (LSM, sysctl) or kernel-build refusal, not a verifier verdict.
+pub(crate) fn refusal_meaning(e: &std::io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EPERM) => {
+            "a policy or kernel-build refusal (an LSM, a sysctl, a config option), not a \
+             verdict of the verifier"
+        }
+        Some(libc::EACCES) => "the verifier refused it",
+        Some(libc::EINVAL) => "this kernel does not know this kind of program or its target",
+        Some(libc::ENOTSUP | 524) => "this kernel does not support it",
+        Some(libc::ENOENT) => "this kernel lacks the target it needs",
+        _ => "this kernel cannot run it",
+    }
 }

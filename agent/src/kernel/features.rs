@@ -220,22 +220,6 @@ pub(crate) fn say(feature: Feature, found: &Found) {
     }
 }
 
-/// What a refused load or run means, by its errno: EPERM before any instruction was
-/// looked at is a policy (LSM, sysctl) or kernel-build refusal, not a verifier verdict.
-pub(crate) fn refusal_meaning(e: &std::io::Error) -> &'static str {
-    match e.raw_os_error() {
-        Some(libc::EPERM) => {
-            "a policy or kernel-build refusal (an LSM, a sysctl, a config option), not a \
-             verdict of the verifier"
-        }
-        Some(libc::EACCES) => "the verifier refused it",
-        Some(libc::EINVAL) => "this kernel does not know this kind of program or its target",
-        Some(libc::ENOTSUP | 524) => "this kernel does not support it",
-        Some(libc::ENOENT) => "this kernel lacks the target it needs",
-        _ => "this kernel cannot run it",
-    }
-}
-
 /// The `tcp:tcp_destroy_sock` fields (`destroy_sock_cookie`): tells the programs where
 /// they are (through `settings`), unless `--without` says otherwise.
 pub(super) fn probe_destroy_cookie(

@@ -64,7 +64,7 @@ pub(super) fn load_iterator(
 pub(super) fn refusal(what: &str, e: &KernelError) -> String {
     match e.errno() {
         Some(io) => {
-            format!("the kernel refused {what} ({io}: {})", super::features::refusal_meaning(io))
+            format!("the kernel refused {what} ({io}: {})", super::error::refusal_meaning(io))
         }
         None => format!("the kernel refused {what} ({e})"),
     }

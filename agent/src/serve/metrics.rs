@@ -5,7 +5,7 @@
 
 use agent_core::{
     ids::CellIds,
-    metrics::{Buckets, Snapshot, encode, render_chunked},
+    metrics::{Buckets, Snapshot, encode, families, render_chunked},
 };
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
@@ -35,13 +35,13 @@ impl AgentMetrics {
     ) -> Self {
         let registry = Registry::new();
         let config_reloads = counters(
-            Opts::new("cellwatch_config_reloads_total", "Config reloads, by result"),
+            Opts::new(families::CONFIG_RELOADS_TOTAL, "Config reloads, by result"),
             "result",
             &["success", "error"],
         );
         let service_lookups_dropped = counters(
             Opts::new(
-                "cellwatch_service_lookups_dropped_total",
+                families::SERVICE_LOOKUPS_DROPPED_TOTAL,
                 "Backend lookups of connections to Service addresses turned away by a bound: \
                  requests past the queue (asked again at the next sweep or scan), announced \
                  conntrack entries past the table, an IPVS table past the size read",
@@ -100,7 +100,7 @@ fn counters(opts: Opts, label: &str, values: &[&str]) -> IntCounterVec {
 /// `cellwatch_build_info`.
 fn build_info(version: &str, kernel: &str) -> IntGaugeVec {
     let build = IntGaugeVec::new(
-        Opts::new("cellwatch_build_info", "cellwatch version and the kernel it runs on; always 1"),
+        Opts::new(families::BUILD_INFO, "cellwatch version and the kernel it runs on; always 1"),
         &["version", "kernel"],
     )
     .expect("static metric definition");
@@ -112,7 +112,7 @@ fn build_info(version: &str, kernel: &str) -> IntGaugeVec {
 fn start_info(pinned: PinnedState) -> (IntGaugeVec, IntCounter) {
     let started = IntGaugeVec::new(
         Opts::new(
-            "cellwatch_start_info",
+            families::START_INFO,
             "What this agent made of the state pinned under --bpffs: fresh, adopted (this \
              build's programs kept running), replaced (another build's programs swapped, \
              maps kept) or discarded (unreadable, removed, then fresh); always 1",
@@ -122,7 +122,7 @@ fn start_info(pinned: PinnedState) -> (IntGaugeVec, IntCounter) {
     .expect("static metric definition");
     started.with_label_values(&[pinned.as_str()]).set(1);
     let discarded = IntCounter::new(
-        "cellwatch_pinned_state_discarded_total",
+        families::PINNED_STATE_DISCARDED_TOTAL,
         "Pinned state of another layout (or a start that never finished) that this agent \
          could not read, and removed: its counts were lost",
     )
@@ -137,7 +137,7 @@ fn start_info(pinned: PinnedState) -> (IntGaugeVec, IntCounter) {
 fn kernel_features(features: &[(Feature, bool)]) -> IntGaugeVec {
     let feature = IntGaugeVec::new(
         Opts::new(
-            "cellwatch_kernel_feature",
+            families::KERNEL_FEATURE,
             "Optional kernel features: 1 if this kernel has it, 0 if the agent does \
              without (see the log for what it then cannot tell)",
         ),

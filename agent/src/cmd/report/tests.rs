@@ -9,7 +9,7 @@ use std::{
     thread,
 };
 
-use agent_view::report::{Family, Range};
+use agent_view::report::{Query, Range};
 use serde_json::{Value, json};
 
 use super::*;
@@ -97,24 +97,24 @@ fn hour() -> Range {
 
 /// Answers each family's query for the last hour; anything else is a bad query.
 fn canned() -> Answerer {
-    let by_query: BTreeMap<String, String> = Family::ALL
+    let by_query: BTreeMap<String, String> = Query::ALL
         .iter()
         .map(|f| {
             let body = match f {
-                Family::Cells => vector(&[
+                Query::Cells => vector(&[
                     (&[("cell", "global"), ("global", "true")], "1"),
                     (&[("cell", "cell-1"), ("global", "false")], "1"),
                     (&[("cell", "cell-2"), ("global", "false")], "1"),
                     (&[("cell", "cell-3"), ("global", "false")], "1"),
                 ]),
-                Family::Services => {
+                Query::Services => {
                     vector(&[(&[("service", "orders-db"), ("cell", "global")], "1")])
                 }
-                Family::ServiceOpened => vector(&[
+                Query::ServiceOpened => vector(&[
                     (&[("src_cell", "cell-1"), ("service", "orders-db")], "30"),
                     (&[("src_cell", "cell-2"), ("service", "orders-db")], "10"),
                 ]),
-                Family::PairOpened => vector(&[
+                Query::PairOpened => vector(&[
                     (&[("src_cell", "cell-1"), ("dst_cell", "global")], "30"),
                     (&[("src_cell", "cell-2"), ("dst_cell", "global")], "10"),
                     (&[("src_cell", "cell-3"), ("dst_cell", "cell-3")], "10"),
@@ -149,10 +149,10 @@ fn every_family_is_asked_once_at_one_time() {
     assert_eq!(db["dependents"][0]["connections_share"], 0.75);
 
     let requests = fake.requests.lock().unwrap();
-    assert_eq!(requests.len(), Family::ALL.len());
+    assert_eq!(requests.len(), Query::ALL.len());
     assert!(requests.iter().all(|(path, _)| path == "/api/v1/query"), "{requests:?}");
     let queries: Vec<&str> = requests.iter().map(|(_, p)| p["query"].as_str()).collect();
-    let expected: Vec<String> = Family::ALL.iter().map(|f| f.query(hour())).collect();
+    let expected: Vec<String> = Query::ALL.iter().map(|f| f.query(hour())).collect();
     assert_eq!(queries, expected, "the PromQL arrives as written");
     let times: std::collections::BTreeSet<&str> =
         requests.iter().map(|(_, p)| p["time"].as_str()).collect();
