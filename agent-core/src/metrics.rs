@@ -1,13 +1,13 @@
-//! The Prometheus view of the kernel's counters: a [`Snapshot`] of them, rendered as the
-//! text of the contract's metrics ([`render`]), with the histogram buckets the user
-//! chose ([`Buckets`]); every family's name is in [`families`]. The agent appends its
-//! own metrics ([`encode`]).
+//! The Prometheus view of the kernel's counters: a [`Snapshot`] of them ([`snapshot`]),
+//! rendered as the text of the contract's metrics ([`render`]), with the histogram
+//! buckets the user chose ([`buckets`]); every family's name is in [`families`]. The
+//! agent appends its own metrics ([`encode`]).
 //!
 //! The text is written straight into a buffer handed on in chunks: no intermediate
 //! metric objects and no whole copy of the text, so a scrape of 10,000 cell pairs costs
 //! one pass and little memory. Pure: the same snapshot and names always render the same
-//! text. The format's primitives are in `text`; each group of families (`pairs`,
-//! `services`, `bookkeeping`) declares its own and writes them with those.
+//! text. The format's primitives are in [`text`]; each group of families ([`pairs`],
+//! [`services`], [`bookkeeping`]) declares its own and writes them with those.
 
 mod bookkeeping;
 mod buckets;

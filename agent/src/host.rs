@@ -3,7 +3,8 @@
 //! few raw system calls ([`sys`]), and what names a socket's owner: cgroups
 //! ([`cgroups`]), processes ([`procs`]) and `sock_diag` ([`sockdiag`]). [`clock`] turns
 //! kernel timestamps into ages and wall times. [`netns`] finds the node's network
-//! namespaces and enters them, for walks that see one at a time.
+//! namespaces and enters them, for walks that see one at a time; [`conntrack`] asks
+//! one of them where a connection to a Service address went.
 
 pub(crate) mod bpffs;
 pub(crate) mod cgroups;

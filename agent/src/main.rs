@@ -10,9 +10,12 @@
 //!   `agent-ebpf/src/sockops.rs`, with its cells and verdict from `agent-ebpf/src/cells.rs`.
 //! - [`host`]: the node itself: start-up checks, mounts, raw system calls, cgroups,
 //!   processes and `sock_diag`.
+//! - [`sync`] and [`logging`], beside them all: lock poisoning in one place; tracing to
+//!   stderr, with aya-log bridged in.
 //!
 //! The config, the policy, metric rendering and every other pure piece live in the
-//! `agent-core` crate; the kernel/user layout of every map in `agent-common`.
+//! `agent-core` crate, the clients of the metrics in `agent-view`, and the kernel/user
+//! layout of every map in `agent-common`.
 #![deny(unsafe_code)]
 
 mod cli;

@@ -193,3 +193,139 @@ fn one_layout_for_modules_and_unit_tests() {
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
+
+/// A crate's modules by path (`kernel::load`), each with the source file it is in.
+fn modules(src: &str) -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    sources(&root().join(src), Path::new(""), &mut files);
+    files
+        .iter()
+        .filter(|f| f.file_name().is_some_and(|n| n != "tests.rs"))
+        .map(|f| {
+            let path = f.with_extension("").display().to_string().replace('/', "::");
+            let path = if path == "lib" || path == "main" { String::new() } else { path };
+            (path, read(&format!("{src}/{}", f.display())))
+        })
+        .collect()
+}
+
+/// The modules `text` (the code of module `me`, comments left out) imports from its
+/// crate: the longest known module of each `crate::a::b` and `super::a` path.
+fn imports(me: &str, text: &str, known: &[String]) -> Vec<String> {
+    let code: String = text
+        .lines()
+        .map(|l| l.split_once("//").map_or(l, |(code, _)| code))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace(char::is_whitespace, "");
+    let parent = me.rsplit_once("::").map_or("", |(p, _)| p);
+    let mut out = Vec::new();
+    for (prefix, base) in [("crate::", ""), ("super::", parent)] {
+        for (i, _) in code.match_indices(prefix) {
+            let rest = &code[i + prefix.len()..];
+            // `crate::{a, b::c}` names several paths; `crate::a::b` one.
+            let group = rest.strip_prefix('{').map_or(rest, |g| &g[..g.find('}').unwrap_or(0)]);
+            for item in group.split(',') {
+                let mut path = base.to_owned();
+                let mut found = None;
+                for part in item
+                    .split("::")
+                    .map(|p| p.trim_matches(|c: char| !c.is_alphanumeric() && c != '_'))
+                {
+                    path =
+                        if path.is_empty() { part.to_owned() } else { format!("{path}::{part}") };
+                    if known.contains(&path) {
+                        found = Some(path.clone());
+                    }
+                }
+                if let Some(m) = found.filter(|m| m != me && !me.starts_with(&format!("{m}::"))) {
+                    out.push(m);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A circle of imports among `graph`'s modules, if there is one.
+fn circle(graph: &[(String, Vec<String>)]) -> Option<Vec<String>> {
+    fn visit(
+        m: &str,
+        graph: &[(String, Vec<String>)],
+        path: &mut Vec<String>,
+        done: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(i) = path.iter().position(|p| p == m) {
+            return Some(path[i..].to_vec());
+        }
+        if done.iter().any(|d| d == m) {
+            return None;
+        }
+        path.push(m.to_owned());
+        let next = graph.iter().find(|(n, _)| n == m).map(|(_, e)| e.clone()).unwrap_or_default();
+        for n in next {
+            if let Some(c) = visit(&n, graph, path, done) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        done.push(m.to_owned());
+        None
+    }
+    let mut done = Vec::new();
+    graph.iter().find_map(|(m, _)| visit(m, graph, &mut Vec::new(), &mut done))
+}
+
+#[test]
+fn no_module_imports_in_a_circle() {
+    for src in
+        MAPPED.iter().map(|k| if *k == "xtask/" { "xtask/src" } else { k.trim_end_matches('/') })
+    {
+        let mods = modules(src);
+        let known: Vec<String> = mods.iter().map(|(m, _)| m.clone()).collect();
+        let graph: Vec<(String, Vec<String>)> =
+            mods.iter().map(|(m, text)| (m.clone(), imports(m, text, &known))).collect();
+        assert_eq!(circle(&graph), None, "{src}: these modules import each other in a circle");
+    }
+    let known = ["a".to_owned(), "a::b".to_owned(), "c".to_owned()];
+    assert_eq!(imports("c", "use crate::{a::b::Thing, x};", &known), ["a::b"]);
+    assert_eq!(
+        imports("a::b", "use super::c;\nuse crate::a::X; // crate::c", &known),
+        Vec::<String>::new()
+    );
+    let graph = [("a".to_owned(), vec!["c".to_owned()]), ("c".to_owned(), vec!["a".to_owned()])];
+    assert_eq!(circle(&graph), Some(vec!["a".to_owned(), "c".to_owned()]));
+}
+
+/// The submodules `text` declares (`mod x;`, `pub(crate) mod x;`), tests left out.
+fn declared(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_suffix(';')?.rsplit_once("mod ").map(|(_, m)| m.to_owned()))
+        .filter(|m| m != "tests" && m.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        .collect()
+}
+
+#[test]
+fn a_modules_doc_that_lists_its_submodules_lists_them_all() {
+    let mut wrong = Vec::new();
+    for src in
+        MAPPED.iter().map(|k| if *k == "xtask/" { "xtask/src" } else { k.trim_end_matches('/') })
+    {
+        for (module, text) in modules(src) {
+            let doc: String =
+                text.lines().take_while(|l| l.starts_with("//!")).collect::<Vec<_>>().join(" ");
+            let subs = declared(&text);
+            let linked: Vec<&String> =
+                subs.iter().filter(|m| doc.contains(&format!("[`{m}`]"))).collect();
+            let missing: Vec<&String> =
+                subs.iter().filter(|m| !doc.contains(&format!("[`{m}`]"))).collect();
+            if !linked.is_empty() && !missing.is_empty() {
+                wrong.push(format!(
+                    "{src}: the doc of `{module}` lists its submodules but not {missing:?}"
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    assert_eq!(declared("mod a;\n#[cfg(test)]\nmod tests;\npub(crate) mod b_c;\n"), ["a", "b_c"]);
+}

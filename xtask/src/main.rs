@@ -11,8 +11,9 @@
 //! - `bench` ([`bench`]): benchmarks recorded in BENCHMARKS.md;
 //! - `vm-test` ([`vm`]): the privileged tests on other kernels, under qemu.
 //!
-//! The modules import top-down: main -> {setup, checks, run, bench, vm} -> util, with
+//! The modules import top-down: main -> {setup, checks, run, bench, vm} -> [`util`], with
 //! checks also calling bench (smoke runs) and vm (the matrix). util imports nothing.
+//! [`index`] holds the tests that keep the README's map and the docs' lists true.
 
 mod bench;
 mod checks;

@@ -1,7 +1,9 @@
 //! `cellwatch demo`: the agent on an embedded demo cell map over loopback addresses,
 //! with sample traffic (leakage included) and a live screen on stdout: the per-pair
 //! table and the newest violation of each pair, redrawn in place on a terminal
-//! ([`screen`]). Log lines go to a file named on screen, or to stderr ([`log`]).
+//! ([`screen`]). Log lines go to a file named on screen, or to stderr ([`log`]). The
+//! traffic is [`traffic`]'s; the table and the blast radius, [`table`]'s and [`blast`]'s
+//! (both drawn with `agent-view`).
 #![forbid(unsafe_code)]
 
 mod blast;

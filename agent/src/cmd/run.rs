@@ -1,6 +1,7 @@
 //! `cellwatch run`: check the node, load the config and the programs, serve the
 //! endpoints, reload on SIGHUP and file changes ([`reload`]), count connections older
-//! than the agent ([`seed`]), and stop cleanly on SIGINT/SIGTERM.
+//! than the agent ([`seed`]), answer where connections to Service addresses went
+//! ([`service_addr`]), and stop cleanly on SIGINT/SIGTERM.
 #![forbid(unsafe_code)]
 
 mod reload;
