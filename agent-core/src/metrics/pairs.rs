@@ -46,7 +46,7 @@ const DENIED: Def = Def {
 const SENT: Def = Def {
     name: f::BYTES_SENT_TOTAL,
     kind: Kind::Counter,
-    help: "Payload bytes this node's sockets sent and the peer acknowledged, open connections \
+    help: "Payload bytes this node's sockets sent (each once, acknowledged or not), open connections \
            included (at most one --live-interval behind)",
 };
 const RECEIVED: Def = Def {

@@ -1,7 +1,7 @@
 //! Unit tests of `top`.
 
 use super::*;
-use crate::{format::fmt_bytes, scrape::tests::scrape};
+use crate::scrape::tests::scrape;
 
 #[test]
 fn rates_between_two_scrapes_and_resets() {
@@ -103,16 +103,7 @@ fn sorting_and_filtering() {
 
 #[test]
 fn cells_and_the_plain_table() {
-    assert_eq!(fmt_rate(Some(2.25)), "2.2");
-    assert_eq!(fmt_rate(Some(12_345.0)), "12.3k");
-    assert_eq!(fmt_rate(None), "-");
-    assert_eq!(fmt_bytes(Some(512.0)), "512 B");
-    assert_eq!(fmt_bytes(Some(1536.0)), "1.5 KiB");
-    assert_eq!(fmt_bytes(Some(3.0 * 1024.0 * 1024.0)), "3.0 MiB");
-    assert_eq!(fmt_duration(64e-6), "64µs");
-    assert_eq!(fmt_duration(1.25e-3), "1.25ms");
-    assert_eq!(fmt_duration(0.25), "250ms");
-    assert_eq!(fmt_duration(1.5), "1.50s");
+    // The figures themselves are `format`'s, tested there.
     let q = Quantiles { p50: Some(64e-6), p99: Some(1e-3), recent: false };
     assert_eq!(fmt_quantiles(q), "(64µs/1.00ms)");
     assert_eq!(fmt_quantiles(Quantiles { recent: true, ..q }), "64µs/1.00ms");
