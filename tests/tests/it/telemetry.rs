@@ -379,7 +379,7 @@ fn a_connection_older_than_the_agent_that_moved_over_4_gib() {
     s.write_all(&vec![0x44u8; BACK]).unwrap();
     let mut back = vec![0u8; BACK];
     c.read_exact(&mut back).unwrap();
-    // `bytes_sent` counts what the peer acknowledged: give the last ACK a moment.
+    // Give the last segments a moment to leave and be counted by both ends.
     let deadline = Instant::now() + Duration::from_secs(10);
     let conns = loop {
         let conns = json(&agent, "/connections?cell=blue");

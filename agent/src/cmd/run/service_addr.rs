@@ -9,7 +9,7 @@ use std::{
     sync::{
         Arc, RwLock,
         atomic::{AtomicBool, Ordering},
-        mpsc,
+        mpsc::{self, RecvTimeoutError},
     },
     time::{Duration, Instant},
 };
@@ -38,6 +38,8 @@ use crate::{
 const SCAN_EVERY: Duration = Duration::from_secs(1);
 /// The most requests answered in one batch.
 const BATCH: usize = 4096;
+/// The longest wait for the kernel's next request.
+const WAIT: Duration = Duration::from_millis(100);
 /// IPVS's connections in this network namespace (kube-proxy's IPVS mode).
 const IPVS_CONNS: &str = "/proc/net/ip_vs_conn";
 /// The most bytes of IPVS's connection table read for one batch (a table past it is
@@ -176,18 +178,24 @@ impl Answering {
         info!("service backend lookups stopped");
     }
 
-    /// The requests the kernel sent (waited for at most 100 ms, at most [`BATCH`]); and,
+    /// The requests the kernel sent (waited for at most [`WAIT`], at most [`BATCH`]); and,
     /// every [`SCAN_EVERY`], the connections that closed before their answer.
     fn gather(&mut self) -> HashMap<u64, Tuple> {
         let mut batch: HashMap<u64, Tuple> = HashMap::new();
-        if let Ok(e) = self.requests.recv_timeout(Duration::from_millis(100)) {
-            let r = Request::of_event(&e);
-            batch.insert(r.cookie, r.tuple);
-            while batch.len() < BATCH {
-                let Ok(e) = self.requests.try_recv() else { break };
+        match self.requests.recv_timeout(WAIT) {
+            Ok(e) => {
                 let r = Request::of_event(&e);
                 batch.insert(r.cookie, r.tuple);
+                while batch.len() < BATCH {
+                    let Ok(e) = self.requests.try_recv() else { break };
+                    let r = Request::of_event(&e);
+                    batch.insert(r.cookie, r.tuple);
+                }
             }
+            // No drain sends any more (it ended, or there was no ring buffer): the wait
+            // returns at once, so pace the scans here instead of spinning.
+            Err(RecvTimeoutError::Disconnected) => std::thread::sleep(WAIT),
+            Err(RecvTimeoutError::Timeout) => {}
         }
         if self.last_scan.elapsed() >= SCAN_EVERY {
             self.last_scan = Instant::now();
