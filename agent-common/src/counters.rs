@@ -8,32 +8,40 @@ use crate::Failure;
 pub const CTR_CONN_TABLE_FULL: u32 = 0;
 /// A pair-statistics update dropped because the pair table was full.
 pub const CTR_STATS_TABLE_FULL: u32 = 1;
-/// Connections that began / ended being tracked (live = difference, summed over CPUs).
+// Connections that began / ended being tracked (live = difference, summed over CPUs).
+/// A connection that began being tracked (counted against `--conn-capacity`).
 pub const CTR_CONN_TRACKED: u32 = 2;
+/// A tracked connection that ended being tracked (its place freed).
 pub const CTR_CONN_FORGOTTEN: u32 = 3;
-/// Violation events: sent, dropped by the per-pair rate limit, dropped because the ring
-/// buffer was full. sent + rate_limited + ringbuf_full = violations seen.
+// Violation events: sent + rate_limited + ringbuf_full = violations seen.
+/// A violation event sent through the ring buffer.
 pub const CTR_EVENTS_SENT: u32 = 4;
+/// A violation event dropped by the per-pair rate limit.
 pub const CTR_EVENTS_RATE_LIMITED: u32 = 5;
+/// A violation event dropped because the ring buffer was full.
 pub const CTR_EVENTS_RINGBUF_FULL: u32 = 6;
 /// A connect that enforce mode could not judge, and so let through: an unbound socket in
 /// a network namespace whose source address is not known yet, or not unique.
 pub const CTR_ENFORCE_UNRESOLVED: u32 = 7;
-/// Live connections the sweep visited (all sweeps), and those it found busy three times
-/// in a row and left for the next sweep.
+/// A live connection a sweep visited (any sweep).
 pub const CTR_SWEEP_VISITED: u32 = 8;
+/// A live connection a sweep found busy three times in a row and left for the next
+/// sweep.
 pub const CTR_SWEEP_BUSY: u32 = 9;
-/// Connections to a service address: whose backend request was dropped (ring buffer
-/// full; the sweep or the agent's scan of `DEFERRED` asks again), and that closed before
-/// their backend was known but found `DEFERRED` full (not counted: lost).
+/// A connection to a service address whose backend request was dropped (ring buffer
+/// full; the sweep or the agent's scan of `DEFERRED` asks again).
 pub const CTR_RESOLVE_RINGBUF_FULL: u32 = 10;
+/// A connection to a service address that closed before its backend was known but found
+/// `DEFERRED` full (not counted: lost).
 pub const CTR_DEFERRED_FULL: u32 = 11;
+/// Length of the `COUNTERS` array.
 pub const COUNTERS_LEN: u32 = 12;
 
-/// Slots of the `PROFILE` map (kept only when the agent runs with `--profile-kernel`):
-/// one per `sock_ops` op (`BPF_SOCK_OPS_*`, below 16), and [`PROFILE_STATE_CLOSE`] for
-/// the state change to CLOSE apart from the other state changes.
+// Slots of the `PROFILE` map (kept only when the agent runs with `--profile-kernel`).
+/// Length of the `PROFILE` map: one slot per `sock_ops` op (`BPF_SOCK_OPS_*`, below 16),
+/// and [`PROFILE_STATE_CLOSE`].
 pub const PROFILE_SLOTS: u32 = 17;
+/// The slot of the state change to CLOSE, apart from the other state changes.
 pub const PROFILE_STATE_CLOSE: u32 = 16;
 
 /// Runs and nanoseconds of one profiled `sock_ops` op on one CPU.
@@ -74,8 +82,9 @@ pub struct PairStats {
     pub denied: u64,
     /// Client connects that never reached ESTABLISHED, by reason ([`Failure`]).
     pub failed: [u64; Failure::REASONS],
-    /// Payload bytes this node's socket sent and the peer acknowledged (SYN and FIN,
-    /// which take a sequence number each, are not counted).
+    /// Payload bytes this node's socket sent, each byte once (a retransmission is not
+    /// counted again), whether the peer acknowledged them or not (SYN and FIN carry
+    /// none; see [`Progress::payload_sent`](crate::Progress::payload_sent)).
     pub bytes_sent: u64,
     /// Payload bytes this node's socket received.
     pub bytes_received: u64,

@@ -1,6 +1,9 @@
-//! What a connection is, as the metrics label it: its direction, its verdict, how it failed.
+//! What a connection is, as the metrics label it: its direction, its verdict, how it
+//! failed, and the cell id of a peer in no cell. Nothing here uses the rest of the crate
+//! (`layout` uses these types).
 
-use crate::CELL_EXTERNAL;
+/// Cell id of a peer that is in no cell (`external` in metrics).
+pub const CELL_EXTERNAL: u32 = 0;
 
 /// Which end of a connection this node holds ([`PairKey::direction`](crate::PairKey)).
 #[repr(transparent)]

@@ -7,8 +7,8 @@ use crate::{Direction, Failure, Verdict};
 /// agent that finds maps from an older version knows it cannot read them as they are.
 pub const LAYOUT_VERSION: u32 = 4;
 
-/// Cell id of a peer that is in no cell (`external` in metrics).
-pub const CELL_EXTERNAL: u32 = 0;
+// Cell ids: the cells' own are 1..=MAX_CELLS; that of a peer in no cell,
+// `CELL_EXTERNAL` (0), is in `labels.rs`, beside the RTT rule that reads it.
 /// Cell id written into the cell tries for `ignore_cidrs`: connections touching such an
 /// address are not tracked at all.
 pub const CELL_IGNORED: u32 = u32::MAX;
@@ -31,8 +31,11 @@ pub const PAIR_STATS_CAPACITY: u32 = 65_536;
 /// allocate its entry at once (a burst of new pairs can drain the kernel's per-CPU
 /// allocator caches faster than they refill). About 2.3 MiB.
 pub const PAIR_OVERFLOW_CAPACITY: u32 = 4096;
+/// Prefixes of each IPv4 cell trie (`CELLS_V4_A`, `CELLS_V4_B`).
 pub const CELLS_V4_CAPACITY: u32 = 262_144;
+/// Prefixes of each IPv6 cell trie (`CELLS_V6_A`, `CELLS_V6_B`).
 pub const CELLS_V6_CAPACITY: u32 = 262_144;
+/// Allow rules of each policy map (`POLICY_A`, `POLICY_B`).
 pub const POLICY_CAPACITY: u32 = 65536;
 /// Prefixes of services with ports, each port an entry (per address family).
 pub const SERVICES_CAPACITY: u32 = 65_536;
@@ -41,9 +44,10 @@ pub const NETNS_CAPACITY: u32 = 16384;
 /// Connections older than the agent that it can count (seeded at its first start).
 pub const SEEDED_CAPACITY: u32 = 65_536;
 /// Connections to service addresses that closed before their backend was known, kept
-/// until the agent settles them (`DEFERRED`), and resolutions the agent wrote
-/// (`RESOLVED`, least recently used first out).
+/// until the agent settles them (`DEFERRED`).
 pub const DEFERRED_CAPACITY: u32 = 16_384;
+/// Resolutions the agent wrote for connections to service addresses (`RESOLVED`, least
+/// recently used first out).
 pub const RESOLVED_CAPACITY: u32 = 262_144;
 /// Default ring buffer for violation events (bytes; a power of two, page multiple).
 pub const EVENTS_DEFAULT_BYTES: u32 = 256 * 1024;
@@ -51,7 +55,9 @@ pub const EVENTS_DEFAULT_BYTES: u32 = 256 * 1024;
 pub const CONNS_DEFAULT_CAPACITY: u32 = 131_072;
 
 // Address families as the kernel numbers them (`sa_family_t`).
+/// IPv4.
 pub const AF_INET: u16 = 2;
+/// IPv6.
 pub const AF_INET6: u16 = 10;
 
 /// Byte offsets of the kernel socket fields the programs read that no context carries

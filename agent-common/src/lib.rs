@@ -9,7 +9,8 @@
 //! - `settings`: indices into the small array maps, and their values.
 //! - `counters`: the pairs' statistics, histogram maths, the bookkeeping counters.
 //! - `events`: the ring buffer's events and the iterators' records.
-//! - `labels`: direction, verdict and failure, with their labels.
+//! - `labels`: direction, verdict and failure, with their labels; the cell id of a peer
+//!   in no cell; which side samples the RTT.
 //! - `merge`: the per-CPU copies of a pair summed into one.
 //!
 //! Everything is re-exported here: `agent_common::X` names every item.

@@ -6,16 +6,18 @@
 /// other set completely, then flips this one word: no connection is ever judged against
 /// a half-written map.
 pub const SETTING_GENERATION: u32 = 0;
-/// What the sweep writes besides counting: nothing ([`SWEEP_COUNT`], the periodic
-/// sweep), a [`Brief`](crate::Brief) of every connection ([`SWEEP_BRIEF`]), or the full
-/// record of each connection whose cookie is in `WANTED` ([`SWEEP_WANTED`]).
-/// `/connections` runs the last two: the iterator over socket storage restarts its bucket
-/// walk each time its output buffer fills, so one pass of full records of every
-/// connection would cost the square of their number on a machine with few CPUs (and so
-/// few buckets).
+/// What the sweep writes besides counting: [`SWEEP_COUNT`], [`SWEEP_BRIEF`] or
+/// [`SWEEP_WANTED`]. `/connections` runs the last two: the iterator over socket storage
+/// restarts its bucket walk each time its output buffer fills, so one pass of full
+/// records of every connection would cost the square of their number on a machine with
+/// few CPUs (and so few buckets).
 pub const SETTING_SWEEP_RECORDS: u32 = 1;
+/// [`SETTING_SWEEP_RECORDS`]: nothing (the periodic sweep).
 pub const SWEEP_COUNT: u32 = 0;
+/// [`SETTING_SWEEP_RECORDS`]: a [`Brief`](crate::Brief) of every connection.
 pub const SWEEP_BRIEF: u32 = 1;
+/// [`SETTING_SWEEP_RECORDS`]: the full record of each connection whose cookie is in
+/// `WANTED`.
 pub const SWEEP_WANTED: u32 = 2;
 /// The most connections one `/connections` request lists (its `limit`).
 pub const LIST_MAX: u32 = 10_000;
@@ -33,14 +35,17 @@ pub const SETTING_CONN_CAPACITY: u32 = 8;
 /// Byte offset of `skaddr` in the `tcp:tcp_destroy_sock` record (0 = unknown).
 pub const SETTING_DESTROY_SKADDR_OFFSET: u32 = 9;
 /// A listing's filter, applied by the brief pass: the cell (source or destination) a
-/// connection must have, or [`LIST_ANY`]; its verdict ([`Verdict`](crate::Verdict)), or
-/// [`LIST_ANY`].
+/// connection must have, or [`LIST_ANY`].
 pub const SETTING_LIST_CELL: u32 = 10;
+/// A listing's filter, applied by the brief pass: the verdict
+/// ([`Verdict`](crate::Verdict)) a connection must have, or [`LIST_ANY`].
 pub const SETTING_LIST_VERDICT: u32 = 11;
+/// The value of a listing's filter that every connection passes.
 pub const LIST_ANY: u32 = u32::MAX;
 /// 1 when set A's config has services with ports (so the programs look up the ported
 /// services' tries at all); set B's is at the next index.
 pub const SETTING_PORTED_SERVICES: u32 = 12;
+/// Length of the `SETTINGS` array.
 pub const SETTINGS_LEN: u32 = 14;
 
 // Values of `SETTING_EXTERNAL`: the policy for a peer in no cell (config `external:`).
@@ -53,6 +58,7 @@ pub const EXTERNAL_IGNORE: u32 = 2;
 
 /// Index into the `LIVE` array: connections tracked now, across CPUs (the capacity check).
 pub const LIVE_CONNS: u32 = 0;
+/// Length of the `LIVE` array.
 pub const LIVE_LEN: u32 = 1;
 
 // Indices into the `META` array map: what a restarted agent checks before it adopts the
@@ -62,8 +68,10 @@ pub const LIVE_LEN: u32 = 1;
 pub const META_LAYOUT: u32 = 0;
 /// Hash of the eBPF object whose programs the pinned links run.
 pub const META_BUILD: u32 = 1;
-/// Config reloads that succeeded and that failed, kept across restarts (written by the
-/// agent alone, so `cellwatch_config_reloads_total` never goes back).
+/// Config reloads that succeeded, kept across restarts (written by the agent alone, so
+/// `cellwatch_config_reloads_total` never goes back).
 pub const META_RELOADS_SUCCESS: u32 = 2;
+/// Config reloads that failed, kept the same way.
 pub const META_RELOADS_ERROR: u32 = 3;
+/// Length of the `META` array.
 pub const META_LEN: u32 = 4;

@@ -1,7 +1,9 @@
 //! The ctnetlink messages that find where a NATed TCP connection really goes: a
 //! `IPCTNL_MSG_CT_GET` request for a connection's original tuple (as its client's socket
 //! holds it), and the reply tuple read back from the kernel's answer, whose source is the
-//! backend the DNAT chose. Encoding and decoding only; the socket is the agent's.
+//! backend the DNAT chose; and, for kube-proxy's IPVS mode, the same backend read from
+//! the text of `/proc/net/ip_vs_conn`. Encoding and parsing only; the socket and the file
+//! are the agent's.
 #![forbid(unsafe_code)]
 
 use std::net::{IpAddr, SocketAddr};

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use agent_common::{
     CELL_FLAG_ENFORCE, CELL_FLAG_GLOBAL, CELL_IGNORED, CellInfo, EXTERNAL_ALLOW, EXTERNAL_IGNORE,
-    EXTERNAL_VIOLATION, PolicyKey, cell_entry,
+    EXTERNAL_VIOLATION, PolicyKey, Verdict, cell_entry,
 };
 use ipnet::IpNet;
 
@@ -205,12 +205,6 @@ pub enum Place<'a> {
     Ignored,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    Allowed,
-    Violation,
-}
-
 /// The reference lookup: longest prefix over cells and ignored ranges together, as the
 /// kernel's trie holds them.
 pub fn place(cfg: &Config, addr: IpAddr) -> Place<'_> {
@@ -243,8 +237,9 @@ pub fn service(cfg: &Config, server: IpAddr, port: u16) -> Option<&str> {
     ported.or_else(|| held.find(|s| s.ports.is_empty())).map(|s| s.name.as_str())
 }
 
-/// The reference verdict of a connection from `client` to `server` on server `port`;
-/// `None` when the connection is not tracked.
+/// The reference verdict of a connection from `client` to `server` on server `port`, as
+/// the kernel records it ([`Verdict::ALLOWED`] or [`Verdict::VIOLATION`]); `None` when the
+/// connection is not tracked.
 pub fn verdict(cfg: &Config, client: IpAddr, server: IpAddr, port: u16) -> Option<Verdict> {
     let (src, dst) = (place(cfg, client), place(cfg, server));
     match (src, dst) {
@@ -252,11 +247,11 @@ pub fn verdict(cfg: &Config, client: IpAddr, server: IpAddr, port: u16) -> Optio
         (Place::External, Place::External) => match cfg.external {
             External::Ignore => None,
             // Neither end in a cell: no boundary is crossed.
-            External::Allow | External::Violation => Some(Verdict::Allowed),
+            External::Allow | External::Violation => Some(Verdict::ALLOWED),
         },
         (Place::External, _) | (_, Place::External) => match cfg.external {
-            External::Allow => Some(Verdict::Allowed),
-            External::Violation => Some(Verdict::Violation),
+            External::Allow => Some(Verdict::ALLOWED),
+            External::Violation => Some(Verdict::VIOLATION),
             External::Ignore => None,
         },
         (Place::Cell(a), Place::Cell(b)) => {
@@ -267,7 +262,7 @@ pub fn verdict(cfg: &Config, client: IpAddr, server: IpAddr, port: u16) -> Optio
                 || cfg.allow.iter().any(|r| {
                     r.from == a && r.to == b && (r.ports.is_empty() || r.ports.contains(&port))
                 });
-            Some(if allowed { Verdict::Allowed } else { Verdict::Violation })
+            Some(if allowed { Verdict::ALLOWED } else { Verdict::VIOLATION })
         }
     }
 }

@@ -1,7 +1,7 @@
 //! What a connection's end adds to its pair: the last claim of its bytes and
-//! retransmits, one RTT sample, and closed or failed. The close (`sockops.rs`) and the
-//! settling of a connection that closed before its backend was known (`settle.rs`) add
-//! the same.
+//! retransmits, one RTT sample, and closed or failed. The close (`sockops.rs`), the
+//! settling of a connection that closed before its backend was known (`settle.rs`) and
+//! the destroy of a connection older than the agent (`destroy.rs`) add the same.
 #![expect(unsafe_code, reason = "pair entries and claims are updated in place")]
 
 use agent_common::{Claimed, Failure, Progress};

@@ -3,15 +3,18 @@
 //! moved is claimed from the dead socket's counters, it is counted closed, then
 //! forgotten. The agent attaches this tracepoint only while such connections exist.
 #![expect(unsafe_code, reason = "the seeded entry is updated in place through its pointer")]
-use agent_common::{SETTING_DESTROY_COOKIE_OFFSET, SETTING_DESTROY_SKADDR_OFFSET, observes_rtt};
+use agent_common::{
+    Failure, SETTING_DESTROY_COOKIE_OFFSET, SETTING_DESTROY_SKADDR_OFFSET, observes_rtt,
+};
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
 use crate::{
+    close::{Final, account},
     conn,
     ctx::{record_cookie, record_u64},
     kread::Sock,
     maps::SEEDED,
-    stats::{Slot, add},
+    stats::Slot,
 };
 
 #[tracepoint]
@@ -29,22 +32,21 @@ fn try_destroy(ctx: &TracePointContext) {
     // SAFETY: `seeded` points to a live entry of SEEDED, removed only below.
     let key = unsafe { (*seeded).key };
     if let Some(slot) = Slot::of(&key) {
-        if let Some(r) = reading {
-            // SAFETY: as above.
-            unsafe {
-                slot.claim(
-                    &raw mut (*seeded).claimed,
-                    &(*seeded).base,
-                    &r.progress,
-                    r.fin_received,
-                );
-            }
-            if observes_rtt(key.direction(), key.src_cell) {
-                slot.rtt(r.srtt_us);
-            }
+        // A seeded connection is established (`seed.rs` flags it so) and its end counts
+        // no failure; its RTT is sampled only when its socket could be read.
+        let rtt_sample = reading.is_some() && observes_rtt(key.direction(), key.src_cell);
+        let end = match reading {
+            Some(r) => Final {
+                last: Some((r.progress, r.fin_received)),
+                failure: Failure::NONE,
+                srtt_us: r.srtt_us,
+            },
+            None => Final { last: None, failure: Failure::NONE, srtt_us: 0 },
+        };
+        // SAFETY: as above.
+        unsafe {
+            account(&slot, &raw mut (*seeded).claimed, &(*seeded).base, &end, true, rtt_sample);
         }
-        // SAFETY: the slot's pointer is this CPU's value of a live pair entry.
-        unsafe { add(&raw mut (*slot.stats()).closed, 1) };
     }
     if SEEDED.remove(cookie).is_ok() {
         conn::release();

@@ -36,9 +36,19 @@ fn key(netns_cookie: u64, addr: &[u8; 16], v6: bool) -> (NetnsKey, [u8; 16]) {
 /// `conn`, the client connection's storage (null for a server's socket): a source the
 /// process bound itself (`CONN_USER_BOUND`, perhaps an address not its own, with
 /// IP_FREEBIND) teaches nothing; only one the kernel chose does.
+///
+/// # Safety
+/// `conn` must be null or point to a live `Conn` (the connection's socket storage),
+/// readable for the call.
 #[inline(never)]
-pub(crate) fn learn(netns_cookie: u64, addr: &[u8; 16], v6: bool, cell: u32, conn: *const Conn) {
-    // SAFETY: `conn` is null or the live socket storage of the connection; one byte read.
+pub(crate) unsafe fn learn(
+    netns_cookie: u64,
+    addr: &[u8; 16],
+    v6: bool,
+    cell: u32,
+    conn: *const Conn,
+) {
+    // SAFETY: `conn` per the contract; one byte read.
     let bound = !conn.is_null() && unsafe { (*conn).flags } & CONN_USER_BOUND != 0;
     if cell == CELL_IGNORED || bound || link_local(addr, v6) {
         return;

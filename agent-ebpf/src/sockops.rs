@@ -118,7 +118,8 @@ fn on_connect(ops: &Ops<'_>) {
     let src = view.cell_of(&e.local, e.v6);
     // Only if the kernel chose this source (`learn` reads that in `c`, so this frame
     // keeps nothing more: `sock_ops` is at the 512-byte stack on 6.1).
-    netns::learn(ops.netns_cookie(), &e.local, e.v6, src, c);
+    // SAFETY: `c` as above.
+    unsafe { netns::learn(ops.netns_cookie(), &e.local, e.v6, src, c) };
     let Some(verdict) = view.verdict(src, dst, port) else {
         conn::forget(sk);
         return;
@@ -258,7 +259,8 @@ fn on_passive_established(ops: &Ops<'_>) {
     let port = ops.local_port();
     let src = view.cell_of(&e.remote, e.v6);
     let (dst, service) = view.server_of(&e.local, e.v6, port);
-    netns::learn(ops.netns_cookie(), &e.local, e.v6, dst, core::ptr::null());
+    // SAFETY: no connection storage to read (null).
+    unsafe { netns::learn(ops.netns_cookie(), &e.local, e.v6, dst, core::ptr::null()) };
     let Some(verdict) = view.verdict(src, dst, port) else { return };
     let Some(sk) = ops.sk() else { return };
     if !conn::admit() {

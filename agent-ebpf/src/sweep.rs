@@ -30,7 +30,9 @@ use crate::{
 #[unsafe(link_section = "iter/bpf_sk_storage_map")]
 fn cellwatch_sweep(ctx: *mut StorageIterCtx) -> i32 {
     if let Some(it) = Iter::storage(ctx) {
-        try_sweep::<false>(&it, it.value().cast());
+        // SAFETY: the iterator walks `CONN` (the agent links it over that map), so the
+        // step's value is the `Conn` storage of the step's socket, live for the step.
+        unsafe { try_sweep::<false>(&it, it.value().cast()) };
     }
     0
 }
@@ -41,7 +43,9 @@ fn cellwatch_sweep_tcp(ctx: *mut TcpIterCtx) -> i32 {
     if let Some(it) = Iter::tcp(ctx)
         && let Some(c) = conn::get(it.sk())
     {
-        try_sweep::<true>(&it, c);
+        // SAFETY: `c` is the `Conn` storage of the step's socket, which the walk holds
+        // (and so keeps alive) for the step.
+        unsafe { try_sweep::<true>(&it, c) };
     }
     0
 }
@@ -51,11 +55,16 @@ fn cellwatch_sweep_tcp(ctx: *mut TcpIterCtx) -> i32 {
 /// Linux 6.0), so one read is consistent; otherwise the read waits for a quiet moment.
 /// (A constant, so each walk's program has only its own read: a run-time choice between
 /// the two makes code the verifier refuses.)
+///
+/// # Safety
+/// `c` must point to the `Conn` storage of the step's socket (`it.sk()`), live and
+/// writable for the whole step; others write it only as the close and the claims do (one
+/// word, atomics).
 #[inline(always)]
-fn try_sweep<const LOCKED: bool>(it: &Iter, c: *mut Conn) {
-    // SAFETY: `c` is this socket's `Conn` storage, valid for the step;
-    // `closed` is read as the one word the close stores. Fields are read one by one
-    // (the whole `Conn` would not fit the stack beside the rest).
+unsafe fn try_sweep<const LOCKED: bool>(it: &Iter, c: *mut Conn) {
+    // SAFETY: `c` per the contract; `closed` is read as the one word the close stores.
+    // Fields are read one by one (the whole `Conn` would not fit the stack beside the
+    // rest).
     let (flags, closed, mut key, cookie, direction, src_cell) = unsafe {
         (
             (*c).flags,
@@ -91,7 +100,8 @@ fn try_sweep<const LOCKED: bool>(it: &Iter, c: *mut Conn) {
     // A listing's first pass only says which connections there are; its second claims
     // and reports the ones it chose (the others count at the next periodic sweep).
     if records == SWEEP_BRIEF {
-        brief(it, c, cookie, src_cell);
+        // SAFETY: as above.
+        unsafe { brief(it, c, cookie, src_cell) };
         return;
     }
     // SAFETY: the value is only tested for presence.
@@ -100,17 +110,23 @@ fn try_sweep<const LOCKED: bool>(it: &Iter, c: *mut Conn) {
     }
     count(CTR_SWEEP_VISITED);
     let seeded = flags & CONN_SEEDED != 0;
-    let srtt_us = claim::<LOCKED>(it, c, &key, (flags, cookie, direction, src_cell), pending);
+    // SAFETY: `c` per the contract.
+    let srtt_us =
+        unsafe { claim::<LOCKED>(it, c, &key, (flags, cookie, direction, src_cell), pending) };
     if records == SWEEP_WANTED {
-        report(it, c, cookie, seeded, srtt_us);
+        // SAFETY: `c` per the contract.
+        unsafe { report(it, c, cookie, seeded, srtt_us) };
     }
 }
 
 /// Reads the socket of `c` and, unless its backend is `pending`, claims what it moved
 /// since the last claim into its pair (`key`) and samples its RTT when this side
 /// observes it. Returns the smoothed RTT read (0 when the socket stayed busy).
+///
+/// # Safety
+/// As for [`try_sweep`].
 #[inline(always)]
-fn claim<const LOCKED: bool>(
+unsafe fn claim<const LOCKED: bool>(
     it: &Iter,
     c: *mut Conn,
     key: &PairKey,
@@ -126,7 +142,8 @@ fn claim<const LOCKED: bool>(
             srtt_us = r.srtt_us;
             if let Some(slot) = Slot::of(key).filter(|_| !pending) {
                 if flags & CONN_SERVICE_ADDR != 0 {
-                    // SAFETY: as in `try_sweep`.
+                    // SAFETY: `c` per the contract; `slot` is the pair of `key`, which
+                    // `apply` returned.
                     unsafe { service_addr::count_open(c, &slot) };
                 }
                 if flags & CONN_SEEDED != 0 {
@@ -144,7 +161,7 @@ fn claim<const LOCKED: bool>(
                         }
                     }
                 } else {
-                    // SAFETY: as in `try_sweep`.
+                    // SAFETY: `c` per the contract.
                     unsafe {
                         slot.claim(&raw mut (*c).claimed, &(*c).base, &r.progress, r.fin_received);
                     }
@@ -160,23 +177,29 @@ fn claim<const LOCKED: bool>(
 
 /// The full record of `c` for a listing: the connection as stored, then what the sweep
 /// found (its claims, as its pair's counters now hold them, and `srtt_us`).
+///
+/// # Safety
+/// `c` must point to a live `Conn`, readable for the call.
 #[inline(always)]
-fn report(it: &Iter, c: *mut Conn, cookie: u64, seeded: bool, srtt_us: u32) {
+unsafe fn report(it: &Iter, c: *mut Conn, cookie: u64, seeded: bool, srtt_us: u32) {
     let claimed: Claimed = if seeded {
         // SAFETY: the value is copied out at once.
         unsafe { SEEDED.get(cookie) }.map_or_else(Claimed::default, |s| s.claimed)
     } else {
-        // SAFETY: as in `try_sweep`.
+        // SAFETY: `c` per the contract.
         unsafe { (*c).claimed }
     };
-    // SAFETY: as in `try_sweep`.
+    // SAFETY: as above.
     it.write(unsafe { &*c });
     it.write(&SweepTail { claimed, srtt_us, _pad: 0 });
 }
 /// A listing's brief of a connection that passes its filter (`SETTING_LIST_*`).
+///
+/// # Safety
+/// `c` must point to a live `Conn`, readable for the call.
 #[inline(always)]
-fn brief(it: &Iter, c: *mut Conn, cookie: u64, src_cell: u32) {
-    // SAFETY: as in `try_sweep`.
+unsafe fn brief(it: &Iter, c: *mut Conn, cookie: u64, src_cell: u32) {
+    // SAFETY: `c` per the contract.
     let (start_ns, dst_cell, verdict) = unsafe { ((*c).start_ns, (*c).dst_cell, (*c).verdict()) };
     let setting = |i| SETTINGS.get(i).copied().unwrap_or(LIST_ANY);
     let cell = setting(SETTING_LIST_CELL);

@@ -1,7 +1,8 @@
 //! `cellwatch report`'s model, with no network: the answers of a Prometheus (one instant
-//! query per [`Query`], see [`prom`]) become the blast radius of each service, each
+//! query per [`Reading`], see [`prom`]) become the blast radius of each service, each
 //! cell's dependencies and containment, and the outlier cells; [`render`] writes them as
-//! text, JSON or graphviz dot.
+//! text, JSON or graphviz dot. The same readings can come from one agent's `/metrics`
+//! ([`answers_of`]): the demo's blast radius is [`blast_radii`] of those.
 //!
 //! - **Blast radius** of a service: the cells whose clients reached it over the range
 //!   (opened connections, failed connects or bytes), each with its share of the service's
@@ -27,12 +28,16 @@ mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use agent_core::{metrics::families as f, names::EXTERNAL};
+use agent_core::{metrics::families as f, names::EXTERNAL, promtext::Sample};
 use serde::Serialize;
 
-pub use prom::{AnswerError, Query, Range, Series, parse_answer};
+pub use prom::{AnswerError, Range, Reading, Series, parse_answer};
 
-use crate::scrape::Hist;
+use crate::{
+    scrape::Hist,
+    side::{self, Way},
+};
+use prom::Read;
 
 /// How much worse than the other cells' median an outlier is.
 pub const FACTOR: f64 = 3.0;
@@ -44,7 +49,7 @@ pub const P99_FLOOR_SECONDS: f64 = 0.05;
 pub const MIN_CONNECTS_PER_SECOND: f64 = 0.2;
 
 /// Each family's series, as Prometheus answered.
-pub type Answers = BTreeMap<Query, Vec<Series>>;
+pub type Answers = BTreeMap<Reading, Vec<Series>>;
 
 /// Prometheus has none of cellwatch's families over the range.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -216,35 +221,35 @@ type Compared = (Signal, f64, fn(&Traffic) -> Option<f64>);
 /// The families of one kind of destination (`dst_cell` or `service`).
 struct Kind {
     label: &'static str,
-    opened: Query,
-    failed: Query,
-    sent: Query,
-    received: Query,
-    latency: Query,
+    opened: Reading,
+    failed: Reading,
+    sent: Reading,
+    received: Reading,
+    latency: Reading,
 }
 
 const PAIRS: Kind = Kind {
     label: "dst_cell",
-    opened: Query::PairOpened,
-    failed: Query::PairFailed,
-    sent: Query::PairSent,
-    received: Query::PairReceived,
-    latency: Query::PairLatency,
+    opened: Reading::PairOpened,
+    failed: Reading::PairFailed,
+    sent: Reading::PairSent,
+    received: Reading::PairReceived,
+    latency: Reading::PairLatency,
 };
 
 const SERVICES: Kind = Kind {
     label: "service",
-    opened: Query::ServiceOpened,
-    failed: Query::ServiceFailed,
-    sent: Query::ServiceSent,
-    received: Query::ServiceReceived,
-    latency: Query::ServiceLatency,
+    opened: Reading::ServiceOpened,
+    failed: Reading::ServiceFailed,
+    sent: Reading::ServiceSent,
+    received: Reading::ServiceReceived,
+    latency: Reading::ServiceLatency,
 };
 
 fn flows(answers: &Answers, kind: &Kind) -> Flows {
     let mut flows = Flows::new();
-    let series = |f: Query| answers.get(&f).map(Vec::as_slice).unwrap_or_default();
-    let fields: [(Query, AddTo); 5] = [
+    let series = |f: Reading| answers.get(&f).map(Vec::as_slice).unwrap_or_default();
+    let fields: [(Reading, AddTo); 5] = [
         (kind.opened, |t, v, _| t.opened += v),
         (kind.failed, |t, v, _| t.failed += v),
         (kind.sent, |t, v, _| t.bytes += v),
@@ -272,6 +277,45 @@ fn flows(answers: &Answers, kind: &Kind) -> Flows {
         }
     }
     flows
+}
+
+/// What the report would read from the samples of one agent's `/metrics`, without a
+/// Prometheus: each [`Reading`]'s series as its query sums them ([`Reading::read`]), each
+/// counter with all of its value (everything since the agent started), as a query counts
+/// a series that appeared within its range.
+pub fn answers_of(samples: &[Sample]) -> Answers {
+    let mut answers = Answers::new();
+    for reading in Reading::ALL {
+        let read = reading.read();
+        let mut sums = BTreeMap::<BTreeMap<String, String>, f64>::new();
+        for s in samples.iter().filter(|s| takes(read, s) && s.value.is_finite()) {
+            let labels = read.by().map(|l| (l.to_owned(), s.label(l).to_owned())).collect();
+            let sum = sums.entry(labels).or_insert(0.0);
+            // A catalog series is 1, whichever agent says so: `max`, not `sum`.
+            *sum = if matches!(read, Read::Info(..)) { sum.max(s.value) } else { *sum + s.value };
+        }
+        let series: Vec<Series> =
+            sums.into_iter().map(|(labels, value)| Series { labels, value }).collect();
+        if !series.is_empty() {
+            answers.insert(reading, series);
+        }
+    }
+    answers
+}
+
+/// Whether a sample of `/metrics` is one of the reading's series.
+fn takes(read: Read, s: &Sample) -> bool {
+    match read {
+        Read::Info(family, _) | Read::All(family, _) => s.name == family,
+        Read::ClientSide(family, _) => s.name == family && side::counts_sample(s),
+        Read::Bytes(way, (sent, received), _) => {
+            let family = match side::client_bytes(way, s.label("direction")) {
+                Way::Sent => sent,
+                Way::Received => received,
+            };
+            s.name == family && side::counts_sample(s)
+        }
+    }
 }
 
 /// A count over the range as a whole number (`increase()` extrapolates).
@@ -302,31 +346,18 @@ fn median(values: &mut [f64]) -> Option<f64> {
 impl Report {
     /// The report over `range` from Prometheus' answers.
     pub fn build(range: Range, answers: &Answers) -> Result<Self, NoData> {
-        let empty = |f: Query| answers.get(&f).is_none_or(Vec::is_empty);
-        if empty(Query::Cells) && empty(Query::PairOpened) && empty(Query::ServiceOpened) {
+        let empty = |f: Reading| answers.get(&f).is_none_or(Vec::is_empty);
+        if empty(Reading::Cells) && empty(Reading::PairOpened) && empty(Reading::ServiceOpened) {
             return Err(NoData(range));
         }
         let mut notes = Vec::new();
-        let mut global = BTreeMap::<String, bool>::new();
-        for s in answers.get(&Query::Cells).into_iter().flatten() {
-            if !s.label("cell").is_empty() {
-                *global.entry(s.label("cell").to_owned()).or_default() |=
-                    s.label("global") == "true";
-            }
-        }
+        let (global, home) = catalog(answers);
         if global.is_empty() {
             notes.push(format!(
                 "no agent exports {}: global cells are not known, so no connection counts as \
                  going to a global cell",
                 f::CELL_INFO
             ));
-        }
-        let mut home = BTreeMap::<String, String>::new();
-        for s in answers.get(&Query::Services).into_iter().flatten() {
-            if !s.label("service").is_empty() && !s.label("cell").is_empty() {
-                home.entry(s.label("service").to_owned())
-                    .or_insert_with(|| s.label("cell").to_owned());
-            }
         }
         let pairs = flows(answers, &PAIRS);
         let services = flows(answers, &SERVICES);
@@ -342,16 +373,7 @@ impl Report {
             .map(|c| cell(c, is_global(c), &pairs, &services, &home, &is_global))
             .collect();
 
-        let mut service_names: BTreeSet<String> = home.keys().cloned().collect();
-        service_names.extend(services.keys().map(|(_, s)| s.clone()));
-        let services_out = service_names
-            .iter()
-            .map(|s| {
-                let cell = home.get(s).cloned();
-                let global = cell.as_deref().is_some_and(is_global);
-                blast_radius(s, cell, global, &services)
-            })
-            .collect();
+        let services_out = radii(&services, &home, &is_global);
 
         let range_seconds = range.seconds();
         let mut found = outliers(&services, range_seconds, Destination::Service);
@@ -378,6 +400,48 @@ impl Report {
     pub fn cell(&self, cell: &str) -> Option<&Cell> {
         self.cells.iter().find(|c| c.cell == cell)
     }
+}
+
+/// Each service's blast radius from `answers` alone (the report's, without the rest).
+pub fn blast_radii(answers: &Answers) -> Vec<Service> {
+    let (global, home) = catalog(answers);
+    let is_global = |c: &str| global.get(c).copied().unwrap_or(false);
+    radii(&flows(answers, &SERVICES), &home, &is_global)
+}
+
+/// The catalog: whether each cell is global, and the cell each service lies in.
+fn catalog(answers: &Answers) -> (BTreeMap<String, bool>, BTreeMap<String, String>) {
+    let mut global = BTreeMap::<String, bool>::new();
+    for s in answers.get(&Reading::Cells).into_iter().flatten() {
+        if !s.label("cell").is_empty() {
+            *global.entry(s.label("cell").to_owned()).or_default() |= s.label("global") == "true";
+        }
+    }
+    let mut home = BTreeMap::<String, String>::new();
+    for s in answers.get(&Reading::Services).into_iter().flatten() {
+        if !s.label("service").is_empty() && !s.label("cell").is_empty() {
+            home.entry(s.label("service").to_owned()).or_insert_with(|| s.label("cell").to_owned());
+        }
+    }
+    (global, home)
+}
+
+/// The blast radius of every service the catalog names or a client called, by name.
+fn radii(
+    services: &Flows,
+    home: &BTreeMap<String, String>,
+    is_global: &dyn Fn(&str) -> bool,
+) -> Vec<Service> {
+    let mut names: BTreeSet<String> = home.keys().cloned().collect();
+    names.extend(services.keys().map(|(_, s)| s.clone()));
+    names
+        .iter()
+        .map(|s| {
+            let cell = home.get(s).cloned();
+            let global = cell.as_deref().is_some_and(is_global);
+            blast_radius(s, cell, global, services)
+        })
+        .collect()
 }
 
 fn cell(

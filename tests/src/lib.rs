@@ -507,7 +507,7 @@ pub fn cgroup2_root() -> String {
 }
 
 /// Scrapes until `f` holds or 10 s pass.
-pub fn settle(agent: &Agent, f: impl Fn(&Metrics) -> bool) -> Metrics {
+pub fn scrape_until(agent: &Agent, f: impl Fn(&Metrics) -> bool) -> Metrics {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let m = agent.metrics();

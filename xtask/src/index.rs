@@ -1,5 +1,7 @@
-//! Tests that the hand-written indexes cannot drift: every source file is in the README's
-//! map of the tree, and every list of test areas in the docs is `AREAS` or `FORCED_AREAS`.
+//! Tests that the tree's indexes and layout cannot drift: every source file is in the
+//! README's map (every test file in `tests/README.md`'s), every list of test areas in the
+//! docs is `AREAS` or `FORCED_AREAS`, a module's doc that lists its submodules lists them
+//! all, one layout for modules and unit tests, and no modules importing in a circle.
 
 use std::{
     fs,
@@ -89,12 +91,13 @@ fn mentions(text: &str, word: &str) -> bool {
     })
 }
 
-/// The files of `krate` (a map line such as `agent/src/`) that `map` does not name.
-fn unmapped(map: &str, krate: &str) -> Vec<String> {
+/// The files of `krate` (a map line such as `agent/src/`) under `tree` that `map` does
+/// not name.
+fn unmapped(tree: &Path, map: &str, krate: &str) -> Vec<String> {
     let part = section(map, krate);
     let dir = if krate == "xtask/" { "xtask/src/" } else { krate };
     let mut files = Vec::new();
-    sources(&root().join(dir), Path::new(""), &mut files);
+    sources(&tree.join(dir), Path::new(""), &mut files);
     files
         .iter()
         .filter_map(|f| {
@@ -110,8 +113,33 @@ fn unmapped(map: &str, krate: &str) -> Vec<String> {
 fn every_source_file_is_in_the_readmes_map() {
     let readme = read("README.md");
     let map = map(&readme);
-    let missing: Vec<String> = MAPPED.iter().flat_map(|k| unmapped(map, k)).collect();
+    let missing: Vec<String> = MAPPED.iter().flat_map(|k| unmapped(&root(), map, k)).collect();
     assert!(missing.is_empty(), "the README's map (## How it works) does not name: {missing:?}");
+}
+
+/// The test binary's modules and the harness's, each named in `tests/README.md`'s layout.
+#[test]
+fn every_test_file_is_in_the_tests_readme() {
+    let readme = read("tests/README.md");
+    let layout = &readme[readme.find("## Layout").expect("tests/README.md's layout")..];
+    let layout = &layout[..layout[3..].find("\n## ").map_or(layout.len(), |n| n + 3)];
+    let mut missing = Vec::new();
+    for (dir, spelled) in [("tests/tests/it", ""), ("tests/src", "src/")] {
+        let mut files = Vec::new();
+        sources(&root().join(dir), Path::new(""), &mut files);
+        for f in files {
+            let name = f.display().to_string();
+            let found = if spelled.is_empty() {
+                mentions(layout, &name)
+            } else {
+                mentions(layout, &format!("{spelled}{name}")) || mentions(layout, &name)
+            };
+            if !found {
+                missing.push(format!("{dir}/{name}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "tests/README.md's layout does not name: {missing:?}");
 }
 
 #[test]
@@ -123,6 +151,19 @@ fn a_file_left_out_of_the_map_is_found() {
     assert_eq!(named_by(Path::new("serve/mod.rs")).as_deref(), Some("serve/"));
     assert_eq!(named_by(Path::new("main.rs")), None);
     assert_eq!(named_by(Path::new("serve/tests.rs")), None);
+    // A tree with one file more than its map names.
+    let tree = std::env::temp_dir().join(format!("cellwatch-index-{}", std::process::id()));
+    for f in ["main.rs", "cli.rs", "serve.rs", "serve/http.rs", "serve/tests.rs", "serve/extra.rs"]
+    {
+        let path = tree.join("agent/src").join(f);
+        fs::create_dir_all(path.parent().expect("a parent")).expect("the scratch tree");
+        fs::write(&path, "").expect("a scratch file");
+    }
+    let map =
+        "agent/src/   the agent\n  main.rs, cli.rs  the binary\n  serve.rs, serve/  http.rs\n";
+    let missing = unmapped(&tree, map, "agent/src/");
+    fs::remove_dir_all(&tree).expect("the scratch tree removed");
+    assert_eq!(missing, ["agent/src/serve/extra.rs"]);
 }
 
 /// Every "the a, b and c areas" in `text`, each as its list of areas.
@@ -209,9 +250,28 @@ fn modules(src: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The items (`fn`, `struct`, `const`...) `text` defines with some `pub`.
+fn defines(text: &str) -> Vec<String> {
+    let kinds = ["fn", "struct", "enum", "type", "trait", "static", "const"];
+    text.lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("pub"))
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            // `pub const fn f` names `f`: the name follows the last kind word.
+            let i = words.iter().rposition(|w| kinds.contains(w))?;
+            let name =
+                words.get(i + 1)?.split(|c: char| !c.is_alphanumeric() && c != '_').next()?;
+            Some(name.to_owned())
+        })
+        .collect()
+}
+
 /// The modules `text` (the code of module `me`, comments left out) imports from its
-/// crate: the longest known module of each `crate::a::b` and `super::a` path.
-fn imports(me: &str, text: &str, known: &[String]) -> Vec<String> {
+/// crate: the longest known module of each `crate::a::b` and `super::a` path, and for an
+/// item the crate root re-exports (`crate::Item`), the module that defines it
+/// (`owners`: item, module).
+fn imports(me: &str, text: &str, known: &[String], owners: &[(String, String)]) -> Vec<String> {
     let code: String = text
         .lines()
         .map(|l| l.split_once("//").map_or(l, |(code, _)| code))
@@ -228,15 +288,22 @@ fn imports(me: &str, text: &str, known: &[String]) -> Vec<String> {
             for item in group.split(',') {
                 let mut path = base.to_owned();
                 let mut found = None;
-                for part in item
+                let parts: Vec<&str> = item
                     .split("::")
                     .map(|p| p.trim_matches(|c: char| !c.is_alphanumeric() && c != '_'))
-                {
-                    path =
-                        if path.is_empty() { part.to_owned() } else { format!("{path}::{part}") };
+                    .collect();
+                for part in &parts {
+                    path = if path.is_empty() {
+                        (*part).to_owned()
+                    } else {
+                        format!("{path}::{part}")
+                    };
                     if known.contains(&path) {
                         found = Some(path.clone());
                     }
+                }
+                if found.is_none() && base.is_empty() {
+                    found = owners.iter().find(|(i, _)| i == parts[0]).map(|(_, m)| m.clone());
                 }
                 if let Some(m) = found.filter(|m| m != me && !me.starts_with(&format!("{m}::"))) {
                     out.push(m);
@@ -278,20 +345,34 @@ fn circle(graph: &[(String, Vec<String>)]) -> Option<Vec<String>> {
 
 #[test]
 fn no_module_imports_in_a_circle() {
-    for src in
-        MAPPED.iter().map(|k| if *k == "xtask/" { "xtask/src" } else { k.trim_end_matches('/') })
-    {
+    let crates = MAPPED
+        .iter()
+        .map(|k| if *k == "xtask/" { "xtask/src" } else { k.trim_end_matches('/') })
+        .chain(["tests/src"]);
+    for src in crates {
         let mods = modules(src);
         let known: Vec<String> = mods.iter().map(|(m, _)| m.clone()).collect();
+        let owners: Vec<(String, String)> = mods
+            .iter()
+            .filter(|(m, _)| !m.is_empty())
+            .flat_map(|(m, text)| defines(text).into_iter().map(move |i| (i, m.clone())))
+            .collect();
         let graph: Vec<(String, Vec<String>)> =
-            mods.iter().map(|(m, text)| (m.clone(), imports(m, text, &known))).collect();
+            mods.iter().map(|(m, text)| (m.clone(), imports(m, text, &known, &owners))).collect();
         assert_eq!(circle(&graph), None, "{src}: these modules import each other in a circle");
     }
     let known = ["a".to_owned(), "a::b".to_owned(), "c".to_owned()];
-    assert_eq!(imports("c", "use crate::{a::b::Thing, x};", &known), ["a::b"]);
+    let owners = [("Thing".to_owned(), "c".to_owned())];
+    assert_eq!(imports("c", "use crate::{a::b::Thing, x};", &known, &owners), ["a::b"]);
     assert_eq!(
-        imports("a::b", "use super::c;\nuse crate::a::X; // crate::c", &known),
+        imports("a::b", "use super::c;\nuse crate::a::X; // crate::c", &known, &owners),
         Vec::<String>::new()
+    );
+    // Through the root's re-export: `crate::Thing` is `c`'s.
+    assert_eq!(imports("a", "use crate::{Thing, b};", &known, &owners), ["c"]);
+    assert_eq!(
+        defines("pub const fn f() {}\npub(crate) struct S<T>;\npub const N: u8 = 1;"),
+        ["f", "S", "N"]
     );
     let graph = [("a".to_owned(), vec!["c".to_owned()]), ("c".to_owned(), vec!["a".to_owned()])];
     assert_eq!(circle(&graph), Some(vec!["a".to_owned(), "c".to_owned()]));

@@ -6,8 +6,8 @@ use super::{
     families as f,
     snapshot::Snapshot,
     text::{
-        Bounds, Def, Family, Hist, HistNames, HistOf, Kind, Out, Valued, histogram, latency_of,
-        quoted, rtt_of,
+        Bounds, Def, Family, Hist, HistNames, HistOf, Kind, Out, VERDICTS, Valued, histogram,
+        latency_of, quoted, rtt_of, slot, verdict_labels,
     },
 };
 use crate::ids::CellIds;
@@ -87,7 +87,7 @@ struct Dir {
     // Client side only (egress).
     failed: [u64; Failure::REASONS],
     denied: u64,
-    /// Which verdicts (allowed, violation) have a key: each gets its series.
+    /// Which verdicts have a key (by [`slot`]): each gets its series.
     has: [bool; 2],
     /// Its keys (by verdict and service): `order[span.0..span.1]`.
     span: (usize, usize),
@@ -95,11 +95,17 @@ struct Dir {
 
 impl Dir {
     fn violating(&self) -> bool {
-        self.has[1]
+        self.has(Verdict::VIOLATION)
     }
 
-    fn has(&self, verdict: u8) -> bool {
-        self.has[usize::from(Verdict(verdict) == Verdict::VIOLATION)]
+    fn has(&self, verdict: Verdict) -> bool {
+        self.has[slot(verdict)]
+    }
+
+    /// Connections open: opened less closed, over verdicts.
+    fn active(&self) -> u64 {
+        let (opened, closed): (u64, u64) = (self.opened.iter().sum(), self.closed.iter().sum());
+        opened.saturating_sub(closed)
     }
 
     /// One histogram of the pair, summed over its keys.
@@ -114,7 +120,7 @@ impl Dir {
 }
 
 /// (src cell id, dst cell id, direction)
-type PairDir = (u32, u32, u8);
+type PairDir = (u32, u32, Direction);
 
 /// A row and its labels: `src_cell="a",dst_cell="b"`, and the same with
 /// `,direction="…"`.
@@ -131,13 +137,13 @@ fn group(snap: &Snapshot) -> (Vec<usize>, Vec<(PairDir, Dir)>) {
     let mut out: Vec<(PairDir, Dir)> = Vec::new();
     for (at, &i) in order.iter().enumerate() {
         let (k, s) = &snap.pairs[i];
-        let pd = (k.src_cell, k.dst_cell, k.direction);
+        let pd = (k.src_cell, k.dst_cell, k.direction());
         if out.last().is_none_or(|(last, _)| *last != pd) {
             out.push((pd, Dir { span: (at, at), ..Dir::default() }));
         }
         let Some((_, d)) = out.last_mut() else { continue };
         d.span.1 = at + 1;
-        let v = usize::from(k.verdict() == Verdict::VIOLATION);
+        let v = slot(k.verdict());
         d.has[v] = true;
         d.opened[v] += s.opened;
         d.closed[v] += s.closed;
@@ -165,7 +171,7 @@ pub(super) fn render(snap: &Snapshot, ids: &CellIds, bounds: &Bounds<'_>, out: &
         .map(|((src, dst, dir), _)| {
             let pair =
                 format!("src_cell={},dst_cell={}", quoted(ids.name(*src)), quoted(ids.name(*dst)));
-            let with_dir = format!("{pair},direction=\"{}\"", Direction(*dir).label());
+            let with_dir = format!("{pair},direction=\"{}\"", dir.label());
             (pair, with_dir)
         })
         .collect();
@@ -177,31 +183,26 @@ pub(super) fn render(snap: &Snapshot, ids: &CellIds, bounds: &Bounds<'_>, out: &
 
 /// Opened and closed (by verdict), active, failed (by reason), violations and denied.
 fn connections(rows: &[Row<'_>], out: &mut Out<'_>) {
+    let verdicts = verdict_labels();
     for (def, closed) in [(&OPENED, false), (&CLOSED, true)] {
         let mut f = Family::new(out, def);
         for (_, d, (_, pd)) in rows {
             let counts = if closed { d.closed } else { d.opened };
-            for v in [Verdict::ALLOWED.0, Verdict::VIOLATION.0] {
+            for v in VERDICTS {
                 // A verdict no connection of the pair got has no series.
                 if d.has(v) {
-                    let extra = if Verdict(v) == Verdict::VIOLATION {
-                        "verdict=\"violation\""
-                    } else {
-                        "verdict=\"allowed\""
-                    };
-                    f.sample(pd, extra, counts[usize::from(v)]);
+                    f.sample(pd, &verdicts[slot(v)], counts[slot(v)]);
                 }
             }
         }
     }
     let mut f = Family::new(out, &ACTIVE);
     for (_, d, (_, pd)) in rows {
-        let active = (d.opened[0] + d.opened[1]).saturating_sub(d.closed[0] + d.closed[1]);
-        f.sample(pd, "", active);
+        f.sample(pd, "", d.active());
     }
     let mut f = Family::new(out, &FAILED);
     for ((_, _, dir), d, (p, _)) in rows {
-        if Direction(*dir) == Direction::EGRESS && d.failed.iter().any(|n| *n > 0) {
+        if *dir == Direction::EGRESS && d.failed.iter().any(|n| *n > 0) {
             for (reason, n) in Failure::LABELS.iter().zip(d.failed) {
                 f.sample(p, &format!("reason=\"{reason}\""), n);
             }
@@ -217,7 +218,7 @@ fn connections(rows: &[Row<'_>], out: &mut Out<'_>) {
     for ((_, _, dir), d, (p, _)) in rows {
         // From the first refusal on: audit mode refuses nothing, nor does enforce mode for
         // a source cell outside `enforce_cells`.
-        if Direction(*dir) == Direction::EGRESS && d.denied > 0 {
+        if *dir == Direction::EGRESS && d.denied > 0 {
             f.sample(p, "", d.denied);
         }
     }
@@ -246,7 +247,7 @@ fn histograms(
     let latency = HistNames::of(LATENCY.name);
     let mut f = Family::new(out, &LATENCY);
     for ((_, _, dir), d, (p, _)) in rows {
-        if Direction(*dir) != Direction::EGRESS {
+        if *dir != Direction::EGRESS {
             continue;
         }
         let h = d.hist(snap, order, latency_of);
@@ -259,7 +260,7 @@ fn histograms(
     for ((src, _, dir), d, (_, pd)) in rows {
         // RTT once per connection: from the client's socket, and from the server's only
         // when the client is in no cell (no cellwatch sees it as egress).
-        if !observes_rtt(Direction(*dir), *src) {
+        if !observes_rtt(*dir, *src) {
             continue;
         }
         let h = d.hist(snap, order, rtt_of);

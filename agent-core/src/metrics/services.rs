@@ -1,13 +1,14 @@
 //! The per-service families: connections, bytes, failures and connect latency per
 //! (client cell, service), and the catalog of cells and services the config names, so
 //! dashboards and rules can tell a global cell and the cell a service lies in.
-use agent_common::{Direction, Failure, NO_SERVICE, Verdict};
+use agent_common::{Direction, Failure, NO_SERVICE};
 
 use super::{
     families as f,
     snapshot::Snapshot,
     text::{
-        Bounds, Def, Family, Hist, HistNames, Kind, Out, Valued, histogram, latency_of, quoted,
+        Bounds, Def, Family, Hist, HistNames, Kind, Out, VERDICTS, Valued, histogram, latency_of,
+        quoted, slot, verdict_labels,
     },
 };
 use crate::ids::CellIds;
@@ -58,8 +59,10 @@ const LATENCY: Def = Def {
 /// What one (client cell, service, direction) holds, over verdicts.
 #[derive(Default)]
 struct Row {
+    /// Opened and closed, by verdict ([`slot`]).
     opened: [u64; 2],
     closed: [u64; 2],
+    /// Which verdicts have a key: each gets its series.
     has: [bool; 2],
     sent: u64,
     received: u64,
@@ -68,8 +71,16 @@ struct Row {
     span: (usize, usize),
 }
 
+impl Row {
+    /// Connections open: opened less closed, over verdicts.
+    fn active(&self) -> u64 {
+        let (opened, closed): (u64, u64) = (self.opened.iter().sum(), self.closed.iter().sum());
+        opened.saturating_sub(closed)
+    }
+}
+
 /// (client cell id, service id, direction)
-type Key = (u32, u16, u8);
+type Key = (u32, u16, Direction);
 
 /// The rows and their labels: `src_cell="a",service="s"`, and the same with
 /// `,direction="…"`.
@@ -82,19 +93,19 @@ fn group(snap: &Snapshot) -> (Vec<usize>, Vec<(Key, Row)>) {
         (0..snap.pairs.len()).filter(|&i| snap.pairs[i].0.service != NO_SERVICE).collect();
     let key = |i: usize| {
         let k = &snap.pairs[i].0;
-        (k.src_cell, k.service, k.direction, k.verdict)
+        (k.src_cell, k.service, k.direction(), k.verdict())
     };
     order.sort_by_key(|&i| key(i));
     let mut rows: Vec<(Key, Row)> = Vec::new();
     for (at, &i) in order.iter().enumerate() {
         let (k, s) = &snap.pairs[i];
-        let rk = (k.src_cell, k.service, k.direction);
+        let rk = (k.src_cell, k.service, k.direction());
         if rows.last().is_none_or(|(last, _)| *last != rk) {
             rows.push((rk, Row { span: (at, at), ..Row::default() }));
         }
         let Some((_, r)) = rows.last_mut() else { continue };
         r.span.1 = at + 1;
-        let v = usize::from(k.verdict() == Verdict::VIOLATION);
+        let v = slot(k.verdict());
         r.has[v] = true;
         r.opened[v] += s.opened;
         r.closed[v] += s.closed;
@@ -116,7 +127,7 @@ pub(super) fn render(snap: &Snapshot, ids: &CellIds, bounds: &Bounds<'_>, out: &
         .map(|((src, svc, dir), _)| {
             let service = ids.service_name(*svc).unwrap_or("unknown");
             let base = format!("src_cell={},service={}", quoted(ids.name(*src)), quoted(service));
-            let with_dir = format!("{base},direction=\"{}\"", Direction(*dir).label());
+            let with_dir = format!("{base},direction=\"{}\"", dir.label());
             (base, with_dir)
         })
         .collect();
@@ -128,22 +139,22 @@ pub(super) fn render(snap: &Snapshot, ids: &CellIds, bounds: &Bounds<'_>, out: &
 
 /// Opened (by verdict), active and failed (by reason).
 fn connections(rows: &[Labelled<'_>], out: &mut Out<'_>) {
+    let verdicts = verdict_labels();
     let mut f = Family::new(out, &OPENED);
     for ((_, r), (_, pd)) in rows {
-        for (v, verdict) in [(0, "verdict=\"allowed\""), (1, "verdict=\"violation\"")] {
-            if r.has[v] {
-                f.sample(pd, verdict, r.opened[v]);
+        for v in VERDICTS {
+            if r.has[slot(v)] {
+                f.sample(pd, &verdicts[slot(v)], r.opened[slot(v)]);
             }
         }
     }
     let mut f = Family::new(out, &ACTIVE);
     for ((_, r), (_, pd)) in rows {
-        let active = (r.opened[0] + r.opened[1]).saturating_sub(r.closed[0] + r.closed[1]);
-        f.sample(pd, "", active);
+        f.sample(pd, "", r.active());
     }
     let mut f = Family::new(out, &FAILED);
     for (((_, _, dir), r), (p, _)) in rows {
-        if Direction(*dir) == Direction::EGRESS && r.failed.iter().any(|n| *n > 0) {
+        if *dir == Direction::EGRESS && r.failed.iter().any(|n| *n > 0) {
             for (reason, n) in Failure::LABELS.iter().zip(r.failed) {
                 f.sample(p, &format!("reason=\"{reason}\""), n);
             }
@@ -173,7 +184,7 @@ fn latency(
     let names = HistNames::of(LATENCY.name);
     let mut f = Family::new(out, &LATENCY);
     for (((_, _, dir), r), (p, _)) in rows {
-        if Direction(*dir) != Direction::EGRESS {
+        if *dir != Direction::EGRESS {
             continue;
         }
         let mut h = Hist::default();

@@ -1,10 +1,10 @@
 //! The text exposition format's primitives, shared by every family group: a family's
 //! declaration and its `# HELP`/`# TYPE` header, sample lines written piece by piece,
-//! label values quoted, histograms (buckets, sum, count) and the buffer handed on in
-//! chunks. No family is declared here.
+//! label values quoted, verdicts as by-verdict slots and labels, histograms (buckets,
+//! sum, count) and the buffer handed on in chunks. No family is declared here.
 use std::fmt::Write as _;
 
-use agent_common::{HIST_BUCKETS, PairStats};
+use agent_common::{HIST_BUCKETS, PairStats, Verdict};
 
 use super::buckets::Buckets;
 
@@ -85,6 +85,20 @@ pub(super) fn sample(out: &mut String, name: &str, labels: &str, extra: &str, va
     out.push_str("} ");
     out.push_str(itoa::Buffer::new().format(value));
     out.push('\n');
+}
+
+/// The verdicts, in the order their series are written.
+pub(super) const VERDICTS: [Verdict; 2] = [Verdict::ALLOWED, Verdict::VIOLATION];
+
+/// A verdict's slot in a by-verdict `[_; 2]`, in [`VERDICTS`]' order (any verdict but a
+/// violation counts as allowed, as its label says).
+pub(super) fn slot(v: Verdict) -> usize {
+    usize::from(v == Verdict::VIOLATION)
+}
+
+/// The `verdict="…"` label of each of [`VERDICTS`], by slot.
+pub(super) fn verdict_labels() -> [String; 2] {
+    VERDICTS.map(|v| format!("verdict=\"{}\"", v.label()))
 }
 
 /// Label values as they appear in the text, quoted and escaped.

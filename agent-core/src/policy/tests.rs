@@ -30,7 +30,8 @@ fn ip(s: &str) -> IpAddr {
 
 #[test]
 fn verdict_table() {
-    use Verdict::{Allowed as A, Violation as V};
+    const A: Verdict = Verdict::ALLOWED;
+    const V: Verdict = Verdict::VIOLATION;
     let c = cfg("allow");
     let rows: &[(&str, &str, &str, u16, Option<Verdict>)] = &[
         ("same cell", "10.1.0.1", "10.1.5.5", 80, Some(A)),

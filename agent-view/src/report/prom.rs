@@ -1,6 +1,7 @@
-//! `cellwatch report`'s side of Prometheus, with no network: the time range, the PromQL of
-//! each family the report reads (instant queries, all at one time), and the query API's
-//! JSON answer read into series.
+//! `cellwatch report`'s side of Prometheus, with no network: the time range, what the
+//! report reads (each [`Reading`]'s families, counted series and labels, which reading
+//! one `/metrics` instead follows too) and its PromQL (instant queries, all at one time),
+//! and the query API's JSON answer read into series.
 //!
 //! Every query reads the raw families the agents export, so the report needs no recording
 //! rule. Each connection counts once, as the recording rules count it: the client's side
@@ -15,7 +16,7 @@ use std::{collections::BTreeMap, fmt};
 use agent_core::metrics::families as f;
 use serde::Deserialize;
 
-use crate::side;
+use crate::side::{self, Way};
 
 /// The report's time range, up to the time of the queries: whole seconds, from a minute
 /// to 366 days.
@@ -67,7 +68,7 @@ impl fmt::Display for Range {
 
 /// One thing the report reads, as one instant query.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Query {
+pub enum Reading {
     /// The configured cells (`cell`) and whether each is global (`global`).
     Cells,
     /// The configured services (`service`) and the cell each lies in (`cell`).
@@ -90,8 +91,8 @@ pub enum Query {
     ServiceLatency,
 }
 
-impl Query {
-    pub const ALL: [Query; 12] = [
+impl Reading {
+    pub const ALL: [Reading; 12] = [
         Self::Cells,
         Self::Services,
         Self::PairOpened,
@@ -106,48 +107,67 @@ impl Query {
         Self::ServiceLatency,
     ];
 
+    /// What this reading reads: its family (or families), which series count, and the
+    /// labels it sums by. The PromQL ([`Reading::query`]) and the reading of one
+    /// `/metrics` (`super::answers_of`) both follow it.
+    pub(super) fn read(self) -> Read {
+        const PAIR: &str = "src_cell, dst_cell";
+        const PAIR_LE: &str = "src_cell, dst_cell, le";
+        const SERVICE: &str = "src_cell, service";
+        const SERVICE_LE: &str = "src_cell, service, le";
+        match self {
+            Self::Cells => Read::Info(f::CELL_INFO, "cell, global"),
+            Self::Services => Read::Info(f::SERVICE_INFO, "service, cell"),
+            Self::PairOpened => Read::ClientSide(f::CONNECTIONS_OPENED_TOTAL, PAIR),
+            Self::PairFailed => Read::All(f::CONNECTIONS_FAILED_TOTAL, PAIR),
+            // The client's bytes: sent by the client; for an external client, received by
+            // the server.
+            Self::PairSent => Read::Bytes(Way::Sent, PAIR_BYTES, PAIR),
+            Self::PairReceived => Read::Bytes(Way::Received, PAIR_BYTES, PAIR),
+            Self::PairLatency => Read::All(f::CONNECT_LATENCY_SECONDS_BUCKET, PAIR_LE),
+            Self::ServiceOpened => Read::ClientSide(f::SERVICE_CONNECTIONS_OPENED_TOTAL, SERVICE),
+            Self::ServiceFailed => Read::All(f::SERVICE_CONNECTIONS_FAILED_TOTAL, SERVICE),
+            Self::ServiceSent => Read::Bytes(Way::Sent, SERVICE_BYTES, SERVICE),
+            Self::ServiceReceived => Read::Bytes(Way::Received, SERVICE_BYTES, SERVICE),
+            Self::ServiceLatency => {
+                Read::All(f::SERVICE_CONNECT_LATENCY_SECONDS_BUCKET, SERVICE_LE)
+            }
+        }
+    }
+
     /// The PromQL that reads this family over `range`.
     pub fn query(self, range: Range) -> String {
         let r = range.promql();
-        let pair = "src_cell, dst_cell";
-        let service = "src_cell, service";
-        match self {
-            Self::Cells => {
-                format!("max by (cell, global) (last_over_time({}[{r}]))", f::CELL_INFO)
-            }
-            Self::Services => {
-                format!("max by (service, cell) (last_over_time({}[{r}]))", f::SERVICE_INFO)
-            }
-            Self::PairOpened => client_side(f::CONNECTIONS_OPENED_TOTAL, pair, &r),
-            Self::PairFailed => sum(pair, &counted(f::CONNECTIONS_FAILED_TOTAL, &r)),
-            // The client's bytes: sent by the client; for an external client, received by
-            // the server.
-            Self::PairSent => client_bytes(f::BYTES_SENT_TOTAL, f::BYTES_RECEIVED_TOTAL, pair, &r),
-            Self::PairReceived => {
-                client_bytes(f::BYTES_RECEIVED_TOTAL, f::BYTES_SENT_TOTAL, pair, &r)
-            }
-            Self::PairLatency => {
-                sum(&format!("{pair}, le"), &counted(f::CONNECT_LATENCY_SECONDS_BUCKET, &r))
-            }
-            Self::ServiceOpened => client_side(f::SERVICE_CONNECTIONS_OPENED_TOTAL, service, &r),
-            Self::ServiceFailed => sum(service, &counted(f::SERVICE_CONNECTIONS_FAILED_TOTAL, &r)),
-            Self::ServiceSent => client_bytes(
-                f::SERVICE_BYTES_SENT_TOTAL,
-                f::SERVICE_BYTES_RECEIVED_TOTAL,
-                service,
-                &r,
-            ),
-            Self::ServiceReceived => client_bytes(
-                f::SERVICE_BYTES_RECEIVED_TOTAL,
-                f::SERVICE_BYTES_SENT_TOTAL,
-                service,
-                &r,
-            ),
-            Self::ServiceLatency => sum(
-                &format!("{service}, le"),
-                &counted(f::SERVICE_CONNECT_LATENCY_SECONDS_BUCKET, &r),
-            ),
+        match self.read() {
+            Read::Info(family, by) => format!("max by ({by}) (last_over_time({family}[{r}]))"),
+            Read::ClientSide(family, by) => client_side(family, by, &r),
+            Read::All(family, by) => sum(by, &counted(family, &r)),
+            Read::Bytes(way, families, by) => client_bytes(way, families, by, &r),
         }
+    }
+}
+
+/// How a [`Reading`] reads: the family, which of its series count, and the labels
+/// (`a, b`) the reading sums them by.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Read {
+    /// A catalog family (always 1), by all its labels.
+    Info(&'static str, &'static str),
+    /// A family with a direction: each connection once ([`side::counts`]).
+    ClientSide(&'static str, &'static str),
+    /// A family without a direction: every series (the client's already).
+    All(&'static str, &'static str),
+    /// The client's bytes going one way, from a (sent, received) pair of families
+    /// ([`side::client_bytes`]), each connection once.
+    Bytes(Way, Bytes, &'static str),
+}
+
+impl Read {
+    /// The labels the reading sums by.
+    pub(super) fn by(self) -> impl Iterator<Item = &'static str> {
+        let (Self::Info(_, by) | Self::ClientSide(_, by) | Self::All(_, by) | Self::Bytes(.., by)) =
+            self;
+        by.split(", ")
     }
 }
 
@@ -171,12 +191,23 @@ fn client_side(metric: &str, by: &str, r: &str) -> String {
     sum(by, &format!("({egress}) or ({external})"))
 }
 
-/// The client's bytes one way: `mine` on the client's side, `theirs` (the other way) on
-/// the server's for a client in no cell ([`side::matchers`]).
-fn client_bytes(mine: &str, theirs: &str, by: &str, r: &str) -> String {
+/// A pair of bytes families: (sent, received).
+pub(super) type Bytes = (&'static str, &'static str);
+
+const PAIR_BYTES: Bytes = (f::BYTES_SENT_TOTAL, f::BYTES_RECEIVED_TOTAL);
+const SERVICE_BYTES: Bytes = (f::SERVICE_BYTES_SENT_TOTAL, f::SERVICE_BYTES_RECEIVED_TOTAL);
+
+/// The client's bytes going `way`, on each counted side ([`side::matchers`]) from the
+/// family [`side::client_bytes`] names: the same way on the client's side, the other way
+/// on the server's for a client in no cell.
+fn client_bytes(way: Way, (sent, received): Bytes, by: &str, r: &str) -> String {
+    let family = |direction| match side::client_bytes(way, direction) {
+        Way::Sent => sent,
+        Way::Received => received,
+    };
     let [client, external] = side::matchers();
-    let egress = counted(&format!("{mine}{{{client}}}"), r);
-    let external = counted(&format!("{theirs}{{{external}}}"), r);
+    let egress = counted(&format!("{}{{{client}}}", family(side::EGRESS)), r);
+    let external = counted(&format!("{}{{{external}}}", family(side::INGRESS)), r);
     sum(by, &format!("({egress}) or ({external})"))
 }
 

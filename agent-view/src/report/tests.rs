@@ -1,5 +1,6 @@
 //! The report from canned answers of Prometheus' query API, as JSON text: the answers
-//! parsed, the model built, and its text, JSON and dot (which graphviz must draw).
+//! parsed, the model built, and its text, JSON and dot (which graphviz must draw); and
+//! the same readings from one `/metrics`.
 #![expect(
     clippy::too_many_lines,
     reason = "a test's canned answers are one table: it reads best whole, however long"
@@ -27,11 +28,11 @@ fn answer(series: &[(&[(&str, &str)], &str)]) -> String {
     json!({ "status": "success", "data": { "resultType": "vector", "result": result } }).to_string()
 }
 
-type Canned<'a> = &'a [(Query, &'a [(&'a [(&'a str, &'a str)], &'a str)])];
+type Canned<'a> = &'a [(Reading, &'a [(&'a [(&'a str, &'a str)], &'a str)])];
 
 /// Answers for the families given; the others answer an empty vector.
 fn answers(canned: Canned<'_>) -> Answers {
-    Query::ALL
+    Reading::ALL
         .iter()
         .map(|f| {
             let series = canned.iter().find(|(g, _)| g == f).map_or(&[][..], |(_, s)| s);
@@ -62,10 +63,10 @@ fn two_dependents() -> Report {
     Report::build(
         hour(),
         &answers(&[
-            (Query::Cells, CELLS),
-            (Query::Services, SERVICES),
+            (Reading::Cells, CELLS),
+            (Reading::Services, SERVICES),
             (
-                Query::ServiceOpened,
+                Reading::ServiceOpened,
                 &[
                     (&[("src_cell", "cell-1"), ("service", "orders-db")], "799.6"),
                     (&[("src_cell", "cell-2"), ("service", "orders-db")], "400"),
@@ -73,21 +74,21 @@ fn two_dependents() -> Report {
                 ],
             ),
             (
-                Query::ServiceSent,
+                Reading::ServiceSent,
                 &[
                     (&[("src_cell", "cell-1"), ("service", "orders-db")], "3000"),
                     (&[("src_cell", "cell-2"), ("service", "orders-db")], "1000"),
                 ],
             ),
             (
-                Query::ServiceReceived,
+                Reading::ServiceReceived,
                 &[
                     (&[("src_cell", "cell-1"), ("service", "orders-db")], "3000"),
                     (&[("src_cell", "cell-2"), ("service", "orders-db")], "1000"),
                 ],
             ),
             (
-                Query::PairOpened,
+                Reading::PairOpened,
                 &[
                     (&[("src_cell", "cell-1"), ("dst_cell", "cell-1")], "1000"),
                     (&[("src_cell", "cell-1"), ("dst_cell", "global")], "800"),
@@ -100,14 +101,14 @@ fn two_dependents() -> Report {
                 ],
             ),
             (
-                Query::PairSent,
+                Reading::PairSent,
                 &[
                     (&[("src_cell", "cell-1"), ("dst_cell", "cell-1")], "1000"),
                     (&[("src_cell", "cell-1"), ("dst_cell", "global")], "3000"),
                 ],
             ),
             (
-                Query::PairReceived,
+                Reading::PairReceived,
                 &[
                     (&[("src_cell", "cell-1"), ("dst_cell", "cell-1")], "1000"),
                     (&[("src_cell", "cell-1"), ("dst_cell", "global")], "3000"),
@@ -140,7 +141,7 @@ fn ranges() {
 
 #[test]
 fn queries_count_each_connection_once_over_the_range() {
-    let q = Query::PairOpened.query(hour());
+    let q = Reading::PairOpened.query(hour());
     assert_eq!(
         q,
         "sum by (src_cell, dst_cell) (\
@@ -154,7 +155,7 @@ fn queries_count_each_connection_once_over_the_range() {
          unless cellwatch_connections_opened_total{direction=\"ingress\", src_cell=\"external\"} offset 3600s)))"
     );
     // The client's bytes: for an external client, what the server received is what it sent.
-    let sent = Query::ServiceSent.query(hour());
+    let sent = Reading::ServiceSent.query(hour());
     assert!(sent.contains("cellwatch_service_bytes_sent_total{direction=\"egress\"}"), "{sent}");
     assert!(
         sent.contains(
@@ -164,18 +165,18 @@ fn queries_count_each_connection_once_over_the_range() {
     );
     assert!(sent.starts_with("sum by (src_cell, service) ("), "{sent}");
     // Failures and latency are the client's only: no direction to choose.
-    let failed = Query::ServiceFailed.query(hour());
+    let failed = Reading::ServiceFailed.query(hour());
     assert!(!failed.contains("direction"), "{failed}");
     assert!(failed.contains("cellwatch_service_connections_failed_total"), "{failed}");
-    let latency = Query::PairLatency.query(hour());
+    let latency = Reading::PairLatency.query(hour());
     assert!(latency.starts_with("sum by (src_cell, dst_cell, le) ("), "{latency}");
     assert_eq!(
-        Query::Cells.query(hour()),
+        Reading::Cells.query(hour()),
         "max by (cell, global) (last_over_time(cellwatch_cell_info[3600s]))"
     );
     let all: std::collections::BTreeSet<String> =
-        Query::ALL.iter().map(|f| f.query(hour())).collect();
-    assert_eq!(all.len(), Query::ALL.len(), "one query per family");
+        Reading::ALL.iter().map(|f| f.query(hour())).collect();
+    assert_eq!(all.len(), Reading::ALL.len(), "one query per family");
     assert!(all.iter().all(|q| q.contains("[3600s]")), "{all:?}");
 }
 
@@ -218,13 +219,13 @@ fn no_cellwatch_data_is_an_error() {
     let err = Report::build(
         hour(),
         &answers(&[(
-            Query::PairLatency,
+            Reading::PairLatency,
             &[(&[("src_cell", "a"), ("dst_cell", "b"), ("le", "+Inf")], "3")],
         )]),
     );
     assert!(err.is_err());
     // The cell map alone is a report: cells that called nothing.
-    let r = Report::build(hour(), &answers(&[(Query::Cells, CELLS)])).unwrap();
+    let r = Report::build(hour(), &answers(&[(Reading::Cells, CELLS)])).unwrap();
     assert_eq!(r.cells.len(), 4);
     assert!(r.cells.iter().all(|c| c.connections == 0 && c.services.is_empty()));
     assert_eq!(r.cell("cell-1").unwrap().containment.inside.connections_share, None);
@@ -284,16 +285,16 @@ fn clients_in_no_cell_are_apart() {
     let r = Report::build(
         hour(),
         &answers(&[
-            (Query::Cells, CELLS),
-            (Query::Services, SERVICES),
+            (Reading::Cells, CELLS),
+            (Reading::Services, SERVICES),
             (
-                Query::ServiceOpened,
+                Reading::ServiceOpened,
                 &[
                     (&[("src_cell", "cell-1"), ("service", "orders-db")], "30"),
                     (&[("src_cell", "external"), ("service", "orders-db")], "10"),
                 ],
             ),
-            (Query::PairOpened, &[(&[("src_cell", "cell-1"), ("dst_cell", "external")], "5")]),
+            (Reading::PairOpened, &[(&[("src_cell", "cell-1"), ("dst_cell", "external")], "5")]),
         ]),
     )
     .unwrap();
@@ -313,7 +314,7 @@ fn without_the_cell_map_global_cells_are_unknown() {
     let r = Report::build(
         hour(),
         &answers(&[(
-            Query::PairOpened,
+            Reading::PairOpened,
             &[
                 (&[("src_cell", "cell-1"), ("dst_cell", "global")], "10"),
                 (&[("src_cell", "cell-1"), ("dst_cell", "cell-1")], "10"),
@@ -336,9 +337,9 @@ fn outliers_as_the_alert_finds_them() {
     let r = Report::build(
         hour(),
         &answers(&[
-            (Query::Cells, CELLS),
+            (Reading::Cells, CELLS),
             (
-                Query::ServiceOpened,
+                Reading::ServiceOpened,
                 &[
                     // orders-db: cell-1 fails 30%, its peers 0%, 0% and 2%.
                     (&[("src_cell", "cell-1"), ("service", "orders-db")], "700"),
@@ -360,7 +361,7 @@ fn outliers_as_the_alert_finds_them() {
                 ],
             ),
             (
-                Query::ServiceFailed,
+                Reading::ServiceFailed,
                 &[
                     (&[("src_cell", "cell-1"), ("service", "orders-db")], "300"),
                     (&[("src_cell", "cell-3"), ("service", "orders-db")], "0"),
@@ -373,7 +374,7 @@ fn outliers_as_the_alert_finds_them() {
                 ],
             ),
             (
-                Query::PairOpened,
+                Reading::PairOpened,
                 &[
                     (&[("src_cell", "cell-1"), ("dst_cell", "global")], "1000"),
                     (&[("src_cell", "cell-2"), ("dst_cell", "global")], "1000"),
@@ -382,7 +383,7 @@ fn outliers_as_the_alert_finds_them() {
                 ],
             ),
             (
-                Query::PairLatency,
+                Reading::PairLatency,
                 &[
                     // cell-1: every connect between 262 and 524 ms.
                     (&[("src_cell", "cell-1"), ("dst_cell", "global"), ("le", "0.001024")], "0"),
@@ -606,4 +607,60 @@ fn render_svg(dot: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+const METRICS: &str = r#"
+cellwatch_cell_info{cell="global",global="true"} 1
+cellwatch_service_info{service="ledger",cell="global"} 1
+cellwatch_connections_opened_total{src_cell="cell-1",dst_cell="cell-2",direction="egress",verdict="allowed"} 3
+cellwatch_connections_opened_total{src_cell="cell-1",dst_cell="cell-2",direction="egress",verdict="violation"} 2
+cellwatch_connections_opened_total{src_cell="cell-1",dst_cell="cell-2",direction="ingress",verdict="allowed"} 5
+cellwatch_connections_opened_total{src_cell="external",dst_cell="cell-2",direction="ingress",verdict="allowed"} 4
+cellwatch_connections_failed_total{src_cell="cell-1",dst_cell="cell-2",reason="refused"} 1
+cellwatch_connections_failed_total{src_cell="cell-1",dst_cell="cell-2",reason="reset"} 2
+cellwatch_bytes_sent_total{src_cell="cell-1",dst_cell="cell-2",direction="egress"} 10
+cellwatch_bytes_received_total{src_cell="cell-1",dst_cell="cell-2",direction="egress"} 20
+cellwatch_bytes_sent_total{src_cell="cell-1",dst_cell="cell-2",direction="ingress"} 20
+cellwatch_bytes_sent_total{src_cell="external",dst_cell="cell-2",direction="ingress"} 7
+cellwatch_bytes_received_total{src_cell="external",dst_cell="cell-2",direction="ingress"} 9
+cellwatch_connect_latency_seconds_bucket{src_cell="cell-1",dst_cell="cell-2",le="0.001"} 2
+cellwatch_connect_latency_seconds_bucket{src_cell="cell-1",dst_cell="cell-2",le="+Inf"} 3
+cellwatch_service_connections_opened_total{src_cell="cell-1",service="ledger",direction="egress",verdict="allowed"} 6
+cellwatch_service_connections_opened_total{src_cell="cell-1",service="ledger",direction="ingress",verdict="allowed"} 6
+cellwatch_service_connections_opened_total{src_cell="cell-2",service="ledger",direction="egress",verdict="allowed"} 2
+"#;
+
+/// The value of `reading`'s series with these labels.
+fn value(answers: &Answers, reading: Reading, labels: &[(&str, &str)]) -> Option<f64> {
+    let want: BTreeMap<String, String> =
+        labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    answers.get(&reading)?.iter().find(|s| s.labels == want).map(|s| s.value)
+}
+
+#[test]
+fn one_metrics_read_as_each_query_sums_it() {
+    let a = answers_of(&agent_core::promtext::parse(METRICS));
+    let pair = |src| [("src_cell", src), ("dst_cell", "cell-2")];
+    assert_eq!(value(&a, Reading::Cells, &[("cell", "global"), ("global", "true")]), Some(1.0));
+    // Each connection once: the server's side only for the external client.
+    assert_eq!(value(&a, Reading::PairOpened, &pair("cell-1")), Some(5.0));
+    assert_eq!(value(&a, Reading::PairOpened, &pair("external")), Some(4.0));
+    assert_eq!(value(&a, Reading::PairFailed, &pair("cell-1")), Some(3.0));
+    // The client's bytes: an external client's sent are its server's received.
+    assert_eq!(value(&a, Reading::PairSent, &pair("cell-1")), Some(10.0));
+    assert_eq!(value(&a, Reading::PairReceived, &pair("cell-1")), Some(20.0));
+    assert_eq!(value(&a, Reading::PairSent, &pair("external")), Some(9.0));
+    assert_eq!(value(&a, Reading::PairReceived, &pair("external")), Some(7.0));
+    let le = [("src_cell", "cell-1"), ("dst_cell", "cell-2"), ("le", "+Inf")];
+    assert_eq!(value(&a, Reading::PairLatency, &le), Some(3.0));
+    assert!(!a.contains_key(&Reading::ServiceSent));
+    // The blast radius from them is the report's.
+    let radii = blast_radii(&a);
+    let report = Report::build(hour(), &a).unwrap();
+    assert_eq!(radii, report.services);
+    let ledger = &radii[0];
+    assert_eq!((ledger.service.as_str(), ledger.connections), ("ledger", 8));
+    let callers: Vec<_> =
+        ledger.dependents.iter().map(|d| (d.cell.as_str(), d.share.connections)).collect();
+    assert_eq!(callers, [("cell-1", 6), ("cell-2", 2)]);
 }

@@ -37,7 +37,7 @@ use reload::{Reloader, Trigger};
 use crate::{
     cli::RunArgs,
     host::{
-        cgroups::Resolver,
+        cgroups::Workloads,
         preflight::{self, PreflightError},
         sys,
     },
@@ -80,8 +80,8 @@ pub(crate) enum RunError {
     Session(String),
 }
 
-/// Requests to find a Service backend waiting for the resolver, at most.
-const RESOLVE_QUEUE: usize = 16_384;
+/// Requests to find a Service backend waiting for the answerer, at most.
+const REQUEST_QUEUE: usize = 16_384;
 
 /// Past this many pairs, a scrape's memory is handed back to the kernel when it is done.
 const BIG: usize = 1000;
@@ -91,7 +91,7 @@ struct Agent {
     maps: MapsHandle,
     ids: Arc<RwLock<CellIds>>,
     metrics: AgentMetrics,
-    cgroups: Arc<Resolver>,
+    cgroups: Arc<Workloads>,
     recent: Arc<Recent>,
 }
 
@@ -218,7 +218,7 @@ where
     let shared_config = Arc::new(RwLock::new(config.clone()));
     let mut reloads =
         Reloads::start(args.config.as_deref(), source, &kernel, &ids, &shared_config, &metrics);
-    let cgroups = Arc::new(Resolver::new(node.cgroup_root.clone()));
+    let cgroups = Arc::new(Workloads::new(node.cgroup_root.clone()));
     let recent = Arc::new(Recent::default());
     let threads =
         Threads::spawn(&mut kernel, &ids, shared_config, &cgroups, &recent, &metrics, conntrack);
@@ -404,12 +404,12 @@ impl Reloads {
 }
 
 /// The threads beside the async runtime: the ring buffer's drain (violations, and the
-/// requests to find a Service backend) and the resolver that answers those requests.
+/// requests to find a Service backend) and the answerer that answers those requests.
 struct Threads {
     /// Set to stop both.
     stop: Arc<AtomicBool>,
     drain: Option<std::thread::JoinHandle<()>>,
-    resolver: std::thread::JoinHandle<()>,
+    answerer: std::thread::JoinHandle<()>,
 }
 
 impl Threads {
@@ -417,14 +417,14 @@ impl Threads {
         kernel: &mut Kernel,
         ids: &Arc<RwLock<CellIds>>,
         config: Arc<RwLock<Config>>,
-        cgroups: &Arc<Resolver>,
+        cgroups: &Arc<Workloads>,
         recent: &Arc<Recent>,
         metrics: &AgentMetrics,
         conntrack: bool,
     ) -> Self {
         // Bounded: a flood of connections to Service addresses cannot grow the agent.
-        let (resolve_tx, resolve_rx) =
-            std::sync::mpsc::sync_channel::<agent_common::ViolationEvent>(RESOLVE_QUEUE);
+        let (request_tx, request_rx) =
+            std::sync::mpsc::sync_channel::<agent_common::ViolationEvent>(REQUEST_QUEUE);
         let stop = Arc::new(AtomicBool::new(false));
         let drain = kernel.take_events().map(|ring| {
             violations::spawn_drain(
@@ -432,30 +432,30 @@ impl Threads {
                 ids.clone(),
                 cgroups.clone(),
                 recent.clone(),
-                resolve_tx,
+                request_tx,
                 metrics.service_lookups_dropped.with_label_values(&[DROPPED_QUEUE_FULL]),
                 stop.clone(),
             )
         });
-        let resolver = service_addr::spawn(service_addr::Resolver {
+        let answerer = service_addr::spawn(service_addr::Answerer {
             maps: kernel.maps(),
             config,
             ids: ids.clone(),
-            requests: resolve_rx,
+            requests: request_rx,
             stop: stop.clone(),
             conntrack,
             dropped: metrics.service_lookups_dropped.clone(),
         });
-        Self { stop, drain, resolver }
+        Self { stop, drain, answerer }
     }
 
-    /// Tells both to stop, and waits for the drain, then for the resolver it feeds.
+    /// Tells both to stop, and waits for the drain, then for the answerer it feeds.
     fn stop(self) {
         self.stop.store(true, Ordering::Release);
         if let Some(d) = self.drain {
             let _ = d.join();
         }
-        let _ = self.resolver.join();
+        let _ = self.answerer.join();
     }
 }
 
@@ -525,8 +525,8 @@ where
 ///    are answered while everything they read from still runs;
 /// 3. the live sweeps are aborted (not waited for: a sweep already on its blocking
 ///    thread runs to its end);
-/// 4. the drain and the resolver threads are told to stop and joined, the drain first
-///    (it feeds the resolver's queue);
+/// 4. the drain and the answerer threads are told to stop and joined, the drain first
+///    (it feeds the answerer's queue);
 /// 5. the kernel handle goes last. The programs stay attached and counting (they and
 ///    their maps are pinned); the handles on the maps that the endpoints and reloads
 ///    hold go when [`serve`] returns.

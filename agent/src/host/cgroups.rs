@@ -24,12 +24,14 @@ pub(crate) struct Workload {
     pub(crate) pod_uid: Option<String>,
 }
 
-pub(crate) struct Resolver {
+/// The workloads of cgroup ids: the paths found by the last walk of the hierarchy,
+/// walked again (at most every [`REWALK_AFTER`]) for an id it does not hold.
+pub(crate) struct Workloads {
     root: PathBuf,
     cache: Mutex<(HashMap<u64, String>, Option<Instant>)>,
 }
 
-impl Resolver {
+impl Workloads {
     pub(crate) fn new(root: PathBuf) -> Self {
         Self { root, cache: Mutex::new((HashMap::new(), None)) }
     }

@@ -49,7 +49,7 @@ impl Conntrack {
         socket.bind_auto()?;
         socket.connect(&NlAddr::new(0, 0))?;
         // A lookup the kernel does not answer fails after a while instead of holding
-        // the resolver forever.
+        // the answerer forever.
         super::sys::set_recv_timeout(socket.as_raw_fd(), LOOKUP_TIMEOUT)?;
         Ok(Self { socket, seq: 0, rx: Vec::with_capacity(4096) })
     }

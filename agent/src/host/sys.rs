@@ -1,4 +1,5 @@
-//! The few raw system calls the agent makes itself, each behind a safe function.
+//! The few raw system calls the agent makes itself, each behind a safe function but
+//! `bpf_map_lookup_batch`, whose caller vouches for the sizes the kernel writes.
 #![expect(unsafe_code, reason = "raw system calls through libc")]
 use std::{
     ffi::CString,
@@ -160,7 +161,14 @@ pub(crate) struct Batch {
 /// `batch` stands, keys into `keys` (`key_size` each) and values into `values`
 /// (`value_size` each: for a per-CPU map, the 8-aligned value times the possible CPUs).
 /// How many came; `batch` moves on, and says when the map is done.
-pub(crate) fn bpf_map_lookup_batch(
+///
+/// # Safety
+/// The kernel writes each entry at the map's own key and value size, not at the sizes
+/// given here: `key_size` and `value_size` must be the map's key size and value size
+/// (for a per-CPU map, the 8-aligned value times the possible CPUs), so that `keys` and
+/// `values` hold at least `count` × the map's key size and `count` × its value size for
+/// the `count` this step asks for.
+pub(crate) unsafe fn bpf_map_lookup_batch(
     map: BorrowedFd<'_>,
     batch: &mut Batch,
     (keys, key_size): (&mut [u8], usize),
@@ -180,8 +188,9 @@ pub(crate) fn bpf_map_lookup_batch(
     };
     let size = u32::try_from(size_of::<BatchAttr>()).map_err(io::Error::other)?;
     // SAFETY: `attr` is a valid #[repr(C)] prefix of `union bpf_attr`; the kernel writes
-    // at most `count` keys and values into buffers that hold that many, the position
-    // into `out`, and the number written back into `attr.count`.
+    // at most `count` keys and values into buffers that hold that many at the map's own
+    // sizes (the caller's contract), the position into `out`, and the number written
+    // back into `attr.count`.
     let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &raw mut attr, size) };
     if rc < 0 {
         let e = io::Error::last_os_error();

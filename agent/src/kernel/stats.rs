@@ -104,12 +104,19 @@ fn batched(m: &Maps) -> std::io::Result<Vec<(PairKey, PairStats)>> {
     let mut batch = host::sys::Batch::default();
     let mut pairs = Vec::new();
     while !batch.done {
-        let n = host::sys::bpf_map_lookup_batch(
-            fd,
-            &mut batch,
-            (&mut keys, key_size),
-            (&mut values, value_size),
-        )?;
+        // SAFETY: `pair_stats` is a per-CPU map of `PairKey` to `PairStats` (aya checked
+        // its key and value sizes when it took the map), so `key_size` is its key size
+        // and `value_size` its value size as the kernel writes it (the 8-aligned
+        // `PairStats` times the possible CPUs, which `nr_cpus` counts); `keys` and
+        // `values` hold `room` of each, and the call asks for no more than fit.
+        let n = unsafe {
+            host::sys::bpf_map_lookup_batch(
+                fd,
+                &mut batch,
+                (&mut keys, key_size),
+                (&mut values, value_size),
+            )
+        }?;
         for i in 0..n {
             let key: PairKey = pod(&keys[i * key_size..][..key_size]);
             let mut sum = PairStats::ZERO;

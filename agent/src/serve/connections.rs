@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::{http::Unanswered, violations::End};
 use crate::{
-    host::{cgroups::Resolver, clock, procs, sockdiag},
+    host::{cgroups::Workloads, clock, procs, sockdiag},
     kernel::{KernelError, ListFilter, LiveConn, MapsHandle},
 };
 
@@ -49,7 +49,7 @@ pub(crate) struct Connection {
 pub(crate) fn list(
     maps: &MapsHandle,
     ids: &CellIds,
-    cgroups: &Resolver,
+    cgroups: &Workloads,
     q: &Query,
 ) -> Result<Vec<Connection>, Unanswered> {
     let cell = match q.cell.as_ref().map(|c| ids.lookup(c)) {
@@ -121,7 +121,7 @@ impl Servers {
 }
 
 /// One live connection as `/connections` shows it.
-fn connection(l: &LiveConn, ids: &CellIds, cgroups: &Resolver, servers: &Servers) -> Connection {
+fn connection(l: &LiveConn, ids: &CellIds, cgroups: &Workloads, servers: &Servers) -> Connection {
     let (c, now) = (&l.conn, &l.now);
     let egress = c.direction() == Direction::EGRESS;
     let local = End { cell: String::new(), addr: addr(c.family, c.local_addr), port: c.local_port };

@@ -23,7 +23,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::{
-    host::{cgroups::Resolver, clock},
+    host::{cgroups::Workloads, clock},
     sync,
 };
 
@@ -140,7 +140,7 @@ impl Recent {
 }
 
 /// Turns a kernel event into what users see.
-pub(crate) fn view(e: &ViolationEvent, ids: &CellIds, cgroups: &Resolver) -> Violation {
+pub(crate) fn view(e: &ViolationEvent, ids: &CellIds, cgroups: &Workloads) -> Violation {
     let w = cgroups.workload(e.cgroup_id);
     Violation {
         time: clock::unix_seconds(e.ts_ns),
@@ -169,7 +169,7 @@ pub(crate) fn view(e: &ViolationEvent, ids: &CellIds, cgroups: &Resolver) -> Vio
 impl Recent {
     /// One ring-buffer record: decoded, logged as one line and kept; or, when it does not
     /// decode, counted (`cellwatch_events_lost_total{source="violation_undecodable"}`).
-    pub(crate) fn ingest(&self, record: &[u8], ids: &RwLock<CellIds>, cgroups: &Resolver) {
+    pub(crate) fn ingest(&self, record: &[u8], ids: &RwLock<CellIds>, cgroups: &Workloads) {
         let e = match decode(record) {
             Ok(e) => e,
             Err(e) => {
@@ -212,9 +212,9 @@ impl Recent {
 pub(crate) fn spawn_drain(
     mut ring: RingBuf<MapData>,
     ids: Arc<RwLock<CellIds>>,
-    cgroups: Arc<Resolver>,
+    cgroups: Arc<Workloads>,
     recent: Arc<Recent>,
-    resolve: std::sync::mpsc::SyncSender<ViolationEvent>,
+    requests: std::sync::mpsc::SyncSender<ViolationEvent>,
     dropped: prometheus::IntCounter,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
@@ -226,8 +226,8 @@ pub(crate) fn spawn_drain(
                     && e.kind() == agent_common::EventKind::RESOLVE
                 {
                     // A request past the bound is asked again: by the next sweep for an
-                    // open connection, by the resolver's scan of DEFERRED for a closed one.
-                    if let Err(std::sync::mpsc::TrySendError::Full(_)) = resolve.try_send(e) {
+                    // open connection, by the answerer's scan of DEFERRED for a closed one.
+                    if let Err(std::sync::mpsc::TrySendError::Full(_)) = requests.try_send(e) {
                         dropped.inc();
                     }
                     continue;

@@ -14,7 +14,7 @@ use std::{
 
 use agent_core::{
     config::Config,
-    policy::{self, Place, Verdict},
+    policy::{self, Place},
 };
 use cellwatch_tests::{
     Agent, AgentOpts, Metrics, Rng, await_reloads, connect_from,
@@ -245,7 +245,7 @@ fn kernel_verdicts_match_the_reference() {
             else {
                 continue;
             };
-            let v = if v == Verdict::Violation { "violation" } else { "allowed" };
+            let v = v.label();
             let service = policy::service(&cfg, to.ip(), to.port());
             for dir in ["egress", "ingress"] {
                 *want.entry((src.clone(), dst.clone(), dir.into(), v.into())).or_default() += 1.0;

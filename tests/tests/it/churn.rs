@@ -8,7 +8,7 @@ use cellwatch_tests::{
     Agent, AgentOpts,
     churn::{Close, churn},
     ranges::CHURN,
-    settle,
+    scrape_until,
 };
 
 const N: usize = 300;
@@ -36,7 +36,7 @@ fn counted_exactly(mode: &str, violation: bool, close: Close) {
         |dir| [("src_cell", src), ("dst_cell", "cell-b"), ("direction", dir), ("verdict", verdict)];
     let pd = |dir| [("src_cell", src), ("dst_cell", "cell-b"), ("direction", dir)];
     let n = N as f64;
-    let m = settle(&agent, |m| {
+    let m = scrape_until(&agent, |m| {
         ["egress", "ingress"]
             .iter()
             .all(|d| m.get("cellwatch_connections_closed_total", &pdv(d)) == n)

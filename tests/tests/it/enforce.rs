@@ -11,7 +11,7 @@ use cellwatch_tests::{
     json,
     netns::Netns,
     ranges::{ENFORCE, ENFORCE_NETNS, HARNESS},
-    settle, write_atomic,
+    scrape_until, write_atomic,
 };
 
 const EPERM: i32 = 1;
@@ -87,7 +87,7 @@ fn cross_cell_connects_fail_with_eperm_and_are_counted_exactly() {
     assert_eq!(clients(a, by_rule.addr, N, 10, 10), N);
     assert_eq!(in_cell.join() + global.join() + by_rule.join(), 3 * N);
 
-    let m = settle(&agent, |m| opened(m, "cell-a", "cell-c", "allowed") >= N as f64);
+    let m = scrape_until(&agent, |m| opened(m, "cell-a", "cell-c", "allowed") >= N as f64);
     assert_eq!(denied(&m, "cell-a", "cell-b"), K as f64);
     assert_eq!(denied(&m, "cell-a", "cell-c"), 1.0);
     assert_eq!(violations(&m, "cell-a", "cell-b"), K as f64, "a refused leak is still a leak");
@@ -145,7 +145,7 @@ fn enforce_cells_limits_it_a_reload_to_audit_stops_it_and_nothing_outlives_the_a
     });
     assert_eq!((0..N).filter(|_| try_connect(a, to_b)).count(), 0, "cell-a is enforced");
     assert_eq!((0..N).filter(|_| try_connect(b, to_a)).count(), N, "cell-b is not");
-    let m = settle(&agent, |m| violations(m, "cell-b", "cell-a") >= N as f64);
+    let m = scrape_until(&agent, |m| violations(m, "cell-b", "cell-a") >= N as f64);
     assert_eq!((denied(&m, "cell-a", "cell-b"), denied(&m, "cell-b", "cell-a")), (N as f64, 0.0));
     assert_eq!(violations(&m, "cell-b", "cell-a"), N as f64, "flagged, not refused");
 
@@ -224,7 +224,7 @@ fn the_audit_dry_run_counts_exactly_what_enforce_then_refuses() {
     let mut audit =
         Agent::start(AgentOpts { config: Some(&config("audit")), ..AgentOpts::default() });
     assert_eq!(run(), 0, "audit refuses nothing");
-    let m = settle(&audit, |_| false);
+    let m = scrape_until(&audit, |_| false);
     let dry_run = sum(&m, &violations);
     assert!(dry_run > 0.0, "the plan has enforced leaks");
     assert!(audit.stop().success());
@@ -322,7 +322,7 @@ fn an_unbound_socket_in_a_pod_namespace_is_judged_by_the_namespace_address() {
     assert!(connects(&ns, global.local_addr().unwrap()));
     let refused = (0..3).filter(|_| !connects(&ns, other.local_addr().unwrap())).count();
     assert_eq!(refused, 3, "once known, the namespace's leaks are refused");
-    let m = settle(&agent, |m| denied(m, "pod-cell", "other") >= 3.0);
+    let m = scrape_until(&agent, |m| denied(m, "pod-cell", "other") >= 3.0);
     assert_eq!(denied(&m, "pod-cell", "other"), 3.0);
     assert_eq!(m.get("cellwatch_enforce_unresolved_total", &[]), 1.0);
     assert_eq!(opened(&m, "pod-cell", "other", "violation"), 1.0);
@@ -335,7 +335,7 @@ fn an_unbound_socket_in_a_pod_namespace_is_judged_by_the_namespace_address() {
     assert!(connects(&ns, global6.local_addr().unwrap()));
     let refused6 = (0..2).filter(|_| !connects(&ns, other6.local_addr().unwrap())).count();
     assert_eq!(refused6, 2, "the namespace's IPv6 leaks are refused");
-    let m = settle(&agent, |m| denied(m, "pod-cell", "other") >= 5.0);
+    let m = scrape_until(&agent, |m| denied(m, "pod-cell", "other") >= 5.0);
     assert_eq!(denied(&m, "pod-cell", "other"), 5.0);
     assert_eq!(m.get("cellwatch_enforce_unresolved_total", &[]), 1.0);
 }
@@ -431,7 +431,7 @@ fn a_pod_cannot_switch_enforce_off_with_a_freebind_or_link_local_connect() {
     let unresolved = agent.metrics().get("cellwatch_enforce_unresolved_total", &[]);
     assert!(!connects(&ns, other.local_addr().unwrap()), "IPv4 leak after the FREEBIND connect");
     assert!(!connects(&ns, other6.local_addr().unwrap()), "IPv6 leak after the link-local one");
-    let m = settle(&agent, |m| denied(m, "pod-cell", "other") >= 3.0);
+    let m = scrape_until(&agent, |m| denied(m, "pod-cell", "other") >= 3.0);
     assert_eq!(denied(&m, "pod-cell", "other"), 3.0);
     assert_eq!(m.get("cellwatch_enforce_unresolved_total", &[]), unresolved);
 }
@@ -463,7 +463,7 @@ fn a_connect_refused_with_both_pair_tables_full_is_counted_as_a_loss() {
         drop(connect_from(ip(i), l.local_addr().unwrap()).unwrap());
         drop(l.accept().unwrap());
     }
-    let m = settle(&agent, |m| lost(m) >= 1.0);
+    let m = scrape_until(&agent, |m| lost(m) >= 1.0);
     let capacity = |map| m.get("cellwatch_map_capacity", &[("map", map)]);
     assert_eq!((capacity("pair_stats"), capacity("pair_overflow")), (4.0, 4.0));
     let before = lost(&m);
@@ -471,7 +471,7 @@ fn a_connect_refused_with_both_pair_tables_full_is_counted_as_a_loss() {
     let target = TcpListener::bind((ip(CELLS - 1), 0)).unwrap();
     let refused = connect_from(ip(0), target.local_addr().unwrap());
     assert_eq!(refused.err().and_then(|e| e.raw_os_error()), Some(EPERM), "refused");
-    let m = settle(&agent, |m| lost(m) > before);
+    let m = scrape_until(&agent, |m| lost(m) > before);
     assert_eq!(lost(&m), before + 1.0, "the refusal is counted once, as a loss");
     assert_eq!(denied(&m, "c0", &format!("c{}", CELLS - 1)), 0.0, "no entry to count it in");
 }

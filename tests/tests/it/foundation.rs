@@ -2,7 +2,7 @@
 //! exactly, exported through /metrics.
 use std::time::{Duration, Instant};
 
-use cellwatch_tests::{Agent, AgentOpts, Server, clients, ranges::FOUNDATION, settle};
+use cellwatch_tests::{Agent, AgentOpts, Server, clients, ranges::FOUNDATION, scrape_until};
 
 /// Two cells on /16s `a` and `b` of the area's block, so tests running side by side stay
 /// apart; loopback is watched (`ignore_cidrs: []`).
@@ -55,7 +55,7 @@ fn counts_exactly_the_connections_made() {
     assert_eq!(server.join(), N + SAME);
 
     let closed = "cellwatch_connections_closed_total";
-    let m = settle(&agent, |m| {
+    let m = scrape_until(&agent, |m| {
         m.get(closed, &pair("cell-a", "cell-b", "ingress", "violation")) >= N as f64
             && m.get(closed, &pair("cell-a", "cell-b", "egress", "violation")) >= N as f64
             && m.get(closed, &pair("cell-b", "cell-b", "ingress", "allowed")) >= SAME as f64
@@ -120,7 +120,7 @@ fn refused_connects_are_failures_not_openings() {
     }
     assert_eq!(refused, K);
     let key = [("src_cell", "cell-a"), ("dst_cell", "cell-b"), ("reason", "refused")];
-    let m = settle(&agent, |m| m.get("cellwatch_connections_failed_total", &key) >= K as f64);
+    let m = scrape_until(&agent, |m| m.get("cellwatch_connections_failed_total", &key) >= K as f64);
     assert_eq!(m.get("cellwatch_connections_failed_total", &key), K as f64);
     assert_eq!(
         m.get(
@@ -141,13 +141,14 @@ fn a_held_connection_is_active_until_closed() {
     let c = cellwatch_tests::connect_from(FOUNDATION.ip(4, 0, 1), l.local_addr().unwrap()).unwrap();
     let (s, _) = l.accept().unwrap();
     let active = |dir| [("src_cell", "cell-a"), ("dst_cell", "cell-b"), ("direction", dir)];
-    let m = settle(&agent, |m| m.get("cellwatch_connections_active", &active("ingress")) >= 1.0);
+    let m =
+        scrape_until(&agent, |m| m.get("cellwatch_connections_active", &active("ingress")) >= 1.0);
     assert_eq!(m.get("cellwatch_connections_active", &active("egress")), 1.0);
     assert_eq!(m.get("cellwatch_connections_active", &active("ingress")), 1.0);
     assert!(m.get("cellwatch_map_entries", &[("map", "conns")]) >= 2.0);
     drop(c);
     drop(s);
-    let m = settle(&agent, |m| {
+    let m = scrape_until(&agent, |m| {
         m.get("cellwatch_connections_active", &active("egress")) == 0.0
             && m.get("cellwatch_connections_active", &active("ingress")) == 0.0
     });
@@ -183,7 +184,7 @@ fn ten_times_the_connection_table_is_counted_and_logged() {
     }
     let lost_key = [("source", "conn_table_full")];
     let want = (2 * HELD - CAPACITY) as f64;
-    let m = settle(&agent, |m| m.get("cellwatch_events_lost_total", &lost_key) >= want);
+    let m = scrape_until(&agent, |m| m.get("cellwatch_events_lost_total", &lost_key) >= want);
     assert_eq!(m.get("cellwatch_events_lost_total", &lost_key), want);
     assert_eq!(m.get("cellwatch_map_entries", &[("map", "conns")]), CAPACITY as f64);
     // Whatever was tracked was tracked right: one pair only, and every listed
@@ -223,7 +224,7 @@ fn ten_times_the_connection_table_is_counted_and_logged() {
     // Room again: new connections are counted exactly.
     let entries =
         |m: &cellwatch_tests::Metrics| m.get("cellwatch_map_entries", &[("map", "conns")]);
-    let m = settle(&agent, |m| entries(m) == 0.0);
+    let m = scrape_until(&agent, |m| entries(m) == 0.0);
     assert_eq!(entries(&m), 0.0, "the table empties as the connections close");
     let opened = |m: &cellwatch_tests::Metrics| {
         m.get(
@@ -237,7 +238,7 @@ fn ten_times_the_connection_table_is_counted_and_logged() {
             cellwatch_tests::connect_from(FOUNDATION.ip(6, 0, 2), l.local_addr().unwrap()).unwrap();
         drop((c, l.accept().unwrap()));
     }
-    let m = settle(&agent, |m| opened(m) >= before + 10.0);
+    let m = scrape_until(&agent, |m| opened(m) >= before + 10.0);
     assert_eq!(opened(&m), before + 10.0);
     assert_eq!(m.get("cellwatch_events_lost_total", &lost_key), want, "no loss with room");
 }

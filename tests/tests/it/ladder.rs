@@ -12,7 +12,9 @@ use std::{
     time::Duration,
 };
 
-use cellwatch_tests::{Agent, AgentOpts, Metrics, cellwatch, connect_from, ranges::LADDER, settle};
+use cellwatch_tests::{
+    Agent, AgentOpts, Metrics, cellwatch, connect_from, ranges::LADDER, scrape_until,
+};
 
 /// Every `feature` label of `cellwatch_kernel_feature`.
 const FEATURES: [&str; 6] = [
@@ -127,7 +129,7 @@ fn on_the_core_alone_counts_are_exact_at_close_and_connections_says_why() {
             ("verdict", "violation"),
         ]
     };
-    settle(&agent, |m| m.get("cellwatch_connections_active", &pair("ingress")) == 1.0);
+    scrape_until(&agent, |m| m.get("cellwatch_connections_active", &pair("ingress")) == 1.0);
     // Several intervals pass: no sweep runs, so nothing of the bytes is counted yet.
     thread::sleep(Duration::from_millis(800));
     let open = agent.metrics();
@@ -143,7 +145,7 @@ fn on_the_core_alone_counts_are_exact_at_close_and_connections_says_why() {
     let (code, _) = agent.get("/readyz").unwrap();
     assert_eq!(code, 200);
     drop((c, s));
-    let m = settle(&agent, |m| {
+    let m = scrape_until(&agent, |m| {
         ["egress", "ingress"]
             .iter()
             .all(|d| m.get("cellwatch_connections_closed_total", &pv(d)) == 1.0)

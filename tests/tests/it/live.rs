@@ -16,7 +16,7 @@ use cellwatch_tests::{
     Agent, AgentOpts, Metrics, Pins, Rng, connect_from, json,
     netns::Netns,
     ranges::{LIVE, LIVE_NETNS},
-    settle,
+    scrape_until,
 };
 
 /// Two cells, client (`a`) and server (`b`), on /16s `at` and `at + 1` of the block, with
@@ -141,7 +141,7 @@ fn an_open_connection_counts_its_bytes_and_rtt_while_open() {
     }
     drop(c);
     drop(s);
-    let m = settle(&agent, |m| {
+    let m = scrape_until(&agent, |m| {
         ["egress", "ingress"]
             .iter()
             .all(|d| m.get("cellwatch_connections_closed_total", &pdv(d)) == 1.0)
@@ -205,7 +205,7 @@ fn connections_closing_while_sweeps_run_count_exactly() {
     server.join().unwrap();
     let n = moved.connections.load(Ordering::Relaxed) as f64;
     assert_eq!(n, (THREADS * PER_THREAD) as f64, "every connection went through");
-    let m = settle(&agent, |m| {
+    let m = scrape_until(&agent, |m| {
         ["egress", "ingress"]
             .iter()
             .all(|d| m.get("cellwatch_connections_closed_total", &pdv(d)) == n)
@@ -329,7 +329,7 @@ fn a_transfer_through_sigterm_and_kill_counts_exactly() {
     let total = sent.load(Ordering::Relaxed);
     assert_eq!(received as u64, total, "the transfer itself");
     drop((c, s));
-    let m = settle(&agent, |m| {
+    let m = scrape_until(&agent, |m| {
         ["egress", "ingress"]
             .iter()
             .all(|d| m.get("cellwatch_connections_closed_total", &pdv(d)) == 1.0)

@@ -14,7 +14,8 @@ use std::{
 };
 
 use cellwatch_tests::{
-    Agent, AgentOpts, Metrics, Pins, cellwatch, connect_from, prog_ids_of, ranges::RESTART, settle,
+    Agent, AgentOpts, Metrics, Pins, cellwatch, connect_from, prog_ids_of, ranges::RESTART,
+    scrape_until,
 };
 
 /// Cell a and cell b on /16s `a` and `b` of the area's block, so each test has its own;
@@ -140,7 +141,7 @@ fn traffic_through_sigterm_kill_and_restarts_is_counted_exactly() {
     );
 
     let want = made + 1.0; // and the held one
-    let m = settle(&third, |m| opened(m, "egress") >= want && closed(m, "ingress") >= made);
+    let m = scrape_until(&third, |m| opened(m, "egress") >= want && closed(m, "ingress") >= made);
     assert_eq!((opened(&m, "egress"), opened(&m, "ingress")), (want, want), "{made} made");
     assert_eq!((closed(&m, "egress"), closed(&m, "ingress")), (made, made));
     assert_eq!((violations(&m, "egress"), violations(&m, "ingress")), (want, want));
@@ -148,7 +149,7 @@ fn traffic_through_sigterm_kill_and_restarts_is_counted_exactly() {
     assert_eq!(m.get("cellwatch_events_lost_total", &[("source", "conn_table_full")]), 0.0);
 
     drop((held, held_peer));
-    let m = settle(&third, |m| closed(m, "egress") >= want && closed(m, "ingress") >= want);
+    let m = scrape_until(&third, |m| closed(m, "egress") >= want && closed(m, "ingress") >= want);
     assert_eq!((closed(&m, "egress"), closed(&m, "ingress")), (want, want));
     assert_eq!((active(&m, "egress"), active(&m, "ingress")), (0.0, 0.0));
     eprintln!(
@@ -173,7 +174,7 @@ fn an_upgrade_swaps_programs_on_the_live_links_without_losing_or_doubling() {
     meanwhile(&traffic, Duration::from_millis(400));
     let made = traffic.finish() as f64;
 
-    let m = settle(&new, |m| closed(m, "ingress") >= made && closed(m, "egress") >= made);
+    let m = scrape_until(&new, |m| closed(m, "ingress") >= made && closed(m, "egress") >= made);
     assert_eq!(start_state(&m), ["cellwatch_start_info{pinned_state=\"replaced\"}"]);
     assert!(new.stderr().contains("swapped this build's programs"), "{}", new.stderr());
     assert_eq!((opened(&m, "egress"), opened(&m, "ingress")), (made, made), "{made} made");
@@ -198,7 +199,7 @@ fn unreadable_pinned_state_is_discarded_once_said_and_counted() {
 
     let mut agent = start(&pins, &cfg, &[]);
     connect(5);
-    assert_eq!(opened(&settle(&agent, |m| opened(m, "egress") >= 5.0), "egress"), 5.0);
+    assert_eq!(opened(&scrape_until(&agent, |m| opened(m, "egress") >= 5.0), "egress"), 5.0);
     assert!(agent.stop().success());
 
     // A newer agent's layout, as far as this one can tell.
@@ -219,7 +220,7 @@ fn unreadable_pinned_state_is_discarded_once_said_and_counted() {
     assert_eq!(said.len(), 1, "{said:?}");
     assert!(said[0].contains("layout 99") && said[0].contains("starts from zero"), "{}", said[0]);
     connect(3);
-    assert_eq!(opened(&settle(&agent, |m| opened(m, "egress") >= 3.0), "egress"), 3.0);
+    assert_eq!(opened(&scrape_until(&agent, |m| opened(m, "egress") >= 3.0), "egress"), 3.0);
     assert!(agent.stop().success());
 
     // What it made is readable: the next start adopts it, no loop of discards.
@@ -266,7 +267,7 @@ fn an_adopting_agent_judges_by_its_own_config_and_reloads_cleanly() {
     };
     let mut agent = start(&pins, &first, &[]);
     to(&l_b, 3);
-    assert_eq!(opened(&settle(&agent, |m| opened(m, "egress") >= 3.0), "egress"), 3.0);
+    assert_eq!(opened(&scrape_until(&agent, |m| opened(m, "egress") >= 3.0), "egress"), 3.0);
     assert!(agent.stop().success());
 
     // cell-b moves from /16 b to /16 c: b is in no cell now (and external: ignore).
@@ -274,7 +275,7 @@ fn an_adopting_agent_judges_by_its_own_config_and_reloads_cleanly() {
     assert_eq!(start_state(&agent.metrics()), ["cellwatch_start_info{pinned_state=\"adopted\"}"]);
     to(&l_b, 4);
     to(&l_c, 5);
-    let m = settle(&agent, |m| opened(m, "egress") >= 8.0);
+    let m = scrape_until(&agent, |m| opened(m, "egress") >= 8.0);
     let only = |n: u8, to: u8| format!("only the {n} to {} count", RESTART.cidr(to));
     assert_eq!(opened(&m, "egress"), 8.0, "{}, on top of 3", only(5, c));
 
@@ -282,13 +283,13 @@ fn an_adopting_agent_judges_by_its_own_config_and_reloads_cleanly() {
     // target now, and must end up exactly as the first config says.
     std::fs::write(agent.config_path(), &first).unwrap();
     agent.signal("HUP");
-    let reloaded = settle(&agent, |m| {
+    let reloaded = scrape_until(&agent, |m| {
         m.get("cellwatch_config_reloads_total", &[("result", "success")]) >= 1.0
     });
     assert!(reloaded.get("cellwatch_config_reloads_total", &[("result", "success")]) >= 1.0);
     to(&l_b, 2);
     to(&l_c, 6);
-    let m = settle(&agent, |m| opened(m, "egress") >= 10.0);
+    let m = scrape_until(&agent, |m| opened(m, "egress") >= 10.0);
     thread::sleep(Duration::from_millis(300));
     let m2 = agent.metrics();
     assert_eq!((opened(&m, "egress"), opened(&m2, "egress")), (10.0, 10.0), "{}", only(2, b));
@@ -297,7 +298,7 @@ fn an_adopting_agent_judges_by_its_own_config_and_reloads_cleanly() {
     // back, agent restarts included).
     std::fs::write(agent.config_path(), "cells: [").unwrap();
     agent.signal("HUP");
-    settle(&agent, |m| reloads(m, "error") >= 1.0);
+    scrape_until(&agent, |m| reloads(m, "error") >= 1.0);
     thread::sleep(Duration::from_millis(300));
     let before = agent.metrics();
     let before = (reloads(&before, "success"), reloads(&before, "error"));

@@ -117,7 +117,7 @@ fn agent(c: &Cluster, cfg: &str) -> Agent {
 }
 
 /// Scrapes until `f` holds or 15 s pass.
-fn settle(a: &Agent, f: impl Fn(&Metrics) -> bool) -> Metrics {
+fn scrape_until(a: &Agent, f: impl Fn(&Metrics) -> bool) -> Metrics {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let m = a.metrics();
@@ -168,7 +168,7 @@ fn through_services(t: u8, v6: bool, clients: Clients) {
     let mut two = [0; 2];
     held.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     held.read_exact(&mut two).unwrap();
-    let m = settle(&a, |m| opened(m, src, "cell-b", "egress", "violation") >= 1.0);
+    let m = scrape_until(&a, |m| opened(m, src, "cell-b", "egress", "violation") >= 1.0);
     assert_eq!(
         (
             opened(&m, src, "cell-b", "egress", "violation"),
@@ -195,7 +195,7 @@ fn through_services(t: u8, v6: bool, clients: Clients) {
             && closed(m, src, "cell-b", "egress", "allowed") >= M as f64
             && closed(m, src, "cell-b", "ingress", "violation") >= n
     };
-    settle(&a, done);
+    scrape_until(&a, done);
     thread::sleep(Duration::from_millis(500));
     let m = a.metrics();
     let failed = |reason| {
@@ -276,7 +276,7 @@ fn ipvs_pod_clients_count_under_the_pod_they_reach() {
     }
     assert_eq!(served.join().unwrap(), N);
     let n = N as f64;
-    let m = settle(&a, |m| {
+    let m = scrape_until(&a, |m| {
         closed(m, "cell-a", "cell-b", "egress", "violation") >= n
             && closed(m, "cell-a", "cell-b", "ingress", "violation") >= n
     });
@@ -318,7 +318,7 @@ fn a_service_without_endpoints_counts_as_unresolved_not_external() {
             &[("src_cell", "cell-a"), ("dst_cell", dst), ("reason", "refused")],
         )
     };
-    let m = settle(&a, |m| reason(m, "unresolved") >= 4.0);
+    let m = scrape_until(&a, |m| reason(m, "unresolved") >= 4.0);
     thread::sleep(Duration::from_millis(300));
     let m2 = a.metrics();
     assert_eq!((reason(&m, "unresolved"), reason(&m2, "unresolved")), (4.0, 4.0));
@@ -348,7 +348,7 @@ fn enforce_lets_service_connects_through_and_counts_their_leaks() {
         exchange(c.connect(&client, service_addr).expect("through the Service address"), 1, 2);
     }
     assert_eq!(served.join().unwrap(), 3);
-    let m = settle(&a, |m| closed(m, "cell-a", "cell-b", "egress", "violation") >= 3.0);
+    let m = scrape_until(&a, |m| closed(m, "cell-a", "cell-b", "egress", "violation") >= 3.0);
     assert_eq!(
         (
             opened(&m, "cell-a", "cell-b", "egress", "violation"),

@@ -15,7 +15,7 @@ use cellwatch_tests::{
     dot_to_svg, json,
     prometheus::{PromOpts, Prometheus, repo, shipped_rules},
     ranges::{HARNESS, SERVICES},
-    settle, write_atomic,
+    scrape_until, write_atomic,
 };
 
 /// The database's port: a service with ports is matched on it.
@@ -84,7 +84,7 @@ fn two_cells_calling_a_shared_service_are_counted_exactly_per_service() {
     let pair = |src, dir| {
         [("src_cell", src), ("dst_cell", "global"), ("direction", dir), ("verdict", "allowed")]
     };
-    let m = settle(&agent, |m| {
+    let m = scrape_until(&agent, |m| {
         ["egress", "ingress"].iter().all(|d| {
             m.get(closed, &pair("cell-a", d)) == (A + OTHER_PORT) as f64
                 && m.get(closed, &pair("cell-b", d)) == B as f64
@@ -132,7 +132,7 @@ fn a_refused_service_connect_is_a_failure_of_the_service() {
     }
     let failed = "cellwatch_service_connections_failed_total";
     let labels = [("src_cell", "cell-b"), ("service", "orders-db"), ("reason", "refused")];
-    let m = settle(&agent, |m| m.get(failed, &labels) >= 3.0);
+    let m = scrape_until(&agent, |m| m.get(failed, &labels) >= 3.0);
     assert_eq!(m.get(failed, &labels), 3.0);
     assert_eq!(
         m.get(failed, &[("src_cell", "cell-b"), ("service", "orders-db"), ("reason", "reset")]),
@@ -160,7 +160,7 @@ fn a_reload_adds_a_service_and_an_open_connection_keeps_its_own() {
     let cache = Server::start(SERVICES.ip(0, 7, 2), n, REQ, RESP);
     assert_eq!(clients(SERVICES.ip(1, 0, 10), cache.addr, n, REQ, RESP), n);
     assert_eq!(cache.join(), n);
-    let m = settle(&agent, |m| opened(m, "cell-a", "cache", "ingress") >= n as f64);
+    let m = scrape_until(&agent, |m| opened(m, "cell-a", "cache", "ingress") >= n as f64);
     assert_eq!(opened(&m, "cell-a", "cache", "egress"), n as f64);
     assert_eq!(opened(&m, "cell-a", "cache", "ingress"), n as f64);
     let mine = listed_to(&agent, port);

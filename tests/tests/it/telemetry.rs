@@ -9,7 +9,8 @@ use std::{
 };
 
 use cellwatch_tests::{
-    Agent, AgentOpts, Server, clients, connect_from, http_get, json, ranges::TELEMETRY, settle,
+    Agent, AgentOpts, Server, clients, connect_from, http_get, json, ranges::TELEMETRY,
+    scrape_until,
 };
 use serde_json::Value;
 
@@ -97,7 +98,7 @@ fn three_cells_exact_per_pair_direction_and_verdict() {
         assert_eq!(s.join(), n);
     }
     let closed = "cellwatch_connections_closed_total";
-    let m = settle(&agent, |m| {
+    let m = scrape_until(&agent, |m| {
         flows.iter().all(|f| {
             m.get(closed, &pdv(f.5, f.6, "ingress", f.7)) >= f.2 as f64
                 && m.get(closed, &pdv(f.5, f.6, "egress", f.7)) >= f.2 as f64
@@ -205,7 +206,7 @@ fn a_held_connection_is_listed_with_its_process() {
     s.write_all(&[9u8; 77]).unwrap();
     c.read_exact(&mut [0u8; 77]).unwrap();
 
-    let m = settle(&agent, |m| {
+    let m = scrape_until(&agent, |m| {
         m.get("cellwatch_connections_active", &pd("blue", "green", "ingress")) == 1.0
     });
     assert_eq!(m.get("cellwatch_connections_active", &pd("blue", "green", "egress")), 1.0);
@@ -251,7 +252,7 @@ fn a_held_connection_is_listed_with_its_process() {
     let (status, _) = http_get(agent.port, "/connections?limit=0").unwrap();
     assert_eq!(status, 400);
     drop((c, s));
-    let m = settle(&agent, |m| {
+    let m = scrape_until(&agent, |m| {
         m.get("cellwatch_connections_active", &pd("blue", "green", "ingress")) == 0.0
     });
     assert_eq!(m.get("cellwatch_connections_active", &pd("blue", "green", "egress")), 0.0);
@@ -265,7 +266,7 @@ fn ipv6_on_loopback_is_counted() {
     let s = Server::start(IpAddr::V6(Ipv6Addr::LOCALHOST), N, 10, 20);
     assert_eq!(clients(IpAddr::V6(Ipv6Addr::LOCALHOST), s.addr, N, 10, 20), N);
     assert_eq!(s.join(), N);
-    let m = settle(&agent, |m| {
+    let m = scrape_until(&agent, |m| {
         m.get("cellwatch_connections_closed_total", &pdv("blue", "blue", "ingress", "allowed"))
             >= N as f64
     });
@@ -313,7 +314,7 @@ fn a_connection_older_than_the_agent_is_seen() {
             && conns.iter().any(|c| c["direction"] == "egress")
     );
     drop((c, s));
-    let m = settle(&agent, |m| {
+    let m = scrape_until(&agent, |m| {
         m.get("cellwatch_connections_closed_total", &pdv("blue", "green", "ingress", "violation"))
             >= 1.0
             && m.get(
@@ -435,7 +436,7 @@ fn latency_and_rtt_agree_with_the_tests_own_measurements() {
     }
     acceptor.join().unwrap();
     let p = [("src_cell", "blue"), ("dst_cell", "green")];
-    let m = settle(&agent, |m| {
+    let m = scrape_until(&agent, |m| {
         m.get("cellwatch_rtt_seconds_count", &pd("blue", "green", "egress")) >= N as f64
     });
     let k_lat = m.get("cellwatch_connect_latency_seconds_sum", &p)
@@ -488,7 +489,7 @@ fn a_violation_storm_beyond_the_ring_buffer_keeps_counts_exact() {
     assert_eq!(clients(STORM_CELLS.blue(0, 1), s.addr, STORM, 1, 1), STORM);
     assert_eq!(s.join(), STORM);
     let want = 2.0 * STORM as f64;
-    let m = settle(&agent, |m| {
+    let m = scrape_until(&agent, |m| {
         m.get("cellwatch_connections_closed_total", &pdv("blue", "green", "ingress", "violation"))
             >= STORM as f64
     });

@@ -83,7 +83,7 @@ fn known_traffic() -> (SocketAddr, SocketAddr) {
 }
 
 /// Scrapes the agent on `port` until `f` holds (at most 10 s); panics otherwise.
-fn settle(port: u16, what: &str, f: impl Fn(&Metrics) -> bool) {
+fn scrape_until(port: u16, what: &str, f: impl Fn(&Metrics) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let m = http_get(port, "/metrics").map(|(_, body)| Metrics::parse(&body));
@@ -104,7 +104,7 @@ fn pair<'a>(src: &'a str, dst: &'a str, more: &[(&'a str, &'a str)]) -> Vec<(&'a
 /// Waits until the agent counted `in_cell`, `leaks` and `refused` connections and
 /// saw every one that opened close.
 fn counted(port: u16, in_cell: usize, leaks: usize, refused: usize) {
-    settle(port, "the test's traffic", |m| {
+    scrape_until(port, "the test's traffic", |m| {
         let aa = pair("top-a", "top-a", &[("verdict", "allowed")]);
         let ab = pair("top-a", "top-b", &[("verdict", "violation")]);
         let opened = |l: &[(&str, &str)]| m.get("cellwatch_connections_opened_total", l);

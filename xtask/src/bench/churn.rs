@@ -17,7 +17,7 @@ use std::{
 use anyhow::{Context, Result};
 use cellwatch_tests::{
     churn::{Close, churn as make_churn},
-    prog_ids_of, settle,
+    prog_ids_of, scrape_until,
 };
 
 use super::{
@@ -149,7 +149,7 @@ fn profile(bins: &Bins, path: Path, conns: usize) -> Result<Vec<(String, f64, f6
     let agent = start_agent(&bins.agent, &config, &["--profile-kernel"])?;
     let before = agent.metrics();
     load(path, conns)?;
-    let m = settle(&agent, |m| {
+    let m = scrape_until(&agent, |m| {
         m.by_label("cellwatch_kernel_op_runs_total", "op").iter().any(|(_, v)| *v > 0.0)
     });
     let runs = |m: &cellwatch_tests::Metrics, name| m.by_label(name, "op");

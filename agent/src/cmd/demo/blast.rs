@@ -1,71 +1,48 @@
 //! The demo's closing lines: the blast radius of each shared service, from the agent's
 //! own `/metrics` (the cells whose clients called it, and their share of its
-//! connections), as `cellwatch report` gives it from Prometheus: each connection counted
-//! once by the same rule ([`agent_view::side`]).
+//! connections), computed as `cellwatch report` computes it from Prometheus
+//! ([`agent_view::report::blast_radii`] of the same readings, each connection counted
+//! once by the same rule).
 #![forbid(unsafe_code)]
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::fmt::Write as _;
 
-use agent_core::{metrics::families as f, promtext::Sample};
-use agent_view::side;
+use agent_core::{names::EXTERNAL, promtext::Sample};
+use agent_view::report::{self, Service, Share};
 
-/// One service: the cell it lies in, and its callers with their connections, most first.
-#[derive(Debug, PartialEq)]
-pub(crate) struct Radius {
-    pub(crate) service: String,
-    pub(crate) cell: String,
-    pub(crate) callers: Vec<(String, u64)>,
+/// Each service's blast radius, as the report has it.
+pub(crate) fn radius(samples: &[Sample]) -> Vec<Service> {
+    report::blast_radii(&report::answers_of(samples))
 }
 
-/// Each configured service's callers, client side (each connection once).
-pub(crate) fn radius(samples: &[Sample]) -> Vec<Radius> {
-    let mut out: BTreeMap<String, Radius> = BTreeMap::new();
-    for s in samples.iter().filter(|s| s.name == f::SERVICE_INFO) {
-        let service = s.label("service").to_owned();
-        let cell = s.label("cell").to_owned();
-        out.insert(service.clone(), Radius { service, cell, callers: Vec::new() });
-    }
-    let mut calls: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for s in samples
-        .iter()
-        .filter(|s| s.name == f::SERVICE_CONNECTIONS_OPENED_TOTAL && side::counts_sample(s))
-    {
-        // Counter values are whole numbers below 2^53.
-        #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a count")]
-        let n = s.value as u64;
-        *calls
-            .entry((s.label("service").to_owned(), s.label("src_cell").to_owned()))
-            .or_default() += n;
-    }
-    for ((service, cell), n) in calls {
-        if let Some(r) = out.get_mut(&service)
-            && n > 0
-        {
-            r.callers.push((cell, n));
-        }
-    }
-    let mut list: Vec<Radius> = out.into_values().collect();
-    for r in &mut list {
-        r.callers.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    }
-    list
-}
-
-/// `blast radius of ledger (in global): cell-2 62 connections (67%), cell-1 31 (33%)`.
-pub(crate) fn render(list: &[Radius]) -> String {
+/// `blast radius of ledger (in global): cell-2 62 connections (67%), cell-1 31
+/// connections (33%): if it fails, so may they`: the calling cells most connections
+/// first, then clients in no cell (`external`).
+pub(crate) fn render(list: &[Service]) -> String {
     let mut out = String::new();
     for r in list {
-        let total: u64 = r.callers.iter().map(|(_, n)| n).sum();
-        let _ = write!(out, "blast radius of {} (in {}): ", r.service, r.cell);
-        if total == 0 {
+        let cell = r.cell.as_deref().unwrap_or("no known cell");
+        let _ = write!(out, "blast radius of {} (in {cell}): ", r.service);
+        let callers: Vec<(&str, &Share)> = r
+            .dependents
+            .iter()
+            .map(|d| (d.cell.as_str(), &d.share))
+            .chain(r.external.as_ref().map(|e| (EXTERNAL, e)))
+            .collect();
+        if callers.is_empty() {
             out.push_str("no cell called it\n");
             continue;
         }
-        let parts: Vec<String> = r
-            .callers
+        let parts: Vec<String> = callers
             .iter()
-            .map(|(cell, n)| {
-                format!("{cell} {n} connections ({:.0}%)", 100.0 * *n as f64 / total as f64)
+            .map(|(cell, share)| {
+                let n = share.connections;
+                let part = if r.connections > 0 {
+                    format!("{:.0}%", 100.0 * n as f64 / r.connections as f64)
+                } else {
+                    "-".to_owned()
+                };
+                format!("{cell} {n} connections ({part})")
             })
             .collect();
         let _ = writeln!(out, "{}: if it fails, so may they", parts.join(", "));

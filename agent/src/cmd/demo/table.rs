@@ -1,12 +1,15 @@
 //! The demo's live table: per cell pair, what the counted side of each connection saw
 //! ([`agent_view::side`]), read back from the agent's own `/metrics`, with violations
-//! marked.
+//! marked. Bytes are the client's, as the report reads them ([`side::client_bytes`]).
 #![forbid(unsafe_code)]
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
 use agent_core::{metrics::families as f, promtext::Sample};
-use agent_view::{format::Table as Columns, side};
+use agent_view::{
+    format::Table as Columns,
+    side::{self, Way},
+};
 
 /// One cell pair, as its clients saw it.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -15,6 +18,7 @@ pub(crate) struct Row {
     pub(crate) violations: f64,
     pub(crate) active: f64,
     pub(crate) refused: f64,
+    /// Payload bytes the client sent and received.
     pub(crate) sent: f64,
     pub(crate) received: f64,
 }
@@ -24,7 +28,7 @@ pub(crate) type Table = BTreeMap<(String, String), Row>;
 
 /// Builds the table from the counted side of each connection: a connection between two
 /// demo cells is also seen from its server socket (ingress), which would only repeat the
-/// numbers.
+/// numbers. An external client's bytes, seen from its server, count the other way.
 pub(crate) fn build(samples: &[Sample]) -> Table {
     let mut t = Table::new();
     for s in samples.iter().filter(|s| side::counts_sample(s)) {
@@ -33,8 +37,13 @@ pub(crate) fn build(samples: &[Sample]) -> Table {
             // Counted at connect: refused attempts are in it too.
             f::BOUNDARY_VIOLATIONS_TOTAL => |r| &mut r.violations,
             f::CONNECTIONS_ACTIVE => |r| &mut r.active,
-            f::BYTES_SENT_TOTAL => |r| &mut r.sent,
-            f::BYTES_RECEIVED_TOTAL => |r| &mut r.received,
+            f::BYTES_SENT_TOTAL | f::BYTES_RECEIVED_TOTAL => {
+                let socket = if s.name == f::BYTES_SENT_TOTAL { Way::Sent } else { Way::Received };
+                match side::client_bytes(socket, s.label("direction")) {
+                    Way::Sent => |r| &mut r.sent,
+                    Way::Received => |r| &mut r.received,
+                }
+            }
             f::CONNECTIONS_FAILED_TOTAL if s.label("reason") == "refused" => |r| &mut r.refused,
             _ => continue,
         };

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use agent_view::report::{AnswerError, Answers, Query, Range, Report, Series, parse_answer};
+use agent_view::report::{AnswerError, Answers, Range, Reading, Report, Series, parse_answer};
 
 use super::ReportError;
 use crate::cmd::fetch;
@@ -81,7 +81,7 @@ impl Prometheus {
     pub(super) fn report(&self, range: Range) -> Result<Report, ReportError> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
         let mut answers = Answers::new();
-        for family in Query::ALL {
+        for family in Reading::ALL {
             answers.insert(family, self.query(&family.query(range), now)?);
         }
         Report::build(range, &answers)

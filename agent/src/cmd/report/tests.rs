@@ -9,13 +9,13 @@ use std::{
     thread,
 };
 
-use agent_view::report::{Query, Range};
+use agent_view::report::{Range, Reading};
 use serde_json::{Value, json};
 
 use super::*;
 
 /// What the fake answers a query with: (status, body).
-type Answerer = Box<dyn Fn(&str) -> (u16, String) + Send>;
+type Handler = Box<dyn Fn(&str) -> (u16, String) + Send>;
 
 /// A request's path and its query-string parameters, decoded.
 type Request = (String, BTreeMap<String, String>);
@@ -27,7 +27,7 @@ struct Fake {
 }
 
 impl Fake {
-    fn start(answer: Answerer) -> Self {
+    fn start(answer: Handler) -> Self {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", l.local_addr().unwrap());
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -96,25 +96,25 @@ fn hour() -> Range {
 }
 
 /// Answers each family's query for the last hour; anything else is a bad query.
-fn canned() -> Answerer {
-    let by_query: BTreeMap<String, String> = Query::ALL
+fn canned() -> Handler {
+    let by_query: BTreeMap<String, String> = Reading::ALL
         .iter()
         .map(|f| {
             let body = match f {
-                Query::Cells => vector(&[
+                Reading::Cells => vector(&[
                     (&[("cell", "global"), ("global", "true")], "1"),
                     (&[("cell", "cell-1"), ("global", "false")], "1"),
                     (&[("cell", "cell-2"), ("global", "false")], "1"),
                     (&[("cell", "cell-3"), ("global", "false")], "1"),
                 ]),
-                Query::Services => {
+                Reading::Services => {
                     vector(&[(&[("service", "orders-db"), ("cell", "global")], "1")])
                 }
-                Query::ServiceOpened => vector(&[
+                Reading::ServiceOpened => vector(&[
                     (&[("src_cell", "cell-1"), ("service", "orders-db")], "30"),
                     (&[("src_cell", "cell-2"), ("service", "orders-db")], "10"),
                 ]),
-                Query::PairOpened => vector(&[
+                Reading::PairOpened => vector(&[
                     (&[("src_cell", "cell-1"), ("dst_cell", "global")], "30"),
                     (&[("src_cell", "cell-2"), ("dst_cell", "global")], "10"),
                     (&[("src_cell", "cell-3"), ("dst_cell", "cell-3")], "10"),
@@ -149,10 +149,10 @@ fn every_family_is_asked_once_at_one_time() {
     assert_eq!(db["dependents"][0]["connections_share"], 0.75);
 
     let requests = fake.requests.lock().unwrap();
-    assert_eq!(requests.len(), Query::ALL.len());
+    assert_eq!(requests.len(), Reading::ALL.len());
     assert!(requests.iter().all(|(path, _)| path == "/api/v1/query"), "{requests:?}");
     let queries: Vec<&str> = requests.iter().map(|(_, p)| p["query"].as_str()).collect();
-    let expected: Vec<String> = Query::ALL.iter().map(|f| f.query(hour())).collect();
+    let expected: Vec<String> = Reading::ALL.iter().map(|f| f.query(hour())).collect();
     assert_eq!(queries, expected, "the PromQL arrives as written");
     let times: std::collections::BTreeSet<&str> =
         requests.iter().map(|(_, p)| p["time"].as_str()).collect();

@@ -10,14 +10,14 @@ use std::{collections::HashSet, net::SocketAddr};
 
 use agent_common::{
     AF_INET, AF_INET6, CELL_EXTERNAL, CELL_UNRESOLVED, Claimed, Conn, Direction, NO_SERVICE,
-    Progress,
+    Progress, Verdict,
 };
 use agent_core::{
     config::Config,
     conntrack::Tuple,
     events::raw_addr,
     ids::CellIds,
-    policy::{self, Place, Verdict},
+    policy::{self, Place},
 };
 use netlink_packet_sock_diag::inet::StateFlags;
 use tracing::{info, warn};
@@ -85,7 +85,7 @@ fn judge(
         }
     }
     let verdict = if unresolved {
-        Verdict::Allowed
+        Verdict::ALLOWED
     } else {
         policy::verdict(cfg, client.ip(), server.ip(), server.port())?
     };
@@ -108,11 +108,7 @@ fn judge(
         dst_cell,
         closed: 0,
         direction: if server_side { Direction::INGRESS.0 } else { Direction::EGRESS.0 },
-        verdict: if verdict == Verdict::Violation {
-            agent_common::Verdict::VIOLATION.0
-        } else {
-            agent_common::Verdict::ALLOWED.0
-        },
+        verdict: verdict.0,
         // The kernel sets the flags and what the connection moved so far.
         flags: 0,
         generation: 0,

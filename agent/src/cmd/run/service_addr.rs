@@ -15,14 +15,14 @@ use std::{
 };
 
 use agent_common::{
-    CELL_EXTERNAL, CELL_UNRESOLVED, Deferred, NO_SERVICE, Resolution, ViolationEvent,
+    CELL_EXTERNAL, CELL_UNRESOLVED, Deferred, NO_SERVICE, Resolution, Verdict, ViolationEvent,
 };
 use agent_core::{
     config::Config,
     conntrack::{Tuple, ipvs_backend},
     events::addr,
     ids::CellIds,
-    policy::{self, Place, Verdict},
+    policy::{self, Place},
 };
 use tracing::{debug, info, warn};
 
@@ -88,7 +88,7 @@ pub(crate) fn judge(cfg: &Config, ids: &CellIds, client: IpAddr, to: Destination
         return Resolution {
             dst_cell: CELL_UNRESOLVED,
             service: NO_SERVICE,
-            verdict: agent_common::Verdict::ALLOWED.0,
+            verdict: Verdict::ALLOWED.0,
             _pad: 0,
         };
     };
@@ -100,10 +100,8 @@ pub(crate) fn judge(cfg: &Config, ids: &CellIds, client: IpAddr, to: Destination
     let service = policy::service(cfg, ip, port)
         .and_then(|name| ids.service_lookup(name))
         .unwrap_or(NO_SERVICE);
-    let verdict = match policy::verdict(cfg, client.to_canonical(), ip, port) {
-        Some(Verdict::Violation) => agent_common::Verdict::VIOLATION,
-        Some(Verdict::Allowed) | None => agent_common::Verdict::ALLOWED,
-    };
+    // A connection the config does not track is answered as allowed.
+    let verdict = policy::verdict(cfg, client.to_canonical(), ip, port).unwrap_or(Verdict::ALLOWED);
     Resolution { dst_cell, service, verdict: verdict.0, _pad: 0 }
 }
 
@@ -112,8 +110,9 @@ pub(crate) fn judge(cfg: &Config, ids: &CellIds, client: IpAddr, to: Destination
 #[error("off (--without conntrack_lookup)")]
 struct ForcedOff;
 
-/// What the resolver thread works with.
-pub(crate) struct Resolver {
+/// What the answerer thread (the one answering the kernel's requests to find a Service
+/// backend) works with.
+pub(crate) struct Answerer {
     pub(crate) maps: MapsHandle,
     pub(crate) config: Arc<RwLock<Config>>,
     pub(crate) ids: Arc<RwLock<CellIds>>,
@@ -127,11 +126,11 @@ pub(crate) struct Resolver {
 }
 
 /// Answers requests on a thread of its own until `stop` is set.
-pub(crate) fn spawn(r: Resolver) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || Answering::new(r).run())
+pub(crate) fn spawn(a: Answerer) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || Answering::new(a).run())
 }
 
-/// The resolver thread's state.
+/// The answerer thread's state while it answers.
 struct Answering {
     maps: MapsHandle,
     config: Arc<RwLock<Config>>,
@@ -145,8 +144,8 @@ struct Answering {
 }
 
 impl Answering {
-    fn new(r: Resolver) -> Self {
-        let Resolver { maps, config, ids, requests, stop, conntrack, dropped } = r;
+    fn new(a: Answerer) -> Self {
+        let Answerer { maps, config, ids, requests, stop, conntrack, dropped } = a;
         let finder = Finder {
             ct: open_conntrack(conntrack),
             announced: Announced::new(),

@@ -46,7 +46,7 @@ fn undecodable_records_are_counted_and_good_ones_kept() {
     use agent_common::ViolationEvent;
     let r = Recent::default();
     let ids = RwLock::new(CellIds::default());
-    let cgroups = Resolver::new("/nonexistent".into());
+    let cgroups = Workloads::new("/nonexistent".into());
     r.ingest(&[0u8; 95], &ids, &cgroups);
     r.ingest(&[], &ids, &cgroups);
     assert_eq!((r.undecodable(), r.latest(10).len()), (2, 0));

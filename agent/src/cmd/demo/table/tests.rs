@@ -26,3 +26,19 @@ cellwatch_connections_active{src_cell="cell-1",dst_cell="cell-2",direction="egre
     assert!(marked[0].contains("cell-3") && !plain.contains('\x1b'));
     assert!(render(&t, true).contains("\x1b[1;31m"));
 }
+
+#[test]
+fn an_external_clients_bytes_seen_from_its_server_are_swapped() {
+    let text = r#"
+cellwatch_bytes_sent_total{src_cell="external",dst_cell="cell-2",direction="ingress"} 700
+cellwatch_bytes_received_total{src_cell="external",dst_cell="cell-2",direction="ingress"} 30
+cellwatch_bytes_sent_total{src_cell="cell-1",dst_cell="cell-2",direction="egress"} 40
+cellwatch_bytes_received_total{src_cell="cell-1",dst_cell="cell-2",direction="egress"} 500
+cellwatch_bytes_sent_total{src_cell="cell-1",dst_cell="cell-2",direction="ingress"} 500
+"#;
+    let t = build(&parse(text));
+    let external = &t[&("external".to_owned(), "cell-2".to_owned())];
+    assert_eq!((external.sent, external.received), (30.0, 700.0));
+    let cell = &t[&("cell-1".to_owned(), "cell-2".to_owned())];
+    assert_eq!((cell.sent, cell.received), (40.0, 500.0));
+}
