@@ -696,3 +696,24 @@ pub fn dot_to_svg(dot: &str) -> String {
     );
     String::from_utf8(out.stdout).expect("SVG is text")
 }
+
+/// `tcpi_rtt` (µs, the kernel's smoothed RTT) of the TCP socket bound to `local` in the
+/// caller's network namespace, from `ss`'s view of it: the tests have no unsafe code, so
+/// they read a socket's tcp_info through the same netlink the agent uses.
+pub fn srtt_us(local: SocketAddr) -> u32 {
+    let out = Command::new("ss")
+        .args(["-tin", "src", &local.to_string()])
+        .output()
+        .expect("ss (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rtt = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("rtt:"))
+        .unwrap_or_else(|| panic!("no rtt for {local} in ss's output: {text}"));
+    let ms: f64 = rtt.split('/').next().unwrap().parse().unwrap();
+    let us = (ms * 1000.0).round();
+    assert!((0.0..1e9).contains(&us), "an RTT of {ms} ms");
+    #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "checked above")]
+    let us = us as u32;
+    us
+}

@@ -458,23 +458,9 @@ fn latency_and_rtt_agree_with_the_tests_own_measurements() {
     );
 }
 
-/// `tcpi_rtt` (µs) of a socket, from `ss`'s view of it: the test has no unsafe code, so
-/// it reads its own socket's tcp_info through the same netlink the agent uses.
+/// `tcpi_rtt` (µs) of a socket of this namespace.
 fn tcp_info_rtt_us(c: &TcpStream) -> u32 {
-    let local = c.local_addr().unwrap();
-    let out = std::process::Command::new("ss")
-        .args(["-tin", "src", &local.to_string()])
-        .output()
-        .expect("ss (iproute2)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let rtt =
-        text.split_whitespace().find_map(|w| w.strip_prefix("rtt:")).expect("an rtt in ss output");
-    let ms: f64 = rtt.split('/').next().unwrap().parse().unwrap();
-    let us = (ms * 1000.0).round();
-    assert!((0.0..1e9).contains(&us), "an RTT of {ms} ms");
-    #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "checked above")]
-    let us = us as u32;
-    us
+    cellwatch_tests::srtt_us(c.local_addr().unwrap())
 }
 
 #[test]
