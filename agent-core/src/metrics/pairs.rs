@@ -4,7 +4,7 @@ use agent_common::{Direction, Failure, Verdict, observes_rtt};
 
 use super::{
     families as f,
-    snapshot::Snapshot,
+    snapshot::{Snapshot, Tally, runs},
     text::{
         Bounds, Def, Family, Hist, HistNames, HistOf, Kind, Out, VERDICTS, Valued, histogram,
         latency_of, quoted, rtt_of, slot, verdict_labels,
@@ -74,23 +74,16 @@ const RTT: Def = Def {
 };
 
 /// What one (src, dst, direction) holds, summed over verdicts where a family has none.
-/// Histograms stay in the snapshot (`span` points at the entries): copied, 20,000 pairs'
-/// would double a large scrape's memory.
+/// Histograms stay in the snapshot (`tally.span` points at the entries): copied, 20,000
+/// pairs' would double a large scrape's memory.
 #[derive(Default)]
 struct Dir {
-    opened: [u64; 2],
-    closed: [u64; 2],
+    tally: Tally,
     violations: u64,
-    sent: u64,
-    received: u64,
     retrans: u64,
     // Client side only (egress).
     failed: [u64; Failure::REASONS],
     denied: u64,
-    /// Which verdicts have a key (by [`slot`]): each gets its series.
-    has: [bool; 2],
-    /// Its keys (by verdict and service): `order[span.0..span.1]`.
-    span: (usize, usize),
 }
 
 impl Dir {
@@ -99,19 +92,13 @@ impl Dir {
     }
 
     fn has(&self, verdict: Verdict) -> bool {
-        self.has[slot(verdict)]
-    }
-
-    /// Connections open: opened less closed, over verdicts.
-    fn active(&self) -> u64 {
-        let (opened, closed): (u64, u64) = (self.opened.iter().sum(), self.closed.iter().sum());
-        opened.saturating_sub(closed)
+        self.tally.has[slot(verdict)]
     }
 
     /// One histogram of the pair, summed over its keys.
     fn hist(&self, snap: &Snapshot, order: &[usize], which: HistOf) -> Hist {
         let mut h = Hist::default();
-        for i in &order[self.span.0..self.span.1] {
+        for i in &order[self.tally.span.0..self.tally.span.1] {
             let (buckets, sum) = which(&snap.pairs[*i].1);
             h.add(buckets, sum);
         }
@@ -134,32 +121,24 @@ fn group(snap: &Snapshot) -> (Vec<usize>, Vec<(PairDir, Dir)>) {
     if !snap.pairs.is_sorted_by_key(|(k, _)| *k) {
         order.sort_by_key(|&i| snap.pairs[i].0);
     }
-    let mut out: Vec<(PairDir, Dir)> = Vec::new();
-    for (at, &i) in order.iter().enumerate() {
-        let (k, s) = &snap.pairs[i];
-        let pd = (k.src_cell, k.dst_cell, k.direction());
-        if out.last().is_none_or(|(last, _)| *last != pd) {
-            out.push((pd, Dir { span: (at, at), ..Dir::default() }));
-        }
-        let Some((_, d)) = out.last_mut() else { continue };
-        d.span.1 = at + 1;
-        let v = slot(k.verdict());
-        d.has[v] = true;
-        d.opened[v] += s.opened;
-        d.closed[v] += s.closed;
-        d.sent += s.bytes_sent;
-        d.received += s.bytes_received;
-        d.retrans += s.retransmits;
-        if k.verdict() == Verdict::VIOLATION {
-            d.violations += s.violations;
-        }
-        if k.direction() == Direction::EGRESS {
-            for (a, b) in d.failed.iter_mut().zip(s.failed) {
-                *a += b;
+    let out = runs(
+        snap,
+        &order,
+        |k| (k.src_cell, k.dst_cell, k.direction()),
+        |d: &mut Dir| &mut d.tally,
+        |d, k, s| {
+            d.retrans += s.retransmits;
+            if k.verdict() == Verdict::VIOLATION {
+                d.violations += s.violations;
             }
-            d.denied += s.denied;
-        }
-    }
+            if k.direction() == Direction::EGRESS {
+                for (a, b) in d.failed.iter_mut().zip(s.failed) {
+                    *a += b;
+                }
+                d.denied += s.denied;
+            }
+        },
+    );
     (order, out)
 }
 
@@ -187,7 +166,7 @@ fn connections(rows: &[Row<'_>], out: &mut Out<'_>) {
     for (def, closed) in [(&OPENED, false), (&CLOSED, true)] {
         let mut f = Family::new(out, def);
         for (_, d, (_, pd)) in rows {
-            let counts = if closed { d.closed } else { d.opened };
+            let counts = if closed { d.tally.closed } else { d.tally.opened };
             for v in VERDICTS {
                 // A verdict no connection of the pair got has no series.
                 if d.has(v) {
@@ -198,7 +177,7 @@ fn connections(rows: &[Row<'_>], out: &mut Out<'_>) {
     }
     let mut f = Family::new(out, &ACTIVE);
     for (_, d, (_, pd)) in rows {
-        f.sample(pd, "", d.active());
+        f.sample(pd, "", d.tally.active());
     }
     let mut f = Family::new(out, &FAILED);
     for ((_, _, dir), d, (p, _)) in rows {
@@ -226,8 +205,11 @@ fn connections(rows: &[Row<'_>], out: &mut Out<'_>) {
 
 /// Bytes both ways and retransmits: one series per (pair, direction).
 fn scalars(rows: &[Row<'_>], out: &mut Out<'_>) {
-    let scalars: [Valued<Dir>; 3] =
-        [(&SENT, |d| d.sent), (&RECEIVED, |d| d.received), (&RETRANSMITS, |d| d.retrans)];
+    let scalars: [Valued<Dir>; 3] = [
+        (&SENT, |d| d.tally.sent),
+        (&RECEIVED, |d| d.tally.received),
+        (&RETRANSMITS, |d| d.retrans),
+    ];
     for (def, value) in scalars {
         let mut f = Family::new(out, def);
         for (_, d, (_, pd)) in rows {

@@ -5,7 +5,7 @@ use agent_common::{Direction, Failure, NO_SERVICE};
 
 use super::{
     families as f,
-    snapshot::Snapshot,
+    snapshot::{Snapshot, Tally, runs},
     text::{
         Bounds, Def, Family, Hist, HistNames, Kind, Out, VERDICTS, Valued, histogram, latency_of,
         quoted, slot, verdict_labels,
@@ -59,24 +59,8 @@ const LATENCY: Def = Def {
 /// What one (client cell, service, direction) holds, over verdicts.
 #[derive(Default)]
 struct Row {
-    /// Opened and closed, by verdict ([`slot`]).
-    opened: [u64; 2],
-    closed: [u64; 2],
-    /// Which verdicts have a key: each gets its series.
-    has: [bool; 2],
-    sent: u64,
-    received: u64,
+    tally: Tally,
     failed: [u64; Failure::REASONS],
-    /// Its keys: `order[span.0..span.1]`.
-    span: (usize, usize),
-}
-
-impl Row {
-    /// Connections open: opened less closed, over verdicts.
-    fn active(&self) -> u64 {
-        let (opened, closed): (u64, u64) = (self.opened.iter().sum(), self.closed.iter().sum());
-        opened.saturating_sub(closed)
-    }
 }
 
 /// (client cell id, service id, direction)
@@ -96,25 +80,17 @@ fn group(snap: &Snapshot) -> (Vec<usize>, Vec<(Key, Row)>) {
         (k.src_cell, k.service, k.direction(), k.verdict())
     };
     order.sort_by_key(|&i| key(i));
-    let mut rows: Vec<(Key, Row)> = Vec::new();
-    for (at, &i) in order.iter().enumerate() {
-        let (k, s) = &snap.pairs[i];
-        let rk = (k.src_cell, k.service, k.direction());
-        if rows.last().is_none_or(|(last, _)| *last != rk) {
-            rows.push((rk, Row { span: (at, at), ..Row::default() }));
-        }
-        let Some((_, r)) = rows.last_mut() else { continue };
-        r.span.1 = at + 1;
-        let v = slot(k.verdict());
-        r.has[v] = true;
-        r.opened[v] += s.opened;
-        r.closed[v] += s.closed;
-        r.sent += s.bytes_sent;
-        r.received += s.bytes_received;
-        for (a, b) in r.failed.iter_mut().zip(s.failed) {
-            *a += b;
-        }
-    }
+    let rows = runs(
+        snap,
+        &order,
+        |k| (k.src_cell, k.service, k.direction()),
+        |r: &mut Row| &mut r.tally,
+        |r, _, s| {
+            for (a, b) in r.failed.iter_mut().zip(s.failed) {
+                *a += b;
+            }
+        },
+    );
     (order, rows)
 }
 
@@ -143,14 +119,14 @@ fn connections(rows: &[Labelled<'_>], out: &mut Out<'_>) {
     let mut f = Family::new(out, &OPENED);
     for ((_, r), (_, pd)) in rows {
         for v in VERDICTS {
-            if r.has[slot(v)] {
-                f.sample(pd, &verdicts[slot(v)], r.opened[slot(v)]);
+            if r.tally.has[slot(v)] {
+                f.sample(pd, &verdicts[slot(v)], r.tally.opened[slot(v)]);
             }
         }
     }
     let mut f = Family::new(out, &ACTIVE);
     for ((_, r), (_, pd)) in rows {
-        f.sample(pd, "", r.active());
+        f.sample(pd, "", r.tally.active());
     }
     let mut f = Family::new(out, &FAILED);
     for (((_, _, dir), r), (p, _)) in rows {
@@ -164,7 +140,7 @@ fn connections(rows: &[Labelled<'_>], out: &mut Out<'_>) {
 
 /// Bytes both ways.
 fn bytes(rows: &[Labelled<'_>], out: &mut Out<'_>) {
-    let both: [Valued<Row>; 2] = [(&SENT, |r| r.sent), (&RECEIVED, |r| r.received)];
+    let both: [Valued<Row>; 2] = [(&SENT, |r| r.tally.sent), (&RECEIVED, |r| r.tally.received)];
     for (def, value) in both {
         let mut f = Family::new(out, def);
         for ((_, r), (_, pd)) in rows {
@@ -188,7 +164,7 @@ fn latency(
             continue;
         }
         let mut h = Hist::default();
-        for i in &order[r.span.0..r.span.1] {
+        for i in &order[r.tally.span.0..r.tally.span.1] {
             let (buckets, sum) = latency_of(&snap.pairs[*i].1);
             h.add(buckets, sum);
         }

@@ -1,6 +1,8 @@
 //! What a scrape reads from the kernel in one pass, and the config's catalog: the input
 //! of every kernel-derived family.
-use agent_common::{COUNTERS_LEN, PairKey, PairStats};
+use agent_common::{COUNTERS_LEN, PairKey, PairStats, Verdict};
+
+use super::text::slot;
 
 /// Everything a scrape needs from the kernel, read in one pass.
 #[derive(Debug, Default, Clone)]
@@ -46,4 +48,63 @@ pub struct MapFill {
     pub map: &'static str,
     pub entries: u64,
     pub capacity: u64,
+}
+
+/// What a run of neighbouring keys of [`Snapshot::pairs`] adds up to, the part every
+/// family group shares: opened and closed by verdict (by [`slot`]), which verdicts have a
+/// key (each gets its series), the bytes, and the run's place in the key order (its keys
+/// are `order[span.0..span.1]`; histograms stay in the snapshot).
+#[derive(Default)]
+pub(super) struct Tally {
+    pub(super) opened: [u64; 2],
+    pub(super) closed: [u64; 2],
+    pub(super) has: [bool; 2],
+    pub(super) sent: u64,
+    pub(super) received: u64,
+    pub(super) span: (usize, usize),
+}
+
+impl Tally {
+    /// Adds one key's statistics.
+    fn add(&mut self, verdict: Verdict, s: &PairStats) {
+        let v = slot(verdict);
+        self.has[v] = true;
+        self.opened[v] += s.opened;
+        self.closed[v] += s.closed;
+        self.sent += s.bytes_sent;
+        self.received += s.bytes_received;
+    }
+
+    /// Connections open: opened less closed, over verdicts.
+    pub(super) fn active(&self) -> u64 {
+        let (opened, closed): (u64, u64) = (self.opened.iter().sum(), self.closed.iter().sum());
+        opened.saturating_sub(closed)
+    }
+}
+
+/// The runs of `snap`'s keys in `order` that share a `row` key, in order: each a `G`
+/// whose [`Tally`] (`tally`) holds what they share, and to which `more` adds the rest.
+pub(super) fn runs<K: PartialEq, G: Default>(
+    snap: &Snapshot,
+    order: &[usize],
+    row: impl Fn(&PairKey) -> K,
+    tally: impl Fn(&mut G) -> &mut Tally,
+    mut more: impl FnMut(&mut G, &PairKey, &PairStats),
+) -> Vec<(K, G)> {
+    let mut out: Vec<(K, G)> = Vec::new();
+    for (at, &i) in order.iter().enumerate() {
+        let (k, s) = &snap.pairs[i];
+        let rk = row(k);
+        if out.last().is_none_or(|(last, _)| *last != rk) {
+            let mut g = G::default();
+            tally(&mut g).span = (at, at);
+            out.push((rk, g));
+        }
+        let Some((_, g)) = out.last_mut() else { continue };
+        let t = tally(g);
+        t.span.1 = at + 1;
+        t.add(k.verdict(), s);
+        more(g, k, s);
+    }
+    out
 }
