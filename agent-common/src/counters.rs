@@ -102,6 +102,11 @@ pub struct PairStats {
     /// one-second window and the events sent in it. Bookkeeping, not a statistic.
     pub ev_window_ns: u64,
     pub ev_count: u64,
+    /// Of `opened`, the connections opened while the server's cell was drained.
+    pub drain_opened: u64,
+    /// Of `denied`, the connects refused because the server's cell is drained with
+    /// `drain: refuse`.
+    pub drain_denied: u64,
 }
 
 impl PairStats {
@@ -120,11 +125,13 @@ impl PairStats {
         rtt_hist: [0; HIST_BUCKETS],
         ev_window_ns: 0,
         ev_count: 0,
+        drain_opened: 0,
+        drain_denied: 0,
     };
 }
 
 const _: () =
-    assert!(core::mem::size_of::<PairStats>() == (11 + Failure::REASONS + 2 * HIST_BUCKETS) * 8);
+    assert!(core::mem::size_of::<PairStats>() == (13 + Failure::REASONS + 2 * HIST_BUCKETS) * 8);
 const _: () = assert!(core::mem::size_of::<OpCost>() == 16);
 
 #[cfg(test)]

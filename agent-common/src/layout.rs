@@ -5,7 +5,7 @@ use crate::{Direction, Failure, Verdict};
 
 /// Layout version of the maps below. Bumped whenever a key or value changes shape, so an
 /// agent that finds maps from an older version knows it cannot read them as they are.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 // Cell ids: the cells' own are 1..=MAX_CELLS; that of a peer in no cell,
 // `CELL_EXTERNAL` (0), is in `labels.rs`, beside the RTT rule that reads it.
@@ -123,6 +123,14 @@ pub const CELL_FLAG_GLOBAL: u32 = 1;
 /// Enforce mode refuses this cell's cross-cell connects (set only under `mode: enforce`,
 /// for the cells in `enforce_cells`, or all when it is absent).
 pub const CELL_FLAG_ENFORCE: u32 = 2;
+/// A drained cell: what opens into it is counted apart (`PairStats::drain_opened`).
+pub const CELL_FLAG_DRAINED: u32 = 4;
+/// A drained cell with `drain: refuse` under `mode: enforce`: new connects into it from
+/// other cells are refused.
+pub const CELL_FLAG_DRAIN_REFUSE: u32 = 8;
+
+/// The allow-rule map's value of a rule with no deadline.
+pub const ALLOW_FOREVER: u64 = u64::MAX;
 
 /// `sk_flags` bit set by `tcp_fin` when the peer's FIN arrives (`enum sock_flags`).
 pub const SOCK_DONE: u64 = 1 << 1;
@@ -416,7 +424,9 @@ pub struct CellInfo {
 }
 
 /// Key of the allow-rule map: a flow from `src_cell` to `dst_cell` on `port`
-/// (0 = every port) is allowed when the key is present.
+/// (0 = every port) is allowed when the key is present, until its value: the deadline
+/// of a temporary rule on the kernel's monotonic clock (`bpf_ktime_get_ns`), or
+/// [`ALLOW_FOREVER`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PolicyKey {

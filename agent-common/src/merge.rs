@@ -9,6 +9,8 @@ impl PairStats {
         self.closed += o.closed;
         self.violations += o.violations;
         self.denied += o.denied;
+        self.drain_opened += o.drain_opened;
+        self.drain_denied += o.drain_denied;
         self.bytes_sent += o.bytes_sent;
         self.bytes_received += o.bytes_received;
         self.retransmits += o.retransmits;

@@ -40,13 +40,16 @@ pub const SETTING_LIST_CELL: u32 = 10;
 /// A listing's filter, applied by the brief pass: the verdict
 /// ([`Verdict`](crate::Verdict)) a connection must have, or [`LIST_ANY`].
 pub const SETTING_LIST_VERDICT: u32 = 11;
+/// A listing's filter, applied by the brief pass: 1 when [`SETTING_LIST_CELL`] must be
+/// the server's cell (the connections into it), 0 when either end's will do.
+pub const SETTING_LIST_INTO: u32 = 14;
 /// The value of a listing's filter that every connection passes.
 pub const LIST_ANY: u32 = u32::MAX;
 /// 1 when set A's config has services with ports (so the programs look up the ported
 /// services' tries at all); set B's is at the next index.
 pub const SETTING_PORTED_SERVICES: u32 = 12;
 /// Length of the `SETTINGS` array.
-pub const SETTINGS_LEN: u32 = 14;
+pub const SETTINGS_LEN: u32 = 15;
 
 // Values of `SETTING_EXTERNAL`: the policy for a peer in no cell (config `external:`).
 /// Connections with such a peer are allowed.

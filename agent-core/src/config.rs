@@ -8,7 +8,7 @@
 mod raw;
 mod validate;
 
-use std::{fmt, net::IpAddr, path::Path};
+use std::{fmt, net::IpAddr, path::Path, time::SystemTime};
 
 pub use ipnet::IpNet;
 
@@ -53,6 +53,19 @@ pub struct Cell {
     pub name: String,
     pub global: bool,
     pub cidrs: Vec<IpNet>,
+    /// Set while the cell is drained (`drained:`).
+    pub drain: Option<Drain>,
+}
+
+/// A drained cell: its traffic is routed elsewhere, and what still opens into it, or is
+/// still open, is counted apart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Drain {
+    /// The drain's start as the config records it (`drained: "<RFC 3339>"`); `None` for
+    /// `drained: true`.
+    pub since: Option<SystemTime>,
+    /// `drain: refuse`: enforce mode refuses new connects into the cell from other cells.
+    pub refuse: bool,
 }
 
 /// An extra allowed flow from client cell `from` to server cell `to`.
@@ -62,6 +75,18 @@ pub struct AllowRule {
     pub to: String,
     /// Server ports; empty = every port.
     pub ports: Vec<u16>,
+    /// A temporary rule's deadline (`until:`): its flows are violations from then on.
+    pub until: Option<Deadline>,
+    /// Why the rule is there (`reason:`); empty when not given.
+    pub reason: String,
+}
+
+/// A temporary rule's deadline, with where the file gives it (for warnings).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deadline {
+    pub at: SystemTime,
+    pub line: u64,
+    pub column: u64,
 }
 
 /// What a connection to or from a peer in no cell is.
@@ -177,6 +202,48 @@ impl Config {
     pub fn prefix_count(&self) -> usize {
         self.cells.iter().map(|c| c.cidrs.len()).sum()
     }
+
+    /// What is valid but likely a mistake at time `now`: a temporary rule whose deadline
+    /// has passed (it allows nothing any more), located.
+    pub fn warnings(&self, now: SystemTime) -> Vec<Problem> {
+        self.allow
+            .iter()
+            .filter_map(|r| r.until.as_ref().filter(|d| d.at <= now).map(|d| (r, d)))
+            .map(|(r, d)| Problem {
+                line: d.line,
+                column: d.column,
+                message: format!(
+                    "the temporary rule {} -> {} expired at {}: its flows are violations; \
+                     remove it",
+                    r.from,
+                    r.to,
+                    rfc3339(d.at)
+                ),
+            })
+            .collect()
+    }
+}
+
+/// Parses an RFC 3339 time (`2026-12-15T00:00:00Z`, an offset or fractional seconds
+/// allowed).
+pub fn parse_rfc3339(s: &str) -> Result<SystemTime, String> {
+    use time::format_description::well_known::Rfc3339;
+    time::OffsetDateTime::parse(s.trim(), &Rfc3339)
+        .map(SystemTime::from)
+        .map_err(|e| format!("`{s}` is not an RFC 3339 time such as 2026-12-15T00:00:00Z ({e})"))
+}
+
+/// `t` as RFC 3339 in UTC, to the second.
+pub fn rfc3339(t: SystemTime) -> String {
+    use time::format_description::well_known::Rfc3339;
+    let t = time::OffsetDateTime::from(t);
+    let t = t.replace_nanosecond(0).unwrap_or(t);
+    t.format(&Rfc3339).unwrap_or_else(|_| format!("{t}"))
+}
+
+/// Whole seconds since the Unix epoch of `t` (0 before it).
+pub fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// A config file's bytes: a regular file (a link to one, as a ConfigMap mounts it, is

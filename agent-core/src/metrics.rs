@@ -7,10 +7,11 @@
 //! metric objects and no whole copy of the text, so a scrape of 10,000 cell pairs costs
 //! one pass and little memory. Pure: the same snapshot and names always render the same
 //! text. The format's primitives are in [`text`]; each group of families ([`pairs`],
-//! [`services`], [`bookkeeping`]) declares its own and writes them with those.
+//! [`services`], [`drains`], [`bookkeeping`]) declares its own and writes them with those.
 
 mod bookkeeping;
 mod buckets;
+mod drains;
 pub mod families;
 mod pairs;
 mod services;
@@ -20,7 +21,7 @@ mod text;
 use prometheus::{Encoder, TextEncoder, proto::MetricFamily};
 
 pub use buckets::Buckets;
-pub use snapshot::{Catalog, MapFill, OpTime, Snapshot};
+pub use snapshot::{Catalog, HOLDOUTS_PER_CELL, Holdout, MapFill, OpTime, Snapshot, TemporaryRule};
 
 use crate::ids::CellIds;
 use text::{Bounds, CHUNK, Out};
@@ -53,6 +54,7 @@ fn render_into(snap: &Snapshot, ids: &CellIds, buckets: &Buckets, out: &mut Out<
     let bounds = Bounds::of(buckets);
     pairs::render(snap, ids, &bounds, out);
     services::render(snap, ids, &bounds, out);
+    drains::render(snap, ids, out);
     bookkeeping::render(snap, out);
 }
 

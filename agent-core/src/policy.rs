@@ -2,11 +2,11 @@
 //! flags and allow-rule keys. Also the same verdict in plain Rust, the reference the
 //! kernel's decision is tested against.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, time::SystemTime};
 
 use agent_common::{
-    CELL_FLAG_ENFORCE, CELL_FLAG_GLOBAL, CELL_IGNORED, CellInfo, EXTERNAL_ALLOW, EXTERNAL_IGNORE,
-    EXTERNAL_VIOLATION, PolicyKey, Verdict, cell_entry,
+    CELL_FLAG_DRAIN_REFUSE, CELL_FLAG_DRAINED, CELL_FLAG_ENFORCE, CELL_FLAG_GLOBAL, CELL_IGNORED,
+    CellInfo, EXTERNAL_ALLOW, EXTERNAL_IGNORE, EXTERNAL_VIOLATION, PolicyKey, Verdict, cell_entry,
 };
 use ipnet::IpNet;
 
@@ -99,8 +99,8 @@ pub struct Compiled {
     pub services: Vec<(u16, String, u32)>,
     /// Per cell id, its flags.
     pub info: Vec<(u32, CellInfo)>,
-    /// Allow-rule keys (port 0 = every port).
-    pub allow: Vec<PolicyKey>,
+    /// Allow-rule keys (port 0 = every port), each with its deadline (`None`: none).
+    pub allow: Vec<(PolicyKey, Option<SystemTime>)>,
     /// `SETTING_EXTERNAL` value.
     pub external: u32,
     /// `SETTING_ENFORCE` value: 1 under `mode: enforce`.
@@ -108,6 +108,20 @@ pub struct Compiled {
     /// Every cell id handed out so far, with its name (kept in the kernel so a
     /// restarted agent labels the counters as this one did).
     pub names: Vec<(u32, String)>,
+    /// Each drained cell's id, and the drain's start if the config gives it. Not in the
+    /// kernel's maps (only the cells' flags are): read back, it is empty.
+    pub drains: Vec<(u32, Option<SystemTime>)>,
+    /// The temporary allow rules, for their deadlines' gauge. Not in the kernel's maps.
+    pub temporary: Vec<Temporary>,
+}
+
+/// A temporary allow rule as the metrics name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Temporary {
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+    pub until: SystemTime,
 }
 
 pub fn compile(cfg: &Config, ids: &mut CellIds) -> Result<Compiled, IdsExhausted> {
@@ -125,6 +139,13 @@ pub fn compile(cfg: &Config, ids: &mut CellIds) -> Result<Compiled, IdsExhausted
         let mut flags = if cell.global { CELL_FLAG_GLOBAL } else { 0 };
         if enforced(cfg, &cell.name) {
             flags |= CELL_FLAG_ENFORCE;
+        }
+        if let Some(d) = &cell.drain {
+            out.drains.push((id, d.since));
+            flags |= CELL_FLAG_DRAINED;
+            if d.refuse && cfg.mode == Mode::Enforce {
+                flags |= CELL_FLAG_DRAIN_REFUSE;
+            }
         }
         out.info.push((id, CellInfo { flags, _pad: 0 }));
         out.prefixes.extend(cell.cidrs.iter().map(|n| (*n, id)));
@@ -160,15 +181,21 @@ pub fn compile(cfg: &Config, ids: &mut CellIds) -> Result<Compiled, IdsExhausted
     }
     for rule in &cfg.allow {
         let (src_cell, dst_cell) = (ids.id(&rule.from)?, ids.id(&rule.to)?);
-        let key = |port| PolicyKey { src_cell, dst_cell, port, _pad: [0; 6] };
+        let until = rule.until.as_ref().map(|d| d.at);
+        if let Some(until) = until {
+            let (from, to) = (rule.from.clone(), rule.to.clone());
+            out.temporary.push(Temporary { from, to, reason: rule.reason.clone(), until });
+        }
+        let key = |port| (PolicyKey { src_cell, dst_cell, port, _pad: [0; 6] }, until);
         if rule.ports.is_empty() {
             out.allow.push(key(0));
         } else {
             out.allow.extend(rule.ports.iter().map(|p| key(*p)));
         }
     }
-    out.allow.sort_unstable();
-    out.allow.dedup();
+    // Two rules for one flow: the one that allows longer wins (no deadline is longest).
+    out.allow.sort_unstable_by_key(|(k, until)| (*k, std::cmp::Reverse((until.is_none(), *until))));
+    out.allow.dedup_by_key(|(k, _)| *k);
     out.names = ids.all();
     Ok(out)
 }
@@ -195,6 +222,29 @@ pub fn enforce_summary(cfg: &Config) -> String {
         0 => "on, for no cell".to_owned(),
         _ => format!("on: cross-cell connects from {} are refused", cells.join(", ")),
     }
+}
+
+/// The drained cells and temporary rules under `cfg`, in words for the log.
+pub fn drains_summary(cfg: &Config) -> String {
+    let drained: Vec<String> = cfg
+        .cells
+        .iter()
+        .filter_map(|c| c.drain.as_ref().map(|d| (c, d)))
+        .map(|(c, d)| {
+            let refused = d.refuse && cfg.mode == Mode::Enforce;
+            format!("{}{}", c.name, if refused { " (new connects refused)" } else { "" })
+        })
+        .collect();
+    let next = cfg.allow.iter().filter_map(|r| r.until.as_ref()).map(|d| d.at).min();
+    let temporary = cfg.allow.iter().filter(|r| r.until.is_some()).count();
+    format!(
+        "drained: {}; temporary allow rules: {temporary}{}",
+        if drained.is_empty() { "none".to_owned() } else { drained.join(", ") },
+        next.map_or_else(String::new, |t| format!(
+            " (the first deadline {})",
+            crate::config::rfc3339(t)
+        )),
+    )
 }
 
 /// Where an address falls: a cell, no cell, or an ignored range.
@@ -241,6 +291,17 @@ pub fn service(cfg: &Config, server: IpAddr, port: u16) -> Option<&str> {
 /// the kernel records it ([`Verdict::ALLOWED`] or [`Verdict::VIOLATION`]); `None` when the
 /// connection is not tracked.
 pub fn verdict(cfg: &Config, client: IpAddr, server: IpAddr, port: u16) -> Option<Verdict> {
+    verdict_at(cfg, client, server, port, SystemTime::now())
+}
+
+/// [`verdict`] at time `now`: a temporary rule allows only before its deadline.
+pub fn verdict_at(
+    cfg: &Config,
+    client: IpAddr,
+    server: IpAddr,
+    port: u16,
+    now: SystemTime,
+) -> Option<Verdict> {
     let (src, dst) = (place(cfg, client), place(cfg, server));
     match (src, dst) {
         (Place::Ignored, _) | (_, Place::Ignored) => None,
@@ -260,7 +321,10 @@ pub fn verdict(cfg: &Config, client: IpAddr, server: IpAddr, port: u16) -> Optio
                 || global(a)
                 || global(b)
                 || cfg.allow.iter().any(|r| {
-                    r.from == a && r.to == b && (r.ports.is_empty() || r.ports.contains(&port))
+                    r.from == a
+                        && r.to == b
+                        && (r.ports.is_empty() || r.ports.contains(&port))
+                        && r.until.as_ref().is_none_or(|d| now < d.at)
                 });
             Some(if allowed { Verdict::ALLOWED } else { Verdict::VIOLATION })
         }

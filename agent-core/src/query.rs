@@ -1,4 +1,4 @@
-//! Query parameters of the JSON endpoints (`cell`, `verdict`, `limit`). Anything else,
+//! Query parameters of the JSON endpoints (`cell`, `drained`, `verdict`, `limit`). Anything else,
 //! or a bad value, is refused with one sentence: nothing is silently ignored.
 
 pub const DEFAULT_LIMIT: usize = 100;
@@ -10,6 +10,8 @@ pub const MAX_QUERY: usize = 2048;
 pub struct Query {
     /// Keep only connections with this cell at either end.
     pub cell: Option<String>,
+    /// Keep only connections into this cell (its server end): a drain's holdouts.
+    pub drained: Option<String>,
     /// `allowed` or `violation`.
     pub verdict: Option<&'static str>,
     pub limit: usize,
@@ -17,7 +19,7 @@ pub struct Query {
 
 /// Parses `a=b&c=d`, accepting only the keys in `allowed`.
 pub fn parse(raw: Option<&str>, allowed: &[&str]) -> Result<Query, String> {
-    let mut q = Query { cell: None, verdict: None, limit: DEFAULT_LIMIT };
+    let mut q = Query { cell: None, drained: None, verdict: None, limit: DEFAULT_LIMIT };
     let Some(raw) = raw.filter(|r| !r.is_empty()) else { return Ok(q) };
     if raw.len() > MAX_QUERY {
         return Err(format!("the query string is longer than {MAX_QUERY} bytes"));
@@ -33,11 +35,16 @@ pub fn parse(raw: Option<&str>, allowed: &[&str]) -> Result<Query, String> {
             ));
         }
         match k.as_str() {
-            "cell" => {
+            "cell" | "drained" => {
                 if !crate::names::is_cell_name(&v) {
-                    return Err(format!("`cell` must be a cell name, not `{}`", printable(&v)));
+                    return Err(format!("`{k}` must be a cell name, not `{}`", printable(&v)));
                 }
-                q.cell = Some(v);
+                let (this, other) =
+                    if k == "cell" { (&mut q.cell, &q.drained) } else { (&mut q.drained, &q.cell) };
+                if other.is_some() {
+                    return Err("use `cell` or `drained`, not both".to_owned());
+                }
+                *this = Some(v);
             }
             "verdict" => {
                 q.verdict = Some(match v.as_str() {

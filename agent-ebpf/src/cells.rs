@@ -2,14 +2,17 @@
 //!
 //! The cell map exists twice (sets A and B). A [`View`] reads the generation once and
 //! then looks only in that set, so one verdict never mixes two configs.
-#![expect(unsafe_code, reason = "an allow rule is looked up through a map pointer")]
+#![expect(
+    unsafe_code,
+    reason = "an allow rule is looked up through a map pointer, the clock read by a raw helper"
+)]
 use agent_common::{
-    CELL_EXTERNAL, CELL_FLAG_ENFORCE, CELL_FLAG_GLOBAL, CELL_IGNORED, CELL_SERVICE_ADDR,
-    EXTERNAL_IGNORE, EXTERNAL_VIOLATION, PolicyKey, SETTING_ENFORCE, SETTING_EXTERNAL,
-    SETTING_GENERATION, SETTING_PORTED_SERVICES, ServiceKeyV4, ServiceKeyV6, Verdict, entry_cell,
-    entry_service,
+    ALLOW_FOREVER, CELL_EXTERNAL, CELL_FLAG_DRAIN_REFUSE, CELL_FLAG_DRAINED, CELL_FLAG_ENFORCE,
+    CELL_FLAG_GLOBAL, CELL_IGNORED, CELL_SERVICE_ADDR, EXTERNAL_IGNORE, EXTERNAL_VIOLATION,
+    PolicyKey, SETTING_ENFORCE, SETTING_EXTERNAL, SETTING_GENERATION, SETTING_PORTED_SERVICES,
+    ServiceKeyV4, ServiceKeyV6, Verdict, entry_cell, entry_service,
 };
-use aya_ebpf::maps::lpm_trie::Key;
+use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 
 use crate::maps::{
     CELL_INFO_A, CELL_INFO_B, CELLS_V4_A, CELLS_V4_B, CELLS_V6_A, CELLS_V6_B, POLICY_A, POLICY_B,
@@ -142,17 +145,34 @@ impl View {
         self.has_flag(cell, CELL_FLAG_GLOBAL)
     }
 
+    /// Whether `cell` is drained (what opens into it is counted apart, `drain.rs`).
+    #[inline(always)]
+    pub(crate) fn is_drained(&self, cell: u32) -> bool {
+        self.has_flag(cell, CELL_FLAG_DRAINED)
+    }
+
+    /// Whether `cell` is drained with `drain: refuse` under `mode: enforce`.
+    #[inline(always)]
+    pub(crate) fn refuses_drained(&self, cell: u32) -> bool {
+        self.has_flag(cell, CELL_FLAG_DRAIN_REFUSE)
+    }
+
     #[inline(always)]
     fn has_flag(&self, cell: u32, flag: u32) -> bool {
         let info = if self.b { CELL_INFO_B.get(cell) } else { CELL_INFO_A.get(cell) };
         info.is_some_and(|i| i.flags & flag != 0)
     }
 
+    /// Whether an allow rule lets `src` call `dst` on `port` now: a temporary rule's
+    /// flows are violations from its deadline on, with no reload.
     #[inline(always)]
     fn allowed(&self, src: u32, dst: u32, port: u16) -> bool {
         let key = PolicyKey { src_cell: src, dst_cell: dst, port, _pad: [0; 6] };
-        // SAFETY: the value is a u8 we only test for presence.
-        unsafe { if self.b { POLICY_B.get(key).is_some() } else { POLICY_A.get(key).is_some() } }
+        // SAFETY: the value is a plain u64, copied out at once.
+        let until =
+            unsafe { if self.b { POLICY_B.get(key).copied() } else { POLICY_A.get(key).copied() } };
+        // SAFETY: bpf_ktime_get_ns has no preconditions.
+        until.is_some_and(|u| u == ALLOW_FOREVER || unsafe { bpf_ktime_get_ns() } < u)
     }
 }
 

@@ -29,6 +29,7 @@ use crate::{
     cells::View,
     conn,
     ctx::Connect,
+    drain,
     events::{self, Flow},
     netns,
     stats::{Slot, add, count},
@@ -81,7 +82,10 @@ fn try_connect(c: &Connect<'_>, v6: bool) -> i32 {
         return ALLOW;
     }
     let who = owner();
-    if view.enforcing() && !view.is_global(dst_cell) && refuse(c, &view, &dst, dst_cell, v6, &who) {
+    if view.enforcing()
+        && (!view.is_global(dst_cell) || view.refuses_drained(dst_cell))
+        && refuse(c, &view, &dst, dst_cell, v6, &who)
+    {
         return DENY;
     }
     let bound = if c.bound_src(v6).is_some() { CONN_USER_BOUND } else { 0 };
@@ -103,7 +107,8 @@ fn try_connect(c: &Connect<'_>, v6: bool) -> i32 {
 }
 
 /// Enforce mode: whether this connect crosses a boundary it may not (then counted, and
-/// reported as denied). Connects whose source is not known yet are let through, counted.
+/// reported as denied), or goes into a cell drained with `drain: refuse` (counted as
+/// such, `drain.rs`). Connects whose source is not known yet are let through, counted.
 #[inline(always)]
 fn refuse(
     c: &Connect<'_>,
@@ -124,12 +129,10 @@ fn refuse(
         },
     };
     let src_cell = view.cell_of(&src, src_v6);
-    if !view.enforced(src_cell) {
-        return false;
-    }
     let port = c.dst_port();
-    if view.verdict(src_cell, dst_cell, port) != Some(Verdict::VIOLATION) {
-        return false;
+    let verdict = view.verdict(src_cell, dst_cell, port);
+    if !view.enforced(src_cell) || verdict != Some(Verdict::VIOLATION) {
+        return drain::refuses(view, src_cell, dst_cell, verdict);
     }
     let key = PairKey::new(src_cell, dst_cell, Direction::EGRESS, Verdict::VIOLATION);
     let Some(slot) = Slot::of(&key) else { return true };

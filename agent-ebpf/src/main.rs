@@ -8,6 +8,7 @@
 //! - [`seed`] and [`destroy`]: connections older than the agent, from their seeding to
 //!   their end.
 //! - [`conn`]: a connection's state in its socket's storage, and the capacity.
+//! - [`drain`]: drained cells: what opens into them counted apart, and `drain: refuse`.
 //! - [`netns`]: each network namespace's source address, for enforce on unbound sockets.
 //! - [`events`]: violation events through the ring buffer, rate-limited.
 //! - [`service_addr`] and [`settle`]: connections to a Service address, counted under
@@ -31,6 +32,7 @@ mod conn;
 mod connect;
 mod ctx;
 mod destroy;
+mod drain;
 mod events;
 mod kread;
 mod maps;

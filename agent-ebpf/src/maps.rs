@@ -77,13 +77,13 @@ pub(crate) static CELL_INFO_A: Array<CellInfo> =
 pub(crate) static CELL_INFO_B: Array<CellInfo> =
     Array::with_max_entries(agent_common::MAX_CELLS + 1, 0);
 
-/// Allow rules (present = allowed), set A.
+/// Allow rules (present = allowed until the value, see `PolicyKey`), set A.
 #[map]
-pub(crate) static POLICY_A: HashMap<PolicyKey, u8> =
+pub(crate) static POLICY_A: HashMap<PolicyKey, u64> =
     HashMap::with_max_entries(agent_common::POLICY_CAPACITY, 0);
-/// Allow rules (present = allowed), set B.
+/// Allow rules (present = allowed until the value, see `PolicyKey`), set B.
 #[map]
-pub(crate) static POLICY_B: HashMap<PolicyKey, u8> =
+pub(crate) static POLICY_B: HashMap<PolicyKey, u64> =
     HashMap::with_max_entries(agent_common::POLICY_CAPACITY, 0);
 
 /// The source address each network namespace's sockets use (see `netns.rs`).

@@ -75,6 +75,7 @@ pub(crate) unsafe fn count_open(c: *mut Conn, slot: &Slot) {
         }
         if (*c).flags & CONN_ESTABLISHED != 0 {
             slot.opened((*c).established_ns.saturating_sub((*c).start_ns));
+            crate::drain::opened(&crate::cells::View::current(), slot, (*c).dst_cell);
         }
     }
 }

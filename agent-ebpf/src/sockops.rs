@@ -27,7 +27,7 @@ use crate::{
     close::{Final, account},
     conn,
     ctx::Ops,
-    events,
+    drain, events,
     kread::Sock,
     netns, service_addr,
     stats::{Slot, add, count},
@@ -234,6 +234,7 @@ fn on_active_established(ops: &Ops<'_>) {
     };
     if let Some(slot) = Slot::of(&key) {
         slot.opened(now.saturating_sub(start));
+        drain::opened(&View::current(), &slot, key.dst_cell);
     }
 }
 
@@ -304,6 +305,7 @@ fn on_passive_established(ops: &Ops<'_>) {
             add(&raw mut (*s).violations, 1);
         }
     }
+    drain::opened(&view, &slot, dst);
     if verdict == Verdict::VIOLATION {
         // SAFETY: `c` points to this socket's storage.
         events::violation(unsafe { &*c }, &slot);

@@ -13,8 +13,8 @@
 use agent_common::{
     Brief, CONN_ESTABLISHED, CONN_SEEDED, CONN_SERVICE_ADDR, CONN_TRACKED, CTR_SWEEP_BUSY,
     CTR_SWEEP_VISITED, Claimed, Conn, Direction, LIST_ANY, PairKey, SETTING_LIST_CELL,
-    SETTING_LIST_VERDICT, SETTING_SWEEP_RECORDS, SWEEP_BRIEF, SWEEP_COUNT, SWEEP_WANTED, SweepTail,
-    observes_rtt,
+    SETTING_LIST_INTO, SETTING_LIST_VERDICT, SETTING_SWEEP_RECORDS, SWEEP_BRIEF, SWEEP_COUNT,
+    SWEEP_WANTED, SweepTail, observes_rtt,
 };
 
 use crate::{
@@ -204,7 +204,8 @@ unsafe fn brief(it: &Iter, c: *mut Conn, cookie: u64, src_cell: u32) {
     let setting = |i| SETTINGS.get(i).copied().unwrap_or(LIST_ANY);
     let cell = setting(SETTING_LIST_CELL);
     let want_verdict = setting(SETTING_LIST_VERDICT);
-    let cell_ok = cell == LIST_ANY || cell == src_cell || cell == dst_cell;
+    let into = setting(SETTING_LIST_INTO) == 1;
+    let cell_ok = cell == LIST_ANY || cell == dst_cell || (!into && cell == src_cell);
     if cell_ok && (want_verdict == LIST_ANY || want_verdict == u32::from(verdict.0)) {
         it.write(&Brief { cookie, start_ns });
     }

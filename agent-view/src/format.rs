@@ -1,5 +1,6 @@
-//! How `top`, `report` and the demo print: figures (rates, bytes, durations, shares),
-//! text made safe for a terminal, and tables of aligned columns.
+//! How `top`, `report`, `drain-status` and the demo print: figures (rates, bytes,
+//! durations, shares, times and spans of time), text made safe for a terminal, and tables
+//! of aligned columns.
 
 /// `12.5` (per second), with `k` above ten thousand; `-` without a rate yet.
 pub fn fmt_rate(v: Option<f64>) -> String {
@@ -47,6 +48,53 @@ pub fn fmt_duration(s: f64) -> String {
 /// A share as `62.5%`; `-` with nothing to share.
 pub fn pct(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("{:.1}%", v * 100.0))
+}
+
+/// Unix seconds as RFC 3339 in UTC, to the second: `2026-12-01T10:00:00Z`. A time that
+/// is not finite is `-`.
+pub fn rfc3339(unix: f64) -> String {
+    if !unix.is_finite() {
+        return "-".to_owned();
+    }
+    let secs = whole_seconds(unix);
+    let (days, of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil(days);
+    let (hh, mm, ss) = (of_day / 3600, of_day % 3600 / 60, of_day % 60);
+    format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z")
+}
+
+/// Seconds, rounded down, within what a date of four digits holds.
+#[expect(clippy::cast_possible_truncation, reason = "clamped to years 0 to 9999 first")]
+fn whole_seconds(unix: f64) -> i64 {
+    unix.floor().clamp(-62_167_219_200.0, 253_402_300_799.0) as i64
+}
+
+/// Days since 1970-01-01 as (year, month, day) of the proleptic Gregorian calendar
+/// (Howard Hinnant's `civil_from_days`).
+fn civil(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let (era, doe) = (z.div_euclid(146_097), z.rem_euclid(146_097));
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// A span of whole seconds in its two largest units: `3d 4h`, `2h 5m`, `4m 10s`, `12s`.
+pub fn fmt_span(secs: u64) -> String {
+    const UNITS: [(&str, u64); 4] = [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)];
+    let Some(i) = UNITS.iter().position(|(_, per)| secs >= *per) else {
+        return "0s".to_owned();
+    };
+    let (unit, per) = UNITS[i];
+    match UNITS.get(i + 1) {
+        Some((next, next_per)) if secs % per >= *next_per => {
+            format!("{}{unit} {}{next}", secs / per, secs % per / next_per)
+        }
+        _ => format!("{}{unit}", secs / per),
+    }
 }
 
 /// `s` with every control character escaped (`\u{1b}`...): a process can name itself

@@ -19,6 +19,9 @@
 //!   failure ratio (above [`FAILURE_RATIO_FLOOR`]) or its connect p99 (above
 //!   [`P99_FLOOR_SECONDS`]) is more than [`FACTOR`] times the median of the others'.
 //!   p99 is interpolated within buckets as `histogram_quantile` does.
+//! - **Temporary allow rules** in force at the end of the range (`until:` still ahead):
+//!   each one's deadline and reason, and what its flow (client cell -> server cell)
+//!   carried over the range: the allowed connections opened, and their bytes.
 #![forbid(unsafe_code)]
 
 mod prom;
@@ -31,9 +34,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use agent_core::{metrics::families as f, names::EXTERNAL, promtext::Sample};
 use serde::Serialize;
 
+pub(crate) use prom::counted;
 pub use prom::{AnswerError, Range, Reading, Series, parse_answer};
 
 use crate::{
+    format::rfc3339,
     scrape::Hist,
     side::{self, Way},
 };
@@ -71,8 +76,29 @@ pub struct Report {
     pub cells: Vec<Cell>,
     pub services: Vec<Service>,
     pub outliers: Vec<Outlier>,
+    /// The temporary allow rules in force at the end of the range, the soonest first.
+    pub temporary_rules: Vec<TemporaryRule>,
     /// What the report could not tell, in words.
     pub notes: Vec<String>,
+}
+
+/// A temporary allow rule whose deadline is after the end of the range, and what its
+/// flow carried over the range.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TemporaryRule {
+    /// The client cell.
+    pub from: String,
+    /// The server cell.
+    pub to: String,
+    pub reason: String,
+    /// The deadline, RFC 3339 in UTC.
+    pub expires: String,
+    /// Seconds from the end of the range to the deadline.
+    pub expires_in_seconds: u64,
+    /// Allowed connections opened from `from` to `to` over the range.
+    pub connections: u64,
+    /// Payload bytes of the connections from `from` to `to`, both ways.
+    pub bytes: u64,
 }
 
 /// One cell, as a client.
@@ -291,8 +317,10 @@ pub fn answers_of(samples: &[Sample]) -> Answers {
         for s in samples.iter().filter(|s| takes(read, s) && s.value.is_finite()) {
             let labels = read.by().map(|l| (l.to_owned(), s.label(l).to_owned())).collect();
             let sum = sums.entry(labels).or_insert(0.0);
-            // A catalog series is 1, whichever agent says so: `max`, not `sum`.
-            *sum = if matches!(read, Read::Info(..)) { sum.max(s.value) } else { *sum + s.value };
+            // A catalog series is 1 and a deadline is the config's, whichever agent says
+            // so: `max`, not `sum`.
+            let max = matches!(read, Read::Info(..) | Read::Now(..));
+            *sum = if max { sum.max(s.value) } else { *sum + s.value };
         }
         let series: Vec<Series> =
             sums.into_iter().map(|(labels, value)| Series { labels, value }).collect();
@@ -306,8 +334,11 @@ pub fn answers_of(samples: &[Sample]) -> Answers {
 /// Whether a sample of `/metrics` is one of the reading's series.
 fn takes(read: Read, s: &Sample) -> bool {
     match read {
-        Read::Info(family, _) | Read::All(family, _) => s.name == family,
+        Read::Info(family, _) | Read::Now(family, _) | Read::All(family, _) => s.name == family,
         Read::ClientSide(family, _) => s.name == family && side::counts_sample(s),
+        Read::Allowed(family, _) => {
+            s.name == family && side::counts_sample(s) && s.label("verdict") == prom::ALLOWED
+        }
         Read::Bytes(way, (sent, received), _) => {
             let family = match side::client_bytes(way, s.label("direction")) {
                 Way::Sent => sent,
@@ -344,8 +375,9 @@ fn median(values: &mut [f64]) -> Option<f64> {
 }
 
 impl Report {
-    /// The report over `range` from Prometheus' answers.
-    pub fn build(range: Range, answers: &Answers) -> Result<Self, NoData> {
+    /// The report over `range` up to `end` (the queries' time, Unix seconds) from
+    /// Prometheus' answers.
+    pub fn build(range: Range, end: f64, answers: &Answers) -> Result<Self, NoData> {
         let empty = |f: Reading| answers.get(&f).is_none_or(Vec::is_empty);
         if empty(Reading::Cells) && empty(Reading::PairOpened) && empty(Reading::ServiceOpened) {
             return Err(NoData(range));
@@ -387,6 +419,7 @@ impl Report {
             cells,
             services: services_out,
             outliers: found,
+            temporary_rules: temporary_rules(answers, end, &pairs),
             notes,
         })
     }
@@ -400,6 +433,41 @@ impl Report {
     pub fn cell(&self, cell: &str) -> Option<&Cell> {
         self.cells.iter().find(|c| c.cell == cell)
     }
+}
+
+/// The temporary rules whose deadline is after `end`, the soonest first, each with its
+/// flow's allowed connections and bytes.
+fn temporary_rules(answers: &Answers, end: f64, pairs: &Flows) -> Vec<TemporaryRule> {
+    let mut allowed = BTreeMap::<(&str, &str), f64>::new();
+    for s in answers.get(&Reading::PairAllowed).into_iter().flatten() {
+        if s.value.is_finite() {
+            *allowed.entry((s.label("src_cell"), s.label("dst_cell"))).or_default() += s.value;
+        }
+    }
+    let mut rules: Vec<(f64, TemporaryRule)> = answers
+        .get(&Reading::AllowRules)
+        .into_iter()
+        .flatten()
+        .filter(|s| s.value.is_finite() && s.value > end)
+        .map(|s| {
+            let (from, to) = (s.label("from"), s.label("to"));
+            let flow = pairs.get(&(from.to_owned(), to.to_owned()));
+            let rule = TemporaryRule {
+                from: from.to_owned(),
+                to: to.to_owned(),
+                reason: s.label("reason").to_owned(),
+                expires: rfc3339(s.value),
+                expires_in_seconds: whole((s.value - end).floor()),
+                connections: whole(allowed.get(&(from, to)).copied().unwrap_or(0.0)),
+                bytes: whole(flow.map_or(0.0, |t| t.bytes)),
+            };
+            (s.value, rule)
+        })
+        .collect();
+    rules.sort_by(|(a, x), (b, y)| {
+        a.total_cmp(b).then_with(|| (&x.from, &x.to, &x.reason).cmp(&(&y.from, &y.to, &y.reason)))
+    });
+    rules.into_iter().map(|(_, r)| r).collect()
 }
 
 /// Each service's blast radius from `answers` alone (the report's, without the rest).

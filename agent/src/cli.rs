@@ -1,10 +1,11 @@
-//! The command line: `run`, `demo`, `top`, `report`, `check-config` and `uninstall`.
+//! The command line: `run`, `demo`, `top`, `report`, `drain-status`, `check-config` and
+//! `uninstall`.
 #![forbid(unsafe_code)]
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use agent_core::metrics::Buckets;
-use agent_view::report::Range;
+use agent_view::{drain::cell_name, report::Range};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::logging::LogFormat;
@@ -58,6 +59,12 @@ pub(crate) enum Command {
     /// cells that call it, with their share of its connections and bytes), each cell's
     /// dependencies and containment, and outlier cells.
     Report(ReportArgs),
+    /// Read a Prometheus that scrapes the agents: whether a drained cell is empty yet. The
+    /// drain's start, the connections opened into the cell over the window by client cell,
+    /// and the connections still open by node, process and container. Exit 0: empty
+    /// (nothing new over the window, nothing open); 1: not empty; 2: cannot tell
+    /// (Prometheus unreachable or failing, or the cell not drained).
+    DrainStatus(DrainStatusArgs),
     /// Check a config file: exit 0 with a summary, or 2 with FILE:LINE:COL per problem.
     CheckConfig {
         /// The YAML cell map to check.
@@ -183,6 +190,30 @@ pub(crate) struct ReportArgs {
     /// text for people, json for scripts, dot for graphviz (`| dot -Tsvg > cells.svg`).
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     pub(crate) format: ReportFormat,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct DrainStatusArgs {
+    /// The drained cell (`drained:` in the agents' config).
+    #[arg(value_parser = cell_name)]
+    pub(crate) cell: String,
+    /// Prometheus' URL, plain http (a path prefix is kept), e.g. http://prometheus:9090.
+    #[arg(long, value_name = "URL")]
+    pub(crate) prometheus: String,
+    /// How far back a new connection counts: 5m, 15m, 1h, ... (one unit: s, m, h, d or w;
+    /// 1m to 366d).
+    #[arg(long, default_value = "5m", value_parser = Range::parse)]
+    pub(crate) window: Range,
+    /// text for people, json for scripts.
+    #[arg(long, value_enum, default_value_t = DrainFormat::Text)]
+    pub(crate) format: DrainFormat,
+}
+
+/// `drain-status --format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum DrainFormat {
+    Text,
+    Json,
 }
 
 /// `report --format`.

@@ -1,10 +1,13 @@
 //! The commands, and what a user sees when one fails: one sentence on stderr and an
-//! exit code (2 for a config that does not validate, 1 otherwise).
+//! exit code (2 for a config that does not validate and when `drain-status` cannot tell,
+//! 1 otherwise). `report` and `drain-status` read Prometheus through `prometheus_api`.
 #![forbid(unsafe_code)]
 
 mod check_config;
 mod demo;
+mod drain_status;
 mod fetch;
+mod prometheus_api;
 mod report;
 mod run;
 mod top;
@@ -21,6 +24,8 @@ use crate::{
 
 /// Exit code for a config that does not validate (the `check-config` contract).
 const EXIT_CONFIG: u8 = 2;
+/// Exit code when `drain-status` cannot tell whether the cell is empty (its contract).
+const EXIT_CANNOT_TELL: u8 = 2;
 
 pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -29,11 +34,12 @@ pub(crate) fn main() -> ExitCode {
         logging::init(cli.log_format);
     }
     match dispatch(cli.command, cli.log_format) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             let code = match e.downcast_ref::<run::RunError>() {
                 Some(run::RunError::Config(_) | run::RunError::Without(_)) => EXIT_CONFIG,
                 _ if e.is::<agent_core::config::ConfigError>() => EXIT_CONFIG,
+                _ if e.is::<drain_status::DrainError>() => EXIT_CANNOT_TELL,
                 _ => 1,
             };
             if e.is::<agent_core::config::ConfigError>() {
@@ -60,14 +66,16 @@ fn sentence(e: &anyhow::Error) -> String {
     out
 }
 
-fn dispatch(command: Command, log_format: logging::LogFormat) -> anyhow::Result<()> {
+/// The command's exit code when it ran to its end.
+fn dispatch(command: Command, log_format: logging::LogFormat) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => run::run(&args)?,
         Command::Demo(args) => demo::demo(&args, log_format)?,
         Command::Top(args) => top::top(&args)?,
         Command::Report(args) => report::report(&args)?,
+        Command::DrainStatus(args) => return Ok(drain_status::drain_status(&args)?),
         Command::CheckConfig { file } => check_config::check_config(&file)?,
         Command::Uninstall { bpffs } => uninstall::uninstall(&bpffs)?,
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

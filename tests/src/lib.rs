@@ -7,6 +7,7 @@
 //! connections.
 #![deny(unsafe_code)]
 
+pub mod alertmanager;
 pub mod churn;
 pub mod kubeproxy;
 pub mod netns;

@@ -1,7 +1,10 @@
 //! A real Prometheus (Debian's `prometheus` package) for the tests: its own config and
-//! storage in a temporary directory, scraping one target every second with the shipped
-//! rule file (or another), optionally on a history written into its storage first
-//! (`promtool tsdb create-blocks-from openmetrics`). Stopped and removed on drop.
+//! storage in a temporary directory, scraping one target every second and evaluating the
+//! shipped rule file (or another, e.g. the shipped one with shorter windows:
+//! [`shipped_rules_with`]) every second, optionally on a history written into its storage
+//! first (`promtool tsdb create-blocks-from openmetrics`), optionally sending its alerts
+//! to an [`Alertmanager`] of the harness ([`Prometheus::start_alerting`]). Stopped and
+//! removed on drop.
 use std::{
     io::{Read, Write},
     net::TcpStream,
@@ -13,7 +16,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{TempDir, free_port};
+use crate::{TempDir, alertmanager::Alertmanager, free_port};
 
 /// What a Prometheus runs with.
 #[derive(Default)]
@@ -43,8 +46,44 @@ pub fn shipped_rules() -> PathBuf {
     repo().join("deploy/prometheus/cellwatch-rules.yaml")
 }
 
+/// The shipped rule file with each `(from, to)` of `edits` replaced (every occurrence),
+/// written into `dir` as `rules.yaml`: e.g. `("[5m]", "[20s]")` and `("for: 5m", "for: 5s")`
+/// for an alert a test can see fire and resolve. Panics when a `from` does not occur (a
+/// rule changed under the test), or promtool rejects the result.
+pub fn shipped_rules_with(dir: &TempDir, edits: &[(&str, &str)]) -> PathBuf {
+    let mut text = std::fs::read_to_string(shipped_rules()).expect("the shipped rule file");
+    for (from, to) in edits {
+        assert!(text.contains(from), "the shipped rules have no {from:?} to replace");
+        text = text.replace(from, to);
+    }
+    let path = dir.write("rules.yaml", &text);
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| panic!("promtool is needed (run `cargo xtask setup`): {e}"));
+    assert!(
+        out.status.success(),
+        "promtool rejects the edited rules: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path
+}
+
 impl Prometheus {
+    /// Starts one and waits until it is ready; its alerts stay in it.
     pub fn start(opts: PromOpts<'_>) -> Self {
+        Self::launch(&opts, None)
+    }
+
+    /// As [`start`](Self::start), sending its alerts (every second's evaluation, the
+    /// resolved ones too) to `am`.
+    pub fn start_alerting(opts: PromOpts<'_>, am: &Alertmanager) -> Self {
+        Self::launch(&opts, Some(am))
+    }
+
+    fn launch(opts: &PromOpts<'_>, am: Option<&Alertmanager>) -> Self {
         let dir = TempDir::new("prometheus");
         let rules = opts.rules.map_or_else(shipped_rules, Path::to_path_buf);
         let mut config = format!(
@@ -55,6 +94,13 @@ impl Prometheus {
             config.push_str(&format!(
                 "scrape_configs:\n  - job_name: cellwatch\n    static_configs:\n      - targets: \
                  [\"127.0.0.1:{t}\"]\n"
+            ));
+        }
+        if let Some(am) = am {
+            config.push_str(&format!(
+                "alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: \
+                 [\"127.0.0.1:{}\"]\n",
+                am.port
             ));
         }
         let config = dir.write("prometheus.yml", &config);

@@ -23,6 +23,7 @@ const TEST_DEBIAN: &[Package] = &[
     ("util-linux", "unshare, setpriv and prlimit in the tests"),
     ("libcap2-bin", "setcap: the image's file capabilities in the deploy test"),
     ("prometheus", "a real Prometheus, and promtool for the rules"),
+    ("prometheus-alertmanager", "a real Alertmanager delivering the rules' alerts to the tests"),
     ("libbpf-tools", "tcplife, the peer the benchmarks compare with"),
     ("qemu-system-x86", "the kernel matrix boots Debian's 6.1 and 6.12 kernels in qemu"),
     ("cpio", "the kernel matrix's initramfs"),
@@ -32,6 +33,10 @@ const TEST_DEBIAN: &[Package] = &[
     ("iptables", "kube-proxy's DNAT in the Service tests' network namespaces"),
     ("ipvsadm", "kube-proxy's IPVS mode in the kernel matrix's Service test"),
 ];
+/// Packages of [`TEST_DEBIAN`] whose install starts (and enables) a system service. The
+/// tests run instances of their own on free loopback ports, so the service is stopped and
+/// not started at boot: nothing of the tests' tools stays running on the machine.
+const NO_SERVICE: &[&str] = &["prometheus-alertmanager"];
 const BPF_LINKER: &str = "0.13.0";
 const CARGO_DENY: &str = "0.20.2";
 const CARGO_FUZZ: &str = "0.13.2";
@@ -91,6 +96,7 @@ fn testing() -> Result<()> {
     group("for testing (cargo xtask test): linters, test tools, the kernel matrix");
     component("clippy", "lints of the eBPF crate (nightly, bpfel target)")?;
     debian(TEST_DEBIAN)?;
+    no_services(NO_SERVICE)?;
     cargo_tool(
         "cargo-deny",
         "checks licences, duplicate crates and sources",
@@ -162,6 +168,33 @@ fn debian(packages: &[Package]) -> Result<()> {
     cmd.extend(&missing);
     run_env(&cmd, &[("DEBIAN_FRONTEND", "noninteractive")])?;
     ok("installed");
+    Ok(())
+}
+
+/// Stops each package's system service and keeps it from starting at boot: with systemd
+/// when it runs; otherwise the unit's links go (`systemctl` works offline, else
+/// `update-rc.d`) and the SysV script stops what it started (by its pid file; nothing when
+/// it runs nothing).
+fn no_services(units: &[&str]) -> Result<()> {
+    step("system services of test tools: stopped and disabled (the tests start their own)");
+    let systemd = std::path::Path::new("/run/systemd/system").exists();
+    let systemctl = output(&["systemctl", "--version"]).is_some();
+    for unit in units {
+        if systemd {
+            run(&["systemctl", "disable", "--now", "--quiet", unit])?;
+        } else {
+            if systemctl {
+                run(&["systemctl", "disable", "--quiet", unit])?;
+            } else {
+                run(&["update-rc.d", unit, "disable"])?;
+            }
+            let script = format!("/etc/init.d/{unit}");
+            if std::path::Path::new(&script).exists() {
+                run(&[&script, "stop"])?;
+            }
+        }
+        ok(&format!("{unit}: not running, not started at boot"));
+    }
     Ok(())
 }
 

@@ -44,6 +44,20 @@ pub(super) struct RawCell {
     pub(super) global: bool,
     #[serde(default)]
     pub(super) cidrs: Vec<S<String>>,
+    /// `true`, or the drain's start as an RFC 3339 time.
+    #[serde(default)]
+    pub(super) drained: Option<S<RawDrained>>,
+    /// `observe` (the default) or `refuse`.
+    #[serde(default)]
+    pub(super) drain: Option<S<String>>,
+}
+
+/// `drained:` as written: a flag, or a time.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawDrained {
+    Flag(bool),
+    Since(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -53,6 +67,11 @@ pub(super) struct RawAllow {
     pub(super) to: S<String>,
     #[serde(default)]
     pub(super) ports: Option<Vec<S<i64>>>,
+    /// A temporary rule's deadline, an RFC 3339 time.
+    #[serde(default)]
+    pub(super) until: Option<S<String>>,
+    #[serde(default)]
+    pub(super) reason: Option<S<String>>,
 }
 
 /// Parses YAML into the raw shape. Syntax and shape errors (a typo'd key, a string

@@ -31,7 +31,13 @@ fn the_contract_example_parses() {
     assert_eq!(c.prefix_count(), 4);
     assert_eq!(
         c.allow,
-        vec![AllowRule { from: "cell-1".into(), to: "cell-2".into(), ports: vec![5432] }]
+        vec![AllowRule {
+            from: "cell-1".into(),
+            to: "cell-2".into(),
+            ports: vec![5432],
+            until: None,
+            reason: String::new(),
+        }]
     );
     assert_eq!(c.external, External::Violation);
     assert_eq!(c.mode, Mode::Enforce);
@@ -281,5 +287,73 @@ fn service_cidrs_are_parsed_and_each_problem_located() {
         compiled
             .prefixes
             .contains(&("10.96.0.0/12".parse().unwrap(), agent_common::CELL_SERVICE_ADDR))
+    );
+}
+
+const DRAINS: &str = "\
+cells:
+  - name: cell-1
+    cidrs: [\"10.1.0.0/16\"]
+  - name: cell-2
+    cidrs: [\"10.2.0.0/16\"]
+    drained: \"2026-12-01T10:00:00Z\"
+    drain: refuse
+  - name: cell-3
+    cidrs: [\"10.3.0.0/16\"]
+    drained: true
+  - name: cell-4
+    cidrs: [\"10.4.0.0/16\"]
+    drained: false
+allow:
+  - { from: cell-1, to: cell-2, ports: [5432], until: \"2026-12-15T00:00:00+01:00\", reason: \"orders migration\" }
+  - { from: cell-1, to: cell-3 }
+";
+
+#[test]
+fn drains_and_temporary_rules_parse() {
+    use std::time::{Duration, SystemTime};
+    let c = Config::parse("c.yaml", DRAINS).unwrap();
+    let at = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+    assert_eq!(c.cells[0].drain, None);
+    assert_eq!(c.cells[1].drain, Some(Drain { since: Some(at(1_796_119_200)), refuse: true }));
+    assert_eq!(c.cells[2].drain, Some(Drain { since: None, refuse: false }));
+    assert_eq!(c.cells[3].drain, None, "drained: false is not drained");
+    let rule = &c.allow[0];
+    // 2026-12-15T00:00:00+01:00 is 2026-12-14T23:00:00Z.
+    assert_eq!(
+        rule.until.as_ref().map(|d| (d.at, d.line, d.column)),
+        Some((at(1_797_289_200), 15, 55))
+    );
+    assert_eq!(rule.reason, "orders migration");
+    assert_eq!((c.allow[1].until.as_ref(), c.allow[1].reason.as_str()), (None, ""));
+    assert_eq!(rfc3339(rule.until.as_ref().unwrap().at), "2026-12-14T23:00:00Z");
+}
+
+#[test]
+fn an_expired_rule_is_a_located_warning() {
+    use std::time::{Duration, SystemTime};
+    let c = Config::parse("c.yaml", DRAINS).unwrap();
+    let before = SystemTime::UNIX_EPOCH + Duration::from_secs(1_797_289_199);
+    assert!(c.warnings(before).is_empty());
+    let w = c.warnings(before + Duration::from_secs(1));
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!((w[0].line, w[0].column), (15, 55));
+    assert!(w[0].message.contains("cell-1 -> cell-2 expired at 2026-12-14T23:00:00Z"), "{w:?}");
+}
+
+#[test]
+fn bad_drains_and_deadlines_are_located() {
+    let got = problems(
+        "cells:\n  - name: a\n    drained: yesterday\n    drain: maybe\nallow:\n  - { from: a, to: a, until: \"2026-13-01T00:00:00Z\", reason: \"x\" }\n",
+    );
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(
+        got[0].starts_with("c.yaml:3:14: `drained`: `yesterday` is not an RFC 3339 time"),
+        "{got:?}"
+    );
+    assert!(got[1].starts_with("c.yaml:4:12: unknown `drain` value `maybe`"), "{got:?}");
+    assert!(
+        got[2].starts_with("c.yaml:6:30: allow rule `until`: `2026-13-01T00:00:00Z` is not"),
+        "{got:?}"
     );
 }

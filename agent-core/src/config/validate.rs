@@ -5,8 +5,8 @@ use std::collections::{HashMap, HashSet};
 use ipnet::IpNet;
 
 use super::{
-    AllowRule, Cell, Config, External, Mode, Problem, Service,
-    raw::{RawAllow, RawCell, RawConfig, RawService, S},
+    AllowRule, Cell, Config, Deadline, Drain, External, Mode, Problem, Service, parse_rfc3339,
+    raw::{RawAllow, RawCell, RawConfig, RawDrained, RawService, S},
 };
 
 use crate::names::{EXTERNAL, NAME_MAX, UNRESOLVED, is_cell_name};
@@ -106,7 +106,8 @@ fn cells(p: &mut Problems, raw: &[RawCell]) -> Cells {
                 }
             }
         }
-        cells.push(Cell { name, global: rc.global, cidrs });
+        let drain = drain(p, rc);
+        cells.push(Cell { name, global: rc.global, cidrs, drain });
     }
     Cells { cells, names, owner }
 }
@@ -122,7 +123,53 @@ fn allow_rule(p: &mut Problems, r: &RawAllow, names: &HashSet<String>) -> AllowR
     if r.ports.as_ref().is_some_and(Vec::is_empty) {
         p.at(&r.from, "allow rule has an empty `ports` list: omit it to allow every port");
     }
-    AllowRule { from: r.from.value.clone(), to: r.to.value.clone(), ports }
+    let until = r.until.as_ref().and_then(|u| match parse_rfc3339(&u.value) {
+        Ok(at) => Some(Deadline {
+            at,
+            line: u.referenced.line().max(1),
+            column: u.referenced.column().max(1),
+        }),
+        Err(why) => {
+            p.at(u, format!("allow rule `until`: {why}"));
+            None
+        }
+    });
+    let reason = r.reason.as_ref().map_or_else(String::new, |s| s.value.trim().to_owned());
+    if let Some(s) = &r.reason
+        && reason.chars().count() > REASON_MAX
+    {
+        p.at(s, format!("allow rule `reason` is longer than {REASON_MAX} characters"));
+    }
+    AllowRule { from: r.from.value.clone(), to: r.to.value.clone(), ports, until, reason }
+}
+
+/// Longest `reason:` of an allow rule (a label value).
+const REASON_MAX: usize = 200;
+
+/// A cell's `drained:` and `drain:`.
+fn drain(p: &mut Problems, rc: &RawCell) -> Option<Drain> {
+    let refuse = match rc.drain.as_ref().map(|s| (s, s.value.as_str())) {
+        None | Some((_, "observe")) => false,
+        Some((_, "refuse")) => true,
+        Some((s, other)) => {
+            p.at(s, format!("unknown `drain` value `{}`: use observe or refuse", shown(other)));
+            false
+        }
+    };
+    let since = match &rc.drained.as_ref()?.value {
+        RawDrained::Flag(false) => return None,
+        RawDrained::Flag(true) => None,
+        RawDrained::Since(t) => match parse_rfc3339(t) {
+            Ok(at) => Some(at),
+            Err(why) => {
+                if let Some(d) = &rc.drained {
+                    p.at(d, format!("`drained`: {why}, or true"));
+                }
+                None
+            }
+        },
+    };
+    Some(Drain { since, refuse })
 }
 
 /// Ports in range (1-65535), sorted, each once; a problem for each one out of range.

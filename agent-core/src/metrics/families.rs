@@ -33,6 +33,15 @@ pub const SERVICE_CONNECT_LATENCY_SECONDS: &str = "cellwatch_service_connect_lat
 pub const SERVICE_CONNECT_LATENCY_SECONDS_BUCKET: &str =
     "cellwatch_service_connect_latency_seconds_bucket";
 
+/// Drained cells, and temporary allow rules.
+pub const DRAIN_START_TIMESTAMP_SECONDS: &str = "cellwatch_drain_start_timestamp_seconds";
+pub const DRAIN_CONNECTIONS_OPENED_TOTAL: &str = "cellwatch_drain_connections_opened_total";
+pub const DRAIN_CONNECTIONS_REFUSED_TOTAL: &str = "cellwatch_drain_connections_refused_total";
+pub const DRAIN_CONNECTIONS_ACTIVE: &str = "cellwatch_drain_connections_active";
+pub const DRAIN_HOLDOUTS: &str = "cellwatch_drain_holdouts";
+pub const ALLOW_RULE_EXPIRY_TIMESTAMP_SECONDS: &str =
+    "cellwatch_allow_rule_expiry_timestamp_seconds";
+
 /// The kernel side's bookkeeping.
 pub const EVENTS_LOST_TOTAL: &str = "cellwatch_events_lost_total";
 pub const VIOLATION_LOG_SUPPRESSED_TOTAL: &str = "cellwatch_violation_log_suppressed_total";
@@ -54,7 +63,7 @@ pub const KERNEL_FEATURE: &str = "cellwatch_kernel_feature";
 
 /// Every family: the kernel-derived ones in the order `/metrics` writes them, then the
 /// agent's own (which the registry writes sorted by name).
-pub const ALL: [&str; 34] = [
+pub const ALL: [&str; 40] = [
     CONNECTIONS_OPENED_TOTAL,
     CONNECTIONS_CLOSED_TOTAL,
     CONNECTIONS_ACTIVE,
@@ -74,6 +83,12 @@ pub const ALL: [&str; 34] = [
     SERVICE_BYTES_SENT_TOTAL,
     SERVICE_BYTES_RECEIVED_TOTAL,
     SERVICE_CONNECT_LATENCY_SECONDS,
+    DRAIN_START_TIMESTAMP_SECONDS,
+    DRAIN_CONNECTIONS_OPENED_TOTAL,
+    DRAIN_CONNECTIONS_REFUSED_TOTAL,
+    DRAIN_CONNECTIONS_ACTIVE,
+    DRAIN_HOLDOUTS,
+    ALLOW_RULE_EXPIRY_TIMESTAMP_SECONDS,
     EVENTS_LOST_TOTAL,
     VIOLATION_LOG_SUPPRESSED_TOTAL,
     EVENTS_TOTAL,

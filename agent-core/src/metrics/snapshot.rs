@@ -23,6 +23,34 @@ pub struct Snapshot {
     /// The config's cells and services, for `cellwatch_cell_info` and
     /// `cellwatch_service_info`.
     pub catalog: Catalog,
+    /// The client processes holding connections open into drained cells, at most
+    /// [`HOLDOUTS_PER_CELL`] per cell (`cellwatch_drain_holdouts`).
+    pub holdouts: Vec<Holdout>,
+}
+
+/// Most client processes named per drained cell by `cellwatch_drain_holdouts`.
+pub const HOLDOUTS_PER_CELL: usize = 20;
+
+/// Connections one client process on this node holds open into a drained cell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holdout {
+    /// The drained cell's id, and the client's.
+    pub cell: u32,
+    pub src_cell: u32,
+    pub comm: String,
+    /// The container's id (12 hex digits), or `host`.
+    pub container: String,
+    pub connections: u64,
+}
+
+/// A temporary allow rule of the config in force, for its deadline's gauge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemporaryRule {
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+    /// The deadline, in Unix seconds.
+    pub until: u64,
 }
 
 /// What the config in force names: each cell (id, global) and each service (id, name,
@@ -31,6 +59,9 @@ pub struct Snapshot {
 pub struct Catalog {
     pub cells: Vec<(u32, bool)>,
     pub services: Vec<(u16, String, u32)>,
+    /// Each drained cell's id and the drain's start, in Unix seconds.
+    pub drains: Vec<(u32, u64)>,
+    pub temporary: Vec<TemporaryRule>,
 }
 
 /// Runs and time of one profiled `sock_ops` op, summed over CPUs.

@@ -41,6 +41,7 @@ fn snapshot_renders_the_contract_metrics() {
         log_suppressed: 4,
         ops: Vec::new(),
         catalog: Catalog::default(),
+        holdouts: Vec::new(),
     };
     let text = render(&snap, &ids);
     for want in [
@@ -199,6 +200,7 @@ fn services_have_their_families_and_the_pair_adds_them_up() {
         catalog: Catalog {
             cells: vec![(a, false), (g, true)],
             services: vec![(db, "orders-db".into(), g)],
+            ..Catalog::default()
         },
         ..Snapshot::default()
     };
@@ -222,4 +224,63 @@ fn services_have_their_families_and_the_pair_adds_them_up() {
     let opened =
         text.lines().filter(|l| l.starts_with("cellwatch_connections_opened_total{")).count();
     assert_eq!(opened, 1, "{text}");
+}
+
+#[test]
+fn drained_cells_render_their_families() {
+    use crate::metrics::{Holdout, TemporaryRule};
+    let mut ids = CellIds::default();
+    let (a, b, c) =
+        (ids.id("cell-a").unwrap(), ids.id("cell-b").unwrap(), ids.id("cell-c").unwrap());
+    let stats = |opened, closed, drain_opened, drain_denied| PairStats {
+        opened,
+        closed,
+        drain_opened,
+        drain_denied,
+        ..PairStats::ZERO
+    };
+    let snap = Snapshot {
+        pairs: vec![
+            (key(a, b, Direction::EGRESS, Verdict::ALLOWED.0), stats(8, 0, 5, 2)),
+            (key(a, b, Direction::EGRESS, Verdict::VIOLATION.0), stats(1, 1, 1, 0)),
+            (key(a, b, Direction::INGRESS, Verdict::ALLOWED.0), stats(8, 5, 5, 0)),
+            // Into a cell that is not drained: no drain series.
+            (key(a, c, Direction::EGRESS, Verdict::ALLOWED.0), stats(4, 0, 0, 0)),
+        ],
+        catalog: Catalog {
+            drains: vec![(b, 1_796_119_200)],
+            temporary: vec![TemporaryRule {
+                from: "cell-a".into(),
+                to: "cell-b".into(),
+                reason: "orders \"migration\"".into(),
+                until: 1_797_292_800,
+            }],
+            ..Catalog::default()
+        },
+        holdouts: vec![Holdout {
+            cell: b,
+            src_cell: a,
+            comm: "pool".into(),
+            container: "host".into(),
+            connections: 3,
+        }],
+        ..Snapshot::default()
+    };
+    let text = render(&snap, &ids);
+    let want = [
+        r#"cellwatch_drain_start_timestamp_seconds{cell="cell-b"} 1796119200"#,
+        r#"cellwatch_drain_connections_opened_total{cell="cell-b",src_cell="cell-a",direction="egress"} 6"#,
+        r#"cellwatch_drain_connections_opened_total{cell="cell-b",src_cell="cell-a",direction="ingress"} 5"#,
+        r#"cellwatch_drain_connections_refused_total{cell="cell-b",src_cell="cell-a"} 2"#,
+        r#"cellwatch_drain_connections_active{cell="cell-b",src_cell="cell-a",direction="egress"} 8"#,
+        r#"cellwatch_drain_connections_active{cell="cell-b",src_cell="cell-a",direction="ingress"} 3"#,
+        r#"cellwatch_drain_holdouts{cell="cell-b",src_cell="cell-a",comm="pool",container="host"} 3"#,
+        r#"cellwatch_allow_rule_expiry_timestamp_seconds{from="cell-a",to="cell-b",reason="orders \"migration\""} 1797292800"#,
+    ];
+    for w in want {
+        assert!(text.lines().any(|l| l == w), "missing {w}\n---\n{text}");
+    }
+    let drain_lines = text.lines().filter(|l| l.starts_with("cellwatch_drain_")).count();
+    assert_eq!(drain_lines, 7, "{text}");
+    assert!(!text.lines().any(|l| l.starts_with("cellwatch_drain_") && l.contains("cell-c")));
 }

@@ -87,7 +87,7 @@ fn ids_are_stable_across_recompiles() {
     );
     // Two port rules and one all-ports rule.
     assert_eq!(a.allow.len(), 2);
-    assert!(a.allow.iter().any(|k| k.port == 0));
+    assert!(a.allow.iter().any(|(k, _)| k.port == 0));
 }
 
 #[test]
@@ -219,4 +219,50 @@ fn a_cells_nested_prefix_inside_a_service_names_the_service() {
         assert_eq!(agent_common::entry_service(entry), svc, "{p}");
     }
     assert_eq!(service(&cfg, ip("10.6.1.9"), 80), Some("s2"));
+}
+
+const DRAINED: &str = "\
+cells:
+  - name: cell-1
+    cidrs: [\"10.1.0.0/16\"]
+  - name: cell-2
+    cidrs: [\"10.2.0.0/16\"]
+    drained: true
+    drain: refuse
+allow:
+  - { from: cell-1, to: cell-2, ports: [5432], until: \"2026-12-15T00:00:00Z\", reason: migration }
+  - { from: cell-1, to: cell-2, ports: [80], until: \"2026-12-15T00:00:00Z\" }
+  - { from: cell-1, to: cell-2, ports: [80] }
+";
+
+#[test]
+fn drains_and_deadlines_compile() {
+    use std::time::Duration;
+    let at = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+    let deadline = at(1_797_292_800);
+    for (mode, refuse) in [("audit", false), ("enforce", true)] {
+        let c = Config::parse("t.yaml", &format!("{DRAINED}mode: {mode}\n")).unwrap();
+        let mut ids = CellIds::default();
+        let out = compile(&c, &mut ids).unwrap();
+        let two = ids.lookup("cell-2").unwrap();
+        let flags = out.info.iter().find(|(id, _)| *id == two).unwrap().1.flags;
+        assert_ne!(flags & CELL_FLAG_DRAINED, 0, "{mode}");
+        assert_eq!(
+            flags & CELL_FLAG_DRAIN_REFUSE != 0,
+            refuse,
+            "drain: refuse only enforces in enforce mode"
+        );
+        assert_eq!(out.drains, vec![(two, None)]);
+        // Port 80 has a rule with no deadline too: it wins.
+        let until: Vec<_> = out.allow.iter().map(|(k, u)| (k.port, *u)).collect();
+        assert_eq!(until, vec![(80, None), (5432, Some(deadline))], "{mode}");
+        assert_eq!(out.temporary.len(), 2);
+        assert_eq!(out.temporary[0].reason, "migration");
+    }
+    let c = Config::parse("t.yaml", DRAINED).unwrap();
+    let v = |port, now| verdict_at(&c, ip("10.1.0.1"), ip("10.2.0.1"), port, now);
+    let second = Duration::from_secs(1);
+    assert_eq!(v(5432, deadline - second), Some(Verdict::ALLOWED));
+    assert_eq!(v(5432, deadline), Some(Verdict::VIOLATION), "a violation from the deadline on");
+    assert_eq!(v(80, deadline + second), Some(Verdict::ALLOWED));
 }

@@ -2,13 +2,18 @@
 
 use super::*;
 
-const ALL: &[&str] = &["cell", "verdict", "limit"];
+const ALL: &[&str] = &["cell", "drained", "verdict", "limit"];
 
 #[test]
 fn good_queries() {
     assert_eq!(parse(None, ALL).unwrap().limit, DEFAULT_LIMIT);
     let q = parse(Some("cell=cell-1&verdict=violation&limit=5"), ALL).unwrap();
-    assert_eq!(q, Query { cell: Some("cell-1".into()), verdict: Some("violation"), limit: 5 });
+    assert_eq!(
+        q,
+        Query { cell: Some("cell-1".into()), drained: None, verdict: Some("violation"), limit: 5 }
+    );
+    let q = parse(Some("drained=cell-2"), ALL).unwrap();
+    assert_eq!((q.cell, q.drained.as_deref()), (None, Some("cell-2")));
     assert_eq!(parse(Some("cell=c%2D1"), ALL).unwrap().cell.as_deref(), Some("c-1"));
 }
 
@@ -19,7 +24,9 @@ fn bad_queries_are_one_sentence() {
         ("limit=99999999999999999999999", "`limit` must be a number"),
         ("verdict=maybe", "`verdict` must be allowed or violation"),
         ("cell=Bad", "`cell` must be a cell name, not `Bad`"),
-        ("colour=red", "unknown parameter `colour`: use cell, verdict, limit"),
+        ("colour=red", "unknown parameter `colour`: use cell, drained, verdict, limit"),
+        ("drained=Bad", "`drained` must be a cell name, not `Bad`"),
+        ("cell=a&drained=b", "use `cell` or `drained`, not both"),
         ("cell=%zz", "malformed %-escape"),
         ("cell=%ff", "not UTF-8"),
         ("cell=a%0Ab", "`cell` must be a cell name, not `a\\nb`"),

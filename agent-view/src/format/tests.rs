@@ -26,3 +26,20 @@ fn tables_align_their_columns() {
     let wide = Table { gap: " ", min: &[5, 4], ..t };
     assert_eq!(wide.lines(&rows), ["  NAME     N", "  a        1", "  bcd     22"]);
 }
+
+#[test]
+fn times_and_spans() {
+    assert_eq!(rfc3339(0.0), "1970-01-01T00:00:00Z");
+    assert_eq!(rfc3339(1_796_119_200.0), "2026-12-01T10:00:00Z");
+    assert_eq!(rfc3339(1_796_119_200.9), "2026-12-01T10:00:00Z", "to the second, down");
+    assert_eq!(rfc3339(951_782_400.0), "2000-02-29T00:00:00Z");
+    assert_eq!(rfc3339(-1.0), "1969-12-31T23:59:59Z");
+    assert_eq!(rfc3339(f64::NAN), "-");
+    assert_eq!(rfc3339(1e300), "9999-12-31T23:59:59Z");
+    assert_eq!(fmt_span(0), "0s");
+    assert_eq!(fmt_span(12), "12s");
+    assert_eq!(fmt_span(250), "4m 10s");
+    assert_eq!(fmt_span(3600), "1h");
+    assert_eq!(fmt_span(7500), "2h 5m");
+    assert_eq!(fmt_span(3 * 86_400 + 4 * 3600 + 59), "3d 4h");
+}

@@ -1,7 +1,8 @@
 //! `cellwatch report`'s side of Prometheus, with no network: the time range, what the
 //! report reads (each [`Reading`]'s families, counted series and labels, which reading
 //! one `/metrics` instead follows too) and its PromQL (instant queries, all at one time),
-//! and the query API's JSON answer read into series.
+//! and the query API's JSON answer read into series. `drain-status` reads with the same
+//! range, counters and answers.
 //!
 //! Every query reads the raw families the agents export, so the report needs no recording
 //! rule. Each connection counts once, as the recording rules count it: the client's side
@@ -17,6 +18,9 @@ use agent_core::metrics::families as f;
 use serde::Deserialize;
 
 use crate::side::{self, Way};
+
+/// The `verdict` of a connection the policy allows.
+pub(super) const ALLOWED: &str = agent_common::Verdict::ALLOWED.label();
 
 /// The report's time range, up to the time of the queries: whole seconds, from a minute
 /// to 366 days.
@@ -89,10 +93,14 @@ pub enum Reading {
     ServiceSent,
     ServiceReceived,
     ServiceLatency,
+    /// The temporary allow rules (`from`, `to`, `reason`) and each one's deadline, now.
+    AllowRules,
+    /// Per (`src_cell`, `dst_cell`): allowed connections opened over the range.
+    PairAllowed,
 }
 
 impl Reading {
-    pub const ALL: [Reading; 12] = [
+    pub const ALL: [Reading; 14] = [
         Self::Cells,
         Self::Services,
         Self::PairOpened,
@@ -105,6 +113,8 @@ impl Reading {
         Self::ServiceSent,
         Self::ServiceReceived,
         Self::ServiceLatency,
+        Self::AllowRules,
+        Self::PairAllowed,
     ];
 
     /// What this reading reads: its family (or families), which series count, and the
@@ -132,6 +142,10 @@ impl Reading {
             Self::ServiceLatency => {
                 Read::All(f::SERVICE_CONNECT_LATENCY_SECONDS_BUCKET, SERVICE_LE)
             }
+            Self::AllowRules => {
+                Read::Now(f::ALLOW_RULE_EXPIRY_TIMESTAMP_SECONDS, "from, to, reason")
+            }
+            Self::PairAllowed => Read::Allowed(f::CONNECTIONS_OPENED_TOTAL, PAIR),
         }
     }
 
@@ -140,7 +154,11 @@ impl Reading {
         let r = range.promql();
         match self.read() {
             Read::Info(family, by) => format!("max by ({by}) (last_over_time({family}[{r}]))"),
-            Read::ClientSide(family, by) => client_side(family, by, &r),
+            Read::Now(family, by) => format!("max by ({by}) ({family})"),
+            Read::ClientSide(family, by) => client_side(family, "", by, &r),
+            Read::Allowed(family, by) => {
+                client_side(family, &format!("verdict=\"{ALLOWED}\""), by, &r)
+            }
             Read::All(family, by) => sum(by, &counted(family, &r)),
             Read::Bytes(way, families, by) => client_bytes(way, families, by, &r),
         }
@@ -153,8 +171,12 @@ impl Reading {
 pub(super) enum Read {
     /// A catalog family (always 1), by all its labels.
     Info(&'static str, &'static str),
+    /// A gauge as it is at the time of the queries, by all its labels.
+    Now(&'static str, &'static str),
     /// A family with a direction: each connection once ([`side::counts`]).
     ClientSide(&'static str, &'static str),
+    /// [`Read::ClientSide`] of the allowed connections (`verdict="allowed"`) only.
+    Allowed(&'static str, &'static str),
     /// A family without a direction: every series (the client's already).
     All(&'static str, &'static str),
     /// The client's bytes going one way, from a (sent, received) pair of families
@@ -165,8 +187,12 @@ pub(super) enum Read {
 impl Read {
     /// The labels the reading sums by.
     pub(super) fn by(self) -> impl Iterator<Item = &'static str> {
-        let (Self::Info(_, by) | Self::ClientSide(_, by) | Self::All(_, by) | Self::Bytes(.., by)) =
-            self;
+        let (Self::Info(_, by)
+        | Self::Now(_, by)
+        | Self::ClientSide(_, by)
+        | Self::Allowed(_, by)
+        | Self::All(_, by)
+        | Self::Bytes(.., by)) = self;
         by.split(", ")
     }
 }
@@ -177,17 +203,22 @@ fn sum(by: &str, expr: &str) -> String {
 
 /// What the counters of `selector` counted over the range `r`, per series (see the
 /// module doc).
-fn counted(selector: &str, r: &str) -> String {
+pub(crate) fn counted(selector: &str, r: &str) -> String {
     format!(
         "(increase({selector}[{r}]) and {selector} offset {r}) or ({selector} unless {selector} offset {r})"
     )
 }
 
-/// A per-direction counter, each connection once ([`side::matchers`]).
-fn client_side(metric: &str, by: &str, r: &str) -> String {
+/// A per-direction counter, each connection once ([`side::matchers`]); its series that
+/// match `only` too, when it is not empty.
+fn client_side(metric: &str, only: &str, by: &str, r: &str) -> String {
+    let selector = |side: &str| {
+        let matchers = if only.is_empty() { side.to_owned() } else { format!("{only}, {side}") };
+        format!("{metric}{{{matchers}}}")
+    };
     let [mine, external] = side::matchers();
-    let egress = counted(&format!("{metric}{{{mine}}}"), r);
-    let external = counted(&format!("{metric}{{{external}}}"), r);
+    let egress = counted(&selector(&mine), r);
+    let external = counted(&selector(&external), r);
     sum(by, &format!("({egress}) or ({external})"))
 }
 

@@ -12,7 +12,7 @@ use super::{
 };
 use agent_core::names::EXTERNAL;
 
-use crate::format::{Table, fmt_bytes, fmt_duration, pct};
+use crate::format::{Table, fmt_bytes, fmt_duration, fmt_span, pct, printable};
 
 fn bytes(v: u64) -> String {
     fmt_bytes(Some(v as f64))
@@ -77,6 +77,7 @@ impl Report {
         self.text_dependencies(&mut out);
         self.text_containment(&mut out);
         self.text_outliers(&mut out);
+        self.text_temporary_rules(&mut out);
         for n in &self.notes {
             let _ = writeln!(out, "\nnote: {n}");
         }
@@ -216,6 +217,40 @@ impl Report {
         for o in &self.outliers {
             let _ = writeln!(out, "  {}", o.line());
         }
+    }
+
+    fn text_temporary_rules(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "\nTEMPORARY ALLOW RULES in force: each one's deadline, and what its flow carried \
+             over the last {}",
+            self.range
+        );
+        if self.temporary_rules.is_empty() {
+            out.push_str("  (none: no allow rule with an `until:` still ahead)\n");
+            return;
+        }
+        let rows: Vec<Vec<String>> = self
+            .temporary_rules
+            .iter()
+            .map(|r| {
+                vec![
+                    r.from.clone(),
+                    r.to.clone(),
+                    r.expires.clone(),
+                    fmt_span(r.expires_in_seconds),
+                    r.connections.to_string(),
+                    bytes(r.bytes),
+                    if r.reason.is_empty() { "-".to_owned() } else { printable(&r.reason) },
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            "  ",
+            &["FROM", "TO", "DEADLINE", "LEFT", "CONNECTIONS", "BYTES", "REASON"],
+            &[false, false, false, true, true, true, false],
+            &rows,
+        ));
     }
 
     /// The report as pretty JSON, one line per field.

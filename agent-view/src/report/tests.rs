@@ -45,6 +45,9 @@ fn hour() -> Range {
     Range::parse("1h").unwrap()
 }
 
+/// The end of the range: the time of the queries, 2025-10-09T08:53:20Z.
+const END: f64 = 1_760_000_000.0;
+
 const CELLS: &[(&[(&str, &str)], &str)] = &[
     (&[("cell", "global"), ("global", "true")], "1"),
     (&[("cell", "cell-1"), ("global", "false")], "1"),
@@ -58,10 +61,13 @@ const SERVICES: &[(&[(&str, &str)], &str)] = &[
 
 /// Two cells call `orders-db` (in global), a third calls the global cell but not the
 /// service; `ledger` has no caller. cell-1's connections: half inside, 40% to global,
-/// 10% to cell-2.
+/// 10% to cell-2, allowed for two days more by a temporary rule (and 150 of them
+/// allowed in the range: the rule came in within it). A rule from cell-3 to cell-1 has
+/// expired.
 fn two_dependents() -> Report {
     Report::build(
         hour(),
+        END,
         &answers(&[
             (Reading::Cells, CELLS),
             (Reading::Services, SERVICES),
@@ -114,6 +120,17 @@ fn two_dependents() -> Report {
                     (&[("src_cell", "cell-1"), ("dst_cell", "global")], "3000"),
                 ],
             ),
+            (
+                Reading::AllowRules,
+                &[
+                    (
+                        &[("from", "cell-1"), ("to", "cell-2"), ("reason", "orders migration")],
+                        "1760183000",
+                    ),
+                    (&[("from", "cell-3"), ("to", "cell-1"), ("reason", "old")], "1759990000"),
+                ],
+            ),
+            (Reading::PairAllowed, &[(&[("src_cell", "cell-1"), ("dst_cell", "cell-2")], "150")]),
         ]),
     )
     .expect("a report")
@@ -177,7 +194,13 @@ fn queries_count_each_connection_once_over_the_range() {
     let all: std::collections::BTreeSet<String> =
         Reading::ALL.iter().map(|f| f.query(hour())).collect();
     assert_eq!(all.len(), Reading::ALL.len(), "one query per family");
-    assert!(all.iter().all(|q| q.contains("[3600s]")), "{all:?}");
+    let (now, ranged): (Vec<_>, Vec<_>) = all.iter().partition(|q| !q.contains('['));
+    assert!(ranged.iter().all(|q| q.contains("[3600s]")), "{ranged:?}");
+    // The rules in force: the deadlines as they are now, whatever the range.
+    assert_eq!(now, ["max by (from, to, reason) (cellwatch_allow_rule_expiry_timestamp_seconds)"]);
+    // Their flows' allowed connections, each once.
+    let allowed = Reading::PairAllowed.query(hour());
+    assert_eq!(allowed, q.replace("{direction=", "{verdict=\"allowed\", direction="));
 }
 
 #[test]
@@ -212,12 +235,13 @@ fn answers_parse_or_say_why_not() {
 
 #[test]
 fn no_cellwatch_data_is_an_error() {
-    let err = Report::build(hour(), &answers(&[])).unwrap_err();
+    let err = Report::build(hour(), END, &answers(&[])).unwrap_err();
     assert_eq!(err, NoData(hour()));
     assert!(err.to_string().starts_with("no cellwatch data over the last 1h"), "{err}");
     // Series of other families alone (latency without any opened) are no report either.
     let err = Report::build(
         hour(),
+        END,
         &answers(&[(
             Reading::PairLatency,
             &[(&[("src_cell", "a"), ("dst_cell", "b"), ("le", "+Inf")], "3")],
@@ -225,7 +249,7 @@ fn no_cellwatch_data_is_an_error() {
     );
     assert!(err.is_err());
     // The cell map alone is a report: cells that called nothing.
-    let r = Report::build(hour(), &answers(&[(Reading::Cells, CELLS)])).unwrap();
+    let r = Report::build(hour(), END, &answers(&[(Reading::Cells, CELLS)])).unwrap();
     assert_eq!(r.cells.len(), 4);
     assert!(r.cells.iter().all(|c| c.connections == 0 && c.services.is_empty()));
     assert_eq!(r.cell("cell-1").unwrap().containment.inside.connections_share, None);
@@ -284,6 +308,7 @@ fn a_service_with_two_dependent_cells() {
 fn clients_in_no_cell_are_apart() {
     let r = Report::build(
         hour(),
+        END,
         &answers(&[
             (Reading::Cells, CELLS),
             (Reading::Services, SERVICES),
@@ -313,6 +338,7 @@ fn clients_in_no_cell_are_apart() {
 fn without_the_cell_map_global_cells_are_unknown() {
     let r = Report::build(
         hour(),
+        END,
         &answers(&[(
             Reading::PairOpened,
             &[
@@ -336,6 +362,7 @@ fn outliers_as_the_alert_finds_them() {
     // At least 0.2 connects a second over an hour: 720.
     let r = Report::build(
         hour(),
+        END,
         &answers(&[
             (Reading::Cells, CELLS),
             (
@@ -469,6 +496,10 @@ CONTAINMENT of each cell: where its clients' connections and bytes went
 OUTLIERS: cells more than 3x the median of the other cells calling the same destination
   (failures above 5.0%, connect p99 above 50.0ms; cells with at least 0.2 connects/s to it)
   (none)
+
+TEMPORARY ALLOW RULES in force: each one's deadline, and what its flow carried over the last 1h
+  FROM    TO      DEADLINE               LEFT  CONNECTIONS  BYTES  REASON
+  cell-1  cell-2  2025-10-11T11:43:20Z  2d 2h          150    0 B  orders migration
 ";
     assert_eq!(text, expected, "got:\n{text}");
 }
@@ -478,7 +509,22 @@ fn the_json_for_scripts() {
     let r = two_dependents();
     let v: Value = serde_json::from_str(&r.json().unwrap()).unwrap();
     let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(keys, ["cells", "notes", "outliers", "range", "range_seconds", "services"]);
+    assert_eq!(
+        keys,
+        ["cells", "notes", "outliers", "range", "range_seconds", "services", "temporary_rules"]
+    );
+    assert_eq!(
+        v["temporary_rules"],
+        json!([{
+            "from": "cell-1",
+            "to": "cell-2",
+            "reason": "orders migration",
+            "expires": "2025-10-11T11:43:20Z",
+            "expires_in_seconds": 183_000,
+            "connections": 150,
+            "bytes": 0
+        }])
+    );
     let db =
         v["services"].as_array().unwrap().iter().find(|s| s["service"] == "orders-db").unwrap();
     assert_eq!(db["cell"], "global");
@@ -628,6 +674,7 @@ cellwatch_connect_latency_seconds_bucket{src_cell="cell-1",dst_cell="cell-2",le=
 cellwatch_service_connections_opened_total{src_cell="cell-1",service="ledger",direction="egress",verdict="allowed"} 6
 cellwatch_service_connections_opened_total{src_cell="cell-1",service="ledger",direction="ingress",verdict="allowed"} 6
 cellwatch_service_connections_opened_total{src_cell="cell-2",service="ledger",direction="egress",verdict="allowed"} 2
+cellwatch_allow_rule_expiry_timestamp_seconds{from="cell-1",to="cell-2",reason="migration"} 1760086400
 "#;
 
 /// The value of `reading`'s series with these labels.
@@ -654,13 +701,80 @@ fn one_metrics_read_as_each_query_sums_it() {
     let le = [("src_cell", "cell-1"), ("dst_cell", "cell-2"), ("le", "+Inf")];
     assert_eq!(value(&a, Reading::PairLatency, &le), Some(3.0));
     assert!(!a.contains_key(&Reading::ServiceSent));
+    // The allowed ones only, each once; a rule's deadline as it is.
+    assert_eq!(value(&a, Reading::PairAllowed, &pair("cell-1")), Some(3.0));
+    assert_eq!(value(&a, Reading::PairAllowed, &pair("external")), Some(4.0));
+    let rule = [("from", "cell-1"), ("to", "cell-2"), ("reason", "migration")];
+    assert_eq!(value(&a, Reading::AllowRules, &rule), Some(1_760_086_400.0));
     // The blast radius from them is the report's.
     let radii = blast_radii(&a);
-    let report = Report::build(hour(), &a).unwrap();
+    let report = Report::build(hour(), END, &a).unwrap();
     assert_eq!(radii, report.services);
     let ledger = &radii[0];
     assert_eq!((ledger.service.as_str(), ledger.connections), ("ledger", 8));
     let callers: Vec<_> =
         ledger.dependents.iter().map(|d| (d.cell.as_str(), d.share.connections)).collect();
     assert_eq!(callers, [("cell-1", 6), ("cell-2", 2)]);
+}
+
+/// The rules whose deadline is after the end of the range, soonest first, each with the
+/// allowed connections and the bytes of its flow; the others are left out.
+#[test]
+fn temporary_rules_in_force() {
+    const RULES: &[(&[(&str, &str)], &str)] = &[
+        (&[("from", "cell-1"), ("to", "cell-2"), ("reason", "orders migration")], "1760183000.7"),
+        (&[("from", "cell-1"), ("to", "cell-2"), ("reason", "")], "1760000060"),
+        (&[("from", "cell-2"), ("to", "cell-1"), ("reason", "expired")], "1759999999"),
+        (&[("from", "cell-2"), ("to", "cell-3"), ("reason", "at the end")], "1760000000"),
+        (&[("from", "cell-3"), ("to", "cell-1"), ("reason", "no deadline")], "NaN"),
+    ];
+    let pair = [("src_cell", "cell-1"), ("dst_cell", "cell-2")];
+    let r = Report::build(
+        hour(),
+        END,
+        &answers(&[
+            (Reading::Cells, CELLS),
+            (Reading::PairOpened, &[(&pair, "300")]),
+            (Reading::PairAllowed, &[(&pair, "249.6")]),
+            (Reading::PairSent, &[(&pair, "1000")]),
+            (Reading::PairReceived, &[(&pair, "3000")]),
+            (Reading::AllowRules, RULES),
+        ]),
+    )
+    .unwrap();
+    let got: Vec<(&str, &str, &str, u64, u64, u64)> = r
+        .temporary_rules
+        .iter()
+        .map(|t| {
+            let (from, to, reason) = (t.from.as_str(), t.to.as_str(), t.reason.as_str());
+            (from, to, reason, t.expires_in_seconds, t.connections, t.bytes)
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("cell-1", "cell-2", "", 60, 250, 4000),
+            ("cell-1", "cell-2", "orders migration", 183_000, 250, 4000)
+        ]
+    );
+    assert_eq!(r.temporary_rules[1].expires, "2025-10-11T11:43:20Z");
+    let text = r.text("http://prometheus:9090");
+    let section = text.split("TEMPORARY ALLOW RULES").nth(1).unwrap();
+    assert!(
+        section
+            .contains("  cell-1  cell-2  2025-10-09T08:54:20Z     1m          250  3.9 KiB  -\n"),
+        "{text}"
+    );
+    // None in force: a line says so.
+    let none = two_dependents_without_rules().text("p");
+    assert!(none.ends_with("(none: no allow rule with an `until:` still ahead)\n"), "{none}");
+    // The dot graph is the dependencies' alone.
+    assert_eq!(two_dependents().dot(), two_dependents_without_rules().dot());
+}
+
+/// [`two_dependents`] with no rule in force.
+fn two_dependents_without_rules() -> Report {
+    let mut r = two_dependents();
+    r.temporary_rules.clear();
+    r
 }

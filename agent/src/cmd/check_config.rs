@@ -18,6 +18,9 @@ pub(crate) fn check_config(file: &Path) -> Result<(), ConfigError> {
         problems: vec![Problem { line: 1, column: 1, message: e.to_string() }],
     })?;
     compiled.fits().map_err(|e| e.located(&shown))?;
+    for w in cfg.warnings(std::time::SystemTime::now()) {
+        eprintln!("{shown}:{}:{}: warning: {}", w.line, w.column, w.message);
+    }
     println!("{}: ok: {}", file.display(), summary(&cfg));
     Ok(())
 }
@@ -35,15 +38,20 @@ fn summary(cfg: &Config) -> String {
         Some(c) if c.is_empty() => "no cells".to_owned(),
         Some(c) => c.join(", "),
     };
+    let drained: Vec<_> =
+        cfg.cells.iter().filter(|c| c.drain.is_some()).map(|c| c.name.as_str()).collect();
+    let temporary = cfg.allow.iter().filter(|r| r.until.is_some()).count();
     format!(
-        "{} cells (global: {}), {} prefixes ({} IPv4, {} IPv6), {} allow rules, mode {} (enforce \
-         applies to {}), external peers: {}, {} ignored ranges",
+        "{} cells (global: {}; drained: {}), {} prefixes ({} IPv4, {} IPv6), {} allow rules \
+         ({} temporary), mode {} (enforce applies to {}), external peers: {}, {} ignored ranges",
         cfg.cells.len(),
         if globals.is_empty() { "none".to_owned() } else { globals.join(", ") },
+        if drained.is_empty() { "none".to_owned() } else { drained.join(", ") },
         cfg.prefix_count(),
         cfg.prefix_count() - v6,
         v6,
         cfg.allow.len(),
+        temporary,
         cfg.mode,
         enforced,
         cfg.external,

@@ -1,38 +1,29 @@
 //! `cellwatch report`: the blast radius of each service, each cell's dependencies and
-//! containment, and the outlier cells, read from a Prometheus that scrapes the agents.
-//! The queries, the model and the three outputs are `agent_view::report`'s; here are
-//! Prometheus' HTTP API ([`api`]) and the command.
+//! containment, the outlier cells and the temporary allow rules in force, read from a
+//! Prometheus that scrapes the agents. The queries, the model and the three outputs are
+//! `agent_view::report`'s; Prometheus' HTTP API is `prometheus_api`'s; here is the command.
 #![forbid(unsafe_code)]
 
-mod api;
 #[cfg(test)]
 mod tests;
 
 use std::io::{self, Write as _};
 
-use agent_view::report::{NoData, Range};
+use agent_view::report::{Answers, NoData, Range, Reading, Report};
 
-use crate::cli::{ReportArgs, ReportFormat};
+use crate::{
+    cli::{ReportArgs, ReportFormat},
+    cmd::prometheus_api::{self, ApiError, Prometheus},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ReportError {
-    #[error("`{url}` is not a Prometheus URL: {why} (e.g. --prometheus http://prometheus:9090)")]
-    Url { url: String, why: String },
-    #[error(
-        "cannot reach Prometheus at {url}: {source} (is it running there? --prometheus names \
-         its address)"
-    )]
-    Unreachable { url: String, source: io::Error },
-    #[error("Prometheus at {url} refused a query (HTTP {status}): {why}")]
-    Refused { url: String, status: u16, why: String },
-    #[error("{url} does not answer as Prometheus' query API: HTTP {status}, {why}")]
-    NotPrometheus { url: String, status: u16, why: String },
+    #[error(transparent)]
+    Api(#[from] ApiError),
     #[error("Prometheus at {url} has {source}: does it scrape the agents?")]
     NoData { url: String, source: NoData },
     #[error("cannot write the report: {0}")]
     Output(#[source] io::Error),
-    #[error("cannot start the async runtime: {0}")]
-    Runtime(#[source] io::Error),
 }
 
 pub(crate) fn report(args: &ReportArgs) -> Result<(), ReportError> {
@@ -42,8 +33,8 @@ pub(crate) fn report(args: &ReportArgs) -> Result<(), ReportError> {
 
 /// The report of the Prometheus at `url` over `range`, as `format` writes it.
 pub(crate) fn render(url: &str, range: Range, format: ReportFormat) -> Result<String, ReportError> {
-    let prometheus = api::Prometheus::new(url)?;
-    let report = prometheus.report(range)?;
+    let prometheus = Prometheus::new(url)?;
+    let report = read(&prometheus, range)?;
     Ok(match format {
         ReportFormat::Text => report.text(&prometheus.url),
         ReportFormat::Json => {
@@ -51,4 +42,15 @@ pub(crate) fn render(url: &str, range: Range, format: ReportFormat) -> Result<St
         }
         ReportFormat::Dot => report.dot(),
     })
+}
+
+/// Every reading over `range` up to now, all at the same time, and the report they make.
+fn read(prometheus: &Prometheus, range: Range) -> Result<Report, ReportError> {
+    let now = prometheus_api::now();
+    let mut answers = Answers::new();
+    for family in Reading::ALL {
+        answers.insert(family, prometheus.query(&family.query(range), now)?);
+    }
+    Report::build(range, now, &answers)
+        .map_err(|source| ReportError::NoData { url: prometheus.url.clone(), source })
 }

@@ -29,7 +29,7 @@ use tracing::{debug, info, warn};
 use agent_core::{
     config::{Config, ConfigError},
     ids::{CellIds, IdsExhausted},
-    policy::{compile, enforce_summary},
+    policy::{compile, drains_summary, enforce_summary},
     query::Query,
 };
 use reload::{Reloader, Trigger};
@@ -102,8 +102,10 @@ impl Endpoints for Agent {
             self.maps.snapshot().map_err(|e| format!("reading kernel maps failed: {e}"))?;
         snap.undecodable_events = self.recent.undecodable();
         snap.log_suppressed = self.recent.log_suppressed();
-        let read = t.elapsed();
         let ids = sync::read(&self.ids);
+        let drained: Vec<u32> = snap.catalog.drains.iter().map(|(cell, _)| *cell).collect();
+        snap.holdouts = connections::holdouts(&self.maps, &ids, &self.cgroups, &drained);
+        let read = t.elapsed();
         let rendered = self.metrics.render(&snap, &ids, out).map_err(|e| e.to_string());
         let pairs = snap.pairs.len();
         if pairs > BIG {
@@ -227,12 +229,14 @@ where
     // What the start parsed (the kernel's BTF among it) is freed: give it back.
     sys::release_free_memory();
     let http = Http::spawn(listener, agent.clone(), args.node.listen);
+    reload::warn_of(&config);
     info!(
         listen = %http.bound,
         cells = config.cells.len(),
         prefixes = config.prefix_count(),
         mode = %config.mode,
         enforce = %enforce_summary(&config),
+        drains = %drains_summary(&config),
         "cellwatch is running"
     );
 

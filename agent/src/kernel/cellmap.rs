@@ -7,11 +7,13 @@ use std::{
 };
 
 use agent_common::{
-    CELL_NAME_MAX, CellInfo, CellName, MAX_CELLS, SETTING_ENFORCE, SETTING_EXTERNAL,
+    ALLOW_FOREVER, CELL_NAME_MAX, CellInfo, CellName, MAX_CELLS, SETTING_ENFORCE, SETTING_EXTERNAL,
     SETTING_GENERATION, SETTING_PORTED_SERVICES, ServiceKeyV4, ServiceKeyV6,
 };
 use agent_core::{config::IpNet, policy::Compiled};
 use aya::maps::lpm_trie::Key;
+
+use crate::host::clock;
 
 use super::{
     error::{KernelError, map_err},
@@ -49,6 +51,7 @@ pub(super) fn apply(m: &mut Maps, next: &Compiled) -> Result<(), KernelError> {
         set.known = false;
         return Err(e);
     }
+    note_drains(m, next);
     let set_index = u32::from(target == 1);
     let settings = map_err(object::SETTINGS);
     m.settings.set(SETTING_EXTERNAL + set_index, next.external, 0).map_err(settings)?;
@@ -90,14 +93,19 @@ fn write_set(set: &mut CellSet, next: &Compiled) -> Result<(), KernelError> {
         }
     }
 
-    let allow: HashSet<_> = next.allow.iter().collect();
-    let revoked: Vec<_> = set.holds.allow.iter().filter(|k| !allow.contains(k)).copied().collect();
+    let allow: HashSet<_> = next.allow.iter().map(|(k, _)| *k).collect();
+    let revoked: Vec<_> =
+        set.holds.allow.iter().map(|(k, _)| *k).filter(|k| !allow.contains(k)).collect();
     for k in revoked {
         set.policy.remove(&k).map_err(map_err(set.names.policy))?;
     }
-    let had: HashSet<_> = set.holds.allow.iter().copied().collect();
-    for k in next.allow.iter().filter(|k| !had.contains(k)) {
-        set.policy.insert(k, 1, 0).map_err(map_err(set.names.policy))?;
+    // A deadline is written whenever one is there: its wall time is converted to the
+    // kernel's clock afresh, so a read-back one never compares equal.
+    let had: HashSet<_> =
+        set.holds.allow.iter().filter(|(_, u)| u.is_none()).map(|(k, _)| *k).collect();
+    for (k, until) in next.allow.iter().filter(|(k, u)| u.is_some() || !had.contains(k)) {
+        let value = until.map_or(ALLOW_FOREVER, clock::kernel_ns);
+        set.policy.insert(k, value, 0).map_err(map_err(set.names.policy))?;
     }
     let keep: HashSet<(IpNet, u16)> = next.ported.iter().map(|(n, p, _)| (*n, *p)).collect();
     let stale: Vec<(IpNet, u16)> =
@@ -145,6 +153,18 @@ fn service_entry(
     }
 }
 
+/// Keeps when each cell drained with no start given was first seen drained, and forgets
+/// the cells drained no more.
+fn note_drains(m: &mut Maps, next: &Compiled) {
+    let now = std::time::SystemTime::now();
+    m.drained_since.retain(|id, _| next.drains.iter().any(|(d, since)| d == id && since.is_none()));
+    for (id, since) in &next.drains {
+        if since.is_none() {
+            m.drained_since.entry(*id).or_insert(now);
+        }
+    }
+}
+
 /// Records the names of cell ids not recorded yet.
 fn write_names(m: &mut Maps, next: &Compiled) -> Result<(), KernelError> {
     for (id, name) in &next.names {
@@ -184,8 +204,9 @@ fn read_set(set: &CellSet) -> Result<Compiled, KernelError> {
             out.info.push((id, info));
         }
     }
-    for key in set.policy.keys() {
-        out.allow.push(key.map_err(map_err(set.names.policy))?);
+    for entry in set.policy.iter() {
+        let (key, until) = entry.map_err(map_err(set.names.policy))?;
+        out.allow.push((key, (until != ALLOW_FOREVER).then(|| clock::wall_time(until))));
     }
     for entry in set.svc_v4.iter() {
         let (k, id) = entry.map_err(map_err(set.names.svc_v4))?;

@@ -38,6 +38,9 @@ pub(super) struct Maps {
     pub(super) meta: Array<MapData, u32>,
     /// Cell ids whose names are in `cell_names`.
     pub(super) names_written: HashSet<u32>,
+    /// When this agent first applied each `drained: true` cell (the config gives no
+    /// start): the drain's start it reports.
+    pub(super) drained_since: std::collections::HashMap<u32, std::time::SystemTime>,
     /// The two cell-map sets, A and B.
     pub(super) sets: [CellSet; 2],
     pub(super) generation: Generation,
@@ -57,7 +60,7 @@ pub(super) struct CellSet {
     pub(super) v4: LpmTrie<MapData, [u8; 4], u32>,
     pub(super) v6: LpmTrie<MapData, [u8; 16], u32>,
     pub(super) info: Array<MapData, CellInfo>,
-    pub(super) policy: HashMap<MapData, PolicyKey, u8>,
+    pub(super) policy: HashMap<MapData, PolicyKey, u64>,
     pub(super) svc_v4: LpmTrie<MapData, ServiceKeyV4, u32>,
     pub(super) svc_v6: LpmTrie<MapData, ServiceKeyV6, u32>,
     /// What this set holds now.
@@ -152,6 +155,7 @@ pub(super) fn take_all(ebpf: &mut Ebpf) -> Result<Maps, KernelError> {
         cell_names: take(ebpf, object::CELL_NAMES)?,
         meta: take(ebpf, object::META)?,
         names_written: HashSet::new(),
+        drained_since: std::collections::HashMap::new(),
         sets,
         // No flip of this process's is in flight: the first write need not wait.
         generation: Generation {

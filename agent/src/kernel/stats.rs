@@ -4,7 +4,10 @@
 use std::os::fd::AsFd;
 
 use agent_common::{CELL_FLAG_GLOBAL, COUNTERS_LEN, LIVE_CONNS, PROFILE_SLOTS, PairKey, PairStats};
-use agent_core::metrics::{Catalog, MapFill, OpTime, Snapshot};
+use agent_core::{
+    config::unix_seconds,
+    metrics::{Catalog, MapFill, OpTime, Snapshot, TemporaryRule},
+};
 
 use super::{
     error::{KernelError, map_err},
@@ -71,11 +74,43 @@ pub(super) fn read(m: &Maps) -> Result<Snapshot, KernelError> {
         MapFill { map: "cells_v6", entries: v6, capacity: cap.cells_v6.into() },
         MapFill { map: "policy", entries: c.allow.len() as u64, capacity: cap.policy.into() },
     ];
-    let catalog = Catalog {
+    let catalog = catalog(m, c);
+    Ok(Snapshot {
+        pairs,
+        counters,
+        fill,
+        undecodable_events: 0,
+        log_suppressed: 0,
+        ops,
+        catalog,
+        holdouts: Vec::new(),
+    })
+}
+
+/// What the config in force names, for the catalog's and the drains' families.
+fn catalog(m: &Maps, c: &agent_core::policy::Compiled) -> Catalog {
+    Catalog {
         cells: c.info.iter().map(|(id, i)| (*id, i.flags & CELL_FLAG_GLOBAL != 0)).collect(),
         services: c.services.clone(),
-    };
-    Ok(Snapshot { pairs, counters, fill, undecodable_events: 0, log_suppressed: 0, ops, catalog })
+        drains: c
+            .drains
+            .iter()
+            .map(|(id, since)| {
+                let since = since.or_else(|| m.drained_since.get(id).copied());
+                (*id, since.map_or(0, unix_seconds))
+            })
+            .collect(),
+        temporary: c
+            .temporary
+            .iter()
+            .map(|t| TemporaryRule {
+                from: t.from.clone(),
+                to: t.to.clone(),
+                reason: t.reason.clone(),
+                until: unix_seconds(t.until),
+            })
+            .collect(),
+    }
 }
 
 fn one_by_one(m: &Maps) -> Result<Vec<(PairKey, PairStats)>, KernelError> {

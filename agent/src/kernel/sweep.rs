@@ -9,8 +9,9 @@ use std::{
 };
 
 use agent_common::{
-    Brief, Conn, LIST_ANY, SEEDED_CAPACITY, SETTING_LIST_CELL, SETTING_LIST_VERDICT,
-    SETTING_SWEEP_RECORDS, SWEEP_BRIEF, SWEEP_COUNT, SWEEP_WANTED, SeedOutcome, SweepTail, Verdict,
+    Brief, Conn, LIST_ANY, SEEDED_CAPACITY, SETTING_LIST_CELL, SETTING_LIST_INTO,
+    SETTING_LIST_VERDICT, SETTING_SWEEP_RECORDS, SWEEP_BRIEF, SWEEP_COUNT, SWEEP_WANTED,
+    SeedOutcome, SweepTail, Verdict,
 };
 use agent_core::events::{decode_briefs, decode_sweep};
 use aya::{
@@ -178,6 +179,7 @@ impl Sweeper {
             m.settings
                 .set(SETTING_LIST_CELL, filter.cell.unwrap_or(LIST_ANY), 0)
                 .map_err(map_err(obj))?;
+            m.settings.set(SETTING_LIST_INTO, u32::from(filter.into), 0).map_err(map_err(obj))?;
             let verdict = filter.verdict.map_or(LIST_ANY, |v| u32::from(v.0));
             m.settings.set(SETTING_LIST_VERDICT, verdict, 0).map_err(map_err(obj))?;
         }
@@ -261,11 +263,12 @@ fn each_namespace(link: &OwnedFd, out: &mut Vec<u8>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Which connections a listing wants: of this cell (source or destination), with this
-/// verdict; `None` is any.
+/// Which connections a listing wants: of this cell (source or destination, or only
+/// destination with `into`), with this verdict; `None` is any.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct ListFilter {
     pub(crate) cell: Option<u32>,
+    pub(crate) into: bool,
     pub(crate) verdict: Option<Verdict>,
 }
 

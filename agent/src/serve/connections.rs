@@ -10,6 +10,7 @@ use agent_common::{Brief, CONN_SEEDED, Direction, LIST_MAX, Verdict};
 use agent_core::{
     events::{addr, comm},
     ids::CellIds,
+    metrics::{HOLDOUTS_PER_CELL, Holdout},
     query::Query,
 };
 use serde::Serialize;
@@ -52,7 +53,8 @@ pub(crate) fn list(
     cgroups: &Workloads,
     q: &Query,
 ) -> Result<Vec<Connection>, Unanswered> {
-    let cell = match q.cell.as_ref().map(|c| ids.lookup(c)) {
+    let into = q.drained.is_some();
+    let cell = match q.cell.as_ref().or(q.drained.as_ref()).map(|c| ids.lookup(c)) {
         // A cell no connection was ever counted in has none open.
         Some(None) => return Ok(Vec::new()),
         Some(Some(id)) => Some(id),
@@ -60,9 +62,55 @@ pub(crate) fn list(
     };
     let verdict =
         q.verdict.map(|v| if v == "violation" { Verdict::VIOLATION } else { Verdict::ALLOWED });
-    let live = newest(maps, ListFilter { cell, verdict }, q.limit)?;
+    let live = newest(maps, ListFilter { cell, into, verdict }, q.limit)?;
     let servers = Servers::of(&live);
     Ok(live.into_iter().map(|l| connection(&l, ids, cgroups, &servers)).collect())
+}
+
+/// The client processes on this node that hold connections open into each of the
+/// `drained` cells, the [`HOLDOUTS_PER_CELL`] holding most per cell (ties by name). A
+/// cell whose connections cannot be listed (no live sweep on this kernel) has none.
+pub(crate) fn holdouts(
+    maps: &MapsHandle,
+    ids: &CellIds,
+    cgroups: &Workloads,
+    drained: &[u32],
+) -> Vec<Holdout> {
+    let mut out = Vec::new();
+    for &cell in drained {
+        let filter = ListFilter { cell: Some(cell), into: true, verdict: None };
+        let live = match newest(maps, filter, LIST_MAX as usize) {
+            Ok(live) => live,
+            Err(e) => {
+                tracing::debug!(cell, ?e, "the holdouts of a drained cell cannot be listed");
+                continue;
+            }
+        };
+        let mut held: HashMap<(u32, String, String), u64> = HashMap::new();
+        let servers = Servers::of(&live);
+        for l in live.iter().filter(|l| l.conn.direction() == Direction::EGRESS) {
+            let c = connection(l, ids, cgroups, &servers);
+            let comm = c.comm.unwrap_or_else(|| "unknown".to_owned());
+            let container = c.container_id.map_or_else(|| "host".to_owned(), |id| short(&id));
+            *held.entry((l.conn.src_cell, comm, container)).or_default() += 1;
+        }
+        let mut held: Vec<_> = held.into_iter().collect();
+        held.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        held.truncate(HOLDOUTS_PER_CELL);
+        out.extend(held.into_iter().map(|((src_cell, comm, container), connections)| Holdout {
+            cell,
+            src_cell,
+            comm,
+            container,
+            connections,
+        }));
+    }
+    out
+}
+
+/// A container id as `docker ps` and `crictl ps` show it: its first 12 characters.
+fn short(id: &str) -> String {
+    id.chars().take(12).collect()
 }
 
 /// The newest `limit` live connections that pass `filter`, newest first.

@@ -79,7 +79,7 @@ fn on_this_node(peer: SocketAddr) -> bool {
 }
 
 /// What each JSON endpoint accepts.
-const CONNECTIONS_PARAMS: &[&str] = &["cell", "verdict", "limit"];
+const CONNECTIONS_PARAMS: &[&str] = &["cell", "drained", "verdict", "limit"];
 const VIOLATIONS_PARAMS: &[&str] = &["limit"];
 
 pub(crate) struct Server<E> {

@@ -103,7 +103,7 @@ fn the_prometheus_rule_is_the_plain_rule_file() {
         assert!(test_text.contains(&format!("alertname: {a}")), "{a} has no promtool test");
         assert!(runbooks.contains(&format!("## {a}")), "{a} has no runbook in docs/alerts.md");
     }
-    assert_eq!(alerts.len(), 10, "{alerts:?}");
+    assert_eq!(alerts.len(), 13, "{alerts:?}");
 }
 
 /// The DaemonSet's own arguments, config and capability set start a real agent.

@@ -7,10 +7,13 @@
     reason = "a test is one story told start to end: it reads best whole, however long"
 )]
 
+mod alerting;
 mod cells;
 mod churn;
 mod demo;
 mod deploy;
+mod drain;
+mod drain_status;
 mod enforce;
 mod foundation;
 mod http;

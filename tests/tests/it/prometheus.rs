@@ -2,7 +2,8 @@
 //! loopback: cross-cell traffic flows, then every dashboard panel query (template variables
 //! filled in) and every rule expression goes through the Prometheus HTTP API. Each is
 //! accepted, each panel returns data, and `CrossCellLeakage` fires for the leaking pair.
-//! A connection that stays open all along shows in the bytes and RTT panels. Every
+//! A connection that stays open all along shows in the bytes and RTT panels; cell-b is
+//! drained, so the Drains panels have the leak's connections into it and the held one. Every
 //! `cellwatch_*` name a panel or a rule uses is a family the agent declares.
 use std::{
     io::{Read, Write},
@@ -90,7 +91,7 @@ fn rule_exprs() -> Vec<(String, String)> {
 fn config() -> String {
     format!(
         "cells:\n  - {{ name: global, global: true, cidrs: [{}] }}\n  \
-         - {{ name: cell-a, cidrs: [{}] }}\n  - {{ name: cell-b, cidrs: [{}] }}\n  \
+         - {{ name: cell-a, cidrs: [{}] }}\n  - {{ name: cell-b, cidrs: [{}], drained: true }}\n  \
          - {{ name: cell-c, cidrs: [{}] }}\nignore_cidrs: [{}]\n",
         PROMETHEUS.cidr(0),
         PROMETHEUS.cidr(1),
@@ -245,8 +246,9 @@ fn dashboards_and_rules_work_against_a_real_prometheus() {
     }
 
     let rules = rule_exprs();
-    // Every rule of the shipped file (16 for pairs and leaks, the rest for services).
-    assert_eq!(rules.len(), 35);
+    // Every rule of the shipped file (16 for pairs and leaks, 19 for services, 5 for
+    // drains and temporary rules).
+    assert_eq!(rules.len(), 40);
     for (name, expr) in &rules {
         assert!(prom.query(expr).0, "{name}: Prometheus rejected {expr}");
     }

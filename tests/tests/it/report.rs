@@ -4,6 +4,7 @@
 //! `cellwatch_cell_info`, `cellwatch_service_info`) and the per-pair ones, with counters
 //! that grow at every scrape. Two cells call the global service `orders-db`, a third calls
 //! the global cell but not the service, and cell-1 fails 30% of its connects to it.
+//! cell-1 calls cell-2 too, under a temporary allow rule until 2100 (and one expired).
 //! No agent and no root are needed; the same checks against a real agent belong with the
 //! agent's per-service metrics.
 use std::{
@@ -83,9 +84,9 @@ fn exposition(k: u64) -> String {
         ("cell-3", "global", 3),
     ] {
         let p = format!("src_cell=\"{src}\",dst_cell=\"{dst}\"");
-        let verdict = if dst == "cell-2" && src != "cell-2" { "violation" } else { "allowed" };
+        // Every flow is allowed: cell-1 -> cell-2 by the temporary rule below.
         line(format!(
-            "cellwatch_connections_opened_total{{{p},direction=\"egress\",verdict=\"{verdict}\"}} {}",
+            "cellwatch_connections_opened_total{{{p},direction=\"egress\",verdict=\"allowed\"}} {}",
             opened * k
         ));
         line(format!(
@@ -107,8 +108,19 @@ fn exposition(k: u64) -> String {
         "cellwatch_connections_failed_total{{src_cell=\"cell-1\",dst_cell=\"global\",reason=\"refused\"}} {}",
         3 * k
     ));
+    // The temporary rules: one in force until 2100-01-01, one expired in 2023.
+    for (to, reason, until) in
+        [("cell-2", "orders migration", RULE_UNTIL), ("cell-3", "old move", 1_700_000_000)]
+    {
+        line(format!(
+            "cellwatch_allow_rule_expiry_timestamp_seconds{{from=\"cell-1\",to=\"{to}\",reason=\"{reason}\"}} {until}"
+        ));
+    }
     t
 }
+
+/// The deadline of the temporary rule in force: 2100-01-01T00:00:00Z.
+const RULE_UNTIL: u64 = 4_102_444_800;
 
 /// The synthetic exporter: answers every request with the next [`exposition`].
 struct Exporter {
@@ -214,12 +226,42 @@ fn report_dashboard_and_rules_read_a_real_prometheus() {
         outliers,
         [("cell-1", "orders-db", "connect_failures"), ("cell-1", "global", "connect_failures")]
     );
+    // The rule in force only, with what its flow carried: cell-1's connections and bytes to
+    // cell-2, every one of them allowed.
+    let rules = v["temporary_rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    let rule = &rules[0];
+    let cell1 = v["cells"].as_array().unwrap().iter().find(|c| c["cell"] == "cell-1").unwrap();
+    let to_cell2 =
+        cell1["cells"].as_array().unwrap().iter().find(|c| c["cell"] == "cell-2").unwrap();
+    // 2 connections a scrape, of 100 bytes sent and 300 received each.
+    let (conns, bytes) =
+        (to_cell2["connections"].as_u64().unwrap(), to_cell2["bytes"].as_u64().unwrap());
+    assert!(conns > 0 && bytes.abs_diff(400 * conns) <= 400, "{to_cell2}");
+    let left = rule["expires_in_seconds"].as_u64().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!((RULE_UNTIL - now).abs_diff(left) <= 60, "{left} s left at {now}");
+    assert_eq!(
+        *rule,
+        serde_json::json!({
+            "from": "cell-1",
+            "to": "cell-2",
+            "reason": "orders migration",
+            "expires": "2100-01-01T00:00:00Z",
+            "expires_in_seconds": left,
+            "connections": to_cell2["connections"],
+            "bytes": to_cell2["bytes"]
+        })
+    );
 
     // Text and dot, which graphviz draws.
     let (code, text, err) = report(&prom.url(), &["--range", "1m"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(text.contains("  orders-db (in global, a global cell): 2 cells, "), "{text}");
     assert!(text.contains("  cell-1 -> service orders-db: 30.0% of connects failed; "), "{text}");
+    let rules = text.split("\nTEMPORARY ALLOW RULES in force").nth(1).expect("the rules' section");
+    assert!(rules.contains("\n  cell-1  cell-2  2100-01-01T00:00:00Z  "), "{text}");
+    assert!(rules.contains("  orders migration\n") && !rules.contains("old move"), "{text}");
     let (code, dot, err) = report(&prom.url(), &["--range", "1m", "--format", "dot"]);
     assert_eq!(code, Some(0), "{err}");
     let svg = dot_to_svg(&dot);

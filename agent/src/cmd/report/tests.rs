@@ -1,95 +1,13 @@
-//! `report` against a fake Prometheus on loopback that answers each family's query (as
-//! it arrives, URL-decoded) with a canned answer of the query API: the queries reach it
-//! intact and at one time, and each way Prometheus can fail is one sentence.
-use std::{
-    collections::BTreeMap,
-    io::{Read, Write},
-    net::TcpListener,
-    sync::{Arc, Mutex},
-    thread,
-};
+//! `report` against a fake Prometheus on loopback (`prometheus_api::fake`) that answers
+//! each family's query with a canned answer of the query API: the queries reach it intact
+//! and at one time, and each way Prometheus can fail is one sentence.
+use std::collections::BTreeMap;
 
 use agent_view::report::{Range, Reading};
 use serde_json::{Value, json};
 
 use super::*;
-
-/// What the fake answers a query with: (status, body).
-type Handler = Box<dyn Fn(&str) -> (u16, String) + Send>;
-
-/// A request's path and its query-string parameters, decoded.
-type Request = (String, BTreeMap<String, String>);
-
-/// A fake Prometheus; each request it got.
-struct Fake {
-    url: String,
-    requests: Arc<Mutex<Vec<Request>>>,
-}
-
-impl Fake {
-    fn start(answer: Handler) -> Self {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", l.local_addr().unwrap());
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let seen = Arc::clone(&requests);
-        thread::spawn(move || {
-            for s in l.incoming() {
-                let Ok(mut s) = s else { return };
-                let mut raw = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !raw.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf) {
-                        Ok(n @ 1..) => raw.extend_from_slice(&buf[..n]),
-                        _ => break,
-                    }
-                }
-                let head = String::from_utf8_lossy(&raw).into_owned();
-                let target = head.split_whitespace().nth(1).unwrap_or("").to_owned();
-                let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-                let params: BTreeMap<String, String> = query
-                    .split('&')
-                    .filter_map(|kv| kv.split_once('='))
-                    .map(|(k, v)| (k.to_owned(), decode(v)))
-                    .collect();
-                let (status, body) = answer(params.get("query").map_or("", String::as_str));
-                seen.lock().unwrap().push((path.to_owned(), params));
-                let _ = write!(
-                    s,
-                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n\r\n{body}"
-                );
-            }
-        });
-        Self { url, requests }
-    }
-}
-
-fn decode(v: &str) -> String {
-    let b = v.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            out.push(u8::from_str_radix(&v[i + 1..i + 3], 16).unwrap());
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).unwrap()
-}
-
-fn vector(series: &[(&[(&str, &str)], &str)]) -> String {
-    let result: Vec<Value> = series
-        .iter()
-        .map(|(labels, v)| {
-            let metric: serde_json::Map<String, Value> =
-                labels.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
-            json!({ "metric": metric, "value": [1_760_000_000.0, v] })
-        })
-        .collect();
-    json!({"status": "success", "data": {"resultType": "vector", "result": result}}).to_string()
-}
+use crate::cmd::prometheus_api::fake::{Fake, Handler, dead_url, unexpected, vector};
 
 fn hour() -> Range {
     Range::parse("1h").unwrap()
@@ -119,21 +37,20 @@ fn canned() -> Handler {
                     (&[("src_cell", "cell-2"), ("dst_cell", "global")], "10"),
                     (&[("src_cell", "cell-3"), ("dst_cell", "cell-3")], "10"),
                 ]),
+                // A temporary rule in force (until 2096) and one long expired.
+                Reading::AllowRules => vector(&[
+                    (&[("from", "cell-1"), ("to", "global"), ("reason", "move")], "4000000000"),
+                    (&[("from", "cell-2"), ("to", "global"), ("reason", "old")], "1000"),
+                ]),
+                Reading::PairAllowed => {
+                    vector(&[(&[("src_cell", "cell-1"), ("dst_cell", "global")], "25")])
+                }
                 _ => vector(&[]),
             };
             (f.query(hour()), body)
         })
         .collect();
-    Box::new(move |q| {
-        match by_query.get(q) {
-        Some(body) => (200, body.clone()),
-        None => (
-            400,
-            json!({"status": "error", "errorType": "bad_data", "error": format!("unexpected query {q}")})
-                .to_string(),
-        ),
-    }
-    })
+    Box::new(move |q| by_query.get(q).map_or_else(|| unexpected(q), |body| (200, body.clone())))
 }
 
 #[test]
@@ -147,6 +64,14 @@ fn every_family_is_asked_once_at_one_time() {
         db["dependents"].as_array().unwrap().iter().map(|d| d["cell"].as_str().unwrap()).collect();
     assert_eq!(dependents, ["cell-1", "cell-2"]);
     assert_eq!(db["dependents"][0]["connections_share"], 0.75);
+    let rules = v["temporary_rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 1, "the rule in force only: {rules:?}");
+    assert_eq!(
+        (rules[0]["from"].as_str(), rules[0]["reason"].as_str()),
+        (Some("cell-1"), Some("move"))
+    );
+    assert_eq!(rules[0]["expires"], "2096-10-02T07:06:40Z");
+    assert_eq!((rules[0]["connections"].as_u64(), rules[0]["bytes"].as_u64()), (Some(25), Some(0)));
 
     let requests = fake.requests.lock().unwrap();
     assert_eq!(requests.len(), Reading::ALL.len());
@@ -183,12 +108,9 @@ fn a_path_prefix_is_kept() {
 #[test]
 fn each_failure_is_one_sentence() {
     // Nothing listens.
-    let dead = {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}", l.local_addr().unwrap())
-    };
+    let dead = dead_url();
     let e = render(&dead, hour(), ReportFormat::Text).unwrap_err();
-    assert!(matches!(e, ReportError::Unreachable { .. }), "{e}");
+    assert!(matches!(e, ReportError::Api(ApiError::Unreachable { .. })), "{e}");
     assert!(e.to_string().starts_with(&format!("cannot reach Prometheus at {dead}: ")), "{e}");
     assert!(!e.to_string().contains('\n'), "{e}");
 
@@ -212,7 +134,7 @@ fn each_failure_is_one_sentence() {
     // Something else answers there.
     let fake = Fake::start(Box::new(|_| (200, "<html>Grafana</html>".to_owned())));
     let e = render(&fake.url, hour(), ReportFormat::Json).unwrap_err();
-    assert!(matches!(e, ReportError::NotPrometheus { status: 200, .. }), "{e}");
+    assert!(matches!(e, ReportError::Api(ApiError::NotPrometheus { status: 200, .. })), "{e}");
     assert!(e.to_string().contains("does not answer as Prometheus' query API"), "{e}");
 
     // Prometheus answers, with nothing of cellwatch's.

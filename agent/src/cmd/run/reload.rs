@@ -21,7 +21,7 @@ use tracing::{debug, error, info, warn};
 use agent_core::{
     config::{Config, ConfigError},
     ids::CellIds,
-    policy::{compile, enforce_summary},
+    policy::{compile, drains_summary, enforce_summary},
 };
 
 use crate::{kernel::MapsHandle, sync};
@@ -107,11 +107,13 @@ impl Reloader {
             Ok(cfg) => {
                 *applied = Some(hash);
                 self.count("success");
+                warn_of(&cfg);
                 info!(
                     ?trigger,
                     cells = cfg.cells.len(),
                     prefixes = cfg.prefix_count(),
                     enforce = %enforce_summary(&cfg),
+                    drains = %drains_summary(&cfg),
                     elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
                     "config reloaded"
                 );
@@ -177,4 +179,12 @@ fn watch(dir: &Path) -> io::Result<inotify::EventStream<Vec<u8>>> {
             | WatchMask::ATTRIB,
     )?;
     inotify.into_event_stream(vec![0u8; 4096])
+}
+
+/// Says what in a config applied is valid but likely a mistake (an expired temporary
+/// rule), each in one line.
+pub(super) fn warn_of(cfg: &Config) {
+    for w in cfg.warnings(std::time::SystemTime::now()) {
+        tracing::warn!(line = w.line, column = w.column, "{}", w.message);
+    }
 }
