@@ -40,9 +40,16 @@ pub const SETTING_LIST_CELL: u32 = 10;
 /// A listing's filter, applied by the brief pass: the verdict
 /// ([`Verdict`](crate::Verdict)) a connection must have, or [`LIST_ANY`].
 pub const SETTING_LIST_VERDICT: u32 = 11;
-/// A listing's filter, applied by the brief pass: 1 when [`SETTING_LIST_CELL`] must be
-/// the server's cell (the connections into it), 0 when either end's will do.
+/// A listing's filter, applied by the brief pass: which end [`SETTING_LIST_CELL`] names,
+/// [`LIST_EITHER`], [`LIST_INTO`] or [`LIST_HOLDOUTS`].
 pub const SETTING_LIST_INTO: u32 = 14;
+/// [`SETTING_LIST_INTO`]: the cell is either end's.
+pub const LIST_EITHER: u32 = 0;
+/// [`SETTING_LIST_INTO`]: the cell is the server's (the connections into it).
+pub const LIST_INTO: u32 = 1;
+/// [`SETTING_LIST_INTO`]: every client side (egress) into any drained cell, whatever
+/// [`SETTING_LIST_CELL`] says: a drain's holdouts.
+pub const LIST_HOLDOUTS: u32 = 2;
 /// The value of a listing's filter that every connection passes.
 pub const LIST_ANY: u32 = u32::MAX;
 /// 1 when set A's config has services with ports (so the programs look up the ported

@@ -182,10 +182,6 @@ pub fn compile(cfg: &Config, ids: &mut CellIds) -> Result<Compiled, IdsExhausted
     for rule in &cfg.allow {
         let (src_cell, dst_cell) = (ids.id(&rule.from)?, ids.id(&rule.to)?);
         let until = rule.until.as_ref().map(|d| d.at);
-        if let Some(until) = until {
-            let (from, to) = (rule.from.clone(), rule.to.clone());
-            out.temporary.push(Temporary { from, to, reason: rule.reason.clone(), until });
-        }
         let key = |port| (PolicyKey { src_cell, dst_cell, port, _pad: [0; 6] }, until);
         if rule.ports.is_empty() {
             out.allow.push(key(0));
@@ -196,8 +192,60 @@ pub fn compile(cfg: &Config, ids: &mut CellIds) -> Result<Compiled, IdsExhausted
     // Two rules for one flow: the one that allows longer wins (no deadline is longest).
     out.allow.sort_unstable_by_key(|(k, until)| (*k, std::cmp::Reverse((until.is_none(), *until))));
     out.allow.dedup_by_key(|(k, _)| *k);
+    out.temporary = temporary(cfg, ids, &out.allow)?;
     out.names = ids.all();
     Ok(out)
+}
+
+/// The temporary rules that allow something a rule with no deadline does not: a rule
+/// whose every flow a permanent one covers expires without effect, and has no deadline
+/// to show. `allow` is the compiled, deduplicated allow list.
+fn temporary(
+    cfg: &Config,
+    ids: &mut CellIds,
+    allow: &[(PolicyKey, Option<SystemTime>)],
+) -> Result<Vec<Temporary>, IdsExhausted> {
+    let mut out = Vec::new();
+    for rule in &cfg.allow {
+        let Some(until) = rule.until.as_ref().map(|d| d.at) else { continue };
+        let (src_cell, dst_cell) = (ids.id(&rule.from)?, ids.id(&rule.to)?);
+        let forever = |port| {
+            let key = PolicyKey { src_cell, dst_cell, port, _pad: [0; 6] };
+            allow.binary_search_by_key(&key, |(k, _)| *k).is_ok_and(|i| allow[i].1.is_none())
+        };
+        let ports: &[u16] = if rule.ports.is_empty() { &[0] } else { &rule.ports };
+        if ports.iter().all(|p| forever(*p) || forever(0)) {
+            continue;
+        }
+        let (from, to) = (rule.from.clone(), rule.to.clone());
+        out.push(Temporary { from, to, reason: rule.reason.clone(), until });
+    }
+    Ok(out)
+}
+
+/// One deadline per label set (`from`, `to`, `reason`) of the temporary rules, as their
+/// gauge shows it at `now`: the next one still ahead, or the last one past when all are.
+pub fn expiry_gauges(temporary: &[Temporary], now: SystemTime) -> Vec<Temporary> {
+    let mut out: Vec<Temporary> = Vec::new();
+    for t in temporary {
+        let same =
+            out.iter_mut().find(|o| (&o.from, &o.to, &o.reason) == (&t.from, &t.to, &t.reason));
+        match same {
+            None => out.push(t.clone()),
+            Some(o) => {
+                let better = match (o.until > now, t.until > now) {
+                    (true, true) => t.until < o.until,
+                    (false, true) => true,
+                    (true, false) => false,
+                    (false, false) => t.until > o.until,
+                };
+                if better {
+                    o.until = t.until;
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Whether enforce mode refuses cross-cell connects made from cell `name`.

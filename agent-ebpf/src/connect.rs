@@ -4,6 +4,7 @@
 //!   cell, for `sock_ops` to complete;
 //! - in enforce mode, refuse a cross-cell connect: the caller gets EPERM. The decision is
 //!   the same verdict that audit mode reports (`cells.rs`), so one truth holds for both.
+//!   A connect into a cell drained with `drain: refuse` is refused too (`drain.rs`).
 //!
 //! Fail open: with no enforce setting, no cell flags, or a source that cannot be resolved,
 //! the connect goes on. The last case is counted (`CTR_ENFORCE_UNRESOLVED`).
@@ -130,17 +131,30 @@ fn refuse(
     };
     let src_cell = view.cell_of(&src, src_v6);
     let port = c.dst_port();
-    let verdict = view.verdict(src_cell, dst_cell, port);
-    if !view.enforced(src_cell) || verdict != Some(Verdict::VIOLATION) {
-        return drain::refuses(view, src_cell, dst_cell, verdict);
+    // Not tracked (an ignored range): never refused.
+    let Some(verdict) = view.verdict(src_cell, dst_cell, port) else { return false };
+    let violation = verdict == Verdict::VIOLATION;
+    let drained = drain::refuses(view, src_cell, dst_cell);
+    if !drained && !(violation && view.enforced(src_cell)) {
+        return false;
     }
-    let key = PairKey::new(src_cell, dst_cell, Direction::EGRESS, Verdict::VIOLATION);
+    // One refusal, counted once whichever rule refused it: a violation (an attempted
+    // leak is still one), a denied, and a drain's denied when the drain refused it.
+    let key = PairKey::new(src_cell, dst_cell, Direction::EGRESS, verdict);
     let Some(slot) = Slot::of(&key) else { return true };
     let s = slot.stats();
     // SAFETY: `s` is this CPU's value of a live pair entry.
     unsafe {
-        add(&raw mut (*s).violations, 1);
+        if violation {
+            add(&raw mut (*s).violations, 1);
+        }
         add(&raw mut (*s).denied, 1);
+        if drained {
+            add(&raw mut (*s).drain_denied, 1);
+        }
+    }
+    if !violation {
+        return true;
     }
     let flow = Flow {
         family: if v6 { AF_INET6 } else { AF_INET },

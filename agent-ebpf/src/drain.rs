@@ -2,8 +2,6 @@
 //! `drain: refuse` (enforce mode) new connects into it from other cells are refused.
 #![expect(unsafe_code, reason = "pair entries are updated in place through their pointers")]
 
-use agent_common::{Direction, PairKey, Verdict};
-
 use crate::{
     cells::View,
     stats::{Slot, add},
@@ -19,23 +17,9 @@ pub(crate) fn opened(view: &View, slot: &Slot, dst: u32) {
     }
 }
 
-/// Whether `drain: refuse` refuses a connect from `src` into `dst` (a drained cell's own
-/// connects are its work finishing, not new traffic into it; an untracked one, `None`,
-/// goes on too). Counted when it does, under the verdict the connect would have had.
+/// Whether `drain: refuse` refuses a connect from `src` into `dst`: a drained cell's own
+/// connects are its work finishing, not new traffic into it. The caller counts it.
 #[inline(always)]
-pub(crate) fn refuses(view: &View, src: u32, dst: u32, verdict: Option<Verdict>) -> bool {
-    let Some(verdict) = verdict else { return false };
-    if src == dst || !view.refuses_drained(dst) {
-        return false;
-    }
-    let key = PairKey::new(src, dst, Direction::EGRESS, verdict);
-    if let Some(slot) = Slot::of(&key) {
-        let s = slot.stats();
-        // SAFETY: `s` is this CPU's value of a live pair entry.
-        unsafe {
-            add(&raw mut (*s).denied, 1);
-            add(&raw mut (*s).drain_denied, 1);
-        }
-    }
-    true
+pub(crate) fn refuses(view: &View, src: u32, dst: u32) -> bool {
+    src != dst && view.refuses_drained(dst)
 }

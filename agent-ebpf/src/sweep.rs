@@ -12,9 +12,9 @@
 
 use agent_common::{
     Brief, CONN_ESTABLISHED, CONN_SEEDED, CONN_SERVICE_ADDR, CONN_TRACKED, CTR_SWEEP_BUSY,
-    CTR_SWEEP_VISITED, Claimed, Conn, Direction, LIST_ANY, PairKey, SETTING_LIST_CELL,
-    SETTING_LIST_INTO, SETTING_LIST_VERDICT, SETTING_SWEEP_RECORDS, SWEEP_BRIEF, SWEEP_COUNT,
-    SWEEP_WANTED, SweepTail, observes_rtt,
+    CTR_SWEEP_VISITED, Claimed, Conn, Direction, LIST_ANY, LIST_HOLDOUTS, LIST_INTO, PairKey,
+    SETTING_LIST_CELL, SETTING_LIST_INTO, SETTING_LIST_VERDICT, SETTING_SWEEP_RECORDS, SWEEP_BRIEF,
+    SWEEP_COUNT, SWEEP_WANTED, SweepTail, observes_rtt,
 };
 
 use crate::{
@@ -200,12 +200,18 @@ unsafe fn report(it: &Iter, c: *mut Conn, cookie: u64, seeded: bool, srtt_us: u3
 #[inline(always)]
 unsafe fn brief(it: &Iter, c: *mut Conn, cookie: u64, src_cell: u32) {
     // SAFETY: `c` per the contract.
-    let (start_ns, dst_cell, verdict) = unsafe { ((*c).start_ns, (*c).dst_cell, (*c).verdict()) };
+    let (start_ns, dst_cell, verdict, direction) =
+        unsafe { ((*c).start_ns, (*c).dst_cell, (*c).verdict(), (*c).direction()) };
     let setting = |i| SETTINGS.get(i).copied().unwrap_or(LIST_ANY);
     let cell = setting(SETTING_LIST_CELL);
     let want_verdict = setting(SETTING_LIST_VERDICT);
-    let into = setting(SETTING_LIST_INTO) == 1;
-    let cell_ok = cell == LIST_ANY || cell == dst_cell || (!into && cell == src_cell);
+    let cell_ok = match setting(SETTING_LIST_INTO) {
+        LIST_INTO => cell == LIST_ANY || cell == dst_cell,
+        LIST_HOLDOUTS => {
+            direction == Direction::EGRESS && crate::cells::View::current().is_drained(dst_cell)
+        }
+        _ => cell == LIST_ANY || cell == src_cell || cell == dst_cell,
+    };
     if cell_ok && (want_verdict == LIST_ANY || want_verdict == u32::from(verdict.0)) {
         it.write(&Brief { cookie, start_ns });
     }

@@ -72,7 +72,7 @@ impl Query {
         let w = window.promql();
         match self {
             Self::Start => {
-                format!("max by (cell) ({}{{cell=\"{cell}\"}})", f::DRAIN_START_TIMESTAMP_SECONDS)
+                format!("min by (cell) ({}{{cell=\"{cell}\"}})", f::DRAIN_START_TIMESTAMP_SECONDS)
             }
             Self::Opened => {
                 let opened = counted(&of(f::DRAIN_CONNECTIONS_OPENED_TOTAL), &w);

@@ -41,8 +41,8 @@ pub(crate) use error::KernelError;
 pub(crate) use features::{Feature, Found, UnknownFeature, Without, say as say_feature};
 pub(crate) use load::{LoadOptions, Staged};
 pub(crate) use pins::PinnedState;
-pub(crate) use sweep::ListFilter;
 pub(crate) use sweep::Seeding;
+pub(crate) use sweep::{ListFilter, Side};
 
 use crate::host::bpffs::PinDir;
 

@@ -16,7 +16,7 @@
 //! | cells | 127.200–215 | 200–207 the property test's universe (127.200.0.0/13), 210–215 the reload tests |
 //! | http | 127.230–231 | cell-a, cell-b |
 //! | churn | 127.160–162 | cell-a (allowed clients), cell-c (violating clients), cell-b (the server) |
-//! | drain | 127.180–189 | cell-a and cell-b of each test: 180–181 the drain, 182–183 `drain: refuse`, 184–185 and 186–187 the temporary rules, 188–189 the Alertmanager test |
+//! | drain | 127.180–191 | cell-a and cell-b of each test: 180–181 the drain, 182–183 and 190–191 `drain: refuse` (cell-c, cell-d there), 184–185 and 186–187 the temporary rules, 188–189 the Alertmanager test |
 //! | live | 127.240–245 | three tests, two cells each (240–241, 242–243, 244–245) |
 //! | live, network namespace | 10.240.0.0/16 | the veth pair of the slow, lossy path the test makes |
 //! | services | 127.110–117 | 110–113: global (its services' addresses), cell-a, cell-b, cell-c; 114–117 the same for the real-Prometheus test |
@@ -76,7 +76,7 @@ pub const CELLS: Block = Block::new(127, 200, 215);
 pub const HTTP: Block = Block::new(127, 230, 231);
 pub const LIVE: Block = Block::new(127, 240, 245);
 pub const CHURN: Block = Block::new(127, 160, 162);
-pub const DRAIN: Block = Block::new(127, 180, 189);
+pub const DRAIN: Block = Block::new(127, 180, 191);
 /// The veth pairs of the live area's network namespaces (a slow, lossy path).
 pub const LIVE_NETNS: Block = Block::new(10, 240, 240);
 pub const TOP: Block = Block::new(127, 246, 247);

@@ -21,8 +21,8 @@ const START: Def = Def {
 const OPENED: Def = Def {
     name: f::DRAIN_CONNECTIONS_OPENED_TOTAL,
     kind: Kind::Counter,
-    help: "TCP connections that reached ESTABLISHED into a cell while it was drained, per \
-           client cell and direction",
+    help: "TCP connections that reached ESTABLISHED into a cell while it was drained (over \
+           all its drains), per client cell and direction",
 };
 const REFUSED: Def = Def {
     name: f::DRAIN_CONNECTIONS_REFUSED_TOTAL,
@@ -49,9 +49,11 @@ const EXPIRY: Def = Def {
            from then on",
 };
 
-/// What one (drained cell, client cell, direction) holds.
+/// What one (cell, client cell, direction) holds.
 #[derive(Default)]
 struct Row {
+    /// The cell is drained now: its gauges are written.
+    drained: bool,
     opened: u64,
     active: u64,
     refused: u64,
@@ -64,10 +66,15 @@ pub(super) fn render(snap: &Snapshot, ids: &CellIds, out: &mut Out<'_>) {
     for (cell, since) in drains {
         f.sample(&format!("cell={}", quoted(ids.name(*cell))), "", *since);
     }
+    // A drain's counters are written while the cell is drained, and after, once they
+    // counted anything: a series that comes and goes with each drain would read as new
+    // connections whenever the cell is drained again.
     let mut rows: BTreeMap<(u32, u32, Direction), Row> = BTreeMap::new();
     for (k, s) in &snap.pairs {
-        if drains.iter().any(|(cell, _)| *cell == k.dst_cell) {
+        let drained = drains.iter().any(|(cell, _)| *cell == k.dst_cell);
+        if drained || s.drain_opened > 0 || s.drain_denied > 0 {
             let r = rows.entry((k.dst_cell, k.src_cell, k.direction())).or_default();
+            r.drained = drained;
             r.opened += s.drain_opened;
             r.active += s.opened.saturating_sub(s.closed);
             r.refused += s.drain_denied;
@@ -87,7 +94,7 @@ pub(super) fn render(snap: &Snapshot, ids: &CellIds, out: &mut Out<'_>) {
         }
     }
     let mut f = Family::new(out, &ACTIVE);
-    for ((cell, src, dir), r) in &rows {
+    for ((cell, src, dir), r) in rows.iter().filter(|(_, r)| r.drained) {
         f.sample(&label(*cell, *src), &format!("direction=\"{}\"", dir.label()), r.active);
     }
     let mut f = Family::new(out, &HOLDOUTS);

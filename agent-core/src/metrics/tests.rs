@@ -244,8 +244,8 @@ fn drained_cells_render_their_families() {
             (key(a, b, Direction::EGRESS, Verdict::ALLOWED.0), stats(8, 0, 5, 2)),
             (key(a, b, Direction::EGRESS, Verdict::VIOLATION.0), stats(1, 1, 1, 0)),
             (key(a, b, Direction::INGRESS, Verdict::ALLOWED.0), stats(8, 5, 5, 0)),
-            // Into a cell that is not drained: no drain series.
-            (key(a, c, Direction::EGRESS, Verdict::ALLOWED.0), stats(4, 0, 0, 0)),
+            // Into a cell drained no more, which counted two while it was.
+            (key(a, c, Direction::EGRESS, Verdict::ALLOWED.0), stats(4, 0, 2, 0)),
         ],
         catalog: Catalog {
             drains: vec![(b, 1_796_119_200)],
@@ -281,6 +281,15 @@ fn drained_cells_render_their_families() {
         assert!(text.lines().any(|l| l == w), "missing {w}\n---\n{text}");
     }
     let drain_lines = text.lines().filter(|l| l.starts_with("cellwatch_drain_")).count();
-    assert_eq!(drain_lines, 7, "{text}");
-    assert!(!text.lines().any(|l| l.starts_with("cellwatch_drain_") && l.contains("cell-c")));
+    assert_eq!(drain_lines, 9, "{text}");
+    // Into cell-c, not drained now but drained before: its counters go on (a series that
+    // came back with each drain would read as new connections), its gauges do not.
+    for w in [
+        r#"cellwatch_drain_connections_opened_total{cell="cell-c",src_cell="cell-a",direction="egress"} 2"#,
+        r#"cellwatch_drain_connections_refused_total{cell="cell-c",src_cell="cell-a"} 0"#,
+    ] {
+        assert!(text.lines().any(|l| l == w), "missing {w}\n---\n{text}");
+    }
+    let gauges = ["cellwatch_drain_connections_active", "cellwatch_drain_start_timestamp_seconds"];
+    assert!(!text.lines().any(|l| gauges.iter().any(|g| l.starts_with(g)) && l.contains("cell-c")));
 }

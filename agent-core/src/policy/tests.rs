@@ -256,7 +256,7 @@ fn drains_and_deadlines_compile() {
         // Port 80 has a rule with no deadline too: it wins.
         let until: Vec<_> = out.allow.iter().map(|(k, u)| (k.port, *u)).collect();
         assert_eq!(until, vec![(80, None), (5432, Some(deadline))], "{mode}");
-        assert_eq!(out.temporary.len(), 2);
+        assert_eq!(out.temporary.len(), 1, "the port-80 one is covered for good");
         assert_eq!(out.temporary[0].reason, "migration");
     }
     let c = Config::parse("t.yaml", DRAINED).unwrap();
@@ -265,4 +265,36 @@ fn drains_and_deadlines_compile() {
     assert_eq!(v(5432, deadline - second), Some(Verdict::ALLOWED));
     assert_eq!(v(5432, deadline), Some(Verdict::VIOLATION), "a violation from the deadline on");
     assert_eq!(v(80, deadline + second), Some(Verdict::ALLOWED));
+}
+
+#[test]
+fn a_temporary_rule_a_permanent_one_covers_has_no_deadline_to_show() {
+    let c = Config::parse(
+        "t.yaml",
+        "cells:\n  - { name: a, cidrs: [\"10.1.0.0/16\"] }\n  - { name: b, cidrs: [\"10.2.0.0/16\"] }\n\
+         allow:\n  - { from: a, to: b, ports: [80, 443], until: \"2026-12-15T00:00:00Z\" }\n  \
+         - { from: a, to: b, ports: [443], until: \"2026-12-16T00:00:00Z\" }\n  \
+         - { from: a, to: b, ports: [5432], until: \"2026-12-15T00:00:00Z\", reason: db }\n  \
+         - { from: a, to: b, ports: [80, 443] }\n",
+    )
+    .unwrap();
+    let out = compile(&c, &mut CellIds::default()).unwrap();
+    let shown: Vec<_> = out.temporary.iter().map(|t| t.reason.as_str()).collect();
+    assert_eq!(shown, ["db"], "80 and 443 are allowed for good: those rules expire unseen");
+}
+
+#[test]
+fn one_expiry_gauge_per_label_set() {
+    use std::time::Duration;
+    let t = |reason: &str, s| Temporary {
+        from: "a".into(),
+        to: "b".into(),
+        reason: reason.into(),
+        until: SystemTime::UNIX_EPOCH + Duration::from_secs(s),
+    };
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
+    let rules = [t("", 50), t("", 300), t("", 200), t("x", 10), t("x", 20)];
+    let got: Vec<_> = expiry_gauges(&rules, now).into_iter().map(|r| (r.reason, r.until)).collect();
+    let at = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+    assert_eq!(got, [(String::new(), at(200)), ("x".to_owned(), at(20))]);
 }

@@ -116,7 +116,7 @@ fn queries_as_written() {
     let q = |query: Query| query.promql("cell-b", window());
     assert_eq!(
         q(Query::Start),
-        "max by (cell) (cellwatch_drain_start_timestamp_seconds{cell=\"cell-b\"})"
+        "min by (cell) (cellwatch_drain_start_timestamp_seconds{cell=\"cell-b\"})"
     );
     let opened = "cellwatch_drain_connections_opened_total{cell=\"cell-b\",src_cell!=\"cell-b\"}";
     assert_eq!(

@@ -103,8 +103,9 @@ impl Endpoints for Agent {
         snap.undecodable_events = self.recent.undecodable();
         snap.log_suppressed = self.recent.log_suppressed();
         let ids = sync::read(&self.ids);
-        let drained: Vec<u32> = snap.catalog.drains.iter().map(|(cell, _)| *cell).collect();
-        snap.holdouts = connections::holdouts(&self.maps, &ids, &self.cgroups, &drained);
+        if !snap.catalog.drains.is_empty() {
+            snap.holdouts = connections::holdouts(&self.maps, &ids, &self.cgroups);
+        }
         let read = t.elapsed();
         let rendered = self.metrics.render(&snap, &ids, out).map_err(|e| e.to_string());
         let pairs = snap.pairs.len();

@@ -100,8 +100,7 @@ fn catalog(m: &Maps, c: &agent_core::policy::Compiled) -> Catalog {
                 (*id, since.map_or(0, unix_seconds))
             })
             .collect(),
-        temporary: c
-            .temporary
+        temporary: agent_core::policy::expiry_gauges(&c.temporary, std::time::SystemTime::now())
             .iter()
             .map(|t| TemporaryRule {
                 from: t.from.clone(),

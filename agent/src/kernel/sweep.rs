@@ -9,9 +9,9 @@ use std::{
 };
 
 use agent_common::{
-    Brief, Conn, LIST_ANY, SEEDED_CAPACITY, SETTING_LIST_CELL, SETTING_LIST_INTO,
-    SETTING_LIST_VERDICT, SETTING_SWEEP_RECORDS, SWEEP_BRIEF, SWEEP_COUNT, SWEEP_WANTED,
-    SeedOutcome, SweepTail, Verdict,
+    Brief, Conn, LIST_ANY, LIST_EITHER, LIST_HOLDOUTS, LIST_INTO, SEEDED_CAPACITY,
+    SETTING_LIST_CELL, SETTING_LIST_INTO, SETTING_LIST_VERDICT, SETTING_SWEEP_RECORDS, SWEEP_BRIEF,
+    SWEEP_COUNT, SWEEP_WANTED, SeedOutcome, SweepTail, Verdict,
 };
 use agent_core::events::{decode_briefs, decode_sweep};
 use aya::{
@@ -179,7 +179,12 @@ impl Sweeper {
             m.settings
                 .set(SETTING_LIST_CELL, filter.cell.unwrap_or(LIST_ANY), 0)
                 .map_err(map_err(obj))?;
-            m.settings.set(SETTING_LIST_INTO, u32::from(filter.into), 0).map_err(map_err(obj))?;
+            let side = match filter.side {
+                Side::Either => LIST_EITHER,
+                Side::Into => LIST_INTO,
+                Side::Holdouts => LIST_HOLDOUTS,
+            };
+            m.settings.set(SETTING_LIST_INTO, side, 0).map_err(map_err(obj))?;
             let verdict = filter.verdict.map_or(LIST_ANY, |v| u32::from(v.0));
             m.settings.set(SETTING_LIST_VERDICT, verdict, 0).map_err(map_err(obj))?;
         }
@@ -263,13 +268,25 @@ fn each_namespace(link: &OwnedFd, out: &mut Vec<u8>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Which connections a listing wants: of this cell (source or destination, or only
-/// destination with `into`), with this verdict; `None` is any.
+/// Which connections a listing wants: of this cell, at the end `side` says, with this
+/// verdict; `None` is any.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct ListFilter {
     pub(crate) cell: Option<u32>,
-    pub(crate) into: bool,
+    pub(crate) side: Side,
     pub(crate) verdict: Option<Verdict>,
+}
+
+/// Which end of a connection a listing's cell names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// Either end.
+    #[default]
+    Either,
+    /// The server's: the connections into the cell.
+    Into,
+    /// Every client side into any drained cell, whatever the cell (a drain's holdouts).
+    Holdouts,
 }
 
 /// What seeding did.

@@ -18,7 +18,7 @@ use serde::Serialize;
 use super::{http::Unanswered, violations::End};
 use crate::{
     host::{cgroups::Workloads, clock, procs, sockdiag},
-    kernel::{KernelError, ListFilter, LiveConn, MapsHandle},
+    kernel::{KernelError, ListFilter, LiveConn, MapsHandle, Side},
 };
 
 #[derive(Debug, Serialize)]
@@ -53,7 +53,7 @@ pub(crate) fn list(
     cgroups: &Workloads,
     q: &Query,
 ) -> Result<Vec<Connection>, Unanswered> {
-    let into = q.drained.is_some();
+    let side = if q.drained.is_some() { Side::Into } else { Side::Either };
     let cell = match q.cell.as_ref().or(q.drained.as_ref()).map(|c| ids.lookup(c)) {
         // A cell no connection was ever counted in has none open.
         Some(None) => return Ok(Vec::new()),
@@ -62,48 +62,47 @@ pub(crate) fn list(
     };
     let verdict =
         q.verdict.map(|v| if v == "violation" { Verdict::VIOLATION } else { Verdict::ALLOWED });
-    let live = newest(maps, ListFilter { cell, into, verdict }, q.limit)?;
+    let live = newest(maps, ListFilter { cell, side, verdict }, q.limit)?;
     let servers = Servers::of(&live);
     Ok(live.into_iter().map(|l| connection(&l, ids, cgroups, &servers)).collect())
 }
 
-/// The client processes on this node that hold connections open into each of the
-/// `drained` cells, the [`HOLDOUTS_PER_CELL`] holding most per cell (ties by name). A
-/// cell whose connections cannot be listed (no live sweep on this kernel) has none.
-pub(crate) fn holdouts(
-    maps: &MapsHandle,
-    ids: &CellIds,
-    cgroups: &Workloads,
-    drained: &[u32],
-) -> Vec<Holdout> {
-    let mut out = Vec::new();
-    for &cell in drained {
-        let filter = ListFilter { cell: Some(cell), into: true, verdict: None };
-        let live = match newest(maps, filter, LIST_MAX as usize) {
-            Ok(live) => live,
-            Err(e) => {
-                tracing::debug!(cell, ?e, "the holdouts of a drained cell cannot be listed");
-                continue;
-            }
-        };
-        let mut held: HashMap<(u32, String, String), u64> = HashMap::new();
-        let servers = Servers::of(&live);
-        for l in live.iter().filter(|l| l.conn.direction() == Direction::EGRESS) {
-            let c = connection(l, ids, cgroups, &servers);
-            let comm = c.comm.unwrap_or_else(|| "unknown".to_owned());
-            let container = c.container_id.map_or_else(|| "host".to_owned(), |id| short(&id));
-            *held.entry((l.conn.src_cell, comm, container)).or_default() += 1;
+/// The client processes on this node that hold connections open into the drained cells
+/// (one listing for all of them: the kernel picks the client sides into any drained
+/// cell), the [`HOLDOUTS_PER_CELL`] holding most per cell, ties by name. Past `LIST_MAX`
+/// such connections, the oldest are the ones counted: a drain's holdouts are its
+/// long-lived connections. None when they cannot be listed (no live sweep on this
+/// kernel: said once at start, as for `/connections`).
+pub(crate) fn holdouts(maps: &MapsHandle, ids: &CellIds, cgroups: &Workloads) -> Vec<Holdout> {
+    let filter = ListFilter { cell: None, side: Side::Holdouts, verdict: None };
+    let oldest = |mut briefs: Vec<Brief>| {
+        briefs.sort_unstable_by_key(|b| b.start_ns);
+        briefs.truncate(LIST_MAX as usize);
+        briefs.into_iter().map(|b| b.cookie).collect()
+    };
+    let live = match maps.live(filter, oldest) {
+        Ok(live) => live,
+        Err(e) => {
+            tracing::debug!(error = %e, "the holdouts of the drained cells cannot be listed");
+            return Vec::new();
         }
-        let mut held: Vec<_> = held.into_iter().collect();
-        held.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        held.truncate(HOLDOUTS_PER_CELL);
-        out.extend(held.into_iter().map(|((src_cell, comm, container), connections)| Holdout {
-            cell,
-            src_cell,
-            comm,
-            container,
-            connections,
-        }));
+    };
+    let servers = Servers::of(&live);
+    let mut held: HashMap<(u32, u32, String, String), u64> = HashMap::new();
+    for l in &live {
+        let c = connection(l, ids, cgroups, &servers);
+        let comm = c.comm.unwrap_or_else(|| "unknown".to_owned());
+        let container = c.container_id.map_or_else(|| "host".to_owned(), |id| short(&id));
+        *held.entry((l.conn.dst_cell, l.conn.src_cell, comm, container)).or_default() += 1;
+    }
+    let mut held: Vec<_> = held.into_iter().collect();
+    // Per cell, most held first.
+    held.sort_unstable_by(|a, b| a.0.0.cmp(&b.0.0).then(b.1.cmp(&a.1)).then_with(|| a.0.cmp(&b.0)));
+    let mut out: Vec<Holdout> = Vec::new();
+    for ((cell, src_cell, comm, container), connections) in held {
+        if out.iter().filter(|h| h.cell == cell).count() < HOLDOUTS_PER_CELL {
+            out.push(Holdout { cell, src_cell, comm, container, connections });
+        }
     }
     out
 }

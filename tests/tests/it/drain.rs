@@ -130,7 +130,12 @@ fn a_drained_cell_counts_what_opens_into_it_and_names_its_pooled_connections() {
         m.get("cellwatch_connections_active", &[("src_cell", "cell-a"), ("direction", "egress")])
             == 3.0
     });
-    assert_eq!(m.get("cellwatch_drain_connections_active", &[]), 0.0, "nothing is drained yet");
+    assert_eq!(
+        m.get("cellwatch_drain_start_timestamp_seconds", &[("cell", "cell-b")]),
+        0.0,
+        "nothing is drained yet"
+    );
+    assert_eq!(drain(&m, "cellwatch_drain_connections_active", "egress"), 0.0);
 
     write_atomic(&agent.config_path(), &config(", drained: true"));
     await_reloads(&agent, "success", 1.0);
@@ -177,7 +182,10 @@ fn a_drained_cell_counts_what_opens_into_it_and_names_its_pooled_connections() {
 
     pool.close();
     drop(held);
-    let m = scrape_until(&agent, |m| m.get("cellwatch_drain_connections_active", &[]) == 0.0);
+    let m = scrape_until(&agent, |m| {
+        drain(m, "cellwatch_drain_connections_active", "egress") == 0.0
+            && drain(m, "cellwatch_drain_connections_active", "ingress") == 0.0
+    });
     assert_eq!(drain(&m, "cellwatch_drain_connections_active", "egress"), 0.0);
     assert_eq!(drain(&m, "cellwatch_drain_connections_active", "ingress"), 0.0);
     assert!(m.by_label("cellwatch_drain_holdouts", "comm").is_empty());
@@ -199,15 +207,22 @@ fn a_drained_cell_counts_what_opens_into_it_and_names_its_pooled_connections() {
 #[test]
 fn drain_refuse_refuses_new_connects_in_enforce_mode_and_cuts_nothing_open() {
     const K: usize = 7;
-    let (a, b) = (DRAIN.ip(2, 0, 2), DRAIN.ip(3, 0, 1));
+    // cell-a may call cell-b (a rule); cell-c and cell-d may not, and only cell-a and
+    // cell-c are enforced: the drain refuses all three, each refusal counted once.
+    let (a, b, c, d) =
+        (DRAIN.ip(2, 0, 2), DRAIN.ip(3, 0, 1), DRAIN.ip(10, 0, 2), DRAIN.ip(11, 0, 2));
     let listener = TcpListener::bind((b, 0)).unwrap();
     let server = listener.local_addr().unwrap();
     let cfg = |drained: &str| {
         format!(
-            "cells:\n  - {{ name: cell-a, cidrs: [{}] }}\n  - {{ name: cell-b, cidrs: [{}]{drained} }}\n\
-             allow:\n  - {{ from: cell-a, to: cell-b }}\nignore_cidrs: [{}]\nmode: enforce\n",
+            "cells:\n  - {{ name: cell-a, cidrs: [{}] }}\n  - {{ name: cell-b, cidrs: [{}]{drained} }}\n  \
+             - {{ name: cell-c, cidrs: [{}] }}\n  - {{ name: cell-d, cidrs: [{}] }}\n\
+             allow:\n  - {{ from: cell-a, to: cell-b }}\nignore_cidrs: [{}]\nmode: enforce\n\
+             enforce_cells: [cell-a, cell-c]\n",
             DRAIN.cidr(2),
             DRAIN.cidr(3),
+            DRAIN.cidr(10),
+            DRAIN.cidr(11),
             HARNESS.cidr(0)
         )
     };
@@ -217,10 +232,12 @@ fn drain_refuse_refuses_new_connects_in_enforce_mode_and_cuts_nothing_open() {
 
     write_atomic(&agent.config_path(), &cfg(", drained: \"2026-12-01T10:00:00Z\", drain: refuse"));
     await_reloads(&agent, "success", 1.0);
-    for _ in 0..K {
-        match connect_from(a, server) {
-            Err(e) if e.raw_os_error() == Some(EPERM) => {}
-            other => panic!("a connect into the drained cell was not refused: {other:?}"),
+    for from in [a, c, d] {
+        for _ in 0..K {
+            match connect_from(from, server) {
+                Err(e) if e.raw_os_error() == Some(EPERM) => {}
+                other => panic!("a connect from {from} into the drained cell went on: {other:?}"),
+            }
         }
     }
     // The cell's own connects go on, and what was open before the drain stays open.
@@ -230,64 +247,58 @@ fn drain_refuse_refuses_new_connects_in_enforce_mode_and_cuts_nothing_open() {
     let mut byte = [0u8; 1];
     std::io::Read::read_exact(&mut accepted, &mut byte).unwrap();
 
-    let m = scrape_until(&agent, |m| {
-        m.get("cellwatch_drain_connections_refused_total", &[("src_cell", "cell-a")]) == K as f64
-    });
-    let pair = [("src_cell", "cell-a"), ("dst_cell", "cell-b")];
-    assert_eq!(
-        m.get(
-            "cellwatch_drain_connections_refused_total",
-            &[("cell", "cell-b"), ("src_cell", "cell-a")]
-        ),
-        K as f64
-    );
-    assert_eq!(m.get("cellwatch_connections_denied_total", &pair), K as f64);
-    assert_eq!(
-        m.get("cellwatch_boundary_violations_total", &pair),
-        0.0,
-        "an allowed flow refused by a drain is no leak"
-    );
+    let refused = |m: &Metrics, src| {
+        m.get("cellwatch_drain_connections_refused_total", &[("cell", "cell-b"), ("src_cell", src)])
+    };
+    let m = scrape_until(&agent, |m| refused(m, "cell-d") == K as f64);
+    for (src, leak) in [("cell-a", 0.0), ("cell-c", K as f64), ("cell-d", K as f64)] {
+        let pair = [("src_cell", src), ("dst_cell", "cell-b")];
+        assert_eq!(refused(&m, src), K as f64, "{src}: each refusal is the drain's");
+        assert_eq!(m.get("cellwatch_connections_denied_total", &pair), K as f64, "{src}");
+        // An allowed flow refused by a drain is no leak; a violating one is, enforced or not.
+        let egress = [pair[0], pair[1], ("direction", "egress")];
+        assert_eq!(m.get("cellwatch_boundary_violations_total", &egress), leak, "{src}");
+    }
     assert_eq!(
         m.get("cellwatch_drain_start_timestamp_seconds", &[("cell", "cell-b")]),
         1_796_119_200.0,
         "the config's start"
     );
     assert_eq!(drain(&m, "cellwatch_drain_connections_active", "egress"), 1.0);
+    assert_eq!(m.get("cellwatch_enforce_unresolved_total", &[]), 0.0);
 }
 
-/// `t` as RFC 3339 in UTC, to the second.
-fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).unwrap().as_secs();
-    let out = Command::new("date")
-        .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%SZ"])
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-/// A temporary rule whose deadline falls `ahead` into the test: connects before it are
-/// allowed, after it violations (refused under `enforce`), with no reload between.
+/// A temporary rule whose deadline falls a few seconds into the test: connects before it
+/// are allowed, after it violations (refused under `enforce`), with no reload between.
+/// The rule comes in by a reload once the agent runs, so a slow start (an emulated VM)
+/// leaves the time before the deadline as it is.
 fn temporary_rule_expires(mode: &str, (ca, cb): (u8, u8)) {
     const N: usize = 4;
     let (a, b) = (DRAIN.ip(ca, 0, 2), DRAIN.ip(cb, 0, 1));
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-    let deadline = UNIX_EPOCH + Duration::from_secs(now + 6);
     let listener = TcpListener::bind((b, 0)).unwrap();
     let server = listener.local_addr().unwrap();
     drop(listener);
-    let config = format!(
-        "cells:\n  - {{ name: cell-a, cidrs: [{}] }}\n  - {{ name: cell-b, cidrs: [{}] }}\n\
-         allow:\n  - {{ from: cell-a, to: cell-b, ports: [{}], until: \"{}\", reason: \"orders migration\" }}\n\
-         ignore_cidrs: [{}]\nmode: {mode}\n",
-        DRAIN.cidr(ca),
-        DRAIN.cidr(cb),
+    let config = |rule: &str| {
+        format!(
+            "cells:\n  - {{ name: cell-a, cidrs: [{}] }}\n  - {{ name: cell-b, cidrs: [{}] }}\n\
+             allow:{rule}\nignore_cidrs: [{}]\nmode: {mode}\n",
+            DRAIN.cidr(ca),
+            DRAIN.cidr(cb),
+            HARNESS.cidr(0)
+        )
+    };
+    let agent = Agent::start(AgentOpts { config: Some(&config(" []")), ..AgentOpts::default() });
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let deadline = UNIX_EPOCH + Duration::from_secs(now + 6);
+    let rule = format!(
+        "\n  - {{ from: cell-a, to: cell-b, ports: [{}], until: \"{}\", reason: \"orders migration\" }}",
         server.port(),
-        rfc3339(deadline),
-        HARNESS.cidr(0)
+        agent_core::config::rfc3339(deadline)
     );
-    let agent = Agent::start(AgentOpts { config: Some(&config), ..AgentOpts::default() });
+    write_atomic(&agent.config_path(), &config(&rule));
+    await_reloads(&agent, "success", 1.0);
     let s = Server::start_on(server, 2 * N, 1, 1);
-    assert!(SystemTime::now() + Duration::from_secs(2) < deadline, "the start took too long");
+    assert!(SystemTime::now() + Duration::from_secs(2) < deadline, "the reload took too long");
     assert_eq!(clients(a, server, N, 1, 1), N);
     while SystemTime::now() < deadline + Duration::from_millis(200) {
         std::thread::sleep(Duration::from_millis(50));
@@ -328,7 +339,11 @@ fn temporary_rule_expires(mode: &str, (ca, cb): (u8, u8)) {
         &[("src_cell", "cell-a"), ("dst_cell", "cell-b")],
     );
     assert_eq!(denied, if enforce { N as f64 } else { 0.0 }, "{mode}");
-    assert_eq!(m.get("cellwatch_config_reloads_total", &[("result", "success")]), 0.0, "no reload");
+    assert_eq!(
+        m.get("cellwatch_config_reloads_total", &[("result", "success")]),
+        1.0,
+        "no reload but the one that brought the rule in"
+    );
     let expiry = [("from", "cell-a"), ("to", "cell-b"), ("reason", "orders migration")];
     let want = deadline.duration_since(UNIX_EPOCH).unwrap().as_secs() as f64;
     assert_eq!(m.get("cellwatch_allow_rule_expiry_timestamp_seconds", &expiry), want);
