@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use crate::{
     format::{Table, fmt_span, printable, rfc3339},
-    report::{Range, Series, counted},
+    report::{Range, Series, counted, whole},
 };
 
 /// The increase over the window above which a client cell opened connections.
@@ -235,16 +235,6 @@ fn holdouts(series: &[Series]) -> Vec<Holdout> {
         })
     });
     out
-}
-
-/// A count as a whole number, 0 for anything not finite or below 0.
-#[expect(
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss,
-    reason = "a finite count, clamped at 0 and rounded; u64 saturates beyond 2^64"
-)]
-fn whole(v: f64) -> u64 {
-    if v.is_finite() { v.max(0.0).round() as u64 } else { 0 }
 }
 
 /// Whole seconds from `from` to `to`.

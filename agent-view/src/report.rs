@@ -349,13 +349,14 @@ fn takes(read: Read, s: &Sample) -> bool {
     }
 }
 
-/// A count over the range as a whole number (`increase()` extrapolates).
+/// A count over a range as a whole number (`increase()` extrapolates), 0 for anything
+/// not finite or below 0.
 #[expect(
     clippy::cast_possible_truncation,
     clippy::cast_sign_loss,
     reason = "a finite count, clamped at 0 and rounded; u64 saturates beyond 2^64"
 )]
-fn whole(v: f64) -> u64 {
+pub(crate) fn whole(v: f64) -> u64 {
     if v.is_finite() { v.max(0.0).round() as u64 } else { 0 }
 }
 

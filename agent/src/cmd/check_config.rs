@@ -42,19 +42,20 @@ fn summary(cfg: &Config) -> String {
         cfg.cells.iter().filter(|c| c.drain.is_some()).map(|c| c.name.as_str()).collect();
     let temporary = cfg.allow.iter().filter(|r| r.until.is_some()).count();
     format!(
-        "{} cells (global: {}; drained: {}), {} prefixes ({} IPv4, {} IPv6), {} allow rules \
-         ({} temporary), mode {} (enforce applies to {}), external peers: {}, {} ignored ranges",
+        "{} cells (global: {}), {} prefixes ({} IPv4, {} IPv6), {} allow rules, mode {} (enforce \
+         applies to {}), external peers: {}, {} ignored ranges; drained: {}; temporary allow \
+         rules: {}",
         cfg.cells.len(),
         if globals.is_empty() { "none".to_owned() } else { globals.join(", ") },
-        if drained.is_empty() { "none".to_owned() } else { drained.join(", ") },
         cfg.prefix_count(),
         cfg.prefix_count() - v6,
         v6,
         cfg.allow.len(),
-        temporary,
         cfg.mode,
         enforced,
         cfg.external,
         cfg.ignore_cidrs.len(),
+        if drained.is_empty() { "none".to_owned() } else { drained.join(", ") },
+        temporary,
     )
 }

@@ -59,7 +59,10 @@ fn many_concurrent_scrapers_get_correct_answers() {
                 let mut opened = Vec::new();
                 for i in 0..10 {
                     let path = if (w + i) % 2 == 0 { "/metrics" } else { "/connections?limit=5" };
-                    let (status, body) = http_get(port, path).expect("request");
+                    let (status, body) = match http_get(port, path) {
+                        Ok(answer) => answer,
+                        Err(e) => return Err(format!("{path}: {e}")),
+                    };
                     assert_eq!(status, 200, "{path}: {body}");
                     if path == "/metrics" {
                         opened.push(
@@ -69,7 +72,7 @@ fn many_concurrent_scrapers_get_correct_answers() {
                         assert!(body.starts_with('['), "{body}");
                     }
                 }
-                opened
+                Ok(opened)
             })
         })
         .collect();
@@ -80,7 +83,10 @@ fn many_concurrent_scrapers_get_correct_answers() {
         thread::sleep(Duration::from_millis(20));
     }
     for w in workers {
-        for opened in w.join().expect("worker") {
+        let opened = w.join().expect("worker").unwrap_or_else(|e| {
+            panic!("a request failed: {e}; the agent's log:\n{}", agent.stderr())
+        });
+        for opened in opened {
             assert_eq!(opened, N as f64, "every scrape under load is exact");
         }
     }
