@@ -10,7 +10,7 @@ use agent_common::{COUNTERS_LEN, Direction, HIST_BUCKETS, PairKey, PairStats, Ve
 use agent_core::{
     config::Config,
     ids::CellIds,
-    metrics::{Buckets, Snapshot, render},
+    metrics::{Options, Snapshot, render},
     policy::compile,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -68,11 +68,11 @@ fn samples_and_render(c: &mut Criterion) {
     for cells in [10, 30] {
         let (snap, ids) = snapshot(cells);
         let pairs = snap.pairs.len();
-        let buckets = Buckets::default();
+        let opts = Options::default();
         c.bench_function(&format!("render text: {pairs} pair keys ({cells} cells)"), |b| {
             b.iter(|| {
                 let mut out = String::new();
-                render(black_box(&snap), black_box(&ids), &buckets, &mut out);
+                render(black_box(&snap), black_box(&ids), &opts, &mut out);
                 out
             });
         });

@@ -39,6 +39,11 @@ fn parse_line(line: &str) -> Option<Sample> {
     Some(Sample { name, labels, value })
 }
 
+/// The labels of `k="v",...}` (a label set's text after its `{`).
+pub(crate) fn labels(s: &str) -> Option<BTreeMap<String, String>> {
+    parse_labels(s).map(|(labels, _)| labels)
+}
+
 /// Parses `k="v",...}` and returns the labels and what follows the closing brace.
 fn parse_labels(mut s: &str) -> Option<(BTreeMap<String, String>, &str)> {
     let mut labels = BTreeMap::new();

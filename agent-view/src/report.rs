@@ -1,15 +1,16 @@
 //! `cellwatch report`'s model, with no network: the answers of a Prometheus (one instant
 //! query per [`Reading`], see [`prom`]) become the blast radius of each service, each
 //! cell's dependencies and containment, and the outlier cells; [`render`] writes them as
-//! text, JSON or graphviz dot. The same readings can come from one agent's `/metrics`
+//! text, JSON or graphviz dot, and [`html`] as one self-contained page. The same readings can come from one agent's `/metrics`
 //! ([`answers_of`]): the demo's blast radius is [`blast_radii`] of those.
 //!
 //! - **Blast radius** of a service: the cells whose clients reached it over the range
 //!   (opened connections, failed connects or bytes), each with its share of the service's
 //!   connections and bytes. Clients in no cell are apart (`external`).
 //! - **Dependencies** of a cell: the services it called and the other cells (global ones
-//!   and `external` included) it called. A connection to a service also counts for the
-//!   cell the service lies in, as the agent counts it.
+//!   and `external` included) it called, with the boundary violations to each (its
+//!   leaks). A connection to a service also counts for the cell the service lies in, as
+//!   the agent counts it.
 //! - **Containment** of a cell: the shares of its connections and bytes (as a client) that
 //!   stay inside it, go to global cells, to other cells, or to peers in no cell; the
 //!   recording rules `cellwatch:cell_containment_*` compute the same over 5 minutes.
@@ -24,6 +25,7 @@
 //!   carried over the range: the allowed connections opened, and their bytes.
 #![forbid(unsafe_code)]
 
+mod html;
 mod prom;
 mod render;
 #[cfg(test)]
@@ -150,6 +152,9 @@ pub struct CellDependency {
     pub global: bool,
     pub connections: u64,
     pub bytes: u64,
+    /// Boundary violations from the cell to this one (connects against policy, opened or
+    /// not): more than 0 makes the pair a leak.
+    pub violations: u64,
 }
 
 /// A service and its blast radius.
@@ -215,13 +220,15 @@ struct Traffic {
     opened: f64,
     failed: f64,
     bytes: f64,
+    /// Boundary violations (pairs only).
+    violations: f64,
     /// Cumulative bucket counts by upper bound.
     latency: Vec<(f64, f64)>,
 }
 
 impl Traffic {
     fn any(&self) -> bool {
-        self.opened > 0.0 || self.failed > 0.0 || self.bytes > 0.0
+        self.opened > 0.0 || self.failed > 0.0 || self.bytes > 0.0 || self.violations > 0.0
     }
 
     fn connects(&self) -> f64 {
@@ -252,6 +259,8 @@ struct Kind {
     sent: Reading,
     received: Reading,
     latency: Reading,
+    /// Boundary violations, for the pairs (services have none of their own).
+    violations: Option<Reading>,
 }
 
 const PAIRS: Kind = Kind {
@@ -261,6 +270,7 @@ const PAIRS: Kind = Kind {
     sent: Reading::PairSent,
     received: Reading::PairReceived,
     latency: Reading::PairLatency,
+    violations: Some(Reading::PairViolations),
 };
 
 const SERVICES: Kind = Kind {
@@ -270,12 +280,13 @@ const SERVICES: Kind = Kind {
     sent: Reading::ServiceSent,
     received: Reading::ServiceReceived,
     latency: Reading::ServiceLatency,
+    violations: None,
 };
 
 fn flows(answers: &Answers, kind: &Kind) -> Flows {
     let mut flows = Flows::new();
     let series = |f: Reading| answers.get(&f).map(Vec::as_slice).unwrap_or_default();
-    let fields: [(Reading, AddTo); 5] = [
+    let mut fields: Vec<(Reading, AddTo)> = vec![
         (kind.opened, |t, v, _| t.opened += v),
         (kind.failed, |t, v, _| t.failed += v),
         (kind.sent, |t, v, _| t.bytes += v),
@@ -293,6 +304,9 @@ fn flows(answers: &Answers, kind: &Kind) -> Flows {
             }
         }),
     ];
+    if let Some(violations) = kind.violations {
+        fields.push((violations, |t, v, _| t.violations += v));
+    }
     for (family, add) in fields {
         for s in series(family) {
             let (src, dst) = (s.label("src_cell"), s.label(kind.label));
@@ -578,6 +592,7 @@ fn cell(
                 cell: d,
                 connections: whole(t.opened),
                 bytes: whole(t.bytes),
+                violations: whole(t.violations),
             })
             .collect(),
     }

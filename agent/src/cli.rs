@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use agent_core::metrics::Buckets;
+use agent_core::metrics::{Buckets, Detail};
 use agent_view::{drain::cell_name, report::Range};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -128,6 +128,12 @@ pub(crate) struct RunArgs {
     /// 512us, 1ms, 2ms, 4ms, 16ms, 65ms, 262ms and 1.05s].
     #[arg(long, value_parser = Buckets::parse)]
     pub(crate) histogram_buckets: Option<Buckets>,
+    /// How much per-pair detail /metrics exports, the node's series budget: `full` (every
+    /// family), `pairs` (every pair's counters; latency and RTT histograms only for pairs
+    /// with violations, and for services) or `cells` (counters per source cell, summed
+    /// over destination cells; no histograms). See the README's "Series budget".
+    #[arg(long, default_value = "full", value_parser = Detail::parse)]
+    pub(crate) metrics_detail: Detail,
     /// Time every sock_ops op and export it (`cellwatch_kernel_op_*`): for benchmarks, it
     /// costs two clock reads per run. Takes effect when the programs are loaded.
     #[arg(long, hide = true)]
@@ -187,7 +193,8 @@ pub(crate) struct ReportArgs {
     /// The time range, up to now: 30m, 1h, 7d, ... (one unit: s, m, h, d or w; 1m to 366d).
     #[arg(long, default_value = "1h", value_parser = Range::parse)]
     pub(crate) range: Range,
-    /// text for people, json for scripts, dot for graphviz (`| dot -Tsvg > cells.svg`).
+    /// text for people, json for scripts, dot for graphviz (`| dot -Tsvg > cells.svg`),
+    /// html for one self-contained page to look at (`> report.html`).
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     pub(crate) format: ReportFormat,
 }
@@ -222,6 +229,7 @@ pub(crate) enum ReportFormat {
     Text,
     Json,
     Dot,
+    Html,
 }
 
 /// `top --sort`: opened or violations per second, bytes per second, or RTT p99.

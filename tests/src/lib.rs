@@ -13,6 +13,7 @@ pub mod kubeproxy;
 pub mod netns;
 pub mod prometheus;
 pub mod ranges;
+pub mod victoria;
 
 use std::{
     collections::BTreeMap,

@@ -3,8 +3,10 @@
 //! shipped rule file (or another, e.g. the shipped one with shorter windows:
 //! [`shipped_rules_with`]) every second, optionally on a history written into its storage
 //! first (`promtool tsdb create-blocks-from openmetrics`), optionally sending its alerts
-//! to an [`Alertmanager`] of the harness ([`Prometheus::start_alerting`]). Stopped and
-//! removed on drop.
+//! to an [`Alertmanager`] of the harness ([`Prometheus::start_alerting`]), optionally
+//! remote-writing all it stores to another store ([`Prometheus::start_remote_writing`]),
+//! optionally with native histograms (`PromOpts::native_histograms`).
+//! Stopped and removed on drop.
 use std::{
     io::{Read, Write},
     net::TcpStream,
@@ -28,6 +30,9 @@ pub struct PromOpts<'a> {
     /// OpenMetrics text (with timestamps, ending `# EOF`) written into the storage as
     /// past blocks before it starts.
     pub history: Option<&'a str>,
+    /// Run with `--enable-feature=native-histograms`: it then asks its targets for the
+    /// protobuf exposition and stores their histograms as native ones.
+    pub native_histograms: bool,
 }
 
 pub struct Prometheus {
@@ -74,16 +79,23 @@ pub fn shipped_rules_with(dir: &TempDir, edits: &[(&str, &str)]) -> PathBuf {
 impl Prometheus {
     /// Starts one and waits until it is ready; its alerts stay in it.
     pub fn start(opts: PromOpts<'_>) -> Self {
-        Self::launch(&opts, None)
+        Self::launch(&opts, None, None)
     }
 
     /// As [`start`](Self::start), sending its alerts (every second's evaluation, the
     /// resolved ones too) to `am`.
     pub fn start_alerting(opts: PromOpts<'_>, am: &Alertmanager) -> Self {
-        Self::launch(&opts, Some(am))
+        Self::launch(&opts, Some(am), None)
     }
 
-    fn launch(opts: &PromOpts<'_>, am: Option<&Alertmanager>) -> Self {
+    /// As [`start`](Self::start), sending every sample it stores (scraped and recorded)
+    /// to the remote-write endpoint `url` (e.g. VictoriaMetrics' `/api/v1/write`), in
+    /// batches at least every second.
+    pub fn start_remote_writing(opts: PromOpts<'_>, url: &str) -> Self {
+        Self::launch(&opts, None, Some(url))
+    }
+
+    fn launch(opts: &PromOpts<'_>, am: Option<&Alertmanager>, remote_write: Option<&str>) -> Self {
         let dir = TempDir::new("prometheus");
         let rules = opts.rules.map_or_else(shipped_rules, Path::to_path_buf);
         let mut config = format!(
@@ -101,6 +113,11 @@ impl Prometheus {
                 "alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: \
                  [\"127.0.0.1:{}\"]\n",
                 am.port
+            ));
+        }
+        if let Some(url) = remote_write {
+            config.push_str(&format!(
+                "remote_write:\n  - url: \"{url}\"\n    queue_config:\n      batch_send_deadline: 1s\n"
             ));
         }
         let config = dir.write("prometheus.yml", &config);
@@ -126,6 +143,7 @@ impl Prometheus {
             .arg(format!("--config.file={}", config.display()))
             .arg(format!("--storage.tsdb.path={}", data.display()))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .args(opts.native_histograms.then_some("--enable-feature=native-histograms"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -161,12 +179,7 @@ impl Prometheus {
 
     /// An instant query: (accepted, result).
     pub fn query(&self, q: &str) -> (bool, Vec<Value>) {
-        let (status, body) =
-            http(self.port, "POST", "/api/v1/query", &format!("query={}", encode(q)))
-                .expect("query");
-        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-        let accepted = status == 200 && v["status"] == "success";
-        (accepted, v["data"]["result"].as_array().cloned().unwrap_or_default())
+        instant_query(self.port, q)
     }
 
     /// The alerts pending or firing now.
@@ -200,8 +213,18 @@ impl Drop for Prometheus {
     }
 }
 
+/// An instant query (`POST /api/v1/query`) of the Prometheus query API on loopback `port`:
+/// (accepted: HTTP 200 and status success, result).
+pub fn instant_query(port: u16, q: &str) -> (bool, Vec<Value>) {
+    let (status, body) =
+        http(port, "POST", "/api/v1/query", &format!("query={}", encode(q))).expect("query");
+    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let accepted = status == 200 && v["status"] == "success";
+    (accepted, v["data"]["result"].as_array().cloned().unwrap_or_default())
+}
+
 /// A minimal HTTP/1.0 request on loopback: (status, body).
-fn http(port: u16, method: &str, path: &str, form: &str) -> std::io::Result<(u16, String)> {
+pub fn http(port: u16, method: &str, path: &str, form: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(20)))?;
     write!(

@@ -11,6 +11,8 @@
 //! | telemetry | 127.50–99, and ::1 | six tests, three cells each (shared, blue, green) from 50, 60, 70, 80, 90, 95; blue also holds ::1, which no other area uses |
 //! | demo | 127.100 | fixed by the demo's embedded cell map (`agent/src/cmd/demo/demo.yaml`) |
 //! | prometheus | 127.120–123 | global, cell-a, cell-b, cell-c (a connection open all along) |
+//! | victoria | 127.124–127 | global (service `db` on .5.0/24), cell-a, cell-b, cell-c (a connection open all along) |
+//! | fleet | 127.128–131 | cell-a, cell-b: native histograms (.128–129), detail levels (.130–131) |
 //! | enforce | 127.140–153 | 140–143 and 144–145 (one test each), 146 (the full pair tables, a /24 per cell), 150–153 (the dry run) |
 //! | restart | 127.170–178 | four tests: 170–171, 172–173, 174–175, 176–178 |
 //! | cells | 127.200–215 | 200–207 the property test's universe (127.200.0.0/13), 210–215 the reload tests |
@@ -70,6 +72,8 @@ pub const FOUNDATION: Block = Block::new(127, 31, 38);
 pub const TELEMETRY: Block = Block::new(127, 50, 99);
 pub const DEMO: Block = Block::new(127, 100, 100);
 pub const PROMETHEUS: Block = Block::new(127, 120, 123);
+pub const VICTORIA: Block = Block::new(127, 124, 127);
+pub const FLEET: Block = Block::new(127, 128, 131);
 pub const ENFORCE: Block = Block::new(127, 140, 153);
 pub const RESTART: Block = Block::new(127, 170, 178);
 pub const CELLS: Block = Block::new(127, 200, 215);
@@ -99,6 +103,8 @@ pub const TABLE: &[(&str, Block)] = &[
     ("telemetry", TELEMETRY),
     ("demo", DEMO),
     ("prometheus", PROMETHEUS),
+    ("victoria", VICTORIA),
+    ("fleet", FLEET),
     ("enforce", ENFORCE),
     ("restart", RESTART),
     ("cells", CELLS),

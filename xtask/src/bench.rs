@@ -1,13 +1,15 @@
 //! `cargo xtask bench`: benchmarks whose results go into BENCHMARKS.md ([`record`]), each
 //! measured side by side in one run (interleaved, several runs each, median and spread).
 //! This module is their command line and dispatch. One module per benchmark
-//! ([`churn`], [`bulk`], [`scale`], [`sweep`], [`micro`], [`config_load`], [`service_addr`]) uses
+//! ([`churn`], [`bulk`], [`scale`], [`sweep`], [`micro`], [`config_load`], [`service_addr`],
+//! [`fleet`]) uses
 //! what they share,
 //! the bench harness ([`harness`]), [`stats`] and [`record`]; none of those imports this
 //! module or a benchmark.
 mod bulk;
 mod churn;
 mod config_load;
+mod fleet;
 mod harness;
 mod micro;
 mod record;
@@ -72,6 +74,10 @@ pub(crate) enum Bench {
         #[arg(long)]
         smoke: bool,
     },
+    /// A fleet on one machine: one agent's `/metrics` served under N loopback targets, each
+    /// scraped by one real Prometheus with the shipped rules: its series, ingestion, rule
+    /// time and memory, and `cellwatch report`'s time (printed; `--record` writes it).
+    Fleet(fleet::FleetArgs),
 }
 
 pub(crate) fn run(which: Bench) -> Result<()> {
@@ -83,6 +89,7 @@ pub(crate) fn run(which: Bench) -> Result<()> {
         Bench::Churn { smoke, baseline } => churn::churn(smoke, baseline),
         Bench::ServiceAddr { smoke } => service_addr::service_addr(smoke),
         Bench::Sweep { smoke } => sweep::sweep(smoke),
+        Bench::Fleet(args) => fleet::fleet(&args),
     }
 }
 

@@ -24,19 +24,27 @@ const TEST_DEBIAN: &[Package] = &[
     ("libcap2-bin", "setcap: the image's file capabilities in the deploy test"),
     ("prometheus", "a real Prometheus, and promtool for the rules"),
     ("prometheus-alertmanager", "a real Alertmanager delivering the rules' alerts to the tests"),
+    (
+        "victoria-metrics",
+        "a real VictoriaMetrics (and its vmalert) that the rules, dashboards and report must work against",
+    ),
     ("libbpf-tools", "tcplife, the peer the benchmarks compare with"),
     ("qemu-system-x86", "the kernel matrix boots Debian's 6.1 and 6.12 kernels in qemu"),
     ("cpio", "the kernel matrix's initramfs"),
     ("busybox-static", "the kernel matrix's shell"),
     ("tmux", "a real terminal for the tests of the demo's screen and `cellwatch top`"),
     ("graphviz", "dot, which must draw `cellwatch report --format dot` in the tests"),
+    (
+        "chromium",
+        "headless Chromium, which must render `cellwatch report --format html` in the tests",
+    ),
     ("iptables", "kube-proxy's DNAT in the Service tests' network namespaces"),
     ("ipvsadm", "kube-proxy's IPVS mode in the kernel matrix's Service test"),
 ];
 /// Packages of [`TEST_DEBIAN`] whose install starts (and enables) a system service. The
 /// tests run instances of their own on free loopback ports, so the service is stopped and
 /// not started at boot: nothing of the tests' tools stays running on the machine.
-const NO_SERVICE: &[&str] = &["prometheus-alertmanager"];
+const NO_SERVICE: &[&str] = &["prometheus-alertmanager", "victoria-metrics"];
 const BPF_LINKER: &str = "0.13.0";
 const CARGO_DENY: &str = "0.20.2";
 const CARGO_FUZZ: &str = "0.13.2";

@@ -2,8 +2,10 @@
 //! denied and in violation, bytes and retransmits, connect latency and RTT.
 use agent_common::{Direction, Failure, Verdict, observes_rtt};
 
+use agent_common::PairKey;
+
 use super::{
-    families as f,
+    Detail, families as f,
     snapshot::{Snapshot, Tally, runs},
     text::{
         Bounds, Def, Family, Hist, HistNames, HistOf, Kind, Out, VERDICTS, Valued, histogram,
@@ -106,8 +108,12 @@ impl Dir {
     }
 }
 
-/// (src cell id, dst cell id, direction)
+/// (src cell id, dst cell id, direction); the dst is [`ANY_CELL`] when the families are
+/// per cell ([`Detail::Cells`]).
 type PairDir = (u32, u32, Direction);
+
+/// The destination of a row summed over destination cells.
+const ANY_CELL: u32 = u32::MAX;
 
 /// A row and its labels: `src_cell="a",dst_cell="b"`, and the same with
 /// `,direction="…"`.
@@ -116,15 +122,22 @@ type Row<'a> = (&'a PairDir, &'a Dir, &'a (String, String));
 /// The snapshot's indices in key order (keys sort by source, destination, direction,
 /// verdict and service, so a (pair, direction)'s keys are neighbours; the kernel's
 /// snapshot comes sorted, any other is sorted here), and the rows by (pair, direction).
-fn group(snap: &Snapshot) -> (Vec<usize>, Vec<(PairDir, Dir)>) {
+fn group(snap: &Snapshot, per_pair: bool) -> (Vec<usize>, Vec<(PairDir, Dir)>) {
     let mut order: Vec<usize> = (0..snap.pairs.len()).collect();
-    if !snap.pairs.is_sorted_by_key(|(k, _)| *k) {
+    let dst = |k: &PairKey| if per_pair { k.dst_cell } else { ANY_CELL };
+    if !per_pair {
+        // A source's keys to every destination become neighbours.
+        order.sort_by_key(|&i| {
+            let k = &snap.pairs[i].0;
+            (k.src_cell, k.direction(), *k)
+        });
+    } else if !snap.pairs.is_sorted_by_key(|(k, _)| *k) {
         order.sort_by_key(|&i| snap.pairs[i].0);
     }
     let out = runs(
         snap,
         &order,
-        |k| (k.src_cell, k.dst_cell, k.direction()),
+        |k| (k.src_cell, dst(k), k.direction()),
         |d: &mut Dir| &mut d.tally,
         |d, k, s| {
             d.retrans += s.retransmits;
@@ -143,13 +156,22 @@ fn group(snap: &Snapshot) -> (Vec<usize>, Vec<(PairDir, Dir)>) {
 }
 
 /// Every pair family, appended to `out`.
-pub(super) fn render(snap: &Snapshot, ids: &CellIds, bounds: &Bounds<'_>, out: &mut Out<'_>) {
-    let (order, groups) = group(snap);
+pub(super) fn render(
+    snap: &Snapshot,
+    ids: &CellIds,
+    bounds: &Bounds<'_>,
+    detail: Detail,
+    out: &mut Out<'_>,
+) {
+    let (order, groups) = group(snap, detail.per_pair());
     let labels: Vec<(String, String)> = groups
         .iter()
         .map(|((src, dst, dir), _)| {
-            let pair =
-                format!("src_cell={},dst_cell={}", quoted(ids.name(*src)), quoted(ids.name(*dst)));
+            let pair = if *dst == ANY_CELL {
+                format!("src_cell={}", quoted(ids.name(*src)))
+            } else {
+                format!("src_cell={},dst_cell={}", quoted(ids.name(*src)), quoted(ids.name(*dst)))
+            };
             let with_dir = format!("{pair},direction=\"{}\"", dir.label());
             (pair, with_dir)
         })
@@ -157,7 +179,7 @@ pub(super) fn render(snap: &Snapshot, ids: &CellIds, bounds: &Bounds<'_>, out: &
     let rows: Vec<Row<'_>> = groups.iter().zip(&labels).map(|((k, d), l)| (k, d, l)).collect();
     connections(&rows, out);
     scalars(&rows, out);
-    histograms(snap, &order, &rows, bounds, out);
+    histograms(snap, &order, &rows, bounds, detail, out);
 }
 
 /// Opened and closed (by verdict), active, failed (by reason), violations and denied.
@@ -224,12 +246,13 @@ fn histograms(
     order: &[usize],
     rows: &[Row<'_>],
     bounds: &Bounds<'_>,
+    detail: Detail,
     out: &mut Out<'_>,
 ) {
     let latency = HistNames::of(LATENCY.name);
     let mut f = Family::new(out, &LATENCY);
     for ((_, _, dir), d, (p, _)) in rows {
-        if *dir != Direction::EGRESS {
+        if *dir != Direction::EGRESS || !detail.pair_histograms(d.violating()) {
             continue;
         }
         let h = d.hist(snap, order, latency_of);
@@ -242,7 +265,7 @@ fn histograms(
     for ((src, _, dir), d, (_, pd)) in rows {
         // RTT once per connection: from the client's socket, and from the server's only
         // when the client is in no cell (no cellwatch sees it as egress).
-        if !observes_rtt(*dir, *src) {
+        if !observes_rtt(*dir, *src) || !detail.pair_histograms(d.violating()) {
             continue;
         }
         let h = d.hist(snap, order, rtt_of);

@@ -4,7 +4,7 @@
 use agent_common::{Direction, Failure, NO_SERVICE};
 
 use super::{
-    families as f,
+    Detail, families as f,
     snapshot::{Snapshot, Tally, runs},
     text::{
         Bounds, Def, Family, Hist, HistNames, Kind, Out, VERDICTS, Valued, histogram, latency_of,
@@ -95,7 +95,13 @@ fn group(snap: &Snapshot) -> (Vec<usize>, Vec<(Key, Row)>) {
 }
 
 /// The catalog, then every service family, appended to `out`.
-pub(super) fn render(snap: &Snapshot, ids: &CellIds, bounds: &Bounds<'_>, out: &mut Out<'_>) {
+pub(super) fn render(
+    snap: &Snapshot,
+    ids: &CellIds,
+    bounds: &Bounds<'_>,
+    detail: Detail,
+    out: &mut Out<'_>,
+) {
     catalog(snap, ids, out);
     let (order, rows) = group(snap);
     let labels: Vec<(String, String)> = rows
@@ -110,7 +116,9 @@ pub(super) fn render(snap: &Snapshot, ids: &CellIds, bounds: &Bounds<'_>, out: &
     let rows: Vec<Labelled<'_>> = rows.iter().zip(&labels).collect();
     connections(&rows, out);
     bytes(&rows, out);
-    latency(snap, &order, &rows, bounds, out);
+    if detail.service_histograms() {
+        latency(snap, &order, &rows, bounds, out);
+    }
 }
 
 /// Opened (by verdict), active and failed (by reason).

@@ -2,7 +2,7 @@ use agent_common::{Direction, Failure, PairKey, PairStats, Verdict};
 
 use crate::{
     ids::CellIds,
-    metrics::{Buckets, Catalog, MapFill, Snapshot},
+    metrics::{Buckets, Catalog, MapFill, Options, Snapshot},
 };
 
 fn key(src: u32, dst: u32, dir: Direction, verdict: u8) -> PairKey {
@@ -11,7 +11,7 @@ fn key(src: u32, dst: u32, dir: Direction, verdict: u8) -> PairKey {
 
 fn render(snap: &Snapshot, ids: &CellIds) -> String {
     let mut out = String::new();
-    super::render(snap, ids, &Buckets::all(), &mut out);
+    super::render(snap, ids, &Options { buckets: Buckets::all(), ..Options::default() }, &mut out);
     out
 }
 
@@ -130,7 +130,7 @@ fn pair_samples(verdict: u8, denied: u64) -> usize {
         ..Snapshot::default()
     };
     let mut text = String::new();
-    super::render(&snap, &ids, &Buckets::default(), &mut text);
+    super::render(&snap, &ids, &Options::default(), &mut text);
     text.lines().filter(|l| l.contains("cell-a") && !l.starts_with('#')).count()
 }
 
@@ -166,7 +166,12 @@ fn chunked_rendering_is_the_same_text_in_whole_lines() {
     let snap = Snapshot { pairs, ..Snapshot::default() };
     let whole = render(&snap, &ids);
     let mut chunks = Vec::new();
-    super::render_chunked(&snap, &ids, &Buckets::all(), &mut |c| chunks.push(c.to_owned()));
+    super::render_chunked(
+        &snap,
+        &ids,
+        &Options { buckets: Buckets::all(), ..Options::default() },
+        &mut |c| chunks.push(c.to_owned()),
+    );
     assert!(chunks.len() > 10, "{} chunks of {} bytes", chunks.len(), whole.len());
     for c in &chunks {
         assert!(c.ends_with('\n'), "a chunk ends a line");
@@ -292,4 +297,59 @@ fn drained_cells_render_their_families() {
     }
     let gauges = ["cellwatch_drain_connections_active", "cellwatch_drain_start_timestamp_seconds"];
     assert!(!text.lines().any(|l| gauges.iter().any(|g| l.starts_with(g)) && l.contains("cell-c")));
+}
+
+/// Samples of an allowed and a violating pair (both ends) at each detail level: `pairs`
+/// drops the allowed pair's histograms only, `cells` every histogram and the destination.
+#[test]
+fn each_detail_level_keeps_what_it_says() {
+    use crate::metrics::Detail;
+    let mut ids = CellIds::default();
+    let (a, b, c) =
+        (ids.id("cell-a").unwrap(), ids.id("cell-b").unwrap(), ids.id("cell-c").unwrap());
+    let mut s = PairStats::ZERO;
+    s.opened = 10;
+    s.closed = 9;
+    s.bytes_sent = 100;
+    s.latency_hist[8] = 10;
+    s.rtt_hist[7] = 10;
+    let mut v = s;
+    v.violations = 10;
+    let snap = Snapshot {
+        pairs: vec![
+            (key(a, b, Direction::EGRESS, 0), s),
+            (key(a, b, Direction::INGRESS, 0), s),
+            (key(a, c, Direction::EGRESS, 1), v),
+            (key(a, c, Direction::INGRESS, 1), v),
+        ],
+        ..Snapshot::default()
+    };
+    let text = |detail| {
+        let mut t = String::new();
+        super::render(&snap, &ids, &Options { detail, ..Options::default() }, &mut t);
+        t
+    };
+    let of = |t: &str, dst: &str| {
+        t.lines()
+            .filter(|l| !l.starts_with('#') && l.contains(&format!("dst_cell=\"{dst}\"")))
+            .count()
+    };
+    let full = text(Detail::Full);
+    assert_eq!((of(&full, "cell-b"), of(&full, "cell-c")), (38, 40));
+    let pairs = text(Detail::Pairs);
+    assert_eq!((of(&pairs, "cell-b"), of(&pairs, "cell-c")), (12, 40), "{pairs}");
+    let cells = text(Detail::Cells);
+    assert!(!cells.contains("dst_cell="), "{cells}");
+    assert!(!cells.contains("_bucket{"), "{cells}");
+    for want in [
+        r#"cellwatch_connections_opened_total{src_cell="cell-a",direction="egress",verdict="allowed"} 10"#,
+        r#"cellwatch_connections_opened_total{src_cell="cell-a",direction="egress",verdict="violation"} 10"#,
+        r#"cellwatch_connections_active{src_cell="cell-a",direction="ingress"} 2"#,
+        r#"cellwatch_bytes_sent_total{src_cell="cell-a",direction="egress"} 200"#,
+        r#"cellwatch_boundary_violations_total{src_cell="cell-a",direction="egress"} 10"#,
+    ] {
+        assert!(cells.lines().any(|l| l == want), "missing {want}\n{cells}");
+    }
+    let samples = cells.lines().filter(|l| !l.starts_with('#') && l.contains("cell-a")).count();
+    assert_eq!(samples, 18, "per cell and direction, both verdicts\n{cells}");
 }

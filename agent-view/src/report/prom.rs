@@ -97,10 +97,13 @@ pub enum Reading {
     AllowRules,
     /// Per (`src_cell`, `dst_cell`): allowed connections opened over the range.
     PairAllowed,
+    /// Per (`src_cell`, `dst_cell`): boundary violations over the range (connections
+    /// opened, refused or failed against policy), each connection once.
+    PairViolations,
 }
 
 impl Reading {
-    pub const ALL: [Reading; 14] = [
+    pub const ALL: [Reading; 15] = [
         Self::Cells,
         Self::Services,
         Self::PairOpened,
@@ -115,6 +118,7 @@ impl Reading {
         Self::ServiceLatency,
         Self::AllowRules,
         Self::PairAllowed,
+        Self::PairViolations,
     ];
 
     /// What this reading reads: its family (or families), which series count, and the
@@ -146,6 +150,7 @@ impl Reading {
                 Read::Now(f::ALLOW_RULE_EXPIRY_TIMESTAMP_SECONDS, "from, to, reason")
             }
             Self::PairAllowed => Read::Allowed(f::CONNECTIONS_OPENED_TOTAL, PAIR),
+            Self::PairViolations => Read::ClientSide(f::BOUNDARY_VIOLATIONS_TOTAL, PAIR),
         }
     }
 

@@ -26,14 +26,14 @@ fn table(indent: &str, header: &[&str], numeric: &[bool], rows: &[Vec<String>]) 
 
 impl Outlier {
     /// The cell's figure, or its peers' median, as text.
-    fn figure(&self, v: f64) -> String {
+    pub(super) fn figure(&self, v: f64) -> String {
         match self.signal {
             Signal::ConnectFailures => pct(Some(v)),
             Signal::ConnectP99 => fmt_duration(v),
         }
     }
 
-    fn destination(&self) -> String {
+    pub(super) fn destination(&self) -> String {
         match &self.destination {
             Destination::Service(s) => format!("service {s}"),
             Destination::Cell(c) => format!("cell {c}"),

@@ -541,7 +541,7 @@ fn the_json_for_scripts() {
     assert_eq!(cell1["services"][0]["service"], "orders-db");
     assert_eq!(
         cell1["cells"][1],
-        json!({"cell": "global", "global": true, "connections": 800, "bytes": 6000})
+        json!({"cell": "global", "global": true, "connections": 800, "bytes": 6000, "violations": 0})
     );
     assert_eq!(v["cells"][3]["containment"]["inside"]["connections_share"], Value::Null);
     let o = Outlier {
@@ -675,6 +675,8 @@ cellwatch_service_connections_opened_total{src_cell="cell-1",service="ledger",di
 cellwatch_service_connections_opened_total{src_cell="cell-1",service="ledger",direction="ingress",verdict="allowed"} 6
 cellwatch_service_connections_opened_total{src_cell="cell-2",service="ledger",direction="egress",verdict="allowed"} 2
 cellwatch_allow_rule_expiry_timestamp_seconds{from="cell-1",to="cell-2",reason="migration"} 1760086400
+cellwatch_boundary_violations_total{src_cell="cell-1",dst_cell="cell-2",direction="egress"} 4
+cellwatch_boundary_violations_total{src_cell="cell-1",dst_cell="cell-2",direction="ingress"} 4
 "#;
 
 /// The value of `reading`'s series with these labels.
@@ -706,6 +708,8 @@ fn one_metrics_read_as_each_query_sums_it() {
     assert_eq!(value(&a, Reading::PairAllowed, &pair("external")), Some(4.0));
     let rule = [("from", "cell-1"), ("to", "cell-2"), ("reason", "migration")];
     assert_eq!(value(&a, Reading::AllowRules, &rule), Some(1_760_086_400.0));
+    // Violations, each once: the client's side.
+    assert_eq!(value(&a, Reading::PairViolations, &pair("cell-1")), Some(4.0));
     // The blast radius from them is the report's.
     let radii = blast_radii(&a);
     let report = Report::build(hour(), END, &a).unwrap();
@@ -770,6 +774,56 @@ fn temporary_rules_in_force() {
     assert!(none.ends_with("(none: no allow rule with an `until:` still ahead)\n"), "{none}");
     // The dot graph is the dependencies' alone.
     assert_eq!(two_dependents().dot(), two_dependents_without_rules().dot());
+}
+
+/// Each pair's boundary violations, read as each connection once, make it a leak in the
+/// model; a pair with violations alone (refused or denied connects) is a dependency too.
+#[test]
+fn violations_mark_the_leaking_pairs() {
+    let q = Reading::PairViolations.query(hour());
+    assert_eq!(
+        q,
+        Reading::PairOpened
+            .query(hour())
+            .replace("cellwatch_connections_opened_total", "cellwatch_boundary_violations_total")
+    );
+    let r = Report::build(
+        hour(),
+        END,
+        &answers(&[
+            (Reading::Cells, CELLS),
+            (
+                Reading::PairOpened,
+                &[
+                    (&[("src_cell", "cell-3"), ("dst_cell", "cell-2")], "14"),
+                    (&[("src_cell", "cell-3"), ("dst_cell", "global")], "10"),
+                ],
+            ),
+            (
+                Reading::PairViolations,
+                &[
+                    (&[("src_cell", "cell-3"), ("dst_cell", "cell-2")], "14"),
+                    (&[("src_cell", "cell-1"), ("dst_cell", "cell-3")], "5.6"),
+                ],
+            ),
+        ]),
+    )
+    .unwrap();
+    let deps = |c: &str| -> Vec<(String, u64, u64)> {
+        r.cell(c)
+            .unwrap()
+            .cells
+            .iter()
+            .map(|d| (d.cell.clone(), d.connections, d.violations))
+            .collect()
+    };
+    assert_eq!(deps("cell-3"), [("cell-2".to_owned(), 14, 14), ("global".to_owned(), 10, 0)]);
+    assert_eq!(deps("cell-1"), [("cell-3".to_owned(), 0, 6)]);
+    let v: Value = serde_json::from_str(&r.json().unwrap()).unwrap();
+    assert_eq!(
+        v["cells"][0]["cells"][0],
+        json!({"cell": "cell-3", "global": false, "connections": 0, "bytes": 0, "violations": 6})
+    );
 }
 
 /// [`two_dependents`] with no rule in force.

@@ -62,6 +62,7 @@ pub(crate) fn demo(args: &DemoArgs, log_format: LogFormat) -> Result<(), RunErro
         conn_capacity: cli::DEFAULT_CONN_CAPACITY,
         live_interval: std::time::Duration::from_secs(1),
         histogram_buckets: None,
+        metrics_detail: agent_core::metrics::Detail::Full,
         profile_kernel: false,
         // A few violation log lines a second per pair keep the log readable.
         violation_event_rate: 2,

@@ -1,6 +1,6 @@
 //! `cellwatch report`: the blast radius of each service, each cell's dependencies and
 //! containment, the outlier cells and the temporary allow rules in force, read from a
-//! Prometheus that scrapes the agents. The queries, the model and the three outputs are
+//! Prometheus that scrapes the agents. The queries, the model and the four outputs are
 //! `agent_view::report`'s; Prometheus' HTTP API is `prometheus_api`'s; here is the command.
 #![forbid(unsafe_code)]
 
@@ -41,6 +41,7 @@ pub(crate) fn render(url: &str, range: Range, format: ReportFormat) -> Result<St
             report.json().map_err(|e| ReportError::Output(io::Error::other(e.to_string())))?
         }
         ReportFormat::Dot => report.dot(),
+        ReportFormat::Html => report.html(&prometheus.url),
     })
 }
 

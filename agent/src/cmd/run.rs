@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 use agent_core::{
     config::{Config, ConfigError},
     ids::{CellIds, IdsExhausted},
+    metrics::Options,
     policy::{compile, drains_summary, enforce_summary},
     query::Query,
 };
@@ -47,7 +48,7 @@ use crate::{
     serve::{
         connections,
         http::{Endpoints, Server, Unanswered},
-        metrics::{AgentMetrics, DROPPED_QUEUE_FULL},
+        metrics::{AgentMetrics, DROPPED_QUEUE_FULL, Form},
         violations::{self, Recent},
     },
     sync,
@@ -96,7 +97,7 @@ struct Agent {
 }
 
 impl Endpoints for Agent {
-    fn metrics(&self, out: &mut dyn std::io::Write) -> Result<(), String> {
+    fn metrics(&self, form: Form, out: &mut dyn std::io::Write) -> Result<(), String> {
         let t = std::time::Instant::now();
         let mut snap =
             self.maps.snapshot().map_err(|e| format!("reading kernel maps failed: {e}"))?;
@@ -107,7 +108,7 @@ impl Endpoints for Agent {
             snap.holdouts = connections::holdouts(&self.maps, &ids, &self.cgroups);
         }
         let read = t.elapsed();
-        let rendered = self.metrics.render(&snap, &ids, out).map_err(|e| e.to_string());
+        let rendered = self.metrics.render(&snap, &ids, form, out).map_err(|e| e.to_string());
         let pairs = snap.pairs.len();
         if pairs > BIG {
             drop(snap);
@@ -348,7 +349,10 @@ fn agent_metrics(
         &node.kernel,
         kernel.pinned_state(),
         &features,
-        args.histogram_buckets.clone().unwrap_or_default(),
+        Options {
+            buckets: args.histogram_buckets.clone().unwrap_or_default(),
+            detail: args.metrics_detail,
+        },
     );
     let (succeeded, failed) = kernel.maps().reloads();
     metrics.config_reloads.with_label_values(&["success"]).inc_by(succeeded);

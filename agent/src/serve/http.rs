@@ -1,7 +1,7 @@
 //! The HTTP endpoints: `/metrics`, `/healthz`, `/readyz`, `/connections` and
 //! `/violations` (JSON). Hardened for a node agent: bounded connections, header size and
 //! read-time limits, a write time limit (a client that stops reading is cut off), one
-//! render of `/metrics` at a time per encoding (scrapes that arrive together share it),
+//! render of `/metrics` at a time per form and encoding (scrapes that arrive together share it),
 //! the probes answered even when every connection slot is taken, the detail endpoints
 //! for clients on the node only, and a graceful drain with a time limit on shutdown.
 #![forbid(unsafe_code)]
@@ -29,7 +29,7 @@ use tracing::{debug, warn};
 
 use agent_core::query::{self, Query};
 
-use super::timed::Timed;
+use super::{metrics::Form, timed::Timed};
 
 /// Most concurrent client connections served in full.
 const MAX_CONNECTIONS: usize = 128;
@@ -48,9 +48,9 @@ pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the endpoints answer from. Implemented by the running agent.
 pub(crate) trait Endpoints: Send + Sync + 'static {
-    /// The Prometheus text exposition, written to `out`, or a sentence saying why it is
-    /// unavailable.
-    fn metrics(&self, out: &mut dyn std::io::Write) -> Result<(), String>;
+    /// The Prometheus exposition in `form`, written to `out`, or a sentence saying why
+    /// it is unavailable.
+    fn metrics(&self, form: Form, out: &mut dyn std::io::Write) -> Result<(), String>;
     /// Live connections as JSON.
     fn connections(&self, q: &Query) -> Result<String, Unanswered>;
     /// Recent violations as JSON.
@@ -86,16 +86,47 @@ pub(crate) struct Server<E> {
     pub(crate) endpoints: Arc<E>,
     /// Programs attached and config loaded.
     pub(crate) ready: Arc<AtomicBool>,
-    /// The `/metrics` render in flight, plain and gzip (see [`Server::render`]).
+    /// The `/metrics` render in flight per form and encoding (see [`Server::render`]).
     pub(crate) renders: Renders,
 }
 
 /// A render's outcome, shared by every scrape that waited for it.
 type Rendered = Option<Result<Bytes, String>>;
 
-/// The renders in flight, by encoding (plain, gzip).
+/// The renders in flight, by form and encoding (text or native, plain or gzip).
 #[derive(Default)]
-pub(crate) struct Renders(std::sync::Mutex<[Option<tokio::sync::watch::Receiver<Rendered>>; 2]>);
+pub(crate) struct Renders(std::sync::Mutex<[Option<tokio::sync::watch::Receiver<Rendered>>; 4]>);
+
+/// What a scrape asked for: the form (protobuf with native histograms when its
+/// `Accept` asks for it, else text) and whether gzipped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Asked {
+    form: Form,
+    gzip: bool,
+}
+
+impl Asked {
+    fn of(headers: &header::HeaderMap) -> Self {
+        let native = headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(agent_core::metrics::proto::accepted);
+        Self { form: if native { Form::Native } else { Form::Text }, gzip: accepts_gzip(headers) }
+    }
+
+    /// Its slot in [`Renders`].
+    fn slot(self) -> usize {
+        usize::from(self.gzip) + 2 * usize::from(self.form == Form::Native)
+    }
+
+    fn content_type(self) -> &'static str {
+        match self.form {
+            Form::Text => "text/plain; version=0.0.4; charset=utf-8",
+            Form::Native => agent_core::metrics::proto::CONTENT_TYPE,
+        }
+    }
+}
 
 type Resp = Response<Full<Bytes>>;
 
@@ -128,19 +159,19 @@ fn accepts_gzip(headers: &header::HeaderMap) -> bool {
 /// The size of the last plain exposition.
 static LAST_PLAIN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// The exposition, gzipped at the fastest level as it is rendered when `gzip` (a
+/// The exposition, gzipped at the fastest level as it is rendered when asked (a
 /// 10,000-pair scrape shrinks about 17-fold, and the plain text is never held whole).
-fn exposition(e: &impl Endpoints, gzip: bool) -> Result<Bytes, String> {
-    if !gzip {
+fn exposition(e: &impl Endpoints, asked: Asked) -> Result<Bytes, String> {
+    if !asked.gzip {
         // As large as the last plain one: a 10,000-pair body grown from empty would be
         // copied about as many times again.
         let mut body = Vec::with_capacity(LAST_PLAIN.load(Ordering::Relaxed) + 64 * 1024);
-        e.metrics(&mut body)?;
+        e.metrics(asked.form, &mut body)?;
         LAST_PLAIN.store(body.len(), Ordering::Relaxed);
         return Ok(body.into());
     }
     let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.metrics(&mut z)?;
+    e.metrics(asked.form, &mut z)?;
     z.finish().map(Bytes::from).map_err(|e| format!("compressing failed: {e}"))
 }
 
@@ -175,18 +206,16 @@ impl<E: Endpoints> Server<E> {
         }
         Ok(match path {
             "/metrics" => {
-                let gzip = accepts_gzip(req.headers());
-                match self.render(gzip).await {
+                let asked = Asked::of(req.headers());
+                match self.render(asked).await {
                     Ok(body) => {
                         let mut r = text(StatusCode::OK, body);
                         let h = r.headers_mut();
                         h.insert(
                             header::CONTENT_TYPE,
-                            header::HeaderValue::from_static(
-                                "text/plain; version=0.0.4; charset=utf-8",
-                            ),
+                            header::HeaderValue::from_static(asked.content_type()),
                         );
-                        if gzip {
+                        if asked.gzip {
                             h.insert(
                                 header::CONTENT_ENCODING,
                                 header::HeaderValue::from_static("gzip"),
@@ -213,11 +242,12 @@ impl<E: Endpoints> Server<E> {
         })
     }
 
-    /// The exposition in `gzip` or not: the render in flight in that encoding, or a new
-    /// one. A render runs on a task of its own, so a scraper that goes away leaves it to
-    /// the others; at most one per encoding runs at a time, however many scrape.
-    async fn render(self: &Arc<Self>, gzip: bool) -> Result<Bytes, String> {
-        let slot = usize::from(gzip);
+    /// The exposition as `asked`: the render in flight in that form and encoding, or a
+    /// new one. A render runs on a task of its own, so a scraper that goes away leaves it
+    /// to the others; at most one per form and encoding runs at a time, however many
+    /// scrape.
+    async fn render(self: &Arc<Self>, asked: Asked) -> Result<Bytes, String> {
+        let slot = asked.slot();
         let mut rx = {
             let mut slots = crate::sync::lock(&self.renders.0);
             match &slots[slot] {
@@ -228,7 +258,7 @@ impl<E: Endpoints> Server<E> {
                     let me = self.clone();
                     tokio::spawn(async move {
                         let e = me.endpoints.clone();
-                        let done = tokio::task::spawn_blocking(move || exposition(&*e, gzip))
+                        let done = tokio::task::spawn_blocking(move || exposition(&*e, asked))
                             .await
                             .unwrap_or_else(|_| Err("metrics rendering failed".to_owned()));
                         // Scrapes from now on render anew; those waiting take this one.

@@ -5,7 +5,7 @@
 
 use agent_core::{
     ids::CellIds,
-    metrics::{Buckets, Snapshot, encode, families, render_chunked},
+    metrics::{Buckets, Options, Snapshot, encode, families, proto, render_chunked},
 };
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
@@ -14,7 +14,8 @@ use crate::kernel::{Feature, PinnedState};
 /// Metrics the agent keeps itself, as opposed to those read from the kernel.
 pub(crate) struct AgentMetrics {
     registry: Registry,
-    buckets: Buckets,
+    /// The buckets and detail of the text form (the native form takes every bucket).
+    opts: Options,
     pub(crate) config_reloads: IntCounterVec,
     /// Work on connections to Service addresses that a bound turned away, by reason.
     pub(crate) service_lookups_dropped: IntCounterVec,
@@ -31,7 +32,7 @@ impl AgentMetrics {
         kernel: &str,
         pinned: PinnedState,
         features: &[(Feature, bool)],
-        buckets: Buckets,
+        opts: Options,
     ) -> Self {
         let registry = Registry::new();
         let config_reloads = counters(
@@ -61,20 +62,40 @@ impl AgentMetrics {
         registry
             .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
             .expect("unique metric");
-        Self { registry, buckets, config_reloads, service_lookups_dropped }
+        Self { registry, opts, config_reloads, service_lookups_dropped }
     }
 
     /// The whole exposition, kernel families followed by the agent's own, written to
     /// `out` in chunks (a gzip encoder, for a scrape that asked for one, keeps only the
-    /// compressed text).
+    /// compressed text), as text or as protobuf with native histograms.
     pub(crate) fn render(
         &self,
         snap: &Snapshot,
         ids: &CellIds,
+        form: Form,
+        out: &mut dyn std::io::Write,
+    ) -> Result<(), RenderError> {
+        match form {
+            Form::Text => self.render_text(snap, ids, &self.opts, out),
+            Form::Native => {
+                // Every kernel bucket, so the native histograms get the kernel's resolution.
+                let opts = Options { buckets: Buckets::all(), ..self.opts.clone() };
+                let mut w = proto::Writer::new(out);
+                self.render_text(snap, ids, &opts, &mut w)?;
+                w.finish().map(|_| ()).map_err(RenderError::Write)
+            }
+        }
+    }
+
+    fn render_text(
+        &self,
+        snap: &Snapshot,
+        ids: &CellIds,
+        opts: &Options,
         out: &mut dyn std::io::Write,
     ) -> Result<(), RenderError> {
         let mut failed = None;
-        render_chunked(snap, ids, &self.buckets, &mut |chunk| {
+        render_chunked(snap, ids, opts, &mut |chunk| {
             if failed.is_none() {
                 failed = out.write_all(chunk.as_bytes()).err();
             }
@@ -86,6 +107,15 @@ impl AgentMetrics {
         encode(self.registry.gather(), &mut own)?;
         out.write_all(own.as_bytes()).map_err(RenderError::Write)
     }
+}
+
+/// The exposition's form, as the scraper asked (see [`proto::accepted`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Form {
+    /// The text format, with the histogram buckets of `--histogram-buckets`.
+    Text,
+    /// Delimited protobuf, connect latency and RTT as native histograms.
+    Native,
 }
 
 /// A counter by `label`, each of `values` shown from the start (at 0).

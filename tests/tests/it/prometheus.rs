@@ -39,37 +39,46 @@ fn panel_queries() -> Vec<(String, String, String)> {
     panel_queries_for(".*", ".*")
 }
 
+/// The dashboards whose panels read the agent's per-pair families (the Blast radius
+/// dashboard reads the per-service ones: `report.rs`).
+pub(crate) const PAIR_DASHBOARDS: [&str; 3] =
+    ["cell-overview", "cross-cell-leakage", "agent-health"];
+
 /// As [`panel_queries`], for one source and destination cell.
-fn panel_queries_for(src: &str, dst: &str) -> Vec<(String, String, String)> {
+pub(crate) fn panel_queries_for(src: &str, dst: &str) -> Vec<(String, String, String)> {
+    PAIR_DASHBOARDS.iter().flat_map(|name| dashboard_queries(name, src, dst)).collect()
+}
+
+/// (dashboard, panel title, filled query) of every panel target of `dashboards/{name}.json`.
+pub(crate) fn dashboard_queries(name: &str, src: &str, dst: &str) -> Vec<(String, String, String)> {
+    let path = repo().join(format!("dashboards/{name}.json"));
+    let d: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("dashboard"))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let vars: Vec<&str> = d["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert!(vars.contains(&"datasource"), "{name}: no datasource variable");
     let mut out = Vec::new();
-    for name in ["cell-overview", "cross-cell-leakage", "agent-health"] {
-        let path = repo().join(format!("dashboards/{name}.json"));
-        let d: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("dashboard"))
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let vars: Vec<&str> = d["templating"]["list"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|v| v["name"].as_str())
-            .collect();
-        assert!(vars.contains(&"datasource"), "{name}: no datasource variable");
-        for p in d["panels"].as_array().unwrap() {
-            for t in p["targets"].as_array().into_iter().flatten() {
-                let expr = t["expr"].as_str().expect("expr");
-                let undeclared = families::undeclared(expr);
-                assert!(undeclared.is_empty(), "{name}: {undeclared:?} are no family: {expr}");
-                out.push((
-                    name.to_owned(),
-                    p["title"].as_str().unwrap_or("").to_owned(),
-                    fill_cells(expr, src, dst),
-                ));
-            }
+    for p in d["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"].as_str().expect("expr");
+            let undeclared = families::undeclared(expr);
+            assert!(undeclared.is_empty(), "{name}: {undeclared:?} are no family: {expr}");
+            out.push((
+                name.to_owned(),
+                p["title"].as_str().unwrap_or("").to_owned(),
+                fill_cells(expr, src, dst),
+            ));
         }
     }
     out
 }
 
-fn rule_exprs() -> Vec<(String, String)> {
+/// (rule name, expr) of every rule, recording and alerting, of the shipped rule file.
+pub(crate) fn rule_exprs() -> Vec<(String, String)> {
     let text =
         std::fs::read_to_string(repo().join("deploy/prometheus/cellwatch-rules.yaml")).unwrap();
     let v: Value = serde_saphyr::from_str(&text).expect("rule file");

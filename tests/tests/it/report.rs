@@ -7,19 +7,33 @@
 //! cell-1 calls cell-2 too, under a temporary allow rule until 2100 (and one expired).
 //! No agent and no root are needed; the same checks against a real agent belong with the
 //! agent's per-service metrics.
+//!
+//! `--format html` is rendered in Debian's headless Chromium (a fresh profile, no network
+//! of its own, each run killed after a minute), against the same exporter with two leaks
+//! and its counts frozen so that the JSON and the page are read alike: the DevTools
+//! protocol (over `--remote-debugging-pipe`) sees no console error, no failed load and no
+//! request but the page's, a screenshot is taken, and the dumped DOM's `data-*` figures
+//! are the JSON's. The page, JSON, DOM and screenshot stay in
+//! `$CARGO_TARGET_TMPDIR/report-html/`. The checker is shown a console error and a
+//! missing image first, and must fail them.
 use std::{
+    collections::BTreeMap,
     io::{Read, Write},
     net::TcpListener,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc,
     },
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use cellwatch_tests::{
-    cellwatch, dot_to_svg, free_port,
+    TempDir, cellwatch, dot_to_svg, free_port,
     prometheus::{PromOpts, Prometheus, repo},
 };
 use serde_json::Value;
@@ -131,6 +145,11 @@ struct Exporter {
 
 impl Exporter {
     fn start() -> Self {
+        Self::serving(exposition)
+    }
+
+    /// An exporter whose `k`th scrape is `body(k)`.
+    fn serving(body: fn(u64) -> String) -> Self {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
@@ -144,11 +163,11 @@ impl Exporter {
                 let Ok(mut conn) = conn else { continue };
                 let mut buf = [0u8; 4096];
                 let _ = conn.read(&mut buf);
-                let body = exposition(n.fetch_add(1, Ordering::Relaxed) + 1);
+                let text = body(n.fetch_add(1, Ordering::Relaxed) + 1);
                 let _ = write!(
                     conn,
-                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
+                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{text}",
+                    text.len()
                 );
             }
         });
@@ -378,4 +397,625 @@ fn report_failures_are_one_sentence_and_exit_1() {
             prom.url()
         )
     );
+}
+
+/// The HTML test's exporter: [`exposition`] at 100 times the pace (so that a range of an
+/// hour still finds cell-1 the outlier), plus two leaks, and frozen from its 5th scrape
+/// on. Prometheus started within the hour, so each series counts all of its value: the
+/// report is the same whenever it is asked, once the frozen scrape is in.
+fn frozen(n: u64) -> String {
+    let k = 100 * n.min(FROZEN_AT);
+    let mut t = exposition(k);
+    // cell-3 calls cell-2 against policy (one connection in 100 of k), and cell-1's
+    // connects to cell-3 are refused: both pairs count violations.
+    let leak = "src_cell=\"cell-3\",dst_cell=\"cell-2\"";
+    let refused = "src_cell=\"cell-1\",dst_cell=\"cell-3\"";
+    for l in [
+        format!(
+            "cellwatch_connections_opened_total{{{leak},direction=\"egress\",verdict=\"violation\"}} {k}"
+        ),
+        format!("cellwatch_bytes_sent_total{{{leak},direction=\"egress\"}} {}", 50 * k),
+        format!("cellwatch_boundary_violations_total{{{leak},direction=\"egress\"}} {k}"),
+        format!("cellwatch_connections_failed_total{{{refused},reason=\"refused\"}} {}", 2 * k),
+        format!("cellwatch_boundary_violations_total{{{refused},direction=\"egress\"}} {}", 2 * k),
+    ] {
+        t.push_str(&l);
+        t.push('\n');
+    }
+    t
+}
+
+/// The scrape from which [`frozen`] serves the same counts.
+const FROZEN_AT: u64 = 5;
+
+/// Debian's Chromium, and how long any one run of it may take.
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMIUM_LIMIT: Duration = Duration::from_secs(60);
+
+/// Chromium's flags: headless, no network of its own, a fresh profile in `profile`.
+fn chromium_flags(profile: &Path) -> Vec<String> {
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is needed (Debian's chromium: run `cargo xtask setup`)"
+    );
+    [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .chain([format!("--user-data-dir={}", profile.display())])
+    .collect()
+}
+
+/// Kills Chromium's whole process group (its renderers and helpers with it).
+fn kill_group(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", child.id())])
+        .stderr(Stdio::null())
+        .status();
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Runs Chromium with `args` after its flags (a fresh profile each time), in a process
+/// group of its own, killed after [`CHROMIUM_LIMIT`]: (exit success, stdout, stderr).
+fn chromium(args: &[String]) -> (bool, String, String) {
+    let profile = TempDir::new("chromium-profile");
+    let mut child = Command::new(CHROMIUM)
+        .args(chromium_flags(&profile.0))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{CHROMIUM} (run `cargo xtask setup`): {e}"));
+    let pipe = |r: Option<Box<dyn Read + Send>>| {
+        thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_string(&mut s);
+            }
+            s
+        })
+    };
+    let out = pipe(child.stdout.take().map(|o| Box::new(o) as Box<dyn Read + Send>));
+    let err = pipe(child.stderr.take().map(|e| Box::new(e) as Box<dyn Read + Send>));
+    let deadline = Instant::now() + CHROMIUM_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("chromium's status") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            kill_group(&mut child);
+            panic!("chromium {args:?} did not finish in {CHROMIUM_LIMIT:?}: killed");
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    // Whatever it left behind goes too, so that the pipes close.
+    kill_group(&mut child);
+    (status.success(), out.join().unwrap_or_default(), err.join().unwrap_or_default())
+}
+
+/// What a page did in Chromium, as the DevTools protocol told it: `problems` (console
+/// errors and assertions, uncaught exceptions, error log entries such as a failed load or
+/// a Content-Security-Policy refusal, failed requests, HTTP errors), and every URL it
+/// requested.
+#[derive(Debug, Default)]
+struct PageCheck {
+    problems: Vec<String>,
+    requests: Vec<String>,
+}
+
+impl PageCheck {
+    fn see(&mut self, event: &Value) {
+        let p = &event["params"];
+        match event["method"].as_str().unwrap_or("") {
+            "Runtime.consoleAPICalled"
+                if matches!(p["type"].as_str(), Some("error" | "assert")) =>
+            {
+                self.problems.push(format!("console.{}: {}", p["type"], p["args"]));
+            }
+            "Runtime.exceptionThrown" => {
+                self.problems.push(format!("exception: {}", p["exceptionDetails"]));
+            }
+            "Log.entryAdded" if p["entry"]["level"] == "error" => {
+                let e = &p["entry"];
+                self.problems.push(format!("log: {} ({})", e["text"], e["url"]));
+            }
+            "Network.loadingFailed" => {
+                self.problems.push(format!("failed load: {} ({})", p["errorText"], p["requestId"]));
+            }
+            "Network.responseReceived" if p["response"]["status"].as_u64() >= Some(400) => {
+                let r = &p["response"];
+                self.problems.push(format!("HTTP {}: {}", r["status"], r["url"]));
+            }
+            "Network.requestWillBeSent" => {
+                self.requests.push(p["request"]["url"].as_str().unwrap_or("").to_owned());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Chromium's DevTools protocol over `--remote-debugging-pipe`: it reads commands on its
+/// fd 3 and writes answers and events on its fd 4, each message JSON ending in a NUL. The
+/// two fds are named pipes the shell that execs Chromium opens.
+struct Devtools {
+    child: Child,
+    to: std::fs::File,
+    from: mpsc::Receiver<Value>,
+    deadline: Instant,
+    next: u64,
+    events: Vec<Value>,
+    _dir: TempDir,
+}
+
+impl Devtools {
+    fn start() -> Self {
+        let dir = TempDir::new("chromium-devtools");
+        let (to, from) = (dir.0.join("to-chromium"), dir.0.join("from-chromium"));
+        for fifo in [&to, &from] {
+            let ok = Command::new("mkfifo").arg(fifo).status().is_ok_and(|s| s.success());
+            assert!(ok, "mkfifo {}", fifo.display());
+        }
+        let profile = dir.0.join("profile");
+        let mut flags = chromium_flags(&profile);
+        flags.extend(["--remote-debugging-pipe".to_owned(), "about:blank".to_owned()]);
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg("exec \"$0\" \"$@\" 3<\"$TO\" 4>\"$FROM\"")
+            .arg(CHROMIUM)
+            .args(&flags)
+            .env("TO", &to)
+            .env("FROM", &from)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{CHROMIUM} (run `cargo xtask setup`): {e}"));
+        // Opened read-write, the pipe to Chromium opens at once whether it runs or not.
+        let to = std::fs::OpenOptions::new().read(true).write(true).open(&to).expect("fifo");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let Ok(mut r) = std::fs::File::open(&from) else { return };
+            let (mut buf, mut chunk) = (Vec::new(), [0u8; 65536]);
+            while let Ok(n @ 1..) = r.read(&mut chunk) {
+                buf.extend_from_slice(&chunk[..n]);
+                while let Some(end) = buf.iter().position(|b| *b == 0) {
+                    let msg: Vec<u8> = buf.drain(..=end).collect();
+                    let Ok(v) = serde_json::from_slice(&msg[..end]) else { continue };
+                    if tx.send(v).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let deadline = Instant::now() + CHROMIUM_LIMIT;
+        Self { child, to, from: rx, deadline, next: 0, events: Vec::new(), _dir: dir }
+    }
+
+    /// The next message, or a failure once the time is up.
+    fn recv(&mut self) -> Value {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        match self.from.recv_timeout(left) {
+            Ok(v) => v,
+            Err(e) => {
+                kill_group(&mut self.child);
+                panic!("chromium's DevTools: nothing within {CHROMIUM_LIMIT:?} ({e}): killed");
+            }
+        }
+    }
+
+    /// Sends a command (to the page's session, if any) and waits for its answer, keeping
+    /// the events that come before it.
+    fn call(&mut self, method: &str, params: Value, session: Option<&str>) -> Value {
+        self.next += 1;
+        let mut msg = serde_json::json!({"id": self.next, "method": method, "params": params});
+        if let Some(s) = session {
+            msg["sessionId"] = Value::from(s);
+        }
+        let mut bytes = serde_json::to_vec(&msg).expect("a command");
+        bytes.push(0);
+        self.to.write_all(&bytes).expect("a command to chromium");
+        loop {
+            let m = self.recv();
+            if m["id"] == self.next {
+                assert!(m["error"].is_null(), "chromium refused {method}: {m}");
+                return m["result"].clone();
+            }
+            self.events.push(m);
+        }
+    }
+
+    /// Waits for the event `method`, keeping the others.
+    fn wait_event(&mut self, method: &str) {
+        loop {
+            let m = self.recv();
+            let found = m["method"] == method;
+            self.events.push(m);
+            if found {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Devtools {
+    fn drop(&mut self) {
+        kill_group(&mut self.child);
+    }
+}
+
+/// Loads `url` in headless Chromium with the console, the log and the network watched;
+/// after its load event, waits `settle` for what comes late, then says what it saw.
+fn check_page(url: &str, settle: Duration) -> PageCheck {
+    let mut dt = Devtools::start();
+    let target = dt.call("Target.createTarget", serde_json::json!({"url": "about:blank"}), None);
+    let attached = dt.call(
+        "Target.attachToTarget",
+        serde_json::json!({"targetId": target["targetId"], "flatten": true}),
+        None,
+    );
+    let session = attached["sessionId"].as_str().expect("a session").to_owned();
+    for domain in ["Runtime", "Log", "Network", "Page"] {
+        dt.call(&format!("{domain}.enable"), serde_json::json!({}), Some(&session));
+    }
+    let nav = dt.call("Page.navigate", serde_json::json!({"url": url}), Some(&session));
+    assert!(nav["errorText"].is_null(), "chromium could not open {url}: {nav}");
+    dt.wait_event("Page.loadEventFired");
+    let until = Instant::now() + settle;
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        match dt.from.recv_timeout(left) {
+            Ok(m) => dt.events.push(m),
+            Err(_) => break,
+        }
+    }
+    let mut check = PageCheck::default();
+    for e in &dt.events {
+        check.see(e);
+    }
+    check
+}
+
+/// The checker fails what it must: a page with a console error and a missing image.
+#[test]
+fn report_chromium_checker_sees_console_errors_and_failed_loads() {
+    let dir = TempDir::new("chromium-check");
+    let bad = dir.write(
+        "bad.html",
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>bad</title></head><body>\
+         <img src=\"missing.png\"><script>console.error('deliberate')</script></body></html>",
+    );
+    let check = check_page(&format!("file://{}", bad.display()), Duration::from_millis(500));
+    let all = check.problems.join("\n");
+    assert!(
+        all.contains("console.\"error\": [{\"type\":\"string\",\"value\":\"deliberate\"}]"),
+        "{check:?}"
+    );
+    assert!(all.contains("failed load: \"net::ERR_FILE_NOT_FOUND\""), "{check:?}");
+    assert!(all.contains("log: \"Failed to load resource: net::ERR_FILE_NOT_FOUND\""), "{check:?}");
+    assert!(check.requests.iter().any(|u| u.ends_with("/missing.png")), "{check:?}");
+    let good = dir.write("good.html", "<!DOCTYPE html><title>good</title><p>fine</p>");
+    let check = check_page(&format!("file://{}", good.display()), Duration::from_millis(500));
+    assert!(check.problems.is_empty(), "{check:?}");
+}
+
+/// Every start tag of an HTML text with the attribute `attr`, each as its attributes
+/// (`&amp;` and `&quot;` read back, as a DOM serializer writes them).
+fn tags_with(html: &str, attr: &str) -> Vec<BTreeMap<String, String>> {
+    let mut out = Vec::new();
+    let mut rest = html;
+    while let Some(i) = rest.find('<') {
+        rest = &rest[i + 1..];
+        let mut attrs = BTreeMap::new();
+        let name_end = rest.find(|c: char| c.is_whitespace() || c == '>').unwrap_or(rest.len());
+        attrs.insert(String::new(), rest[..name_end].to_owned());
+        rest = &rest[name_end..];
+        loop {
+            rest = rest.trim_start();
+            if rest.is_empty() || rest.starts_with('>') || rest.starts_with("/>") {
+                break;
+            }
+            let end = rest.find(|c: char| c == '=' || c == '>' || c.is_whitespace());
+            let end = end.unwrap_or(rest.len());
+            let key = rest[..end].to_owned();
+            rest = &rest[end..];
+            if let Some(v) = rest.strip_prefix("=\"") {
+                let close = v.find('"').expect("a closing quote");
+                let value = v[..close].replace("&quot;", "\"").replace("&amp;", "&");
+                attrs.insert(key, value);
+                rest = &v[close + 1..];
+            } else {
+                attrs.insert(key, String::new());
+            }
+        }
+        if attrs.contains_key(attr) {
+            out.push(attrs);
+        }
+    }
+    out
+}
+
+/// A whole count from a `data-*` attribute.
+fn count(a: &BTreeMap<String, String>, k: &str) -> u64 {
+    a[k].parse().unwrap_or_else(|e| panic!("{k}={:?} in {a:?}: {e}", a.get(k)))
+}
+
+/// A JSON number (or `null`) from a `data-*` attribute.
+fn figure(a: &BTreeMap<String, String>, k: &str) -> Value {
+    match a[k].as_str() {
+        "null" => Value::Null,
+        v => serde_json::json!(v.parse::<f64>().unwrap_or_else(|e| panic!("{k}={v:?}: {e}"))),
+    }
+}
+
+/// A JSON share as the page's attributes hold it (a fraction as f64, or null).
+fn as_f64(v: &Value) -> Value {
+    v.as_f64().map_or(Value::Null, |f| serde_json::json!(f))
+}
+
+/// The pairs of the matrix: every (client cell, server cell) of the page with its
+/// (opened, bytes, violations), and whether it is marked a leak.
+type Pairs = BTreeMap<(String, String), ((u64, u64, u64), bool)>;
+
+fn dom_pairs(dom: &str) -> Pairs {
+    tags_with(dom, "data-opened")
+        .iter()
+        .map(|a| {
+            let figures =
+                (count(a, "data-opened"), count(a, "data-bytes"), count(a, "data-violations"));
+            let leak = a["class"].split(' ').any(|c| c == "leak");
+            ((a["data-src"].clone(), a["data-dst"].clone()), (figures, leak))
+        })
+        .collect()
+}
+
+/// The JSON's pairs, as [`dom_pairs`]: each cell to itself (its containment's inside),
+/// and to each cell it called.
+fn json_pairs(v: &Value) -> Pairs {
+    let mut pairs = Pairs::new();
+    for c in v["cells"].as_array().unwrap() {
+        let name = c["cell"].as_str().unwrap().to_owned();
+        let inside = &c["containment"]["inside"];
+        let figures =
+            (inside["connections"].as_u64().unwrap(), inside["bytes"].as_u64().unwrap(), 0);
+        pairs.insert((name.clone(), name.clone()), (figures, false));
+        for d in c["cells"].as_array().unwrap() {
+            let violations = d["violations"].as_u64().unwrap();
+            let figures =
+                (d["connections"].as_u64().unwrap(), d["bytes"].as_u64().unwrap(), violations);
+            pairs.insert(
+                (name.clone(), d["cell"].as_str().unwrap().to_owned()),
+                (figures, violations > 0),
+            );
+        }
+    }
+    pairs
+}
+
+/// The page's containment, blast radius, outliers and rules against the JSON's.
+fn assert_sections_match(dom: &str, v: &Value) {
+    const SCOPES: [&str; 4] = ["inside", "global", "other_cells", "external"];
+    let rows = tags_with(dom, "data-scope");
+    let cells = v["cells"].as_array().unwrap();
+    assert_eq!(rows.len(), 4 * cells.len(), "four scopes a cell");
+    let totals: Vec<_> =
+        tags_with(dom, "data-global").into_iter().filter(|a| a[""] == "tr").collect();
+    for (c, (t, scopes)) in cells.iter().zip(totals.iter().zip(rows.chunks(4))) {
+        assert_eq!(t["data-cell"], c["cell"].as_str().unwrap());
+        assert_eq!(
+            (count(t, "data-connections"), count(t, "data-bytes")),
+            (c["connections"].as_u64().unwrap(), c["bytes"].as_u64().unwrap()),
+            "{}",
+            c["cell"]
+        );
+        for (a, scope) in scopes.iter().zip(SCOPES) {
+            let s = &c["containment"][scope];
+            assert_eq!(a["data-scope"], scope);
+            assert_eq!(
+                count(a, "data-connections"),
+                s["connections"].as_u64().unwrap(),
+                "{} {scope}",
+                c["cell"]
+            );
+            assert_eq!(
+                count(a, "data-bytes"),
+                s["bytes"].as_u64().unwrap(),
+                "{} {scope}",
+                c["cell"]
+            );
+            assert_eq!(
+                figure(a, "data-connections-share"),
+                as_f64(&s["connections_share"]),
+                "{} {scope}",
+                c["cell"]
+            );
+            assert_eq!(
+                figure(a, "data-bytes-share"),
+                as_f64(&s["bytes_share"]),
+                "{} {scope}",
+                c["cell"]
+            );
+        }
+    }
+    // Each service's callers: one table row and one graph edge each, as the JSON's.
+    let callers = |tag: &str| -> Vec<(String, String, u64, u64, Value, Value)> {
+        tags_with(dom, "data-connections-share")
+            .into_iter()
+            .filter(|a| a[""] == tag && a.contains_key("data-service"))
+            .map(|a| {
+                (
+                    a["data-service"].clone(),
+                    a["data-cell"].clone(),
+                    count(&a, "data-connections"),
+                    count(&a, "data-bytes"),
+                    figure(&a, "data-connections-share"),
+                    figure(&a, "data-bytes-share"),
+                )
+            })
+            .collect()
+    };
+    let mut want = Vec::new();
+    for s in v["services"].as_array().unwrap() {
+        let name = s["service"].as_str().unwrap();
+        let mut of = |cell: &str, sh: &Value| {
+            want.push((
+                name.to_owned(),
+                cell.to_owned(),
+                sh["connections"].as_u64().unwrap(),
+                sh["bytes"].as_u64().unwrap(),
+                as_f64(&sh["connections_share"]),
+                as_f64(&sh["bytes_share"]),
+            ));
+        };
+        for d in s["dependents"].as_array().unwrap() {
+            of(d["cell"].as_str().unwrap(), d);
+        }
+        if !s["external"].is_null() {
+            of("external", &s["external"]);
+        }
+    }
+    assert!(!want.is_empty(), "the exporter's services have callers");
+    assert_eq!(callers("tr"), want, "the blast radius table");
+    assert_eq!(callers("g"), want, "the blast radius graph's edges");
+    let services: Vec<_> = tags_with(dom, "data-kind")
+        .into_iter()
+        .filter(|a| a[""] == "g" && a["data-kind"] == "service")
+        .map(|a| (a["data-name"].clone(), count(&a, "data-connections"), count(&a, "data-bytes")))
+        .collect();
+    let want: Vec<_> = v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["service"].as_str().unwrap().to_owned(),
+                s["connections"].as_u64().unwrap(),
+                s["bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(services, want, "the graph's service nodes");
+    // Outliers and rules.
+    let outliers: Vec<Value> = tags_with(dom, "data-signal")
+        .iter()
+        .map(|a| serde_json::json!({
+            "cell": a["data-cell"], "destination": {"kind": a["data-kind"], "name": a["data-destination"]},
+            "signal": a["data-signal"], "value": figure(a, "data-value"), "peer_median": figure(a, "data-peer-median"),
+            "peers": count(a, "data-peers"), "connects": count(a, "data-connects"),
+        }))
+        .collect();
+    assert_eq!(Value::Array(outliers), v["outliers"], "the outliers");
+    let rules: Vec<Value> = tags_with(dom, "data-expires")
+        .iter()
+        .zip(v["temporary_rules"].as_array().unwrap())
+        .map(|(a, r)| {
+            // The time left is counted from each report's own moment: seconds apart.
+            let left = count(a, "data-expires-in-seconds");
+            let json_left = r["expires_in_seconds"].as_u64().unwrap();
+            assert!(
+                left <= json_left && json_left - left <= 60,
+                "{left} s left, {json_left} in the JSON"
+            );
+            serde_json::json!({
+                "from": a["data-from"], "to": a["data-to"], "reason": a["data-reason"],
+                "expires": a["data-expires"], "expires_in_seconds": json_left,
+                "connections": count(a, "data-connections"), "bytes": count(a, "data-bytes"),
+            })
+        })
+        .collect();
+    assert_eq!(Value::Array(rules), v["temporary_rules"], "the temporary rules");
+}
+
+/// The page Chromium rendered: the PNG's size from its header, after its signature.
+fn png_size(png: &[u8]) -> (u32, u32) {
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && &png[12..16] == b"IHDR", "not a PNG");
+    let be = |i: usize| u32::from_be_bytes([png[i], png[i + 1], png[i + 2], png[i + 3]]);
+    (be(16), be(20))
+}
+
+#[test]
+fn report_html_renders_in_chromium_with_the_jsons_numbers() {
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("report-html");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    println!("report-html: the page, its JSON, DOM and screenshot go to {}", out.display());
+
+    let exporter = Exporter::serving(frozen);
+    let prom = Prometheus::start(PromOpts { target: Some(exporter.port), ..PromOpts::default() });
+    // The frozen counts are in, and are the latest sample of every series.
+    let frozen_total = 100 * FROZEN_AT * 2;
+    prom.wait_for("the frozen scrape", Duration::from_secs(60), || {
+        let (_, r) = prom.query(&format!(
+            "cellwatch_boundary_violations_total{{src_cell=\"cell-1\",dst_cell=\"cell-3\"}} == {frozen_total}"
+        ));
+        exporter.scrapes.load(Ordering::Relaxed) > FROZEN_AT + 1 && !r.is_empty()
+    });
+    let (code, json, err) = report(&prom.url(), &["--format", "json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, html, err) = report(&prom.url(), &["--format", "html"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.is_empty(), "{err}");
+    std::fs::write(out.join("report.json"), &json).unwrap();
+    let page = out.join("report.html");
+    std::fs::write(&page, &html).unwrap();
+    let url = format!("file://{}", page.canonicalize().unwrap().display());
+    let v: Value = serde_json::from_str(&json).unwrap();
+
+    // No console error, no failed load, and nothing loaded but the page itself.
+    let check = check_page(&url, Duration::from_secs(1));
+    assert!(check.problems.is_empty(), "chromium saw: {:#?}", check.problems);
+    assert_eq!(check.requests, std::slice::from_ref(&url), "the page loads nothing else");
+
+    let png = out.join("report.png");
+    let (ok, _, err) = chromium(&[
+        format!("--screenshot={}", png.display()),
+        "--window-size=1400,2000".to_owned(),
+        url.clone(),
+    ]);
+    assert!(ok, "chromium --screenshot failed: {err}");
+    let shot =
+        std::fs::read(&png).unwrap_or_else(|e| panic!("no screenshot at {}: {e}", png.display()));
+    assert_eq!(png_size(&shot), (1400, 2000), "{}", png.display());
+    // A blank page of that size compresses to a few KiB; this one has tables and a graph.
+    assert!(shot.len() > 60_000, "{} is {} bytes: blank?", png.display(), shot.len());
+
+    let (ok, dom, err) = chromium(&["--dump-dom".to_owned(), url.clone()]);
+    assert!(ok && dom.contains("</html>"), "chromium --dump-dom failed: {err}");
+    std::fs::write(out.join("dom.html"), &dom).unwrap();
+
+    // Every pair of the matrix is the JSON's, and every pair the JSON has is on the page.
+    let on_page = dom_pairs(&dom);
+    let in_json = json_pairs(&v);
+    for (pair, figures) in &in_json {
+        assert_eq!(on_page.get(pair), Some(figures), "{pair:?}");
+    }
+    for (pair, figures) in &on_page {
+        if !in_json.contains_key(pair) {
+            assert_eq!(*figures, ((0, 0, 0), false), "{pair:?} is not in the JSON");
+        }
+    }
+    // The two leaks are marked; the exporter's flows are there.
+    let leaks: Vec<_> =
+        on_page.iter().filter(|(_, (_, leak))| *leak).map(|(p, _)| p.clone()).collect();
+    assert_eq!(
+        leaks,
+        [("cell-1".to_owned(), "cell-3".to_owned()), ("cell-3".to_owned(), "cell-2".to_owned())]
+    );
+    assert_eq!(on_page[&("cell-1".to_owned(), "cell-2".to_owned())].0.0, 2 * 100 * FROZEN_AT);
+    assert_sections_match(&dom, &v);
+    assert!(
+        !v["outliers"].as_array().unwrap().is_empty()
+            && !v["temporary_rules"].as_array().unwrap().is_empty()
+    );
+    println!("report-html: {} matches the JSON; screenshot {}", page.display(), png.display());
 }

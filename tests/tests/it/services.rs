@@ -230,6 +230,7 @@ fn blast_radius_report_and_alerts_from_a_real_prometheus() {
         target: Some(agent.port),
         rules: Some(&rules.0.join("rules.yaml")),
         history: Some(&history(agent.port)),
+        ..PromOpts::default()
     });
 
     // SECONDS of traffic, bounded: each second cell-1 and cell-2 call orders-db three

@@ -85,7 +85,7 @@ fn every_family_is_asked_once_at_one_time() {
 }
 
 #[test]
-fn text_and_dot_too() {
+fn text_dot_and_html_too() {
     let fake = Fake::start(canned());
     let text = render(&format!("{}/", fake.url), hour(), ReportFormat::Text).unwrap();
     assert!(text.starts_with(&format!("cellwatch report  {}  the last 1h", fake.url)), "{text}");
@@ -95,6 +95,10 @@ fn text_and_dot_too() {
     );
     let dot = render(&fake.url, hour(), ReportFormat::Dot).unwrap();
     assert!(dot.contains("\"cell:cell-1\" -> \"service:orders-db\""), "{dot}");
+    let html = render(&fake.url, hour(), ReportFormat::Html).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>\n") && html.ends_with("</html>\n"), "{html}");
+    assert!(html.contains(&format!("data-source=\"{}\"", fake.url)), "{html}");
+    assert!(html.contains("data-src=\"cell-1\" data-dst=\"global\" data-opened=\"30\""), "{html}");
 }
 
 #[test]

@@ -10,6 +10,27 @@ fn headers(values: &[&str]) -> header::HeaderMap {
     h
 }
 
+/// Prometheus with `--enable-feature=native-histograms` gets the protobuf form, gzipped
+/// as it asks; every other scraper the text.
+#[test]
+fn the_protobuf_form_when_the_accept_header_asks_for_it() {
+    let mut h = header::HeaderMap::new();
+    assert_eq!(Asked::of(&h), Asked { form: Form::Text, gzip: false });
+    h.insert(
+        header::ACCEPT,
+        header::HeaderValue::from_static(
+            "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;\
+             encoding=delimited;q=0.8,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+        ),
+    );
+    h.insert(header::ACCEPT_ENCODING, header::HeaderValue::from_static("gzip"));
+    let asked = Asked::of(&h);
+    assert_eq!(asked, Asked { form: Form::Native, gzip: true });
+    assert!(asked.content_type().starts_with("application/vnd.google.protobuf"));
+    h.insert(header::ACCEPT, header::HeaderValue::from_static("text/plain;version=0.0.4"));
+    assert_eq!(Asked::of(&h).form, Form::Text);
+}
+
 #[test]
 fn gzip_when_asked_for_and_not_refused() {
     assert!(accepts_gzip(&headers(&["gzip"])));
@@ -25,7 +46,7 @@ fn gzip_when_asked_for_and_not_refused() {
 struct Slow(std::sync::atomic::AtomicUsize);
 
 impl Endpoints for Slow {
-    fn metrics(&self, out: &mut dyn std::io::Write) -> Result<(), String> {
+    fn metrics(&self, _: Form, out: &mut dyn std::io::Write) -> Result<(), String> {
         self.0.fetch_add(1, Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(300));
         out.write_all(b"cellwatch_x 1\n").map_err(|e| e.to_string())
@@ -51,7 +72,10 @@ fn scrapes_that_arrive_together_share_one_render() {
         let mut all = JoinSet::new();
         for i in 0..20 {
             let s = server.clone();
-            all.spawn(async move { s.render(i % 2 == 0).await });
+            all.spawn(async move {
+                let form = if i % 4 < 2 { Form::Text } else { Form::Native };
+                s.render(Asked { form, gzip: i % 2 == 0 }).await
+            });
         }
         let mut bodies = Vec::new();
         while let Some(b) = all.join_next().await {
@@ -60,10 +84,10 @@ fn scrapes_that_arrive_together_share_one_render() {
         bodies
     });
     assert_eq!(bodies.len(), 20);
-    assert_eq!(server.endpoints.0.load(Ordering::SeqCst), 2, "one render per encoding");
+    assert_eq!(server.endpoints.0.load(Ordering::SeqCst), 4, "one render per form and encoding");
     // A later scrape renders anew.
-    rt.block_on(server.render(false)).unwrap();
-    assert_eq!(server.endpoints.0.load(Ordering::SeqCst), 3);
+    rt.block_on(server.render(Asked { form: Form::Text, gzip: false })).unwrap();
+    assert_eq!(server.endpoints.0.load(Ordering::SeqCst), 5);
 }
 
 /// A client that stops reading: the write that waits for it fails after the limit,
@@ -98,7 +122,7 @@ fn a_write_to_a_client_that_stopped_reading_times_out() {
 struct Repeat(&'static str, usize);
 
 impl Endpoints for Repeat {
-    fn metrics(&self, out: &mut dyn std::io::Write) -> Result<(), String> {
+    fn metrics(&self, _: Form, out: &mut dyn std::io::Write) -> Result<(), String> {
         for _ in 0..self.1 {
             out.write_all(self.0.as_bytes()).map_err(|e| e.to_string())?;
         }
@@ -116,8 +140,8 @@ impl Endpoints for Repeat {
 fn a_compressed_exposition_inflates_to_the_plain_one() {
     use std::io::Read;
     let e = Repeat("cellwatch_connections_opened_total{src_cell=\"a\"} 1\n", 1000);
-    let plain = exposition(&e, false).unwrap();
-    let gz = exposition(&e, true).unwrap();
+    let plain = exposition(&e, Asked { form: Form::Text, gzip: false }).unwrap();
+    let gz = exposition(&e, Asked { form: Form::Text, gzip: true }).unwrap();
     assert_eq!(plain.len(), e.0.len() * 1000);
     assert!(gz.len() < plain.len() / 10);
     let mut back = Vec::new();
