@@ -576,6 +576,47 @@ impl Server {
     }
 }
 
+/// A connection that stays open while a test runs: what it moves reaches a store only
+/// through the agent's live sweeps. Its server reads until the client closes (or for
+/// `read_for` without a byte).
+pub struct Open {
+    client: TcpStream,
+    server: thread::JoinHandle<usize>,
+}
+
+/// What [`Open::send_mib`] sends.
+pub const MIB: usize = 1 << 20;
+
+impl Open {
+    /// Connects from `client` to a listener of its own on `server`.
+    pub fn start(client: IpAddr, server: IpAddr, read_for: Duration) -> Self {
+        let l = TcpListener::bind((server, 0)).expect("the open connection's listener");
+        let client = connect_from(client, l.local_addr().expect("its address"))
+            .expect("the open connection");
+        let (mut s, _) = l.accept().expect("the open connection's server side");
+        let server = thread::spawn(move || {
+            s.set_read_timeout(Some(read_for)).expect("a read timeout");
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut got = 0;
+            while let Ok(n @ 1..) = s.read(&mut buf) {
+                got += n;
+            }
+            got
+        });
+        Self { client, server }
+    }
+
+    pub fn send_mib(&mut self) {
+        self.client.write_all(&vec![b'o'; MIB]).expect("send on the open connection");
+    }
+
+    /// Closes it; the bytes the server read.
+    pub fn close(self) -> usize {
+        drop(self.client);
+        self.server.join().unwrap_or(0)
+    }
+}
+
 /// `n` sequential client connections from `from` (port chosen by the kernel) to `to`:
 /// send `req` bytes, read `resp` bytes, close. Returns how many completed.
 pub fn clients(from: IpAddr, to: SocketAddr, n: usize, req: usize, resp: usize) -> usize {

@@ -5,16 +5,11 @@
 //! A connection that stays open all along shows in the bytes and RTT panels; cell-b is
 //! drained, so the Drains panels have the leak's connections into it and the held one. Every
 //! `cellwatch_*` name a panel or a rule uses is a family the agent declares.
-use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
-    thread,
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use agent_core::metrics::families;
 use cellwatch_tests::{
-    Agent, AgentOpts, Server, clients, connect_from, free_port,
+    Agent, AgentOpts, MIB, Open, Server, clients, connect_from, free_port,
     prometheus::{PromOpts, Prometheus, repo},
     ranges::{HARNESS, PROMETHEUS},
 };
@@ -130,43 +125,6 @@ fn traffic_round() -> usize {
     leaked
 }
 
-/// A connection inside cell-c that stays open for the whole test: what it moves reaches
-/// Prometheus only through the agent's live sweeps.
-struct Open {
-    client: TcpStream,
-    server: thread::JoinHandle<usize>,
-}
-
-const MIB: usize = 1 << 20;
-
-impl Open {
-    fn start() -> Self {
-        let l = std::net::TcpListener::bind((PROMETHEUS.ip(3, 0, 1), 0)).unwrap();
-        let client = connect_from(PROMETHEUS.ip(3, 0, 2), l.local_addr().unwrap()).unwrap();
-        let (mut s, _) = l.accept().unwrap();
-        let server = thread::spawn(move || {
-            s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut got = 0;
-            while let Ok(n @ 1..) = s.read(&mut buf) {
-                got += n;
-            }
-            got
-        });
-        Self { client, server }
-    }
-
-    fn send_mib(&mut self) {
-        self.client.write_all(&vec![b'o'; MIB]).expect("send on the open connection");
-    }
-
-    /// Closes it; the bytes the server read.
-    fn close(self) -> usize {
-        drop(self.client);
-        self.server.join().unwrap()
-    }
-}
-
 /// Prometheus's `cellwatch_bytes_sent_total` of the open connection, as stored.
 fn open_bytes(prom: &Prometheus) -> Option<String> {
     let q =
@@ -188,7 +146,8 @@ fn dashboards_and_rules_work_against_a_real_prometheus() {
     });
     // The open connection: one MiB Prometheus sees, then one more, so increase() and
     // rate() have something to work on.
-    let mut open = Open::start();
+    let mut open =
+        Open::start(PROMETHEUS.ip(3, 0, 2), PROMETHEUS.ip(3, 0, 1), Duration::from_secs(120));
     open.send_mib();
     prom.wait_for("storing the open connection's first MiB", Duration::from_secs(30), || {
         open_bytes(&prom).as_deref() == Some("1048576")

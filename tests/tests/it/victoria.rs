@@ -12,16 +12,11 @@
 //! fires and reaches a real Alertmanager. Once the traffic has stopped and every store
 //! holds the agent's final counts, `cellwatch report` (JSON and dot) says the same of
 //! both VictoriaMetrics as of the Prometheus.
-use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
-    thread,
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use agent_core::metrics::families as f;
 use cellwatch_tests::{
-    Agent, AgentOpts, Metrics, Server,
+    Agent, AgentOpts, MIB, Metrics, Open, Server,
     alertmanager::Alertmanager,
     cellwatch, clients, connect_from, free_port,
     prometheus::{PromOpts, Prometheus, shipped_rules},
@@ -69,41 +64,6 @@ fn traffic_round() -> usize {
     }
     assert_eq!(b.join() + db.join(), 3 * N + N / 2);
     leaked
-}
-
-/// A connection inside cell-c that stays open until the traffic stops.
-struct Open {
-    client: TcpStream,
-    server: thread::JoinHandle<usize>,
-}
-
-const MIB: usize = 1 << 20;
-
-impl Open {
-    fn start() -> Self {
-        let l = std::net::TcpListener::bind((VICTORIA.ip(3, 0, 1), 0)).unwrap();
-        let client = connect_from(VICTORIA.ip(3, 0, 2), l.local_addr().unwrap()).unwrap();
-        let (mut s, _) = l.accept().unwrap();
-        let server = thread::spawn(move || {
-            s.set_read_timeout(Some(Duration::from_secs(180))).unwrap();
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut got = 0;
-            while let Ok(n @ 1..) = s.read(&mut buf) {
-                got += n;
-            }
-            got
-        });
-        Self { client, server }
-    }
-
-    fn send_mib(&mut self) {
-        self.client.write_all(&vec![b'o'; MIB]).expect("send on the open connection");
-    }
-
-    fn close(self) -> usize {
-        drop(self.client);
-        self.server.join().unwrap()
-    }
 }
 
 /// A store the test reads: the Prometheus, or a VictoriaMetrics.
@@ -242,7 +202,8 @@ fn dashboards_rules_and_report_work_against_victoria_metrics() {
         s.query("up{job=\"cellwatch\"} == 1").1.len() == 1
     });
 
-    let mut open = Open::start();
+    let mut open =
+        Open::start(VICTORIA.ip(3, 0, 2), VICTORIA.ip(3, 0, 1), Duration::from_secs(180));
     open.send_mib();
     wait_all("storing the open connection's first MiB", Duration::from_secs(30), &|s| {
         s.value(OPEN_BYTES).as_deref() == Some("1048576")
