@@ -19,7 +19,8 @@
 //!   [`MIN_CONNECTS_PER_SECOND`] connects to it are compared: one is an outlier when its
 //!   failure ratio (above [`FAILURE_RATIO_FLOOR`]) or its connect p99 (above
 //!   [`P99_FLOOR_SECONDS`]) is more than [`FACTOR`] times the median of the others'.
-//!   p99 is interpolated within buckets as `histogram_quantile` does.
+//!   p99 is interpolated within buckets as `histogram_quantile` does: the classic buckets',
+//!   or a native histogram's where the store holds only that form.
 //! - **Temporary allow rules** in force at the end of the range (`until:` still ahead):
 //!   each one's deadline and reason, and what its flow (client cell -> server cell)
 //!   carried over the range: the allowed connections opened, and their bytes.
@@ -224,6 +225,9 @@ struct Traffic {
     violations: f64,
     /// Cumulative bucket counts by upper bound.
     latency: Vec<(f64, f64)>,
+    /// The same, from native histograms: read only when there are no classic buckets
+    /// (the two layouts' bounds differ, so their counts cannot be added).
+    native: Vec<(f64, f64)>,
 }
 
 impl Traffic {
@@ -236,7 +240,7 @@ impl Traffic {
     }
 
     fn p99(&self) -> Option<f64> {
-        let mut b = self.latency.clone();
+        let mut b = if self.latency.is_empty() { &self.native } else { &self.latency }.clone();
         b.sort_by(|x, y| x.0.total_cmp(&y.0));
         Hist(b).quantile(0.99)
     }
@@ -259,6 +263,7 @@ struct Kind {
     sent: Reading,
     received: Reading,
     latency: Reading,
+    native: Reading,
     /// Boundary violations, for the pairs (services have none of their own).
     violations: Option<Reading>,
 }
@@ -270,6 +275,7 @@ const PAIRS: Kind = Kind {
     sent: Reading::PairSent,
     received: Reading::PairReceived,
     latency: Reading::PairLatency,
+    native: Reading::PairLatencyNative,
     violations: Some(Reading::PairViolations),
 };
 
@@ -280,6 +286,7 @@ const SERVICES: Kind = Kind {
     sent: Reading::ServiceSent,
     received: Reading::ServiceReceived,
     latency: Reading::ServiceLatency,
+    native: Reading::ServiceLatencyNative,
     violations: None,
 };
 
@@ -291,18 +298,8 @@ fn flows(answers: &Answers, kind: &Kind) -> Flows {
         (kind.failed, |t, v, _| t.failed += v),
         (kind.sent, |t, v, _| t.bytes += v),
         (kind.received, |t, v, _| t.bytes += v),
-        (kind.latency, |t, v, s| {
-            let le = match s.label("le") {
-                "+Inf" => Some(f64::INFINITY),
-                le => le.parse::<f64>().ok(),
-            };
-            if let Some(le) = le {
-                match t.latency.iter_mut().find(|(b, _)| b.total_cmp(&le).is_eq()) {
-                    Some(bucket) => bucket.1 += v,
-                    None => t.latency.push((le, v)),
-                }
-            }
-        }),
+        (kind.latency, |t, v, s| add_bucket(&mut t.latency, v, s)),
+        (kind.native, |t, v, s| add_bucket(&mut t.native, v, s)),
     ];
     if let Some(violations) = kind.violations {
         fields.push((violations, |t, v, _| t.violations += v));
@@ -317,6 +314,20 @@ fn flows(answers: &Answers, kind: &Kind) -> Flows {
         }
     }
     flows
+}
+
+/// Adds a bucket series' count (its `le` label the bound) to `buckets`.
+fn add_bucket(buckets: &mut Vec<(f64, f64)>, v: f64, s: &Series) {
+    let le = match s.label("le") {
+        "+Inf" => Some(f64::INFINITY),
+        le => le.parse::<f64>().ok(),
+    };
+    if let Some(le) = le {
+        match buckets.iter_mut().find(|(b, _)| b.total_cmp(&le).is_eq()) {
+            Some(bucket) => bucket.1 += v,
+            None => buckets.push((le, v)),
+        }
+    }
 }
 
 /// What the report would read from the samples of one agent's `/metrics`, without a

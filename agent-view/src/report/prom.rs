@@ -87,12 +87,16 @@ pub enum Reading {
     PairReceived,
     /// Connect latency histogram buckets (`le`), client side.
     PairLatency,
+    /// The same histogram stored as a native one (Prometheus with native histograms): its
+    /// buckets come back as [`PairLatency`](Reading::PairLatency)'s do (`le`, cumulative).
+    PairLatencyNative,
     /// Per (`src_cell`, `service`), as the pair families.
     ServiceOpened,
     ServiceFailed,
     ServiceSent,
     ServiceReceived,
     ServiceLatency,
+    ServiceLatencyNative,
     /// The temporary allow rules (`from`, `to`, `reason`) and each one's deadline, now.
     AllowRules,
     /// Per (`src_cell`, `dst_cell`): allowed connections opened over the range.
@@ -103,7 +107,7 @@ pub enum Reading {
 }
 
 impl Reading {
-    pub const ALL: [Reading; 15] = [
+    pub const ALL: [Reading; 17] = [
         Self::Cells,
         Self::Services,
         Self::PairOpened,
@@ -111,11 +115,13 @@ impl Reading {
         Self::PairSent,
         Self::PairReceived,
         Self::PairLatency,
+        Self::PairLatencyNative,
         Self::ServiceOpened,
         Self::ServiceFailed,
         Self::ServiceSent,
         Self::ServiceReceived,
         Self::ServiceLatency,
+        Self::ServiceLatencyNative,
         Self::AllowRules,
         Self::PairAllowed,
         Self::PairViolations,
@@ -139,6 +145,7 @@ impl Reading {
             Self::PairSent => Read::Bytes(Way::Sent, PAIR_BYTES, PAIR),
             Self::PairReceived => Read::Bytes(Way::Received, PAIR_BYTES, PAIR),
             Self::PairLatency => Read::All(f::CONNECT_LATENCY_SECONDS_BUCKET, PAIR_LE),
+            Self::PairLatencyNative => Read::All(f::CONNECT_LATENCY_SECONDS, PAIR),
             Self::ServiceOpened => Read::ClientSide(f::SERVICE_CONNECTIONS_OPENED_TOTAL, SERVICE),
             Self::ServiceFailed => Read::All(f::SERVICE_CONNECTIONS_FAILED_TOTAL, SERVICE),
             Self::ServiceSent => Read::Bytes(Way::Sent, SERVICE_BYTES, SERVICE),
@@ -146,6 +153,7 @@ impl Reading {
             Self::ServiceLatency => {
                 Read::All(f::SERVICE_CONNECT_LATENCY_SECONDS_BUCKET, SERVICE_LE)
             }
+            Self::ServiceLatencyNative => Read::All(f::SERVICE_CONNECT_LATENCY_SECONDS, SERVICE),
             Self::AllowRules => {
                 Read::Now(f::ALLOW_RULE_EXPIRY_TIMESTAMP_SECONDS, "from, to, reason")
             }
@@ -297,7 +305,64 @@ struct Data {
 struct Sample {
     metric: BTreeMap<String, String>,
     /// (time, value): Prometheus writes the value as a string (`"12"`, `"NaN"`, `"+Inf"`).
-    value: (f64, String),
+    #[serde(default)]
+    value: Option<(f64, String)>,
+    /// (time, histogram), instead of `value`, for a native histogram.
+    #[serde(default)]
+    histogram: Option<(f64, Native)>,
+}
+
+/// A native histogram sample as the query API writes it: its buckets, each
+/// `[boundaries, lower, upper, count]`, with the numbers as strings.
+#[derive(Deserialize)]
+struct Native {
+    count: String,
+    #[serde(default)]
+    buckets: Vec<(u8, String, String, String)>,
+}
+
+fn number(s: &str) -> Result<f64, AnswerError> {
+    s.parse::<f64>().map_err(|_| AnswerError::NotApi(format!("`{s}` is not a sample value")))
+}
+
+impl Sample {
+    /// The series of the sample: its value, or a native histogram's buckets as classic
+    /// ones, an `le` label on each and its count cumulative, `+Inf` holding the count.
+    /// A native bucket's lower bound is written too (with the count below it) where the
+    /// bucket below does not end there, so a quantile is interpolated within the bucket's
+    /// own bounds, as `histogram_quantile` does natively.
+    fn series(self) -> Result<Vec<Series>, AnswerError> {
+        let Some((_, h)) = self.histogram else {
+            let (_, value) =
+                self.value.ok_or_else(|| AnswerError::NotApi("a sample without a value".into()))?;
+            return Ok(vec![Series { labels: self.metric, value: number(&value)? }]);
+        };
+        let mut buckets = h
+            .buckets
+            .iter()
+            .map(|(_, lower, upper, count)| Ok((number(lower)?, number(upper)?, number(count)?)))
+            .collect::<Result<Vec<(f64, f64, f64)>, AnswerError>>()?;
+        buckets.sort_by(|a, b| a.1.total_cmp(&b.1));
+        let mut bounds: Vec<(f64, f64)> = Vec::with_capacity(2 * buckets.len());
+        let mut cumulative = 0.0;
+        for (lower, upper, count) in buckets.into_iter().filter(|b| b.1.is_finite()) {
+            if lower > 0.0 && bounds.last().is_none_or(|&(le, _)| le < lower) {
+                bounds.push((lower, cumulative));
+            }
+            cumulative += count;
+            bounds.push((upper, cumulative));
+        }
+        bounds.push((f64::INFINITY, number(&h.count)?));
+        Ok(bounds
+            .into_iter()
+            .map(|(le, value)| {
+                let mut labels = self.metric.clone();
+                let le = if le.is_finite() { le.to_string() } else { "+Inf".to_owned() };
+                labels.insert("le".to_owned(), le);
+                Series { labels, value }
+            })
+            .collect())
+    }
 }
 
 /// The series of an instant query's answer (`GET /api/v1/query`), whatever its HTTP
@@ -318,13 +383,9 @@ pub fn parse_answer(body: &str) -> Result<Vec<Series>, AnswerError> {
     }
     let samples: Vec<Sample> =
         serde_json::from_value(data.result).map_err(|e| AnswerError::NotApi(e.to_string()))?;
-    samples
-        .into_iter()
-        .map(|s| {
-            let value = s.value.1.parse::<f64>().map_err(|_| {
-                AnswerError::NotApi(format!("`{}` is not a sample value", s.value.1))
-            })?;
-            Ok(Series { labels: s.metric, value })
-        })
-        .collect()
+    let mut series = Vec::with_capacity(samples.len());
+    for s in samples {
+        series.extend(s.series()?);
+    }
+    Ok(series)
 }

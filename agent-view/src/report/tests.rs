@@ -832,3 +832,104 @@ fn two_dependents_without_rules() -> Report {
     r.temporary_rules.clear();
     r
 }
+
+/// A native histogram series: labels, count, buckets as (lower, upper, count).
+type NativeSeries<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a [(&'a str, &'a str, &'a str)]);
+
+/// An instant-vector answer of native histograms, as Prometheus writes them: per series,
+/// its labels, count and buckets (`[boundaries, lower, upper, count]`).
+fn native_answer(series: &[NativeSeries<'_>]) -> String {
+    let result: Vec<Value> = series
+        .iter()
+        .map(|(labels, count, buckets)| {
+            let metric: serde_json::Map<String, Value> =
+                labels.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
+            let buckets: Vec<Value> = buckets
+                .iter()
+                .map(|(lower, upper, n)| {
+                    let rule = if lower.starts_with('-') { 3 } else { 0 };
+                    json!([rule, lower, upper, n])
+                })
+                .collect();
+            let h = json!({ "count": count, "sum": "1", "buckets": buckets });
+            json!({ "metric": metric, "histogram": [1_760_000_000.123, h] })
+        })
+        .collect();
+    json!({ "status": "success", "data": { "resultType": "vector", "result": result } }).to_string()
+}
+
+#[test]
+fn native_histograms_are_read_as_cumulative_buckets() {
+    let series = parse_answer(&native_answer(&[(
+        &[("src_cell", "a"), ("dst_cell", "b")],
+        "100",
+        // The zero bucket, then two buckets with a gap between them (sparse).
+        &[("-1e-12", "1e-12", "10"), ("0.25", "0.5", "60"), ("1", "2", "30")],
+    )]))
+    .unwrap();
+    let read: Vec<(&str, f64)> = series.iter().map(|s| (s.label("le"), s.value)).collect();
+    assert_eq!(
+        read,
+        [
+            ("0.000000000001", 10.0),
+            ("0.25", 10.0),
+            ("0.5", 70.0),
+            ("1", 70.0),
+            ("2", 100.0),
+            ("+Inf", 100.0)
+        ]
+    );
+    assert!(series.iter().all(|s| s.label("dst_cell") == "b"));
+    let no_value =
+        r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{}}]}}"#;
+    assert!(matches!(parse_answer(no_value), Err(AnswerError::NotApi(_))));
+}
+
+#[test]
+fn a_latency_outlier_from_native_histograms_and_classic_buckets_first() {
+    let opened: Vec<(&[(&str, &str)], &str)> = vec![
+        (&[("src_cell", "cell-1"), ("dst_cell", "global")], "1000"),
+        (&[("src_cell", "cell-2"), ("dst_cell", "global")], "1000"),
+        (&[("src_cell", "cell-3"), ("dst_cell", "global")], "1000"),
+    ];
+    let mut a = answers(&[
+        (Reading::Cells, CELLS),
+        (Reading::PairOpened, &opened),
+        // cell-3 also has classic buckets (a store part-way to native histograms): those
+        // are read, not added to its native ones.
+        (
+            Reading::PairLatency,
+            &[
+                (&[("src_cell", "cell-3"), ("dst_cell", "global"), ("le", "0.001024")], "1000"),
+                (&[("src_cell", "cell-3"), ("dst_cell", "global"), ("le", "+Inf")], "1000"),
+            ],
+        ),
+    ]);
+    let native = native_answer(&[
+        // cell-1: every connect between 250 and 500 ms.
+        (&[("src_cell", "cell-1"), ("dst_cell", "global")], "1000", &[("0.25", "0.5", "1000")]),
+        // cell-2: under a millisecond.
+        (
+            &[("src_cell", "cell-2"), ("dst_cell", "global")],
+            "1000",
+            &[("0.00048828125", "0.0009765625", "1000")],
+        ),
+        // cell-3's native form says seconds: not read.
+        (&[("src_cell", "cell-3"), ("dst_cell", "global")], "1000", &[("1", "2", "1000")]),
+    ]);
+    a.insert(Reading::PairLatencyNative, parse_answer(&native).unwrap());
+    let r = Report::build(hour(), END, &a).unwrap();
+    let p99: Vec<(&str, f64, f64)> = r
+        .outliers
+        .iter()
+        .filter(|o| o.signal == Signal::ConnectP99)
+        .map(|o| (o.cell.as_str(), o.value, o.peer_median))
+        .collect();
+    // Interpolated within the native bucket: 250 ms + 250 ms * 990 / 1000. The peers:
+    // cell-2 natively (0.49 ms + 0.49 ms * 0.99) and cell-3 classically (1.014 ms).
+    let peers = f64::midpoint(0.000_488_281_25 * 1.99, 0.001_024 * 0.99);
+    assert_eq!(p99.len(), 1, "{:?}", r.outliers);
+    assert_eq!(p99[0].0, "cell-1");
+    assert!((p99[0].1 - 0.4975).abs() < 1e-9, "{p99:?}");
+    assert!((p99[0].2 - peers).abs() < 1e-9, "{p99:?} against {peers}");
+}

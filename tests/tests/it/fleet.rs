@@ -1,15 +1,18 @@
 //! The series budget on real traffic: a real Prometheus (Debian's 2.42) with native
 //! histograms ingests the agent's protobuf exposition beside one that scrapes the text,
 //! their counts agree exactly and their p99s within one classic bucket, with the series
-//! per pair counted in each; and each `--metrics-detail` level exports what it says.
+//! per pair counted in each; the shipped quantile panels and rules and `cellwatch report`
+//! read either form alike; and each `--metrics-detail` level exports what it says.
 use std::time::Duration;
 
 use cellwatch_tests::{
-    Agent, AgentOpts, Server, clients,
+    Agent, AgentOpts, Server, cellwatch, clients,
     prometheus::{PromOpts, Prometheus},
     ranges::{FLEET, HARNESS},
     scrape_until,
 };
+
+use crate::prometheus::{PAIR_DASHBOARDS, dashboard_queries};
 
 /// Connections each pair makes.
 const N: usize = 40;
@@ -121,6 +124,51 @@ fn native_histograms_reach_a_real_prometheus_and_agree_with_the_classic_ones() {
         counts[0], counts[1]
     );
     assert_eq!(counts, [(38.0, 14.0), (40.0, 16.0)], "series per pair (classic, native)");
+
+    // The shipped queries read either form: every dashboard panel and recording rule that
+    // takes a quantile has data in both Prometheus, within one classic bucket of each other.
+    // A second round after both stored the first, so rate() has an increase to work on.
+    traffic(0);
+    let quantiles: Vec<(String, String, String)> = PAIR_DASHBOARDS
+        .iter()
+        .flat_map(|name| dashboard_queries(name, "cell-a", ".*"))
+        .filter(|(_, _, q)| q.contains("histogram_quantile"))
+        .collect();
+    assert_eq!(quantiles.len(), 4, "connect latency and RTT, p50 and p99: {quantiles:?}");
+    let rules: Vec<String> = [
+        "cellwatch:connect_latency_seconds:p50_5m",
+        "cellwatch:connect_latency_seconds:p99_5m",
+        "cellwatch:rtt_seconds:p99_5m",
+    ]
+    .iter()
+    .map(|r| format!("{r}{{{}}}", pair("cell-b")))
+    .collect();
+    let rules = rules.iter().map(|r| ("rules".to_owned(), r.clone(), r.clone()));
+    for (dash, title, q) in quantiles.into_iter().chain(rules) {
+        let read = |prom: &Prometheus| {
+            let mut v = None;
+            prom.wait_for(&format!("{dash} / {title}"), Duration::from_secs(30), || {
+                let (ok, result) = prom.query(&q);
+                assert!(ok, "{dash} / {title}: rejected: {q}");
+                v = result.first().and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok());
+                v.is_some_and(f64::is_finite)
+            });
+            v.unwrap()
+        };
+        let (n, c) = (read(&native), read(&classic));
+        let (bn, bc) = (classic_bucket(n), classic_bucket(c));
+        assert!(bn.abs_diff(bc) <= 1, "{dash} / {title}: native {n}, classic {c}: {q}");
+    }
+
+    // The report reads the native histograms too (their buckets as classic ones) and says
+    // the same of the same traffic.
+    let report = |prom: &Prometheus| {
+        let (status, out, err) =
+            cellwatch(&[], &["report", "--prometheus", &prom.url(), "--format", "json"]);
+        assert!(status.success(), "cellwatch report against {}: {err}", prom.url());
+        serde_json::from_str::<serde_json::Value>(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    assert_eq!(report(&native), report(&classic), "the report, native and classic");
 }
 
 /// What an agent at `detail` exports once the traffic is counted.

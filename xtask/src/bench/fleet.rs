@@ -76,7 +76,8 @@ pub(crate) struct FleetArgs {
     /// Scrapes of every target before the measurement.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-    /// Also write the table into BENCHMARKS.md (its `fleet` section).
+    /// Also write the table into BENCHMARKS.md (its `fleet` section, `fleet-native` with
+    /// `--native`).
     #[arg(long)]
     record: bool,
 }
@@ -112,7 +113,8 @@ pub(crate) fn fleet(args: &FleetArgs) -> Result<()> {
     println!("\n{section}");
     ok(&format!("the whole run took {:.0} s", started.elapsed().as_secs_f64()));
     if args.record {
-        record::update("fleet", &section)?;
+        // The two forms of the histograms are two sections, side by side.
+        record::update(if args.native { "fleet-native" } else { "fleet" }, &section)?;
         ok("BENCHMARKS.md updated");
     }
     Ok(())
@@ -251,7 +253,7 @@ fn section(args: &FleetArgs, version: &str, rows: &str) -> String {
     let plan = active_pairs(args.cells, args.pairs);
     let violating = plan.iter().filter(|&&(s, d)| violates(s, d, args.cells)).count();
     format!(
-        "### Fleet: one Prometheus scraping N nodes\n\n`{}`\n\n\
+        "### Fleet: one Prometheus scraping N nodes{}\n\n`{}`\n\n\
          One agent ({} cells, {} active pairs of which {violating} are violations, one \
          loopback connection per pair per interval) stands for every node: its `/metrics` is \
          served under N ports on 127.0.0.1, each scraped as a target of its own (`instance`) by \
@@ -269,6 +271,7 @@ fn section(args: &FleetArgs, version: &str, rows: &str) -> String {
          evaluations missed | Prometheus RSS | head chunks | `cellwatch report` |\n\
          |---|---|---|---|---|---|---|---|---|---|---|\n\
          {rows}",
+        if args.native { ", native histograms" } else { "" },
         command_line(args),
         args.cells,
         args.pairs,
