@@ -179,3 +179,11 @@ fn targets_serve_the_cached_answer_to_each() {
     s.read_to_string(&mut raw).expect("answer");
     assert!(raw.starts_with("HTTP/1.1 404"));
 }
+
+#[test]
+fn the_groups_waited_for_are_the_shipped_rule_files() {
+    let rules = std::fs::read_to_string(shipped_rules()).unwrap();
+    let groups: Vec<&str> =
+        rules.lines().filter_map(|l| l.trim().strip_prefix("- name: ")).collect();
+    assert_eq!(groups, GROUPS);
+}
