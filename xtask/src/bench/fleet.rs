@@ -189,7 +189,7 @@ fn one_agent(bin: &Path, args: &FleetArgs, detail: Option<&str>) -> Result<Strin
         bail!("the agent's /metrics answered {status}");
     }
     let samples = body.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).count();
-    ok(&format!("the agent serves {samples} samples ({:.0} KB of text)", body.len() as f64 / 1e3));
+    ok(&format!("the agent serves {samples} samples; {}", answer_sizes(agent.port)?));
     let mut rows = String::new();
     for &n in &args.nodes {
         step(&format!("{n} nodes, detail {label}"));
@@ -461,6 +461,27 @@ impl Cache {
         s.read_to_end(&mut raw)?;
         parse_answer(&raw)
     }
+}
+
+/// The size of the agent's answer in each form: text and protobuf, plain and gzip.
+fn answer_sizes(agent: u16) -> Result<String> {
+    let cache = Cache {
+        agent,
+        ttl: Duration::ZERO,
+        answers: Mutex::new(HashMap::new()),
+        fetches: AtomicU64::new(0),
+    };
+    let mut sizes = Vec::new();
+    for (form, accept) in [("text", ""), ("protobuf", agent_core::metrics::proto::CONTENT_TYPE)] {
+        let plain = cache.fetch(accept, "")?.body.len();
+        let gzip = cache.fetch(accept, "gzip")?;
+        if gzip.encoding.as_deref() != Some("gzip") {
+            bail!("the agent did not gzip its {form} answer");
+        }
+        let kb = |n: usize| n as f64 / 1e3;
+        sizes.push(format!("{form} {:.0} KB ({:.0} KB gzip)", kb(plain), kb(gzip.body.len())));
+    }
+    Ok(sizes.join(", "))
 }
 
 /// A scrape's request line and the headers that go on to the agent.
