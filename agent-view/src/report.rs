@@ -19,8 +19,8 @@
 //!   [`MIN_CONNECTS_PER_SECOND`] connects to it are compared: one is an outlier when its
 //!   failure ratio (above [`FAILURE_RATIO_FLOOR`]) or its connect p99 (above
 //!   [`P99_FLOOR_SECONDS`]) is more than [`FACTOR`] times the median of the others'.
-//!   p99 is interpolated within buckets as `histogram_quantile` does: the classic buckets',
-//!   or a native histogram's where the store holds only that form.
+//!   p99 is interpolated within buckets as `histogram_quantile` does: a native histogram's
+//!   where the store holds one for the pair, the classic buckets' otherwise.
 //! - **Temporary allow rules** in force at the end of the range (`until:` still ahead):
 //!   each one's deadline and reason, and what its flow (client cell -> server cell)
 //!   carried over the range: the allowed connections opened, and their bytes.
@@ -225,8 +225,9 @@ struct Traffic {
     violations: f64,
     /// Cumulative bucket counts by upper bound.
     latency: Vec<(f64, f64)>,
-    /// The same, from native histograms: read only when there are no classic buckets
-    /// (the two layouts' bounds differ, so their counts cannot be added).
+    /// The same, from native histograms: read instead of the classic buckets when there
+    /// are any (the two layouts' bounds differ, so their counts cannot be added), as the
+    /// shipped recording rules prefer them.
     native: Vec<(f64, f64)>,
 }
 
@@ -240,7 +241,7 @@ impl Traffic {
     }
 
     fn p99(&self) -> Option<f64> {
-        let mut b = if self.latency.is_empty() { &self.native } else { &self.latency }.clone();
+        let mut b = if self.native.is_empty() { &self.latency } else { &self.native }.clone();
         b.sort_by(|x, y| x.0.total_cmp(&y.0));
         Hist(b).quantile(0.99)
     }

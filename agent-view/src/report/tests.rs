@@ -886,7 +886,7 @@ fn native_histograms_are_read_as_cumulative_buckets() {
 }
 
 #[test]
-fn a_latency_outlier_from_native_histograms_and_classic_buckets_first() {
+fn a_latency_outlier_from_native_histograms_read_before_classic_buckets() {
     let opened: Vec<(&[(&str, &str)], &str)> = vec![
         (&[("src_cell", "cell-1"), ("dst_cell", "global")], "1000"),
         (&[("src_cell", "cell-2"), ("dst_cell", "global")], "1000"),
@@ -895,12 +895,13 @@ fn a_latency_outlier_from_native_histograms_and_classic_buckets_first() {
     let mut a = answers(&[
         (Reading::Cells, CELLS),
         (Reading::PairOpened, &opened),
-        // cell-3 also has classic buckets (a store part-way to native histograms): those
-        // are read, not added to its native ones.
+        // cell-3 also has classic buckets (a store part-way to native histograms), which
+        // say seconds: its native histogram is read, as the recording rules read it, and
+        // the two are not added.
         (
             Reading::PairLatency,
             &[
-                (&[("src_cell", "cell-3"), ("dst_cell", "global"), ("le", "0.001024")], "1000"),
+                (&[("src_cell", "cell-3"), ("dst_cell", "global"), ("le", "2.097152")], "1000"),
                 (&[("src_cell", "cell-3"), ("dst_cell", "global"), ("le", "+Inf")], "1000"),
             ],
         ),
@@ -914,8 +915,12 @@ fn a_latency_outlier_from_native_histograms_and_classic_buckets_first() {
             "1000",
             &[("0.00048828125", "0.0009765625", "1000")],
         ),
-        // cell-3's native form says seconds: not read.
-        (&[("src_cell", "cell-3"), ("dst_cell", "global")], "1000", &[("1", "2", "1000")]),
+        // cell-3: as cell-2.
+        (
+            &[("src_cell", "cell-3"), ("dst_cell", "global")],
+            "1000",
+            &[("0.00048828125", "0.0009765625", "1000")],
+        ),
     ]);
     a.insert(Reading::PairLatencyNative, parse_answer(&native).unwrap());
     let r = Report::build(hour(), END, &a).unwrap();
@@ -925,9 +930,9 @@ fn a_latency_outlier_from_native_histograms_and_classic_buckets_first() {
         .filter(|o| o.signal == Signal::ConnectP99)
         .map(|o| (o.cell.as_str(), o.value, o.peer_median))
         .collect();
-    // Interpolated within the native bucket: 250 ms + 250 ms * 990 / 1000. The peers:
-    // cell-2 natively (0.49 ms + 0.49 ms * 0.99) and cell-3 classically (1.014 ms).
-    let peers = f64::midpoint(0.000_488_281_25 * 1.99, 0.001_024 * 0.99);
+    // Interpolated within the native bucket: 250 ms + 250 ms * 990 / 1000. The peers,
+    // cell-2 and cell-3 natively: 0.49 ms + 0.49 ms * 0.99.
+    let peers = 0.000_488_281_25 * 1.99;
     assert_eq!(p99.len(), 1, "{:?}", r.outliers);
     assert_eq!(p99[0].0, "cell-1");
     assert!((p99[0].1 - 0.4975).abs() < 1e-9, "{p99:?}");
