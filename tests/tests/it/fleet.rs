@@ -6,13 +6,16 @@
 use std::time::Duration;
 
 use cellwatch_tests::{
-    Agent, AgentOpts, Server, cellwatch, clients,
+    Agent, AgentOpts, Server, clients,
     prometheus::{PromOpts, Prometheus},
     ranges::{FLEET, HARNESS},
     scrape_until,
 };
 
-use crate::prometheus::{PAIR_DASHBOARDS, dashboard_queries};
+use crate::{
+    prometheus::{PAIR_DASHBOARDS, dashboard_queries},
+    report::report_ok,
+};
 
 /// Connections each pair makes.
 const N: usize = 40;
@@ -163,9 +166,7 @@ fn native_histograms_reach_a_real_prometheus_and_agree_with_the_classic_ones() {
     // The report reads the native histograms too (their buckets as classic ones) and says
     // the same of the same traffic.
     let report = |prom: &Prometheus| {
-        let (status, out, err) =
-            cellwatch(&[], &["report", "--prometheus", &prom.url(), "--format", "json"]);
-        assert!(status.success(), "cellwatch report against {}: {err}", prom.url());
+        let out = report_ok(&prom.url(), &["--format", "json"]);
         serde_json::from_str::<serde_json::Value>(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
     };
     assert_eq!(report(&native), report(&classic), "the report, native and classic");

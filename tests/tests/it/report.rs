@@ -190,6 +190,13 @@ fn report(url: &str, args: &[&str]) -> (Option<i32>, String, String) {
     (status.code(), out, err)
 }
 
+/// [`report`]'s output; fails the test on an error.
+pub(crate) fn report_ok(url: &str, args: &[&str]) -> String {
+    let (code, out, err) = report(url, args);
+    assert_eq!(code, Some(0), "cellwatch report --prometheus {url} {args:?}: {err}");
+    out
+}
+
 #[test]
 fn report_dashboard_and_rules_read_a_real_prometheus() {
     let exporter = Exporter::start();

@@ -18,14 +18,17 @@ use agent_core::metrics::families as f;
 use cellwatch_tests::{
     Agent, AgentOpts, MIB, Metrics, Open, Server,
     alertmanager::Alertmanager,
-    cellwatch, clients, connect_from, free_port,
+    clients, connect_from, free_port,
     prometheus::{PromOpts, Prometheus, shipped_rules},
     ranges::{HARNESS, VICTORIA},
     victoria::{VictoriaMetrics, Vmalert},
 };
 use serde_json::Value;
 
-use crate::prometheus::{PAIR_DASHBOARDS, dashboard_queries, panel_queries_for, rule_exprs};
+use crate::{
+    prometheus::{PAIR_DASHBOARDS, dashboard_queries, panel_queries_for, rule_exprs},
+    report::report_ok as report,
+};
 
 /// global (with the service `db` on .5.0/24), cell-a, cell-b (drained), cell-c; a
 /// temporary rule from cell-c to cell-a, in force until 2100.
@@ -141,15 +144,6 @@ fn scraped_sum(m: &Metrics, family: &str) -> f64 {
         .filter(|(k, _)| k.as_str() == family || k.starts_with(&format!("{family}{{")))
         .map(|(_, v)| v)
         .sum()
-}
-
-/// `cellwatch report --prometheus URL ARGS...`'s output; fails the test on an error.
-fn report(url: &str, args: &[&str]) -> String {
-    let mut all = vec!["report", "--prometheus", url];
-    all.extend(args);
-    let (status, out, err) = cellwatch(&[], &all);
-    assert!(status.success(), "cellwatch report --prometheus {url} {args:?}: {status}: {err}");
-    out
 }
 
 /// The JSON report with each temporary rule's `expires_in_seconds` (seconds to its
