@@ -34,8 +34,16 @@ pub const CTR_RESOLVE_RINGBUF_FULL: u32 = 10;
 /// A connection to a service address that closed before its backend was known but found
 /// `DEFERRED` full (not counted: lost).
 pub const CTR_DEFERRED_FULL: u32 = 11;
+/// A UDP datagram whose flow found the flow table full: its datagram and bytes are
+/// counted, the flow's opening is not.
+pub const CTR_UDP_FLOW_TABLE_FULL: u32 = 12;
+/// A UDP datagram not counted because the UDP statistics table was full.
+pub const CTR_UDP_STATS_FULL: u32 = 13;
+/// A DNS answer not counted: no query of it was waiting (sent before the agent, or
+/// pushed out of a full `DNS_PENDING`), or the DNS statistics table was full.
+pub const CTR_DNS_UNMATCHED: u32 = 14;
 /// Length of the `COUNTERS` array.
-pub const COUNTERS_LEN: u32 = 12;
+pub const COUNTERS_LEN: u32 = 15;
 
 // Slots of the `PROFILE` map (kept only when the agent runs with `--profile-kernel`).
 /// Length of the `PROFILE` map: one slot per `sock_ops` op (`BPF_SOCK_OPS_*`, below 16),

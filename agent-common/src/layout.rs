@@ -5,7 +5,7 @@ use crate::{Direction, Failure, Verdict};
 
 /// Layout version of the maps below. Bumped whenever a key or value changes shape, so an
 /// agent that finds maps from an older version knows it cannot read them as they are.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 // Cell ids: the cells' own are 1..=MAX_CELLS; that of a peer in no cell,
 // `CELL_EXTERNAL` (0), is in `labels.rs`, beside the RTT rule that reads it.

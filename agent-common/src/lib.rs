@@ -12,6 +12,7 @@
 //! - `labels`: direction, verdict and failure, with their labels; the cell id of a peer
 //!   in no cell; which side samples the RTT.
 //! - `merge`: the per-CPU copies of a pair summed into one.
+//! - `udp`: UDP flows, their per-pair statistics, and DNS answers.
 //!
 //! Everything is re-exported here: `agent_common::X` names every item.
 #![no_std]
@@ -23,6 +24,7 @@ mod labels;
 mod layout;
 mod merge;
 mod settings;
+mod udp;
 #[cfg(feature = "user")]
 mod user;
 
@@ -31,3 +33,4 @@ pub use events::*;
 pub use labels::*;
 pub use layout::*;
 pub use settings::*;
+pub use udp::*;

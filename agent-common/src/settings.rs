@@ -55,8 +55,10 @@ pub const LIST_ANY: u32 = u32::MAX;
 /// 1 when set A's config has services with ports (so the programs look up the ported
 /// services' tries at all); set B's is at the next index.
 pub const SETTING_PORTED_SERVICES: u32 = 12;
+/// Seconds of silence after which a UDP flow ends (`--udp-idle`).
+pub const SETTING_UDP_IDLE: u32 = 15;
 /// Length of the `SETTINGS` array.
-pub const SETTINGS_LEN: u32 = 15;
+pub const SETTINGS_LEN: u32 = 16;
 
 // Values of `SETTING_EXTERNAL`: the policy for a peer in no cell (config `external:`).
 /// Connections with such a peer are allowed.

@@ -32,4 +32,11 @@ pod!(
     CellName,
     FieldOffsets,
     OpCost,
+    FlowKey,
+    UdpFlow,
+    UdpStats,
+    DnsPendingKey,
+    DnsPending,
+    DnsKey,
+    DnsStats,
 );

@@ -44,8 +44,27 @@ pub struct Service {
     pub name: String,
     pub cidrs: Vec<IpNet>,
     pub ports: Vec<u16>,
+    /// What it serves: TCP connections (the default) or UDP flows.
+    pub protocol: Protocol,
     /// The cell its prefixes lie in.
     pub cell: String,
+}
+
+/// The transport a service serves (`protocol:`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

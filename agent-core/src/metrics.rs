@@ -8,7 +8,7 @@
 //! metric objects and no whole copy of the text, so a scrape of 10,000 cell pairs costs
 //! one pass and little memory. Pure: the same snapshot and names always render the same
 //! text. The format's primitives are in [`text`]; each group of families ([`pairs`],
-//! [`services`], [`drains`], [`bookkeeping`]) declares its own and writes them with those.
+//! [`services`], [`drains`], [`udp`], [`bookkeeping`]) declares its own and writes them with those.
 
 mod bookkeeping;
 mod buckets;
@@ -20,6 +20,7 @@ pub mod proto;
 mod services;
 mod snapshot;
 mod text;
+mod udp;
 
 use prometheus::{Encoder, TextEncoder, proto::MetricFamily};
 
@@ -61,6 +62,7 @@ fn render_into(snap: &Snapshot, ids: &CellIds, opts: &Options, out: &mut Out<'_>
     pairs::render(snap, ids, &bounds, opts.detail, out);
     services::render(snap, ids, &bounds, opts.detail, out);
     drains::render(snap, ids, out);
+    udp::render(snap, ids, &bounds, opts.detail, out);
     bookkeeping::render(snap, out);
 }
 

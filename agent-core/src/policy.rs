@@ -11,7 +11,7 @@ use agent_common::{
 use ipnet::IpNet;
 
 use crate::{
-    config::{Config, External, Mode, canonical},
+    config::{Config, External, Mode, Protocol, canonical},
     ids::{CellIds, IdsExhausted},
 };
 
@@ -75,6 +75,18 @@ impl Compiled {
                 self.ported.iter().filter(|(n, ..)| !v4(n)).count(),
                 SERVICES_CAPACITY,
             ),
+            (
+                "SERVICES_UDP_V4_A/_B",
+                "IPv4 prefixes times ports of the UDP services",
+                self.ported_udp.iter().filter(|(n, ..)| v4(n)).count(),
+                SERVICES_CAPACITY,
+            ),
+            (
+                "SERVICES_UDP_V6_A/_B",
+                "IPv6 prefixes times ports of the UDP services",
+                self.ported_udp.iter().filter(|(n, ..)| !v4(n)).count(),
+                SERVICES_CAPACITY,
+            ),
             ("POLICY_A/_B", "allow rules times their ports", self.allow.len(), POLICY_CAPACITY),
         ];
         for (map, what, needed, capacity) in tries {
@@ -93,8 +105,10 @@ pub struct Compiled {
     /// ports whose prefix it is (`agent_common::cell_entry`); ignored ranges as
     /// [`CELL_IGNORED`].
     pub prefixes: Vec<(IpNet, u32)>,
-    /// Services with ports: (prefix, port, service id), for the ported services' tries.
+    /// TCP services with ports: (prefix, port, service id), for the ported services' tries.
     pub ported: Vec<(IpNet, u16, u16)>,
+    /// UDP services (always with ports), the same way, for the UDP services' tries.
+    pub ported_udp: Vec<(IpNet, u16, u16)>,
     /// Every service: id, name and the id of the cell it lies in.
     pub services: Vec<(u16, String, u32)>,
     /// Per cell id, its flags.
@@ -156,7 +170,9 @@ pub fn compile(cfg: &Config, ids: &mut CellIds) -> Result<Compiled, IdsExhausted
         let (id, cell) = (ids.service_id(&svc.name)?, ids.id(&svc.cell)?);
         out.services.push((id, svc.name.clone(), cell));
         for net in &svc.cidrs {
-            if svc.ports.is_empty() {
+            if svc.protocol == Protocol::Udp {
+                out.ported_udp.extend(svc.ports.iter().map(|port| (*net, *port, id)));
+            } else if svc.ports.is_empty() {
                 // Its prefix in the cell trie, naming the service (a prefix equal to a
                 // cell's own is that entry).
                 let entry = cell_entry(cell, id);
@@ -320,16 +336,23 @@ pub fn place(cfg: &Config, addr: IpAddr) -> Place<'_> {
         .map_or(Place::External, |(_, p)| p)
 }
 
-/// The reference service of a server at `server`:`port`: a service with ports whose
+/// The reference service of a TCP server at `server`:`port`: a service with ports whose
 /// prefix holds it and that serves `port`, else one without ports whose prefix holds it
 /// (validation leaves at most one of each kind); `None` for an address in no cell or an
 /// ignored range.
 pub fn service(cfg: &Config, server: IpAddr, port: u16) -> Option<&str> {
+    service_of(cfg, server, port, Protocol::Tcp)
+}
+
+/// [`service`] for a server of `protocol` (UDP services always name their ports).
+pub fn service_of(cfg: &Config, server: IpAddr, port: u16, protocol: Protocol) -> Option<&str> {
     let addr = canonical(server);
     if !matches!(place(cfg, addr), Place::Cell(_)) {
         return None;
     }
-    let holds = |s: &&crate::config::Service| s.cidrs.iter().any(|n| n.contains(&addr));
+    let holds = |s: &&crate::config::Service| {
+        s.protocol == protocol && s.cidrs.iter().any(|n| n.contains(&addr))
+    };
     let mut held = cfg.services.iter().filter(holds);
     let ported = cfg.services.iter().filter(holds).find(|s| s.ports.contains(&port));
     ported.or_else(|| held.find(|s| s.ports.is_empty())).map(|s| s.name.as_str())

@@ -9,14 +9,15 @@
 use agent_common::{
     ALLOW_FOREVER, CELL_EXTERNAL, CELL_FLAG_DRAIN_REFUSE, CELL_FLAG_DRAINED, CELL_FLAG_ENFORCE,
     CELL_FLAG_GLOBAL, CELL_IGNORED, CELL_SERVICE_ADDR, EXTERNAL_IGNORE, EXTERNAL_VIOLATION,
-    PolicyKey, SETTING_ENFORCE, SETTING_EXTERNAL, SETTING_GENERATION, SETTING_PORTED_SERVICES,
-    ServiceKeyV4, ServiceKeyV6, Verdict, entry_cell, entry_service,
+    NO_SERVICE, PolicyKey, SETTING_ENFORCE, SETTING_EXTERNAL, SETTING_GENERATION,
+    SETTING_PORTED_SERVICES, ServiceKeyV4, ServiceKeyV6, Verdict, entry_cell, entry_service,
 };
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 
 use crate::maps::{
     CELL_INFO_A, CELL_INFO_B, CELLS_V4_A, CELLS_V4_B, CELLS_V6_A, CELLS_V6_B, POLICY_A, POLICY_B,
-    SERVICES_V4_A, SERVICES_V4_B, SERVICES_V6_A, SERVICES_V6_B, SETTINGS,
+    SERVICES_UDP_V4_A, SERVICES_UDP_V4_B, SERVICES_UDP_V6_A, SERVICES_UDP_V6_B, SERVICES_V4_A,
+    SERVICES_V4_B, SERVICES_V6_A, SERVICES_V6_B, SETTINGS,
 };
 
 /// One consistent set of cell maps: the one in force when the view was taken.
@@ -84,6 +85,30 @@ impl View {
             Some(id) => (cell, *id as u16),
             None => (cell, service),
         }
+    }
+
+    /// A UDP server's cell and service: services with `protocol: udp` always name their
+    /// ports, so they are in tries of their own, looked up once per flow.
+    #[inline(always)]
+    pub(crate) fn udp_server_of(&self, addr: &[u8; 16], v6: bool, port: u16) -> (u32, u16) {
+        let cell = self.cell_of(addr, v6);
+        if cell == CELL_IGNORED || cell == CELL_EXTERNAL || cell == CELL_SERVICE_ADDR {
+            return (cell, NO_SERVICE);
+        }
+        let port = port.to_be_bytes();
+        let v4 = if v6 { v4_mapped(addr) } else { Some([addr[0], addr[1], addr[2], addr[3]]) };
+        let found = match (v4, self.b) {
+            (Some(a), false) => SERVICES_UDP_V4_A.get(Key::new(48, ServiceKeyV4 { port, addr: a })),
+            (Some(a), true) => SERVICES_UDP_V4_B.get(Key::new(48, ServiceKeyV4 { port, addr: a })),
+            (None, false) => {
+                SERVICES_UDP_V6_A.get(Key::new(144, ServiceKeyV6 { port, addr: *addr }))
+            }
+            (None, true) => {
+                SERVICES_UDP_V6_B.get(Key::new(144, ServiceKeyV6 { port, addr: *addr }))
+            }
+        };
+        #[expect(clippy::cast_possible_truncation, reason = "service ids are below 2^16")]
+        (cell, found.map_or(NO_SERVICE, |id| *id as u16))
     }
 
     #[inline(always)]

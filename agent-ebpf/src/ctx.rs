@@ -1,5 +1,5 @@
-//! Small accessors over the raw `bpf_sock_ops` and `bpf_sock_addr` contexts: every
-//! unsafe read of a context sits here.
+//! Small accessors over the raw `bpf_sock_ops`, `bpf_sock_addr` and `__sk_buff` contexts:
+//! every unsafe read of a context sits here.
 #![expect(unsafe_code, reason = "context fields are raw pointer loads")]
 use core::ffi::c_void;
 
@@ -7,9 +7,10 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{bpf_sock_addr, bpf_sock_ops},
     helpers::generated::{
-        bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_seq_write, bpf_skc_to_tcp_sock,
+        bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_seq_write, bpf_skb_load_bytes,
+        bpf_skc_to_tcp_sock,
     },
-    programs::{SockAddrContext, SockOpsContext, TracePointContext},
+    programs::{SkBuffContext, SockAddrContext, SockOpsContext, TracePointContext},
 };
 
 /// Read-only view of the fields cellwatch uses. Each is a plain context load that the
@@ -354,5 +355,39 @@ impl Iter {
         let len = u32::try_from(size_of::<T>()).unwrap_or(0);
         // SAFETY: `seq` is the iterator's seq file; `record` is `len` readable bytes.
         let _ = unsafe { bpf_seq_write(self.seq.cast(), (&raw const *record).cast(), len) };
+    }
+}
+
+/// A packet at a cgroup skb hook, its network header first (`data` points at it).
+pub(crate) struct Skb<'a>(&'a SkBuffContext);
+
+impl<'a> Skb<'a> {
+    pub(crate) fn new(ctx: &'a SkBuffContext) -> Self {
+        Self(ctx)
+    }
+
+    /// Bytes from the network header on (the IP packet, or a GSO/GRO train of them).
+    pub(crate) fn len(&self) -> u32 {
+        self.0.len()
+    }
+
+    /// Datagrams the packet carries: more than one only for a GSO or GRO train.
+    pub(crate) fn segments(&self) -> u32 {
+        // SAFETY: a plain context field load.
+        let segs = unsafe { (*self.0.skb.skb).gso_segs };
+        if segs == 0 { 1 } else { segs }
+    }
+
+    /// `N` bytes from `off`, copied (`bpf_skb_load_bytes`), wherever they lie; `None`
+    /// when the packet is shorter. The length is the constant `N`, as the verifier wants.
+    #[inline(always)]
+    pub(crate) fn bytes<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+        let mut b = [0u8; N];
+        #[expect(clippy::cast_possible_truncation, reason = "offsets and N are small")]
+        // SAFETY: `b` is N writable bytes; the helper checks the packet's bounds.
+        let ret = unsafe {
+            bpf_skb_load_bytes(self.0.skb.skb.cast(), off as u32, b.as_mut_ptr().cast(), N as u32)
+        };
+        (ret == 0).then_some(b)
     }
 }

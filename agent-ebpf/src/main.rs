@@ -1,7 +1,9 @@
-//! cellwatch's kernel programs: the life of every TCP connection on the node, named by
-//! cell at both ends and aggregated per cell pair.
+//! cellwatch's kernel programs: the life of every TCP connection and every UDP flow on
+//! the node, named by cell at both ends and aggregated per cell pair.
 //!
 //! - [`sockops`]: the connection's life (connect, established, close) from `sock_ops`.
+//! - [`udp`]: every UDP datagram, per flow and cell pair, from the cgroup skb hooks;
+//!   [`dns`]: DNS answers by response code, from the header of those datagrams.
 //! - [`connect`]: cgroup `connect4`/`connect6`: the process behind each connect, and
 //!   enforce mode's refusal of cross-cell connects.
 //! - [`sweep`]: the live sweep: what open connections moved, into the counters.
@@ -32,6 +34,7 @@ mod conn;
 mod connect;
 mod ctx;
 mod destroy;
+mod dns;
 mod drain;
 mod events;
 mod kread;
@@ -44,6 +47,7 @@ mod settle;
 mod sockops;
 mod stats;
 mod sweep;
+mod udp;
 
 #[cfg(not(test))]
 #[panic_handler]

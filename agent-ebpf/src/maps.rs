@@ -1,8 +1,9 @@
 //! Every map the programs share with the agent. Names are the contract with the loader
 //! in `agent/src/kernel/object.rs` (a unit test there checks the two lists agree).
 use agent_common::{
-    CellInfo, CellName, Conn, Deferred, FieldOffsets, NetnsAddr, NetnsKey, OpCost, PairKey,
-    PairStats, PolicyKey, Resolution, Seeded, ServiceKeyV4, ServiceKeyV6,
+    CellInfo, CellName, Conn, Deferred, DnsKey, DnsPending, DnsPendingKey, DnsStats, FieldOffsets,
+    FlowKey, NetnsAddr, NetnsKey, OpCost, PairKey, PairStats, PolicyKey, Resolution, Seeded,
+    ServiceKeyV4, ServiceKeyV6, UdpFlow, UdpStats,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -66,6 +67,23 @@ pub(crate) static SERVICES_V6_A: LpmTrie<ServiceKeyV6, u32> =
 
 #[map]
 pub(crate) static SERVICES_V6_B: LpmTrie<ServiceKeyV6, u32> =
+    LpmTrie::with_max_entries(agent_common::SERVICES_CAPACITY, 0);
+
+/// Services with `protocol: udp` (always with ports), per set, keyed as above.
+#[map]
+pub(crate) static SERVICES_UDP_V4_A: LpmTrie<ServiceKeyV4, u32> =
+    LpmTrie::with_max_entries(agent_common::SERVICES_CAPACITY, 0);
+
+#[map]
+pub(crate) static SERVICES_UDP_V4_B: LpmTrie<ServiceKeyV4, u32> =
+    LpmTrie::with_max_entries(agent_common::SERVICES_CAPACITY, 0);
+
+#[map]
+pub(crate) static SERVICES_UDP_V6_A: LpmTrie<ServiceKeyV6, u32> =
+    LpmTrie::with_max_entries(agent_common::SERVICES_CAPACITY, 0);
+
+#[map]
+pub(crate) static SERVICES_UDP_V6_B: LpmTrie<ServiceKeyV6, u32> =
     LpmTrie::with_max_entries(agent_common::SERVICES_CAPACITY, 0);
 
 /// Per cell id: flags such as global, set A.
@@ -168,3 +186,24 @@ pub(crate) static CELL_NAMES: Array<CellName> =
 /// read by the agent only.
 #[map]
 pub(crate) static META: Array<u32> = Array::with_max_entries(agent_common::META_LEN, 0);
+
+/// Live UDP flows, by 5-tuple as this node's socket sees it (see `udp.rs`). Entries are
+/// allocated on first use; the agent removes those idle for `--udp-idle`.
+#[map]
+pub(crate) static UDP_FLOWS: HashMap<FlowKey, UdpFlow> =
+    HashMap::with_max_entries(agent_common::UDP_FLOWS_CAPACITY, BPF_F_NO_PREALLOC);
+
+/// UDP counters per (src cell, dst cell, direction, verdict, service), per CPU.
+#[map]
+pub(crate) static UDP_STATS: PerCpuHashMap<PairKey, UdpStats> =
+    PerCpuHashMap::with_max_entries(agent_common::UDP_STATS_CAPACITY, BPF_F_NO_PREALLOC);
+
+/// DNS queries sent and not yet answered, by the client's end and query id (`dns.rs`).
+#[map]
+pub(crate) static DNS_PENDING: LruHashMap<DnsPendingKey, DnsPending> =
+    LruHashMap::with_max_entries(agent_common::DNS_PENDING_CAPACITY, 0);
+
+/// DNS answers and latency per (client cell, service, response code), per CPU.
+#[map]
+pub(crate) static DNS_STATS: PerCpuHashMap<DnsKey, DnsStats> =
+    PerCpuHashMap::with_max_entries(agent_common::DNS_STATS_CAPACITY, BPF_F_NO_PREALLOC);

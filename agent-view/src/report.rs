@@ -5,8 +5,11 @@
 //! ([`answers_of`]): the demo's blast radius is [`blast_radii`] of those.
 //!
 //! - **Blast radius** of a service: the cells whose clients reached it over the range
-//!   (opened connections, failed connects or bytes), each with its share of the service's
-//!   connections and bytes. Clients in no cell are apart (`external`).
+//!   (opened connections, UDP flows to a service with `protocol: udp`, failed connects or
+//!   bytes), each with its share of the service's connections and bytes. A UDP flow counts
+//!   as a connection does (a service's `connections` include its `flows`), so a UDP
+//!   service such as the resolver has its blast radius too. Clients in no cell are apart
+//!   (`external`).
 //! - **Dependencies** of a cell: the services it called and the other cells (global ones
 //!   and `external` included) it called, with the boundary violations to each (its
 //!   leaks). A connection to a service also counts for the cell the service lies in, as
@@ -62,10 +65,11 @@ pub type Answers = BTreeMap<Reading, Vec<Series>>;
 /// Prometheus has none of cellwatch's families over the range.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
-    "no cellwatch data over the last {0} (no {cells}, {pairs} or {services} series)",
+    "no cellwatch data over the last {0} (no {cells}, {pairs}, {services} or {udp} series)",
     cells = f::CELL_INFO,
     pairs = f::CONNECTIONS_OPENED_TOTAL,
-    services = f::SERVICE_CONNECTIONS_OPENED_TOTAL
+    services = f::SERVICE_CONNECTIONS_OPENED_TOTAL,
+    udp = f::UDP_SERVICE_FLOWS_OPENED_TOTAL
 )]
 pub struct NoData(pub Range);
 
@@ -143,7 +147,10 @@ pub struct ServiceDependency {
     pub service: String,
     /// The cell the service lies in; `null` when no agent names it.
     pub cell: Option<String>,
+    /// Connections opened to it, its UDP flows included.
     pub connections: u64,
+    /// Of those, the UDP flows (all of them for a service with `protocol: udp`).
+    pub flows: u64,
     pub bytes: u64,
 }
 
@@ -165,12 +172,77 @@ pub struct Service {
     /// The cell it lies in; `null` when no agent names it.
     pub cell: Option<String>,
     pub global: bool,
+    /// Connections its clients opened, UDP flows included: each dependent's and the
+    /// external clients' `connections` (and shares) count so too.
     pub connections: u64,
+    /// Of those, the UDP flows (all of them for a service with `protocol: udp`).
+    pub flows: u64,
     pub bytes: u64,
     /// The cells that called it, most connections first.
     pub dependents: Vec<Dependent>,
     /// Its clients in no cell, when it had any.
     pub external: Option<Share>,
+}
+
+/// What a count of calls to a service is made of: TCP connections, UDP flows, or both;
+/// the words the outputs give it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Calls {
+    Connections,
+    Flows,
+    Both,
+}
+
+impl Calls {
+    /// Of a count of `connections` of which `flows` are UDP flows.
+    pub(crate) fn of(connections: u64, flows: u64) -> Self {
+        match flows {
+            0 => Self::Connections,
+            f if f >= connections => Self::Flows,
+            _ => Self::Both,
+        }
+    }
+
+    /// In a sentence: `1200 connections`, `30 UDP flows`.
+    pub(crate) fn words(self) -> &'static str {
+        match self {
+            Self::Connections => "connections",
+            Self::Flows => "UDP flows",
+            Self::Both => "connections and UDP flows",
+        }
+    }
+
+    /// A table's column.
+    pub(crate) fn column(self) -> &'static str {
+        match self {
+            Self::Connections => "CONNECTIONS",
+            Self::Flows => "FLOWS",
+            Self::Both => "CONNS+FLOWS",
+        }
+    }
+
+    /// On a graph's edge or node: `400 conn`, `30 flows`.
+    pub(crate) fn short(self) -> &'static str {
+        match self {
+            Self::Connections => "conn",
+            Self::Flows => "flows",
+            Self::Both => "conn+flows",
+        }
+    }
+}
+
+impl Service {
+    /// What its `connections` are made of.
+    pub(crate) fn calls(&self) -> Calls {
+        Calls::of(self.connections, self.flows)
+    }
+}
+
+impl ServiceDependency {
+    /// What its `connections` are made of.
+    pub(crate) fn calls(&self) -> Calls {
+        Calls::of(self.connections, self.flows)
+    }
 }
 
 /// A cell that called a service, and its part of the service's traffic.
@@ -219,6 +291,8 @@ pub struct Outlier {
 #[derive(Clone, Debug, Default)]
 struct Traffic {
     opened: f64,
+    /// UDP flows opened (services only): calls, as `opened` is, but no connects.
+    flows: f64,
     failed: f64,
     bytes: f64,
     /// Boundary violations (pairs only).
@@ -233,9 +307,15 @@ struct Traffic {
 
 impl Traffic {
     fn any(&self) -> bool {
-        self.opened > 0.0 || self.failed > 0.0 || self.bytes > 0.0 || self.violations > 0.0
+        self.calls() > 0.0 || self.failed > 0.0 || self.bytes > 0.0 || self.violations > 0.0
     }
 
+    /// Connections and UDP flows opened: what a blast radius and a dependency count.
+    fn calls(&self) -> f64 {
+        self.opened + self.flows
+    }
+
+    /// Connects (TCP only: a UDP flow has none to fail), as the outliers compare them.
     fn connects(&self) -> f64 {
         self.opened + self.failed
     }
@@ -260,6 +340,8 @@ type Compared = (Signal, f64, fn(&Traffic) -> Option<f64>);
 struct Kind {
     label: &'static str,
     opened: Reading,
+    /// UDP flows opened, for the services (the pairs' are not read).
+    flows: Option<Reading>,
     failed: Reading,
     sent: Reading,
     received: Reading,
@@ -272,6 +354,7 @@ struct Kind {
 const PAIRS: Kind = Kind {
     label: "dst_cell",
     opened: Reading::PairOpened,
+    flows: None,
     failed: Reading::PairFailed,
     sent: Reading::PairSent,
     received: Reading::PairReceived,
@@ -283,6 +366,7 @@ const PAIRS: Kind = Kind {
 const SERVICES: Kind = Kind {
     label: "service",
     opened: Reading::ServiceOpened,
+    flows: Some(Reading::ServiceFlowsOpened),
     failed: Reading::ServiceFailed,
     sent: Reading::ServiceSent,
     received: Reading::ServiceReceived,
@@ -302,6 +386,9 @@ fn flows(answers: &Answers, kind: &Kind) -> Flows {
         (kind.latency, |t, v, s| add_bucket(&mut t.latency, v, s)),
         (kind.native, |t, v, s| add_bucket(&mut t.native, v, s)),
     ];
+    if let Some(flows) = kind.flows {
+        fields.push((flows, |t, v, _| t.flows += v));
+    }
     if let Some(violations) = kind.violations {
         fields.push((violations, |t, v, _| t.violations += v));
     }
@@ -406,7 +493,15 @@ impl Report {
     /// Prometheus' answers.
     pub fn build(range: Range, end: f64, answers: &Answers) -> Result<Self, NoData> {
         let empty = |f: Reading| answers.get(&f).is_none_or(Vec::is_empty);
-        if empty(Reading::Cells) && empty(Reading::PairOpened) && empty(Reading::ServiceOpened) {
+        if [
+            Reading::Cells,
+            Reading::PairOpened,
+            Reading::ServiceOpened,
+            Reading::ServiceFlowsOpened,
+        ]
+        .into_iter()
+        .all(empty)
+        {
             return Err(NoData(range));
         }
         let mut notes = Vec::new();
@@ -592,7 +687,8 @@ fn cell(
             .map(|(s, t)| ServiceDependency {
                 cell: home.get(&s).cloned(),
                 service: s,
-                connections: whole(t.opened),
+                connections: whole(t.calls()),
+                flows: whole(t.flows),
                 bytes: whole(t.bytes),
             })
             .collect(),
@@ -616,11 +712,12 @@ fn blast_radius(name: &str, cell: Option<String>, global: bool, services: &Flows
         .filter(|((_, s), t)| s == name && t.any())
         .map(|((c, _), t)| (c, t))
         .collect();
-    let conns: f64 = callers.iter().map(|(_, t)| t.opened).sum();
+    let conns: f64 = callers.iter().map(|(_, t)| t.calls()).sum();
+    let flows: f64 = callers.iter().map(|(_, t)| t.flows).sum();
     let bytes: f64 = callers.iter().map(|(_, t)| t.bytes).sum();
     let share = |t: &Traffic| Share {
-        connections: whole(t.opened),
-        connections_share: ratio(t.opened, conns),
+        connections: whole(t.calls()),
+        connections_share: ratio(t.calls(), conns),
         bytes: whole(t.bytes),
         bytes_share: ratio(t.bytes, bytes),
     };
@@ -637,6 +734,7 @@ fn blast_radius(name: &str, cell: Option<String>, global: bool, services: &Flows
         cell,
         global,
         connections: whole(conns),
+        flows: whole(flows),
         bytes: whole(bytes),
         dependents,
         external: callers.iter().find(|(c, _)| c.as_str() == EXTERNAL).map(|(_, t)| share(t)),

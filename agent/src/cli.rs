@@ -153,6 +153,10 @@ pub(crate) struct RunArgs {
     /// (an upgrade does this by itself). Maps and counts are kept.
     #[arg(long)]
     pub(crate) replace_programs: bool,
+    /// How long a UDP flow (a 5-tuple) may be silent before it ends: its next datagram
+    /// opens a new flow. Whole seconds, 1s to 1h, e.g. `60s` or `5m`.
+    #[arg(long, default_value = "60s", value_parser = udp_idle)]
+    pub(crate) udp_idle: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -252,6 +256,25 @@ fn pow2_kib(s: &str) -> Result<u32, String> {
 
 /// A duration such as `10s`, `500ms`, `1m` or `1h`, from 100 ms to an hour.
 fn live_interval(s: &str) -> Result<Duration, String> {
+    let d = duration(s)?;
+    let (min, max) = LIVE_INTERVAL_RANGE;
+    if d < min || d > max {
+        return Err(format!("{s} is outside 100ms to 1h"));
+    }
+    Ok(d)
+}
+
+/// `--udp-idle`: whole seconds from 1 s to an hour.
+fn udp_idle(s: &str) -> Result<Duration, String> {
+    let d = duration(s)?;
+    if d.subsec_nanos() != 0 || d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
+        return Err(format!("{s} is not a whole number of seconds from 1s to 1h"));
+    }
+    Ok(d)
+}
+
+/// A duration such as `10s`, `500ms`, `1m` or `1h` (a bare number is seconds).
+fn duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, ""), |i| s.split_at(i));
     let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration such as 5s or 500ms"))?;
     let d = match unit {
@@ -261,10 +284,6 @@ fn live_interval(s: &str) -> Result<Duration, String> {
         "h" => Duration::from_secs(n.saturating_mul(3600)),
         _ => return Err(format!("`{s}` has an unknown unit: use ms, s, m or h")),
     };
-    let (min, max) = LIVE_INTERVAL_RANGE;
-    if d < min || d > max {
-        return Err(format!("{s} is outside 100ms to 1h"));
-    }
     Ok(d)
 }
 

@@ -6,7 +6,8 @@
 //! - [`cellmap`]: the cell and policy maps written; [`stats`]: counters read;
 //!   [`sweep`]: the live sweep and the seeding walk (the kernel's iterators);
 //!   [`settle`]: connections to Service addresses counted once their backend is known;
-//!   [`conns`]: the live connections they report;
+//!   [`conns`]: the live connections they report; [`udp`]: the UDP programs on their
+//!   hooks, idle flows removed;
 //! - [`fields`]: the socket fields' offsets from the kernel's BTF; [`features`]: the
 //!   capability ladder (optional kernel features, probed, and `--without`); [`logs`]:
 //!   aya-log forwarded;
@@ -27,6 +28,7 @@ mod pins;
 mod settle;
 mod stats;
 mod sweep;
+mod udp;
 pub(crate) mod unpin;
 
 use std::{
@@ -173,6 +175,11 @@ impl MapsHandle {
     /// Replaces the cell and policy maps' contents with `c`.
     pub(crate) fn apply(&self, c: &Compiled) -> Result<(), KernelError> {
         cellmap::apply(&mut self.lock(), c)
+    }
+
+    /// Removes the UDP flows idle for longer than `idle`; returns how many are left.
+    pub(crate) fn expire_udp(&self, idle: std::time::Duration) -> Result<u64, KernelError> {
+        udp::expire(&mut self.lock(), idle)
     }
 
     /// One live sweep: what open connections moved, into the counters.

@@ -77,6 +77,15 @@ impl Netns {
         ns
     }
 
+    /// Routes everything the namespace sends through this namespace (via `outside`, this
+    /// end's address), and lets this end forward what comes in, so namespaces joined here
+    /// reach each other. Forwarding is set on this link's end only, never node-wide.
+    pub fn route_through(&self, outside: IpAddr) {
+        run(&format!("ip -n {} route add default via {outside}", self.name));
+        let family = if outside.is_ipv6() { "ipv6" } else { "ipv4" };
+        run(&format!("sysctl -q -w net.{family}.conf.{}.forwarding=1", self.host_if));
+    }
+
     /// One more address on this namespace's end of the link.
     pub fn alias(&self, outside: IpAddr, prefix: u8) {
         run(&format!("ip addr add {outside}/{prefix} dev {}{}", self.host_if, nodad(outside)));

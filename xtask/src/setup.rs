@@ -39,6 +39,10 @@ const TEST_DEBIAN: &[Package] = &[
         "headless Chromium, which must render `cellwatch report --format html` in the tests",
     ),
     ("iptables", "kube-proxy's DNAT in the Service tests' network namespaces"),
+    ("dnsmasq-base", "a real resolver in the global cell of the DNS tests and benchmarks"),
+    ("dnsutils", "dig, the DNS client of the DNS tests"),
+    ("dnsperf", "the DNS query flood of the benchmarks"),
+    ("iperf3", "UDP throughput in the benchmarks"),
     ("ipvsadm", "kube-proxy's IPVS mode in the kernel matrix's Service test"),
 ];
 /// Packages of [`TEST_DEBIAN`] whose install starts (and enables) a system service. The

@@ -34,6 +34,9 @@ pub(super) struct RawService {
     pub(super) cidrs: Vec<S<String>>,
     #[serde(default)]
     pub(super) ports: Option<Vec<S<i64>>>,
+    /// `tcp` (the default) or `udp`.
+    #[serde(default)]
+    pub(super) protocol: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

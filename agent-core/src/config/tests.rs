@@ -196,6 +196,28 @@ fn services_parse_with_their_cell() {
 }
 
 #[test]
+fn a_service_may_serve_udp_beside_a_tcp_one_on_the_same_address_and_port() {
+    let c = Config::parse(
+        "c.yaml",
+        &format!(
+            "{SERVICES}services:\n  - {{ name: dns, cidrs: [\"10.0.0.53/32\"], ports: [53], protocol: udp }}\n  - {{ name: dns-tcp, cidrs: [\"10.0.0.53/32\"], ports: [53] }}\n  - {{ name: web, cidrs: [\"10.0.1.0/24\"], protocol: tcp }}\n"
+        ),
+    )
+    .unwrap();
+    let protocols: Vec<_> = c.services.iter().map(|s| s.protocol).collect();
+    assert_eq!(protocols, [Protocol::Udp, Protocol::Tcp, Protocol::Tcp]);
+    let mut ids = crate::ids::CellIds::default();
+    let compiled = crate::policy::compile(&c, &mut ids).unwrap();
+    let dns = ids.service_id("dns").unwrap();
+    let ip = |s: &str| s.parse::<IpNet>().unwrap();
+    assert_eq!(compiled.ported_udp, vec![(ip("10.0.0.53/32"), 53, dns)]);
+    assert!(compiled.ported.iter().all(|(_, _, id)| *id != dns), "not in the TCP tries");
+    let addr = "10.0.0.53".parse().unwrap();
+    assert_eq!(crate::policy::service_of(&c, addr, 53, Protocol::Udp), Some("dns"));
+    assert_eq!(crate::policy::service(&c, addr, 53), Some("dns-tcp"));
+}
+
+#[test]
 fn bad_services_are_each_reported_where_they_are() {
     let svc = |s: &str| format!("{SERVICES}services:\n{s}");
     let cases: &[(&str, &str)] = &[
@@ -216,6 +238,18 @@ fn bad_services_are_each_reported_where_they_are() {
             "c.yaml:11:13: service has an empty `ports` list",
         ),
         ("  - { name: db }\n", "c.yaml:11:13: service `db` has no `cidrs`"),
+        (
+            "  - { name: dns, cidrs: [\"10.0.5.0/24\"], protocol: udp }\n",
+            "c.yaml:11:52: service `dns` has `protocol: udp` but no `ports`",
+        ),
+        (
+            "  - { name: dns, cidrs: [\"10.0.5.0/24\"], ports: [53], protocol: sctp }\n",
+            "c.yaml:11:65: unknown protocol `sctp`: use tcp or udp",
+        ),
+        (
+            "  - { name: a, cidrs: [\"10.0.5.0/24\"], ports: [53], protocol: udp }\n  - { name: b, cidrs: [\"10.0.5.7/32\"], ports: [53], protocol: udp }\n",
+            "overlaps 10.0.5.0/24 of service `a`",
+        ),
         (
             "  - { name: db, cidrs: [\"10.9.0.0/24\"] }\n",
             "c.yaml:11:25: prefix 10.9.0.0/24 of service `db` is in no cell",

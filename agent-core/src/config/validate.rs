@@ -5,7 +5,8 @@ use std::collections::{HashMap, HashSet};
 use ipnet::IpNet;
 
 use super::{
-    AllowRule, Cell, Config, Deadline, Drain, External, Mode, Problem, Service, parse_rfc3339,
+    AllowRule, Cell, Config, Deadline, Drain, External, Mode, Problem, Protocol, Service,
+    parse_rfc3339,
     raw::{RawAllow, RawCell, RawConfig, RawDrained, RawService, S},
 };
 
@@ -288,13 +289,42 @@ fn services(
         if rs.cidrs.is_empty() {
             p.at(&rs.name, format!("service `{}` has no `cidrs`", shown(&name)));
         }
-        let theirs = Theirs { cells, ignored, services: &out };
+        let protocol = protocol(p, rs);
+        // Only services of the same protocol can overlap.
+        let same: Vec<Service> = out.iter().filter(|s| s.protocol == protocol).cloned().collect();
+        let theirs = Theirs { cells, ignored, services: &same };
         let (cidrs, cell) = service_prefixes(p, rs, &ports, &theirs);
         if let Some(cell) = cell {
-            out.push(Service { name, cidrs, ports, cell });
+            out.push(Service { name, cidrs, ports, protocol, cell });
         }
     }
     out
+}
+
+/// A service's `protocol`: `tcp` (also when absent) or `udp`, which names its ports (a
+/// UDP service is looked up by port, once per flow).
+fn protocol(p: &mut Problems, rs: &RawService) -> Protocol {
+    let Some(raw) = &rs.protocol else { return Protocol::Tcp };
+    match raw.value.as_str() {
+        "tcp" => Protocol::Tcp,
+        "udp" => {
+            if rs.ports.is_none() {
+                p.at(
+                    raw,
+                    format!(
+                        "service `{}` has `protocol: udp` but no `ports`: a UDP service names \
+                         its ports (53 for DNS)",
+                        shown(&rs.name.value)
+                    ),
+                );
+            }
+            Protocol::Udp
+        }
+        other => {
+            p.at(raw, format!("unknown protocol `{}`: use tcp or udp", shown(other)));
+            Protocol::Tcp
+        }
+    }
 }
 
 /// A service's name: valid, and not taken by an earlier service.

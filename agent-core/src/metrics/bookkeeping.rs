@@ -4,8 +4,9 @@
 use std::fmt::Write as _;
 
 use agent_common::{
-    CTR_CONN_TABLE_FULL, CTR_ENFORCE_UNRESOLVED, CTR_EVENTS_RATE_LIMITED, CTR_EVENTS_RINGBUF_FULL,
-    CTR_EVENTS_SENT, CTR_STATS_TABLE_FULL, CTR_SWEEP_BUSY, CTR_SWEEP_VISITED,
+    CTR_CONN_TABLE_FULL, CTR_DNS_UNMATCHED, CTR_ENFORCE_UNRESOLVED, CTR_EVENTS_RATE_LIMITED,
+    CTR_EVENTS_RINGBUF_FULL, CTR_EVENTS_SENT, CTR_STATS_TABLE_FULL, CTR_SWEEP_BUSY,
+    CTR_SWEEP_VISITED, CTR_UDP_FLOW_TABLE_FULL, CTR_UDP_STATS_FULL,
 };
 
 use super::{
@@ -71,6 +72,9 @@ fn events(snap: &Snapshot, out: &mut Out<'_>) {
     for (source, n) in [
         ("conn_table_full", c(CTR_CONN_TABLE_FULL)),
         ("pair_table_full", c(CTR_STATS_TABLE_FULL)),
+        ("udp_flow_table_full", c(CTR_UDP_FLOW_TABLE_FULL)),
+        ("udp_pair_table_full", c(CTR_UDP_STATS_FULL)),
+        ("dns_answer_unmatched", c(CTR_DNS_UNMATCHED)),
         ("violation_rate_limit", c(CTR_EVENTS_RATE_LIMITED)),
         ("violation_ringbuf_full", c(CTR_EVENTS_RINGBUF_FULL)),
         ("violation_undecodable", snap.undecodable_events),

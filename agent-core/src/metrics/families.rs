@@ -42,6 +42,22 @@ pub const DRAIN_HOLDOUTS: &str = "cellwatch_drain_holdouts";
 pub const ALLOW_RULE_EXPIRY_TIMESTAMP_SECONDS: &str =
     "cellwatch_allow_rule_expiry_timestamp_seconds";
 
+/// UDP flows (a 5-tuple, until idle for `--udp-idle`) per (pair, direction[, verdict]),
+/// with the TCP families' label names.
+pub const UDP_FLOWS_OPENED_TOTAL: &str = "cellwatch_udp_flows_opened_total";
+pub const UDP_DATAGRAMS_SENT_TOTAL: &str = "cellwatch_udp_datagrams_sent_total";
+pub const UDP_DATAGRAMS_RECEIVED_TOTAL: &str = "cellwatch_udp_datagrams_received_total";
+pub const UDP_BYTES_SENT_TOTAL: &str = "cellwatch_udp_bytes_sent_total";
+pub const UDP_BYTES_RECEIVED_TOTAL: &str = "cellwatch_udp_bytes_received_total";
+pub const UDP_DENIED_TOTAL: &str = "cellwatch_udp_denied_total";
+/// Per (client cell, service), for services with `protocol: udp`.
+pub const UDP_SERVICE_FLOWS_OPENED_TOTAL: &str = "cellwatch_udp_service_flows_opened_total";
+/// DNS per (client cell, service on port 53): answers by response code, and latency.
+pub const DNS_QUERIES_TOTAL: &str = "cellwatch_dns_queries_total";
+/// A histogram.
+pub const DNS_LATENCY_SECONDS: &str = "cellwatch_dns_latency_seconds";
+pub const DNS_LATENCY_SECONDS_BUCKET: &str = "cellwatch_dns_latency_seconds_bucket";
+
 /// The kernel side's bookkeeping.
 pub const EVENTS_LOST_TOTAL: &str = "cellwatch_events_lost_total";
 pub const VIOLATION_LOG_SUPPRESSED_TOTAL: &str = "cellwatch_violation_log_suppressed_total";
@@ -63,7 +79,7 @@ pub const KERNEL_FEATURE: &str = "cellwatch_kernel_feature";
 
 /// Every family: the kernel-derived ones in the order `/metrics` writes them, then the
 /// agent's own (which the registry writes sorted by name).
-pub const ALL: [&str; 40] = [
+pub const ALL: [&str; 49] = [
     CONNECTIONS_OPENED_TOTAL,
     CONNECTIONS_CLOSED_TOTAL,
     CONNECTIONS_ACTIVE,
@@ -89,6 +105,15 @@ pub const ALL: [&str; 40] = [
     DRAIN_CONNECTIONS_ACTIVE,
     DRAIN_HOLDOUTS,
     ALLOW_RULE_EXPIRY_TIMESTAMP_SECONDS,
+    UDP_FLOWS_OPENED_TOTAL,
+    UDP_DATAGRAMS_SENT_TOTAL,
+    UDP_DATAGRAMS_RECEIVED_TOTAL,
+    UDP_BYTES_SENT_TOTAL,
+    UDP_BYTES_RECEIVED_TOTAL,
+    UDP_DENIED_TOTAL,
+    UDP_SERVICE_FLOWS_OPENED_TOTAL,
+    DNS_QUERIES_TOTAL,
+    DNS_LATENCY_SECONDS,
     EVENTS_LOST_TOTAL,
     VIOLATION_LOG_SUPPRESSED_TOTAL,
     EVENTS_TOTAL,
@@ -107,8 +132,8 @@ pub const ALL: [&str; 40] = [
 ];
 
 /// The histogram families, whose series carry `_bucket`, `_sum` and `_count`.
-pub const HISTOGRAMS: [&str; 3] =
-    [CONNECT_LATENCY_SECONDS, RTT_SECONDS, SERVICE_CONNECT_LATENCY_SECONDS];
+pub const HISTOGRAMS: [&str; 4] =
+    [CONNECT_LATENCY_SECONDS, RTT_SECONDS, SERVICE_CONNECT_LATENCY_SECONDS, DNS_LATENCY_SECONDS];
 
 /// Whether `series` is a declared family's: its name, or a histogram's `_bucket`, `_sum`
 /// or `_count`.

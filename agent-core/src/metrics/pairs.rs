@@ -38,7 +38,7 @@ const FAILED: Def = Def {
 const VIOLATIONS: Def = Def {
     name: f::BOUNDARY_VIOLATIONS_TOTAL,
     kind: Kind::Counter,
-    help: "Connections that crossed a cell boundary against policy",
+    help: "Connections (and UDP flows) that crossed a cell boundary against policy",
 };
 const DENIED: Def = Def {
     name: f::CONNECTIONS_DENIED_TOTAL,

@@ -1,6 +1,6 @@
 //! What a scrape reads from the kernel in one pass, and the config's catalog: the input
 //! of every kernel-derived family.
-use agent_common::{COUNTERS_LEN, PairKey, PairStats, Verdict};
+use agent_common::{COUNTERS_LEN, DnsKey, DnsStats, PairKey, PairStats, UdpStats, Verdict};
 
 use super::text::slot;
 
@@ -9,6 +9,10 @@ use super::text::slot;
 pub struct Snapshot {
     /// Per (src, dst, direction, verdict, service), summed over CPUs, sorted by key.
     pub pairs: Vec<(PairKey, PairStats)>,
+    /// UDP statistics per (src, dst, direction, verdict, service), summed over CPUs.
+    pub udp: Vec<(PairKey, UdpStats)>,
+    /// DNS answers per (client cell, service, response code), summed over CPUs.
+    pub dns: Vec<(DnsKey, DnsStats)>,
     /// `CTR_*` counters summed over CPUs.
     pub counters: [u64; COUNTERS_LEN as usize],
     pub fill: Vec<MapFill>,

@@ -42,6 +42,7 @@ fn snapshot_renders_the_contract_metrics() {
         ops: Vec::new(),
         catalog: Catalog::default(),
         holdouts: Vec::new(),
+        ..Snapshot::default()
     };
     let text = render(&snap, &ids);
     for want in [
@@ -352,4 +353,80 @@ fn each_detail_level_keeps_what_it_says() {
     }
     let samples = cells.lines().filter(|l| !l.starts_with('#') && l.contains("cell-a")).count();
     assert_eq!(samples, 18, "per cell and direction, both verdicts\n{cells}");
+}
+
+#[test]
+fn udp_and_dns_families_render_per_pair_service_and_response_code() {
+    use agent_common::{DnsKey, DnsStats, UdpStats};
+    let mut ids = CellIds::default();
+    let (g, a, b) =
+        (ids.id("global").unwrap(), ids.id("cell-a").unwrap(), ids.id("cell-b").unwrap());
+    let dns = ids.service_id("dns").unwrap();
+    let stats = |opened, sent, received| UdpStats {
+        opened,
+        datagrams_sent: sent,
+        bytes_sent: sent * 10,
+        datagrams_received: received,
+        bytes_received: received * 10,
+        ..UdpStats::ZERO
+    };
+    let mut refused = stats(0, 0, 0);
+    refused.denied = 4;
+    let answers = |n: u64, bucket: usize| {
+        let mut d = DnsStats::ZERO;
+        d.answers = n;
+        d.latency_sum_ns = n * 1000;
+        d.latency_hist[bucket] = n;
+        d
+    };
+    let snap = Snapshot {
+        udp: vec![
+            (key(a, b, Direction::EGRESS, Verdict::VIOLATION.0), stats(2, 17, 17)),
+            (key(a, b, Direction::EGRESS, Verdict::VIOLATION.0).with_service(0), refused),
+            (key(a, g, Direction::EGRESS, 0).with_service(dns), stats(20, 20, 20)),
+            (key(a, b, Direction::INGRESS, Verdict::VIOLATION.0), stats(2, 17, 17)),
+        ],
+        dns: vec![
+            (DnsKey { src_cell: a, service: dns, rcode: 0, _pad: 0 }, answers(20, 1)),
+            (DnsKey { src_cell: b, service: dns, rcode: 3, _pad: 0 }, answers(1, 2)),
+            (DnsKey { src_cell: b, service: dns, rcode: 9, _pad: 0 }, answers(1, 2)),
+            (DnsKey { src_cell: b, service: dns, rcode: 10, _pad: 0 }, answers(2, 2)),
+        ],
+        ..Snapshot::default()
+    };
+    let text = render(&snap, &ids);
+    for want in [
+        r#"cellwatch_udp_flows_opened_total{src_cell="cell-a",dst_cell="cell-b",direction="egress",verdict="violation"} 2"#,
+        r#"cellwatch_udp_flows_opened_total{src_cell="cell-a",dst_cell="global",direction="egress",verdict="allowed"} 20"#,
+        r#"cellwatch_udp_datagrams_sent_total{src_cell="cell-a",dst_cell="cell-b",direction="ingress"} 17"#,
+        r#"cellwatch_udp_bytes_received_total{src_cell="cell-a",dst_cell="cell-b",direction="egress"} 170"#,
+        r#"cellwatch_udp_denied_total{src_cell="cell-a",dst_cell="cell-b"} 4"#,
+        r#"cellwatch_udp_service_flows_opened_total{src_cell="cell-a",service="dns",direction="egress",verdict="allowed"} 20"#,
+        r#"cellwatch_dns_queries_total{src_cell="cell-a",service="dns",rcode="NOERROR"} 20"#,
+        r#"cellwatch_dns_queries_total{src_cell="cell-b",service="dns",rcode="NXDOMAIN"} 1"#,
+        // Response codes past REFUSED share `other`.
+        r#"cellwatch_dns_queries_total{src_cell="cell-b",service="dns",rcode="other"} 3"#,
+        r#"cellwatch_dns_latency_seconds_count{src_cell="cell-b",service="dns"} 4"#,
+        r#"cellwatch_dns_latency_seconds_count{src_cell="cell-a",service="dns"} 20"#,
+    ] {
+        assert!(text.contains(want), "missing {want} in\n{text}");
+    }
+    // Denied only client side; no pair family of TCP gains a UDP row.
+    assert!(!text.contains("cellwatch_udp_denied_total{src_cell=\"cell-a\",dst_cell=\"global\""));
+    assert!(!text.contains("cellwatch_connections_opened_total"), "{text}");
+    // Per cell: destinations summed, DNS kept, its histogram dropped.
+    let mut out = String::new();
+    let opts = Options { detail: super::Detail::Cells, ..Options::default() };
+    super::render(&snap, &ids, &opts, &mut out);
+    assert!(out.contains(r#"cellwatch_udp_flows_opened_total{src_cell="cell-a",direction="egress",verdict="allowed"} 20"#), "{out}");
+    assert!(
+        out.contains(
+            r#"cellwatch_udp_datagrams_sent_total{src_cell="cell-a",direction="egress"} 37"#
+        ),
+        "{out}"
+    );
+    assert!(out.contains(
+        r#"cellwatch_dns_queries_total{src_cell="cell-a",service="dns",rcode="NOERROR"} 20"#
+    ));
+    assert!(!out.contains("cellwatch_dns_latency_seconds"), "{out}");
 }

@@ -5,7 +5,8 @@
 //! range, counters and answers.
 //!
 //! Every query reads the raw families the agents export, so the report needs no recording
-//! rule. Each connection counts once, as the recording rules count it: the client's side
+//! rule. Each connection (and UDP flow) counts once, as the recording rules count it: the
+//! client's side
 //! (`direction="egress"`), plus the server's side when the client is in no cell
 //! (`src_cell="external"`). A counter counts over the range with its `increase()` when the
 //! series existed at the start of the range, and with all of its value when it appeared
@@ -92,6 +93,9 @@ pub enum Reading {
     PairLatencyNative,
     /// Per (`src_cell`, `service`), as the pair families.
     ServiceOpened,
+    /// UDP flows opened, per (`src_cell`, `service`), to the services with
+    /// `protocol: udp`: counted as [`ServiceOpened`](Reading::ServiceOpened) is.
+    ServiceFlowsOpened,
     ServiceFailed,
     ServiceSent,
     ServiceReceived,
@@ -107,7 +111,7 @@ pub enum Reading {
 }
 
 impl Reading {
-    pub const ALL: [Reading; 17] = [
+    pub const ALL: [Reading; 18] = [
         Self::Cells,
         Self::Services,
         Self::PairOpened,
@@ -117,6 +121,7 @@ impl Reading {
         Self::PairLatency,
         Self::PairLatencyNative,
         Self::ServiceOpened,
+        Self::ServiceFlowsOpened,
         Self::ServiceFailed,
         Self::ServiceSent,
         Self::ServiceReceived,
@@ -147,6 +152,9 @@ impl Reading {
             Self::PairLatency => Read::All(f::CONNECT_LATENCY_SECONDS_BUCKET, PAIR_LE),
             Self::PairLatencyNative => Read::All(f::CONNECT_LATENCY_SECONDS, PAIR),
             Self::ServiceOpened => Read::ClientSide(f::SERVICE_CONNECTIONS_OPENED_TOTAL, SERVICE),
+            Self::ServiceFlowsOpened => {
+                Read::ClientSide(f::UDP_SERVICE_FLOWS_OPENED_TOTAL, SERVICE)
+            }
             Self::ServiceFailed => Read::All(f::SERVICE_CONNECTIONS_FAILED_TOTAL, SERVICE),
             Self::ServiceSent => Read::Bytes(Way::Sent, SERVICE_BYTES, SERVICE),
             Self::ServiceReceived => Read::Bytes(Way::Received, SERVICE_BYTES, SERVICE),

@@ -1,14 +1,15 @@
 //! `cellwatch report`'s three outputs: text for people, JSON for scripts (the model as
 //! serde writes it: see the README for its shape), and graphviz dot, where cells and
 //! services are nodes (a service inside the box of the cell it lies in) and each
-//! dependency is an edge as wide as its share of the busiest one's connections.
+//! dependency is an edge as wide as its share of the busiest one's connections. A UDP
+//! service's connections are its flows, and each output says so where it counts them.
 #![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
 
 use super::{
-    Destination, FACTOR, FAILURE_RATIO_FLOOR, MIN_CONNECTS_PER_SECOND, Outlier, P99_FLOOR_SECONDS,
-    Report, Share, Signal,
+    Calls, Destination, FACTOR, FAILURE_RATIO_FLOOR, MIN_CONNECTS_PER_SECOND, Outlier,
+    P99_FLOOR_SECONDS, Report, Share, Signal,
 };
 use agent_core::names::EXTERNAL;
 
@@ -106,11 +107,13 @@ impl Report {
                 1 => "1 cell".to_owned(),
                 n => format!("{n} cells"),
             };
+            let calls = s.calls();
             let _ = writeln!(
                 out,
-                "  {} ({place}): {cells}, {} connections, {}",
+                "  {} ({place}): {cells}, {} {}, {}",
                 s.service,
                 s.connections,
+                calls.words(),
                 bytes(s.bytes)
             );
             let row = |name: &str, sh: &Share| {
@@ -129,7 +132,7 @@ impl Report {
             }
             out.push_str(&table(
                 "    ",
-                &["CELL", "CONNECTIONS", "SHARE", "BYTES", "SHARE"],
+                &["CELL", calls.column(), "SHARE", "BYTES", "SHARE"],
                 &[false, true, true, true, true],
                 &rows,
             ));
@@ -362,14 +365,20 @@ impl Report {
                 edges.push((
                     id("cell", &c.cell),
                     id("service", &s.service),
-                    s.connections,
+                    (s.connections, s.calls()),
                     s.bytes,
                     m,
                 ));
             }
             for d in &c.cells {
                 let m = self.dot_mark(&c.cell, &Destination::Cell(d.cell.clone()));
-                edges.push((id("cell", &c.cell), id("cell", &d.cell), d.connections, d.bytes, m));
+                edges.push((
+                    id("cell", &c.cell),
+                    id("cell", &d.cell),
+                    (d.connections, Calls::Connections),
+                    d.bytes,
+                    m,
+                ));
             }
         }
         for s in &self.services {
@@ -377,7 +386,7 @@ impl Report {
                 edges.push((
                     id("cell", EXTERNAL),
                     id("service", &s.service),
-                    e.connections,
+                    (e.connections, s.calls()),
                     e.bytes,
                     None,
                 ));
@@ -387,8 +396,9 @@ impl Report {
     }
 }
 
-/// One edge of the graph: from, to, connections, bytes, and the outlier mark.
-type Edge = (String, String, u64, u64, Option<String>);
+/// One edge of the graph: from, to, connections (and what they are), bytes, and the
+/// outlier mark.
+type Edge = (String, String, (u64, Calls), u64, Option<String>);
 
 /// A service's node.
 fn service_node(name: &str) -> String {
@@ -398,12 +408,12 @@ fn service_node(name: &str) -> String {
 /// The edges, as wide as their share of the busiest one's connections (or bytes, when
 /// no edge has a connection in the range).
 fn write_edges(edges: &[Edge], out: &mut String) {
-    let by_conns = edges.iter().any(|e| e.2 > 0);
-    let size = |e: &Edge| (if by_conns { e.2 } else { e.3 }) as f64;
+    let by_conns = edges.iter().any(|e| e.2.0 > 0);
+    let size = |e: &Edge| (if by_conns { e.2.0 } else { e.3 }) as f64;
     let max = edges.iter().map(size).fold(0.0, f64::max);
     for e in edges {
         let share = if max > 0.0 { size(e) / max } else { 0.0 };
-        let mut label = format!("{} conn\n{}", e.2, bytes(e.3));
+        let mut label = format!("{} {}\n{}", e.2.0, e.2.1.short(), bytes(e.3));
         let mut color = String::new();
         if let Some(m) = &e.4 {
             let _ = write!(label, "\n{m}");

@@ -938,3 +938,225 @@ fn a_latency_outlier_from_native_histograms_read_before_classic_buckets() {
     assert!((p99[0].1 - 0.4975).abs() < 1e-9, "{p99:?}");
     assert!((p99[0].2 - peers).abs() < 1e-9, "{p99:?} against {peers}");
 }
+
+/// The catalog of [`udp_services`]: the resolver `dns` and `orders-db` in global.
+const UDP_SERVICES: &[(&[(&str, &str)], &str)] = &[
+    (&[("service", "dns"), ("cell", "global")], "1"),
+    (&[("service", "orders-db"), ("cell", "global")], "1"),
+];
+
+/// The resolver `dns` (a UDP service in global) answers cell-1's 300 flows and cell-2's
+/// 100 (no connection, and no bytes: the service families of bytes are TCP's); cell-1
+/// calls `orders-db` over TCP. The cells call the global cell over TCP only.
+fn udp_services() -> Report {
+    Report::build(
+        hour(),
+        END,
+        &answers(&[
+            (Reading::Cells, CELLS),
+            (Reading::Services, UDP_SERVICES),
+            (
+                Reading::ServiceFlowsOpened,
+                &[
+                    (&[("src_cell", "cell-1"), ("service", "dns")], "299.8"),
+                    (&[("src_cell", "cell-2"), ("service", "dns")], "100"),
+                    (&[("src_cell", "cell-3"), ("service", "dns")], "0"),
+                ],
+            ),
+            (
+                Reading::ServiceOpened,
+                &[(&[("src_cell", "cell-1"), ("service", "orders-db")], "50")],
+            ),
+            (Reading::PairOpened, &[(&[("src_cell", "cell-1"), ("dst_cell", "global")], "50")]),
+        ]),
+    )
+    .expect("a report")
+}
+
+#[test]
+fn udp_flows_are_read_as_the_connections_are() {
+    let tcp = Reading::ServiceOpened.query(hour());
+    assert_eq!(
+        Reading::ServiceFlowsOpened.query(hour()),
+        tcp.replace(
+            "cellwatch_service_connections_opened_total",
+            "cellwatch_udp_service_flows_opened_total"
+        )
+    );
+    // UDP flows alone are a report.
+    let only = answers(&[(
+        Reading::ServiceFlowsOpened,
+        &[(&[("src_cell", "cell-1"), ("service", "dns")], "3")],
+    )]);
+    let r = Report::build(hour(), END, &only).expect("a report of UDP flows");
+    assert_eq!(r.service("dns").unwrap().dependents[0].cell, "cell-1");
+    assert!(NoData(hour()).to_string().contains("cellwatch_udp_service_flows_opened_total"));
+}
+
+/// A UDP-only service has its blast radius, in every output, its connections its flows.
+#[test]
+fn a_udp_service_has_its_blast_radius() {
+    let r = udp_services();
+    let dns = r.service("dns").unwrap();
+    assert_eq!((dns.cell.as_deref(), dns.global), (Some("global"), true));
+    let dependents: Vec<(&str, u64)> =
+        dns.dependents.iter().map(|d| (d.cell.as_str(), d.share.connections)).collect();
+    assert_eq!(dependents, [("cell-1", 300), ("cell-2", 100)], "cell-3 opened no flow");
+    assert_eq!((dns.connections, dns.flows, dns.bytes), (400, 400, 0));
+    assert!((dns.dependents[0].share.connections_share.unwrap() - 299.8 / 399.8).abs() < 1e-12);
+    assert_eq!(dns.dependents[1].share.bytes_share, None);
+    assert_eq!(dns.calls(), Calls::Flows);
+    let db = r.service("orders-db").unwrap();
+    assert_eq!((db.connections, db.flows, db.calls()), (50, 0, Calls::Connections));
+    // A dependency of each calling cell, as the TCP service is.
+    let deps = |c: &str| -> Vec<(String, u64, u64)> {
+        let services = &r.cell(c).unwrap().services;
+        services.iter().map(|s| (s.service.clone(), s.connections, s.flows)).collect()
+    };
+    assert_eq!(deps("cell-1"), [("dns".to_owned(), 300, 300), ("orders-db".to_owned(), 50, 0)]);
+    assert_eq!(deps("cell-2"), [("dns".to_owned(), 100, 100)]);
+    assert!(deps("cell-3").is_empty());
+    // UDP flows are no connects: no outlier among them.
+    assert!(r.outliers.is_empty(), "{:?}", r.outliers);
+
+    let text = r.text("p");
+    let blast = text.split("\nDEPENDENCIES").next().unwrap();
+    assert!(
+        blast.contains(
+            "  dns (in global, a global cell): 2 cells, 400 UDP flows, 0 B\n\
+             \x20   CELL    FLOWS  SHARE  BYTES  SHARE\n\
+             \x20   cell-1    300  75.0%    0 B      -\n\
+             \x20   cell-2    100  25.0%    0 B      -\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        blast.contains("  orders-db (in global, a global cell): 1 cell, 50 connections, 0 B\n")
+    );
+    // The pairs are TCP's: cell-2's flows to the service in global make no pair.
+    assert!(text.contains("\n  cell-2  dns (in global)                         -             -\n"));
+
+    let v: Value = serde_json::from_str(&r.json().unwrap()).unwrap();
+    let dns = v["services"].as_array().unwrap().iter().find(|s| s["service"] == "dns").unwrap();
+    assert_eq!((&dns["connections"], &dns["flows"]), (&json!(400), &json!(400)));
+    assert_eq!(dns["dependents"][1]["cell"], "cell-2");
+    assert_eq!(dns["dependents"][1]["connections"], 100);
+    assert_eq!(
+        v["cells"][1]["services"][0],
+        json!({"service": "dns", "cell": "global", "connections": 100, "flows": 100, "bytes": 0})
+    );
+
+    let dot = r.dot();
+    assert!(dot.contains("\"cell:cell-2\" -> \"service:dns\" [label=\"100 flows\\n0 B\""));
+    assert!(dot.contains("\"cell:cell-1\" -> \"service:orders-db\" [label=\"50 conn\\n0 B\""));
+    let svg = render_svg(&dot);
+    assert!(svg.replace("&#45;", "-").contains(">dns</text>"), "{svg}");
+
+    let html = r.html("p");
+    let node = "data-name=\"dns\" data-cell=\"global\" data-global=\"true\" \
+                data-connections=\"400\" data-flows=\"400\" data-bytes=\"0\">";
+    assert!(html.contains(node), "{html}");
+    assert!(html.contains(">100 flows · 25.0%</text>"), "{html}");
+    assert!(html.contains("<th class=\"num\">Connections / UDP flows</th>"), "{html}");
+}
+
+/// A service that both TCP connections and UDP flows reach: its blast radius is the cells
+/// that opened either, each with both counted, and the outliers still compare connects.
+#[test]
+fn connections_and_flows_to_one_service_are_added() {
+    let r = Report::build(
+        hour(),
+        END,
+        &answers(&[
+            (Reading::Cells, CELLS),
+            (Reading::Services, UDP_SERVICES),
+            (
+                Reading::ServiceOpened,
+                &[
+                    (&[("src_cell", "cell-1"), ("service", "dns")], "200"),
+                    (&[("src_cell", "cell-3"), ("service", "dns")], "100"),
+                ],
+            ),
+            (
+                Reading::ServiceFlowsOpened,
+                &[
+                    (&[("src_cell", "cell-1"), ("service", "dns")], "100"),
+                    (&[("src_cell", "cell-2"), ("service", "dns")], "500"),
+                    (&[("src_cell", "external"), ("service", "dns")], "100"),
+                ],
+            ),
+            (Reading::ServiceFailed, &[(&[("src_cell", "cell-1"), ("service", "dns")], "50")]),
+        ]),
+    )
+    .unwrap();
+    let dns = r.service("dns").unwrap();
+    let dependents: Vec<(&str, u64, Option<f64>)> = dns
+        .dependents
+        .iter()
+        .map(|d| (d.cell.as_str(), d.share.connections, d.share.connections_share))
+        .collect();
+    assert_eq!(
+        dependents,
+        [("cell-2", 500, Some(0.5)), ("cell-1", 300, Some(0.3)), ("cell-3", 100, Some(0.1))],
+        "TCP only, UDP only, and both"
+    );
+    let ext = dns.external.as_ref().unwrap();
+    assert_eq!((ext.connections, ext.connections_share), (100, Some(0.1)));
+    assert_eq!((dns.connections, dns.flows, dns.calls()), (1000, 700, Calls::Both));
+    let cell1 = &r.cell("cell-1").unwrap().services[0];
+    assert_eq!((cell1.connections, cell1.flows, cell1.calls()), (300, 100, Calls::Both));
+    assert!(r.cell("cell-2").unwrap().services[0].calls() == Calls::Flows);
+    let text = r.text("p");
+    assert!(
+        text.contains(
+            "  dns (in global, a global cell): 3 cells, 1000 connections and UDP flows, 0 B\n\
+             \x20   CELL        CONNS+FLOWS  SHARE  BYTES  SHARE\n\
+             \x20   cell-2              500  50.0%    0 B      -\n\
+             \x20   cell-1              300  30.0%    0 B      -\n\
+             \x20   cell-3              100  10.0%    0 B      -\n\
+             \x20   (external)          100  10.0%    0 B      -\n"
+        ),
+        "{text}"
+    );
+    assert!(r.dot().contains("\"cell:cell-1\" -> \"service:dns\" [label=\"300 conn+flows\\n0 B\""));
+    // cell-1's connects are its 200 opened and 50 failed: its flows are none of them.
+    let a = answers(&[
+        (Reading::ServiceOpened, &[(&[("src_cell", "cell-1"), ("service", "dns")], "200")]),
+        (Reading::ServiceFlowsOpened, &[(&[("src_cell", "cell-1"), ("service", "dns")], "100")]),
+        (Reading::ServiceFailed, &[(&[("src_cell", "cell-1"), ("service", "dns")], "50")]),
+    ]);
+    let t = flows(&a, &super::SERVICES);
+    let traffic = &t[&("cell-1".to_owned(), "dns".to_owned())];
+    assert_eq!((traffic.calls(), traffic.connects()), (300.0, 250.0));
+}
+
+/// One `/metrics` with a UDP service: its flows each once (the client's side, and the
+/// server's for a client in no cell), and the demo's blast radius has it.
+#[test]
+fn one_metrics_with_a_udp_service() {
+    const UDP: &str = r#"
+cellwatch_cell_info{cell="global",global="true"} 1
+cellwatch_service_info{service="dns",cell="global"} 1
+cellwatch_udp_service_flows_opened_total{src_cell="cell-a",service="dns",direction="egress",verdict="allowed"} 6
+cellwatch_udp_service_flows_opened_total{src_cell="cell-a",service="dns",direction="egress",verdict="violation"} 1
+cellwatch_udp_service_flows_opened_total{src_cell="cell-a",service="dns",direction="ingress",verdict="allowed"} 7
+cellwatch_udp_service_flows_opened_total{src_cell="cell-b",service="dns",direction="egress",verdict="allowed"} 3
+cellwatch_udp_service_flows_opened_total{src_cell="cell-b",service="dns",direction="ingress",verdict="allowed"} 3
+cellwatch_udp_service_flows_opened_total{src_cell="external",service="dns",direction="ingress",verdict="allowed"} 4
+cellwatch_dns_queries_total{src_cell="cell-a",service="dns",rcode="NOERROR"} 40
+"#;
+    let a = answers_of(&agent_core::promtext::parse(UDP));
+    let svc = |src| [("src_cell", src), ("service", "dns")];
+    assert_eq!(value(&a, Reading::ServiceFlowsOpened, &svc("cell-a")), Some(7.0));
+    assert_eq!(value(&a, Reading::ServiceFlowsOpened, &svc("cell-b")), Some(3.0));
+    assert_eq!(value(&a, Reading::ServiceFlowsOpened, &svc("external")), Some(4.0));
+    assert!(!a.contains_key(&Reading::ServiceOpened), "no TCP: {a:?}");
+    let radii = blast_radii(&a);
+    assert_eq!(radii, Report::build(hour(), END, &a).unwrap().services);
+    let dns = &radii[0];
+    assert_eq!((dns.service.as_str(), dns.connections, dns.flows), ("dns", 14, 14));
+    let callers: Vec<_> =
+        dns.dependents.iter().map(|d| (d.cell.as_str(), d.share.connections)).collect();
+    assert_eq!(callers, [("cell-a", 7), ("cell-b", 3)]);
+    assert_eq!(dns.external.as_ref().map(|e| e.connections), Some(4));
+}

@@ -3,6 +3,15 @@
 use super::*;
 
 #[test]
+fn udp_idles() {
+    assert_eq!(udp_idle("60s"), Ok(Duration::from_secs(60)));
+    assert_eq!(udp_idle("5m"), Ok(Duration::from_secs(300)));
+    assert!(udp_idle("500ms").unwrap_err().contains("whole number"));
+    assert!(udp_idle("2h").unwrap_err().contains("1s to 1h"));
+    assert!(udp_idle("soon").unwrap_err().contains("not a duration"));
+}
+
+#[test]
 fn live_intervals() {
     assert_eq!(live_interval("5s"), Ok(Duration::from_secs(5)));
     assert_eq!(live_interval("250ms"), Ok(Duration::from_millis(250)));

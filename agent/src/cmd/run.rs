@@ -226,7 +226,7 @@ where
     let recent = Arc::new(Recent::default());
     let threads =
         Threads::spawn(&mut kernel, &ids, shared_config, &cgroups, &recent, &metrics, conntrack);
-    let sweeps = spawn_sweeps(kernel.maps(), args.live_interval);
+    let sweeps = spawn_sweeps(kernel.maps(), args.live_interval, args.udp_idle);
     let agent = Arc::new(Agent { maps: kernel.maps(), ids, metrics, cgroups, recent });
     // What the start parsed (the kernel's BTF among it) is freed: give it back.
     sys::release_free_memory();
@@ -299,6 +299,7 @@ fn load(
         profile_kernel: args.profile_kernel,
         without: without.clone(),
         pair_tables: args.pair_table_capacity,
+        udp_idle_secs: u32::try_from(args.udp_idle.as_secs()).unwrap_or(u32::MAX),
     };
     let staged = Kernel::open(&opts)?;
     // Ids the pinned state already uses first, so adopted counters keep their labels.
@@ -555,18 +556,31 @@ async fn stop<S>(
 
 /// The live sweep every `interval`: open connections add what they moved to the
 /// counters. Once no connection older than the agent is left, the tracepoint that
-/// watched for their ends goes.
-fn spawn_sweeps(maps: MapsHandle, interval: std::time::Duration) -> tokio::task::JoinHandle<()> {
+/// watched for their ends goes. About every half `udp_idle`, the UDP flows idle longer
+/// than that leave the flow table.
+fn spawn_sweeps(
+    maps: MapsHandle,
+    interval: std::time::Duration,
+    udp_idle: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         // The first sweep one interval after the start (the seeding just read everything).
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seeded_close = true;
+        let mut expired = std::time::Instant::now();
         loop {
             tick.tick().await;
             let m = maps.clone();
+            let expire = expired.elapsed() >= udp_idle / 2;
+            if expire {
+                expired = std::time::Instant::now();
+            }
             let swept = tokio::task::spawn_blocking(move || {
                 let retired = if seeded_close { m.retire_seeded_close() } else { Ok(false) };
+                if expire && let Err(e) = m.expire_udp(udp_idle) {
+                    warn!(error = %e, "removing idle UDP flows failed");
+                }
                 let swept = m.sweep();
                 // What a large scrape's response freed after it was sent goes back too.
                 sys::release_free_memory();

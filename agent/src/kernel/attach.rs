@@ -7,7 +7,8 @@ use std::{fs::File, path::Path};
 use aya::{
     Ebpf,
     programs::{
-        CgroupAttachMode, CgroupSockAddr, ProgramError, SockOps, TracePoint,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError, SockOps,
+        TracePoint,
         links::{FdLink, LinkError},
     },
 };
@@ -108,19 +109,20 @@ pub(super) fn detach_seeded_close(dir: &PinDir) -> Result<bool, KernelError> {
     }
 }
 
-fn load(ebpf: &mut Ebpf, name: &'static str, hook: Hook) -> Result<(), KernelError> {
+pub(super) fn load(ebpf: &mut Ebpf, name: &'static str, hook: Hook) -> Result<(), KernelError> {
     let prog = ebpf.program_mut(name).ok_or(KernelError::Missing(name))?;
     let typed = |source| KernelError::Program { name, source };
     let loaded = match hook {
         Hook::Connect => <&mut CgroupSockAddr>::try_from(prog).map_err(typed)?.load(),
         Hook::SockOps => <&mut SockOps>::try_from(prog).map_err(typed)?.load(),
         Hook::Tracepoint(_) => <&mut TracePoint>::try_from(prog).map_err(typed)?.load(),
+        Hook::Skb(_) => <&mut CgroupSkb>::try_from(prog).map_err(typed)?.load(),
     };
     loaded.map_err(|e| refused(name, e))
 }
 
 /// Attaches a loaded program and hands its link over, to be pinned.
-fn attach(
+pub(super) fn attach(
     ebpf: &mut Ebpf,
     name: &'static str,
     hook: Hook,
@@ -130,7 +132,9 @@ fn attach(
     let prog = ebpf.program_mut(name).ok_or(KernelError::Missing(name))?;
     let typed = |source| KernelError::Program { name, source };
     let what = match hook {
-        Hook::Connect | Hook::SockOps => format!("{name} to {}", cgroup_root.display()),
+        Hook::Connect | Hook::SockOps | Hook::Skb(_) => {
+            format!("{name} to {}", cgroup_root.display())
+        }
         Hook::Tracepoint(event) => format!("{name} to the tracepoint {TCP}:{event}"),
     };
     let failed = |source| KernelError::Attach { what: what.clone(), source };
@@ -154,11 +158,18 @@ fn attach(
             let id = p.attach(TCP, event).map_err(failed)?;
             FdLink::try_from(p.take_link(id).map_err(failed)?).map_err(unpinnable)
         }
+        Hook::Skb(egress) => {
+            let p = <&mut CgroupSkb>::try_from(prog).map_err(typed)?;
+            let at =
+                if egress { CgroupSkbAttachType::Egress } else { CgroupSkbAttachType::Ingress };
+            let id = p.attach(cgroup, at, CgroupAttachMode::Single).map_err(failed)?;
+            FdLink::try_from(p.take_link(id).map_err(failed)?).map_err(unpinnable)
+        }
     }
 }
 
 /// Pins a link: it stays attached until its pin is removed (`cellwatch uninstall`).
-fn pin(link: FdLink, path: &Path) -> Result<(), KernelError> {
+pub(super) fn pin(link: FdLink, path: &Path) -> Result<(), KernelError> {
     link.pin(path).map(drop).map_err(|e| KernelError::Pin {
         path: path.to_owned(),
         source: match e {

@@ -107,26 +107,35 @@ fn write_set(set: &mut CellSet, next: &Compiled) -> Result<(), KernelError> {
         let value = until.map_or(ALLOW_FOREVER, clock::kernel_ns);
         set.policy.insert(k, value, 0).map_err(map_err(set.names.policy))?;
     }
-    let keep: HashSet<(IpNet, u16)> = next.ported.iter().map(|(n, p, _)| (*n, *p)).collect();
-    let stale: Vec<(IpNet, u16)> =
-        set.holds.ported.iter().map(|(n, p, _)| (*n, *p)).filter(|k| !keep.contains(k)).collect();
-    for (net, port) in stale {
-        service_entry(set, net, port, None)?;
-    }
-    let had: HashMap<(IpNet, u16), u16> =
-        set.holds.ported.iter().map(|(n, p, id)| ((*n, *p), *id)).collect();
-    for (net, port, id) in &next.ported {
-        if had.get(&(*net, *port)) != Some(id) {
-            service_entry(set, *net, *port, Some(*id))?;
+    for udp in [false, true] {
+        let (had, next) = if udp {
+            (&set.holds.ported_udp, &next.ported_udp)
+        } else {
+            (&set.holds.ported, &next.ported)
+        };
+        let keep: HashSet<(IpNet, u16)> = next.iter().map(|(n, p, _)| (*n, *p)).collect();
+        let stale: Vec<(IpNet, u16)> =
+            had.iter().map(|(n, p, _)| (*n, *p)).filter(|k| !keep.contains(k)).collect();
+        let had: HashMap<(IpNet, u16), u16> =
+            had.iter().map(|(n, p, id)| ((*n, *p), *id)).collect();
+        let changed: Vec<(IpNet, u16, u16)> =
+            next.iter().filter(|(n, p, id)| had.get(&(*n, *p)) != Some(id)).copied().collect();
+        for (net, port) in stale {
+            service_entry(set, udp, net, port, None)?;
+        }
+        for (net, port, id) in changed {
+            service_entry(set, udp, net, port, Some(id))?;
         }
     }
     set.holds = next.clone();
     Ok(())
 }
 
-/// Puts (`Some(id)`) or removes a ported service's entry: the port, then the prefix.
+/// Puts (`Some(id)`) or removes a ported service's entry (in the UDP services' tries
+/// when `udp`): the port, then the prefix.
 fn service_entry(
     set: &mut CellSet,
+    udp: bool,
     net: IpNet,
     port: u16,
     id: Option<u16>,
@@ -136,19 +145,29 @@ fn service_entry(
     match net {
         IpNet::V4(n) => {
             let key = Key::new(len, ServiceKeyV4 { port: port_be, addr: n.network().octets() });
-            let r = match id {
-                Some(id) => set.svc_v4.insert(&key, u32::from(id), 0),
-                None => set.svc_v4.remove(&key),
+            let (trie, name) = if udp {
+                (&mut set.udp_v4, set.names.udp_v4)
+            } else {
+                (&mut set.svc_v4, set.names.svc_v4)
             };
-            r.map_err(map_err(set.names.svc_v4))
+            let r = match id {
+                Some(id) => trie.insert(&key, u32::from(id), 0),
+                None => trie.remove(&key),
+            };
+            r.map_err(map_err(name))
         }
         IpNet::V6(n) => {
             let key = Key::new(len, ServiceKeyV6 { port: port_be, addr: n.network().octets() });
-            let r = match id {
-                Some(id) => set.svc_v6.insert(&key, u32::from(id), 0),
-                None => set.svc_v6.remove(&key),
+            let (trie, name) = if udp {
+                (&mut set.udp_v6, set.names.udp_v6)
+            } else {
+                (&mut set.svc_v6, set.names.svc_v6)
             };
-            r.map_err(map_err(set.names.svc_v6))
+            let r = match id {
+                Some(id) => trie.insert(&key, u32::from(id), 0),
+                None => trie.remove(&key),
+            };
+            r.map_err(map_err(name))
         }
     }
 }
@@ -208,28 +227,36 @@ fn read_set(set: &CellSet) -> Result<Compiled, KernelError> {
         let (key, until) = entry.map_err(map_err(set.names.policy))?;
         out.allow.push((key, (until != ALLOW_FOREVER).then(|| clock::wall_time(until))));
     }
-    for entry in set.svc_v4.iter() {
-        let (k, id) = entry.map_err(map_err(set.names.svc_v4))?;
-        let d = k.data();
-        let net = k
-            .prefix_len()
-            .checked_sub(16)
-            .and_then(prefix_len)
-            .and_then(|len| ipnet::Ipv4Net::new(d.addr.into(), len).ok());
-        if let (Some(n), Ok(id)) = (net, u16::try_from(id)) {
-            out.ported.push((IpNet::V4(n), u16::from_be_bytes(d.port), id));
+    for udp in [false, true] {
+        let (t4, t6, n4, n6) = if udp {
+            (&set.udp_v4, &set.udp_v6, set.names.udp_v4, set.names.udp_v6)
+        } else {
+            (&set.svc_v4, &set.svc_v6, set.names.svc_v4, set.names.svc_v6)
+        };
+        let into = if udp { &mut out.ported_udp } else { &mut out.ported };
+        for entry in t4.iter() {
+            let (k, id) = entry.map_err(map_err(n4))?;
+            let d = k.data();
+            let net = k
+                .prefix_len()
+                .checked_sub(16)
+                .and_then(prefix_len)
+                .and_then(|len| ipnet::Ipv4Net::new(d.addr.into(), len).ok());
+            if let (Some(n), Ok(id)) = (net, u16::try_from(id)) {
+                into.push((IpNet::V4(n), u16::from_be_bytes(d.port), id));
+            }
         }
-    }
-    for entry in set.svc_v6.iter() {
-        let (k, id) = entry.map_err(map_err(set.names.svc_v6))?;
-        let d = k.data();
-        let net = k
-            .prefix_len()
-            .checked_sub(16)
-            .and_then(prefix_len)
-            .and_then(|len| ipnet::Ipv6Net::new(d.addr.into(), len).ok());
-        if let (Some(n), Ok(id)) = (net, u16::try_from(id)) {
-            out.ported.push((IpNet::V6(n), u16::from_be_bytes(d.port), id));
+        for entry in t6.iter() {
+            let (k, id) = entry.map_err(map_err(n6))?;
+            let d = k.data();
+            let net = k
+                .prefix_len()
+                .checked_sub(16)
+                .and_then(prefix_len)
+                .and_then(|len| ipnet::Ipv6Net::new(d.addr.into(), len).ok());
+            if let (Some(n), Ok(id)) = (net, u16::try_from(id)) {
+                into.push((IpNet::V6(n), u16::from_be_bytes(d.port), id));
+            }
         }
     }
     Ok(out)

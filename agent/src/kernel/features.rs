@@ -38,6 +38,9 @@ pub(crate) enum Feature {
     /// This network namespace answers conntrack lookups (ctnetlink): connections to
     /// `service_cidrs` are judged by their backend (probed by `run`).
     ConntrackLookup,
+    /// The cgroup skb programs: every UDP datagram counted per flow and cell pair, DNS
+    /// answers by response code, and enforce mode's refusal of cross-cell sends.
+    Udp,
 }
 
 /// What each feature is called, and what the agent does without it.
@@ -49,7 +52,7 @@ struct Row {
 }
 
 /// Every optional feature, in the order the agent probes them.
-const ROWS: [Row; 6] = [
+const ROWS: [Row; 7] = [
     Row {
         feature: Feature::SkStorageIter,
         label: "sk_storage_iter",
@@ -86,6 +89,13 @@ const ROWS: [Row; 6] = [
         feature: Feature::ConntrackLookup,
         label: "conntrack_lookup",
         without: "connections to service_cidrs count under the cell `unresolved`",
+    },
+    Row {
+        feature: Feature::Udp,
+        label: "udp",
+        without: "UDP flows and DNS are not counted (the cellwatch_udp_* and cellwatch_dns_* \
+                  families stay empty), and enforce mode does not refuse cross-cell UDP; TCP \
+                  is counted as before",
     },
 ];
 

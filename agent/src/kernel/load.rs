@@ -10,6 +10,7 @@ use std::{
 
 use agent_common::{
     LAYOUT_VERSION, META_BUILD, META_LAYOUT, SETTING_CONN_CAPACITY, SETTING_EVENT_RATE,
+    SETTING_UDP_IDLE,
 };
 use agent_core::{ids::CellIds, policy::Compiled};
 use aya::{
@@ -52,6 +53,8 @@ pub(crate) struct LoadOptions {
     pub(crate) without: Without,
     /// Entries of each of the two pair tables when they are made (tests fill them).
     pub(crate) pair_tables: Option<u32>,
+    /// Silence after which a UDP flow ends (`--udp-idle`), whole seconds.
+    pub(crate) udp_idle_secs: u32,
 }
 
 /// The object with its maps open, before any program is on a hook.
@@ -136,6 +139,7 @@ fn open_in(
     // contend on), with the whole rate.
     set(settings, SETTING_EVENT_RATE, opts.event_rate)?;
     set(settings, SETTING_CONN_CAPACITY, opts.conn_capacity)?;
+    set(settings, SETTING_UDP_IDLE, opts.udp_idle_secs)?;
     maps.capacity.conns = opts.conn_capacity;
     if let Some(n) = opts.pair_tables {
         (maps.capacity.pair_stats, maps.capacity.pair_overflow) = (n, n);
@@ -192,6 +196,14 @@ impl Staged {
             "cell map written"
         );
         let installed = attach::install(&mut self.ebpf, &self.dir, self.pinned, &self.cgroup_root)?;
+        let udp = super::udp::install(
+            &mut self.ebpf,
+            &self.dir,
+            self.pinned,
+            &self.cgroup_root,
+            &self.without,
+        )?;
+        self.findings.record(Feature::Udp, udp);
         let meta = &mut self.maps.meta;
         meta.set(META_BUILD, self.build, 0).map_err(map_err(object::META))?;
         meta.set(META_LAYOUT, LAYOUT_VERSION, 0).map_err(map_err(object::META))?;

@@ -2,9 +2,10 @@
 use std::{collections::HashSet, time::Instant};
 
 use agent_common::{
-    CELLS_V4_CAPACITY, CELLS_V6_CAPACITY, CellInfo, CellName, Conn, Deferred, FieldOffsets, OpCost,
-    PAIR_STATS_CAPACITY, POLICY_CAPACITY, PairKey, PairStats, PolicyKey, Resolution,
-    SETTING_CONN_CAPACITY, SETTING_GENERATION, Seeded, ServiceKeyV4, ServiceKeyV6,
+    CELLS_V4_CAPACITY, CELLS_V6_CAPACITY, CellInfo, CellName, Conn, Deferred, DnsKey, DnsStats,
+    FieldOffsets, FlowKey, OpCost, PAIR_STATS_CAPACITY, POLICY_CAPACITY, PairKey, PairStats,
+    PolicyKey, Resolution, SETTING_CONN_CAPACITY, SETTING_GENERATION, Seeded, ServiceKeyV4,
+    ServiceKeyV6, UdpFlow, UdpStats,
 };
 use agent_core::policy::Compiled;
 use aya::{
@@ -36,6 +37,11 @@ pub(super) struct Maps {
     pub(super) settings: Array<MapData, u32>,
     pub(super) cell_names: Array<MapData, CellName>,
     pub(super) meta: Array<MapData, u32>,
+    pub(super) udp_flows: HashMap<MapData, FlowKey, UdpFlow>,
+    pub(super) udp_stats: PerCpuHashMap<MapData, PairKey, UdpStats>,
+    pub(super) dns_stats: PerCpuHashMap<MapData, DnsKey, DnsStats>,
+    /// Flows in `udp_flows` at its last expiry walk.
+    pub(super) udp_held: u64,
     /// Cell ids whose names are in `cell_names`.
     pub(super) names_written: HashSet<u32>,
     /// When this agent first applied each `drained: true` cell (the config gives no
@@ -63,6 +69,8 @@ pub(super) struct CellSet {
     pub(super) policy: HashMap<MapData, PolicyKey, u64>,
     pub(super) svc_v4: LpmTrie<MapData, ServiceKeyV4, u32>,
     pub(super) svc_v6: LpmTrie<MapData, ServiceKeyV6, u32>,
+    pub(super) udp_v4: LpmTrie<MapData, ServiceKeyV4, u32>,
+    pub(super) udp_v6: LpmTrie<MapData, ServiceKeyV6, u32>,
     /// What this set holds now.
     pub(super) holds: Compiled,
     /// Whether `holds` is known: false for a pinned set not read back yet.
@@ -115,6 +123,8 @@ fn cell_set(ebpf: &mut Ebpf, names: SetNames) -> Result<CellSet, KernelError> {
         policy: take(ebpf, names.policy)?,
         svc_v4: take(ebpf, names.svc_v4)?,
         svc_v6: take(ebpf, names.svc_v6)?,
+        udp_v4: take(ebpf, names.udp_v4)?,
+        udp_v6: take(ebpf, names.udp_v6)?,
         holds: Compiled::default(),
         known: true,
     })
@@ -154,6 +164,10 @@ pub(super) fn take_all(ebpf: &mut Ebpf) -> Result<Maps, KernelError> {
         settings,
         cell_names: take(ebpf, object::CELL_NAMES)?,
         meta: take(ebpf, object::META)?,
+        udp_flows: take(ebpf, object::UDP_FLOWS)?,
+        udp_stats: take(ebpf, object::UDP_STATS)?,
+        dns_stats: take(ebpf, object::DNS_STATS)?,
+        udp_held: 0,
         names_written: HashSet::new(),
         drained_since: std::collections::HashMap::new(),
         sets,

@@ -19,6 +19,9 @@ pub(super) const SETTLE_ONE: &str = "cellwatch_settle_one";
 /// The smallest programs of the optional kinds, loaded only to probe them.
 pub(super) const PROBE_TCP: &str = "cellwatch_probe_tcp";
 pub(super) const PROBE_RAW_TP: &str = "cellwatch_probe_raw_tp";
+/// Every UDP datagram, at the cgroup skb hooks (optional: `udp`).
+pub(super) const UDP_EGRESS: &str = "cellwatch_udp_egress";
+pub(super) const UDP_INGRESS: &str = "cellwatch_udp_ingress";
 
 /// The tracepoint category of the destroy program.
 pub(super) const TCP: &str = "tcp";
@@ -33,12 +36,18 @@ pub(super) enum Hook {
     SockOps,
     /// A `tcp:` tracepoint.
     Tracepoint(&'static str),
+    /// cgroup skb egress (`true`) or ingress on the cgroup v2 root.
+    Skb(bool),
 }
 
 /// The programs that are always on their hooks, in attach order: the connect hooks go
 /// before `sock_ops`, so every connect it sees has its storage.
 pub(super) const PROGRAMS: [(&str, Hook); 3] =
     [(CONNECT4, Hook::Connect), (CONNECT6, Hook::Connect), (SOCKOPS, Hook::SockOps)];
+
+/// On their hooks when the kernel takes them and `--without udp` does not say otherwise.
+pub(super) const UDP_PROGRAMS: [(&str, Hook); 2] =
+    [(UDP_EGRESS, Hook::Skb(true)), (UDP_INGRESS, Hook::Skb(false))];
 
 /// On its hook only while connections older than the agent are open.
 pub(super) const SEEDED_CLOSE: (&str, Hook) = (DESTROY, Hook::Tracepoint(DESTROY_EVENT));
@@ -73,6 +82,10 @@ pub(super) const CELL_NAMES: &str = "CELL_NAMES";
 pub(super) const META: &str = "META";
 pub(super) const RESOLVED: &str = "RESOLVED";
 pub(super) const DEFERRED: &str = "DEFERRED";
+pub(super) const UDP_FLOWS: &str = "UDP_FLOWS";
+pub(super) const UDP_STATS: &str = "UDP_STATS";
+pub(super) const DNS_PENDING: &str = "DNS_PENDING";
+pub(super) const DNS_STATS: &str = "DNS_STATS";
 
 /// The maps of one cell-map set: IPv4 trie, IPv6 trie, cell flags, allow rules.
 #[derive(Clone, Copy, Debug)]
@@ -84,6 +97,9 @@ pub(super) struct SetNames {
     /// The tries of services with ports.
     pub(super) svc_v4: &'static str,
     pub(super) svc_v6: &'static str,
+    /// The tries of UDP services.
+    pub(super) udp_v4: &'static str,
+    pub(super) udp_v6: &'static str,
 }
 
 /// Sets A and B, in generation order.
@@ -95,6 +111,8 @@ pub(super) const SETS: [SetNames; 2] = [
         policy: "POLICY_A",
         svc_v4: "SERVICES_V4_A",
         svc_v6: "SERVICES_V6_A",
+        udp_v4: "SERVICES_UDP_V4_A",
+        udp_v6: "SERVICES_UDP_V6_A",
     },
     SetNames {
         v4: "CELLS_V4_B",
@@ -103,6 +121,8 @@ pub(super) const SETS: [SetNames; 2] = [
         policy: "POLICY_B",
         svc_v4: "SERVICES_V4_B",
         svc_v6: "SERVICES_V6_B",
+        udp_v4: "SERVICES_UDP_V4_B",
+        udp_v6: "SERVICES_UDP_V6_B",
     },
 ];
 
@@ -125,6 +145,14 @@ pub(super) const PINNED_MAPS: &[&str] = &[
     SETS[1].svc_v4,
     SETS[0].svc_v6,
     SETS[1].svc_v6,
+    SETS[0].udp_v4,
+    SETS[1].udp_v4,
+    SETS[0].udp_v6,
+    SETS[1].udp_v6,
+    UDP_FLOWS,
+    UDP_STATS,
+    DNS_PENDING,
+    DNS_STATS,
     "NETNS_ADDR",
     EVENTS,
     SEEDED,
@@ -173,7 +201,7 @@ pub(super) fn is_our_map(name: &str) -> bool {
 /// layout), or one about to replace it.
 pub(super) fn is_our_link(name: &str) -> bool {
     let base = name.strip_suffix(NEXT_SUFFIX).unwrap_or(name);
-    PROGRAMS.iter().any(|(n, _)| *n == base)
+    PROGRAMS.iter().chain(&UDP_PROGRAMS).any(|(n, _)| *n == base)
         || SEEDED_CLOSE.0 == base
         || RETIRED_LINKS.contains(&base)
 }

@@ -3,7 +3,10 @@
 
 use std::os::fd::AsFd;
 
-use agent_common::{CELL_FLAG_GLOBAL, COUNTERS_LEN, LIVE_CONNS, PROFILE_SLOTS, PairKey, PairStats};
+use agent_common::{
+    CELL_FLAG_GLOBAL, COUNTERS_LEN, DnsKey, DnsStats, LIVE_CONNS, PROFILE_SLOTS, PairKey,
+    PairStats, UdpStats,
+};
 use agent_core::{
     config::unix_seconds,
     metrics::{Catalog, MapFill, OpTime, Snapshot, TemporaryRule},
@@ -32,7 +35,7 @@ pub(super) fn read(m: &Maps) -> Result<Snapshot, KernelError> {
         overflow.push(item.map_err(map_err(object::PAIR_OVERFLOW))?);
     }
     pairs.sort_unstable_by_key(|(k, _)| *k);
-    let overflow_len = overflow.len() as u64;
+    let overflow_len = overflow.len();
     let mut own = Vec::new();
     for (key, v) in overflow {
         match pairs.binary_search_by_key(&key, |(k, _)| *k) {
@@ -60,23 +63,14 @@ pub(super) fn read(m: &Maps) -> Result<Snapshot, KernelError> {
         }
     }
 
+    let (udp, dns) = udp_and_dns(m)?;
     let c = m.active();
-    let (v4, v6) = c.prefixes.iter().fold((0u64, 0u64), |(a, b), (n, _)| match n {
-        agent_core::config::IpNet::V4(_) => (a + 1, b),
-        agent_core::config::IpNet::V6(_) => (a, b + 1),
-    });
-    let cap = m.capacity;
-    let fill = vec![
-        MapFill { map: "conns", entries: live, capacity: cap.conns.into() },
-        MapFill { map: "pair_stats", entries: pairs.len() as u64, capacity: cap.pair_stats.into() },
-        MapFill { map: "pair_overflow", entries: overflow_len, capacity: cap.pair_overflow.into() },
-        MapFill { map: "cells_v4", entries: v4, capacity: cap.cells_v4.into() },
-        MapFill { map: "cells_v6", entries: v6, capacity: cap.cells_v6.into() },
-        MapFill { map: "policy", entries: c.allow.len() as u64, capacity: cap.policy.into() },
-    ];
+    let fill = fill(m, live, [pairs.len(), overflow_len, udp.len(), dns.len()]);
     let catalog = catalog(m, c);
     Ok(Snapshot {
         pairs,
+        udp,
+        dns,
         counters,
         fill,
         undecodable_events: 0,
@@ -85,6 +79,41 @@ pub(super) fn read(m: &Maps) -> Result<Snapshot, KernelError> {
         catalog,
         holdouts: Vec::new(),
     })
+}
+
+/// Each kernel map's entries and capacity: `live` connections tracked, and `lens` those
+/// of the tables just read (the pair table, its overflow, UDP's and DNS's).
+fn fill(m: &Maps, live: u64, lens: [usize; 4]) -> Vec<MapFill> {
+    let c = m.active();
+    let [pairs, overflow, udp, dns] = lens.map(|n| n as u64);
+    let (v4, v6) = c.prefixes.iter().fold((0u64, 0u64), |(a, b), (n, _)| match n {
+        agent_core::config::IpNet::V4(_) => (a + 1, b),
+        agent_core::config::IpNet::V6(_) => (a, b + 1),
+    });
+    let cap = m.capacity;
+    vec![
+        MapFill { map: "conns", entries: live, capacity: cap.conns.into() },
+        MapFill { map: "pair_stats", entries: pairs, capacity: cap.pair_stats.into() },
+        MapFill { map: "pair_overflow", entries: overflow, capacity: cap.pair_overflow.into() },
+        MapFill { map: "cells_v4", entries: v4, capacity: cap.cells_v4.into() },
+        MapFill { map: "cells_v6", entries: v6, capacity: cap.cells_v6.into() },
+        MapFill { map: "policy", entries: c.allow.len() as u64, capacity: cap.policy.into() },
+        MapFill {
+            map: "udp_flows",
+            entries: m.udp_held,
+            capacity: agent_common::UDP_FLOWS_CAPACITY.into(),
+        },
+        MapFill {
+            map: "udp_stats",
+            entries: udp,
+            capacity: agent_common::UDP_STATS_CAPACITY.into(),
+        },
+        MapFill {
+            map: "dns_stats",
+            entries: dns,
+            capacity: agent_common::DNS_STATS_CAPACITY.into(),
+        },
+    ]
 }
 
 /// What the config in force names, for the catalog's and the drains' families.
@@ -110,6 +139,30 @@ fn catalog(m: &Maps, c: &agent_core::policy::Compiled) -> Catalog {
             })
             .collect(),
     }
+}
+
+/// The UDP and DNS tables (cells x cells and cells x services x rcodes: small), summed
+/// over CPUs, sorted by key.
+type UdpAndDns = (Vec<(PairKey, UdpStats)>, Vec<(DnsKey, DnsStats)>);
+
+fn udp_and_dns(m: &Maps) -> Result<UdpAndDns, KernelError> {
+    let mut udp = Vec::new();
+    for item in m.udp_stats.iter() {
+        let (key, per_cpu) = item.map_err(map_err(object::UDP_STATS))?;
+        let mut sum = UdpStats::ZERO;
+        per_cpu.iter().for_each(|v| sum.merge(v));
+        udp.push((key, sum));
+    }
+    let mut dns = Vec::new();
+    for item in m.dns_stats.iter() {
+        let (key, per_cpu) = item.map_err(map_err(object::DNS_STATS))?;
+        let mut sum = DnsStats::ZERO;
+        per_cpu.iter().for_each(|v| sum.merge(v));
+        dns.push((key, sum));
+    }
+    udp.sort_unstable_by_key(|(k, _)| *k);
+    dns.sort_unstable_by_key(|(k, _)| *k);
+    Ok((udp, dns))
 }
 
 fn one_by_one(m: &Maps) -> Result<Vec<(PairKey, PairStats)>, KernelError> {

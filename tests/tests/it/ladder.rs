@@ -17,13 +17,14 @@ use cellwatch_tests::{
 };
 
 /// Every `feature` label of `cellwatch_kernel_feature`.
-const FEATURES: [&str; 6] = [
+const FEATURES: [&str; 7] = [
     "sk_storage_iter",
     "tcp_iter",
     "map_elem_iter",
     "prog_test_run",
     "destroy_sock_cookie",
     "conntrack_lookup",
+    "udp",
 ];
 
 fn reported(m: &Metrics) -> Vec<(String, f64)> {

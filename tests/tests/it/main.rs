@@ -28,4 +28,5 @@ mod services;
 mod startup;
 mod telemetry;
 mod top;
+mod udp;
 mod victoria;

@@ -55,6 +55,9 @@ const TOOLS: &[(&str, &str)] = &[
     ("/usr/sbin/tc", "/bin/tc"),
     ("/usr/bin/nsenter", "/usr/bin/nsenter"),
     ("/usr/sbin/ipvsadm", "/usr/sbin/ipvsadm"),
+    // The udp area's resolver and its client.
+    ("/usr/sbin/dnsmasq", "/usr/sbin/dnsmasq"),
+    ("/usr/bin/dig", "/usr/bin/dig"),
     // iptables-nft picks its mode by the name it is called under.
     ("/usr/sbin/xtables-nft-multi", "/usr/sbin/iptables"),
     ("/usr/sbin/xtables-nft-multi", "/usr/sbin/ip6tables"),
@@ -136,6 +139,7 @@ pub(super) fn initramfs(work: &Path, agent: &Path, tests: &Path) -> Result<PathB
         }
     }
     std::fs::write(root_dir.join("etc/passwd"), "root:x:0:0:root:/tmp:/bin/sh\n")?;
+    std::fs::write(root_dir.join("etc/group"), "root:x:0:\n")?;
     let image = work.join("initramfs.cpio");
     let status = Command::new("sh")
         .arg("-c")

@@ -14,8 +14,17 @@ use std::{
 /// The areas of the integration tests (modules of the `it` binary) that run in every VM:
 /// connection counting, cell verdicts, telemetry, restarts, live counting, Kubernetes
 /// Services (kube-proxy's DNAT and the conntrack lookups) and the capability ladder.
-pub(crate) const AREAS: &[&str] =
-    &["foundation", "cells", "telemetry", "restart", "live", "service_addr", "ladder", "drain"];
+pub(crate) const AREAS: &[&str] = &[
+    "foundation",
+    "cells",
+    "telemetry",
+    "restart",
+    "live",
+    "service_addr",
+    "ladder",
+    "drain",
+    "udp",
+];
 /// The areas run a second time with the ladder's fallbacks forced (`--without FORCED` on
 /// every agent they start, through the tests' `CELLWATCH_TEST_WITHOUT`): the live sweep
 /// by the TCP iterator in each network namespace, and the settling of Service
@@ -39,6 +48,8 @@ const SKIPPED: &[&str] = &[
     // runs there in the area's other tests).
     "drain::a_drained_cell_counts_what_opens_into_it_and_names_its_pooled_connections",
     "drain::a_drain_leak_reaches_alertmanager_with_its_runbook_then_resolves",
+    // `cellwatch report` reads a real Prometheus (the resolver's counts run in the VMs).
+    "udp::the_report_names_the_resolvers_clients_as_its_blast_radius",
 ];
 /// The test the host's run leaves to the VMs: this host's kernel has no IPVS, Debian's
 /// 6.1 and 6.12 kernels do.

@@ -2,7 +2,8 @@
 //! client cells that called a service on the left, in the report's order, `external`
 //! last; the services on the right), an edge from each client cell to each service it
 //! called, as wide as its share of the busiest edge's connections and red when the cell
-//! is an outlier to that service; then each service's blast radius as a table.
+//! is an outlier to that service; then each service's blast radius as a table. A UDP
+//! service's connections are its flows, and its edges and node say so.
 #![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
@@ -10,7 +11,7 @@ use std::fmt::Write as _;
 use super::{bytes, esc, section, share_attrs};
 use crate::{
     format::pct,
-    report::{Destination, Report, Service, Share},
+    report::{Calls, Destination, Report, Service, Share},
 };
 use agent_core::names::EXTERNAL;
 
@@ -93,8 +94,9 @@ pub(super) fn write(r: &Report, out: &mut String) {
         "blast-radius",
         "Blast radius of each service",
         "The cells whose clients reached each service over the range, and their share of its \
-         connections and bytes: if it fails, they may fail with it. An edge is as wide as its \
-         share of the busiest edge's connections; red when the cell is an outlier to it.",
+         connections (UDP flows, for a UDP service) and bytes: if it fails, they may fail with \
+         it. An edge is as wide as its share of the busiest edge's connections; red when the \
+         cell is an outlier to it.",
     );
     if r.services.is_empty() {
         out.push_str(
@@ -151,14 +153,17 @@ fn write_edge(
         o.cell == e.cell && o.destination == Destination::Service(service.service.clone())
     });
     let class = if outlier { "edge outlier" } else { "edge" };
-    let label = format!("{} conn · {}", e.share.connections, pct(e.share.connections_share));
+    let calls = service.calls();
+    let label =
+        format!("{} {} · {}", e.share.connections, calls.short(), pct(e.share.connections_share));
     let _ = writeln!(
         out,
         "<g class=\"{class}\" data-cell=\"{cell}\" data-service=\"{svc}\"{attrs}>\
-         <title>{cell} -&gt; {svc}: {} connections ({}), {} ({})</title>\
+         <title>{cell} -&gt; {svc}: {} {} ({}), {} ({})</title>\
          <path d=\"M{x1} {y1} C{xm} {y1} {xm} {y2} {x2} {y2}\" stroke-width=\"{width:.1}\"/>\
          <text class=\"label\" x=\"{xm}\" y=\"{}\" text-anchor=\"middle\">{}</text></g>",
         e.share.connections,
+        calls.words(),
         pct(e.share.connections_share),
         esc(&bytes(e.share.bytes)),
         pct(e.share.bytes_share),
@@ -208,18 +213,20 @@ fn write_service(s: &Service, y: u32, out: &mut String) {
     let sub = if s.dependents.is_empty() && s.external.is_none() {
         format!("{home} · no caller")
     } else {
-        format!("{home} · {} conn · {}", s.connections, bytes(s.bytes))
+        format!("{home} · {} {} · {}", s.connections, s.calls().short(), bytes(s.bytes))
     };
     let _ = writeln!(
         out,
         "<g class=\"node service\" data-kind=\"service\" data-name=\"{n}\" data-cell=\"{}\" \
-         data-global=\"{}\" data-connections=\"{}\" data-bytes=\"{}\"><title>{n}</title>\
+         data-global=\"{}\" data-connections=\"{}\" data-flows=\"{}\" data-bytes=\"{}\">\
+         <title>{n}</title>\
          <rect x=\"{x}\" y=\"{y}\" width=\"{NODE_W}\" height=\"{NODE_H}\" rx=\"6\"/>\
          <text class=\"name\" x=\"{}\" y=\"{}\">{}</text>\
          <text class=\"sub\" x=\"{}\" y=\"{}\">{}</text></g>",
         esc(s.cell.as_deref().unwrap_or("")),
         s.global,
         s.connections,
+        s.flows,
         s.bytes,
         x + 12,
         y + 18,
@@ -231,11 +238,19 @@ fn write_service(s: &Service, y: u32, out: &mut String) {
     );
 }
 
-/// Each service's callers with their shares, as the text report's table.
+/// Each service's callers with their shares, as the text report's table; its column of
+/// connections says whether they include UDP flows.
 fn table(r: &Report, out: &mut String) {
-    out.push_str(
+    let sum = |of: fn(&Service) -> u64| r.services.iter().map(of).sum();
+    let calls = match Calls::of(sum(|s| s.connections), sum(|s| s.flows)) {
+        Calls::Connections => "Connections",
+        Calls::Flows => "UDP flows",
+        Calls::Both => "Connections / UDP flows",
+    };
+    let _ = write!(
+        out,
         "<table class=\"blast\">\n<thead><tr><th>Service</th><th>Cell</th>\
-         <th class=\"num\">Connections</th><th class=\"num\">Share</th>\
+         <th class=\"num\">{calls}</th><th class=\"num\">Share</th>\
          <th class=\"num\">Bytes</th><th class=\"num\">Share</th></tr></thead>\n<tbody>\n",
     );
     for s in &r.services {

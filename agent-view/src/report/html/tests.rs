@@ -48,6 +48,7 @@ fn sample() -> Report {
             service: "orders<db>".to_owned(),
             cell: Some("global".to_owned()),
             connections: 20,
+            flows: 0,
             bytes: 800,
         }],
         cells: vec![
@@ -92,6 +93,7 @@ fn sample() -> Report {
                 cell: Some("global".to_owned()),
                 global: true,
                 connections: 0,
+                flows: 0,
                 bytes: 0,
                 dependents: vec![],
                 external: None,
@@ -101,6 +103,7 @@ fn sample() -> Report {
                 cell: Some("global".to_owned()),
                 global: true,
                 connections: 33,
+                flows: 0,
                 bytes: 800,
                 dependents: vec![
                     Dependent { cell: "cell-1".to_owned(), share: share(20, 33, 800, 800) },

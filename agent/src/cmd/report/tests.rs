@@ -148,8 +148,8 @@ fn each_failure_is_one_sentence() {
         e.to_string(),
         format!(
             "Prometheus at {} has no cellwatch data over the last 1h (no cellwatch_cell_info, \
-             cellwatch_connections_opened_total or cellwatch_service_connections_opened_total \
-             series): does it scrape the agents?",
+             cellwatch_connections_opened_total, cellwatch_service_connections_opened_total or \
+             cellwatch_udp_service_flows_opened_total series): does it scrape the agents?",
             fake.url
         )
     );

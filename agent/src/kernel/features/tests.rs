@@ -21,7 +21,8 @@ fn all() -> Vec<Feature> {
         | Feature::MapElemIter
         | Feature::ProgTestRun
         | Feature::DestroySockCookie
-        | Feature::ConntrackLookup => f,
+        | Feature::ConntrackLookup
+        | Feature::Udp => f,
     };
     [
         Feature::SkStorageIter,
@@ -30,6 +31,7 @@ fn all() -> Vec<Feature> {
         Feature::ProgTestRun,
         Feature::DestroySockCookie,
         Feature::ConntrackLookup,
+        Feature::Udp,
     ]
     .map(every)
     .to_vec()

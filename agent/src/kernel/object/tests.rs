@@ -26,6 +26,7 @@ fn every_program_of_the_object_has_a_use_and_no_other() {
     let in_object: BTreeSet<String> = object().programs.keys().cloned().collect();
     let known: BTreeSet<String> = PROGRAMS
         .iter()
+        .chain(&UDP_PROGRAMS)
         .map(|(n, _)| *n)
         .chain([SEEDED_CLOSE.0, SETTLE_ONE, PROBE_RAW_TP])
         .chain(ITERATORS.iter().map(|(n, _)| *n))

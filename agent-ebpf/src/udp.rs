@@ -1,0 +1,254 @@
+//! UDP: every datagram a socket of the node sends or receives, from the cgroup skb hooks
+//! (`cgroup_skb/egress` and `cgroup_skb/ingress` on the cgroup v2 root), counted per cell
+//! pair. UDP has no connect or close, so a flow is a 5-tuple as this node's socket sees
+//! it, from its first datagram until it has been silent for `--udp-idle`; the end that
+//! sent first is the client. A datagram costs one flow lookup and one atomic add into its
+//! pair; only a flow's first datagram judges its cells and verdict.
+//!
+//! Why these hooks: the cgroup `sendmsg`/`recvmsg` hooks see no datagram length, and
+//! `sendmsg` runs only for unconnected sends. The skb hooks see every datagram of
+//! connected and unconnected sockets, after the kernel routed it (and after an `OUTPUT`
+//! DNAT), one packet per datagram (GSO/GRO trains counted by their segments).
+//!
+//! Enforce mode refuses a datagram of a cross-cell flow at egress: `sendmsg`/`send`
+//! return EPERM. A violation counts once per flow, in the TCP pair table's
+//! `violations` (`cellwatch_boundary_violations_total` gains the UDP ones).
+#![expect(unsafe_code, reason = "map values are updated in place through their pointers")]
+
+use agent_common::{
+    AF_INET, AF_INET6, CELL_SERVICE_ADDR, CTR_UDP_FLOW_TABLE_FULL, CTR_UDP_STATS_FULL, DNS_PORT,
+    Direction, FLOW_DNS, FLOW_IGNORED, FlowKey, NO_SERVICE, PairKey, SETTING_UDP_IDLE,
+    UDP_IDLE_DEFAULT_SECS, UdpFlow, UdpStats, Verdict,
+};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, macros::cgroup_skb, programs::SkBuffContext,
+};
+
+use crate::{
+    cells::View,
+    ctx::Skb,
+    dns,
+    maps::{SETTINGS, UDP_FLOWS, UDP_STATS},
+    stats::{Slot, add, count},
+};
+
+/// The packet goes on.
+const PASS: i32 = 1;
+/// The packet is dropped; at egress the sender gets EPERM.
+const DROP: i32 = 0;
+const IPPROTO_UDP: u8 = 17;
+const UDP_HEADER: u32 = 8;
+
+#[cgroup_skb(egress)]
+fn cellwatch_udp_egress(ctx: SkBuffContext) -> i32 {
+    try_udp(&Skb::new(&ctx), true)
+}
+
+#[cgroup_skb(ingress)]
+fn cellwatch_udp_ingress(ctx: SkBuffContext) -> i32 {
+    try_udp(&Skb::new(&ctx), false)
+}
+
+/// A UDP datagram, as the local socket sees it.
+pub(crate) struct Datagram {
+    pub(crate) key: FlowKey,
+    pub(crate) v6: bool,
+    /// Where the UDP header starts.
+    pub(crate) l4: u32,
+    /// Payload bytes (of every segment of a train).
+    pub(crate) payload: u64,
+    pub(crate) segments: u64,
+}
+
+/// The datagram in a packet, or `None` for anything that is not UDP (TCP pays the one
+/// copy of ten bytes this starts with).
+#[inline(always)]
+fn parse(skb: &Skb<'_>, egress: bool) -> Option<Datagram> {
+    // Version, and the IPv4 protocol (byte 9) or IPv6 next header (byte 6).
+    let first = skb.bytes::<10>(0)?;
+    let b0 = first[0];
+    let (v6, l4, src, dst) = match b0 >> 4 {
+        4 => {
+            if first[9] != IPPROTO_UDP {
+                return None;
+            }
+            let h = skb.bytes::<20>(0)?;
+            let mut src = [0u8; 16];
+            let mut dst = [0u8; 16];
+            src[..4].copy_from_slice(&h[12..16]);
+            dst[..4].copy_from_slice(&h[16..20]);
+            (false, u32::from(b0 & 0x0f) * 4, src, dst)
+        }
+        6 => {
+            // Extension headers before UDP are not followed.
+            if first[6] != IPPROTO_UDP {
+                return None;
+            }
+            let h = skb.bytes::<40>(0)?;
+            let mut src = [0u8; 16];
+            let mut dst = [0u8; 16];
+            src.copy_from_slice(&h[8..24]);
+            dst.copy_from_slice(&h[24..40]);
+            (true, 40, src, dst)
+        }
+        _ => return None,
+    };
+    let ports = skb.bytes::<4>(l4 as usize)?;
+    let (sport, dport) =
+        (u16::from_be_bytes([ports[0], ports[1]]), u16::from_be_bytes([ports[2], ports[3]]));
+    let (local, remote, lport, rport) =
+        if egress { (src, dst, sport, dport) } else { (dst, src, dport, sport) };
+    Some(Datagram {
+        key: FlowKey {
+            local_addr: local,
+            remote_addr: remote,
+            local_port: lport,
+            remote_port: rport,
+            family: if v6 { AF_INET6 } else { AF_INET },
+            _pad: 0,
+        },
+        v6,
+        l4,
+        payload: u64::from(skb.len().saturating_sub(l4 + UDP_HEADER)),
+        segments: u64::from(skb.segments()),
+    })
+}
+
+#[inline(always)]
+fn try_udp(skb: &Skb<'_>, egress: bool) -> i32 {
+    let Some(d) = parse(skb, egress) else { return PASS };
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let flow = match UDP_FLOWS.get_ptr_mut(d.key) {
+        // SAFETY: `f` points to a live flow entry; `last_ns` is written whole.
+        Some(f) if now.saturating_sub(unsafe { (*f).last_ns }) <= idle_ns() => unsafe {
+            core::ptr::write_volatile(&raw mut (*f).last_ns, now);
+            Some(*f)
+        },
+        _ => None,
+    };
+    let (flow, new) = match flow {
+        Some(f) => (f, false),
+        None => (open(&d, egress, now), true),
+    };
+    if flow.flags & FLOW_IGNORED != 0 {
+        return PASS;
+    }
+    let pair = flow.pair;
+    if egress && pair.verdict() == Verdict::VIOLATION && refused(&pair) {
+        if let Some(s) = stats(&pair) {
+            // SAFETY: `s` is this CPU's value of a live entry.
+            unsafe { add(&raw mut (*s).denied, 1) };
+        }
+        return DROP;
+    }
+    let Some(s) = stats(&pair) else { return PASS };
+    // SAFETY: `s` is this CPU's value of a live entry; its fields are 8-aligned.
+    unsafe {
+        if new {
+            add(&raw mut (*s).opened, 1);
+        }
+        if egress {
+            add(&raw mut (*s).datagrams_sent, d.segments);
+            add(&raw mut (*s).bytes_sent, d.payload);
+        } else {
+            add(&raw mut (*s).datagrams_received, d.segments);
+            add(&raw mut (*s).bytes_received, d.payload);
+        }
+    }
+    if flow.flags & FLOW_DNS != 0 && egress {
+        dns::query(skb, &d, &pair, now);
+    } else if !egress && d.key.remote_port == DNS_PORT {
+        dns::answer(skb, &d, flow.flags & FLOW_DNS != 0, now);
+    }
+    PASS
+}
+
+/// `--udp-idle` in nanoseconds.
+#[inline(always)]
+fn idle_ns() -> u64 {
+    let secs = SETTINGS.get(SETTING_UDP_IDLE).copied().filter(|s| *s > 0);
+    u64::from(secs.unwrap_or(UDP_IDLE_DEFAULT_SECS)) * 1_000_000_000
+}
+
+/// A flow's first datagram (or its first after a silence): its cells, service and
+/// verdict, put in the flow table, and its violation counted once.
+#[inline(never)]
+fn open(d: &Datagram, egress: bool, now: u64) -> UdpFlow {
+    let view = View::current();
+    let k = &d.key;
+    // The client is the end that sent first.
+    let (client, server, port, direction) = if egress {
+        (&k.local_addr, &k.remote_addr, k.remote_port, Direction::EGRESS)
+    } else {
+        (&k.remote_addr, &k.local_addr, k.local_port, Direction::INGRESS)
+    };
+    let (dst_cell, service) = view.udp_server_of(server, d.v6, port);
+    let src_cell = view.cell_of(client, d.v6);
+    // A Service address (`service_cidrs`) seen here is the source of an answer un-NATed
+    // on its way back: its backend is unknown, so it is not counted as a flow of its own.
+    let verdict = if src_cell == CELL_SERVICE_ADDR || dst_cell == CELL_SERVICE_ADDR {
+        None
+    } else {
+        view.verdict(src_cell, dst_cell, port)
+    };
+    let mut flow = UdpFlow {
+        last_ns: now,
+        pair: PairKey::new(src_cell, dst_cell, direction, verdict.unwrap_or(Verdict::ALLOWED))
+            .with_service(service),
+        flags: 0,
+        _pad: 0,
+    };
+    match verdict {
+        None => flow.flags |= FLOW_IGNORED,
+        Some(v) => {
+            if egress && service != NO_SERVICE && port == DNS_PORT {
+                flow.flags |= FLOW_DNS;
+            }
+            if v == Verdict::VIOLATION {
+                violation(src_cell, dst_cell, direction);
+            }
+        }
+    }
+    if UDP_FLOWS.insert(k, flow, 0).is_err() && flow.flags & FLOW_IGNORED == 0 {
+        count(CTR_UDP_FLOW_TABLE_FULL);
+    }
+    flow
+}
+
+/// One violation, in the TCP pair table (no service: the TCP service families must not
+/// gain UDP rows).
+#[inline(always)]
+fn violation(src_cell: u32, dst_cell: u32, direction: Direction) {
+    let key = PairKey::new(src_cell, dst_cell, direction, Verdict::VIOLATION);
+    if let Some(slot) = Slot::of(&key) {
+        // SAFETY: this CPU's value of a live pair entry.
+        unsafe { add(&raw mut (*slot.stats()).violations, 1) };
+    }
+}
+
+/// Whether enforce mode refuses a datagram of this (violating, egress) flow now: judged
+/// on every send, so a reload to audit mode lets the flow through at once.
+#[inline(always)]
+fn refused(pair: &PairKey) -> bool {
+    let view = View::current();
+    view.enforcing() && view.enforced(pair.src_cell)
+}
+
+/// This CPU's UDP statistics of `key`, made on first use.
+#[inline(always)]
+fn stats(key: &PairKey) -> Option<*mut UdpStats> {
+    if let Some(p) = UDP_STATS.get_ptr_mut(key) {
+        return Some(p);
+    }
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "borrowed, the zero is read from .rodata instead of built on the stack"
+    )]
+    let _ = UDP_STATS.insert(key, &UdpStats::ZERO, u64::from(BPF_NOEXIST));
+    let p = UDP_STATS.get_ptr_mut(key);
+    if p.is_none() {
+        count(CTR_UDP_STATS_FULL);
+    }
+    p
+}
