@@ -34,8 +34,8 @@ pub const CTR_RESOLVE_RINGBUF_FULL: u32 = 10;
 /// A connection to a service address that closed before its backend was known but found
 /// `DEFERRED` full (not counted: lost).
 pub const CTR_DEFERRED_FULL: u32 = 11;
-/// A UDP datagram whose flow found the flow table full: its datagram and bytes are
-/// counted, the flow's opening is not.
+/// A UDP datagram whose flow found the flow table full: not counted in a pair (which end
+/// is the client is unknown without its flow), but here.
 pub const CTR_UDP_FLOW_TABLE_FULL: u32 = 12;
 /// A UDP datagram not counted because the UDP statistics table was full.
 pub const CTR_UDP_STATS_FULL: u32 = 13;

@@ -2,8 +2,8 @@
 //! statistics, and the DNS answers per (client cell, service) with their latency.
 use crate::{HIST_BUCKETS, PairKey};
 
-/// Flows (5-tuples) the flow table holds at once (`UDP_FLOWS`); a flow beyond it still
-/// has its datagrams counted, its opening is counted as lost.
+/// Flows (5-tuples) the flow table holds at once (`UDP_FLOWS`); the datagrams of a flow
+/// beyond it are counted as lost.
 pub const UDP_FLOWS_CAPACITY: u32 = 262_144;
 /// Keys of the per-pair UDP statistics (`UDP_STATS`), allocated on first use.
 pub const UDP_STATS_CAPACITY: u32 = 65_536;
@@ -31,8 +31,7 @@ pub struct FlowKey {
 }
 
 // Bits of `UdpFlow::flags`.
-/// Not tracked: an end is in an ignored range (kept, so its next datagrams cost one
-/// lookup).
+/// Not tracked: an end is in an ignored range (never kept in the table).
 pub const FLOW_IGNORED: u32 = 1;
 /// The local socket is a DNS client of a configured service on port 53.
 pub const FLOW_DNS: u32 = 2;

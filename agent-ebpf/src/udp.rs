@@ -16,12 +16,17 @@
 #![expect(unsafe_code, reason = "map values are updated in place through their pointers")]
 
 use agent_common::{
-    AF_INET, AF_INET6, CELL_SERVICE_ADDR, CTR_UDP_FLOW_TABLE_FULL, CTR_UDP_STATS_FULL, DNS_PORT,
-    Direction, FLOW_DNS, FLOW_IGNORED, FlowKey, NO_SERVICE, PairKey, SETTING_UDP_IDLE,
-    UDP_IDLE_DEFAULT_SECS, UdpFlow, UdpStats, Verdict,
+    AF_INET, AF_INET6, CELL_IGNORED, CELL_SERVICE_ADDR, CTR_UDP_FLOW_TABLE_FULL,
+    CTR_UDP_STATS_FULL, DNS_PORT, Direction, FLOW_DNS, FLOW_IGNORED, FlowKey, NO_SERVICE, PairKey,
+    SETTING_UDP_IDLE, UDP_IDLE_DEFAULT_SECS, UdpFlow, UdpStats, Verdict,
 };
+use core::intrinsics::{AtomicOrdering, atomic_cxchg};
+
 use aya_ebpf::{
-    bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, macros::cgroup_skb, programs::SkBuffContext,
+    bindings::{BPF_EXIST, BPF_NOEXIST},
+    helpers::bpf_ktime_get_ns,
+    macros::cgroup_skb,
+    programs::SkBuffContext,
 };
 
 use crate::{
@@ -38,6 +43,7 @@ const PASS: i32 = 1;
 const DROP: i32 = 0;
 const IPPROTO_UDP: u8 = 17;
 const UDP_HEADER: u32 = 8;
+const EEXIST: i32 = 17;
 
 #[cgroup_skb(egress)]
 fn cellwatch_udp_egress(ctx: SkBuffContext) -> i32 {
@@ -119,33 +125,32 @@ fn try_udp(skb: &Skb<'_>, egress: bool) -> i32 {
     let Some(d) = parse(skb, egress) else { return PASS };
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let flow = match UDP_FLOWS.get_ptr_mut(d.key) {
-        // SAFETY: `f` points to a live flow entry; `last_ns` is written whole.
-        Some(f) if now.saturating_sub(unsafe { (*f).last_ns }) <= idle_ns() => unsafe {
-            core::ptr::write_volatile(&raw mut (*f).last_ns, now);
-            Some(*f)
-        },
-        _ => None,
-    };
-    let (flow, new) = match flow {
-        Some(f) => (f, false),
-        None => (open(&d, egress, now), true),
-    };
+    let (flow, start) = flow_of(&d, egress, now);
     if flow.flags & FLOW_IGNORED != 0 {
         return PASS;
     }
     let pair = flow.pair;
-    if egress && pair.verdict() == Verdict::VIOLATION && refused(&pair) {
+    let violating = pair.verdict() == Verdict::VIOLATION;
+    let began = start == Start::Began;
+    if began && violating {
+        violation(pair.src_cell, pair.dst_cell, pair.direction());
+    }
+    // Enforce mode judges even a flow the full table could not keep (fail open is for
+    // what cannot be judged, and this was).
+    if egress && violating && refused(&pair) {
         if let Some(s) = stats(&pair) {
             // SAFETY: `s` is this CPU's value of a live entry.
             unsafe { add(&raw mut (*s).denied, 1) };
         }
         return DROP;
     }
+    if start == Start::Untracked {
+        return PASS;
+    }
     let Some(s) = stats(&pair) else { return PASS };
     // SAFETY: `s` is this CPU's value of a live entry; its fields are 8-aligned.
     unsafe {
-        if new {
+        if began {
             add(&raw mut (*s).opened, 1);
         }
         if egress {
@@ -171,10 +176,73 @@ fn idle_ns() -> u64 {
     u64::from(secs.unwrap_or(UDP_IDLE_DEFAULT_SECS)) * 1_000_000_000
 }
 
-/// A flow's first datagram (or its first after a silence): its cells, service and
-/// verdict, put in the flow table, and its violation counted once.
+/// How a datagram stands to its flow.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// The flow was live: the datagram counts in it.
+    Live,
+    /// The datagram began it (a first datagram, or the first after `--udp-idle` of
+    /// silence): its opening (and violation) count too. Exactly one datagram begins a
+    /// flow, whichever CPUs race.
+    Began,
+    /// Not tracked: an end in an ignored range (nothing counts, nothing is kept), or a
+    /// full flow table (the datagram counts as lost, not in a pair whose client it
+    /// cannot tell).
+    Untracked,
+}
+
+/// The flow of a datagram, and how the datagram stands to it.
+#[inline(always)]
+fn flow_of(d: &Datagram, egress: bool, now: u64) -> (UdpFlow, Start) {
+    if let Some(f) = UDP_FLOWS.get_ptr_mut(d.key) {
+        // SAFETY: `f` points to a live flow entry; `last_ns` is an 8-aligned word of it,
+        // read and written whole.
+        unsafe {
+            let last = core::ptr::read_volatile(&raw const (*f).last_ns);
+            if now.saturating_sub(last) <= idle_ns() {
+                core::ptr::write_volatile(&raw mut (*f).last_ns, now);
+                return (*f, Start::Live);
+            }
+            // Silent too long: the CPU that moves its clock on begins it anew.
+            let (_, won) = atomic_cxchg::<
+                u64,
+                { AtomicOrdering::Relaxed },
+                { AtomicOrdering::Relaxed },
+            >(&raw mut (*f).last_ns, last, now);
+            if !won {
+                return (*f, Start::Live);
+            }
+        }
+        let flow = judge(d, egress, now);
+        if flow.flags & FLOW_IGNORED != 0 {
+            let _ = UDP_FLOWS.remove(d.key);
+            return (flow, Start::Untracked);
+        }
+        // The whole value at once: a reader sees the old flow or the new one.
+        let _ = UDP_FLOWS.insert(d.key, flow, u64::from(BPF_EXIST));
+        return (flow, Start::Began);
+    }
+    let flow = judge(d, egress, now);
+    if flow.flags & FLOW_IGNORED != 0 {
+        return (flow, Start::Untracked);
+    }
+    match UDP_FLOWS.insert(d.key, flow, u64::from(BPF_NOEXIST)) {
+        Ok(()) => (flow, Start::Began),
+        // Another CPU began it first.
+        Err(e) if e == -EEXIST => {
+            // SAFETY: a plain-data value, copied out at once.
+            (unsafe { UDP_FLOWS.get(d.key) }.copied().unwrap_or(flow), Start::Live)
+        }
+        Err(_) => {
+            count(CTR_UDP_FLOW_TABLE_FULL);
+            (flow, Start::Untracked)
+        }
+    }
+}
+
+/// A flow's cells, service and verdict, judged at its beginning.
 #[inline(never)]
-fn open(d: &Datagram, egress: bool, now: u64) -> UdpFlow {
+fn judge(d: &Datagram, egress: bool, now: u64) -> UdpFlow {
     let view = View::current();
     let k = &d.key;
     // The client is the end that sent first.
@@ -184,7 +252,8 @@ fn open(d: &Datagram, egress: bool, now: u64) -> UdpFlow {
         (&k.remote_addr, &k.local_addr, k.local_port, Direction::INGRESS)
     };
     let (dst_cell, service) = view.udp_server_of(server, d.v6, port);
-    let src_cell = view.cell_of(client, d.v6);
+    // An ignored server (loopback, by default) needs no second lookup.
+    let src_cell = if dst_cell == CELL_IGNORED { CELL_IGNORED } else { view.cell_of(client, d.v6) };
     // A Service address (`service_cidrs`) seen here is the source of an answer un-NATed
     // on its way back: its backend is unknown, so it is not counted as a flow of its own.
     let verdict = if src_cell == CELL_SERVICE_ADDR || dst_cell == CELL_SERVICE_ADDR {
@@ -199,19 +268,10 @@ fn open(d: &Datagram, egress: bool, now: u64) -> UdpFlow {
         flags: 0,
         _pad: 0,
     };
-    match verdict {
-        None => flow.flags |= FLOW_IGNORED,
-        Some(v) => {
-            if egress && service != NO_SERVICE && port == DNS_PORT {
-                flow.flags |= FLOW_DNS;
-            }
-            if v == Verdict::VIOLATION {
-                violation(src_cell, dst_cell, direction);
-            }
-        }
-    }
-    if UDP_FLOWS.insert(k, flow, 0).is_err() && flow.flags & FLOW_IGNORED == 0 {
-        count(CTR_UDP_FLOW_TABLE_FULL);
+    if verdict.is_none() {
+        flow.flags |= FLOW_IGNORED;
+    } else if egress && service != NO_SERVICE && port == DNS_PORT {
+        flow.flags |= FLOW_DNS;
     }
     flow
 }

@@ -149,6 +149,10 @@ pub(crate) struct RunArgs {
     /// the build's); only maps made by this start take it.
     #[arg(long, hide = true, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     pub(crate) pair_table_capacity: Option<u32>,
+    /// Flows the UDP flow table holds, for tests that fill it (the default is the
+    /// build's); only maps made by this start take it.
+    #[arg(long, hide = true, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    pub(crate) udp_flow_table_capacity: Option<u32>,
     /// Swap this build's programs onto the pinned links even if they run them already
     /// (an upgrade does this by itself). Maps and counts are kept.
     #[arg(long)]

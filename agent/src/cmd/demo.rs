@@ -69,6 +69,7 @@ pub(crate) fn demo(args: &DemoArgs, log_format: LogFormat) -> Result<(), RunErro
         events_buffer_kib: cli::DEFAULT_EVENTS_BUFFER_KIB,
         replace_programs: false,
         pair_table_capacity: None,
+        udp_flow_table_capacity: None,
         udp_idle: std::time::Duration::from_secs(u64::from(agent_common::UDP_IDLE_DEFAULT_SECS)),
     };
     let duration = Duration::from_secs(args.duration);

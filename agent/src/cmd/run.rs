@@ -300,6 +300,7 @@ fn load(
         without: without.clone(),
         pair_tables: args.pair_table_capacity,
         udp_idle_secs: u32::try_from(args.udp_idle.as_secs()).unwrap_or(u32::MAX),
+        udp_flows: args.udp_flow_table_capacity,
     };
     let staged = Kernel::open(&opts)?;
     // Ids the pinned state already uses first, so adopted counters keep their labels.

@@ -55,6 +55,8 @@ pub(crate) struct LoadOptions {
     pub(crate) pair_tables: Option<u32>,
     /// Silence after which a UDP flow ends (`--udp-idle`), whole seconds.
     pub(crate) udp_idle_secs: u32,
+    /// Flows of the UDP flow table when it is made (tests fill it).
+    pub(crate) udp_flows: Option<u32>,
 }
 
 /// The object with its maps open, before any program is on a hook.
@@ -117,6 +119,9 @@ fn open_in(
         loader.map_max_entries(object::PAIR_STATS, n);
         loader.map_max_entries(object::PAIR_OVERFLOW, n);
     }
+    if let Some(n) = opts.udp_flows {
+        loader.map_max_entries(object::UDP_FLOWS, n);
+    }
     let profile = u32::from(opts.profile_kernel);
     loader.override_global(object::PROFILE_KERNEL, &profile, true);
     for (name, path) in &paths {
@@ -143,6 +148,9 @@ fn open_in(
     maps.capacity.conns = opts.conn_capacity;
     if let Some(n) = opts.pair_tables {
         (maps.capacity.pair_stats, maps.capacity.pair_overflow) = (n, n);
+    }
+    if let Some(n) = opts.udp_flows {
+        maps.capacity.udp_flows = n;
     }
     let mut findings = Findings::default();
     let destroy = features::probe_destroy_cookie(&mut maps.settings, &opts.without)?;

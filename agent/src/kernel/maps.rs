@@ -98,6 +98,7 @@ pub(super) struct Capacity {
     pub(super) cells_v4: u32,
     pub(super) cells_v6: u32,
     pub(super) policy: u32,
+    pub(super) udp_flows: u32,
 }
 
 /// Takes the map `name` out of the object, typed.
@@ -183,6 +184,7 @@ pub(super) fn take_all(ebpf: &mut Ebpf) -> Result<Maps, KernelError> {
             cells_v4: CELLS_V4_CAPACITY,
             cells_v6: CELLS_V6_CAPACITY,
             policy: POLICY_CAPACITY,
+            udp_flows: agent_common::UDP_FLOWS_CAPACITY,
         },
     })
 }

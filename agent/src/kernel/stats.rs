@@ -98,11 +98,7 @@ fn fill(m: &Maps, live: u64, lens: [usize; 4]) -> Vec<MapFill> {
         MapFill { map: "cells_v4", entries: v4, capacity: cap.cells_v4.into() },
         MapFill { map: "cells_v6", entries: v6, capacity: cap.cells_v6.into() },
         MapFill { map: "policy", entries: c.allow.len() as u64, capacity: cap.policy.into() },
-        MapFill {
-            map: "udp_flows",
-            entries: m.udp_held,
-            capacity: agent_common::UDP_FLOWS_CAPACITY.into(),
-        },
+        MapFill { map: "udp_flows", entries: m.udp_held, capacity: cap.udp_flows.into() },
         MapFill {
             map: "udp_stats",
             entries: udp,

@@ -380,3 +380,77 @@ fn without_the_udp_hooks_nothing_of_udp_is_counted_and_the_ladder_says_so() {
     assert!(udp.is_empty(), "no UDP counted: {udp:?}");
     assert!(agent.stderr().contains("udp is off (--without)"), "{}", agent.stderr());
 }
+
+#[test]
+fn a_flow_ends_after_udp_idle_of_silence() {
+    let cells = Cells::new("ui", 40);
+    let agent = Agent::start(AgentOpts {
+        config: Some(&cells.config("audit")),
+        args: &["--udp-idle", "1s", "--live-interval", "1s"],
+        ..AgentOpts::default()
+    });
+    let server = cells.socket(2, 7000);
+    let to = Some(server.local_addr().unwrap());
+    let client = cells.socket(1, 0);
+    // Two datagrams close together are one flow; after 2.5 s of silence (more than
+    // --udp-idle) the next begins another.
+    exchange(&client, to, &server, &[10, 20]);
+    std::thread::sleep(Duration::from_millis(2500));
+    exchange(&client, to, &server, &[30]);
+    let pair = |dir| {
+        [
+            ("src_cell", "cell-a"),
+            ("dst_cell", "cell-b"),
+            ("direction", dir),
+            ("verdict", "violation"),
+        ]
+    };
+    let m = scrape_until(&agent, |m| {
+        m.get("cellwatch_udp_flows_opened_total", &pair("ingress")) == 2.0
+    });
+    for dir in ["egress", "ingress"] {
+        assert_eq!(m.get("cellwatch_udp_flows_opened_total", &pair(dir)), 2.0, "{dir}: {m:?}");
+        let p = &pair(dir)[..3];
+        assert_eq!(m.get("cellwatch_boundary_violations_total", p), 2.0, "{dir}");
+        let both = m.get("cellwatch_udp_datagrams_sent_total", p)
+            + m.get("cellwatch_udp_datagrams_received_total", p);
+        assert_eq!(both, 6.0, "{dir}: three each way");
+    }
+}
+
+#[test]
+fn a_full_flow_table_counts_each_datagram_it_cannot_hold_as_lost() {
+    let cells = Cells::new("uo", 50);
+    // 32 flows: the client's and the server's flow of the first 16 exchanges fill it.
+    let config = format!("{}external: ignore\n", cells.config("audit"));
+    let agent = Agent::start(AgentOpts {
+        config: Some(&config),
+        args: &["--udp-flow-table-capacity", "32", "--live-interval", "1s"],
+        ..AgentOpts::default()
+    });
+    let server = cells.socket(2, 7000);
+    let to = Some(server.local_addr().unwrap());
+    let clients: Vec<UdpSocket> = (0..24).map(|_| cells.socket(1, 0)).collect();
+    for c in &clients {
+        exchange(c, to, &server, &[50]);
+    }
+    let lost =
+        |m: &Metrics| m.get("cellwatch_events_lost_total", &[("source", "udp_flow_table_full")]);
+    // The 8 exchanges past it: request and answer, each seen at both sockets.
+    let m = scrape_until(&agent, |m| lost(m) == 32.0);
+    assert_eq!(lost(&m), 32.0, "{m:?}");
+    let pair = |dir| [("src_cell", "cell-a"), ("dst_cell", "cell-b"), ("direction", dir)];
+    for dir in ["egress", "ingress"] {
+        let opened = [pair(dir).as_slice(), &[("verdict", "violation")]].concat();
+        assert_eq!(m.get("cellwatch_udp_flows_opened_total", &opened), 16.0, "{dir}");
+        for family in
+            ["cellwatch_udp_datagrams_sent_total", "cellwatch_udp_datagrams_received_total"]
+        {
+            assert_eq!(m.get(family, &pair(dir)), 16.0, "{family} {dir}");
+        }
+    }
+    // Nothing else was counted: every observation is in a pair or lost.
+    let counted: f64 =
+        m.0.iter().filter(|(k, _)| k.starts_with("cellwatch_udp_datagrams_")).map(|(_, v)| v).sum();
+    assert_eq!(counted + lost(&m), 4.0 * 24.0);
+}
