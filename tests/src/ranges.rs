@@ -27,7 +27,7 @@
 //! | enforce, network namespace | 10.251.0.0/16, and fd00:251::/48 | the veth pairs of the pod-like namespaces the tests make: 10.251.0.0/24 and fd00:251::/64 for one, 10.251.1.0/24 and fd00:251:0:1::/64 for the other |
 //! | service_addr, network namespaces | 10.252.0.0/16, and fd00:252::/48 | kube-proxy's layout: node and pod namespaces; test `t` takes 10.252.(20t)–(20t+9) |
 //! | bench service-addr, network namespaces | 10.253.0.0/16 | `cargo xtask bench service-addr`'s cluster |
-//! | udp, network namespaces | 10.249.0.0/16 | global, cell-a, cell-b namespaces of each test: 10.249.0–2.0/24 (DNS), 10.249.10–12.0/24 (flows and enforce), 10.249.20–22.0/24 (the ladder), 10.249.30–32.0/24 (the report), 10.249.40–42.0/24 (idle flows), 10.249.50–52.0/24 (the full flow table) |
+//! | udp, network namespaces | 10.249.0.0/16 | global, cell-a, cell-b namespaces of each test: 10.249.0–2.0/24 (DNS), 10.249.10–12.0/24 (flows and enforce), 10.249.20–22.0/24 (the ladder), 10.249.30–32.0/24 (the report), 10.249.40–42.0/24 (idle flows), 10.249.50–52.0/24 (the full flow table), 10.249.60.0/24 and fd00:249::/32 (IPv6 flows on a namespace's loopback) |
 //! | http, network namespace | 10.254.0.0/16 | the veth pair of a pod-like client of the agent's endpoints |
 //! | deploy | 10.0–2 | fixed by the shipped cell map (`deploy/kustomize/cells.yaml`); no traffic |
 //!

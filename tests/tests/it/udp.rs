@@ -252,7 +252,7 @@ fn exchange(
     sizes: &[usize],
 ) -> (usize, usize) {
     let (mut sent, mut answered) = (0, 0);
-    let mut buf = [0u8; 2048];
+    let mut buf = vec![0u8; 65536];
     for &n in sizes {
         let payload = vec![7u8; n];
         match to {
@@ -453,4 +453,38 @@ fn a_full_flow_table_counts_each_datagram_it_cannot_hold_as_lost() {
     let counted: f64 =
         m.0.iter().filter(|(k, _)| k.starts_with("cellwatch_udp_datagrams_")).map(|(_, v)| v).sum();
     assert_eq!(counted + lost(&m), 4.0 * 24.0);
+}
+
+#[test]
+fn ipv6_flows_count_exactly_each_way() {
+    // One namespace of the test's own, both cells' IPv6 addresses on its loopback.
+    let (outside, inside) = (UDP_NETNS.ip(0, 60, 1), UDP_NETNS.ip(0, 60, 2));
+    let ns = Netns::new("u6", &[(outside, inside, 24)]);
+    let (a, b): (IpAddr, IpAddr) =
+        ("fd00:249:61::1".parse().unwrap(), "fd00:249:62::1".parse().unwrap());
+    for ip in [a, b] {
+        cellwatch_tests::netns::run(&format!("ip -n {} addr add {ip}/128 dev lo nodad", ns.name));
+    }
+    let config = "cells:\n  - { name: cell-a, cidrs: [\"fd00:249:61::/48\"] }\n  \
+                  - { name: cell-b, cidrs: [\"fd00:249:62::/48\"] }\n";
+    let agent = Agent::start(AgentOpts { config: Some(config), ..AgentOpts::default() });
+    let bind = |ip: IpAddr, port| {
+        let s = ns.inside(|| UdpSocket::bind(SocketAddr::new(ip, port))).expect("bind");
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s
+    };
+    let server = bind(b, 7000);
+    let client = bind(a, 0);
+    let sizes = [1, 64, 512, 1200, 9000];
+    let (sent, answered) = exchange(&client, Some(server.local_addr().unwrap()), &server, &sizes);
+    let pair = |dir| [("src_cell", "cell-a"), ("dst_cell", "cell-b"), ("direction", dir)];
+    let m = scrape_until(&agent, |m| {
+        m.get("cellwatch_udp_datagrams_received_total", &pair("egress")) == 5.0
+    });
+    for (dir, out, back) in [("egress", sent, answered), ("ingress", answered, sent)] {
+        assert_eq!(m.get("cellwatch_udp_bytes_sent_total", &pair(dir)), out as f64, "{dir}: {m:?}");
+        assert_eq!(m.get("cellwatch_udp_bytes_received_total", &pair(dir)), back as f64, "{dir}");
+        assert_eq!(m.get("cellwatch_udp_datagrams_sent_total", &pair(dir)), 5.0, "{dir}");
+        assert_eq!(m.get("cellwatch_boundary_violations_total", &pair(dir)), 1.0, "{dir}");
+    }
 }
