@@ -1,8 +1,8 @@
 //! `cargo xtask bench`: benchmarks whose results go into BENCHMARKS.md ([`record`]), each
 //! measured side by side in one run (interleaved, several runs each, median and spread).
 //! This module is their command line and dispatch. One module per benchmark
-//! ([`churn`], [`bulk`], [`scale`], [`sweep`], [`micro`], [`config_load`], [`service_addr`],
-//! [`fleet`]) uses
+//! ([`churn`], [`bulk`], [`udp`], [`scale`], [`sweep`], [`micro`], [`config_load`],
+//! [`service_addr`], [`fleet`]) uses
 //! what they share,
 //! the bench harness ([`harness`]), [`stats`] and [`record`]; none of those imports this
 //! module or a benchmark.
@@ -17,6 +17,7 @@ mod scale;
 mod service_addr;
 mod stats;
 mod sweep;
+mod udp;
 
 use std::path::PathBuf;
 
@@ -29,7 +30,8 @@ pub(crate) use scale::hold;
 pub(crate) enum Bench {
     /// Config load at 1,000 cells and 100,000 prefixes: parse, validate, write to the kernel.
     ConfigLoad,
-    /// One connection moving several GiB: no agent, audit, enforce, and tcplife.
+    /// One connection moving several GiB: no agent, audit, audit `--without udp`, enforce,
+    /// and tcplife.
     Bulk {
         /// One short run of each variant, nothing recorded (what CI runs).
         #[arg(long)]
@@ -37,6 +39,13 @@ pub(crate) enum Bench {
         /// An earlier agent binary to measure beside this one (audit mode).
         #[arg(long, value_name = "BINARY")]
         baseline: Option<PathBuf>,
+    },
+    /// UDP through the cgroup skb programs: iperf3 `-u` at several datagram sizes and a DNS
+    /// flood (dnsperf against dnsmasq): no agent, audit, audit `--without udp`, enforce.
+    Udp {
+        /// One short run of each variant, nothing recorded (what CI runs).
+        #[arg(long)]
+        smoke: bool,
     },
     /// Criterion microbenchmarks of the hot paths, recorded.
     Micro,
@@ -84,6 +93,7 @@ pub(crate) fn run(which: Bench) -> Result<()> {
     match which {
         Bench::ConfigLoad => config_load::config_load(),
         Bench::Bulk { smoke, baseline } => bulk::bulk(smoke, baseline),
+        Bench::Udp { smoke } => udp::udp(smoke),
         Bench::Micro => micro::micro(),
         Bench::Scale { smoke, baseline } => scale::scale(smoke, baseline),
         Bench::Churn { smoke, baseline } => churn::churn(smoke, baseline),
@@ -93,10 +103,12 @@ pub(crate) fn run(which: Bench) -> Result<()> {
     }
 }
 
-/// What `cargo xtask test` runs: one short run of churn, bulk and scale, nothing recorded.
+/// What `cargo xtask test` runs: one short run of churn, bulk, udp, scale, sweep and
+/// service-addr, nothing recorded.
 pub(crate) fn smoke() -> Result<()> {
     churn::churn(true, None)?;
     bulk::bulk(true, None)?;
+    udp::udp(true)?;
     scale::scale(true, None)?;
     sweep::sweep(true)?;
     service_addr::service_addr(true)

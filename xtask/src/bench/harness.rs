@@ -1,7 +1,8 @@
-//! The bench harness: what churn, bulk, scale and config-load share. The agent build,
+//! The bench harness: what churn, bulk, udp, scale and config-load share. The agent build,
 //! the variants measured side by side (no agent, cellwatch in audit and in enforce mode,
-//! optionally an earlier cellwatch build, tcplife), run interleaved, and the cells the
-//! churn and bulk loads run between.
+//! in audit mode without its UDP programs, optionally an earlier cellwatch build,
+//! tcplife), run interleaved, the cells the churn and bulk loads run between, and the
+//! kernel's own count of each program's runs and time (`kernel.bpf_stats_enabled`).
 //! Agents are started, checked for readiness and stopped by the integration tests'
 //! harness (`cellwatch_tests::Agent`), each with a pin directory of its own, so every
 //! start is a fresh one and no agent's programs outlive its run.
@@ -125,6 +126,9 @@ pub(super) fn tcplife() -> Result<PathBuf> {
 pub(super) enum Variant {
     None,
     Audit,
+    /// Audit mode with `--without udp`: the cgroup skb programs, which run on every packet
+    /// (TCP's too), left off.
+    AuditWithoutUdp,
     Enforce,
     /// The earlier build given with `--baseline`, in audit mode.
     Baseline,
@@ -136,6 +140,7 @@ impl Variant {
         match self {
             Self::None => "no agent",
             Self::Audit => "cellwatch, audit",
+            Self::AuditWithoutUdp => "cellwatch, audit, --without udp",
             Self::Enforce => "cellwatch, enforce",
             Self::Baseline => "cellwatch before, audit",
             Self::Tcplife => "tcplife (libbpf-tools)",
@@ -151,6 +156,19 @@ pub(super) fn interleaved(
     runs: usize,
     bins: &Bins,
     variants: &[Variant],
+    measure: impl FnMut(usize, &Beside) -> Result<f64>,
+    show: impl Fn(f64) -> String,
+) -> Result<Vec<Vec<f64>>> {
+    interleaved_in(runs, bins, variants, &config, measure, show)
+}
+
+/// [`interleaved`], with the agents started on `config(mode)`, a cell map of the
+/// benchmark's own, instead of the churn and bulk one.
+pub(super) fn interleaved_in(
+    runs: usize,
+    bins: &Bins,
+    variants: &[Variant],
+    config: &dyn Fn(&str) -> String,
     mut measure: impl FnMut(usize, &Beside) -> Result<f64>,
     show: impl Fn(f64) -> String,
 ) -> Result<Vec<Vec<f64>>> {
@@ -158,11 +176,11 @@ pub(super) fn interleaved(
     for run in 0..runs {
         for k in 0..variants.len() {
             let i = (k + run) % variants.len();
-            let beside = Beside::start(variants[i], bins)?;
+            let beside = Beside::start(variants[i], bins, config)?;
             let value = measure(i, &beside);
             beside.stop();
             let value = value?;
-            ok(&format!("run {}: {:<24} {}", run + 1, variants[i].label(), show(value)));
+            ok(&format!("run {}: {:<31} {}", run + 1, variants[i].label(), show(value)));
             values[i].push(value);
         }
     }
@@ -203,11 +221,14 @@ pub(super) enum Beside {
 }
 
 impl Beside {
-    fn start(v: Variant, bins: &Bins) -> Result<Self> {
+    fn start(v: Variant, bins: &Bins, config: &dyn Fn(&str) -> String) -> Result<Self> {
         let agent = |bin: &Path, mode| start_agent(bin, &config(mode), &[]).map(Self::Agent);
         Ok(match (v, &bins.baseline) {
             (Variant::None, _) => Self::Nothing,
             (Variant::Audit, _) => agent(&bins.agent, "audit")?,
+            (Variant::AuditWithoutUdp, _) => {
+                Self::Agent(start_agent(&bins.agent, &config("audit"), &["--without", "udp"])?)
+            }
             (Variant::Enforce, _) => agent(&bins.agent, "enforce")?,
             (Variant::Baseline, Some(bin)) => {
                 Self::Agent(start_agent(bin, &config_without_services("audit"), &[])?)
@@ -255,4 +276,56 @@ impl Beside {
             Self::Tcplife(mut c) => terminate(&mut c),
         }
     }
+}
+
+/// The agent's cgroup skb programs, egress and ingress: they run on every packet of the
+/// node (TCP's too) unless the agent runs `--without udp`.
+pub(super) const SKB_PROGRAMS: [&str; 2] = ["cellwatch_udp_egress", "cellwatch_udp_ingress"];
+
+/// Turns `kernel.bpf_stats_enabled` on while it lives, and back to what it was on drop:
+/// the kernel then counts each program's runs and their time.
+pub(super) struct BpfStats {
+    was: String,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    pub(super) fn enable() -> Result<Self> {
+        let was = std::fs::read_to_string(BPF_STATS).context("read kernel.bpf_stats_enabled")?;
+        std::fs::write(BPF_STATS, "1").context("enable kernel.bpf_stats_enabled (needs root)")?;
+        Ok(Self { was: was.trim().to_owned() })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS, &self.was);
+    }
+}
+
+/// (runs, nanoseconds) so far of each program named in `names` that the process beside
+/// the load holds, from bpftool; (0, 0) for one it does not hold or that has not run.
+pub(super) fn prog_runs(beside: &Beside, names: &[&str]) -> Result<Vec<(u64, u64)>> {
+    let mut out = vec![(0, 0); names.len()];
+    let Some(pid) = beside.pid() else { return Ok(out) };
+    for id in cellwatch_tests::prog_ids_of(pid) {
+        let o = Command::new("bpftool")
+            .args(["prog", "show", "id", &id.to_string(), "--json"])
+            .output()
+            .context("bpftool (run `cargo xtask setup`)")?;
+        let text = String::from_utf8_lossy(&o.stdout);
+        let field = |k: &str| -> Option<&str> {
+            let at = text.find(&format!("\"{k}\":"))? + k.len() + 3;
+            let rest = &text[at..];
+            Some(rest[..rest.find([',', '}'])?].trim().trim_matches('"'))
+        };
+        let Some(i) = field("name").and_then(|n| names.iter().position(|m| *m == n)) else {
+            continue;
+        };
+        // bpftool leaves out the figures of a program that has not run yet.
+        let num = |k| field(k).and_then(|v| v.parse().ok()).unwrap_or(0);
+        out[i] = (num("run_cnt"), num("run_time_ns"));
+    }
+    Ok(out)
 }
