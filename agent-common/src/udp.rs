@@ -7,8 +7,9 @@ use crate::{HIST_BUCKETS, PairKey};
 pub const UDP_FLOWS_CAPACITY: u32 = 262_144;
 /// Keys of the per-pair UDP statistics (`UDP_STATS`), allocated on first use.
 pub const UDP_STATS_CAPACITY: u32 = 65_536;
-/// DNS queries awaiting their answer (`DNS_PENDING`, oldest out first).
-pub const DNS_PENDING_CAPACITY: u32 = 65_536;
+/// DNS queries awaiting their answer at once (`DNS_PENDING`, least recently used out
+/// first): at 10,000 queries a second answered within 10 ms, 100 wait at a time.
+pub const DNS_PENDING_CAPACITY: u32 = 16_384;
 /// Keys of the DNS statistics (`DNS_STATS`): client cells x services x response codes.
 pub const DNS_STATS_CAPACITY: u32 = 16_384;
 /// Default idle time after which a UDP flow ends (`--udp-idle`), seconds.

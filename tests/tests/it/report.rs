@@ -197,6 +197,22 @@ pub(crate) fn report_ok(url: &str, args: &[&str]) -> String {
     out
 }
 
+/// The cells in a JSON report's blast radius of `service` (its `dependents`), sorted.
+pub(crate) fn dependents(report: &serde_json::Value, service: &str) -> Vec<String> {
+    let svc = report["services"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["service"] == service))
+        .unwrap_or_else(|| panic!("{service} in {report}"));
+    let mut cells: Vec<String> = svc["dependents"]
+        .as_array()
+        .unwrap_or_else(|| panic!("dependents of {service} in {report}"))
+        .iter()
+        .filter_map(|d| d["cell"].as_str().map(str::to_owned))
+        .collect();
+    cells.sort_unstable();
+    cells
+}
+
 #[test]
 fn report_dashboard_and_rules_read_a_real_prometheus() {
     let exporter = Exporter::start();

@@ -276,20 +276,9 @@ fn blast_radius_report_and_alerts_from_a_real_prometheus() {
 
     // The report: orders-db's blast radius is exactly cell-1 and cell-2.
     let url = prom.url();
-    let (status, out, err) =
-        cellwatch(&[], &["report", "--prometheus", &url, "--range", "10m", "--format", "json"]);
-    assert!(status.success(), "report: {err}");
+    let out = crate::report::report_ok(&url, &["--range", "10m", "--format", "json"]);
     let v: serde_json::Value = serde_json::from_str(&out).expect("report JSON");
-    let svc = v["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["service"] == "orders-db")
-        .unwrap_or_else(|| panic!("orders-db in {out}"));
-    let mut dependents: Vec<&str> =
-        svc["dependents"].as_array().unwrap().iter().map(|d| d["cell"].as_str().unwrap()).collect();
-    dependents.sort_unstable();
-    assert_eq!(dependents, ["cell-1", "cell-2"], "{out}");
+    assert_eq!(crate::report::dependents(&v, "orders-db"), ["cell-1", "cell-2"], "{out}");
     let outlier_cells: Vec<&str> =
         v["outliers"].as_array().unwrap().iter().map(|o| o["cell"].as_str().unwrap()).collect();
     assert!(outlier_cells.iter().all(|c| *c == "cell-3") && !outlier_cells.is_empty(), "{out}");

@@ -16,7 +16,7 @@ use std::{
 };
 
 use cellwatch_tests::{
-    Agent, AgentOpts, Metrics, Pins, TempDir, await_reloads, cellwatch,
+    Agent, AgentOpts, Metrics, Pins, TempDir, await_reloads,
     netns::Netns,
     prometheus::{PromOpts, Prometheus},
     ranges::UDP_NETNS,
@@ -226,20 +226,10 @@ fn the_report_names_the_resolvers_clients_as_its_blast_radius() {
         ok && v.first().is_some_and(|s| s["value"][1] == "2")
     });
     let url = prom.url();
-    let (status, out, err) =
-        cellwatch(&[], &["report", "--prometheus", &url, "--range", "10m", "--format", "json"]);
-    assert!(status.success(), "report: {err}");
+    let out = crate::report::report_ok(&url, &["--range", "10m", "--format", "json"]);
     let v: serde_json::Value = serde_json::from_str(&out).expect("report JSON");
-    let svc = v["services"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["service"] == "dns"))
-        .unwrap_or_else(|| panic!("dns in {out}"));
-    let mut dependents: Vec<&str> =
-        svc["dependents"].as_array().unwrap().iter().filter_map(|d| d["cell"].as_str()).collect();
-    dependents.sort_unstable();
-    assert_eq!(dependents, ["cell-a", "cell-b"], "{out}");
-    let (status, text, err) = cellwatch(&[], &["report", "--prometheus", &url, "--range", "10m"]);
-    assert!(status.success(), "report: {err}");
+    assert_eq!(crate::report::dependents(&v, "dns"), ["cell-a", "cell-b"], "{out}");
+    let text = crate::report::report_ok(&url, &["--range", "10m"]);
     assert!(text.contains("dns (in global"), "{text}");
 }
 
