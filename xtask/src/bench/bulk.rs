@@ -1,8 +1,8 @@
 //! `cargo xtask bench bulk`: one loopback connection between two cells moving several GiB,
 //! with no agent, with cellwatch (audit, audit `--without udp`, enforce) and with tcplife,
 //! interleaved. The agent's only per-packet work for TCP is its UDP programs' (cgroup skb
-//! egress and ingress, on every packet of the node): one 10-byte header copy and a compare
-//! per packet, which `--without udp` leaves off; one more audit run with
+//! egress and ingress, on every packet of the node): one copy of its first bytes and a
+//! compare per packet, which `--without udp` leaves off; one more audit run with
 //! `kernel.bpf_stats_enabled` counts their runs and time.
 use std::{
     io::{Read, Write},
@@ -16,7 +16,7 @@ use anyhow::{Result, bail};
 use super::{
     harness::{
         Beside, Bins, BpfStats, SERVER, SKB_PROGRAMS, Variant, config, connect, interleaved,
-        prog_runs, ratio_table, start_agent,
+        prog_runs, ratio_table, require_udp, start_agent,
     },
     record, stats,
 };
@@ -50,10 +50,11 @@ pub(crate) fn bulk(smoke: bool, baseline: Option<std::path::PathBuf>) -> Result<
          1 MiB writes, {runs} runs of each variant, interleaved (each round starts with the next variant); median [min, max].\n\n{table}\n\
          Target (issue 6): 0.99 of no-agent throughput or more. Since UDP support, two of \
          cellwatch's programs run per packet, TCP's data and ACKs included: cgroup skb egress \
-         and ingress, which read 10 bytes of a TCP packet's IP header and return; `--without \
-         udp` leaves them off. One more audit run of {gib} GiB with `kernel.bpf_stats_enabled` \
-         (two clock reads added to each run): egress {:.0} runs per GiB at {:.0} ns, ingress \
-         {:.0} runs per GiB at {:.0} ns (loopback's segments are up to 64 KiB), so about \
+         and ingress, which copy the first bytes of a TCP packet's IP header and return; \
+         `--without udp` leaves them off. One more audit run of {gib} GiB with \
+         `kernel.bpf_stats_enabled` (two clock reads added to each run): egress {:.0} runs per \
+         GiB at {:.0} ns, ingress {:.0} runs per GiB at {:.0} ns (a run per packet as the stack \
+         hands it over, a GSO packet of tens of KiB on loopback, and per ACK), so about \
          {:.0} µs of kernel time per GiB, {:.3}% of the no-agent run's wall time per GiB. A \
          difference between the rows beyond that is the machine's noise.\n",
         per_gib(e_runs),
@@ -73,7 +74,9 @@ pub(crate) fn bulk(smoke: bool, baseline: Option<std::path::PathBuf>) -> Result<
 fn profile(bins: &Bins, bytes: u64) -> Result<[(u64, u64); 2]> {
     step("bulk: one more audit run, kernel.bpf_stats_enabled on");
     let stats = BpfStats::enable()?;
-    let beside = Beside::Agent(start_agent(&bins.agent, &config("audit"), &[])?);
+    let agent = start_agent(&bins.agent, &config("audit"), &[])?;
+    require_udp(&agent)?;
+    let beside = Beside::Agent(agent);
     let before = prog_runs(&beside, &SKB_PROGRAMS)?;
     transfer(bytes)?;
     let after = prog_runs(&beside, &SKB_PROGRAMS)?;

@@ -329,3 +329,15 @@ pub(super) fn prog_runs(beside: &Beside, names: &[&str]) -> Result<Vec<(u64, u64
     }
     Ok(out)
 }
+
+/// Fails unless `agent` runs its UDP programs (`cellwatch_kernel_feature{feature="udp"}`),
+/// naming the kernel's refusal from its log: without them a variant meant to measure
+/// them would measure nothing.
+pub(super) fn require_udp(agent: &Agent) -> Result<()> {
+    if agent.metrics().get("cellwatch_kernel_feature", &[("feature", "udp")]) == 1.0 {
+        return Ok(());
+    }
+    let log = agent.stderr();
+    let why = log.lines().find(|l| l.contains("feature=udp") || l.contains("udp_")).unwrap_or("");
+    bail!("the agent runs without its UDP programs (feature udp off): {why}");
+}
