@@ -415,8 +415,9 @@ fn report_failures_are_one_sentence_and_exit_1() {
         err,
         format!(
             "cellwatch: Prometheus at {} has no cellwatch data over the last 1h (no \
-             cellwatch_cell_info, cellwatch_connections_opened_total or \
-             cellwatch_service_connections_opened_total series): does it scrape the agents?\n",
+             cellwatch_cell_info, cellwatch_connections_opened_total, \
+             cellwatch_service_connections_opened_total or \
+             cellwatch_udp_service_flows_opened_total series): does it scrape the agents?\n",
             prom.url()
         )
     );

@@ -217,15 +217,17 @@ fn sigterm_exits_zero_leaves_the_programs_pinned_and_uninstall_removes_them() {
     };
     assert_eq!(sockops(&ids).len(), 1, "one sock_ops program of the agent on the cgroup root");
     let m = agent.metrics();
+    let udp = m.get("cellwatch_kernel_feature", &[("feature", "udp")]) == 1.0;
     assert_eq!(m.0.keys().filter(|k| k.starts_with("cellwatch_build_info{")).count(), 1);
     assert_eq!(m.get("cellwatch_start_info", &[("pinned_state", "fresh")]), 1.0);
     let status = agent.stop();
     assert!(status.success(), "exit status {status}:\n{}", agent.stderr());
     assert!(agent.stderr().contains("its programs stay attached"), "{}", agent.stderr());
     let links = std::fs::read_dir(pins.0.join("links")).unwrap().count();
-    // connect4, connect6 and sock_ops; the destroy tracepoint only while connections
-    // older than the agent are open (none here).
-    assert_eq!(links, 3, "a pinned link per program on a hook");
+    // connect4, connect6 and sock_ops, and the two UDP programs where the kernel takes
+    // them; the destroy tracepoint only while connections older than the agent are open
+    // (none here).
+    assert_eq!(links, 3 + 2 * usize::from(udp), "a pinned link per program on a hook");
     assert_eq!(sockops(&ids).len(), 1, "sock_ops stays on the cgroup root with no agent");
 
     let (status, out, err) = cellwatch(&[], &["uninstall", "--bpffs", pins.path()]);
