@@ -22,7 +22,8 @@ use cellwatch_tests::{
 
 use super::{
     harness::{
-        Beside, Bins, CLIENT, SERVER, VIOLATOR, Variant, interleaved, ratio_table, start_agent,
+        Beside, Bins, BpfStats, CLIENT, SERVER, VIOLATOR, Variant, interleaved, ratio_table,
+        start_agent,
     },
     record,
     stats::{median, min_max},
@@ -291,25 +292,4 @@ fn diff(
             })
         })
         .collect()
-}
-
-/// Turns `kernel.bpf_stats_enabled` on, and back to what it was on drop.
-struct BpfStats {
-    was: String,
-}
-
-const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
-
-impl BpfStats {
-    fn enable() -> Result<Self> {
-        let was = std::fs::read_to_string(BPF_STATS).context("read kernel.bpf_stats_enabled")?;
-        std::fs::write(BPF_STATS, "1").context("enable kernel.bpf_stats_enabled (needs root)")?;
-        Ok(Self { was: was.trim().to_owned() })
-    }
-}
-
-impl Drop for BpfStats {
-    fn drop(&mut self) {
-        let _ = std::fs::write(BPF_STATS, &self.was);
-    }
 }
